@@ -1,0 +1,57 @@
+"""scikit-learn's bundled handwritten digits, the embedded default data set.
+
+1,797 grey 8x8 images (values 0..16) resized to 32x32 so the VGG cut geometry of
+the paper (8x8 features at cut 4) holds. The train/test split is fixed by a
+seed that is part of the data set's definition, not of the run, so every part
+of the system agrees on which images are held out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, TensorDataset
+
+from cem.data.registry import DataRequest, DatasetInfo, register_dataset
+
+DIGITS_IMAGE_SIZE = 32
+DIGITS_TEST_FRACTION = 0.3
+DIGITS_SPLIT_SEED = 20250611
+
+
+def digits_info() -> DatasetInfo:
+    return DatasetInfo(
+        name="digits",
+        num_classes=10,
+        in_channels=1,
+        image_size=DIGITS_IMAGE_SIZE,
+        mean=(0.3053,),
+        std=(0.3236,),
+        class_names=tuple(str(d) for d in range(10)),
+    )
+
+
+def _digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)  # (N, 1, 8, 8)
+    images = F.interpolate(images, size=DIGITS_IMAGE_SIZE, mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    return images, labels
+
+
+def digits_split_indices(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed, stratification-free permutation split shared by every consumer."""
+    order = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(n)
+    n_test = int(round(n * DIGITS_TEST_FRACTION))
+    return np.sort(order[n_test:]), np.sort(order[:n_test])
+
+
+@register_dataset("digits")
+def load_digits_dataset(request: DataRequest) -> tuple[Dataset, DatasetInfo]:
+    images, labels = _digits_tensors()
+    train_idx, test_idx = digits_split_indices(len(labels))
+    idx = torch.from_numpy(train_idx if request.split == "train" else test_idx)
+    return TensorDataset(images[idx], labels[idx]), digits_info()

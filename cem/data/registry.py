@@ -1,0 +1,99 @@
+"""Dataset registry: a name maps to a loader and the facts a model bundle records.
+
+Every loader returns images as float tensors in [0, 1] of shape (C, S, S) and an
+integer label; normalisation belongs to the data set (``DatasetInfo.mean/std``) and
+is applied inside the encoder, never by callers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+from torch.utils.data import Dataset
+
+from cem.errors import ConfigError, UnknownNameError
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model trained on this data set must know about its inputs."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "class_names": list(self.class_names),
+        }
+
+
+@dataclass(frozen=True)
+class DataRequest:
+    """How to find a data set: ``data_dir`` for files on disk, ``download`` for users online."""
+
+    split: str = "train"
+    data_dir: Path | None = None
+    download: bool = False
+    augment: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ConfigError(f"expected split in {SPLITS}, got {self.split!r}")
+
+
+class DatasetLoader(Protocol):
+    def __call__(self, request: DataRequest) -> tuple[Dataset, DatasetInfo]: ...
+
+
+_LOADERS: dict[str, DatasetLoader] = {}
+
+
+def register_dataset(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
+    """Decorator that makes a loader available to every CLI under ``name``."""
+
+    def decorate(loader: DatasetLoader) -> DatasetLoader:
+        _LOADERS[name] = loader
+        return loader
+
+    return decorate
+
+
+def available_datasets() -> list[str]:
+    return sorted(_LOADERS)
+
+
+def load_dataset(
+    name: str,
+    split: str = "train",
+    data_dir: str | Path | None = None,
+    download: bool = False,
+    augment: bool = False,
+    seed: int = 0,
+) -> tuple[Dataset, DatasetInfo]:
+    """Load one split of a registered data set: (dataset of (x in [0,1], label), info)."""
+    if name not in _LOADERS:
+        raise UnknownNameError(f"expected a dataset in {available_datasets()}, got {name!r}")
+    request = DataRequest(
+        split=split,
+        data_dir=Path(data_dir) if data_dir is not None else None,
+        download=download,
+        augment=augment,
+        seed=seed,
+    )
+    return _LOADERS[name](request)

@@ -1,0 +1,49 @@
+"""The kernel's error tree.
+
+Apps translate these into their own boundary errors in exactly one place (gRPC
+status codes in the cloud servicer, HTTP statuses in the audit API), so every
+message reads "expected X, got Y" and is safe to show to a remote caller.
+"""
+
+
+class CEMError(Exception):
+    """Base class of every error the kernel raises on purpose."""
+
+
+class ConfigError(CEMError, ValueError):
+    """A configuration value is out of range or inconsistent with another."""
+
+
+class DatasetError(CEMError):
+    """A data set cannot be loaded as asked."""
+
+
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
+    """The files of a data set are not where they were expected."""
+
+
+class UnknownNameError(CEMError, KeyError):
+    """A registry (datasets, defenses, attacks) has no entry of that name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class BundleError(CEMError):
+    """A model bundle cannot be used."""
+
+
+class BundleNotFoundError(BundleError, FileNotFoundError):
+    """The bundle folder or one of its files is missing."""
+
+
+class BundleFormatError(BundleError):
+    """The manifest is unreadable, of an unknown version, or inconsistent."""
+
+
+class BundleIntegrityError(BundleError):
+    """A weight file does not match the sha256 recorded in the manifest."""
+
+
+class TensorCodecError(CEMError, ValueError):
+    """A serialised tensor is malformed (dtype, shape, byte count, values)."""
