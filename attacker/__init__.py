@@ -1,0 +1,1 @@
+"""The attacker and auditor: channel tap, model inversion attacks, REST audit service."""

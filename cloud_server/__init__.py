@@ -1,0 +1,1 @@
+"""The cloud decoder service: finishes the forward pass on features it receives over gRPC."""

@@ -1,0 +1,1 @@
+"""One-command demo: train, serve, tap, attack and report, all on loopback."""

@@ -1,0 +1,1 @@
+"""Training of split classifiers with obfuscation defenses and the CEM regulariser."""
