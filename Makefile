@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test bench clean
+.PHONY: install test clean
 
 install: $(STAMP)
 
@@ -20,3 +20,7 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+.PHONY: demo
+demo: $(STAMP)
+	$(VENV)/bin/cem-demo $(DEMO_ARGS)

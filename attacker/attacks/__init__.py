@@ -1,0 +1,47 @@
+"""Model inversion attacks on transmitted features: decoder-based and GAN-based.
+
+``compute_feature_set`` + ``build_attack_split`` prepare the attacker's data for a
+protocol (``train`` or ``infer``), ``run_attack`` trains an attack and
+``evaluate_attack`` scores it on held-out images. ``attacker.audit.run_audit``
+strings them together for one bundle.
+"""
+
+from attacker.attacks.data import (
+    MODES,
+    AttackSplit,
+    FeatureSet,
+    build_attack_split,
+    compute_feature_set,
+    load_images,
+)
+from attacker.attacks.decoder import DecoderAttackConfig, train_decoder_attack
+from attacker.attacks.evaluate import Evaluation, evaluate_attack, iterate_reconstructions
+from attacker.attacks.gan import GanAttackConfig, train_gan_attack
+from attacker.attacks.grid import GridGroup, render_grid_png
+from attacker.attacks.loop import TrainedAttack
+from attacker.attacks.monitor import AttackCancelled, ProgressMonitor
+from attacker.attacks.runner import ATTACKS, check_attack_name, run_attack
+
+__all__ = [
+    "ATTACKS",
+    "MODES",
+    "AttackCancelled",
+    "AttackSplit",
+    "DecoderAttackConfig",
+    "Evaluation",
+    "FeatureSet",
+    "GanAttackConfig",
+    "GridGroup",
+    "ProgressMonitor",
+    "TrainedAttack",
+    "build_attack_split",
+    "check_attack_name",
+    "compute_feature_set",
+    "evaluate_attack",
+    "iterate_reconstructions",
+    "load_images",
+    "render_grid_png",
+    "run_attack",
+    "train_decoder_attack",
+    "train_gan_attack",
+]

@@ -1,0 +1,97 @@
+"""Decoder-based model inversion (paper S.3, reference_notes §5.1).
+
+The attacker trains the decoding network to map transmitted features back to
+images with an MSE loss on [0, 1] pixels. Each batch gets a fresh draw of the
+client transform (noise-aware attacker). Adam with cosine decay, 50 epochs,
+batch 256.
+
+Learning rate: 1e-3, the reference code's ``MIA_lr`` (the paper's text says
+5e-3). On digits the two reach similar validation MSE, 1e-3 more steadily
+(docs/attacks.md has the measurement). Weight decay 1e-4 and a cosine floor of
+1e-5 follow the reference. The returned network is the epoch with the lowest
+MSE on the attacker's own validation images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from attacker.attacks.data import AttackSplit
+from attacker.attacks.evaluate import measure_mse
+from attacker.attacks.loop import (
+    CheckpointKeeper,
+    TrainedAttack,
+    count_batches,
+    create_seeded_network,
+    inversion_config_for,
+    iterate_batches,
+)
+from attacker.attacks.monitor import ProgressMonitor
+from cem.errors import ConfigError
+from cem.obfuscation import ObfuscationConfig, obfuscate
+
+
+@dataclass(frozen=True)
+class DecoderAttackConfig:
+    epochs: int = 50
+    batch_size: int = 256
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 1e-4
+    num_blocks: int = 8
+    channels: int = 64
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError(f"expected epochs and batch_size >= 1, got {self.epochs} and {self.batch_size}")
+        if not 0 < self.min_lr <= self.lr:
+            raise ConfigError(f"expected 0 < min_lr <= lr, got min_lr {self.min_lr} and lr {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"expected weight_decay >= 0, got {self.weight_decay}")
+
+
+def train_decoder_attack(
+    split: AttackSplit,
+    obfuscation: ObfuscationConfig,
+    config: DecoderAttackConfig = DecoderAttackConfig(),
+    *,
+    seed: int = 0,
+    monitor: ProgressMonitor | None = None,
+) -> TrainedAttack:
+    """Train a decoding network on ``split.fit``; keep the epoch with the lowest ``split.val`` MSE."""
+    monitor = monitor or ProgressMonitor()
+    device = split.fit.features.device
+    network = create_seeded_network(
+        inversion_config_for(split, num_blocks=config.num_blocks, channels=config.channels), seed, device
+    )
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.min_lr)
+    noise = torch.Generator(device=device).manual_seed(seed + 1)
+    shuffle = torch.Generator().manual_seed(seed + 2)
+    keeper = CheckpointKeeper(network)
+    result = TrainedAttack(network)
+    n_batches = count_batches(len(split.fit), config.batch_size)
+    for epoch in range(1, config.epochs + 1):
+        network.train()
+        loss_sum = torch.zeros((), device=device)
+        for b, rows in enumerate(iterate_batches(len(split.fit), config.batch_size, shuffle, device)):
+            monitor.check()
+            z = obfuscate(split.fit.features[rows], obfuscation, noise)
+            loss = F.mse_loss(network(z), split.fit.images[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * rows.numel()
+            monitor.report((epoch - 1 + (b + 1) / n_batches) / config.epochs, f"decoder attack: epoch {epoch}/{config.epochs}")
+        scheduler.step()
+        val_mse = measure_mse(network, split.val, obfuscation, seed=seed + 3) if len(split.val) else None
+        keeper.offer(epoch, val_mse)
+        result.history.append(
+            {"epoch": epoch, "train_mse": float(loss_sum) / len(split.fit), "val_mse": val_mse}
+        )
+    keeper.restore()
+    result.best_epoch = keeper.best_epoch
+    return result

@@ -1,0 +1,80 @@
+"""Scoring an inversion network on held-out images.
+
+The network runs in eval mode under ``no_grad`` (the reference ran its "test"
+batches in train mode and let them update BN statistics, B5). Features get a
+fresh client transform per batch, drawn from a generator seeded for the
+evaluation, so a score is reproducible and every epoch's validation sees the
+same noise draws.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from attacker.attacks.data import FeatureSet
+from cem.metrics import MetricInputError, ReconstructionMeter
+from cem.obfuscation import ObfuscationConfig, obfuscate
+
+EVAL_BATCH_SIZE = 256
+GRID_SAMPLES = 8
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Metrics over a scored set and the first ``GRID_SAMPLES`` images with their reconstructions (CPU)."""
+
+    metrics: dict[str, float]
+    originals: torch.Tensor
+    reconstructions: torch.Tensor
+
+
+@torch.no_grad()
+def iterate_reconstructions(
+    network: nn.Module,
+    features: torch.Tensor,
+    obfuscation: ObfuscationConfig | None,
+    *,
+    seed: int,
+    batch_size: int = EVAL_BATCH_SIZE,
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Yield (rows, reconstructions) per batch; ``features`` are clean (obfuscated here) or, with
+    ``obfuscation=None``, already exactly as transmitted. Restores the network's mode afterwards."""
+    was_training = network.training
+    network.eval()
+    generator = torch.Generator(device=features.device).manual_seed(seed)
+    try:
+        for start in range(0, features.shape[0], batch_size):
+            rows = slice(start, start + batch_size)
+            z = features[rows]
+            if obfuscation is not None and not obfuscation.is_identity:
+                z = obfuscate(z, obfuscation, generator)
+            yield rows, network(z)
+    finally:
+        network.train(was_training)
+
+
+def measure_mse(network: nn.Module, data: FeatureSet, obfuscation: ObfuscationConfig, *, seed: int) -> float:
+    """Mean per-pixel MSE of ``network`` on ``data`` (for checkpoint selection)."""
+    total = torch.zeros((), device=data.images.device)
+    for rows, recon in iterate_reconstructions(network, data.features, obfuscation, seed=seed):
+        total += (recon - data.images[rows]).pow(2).flatten(1).mean(dim=1).sum()
+    return float(total) / max(1, len(data))
+
+
+def evaluate_attack(
+    network: nn.Module, data: FeatureSet, obfuscation: ObfuscationConfig, *, seed: int, samples: int = GRID_SAMPLES
+) -> Evaluation:
+    """MSE, PSNR (per image and per batch) and SSIM of ``network`` on ``data``, plus sample images for a grid."""
+    meter = ReconstructionMeter()
+    first: torch.Tensor | None = None
+    for rows, recon in iterate_reconstructions(network, data.features, obfuscation, seed=seed):
+        meter.update(recon, data.images[rows])
+        if first is None:
+            first = recon[:samples].cpu()
+    if first is None:
+        raise MetricInputError("expected images to score, got none")
+    return Evaluation(meter.summary(), data.images[: first.shape[0]].cpu(), first)

@@ -1,0 +1,78 @@
+"""Pieces both attack loops share: seeded networks, shuffled batches, best-checkpoint keeping."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from attacker.attacks.data import AttackSplit
+from cem.models import InversionConfig, InversionNetwork
+
+
+@dataclass
+class TrainedAttack:
+    """An attack's network (best validation checkpoint, eval mode) and its per-epoch history.
+
+    ``history`` rows hold at least ``epoch`` and ``val_mse`` (None without validation
+    data); ``best_epoch`` 0 means the
+    initial network (a GAN generator initialised from a decoder attack) was never beaten.
+    """
+
+    network: InversionNetwork
+    history: list[dict[str, float | None]] = field(default_factory=list)
+    best_epoch: int = 0
+
+
+def inversion_config_for(split: AttackSplit, *, num_blocks: int, channels: int) -> InversionConfig:
+    """Decoding-network shape for this split's features and images."""
+    images = split.fit.images
+    return InversionConfig.for_features(
+        tuple(split.fit.features.shape[1:]), int(images.shape[1]), int(images.shape[-1]),
+        num_blocks=num_blocks, channels=channels,
+    )
+
+
+def create_seeded_network(config: InversionConfig, seed: int, device: torch.device) -> InversionNetwork:
+    """A freshly initialised network whose weights depend only on ``seed`` (global RNG untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        network = InversionNetwork(config)
+    return network.to(device)
+
+
+def iterate_batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> Iterator[torch.Tensor]:
+    """Shuffled index batches over ``range(n)``; the last one may be smaller."""
+    order = torch.randperm(n, generator=generator).to(device)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
+
+
+def count_batches(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)
+
+
+class CheckpointKeeper:
+    """Keeps an in-memory copy of the weights with the lowest validation MSE.
+
+    Without validation data (``val_fraction=0``) every offer wins, so the last epoch is kept.
+    """
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        self.network = network
+        self.best_epoch = 0
+        self.best_mse = float("inf")
+        self._state: dict[str, torch.Tensor] | None = None
+
+    def offer(self, epoch: int, val_mse: float | None) -> None:
+        if val_mse is None or val_mse <= self.best_mse:
+            self.best_epoch = epoch
+            self.best_mse = float("inf") if val_mse is None else val_mse
+            self._state = copy.deepcopy(self.network.state_dict())
+
+    def restore(self) -> None:
+        if self._state is not None:
+            self.network.load_state_dict(self._state)
+        self.network.eval()

@@ -1,0 +1,59 @@
+"""One entry point for both attacks: ``run_attack("decoder" | "gan", split, ...)``.
+
+``epochs`` is the one knob every front end exposes. For the decoder attack it is
+the decoder's epoch count (default 50). For the GAN attack it is the adversarial
+epoch count (default 150); unless an initial generator is passed, the generator
+is first trained as a decoder attack for ``ceil(epochs / 3)`` epochs (50 at the
+default, the paper's ratio), then fine-tuned adversarially.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from attacker.attacks.data import AttackSplit
+from attacker.attacks.decoder import DecoderAttackConfig, train_decoder_attack
+from attacker.attacks.gan import GanAttackConfig, train_gan_attack
+from attacker.attacks.loop import TrainedAttack
+from attacker.attacks.monitor import ProgressMonitor
+from cem.errors import UnknownNameError
+from cem.models import InversionNetwork
+from cem.obfuscation import ObfuscationConfig
+
+ATTACKS = ("decoder", "gan")
+GAN_PRETRAIN_RATIO = 3
+
+
+def check_attack_name(attack: str) -> None:
+    if attack not in ATTACKS:
+        raise UnknownNameError(f"expected an attack in {ATTACKS}, got {attack!r}")
+
+
+def run_attack(
+    attack: str,
+    split: AttackSplit,
+    obfuscation: ObfuscationConfig,
+    *,
+    epochs: int | None = None,
+    seed: int = 0,
+    monitor: ProgressMonitor | None = None,
+    decoder_config: DecoderAttackConfig = DecoderAttackConfig(),
+    gan_config: GanAttackConfig = GanAttackConfig(),
+    init: InversionNetwork | None = None,
+) -> TrainedAttack:
+    """Train attack ``attack`` on ``split`` and return its selected network (eval mode)."""
+    check_attack_name(attack)
+    monitor = monitor or ProgressMonitor()
+    if attack == "decoder":
+        config = decoder_config if epochs is None else dataclasses.replace(decoder_config, epochs=epochs)
+        return train_decoder_attack(split, obfuscation, config, seed=seed, monitor=monitor)
+    config = gan_config if epochs is None else dataclasses.replace(gan_config, epochs=epochs)
+    if init is not None:
+        return train_gan_attack(split, obfuscation, config, init=init, seed=seed, monitor=monitor)
+    pretrain = dataclasses.replace(decoder_config, epochs=math.ceil(config.epochs / GAN_PRETRAIN_RATIO))
+    share = pretrain.epochs / (pretrain.epochs + config.epochs)
+    decoder = train_decoder_attack(split, obfuscation, pretrain, seed=seed, monitor=monitor.child(0.0, share))
+    return train_gan_attack(
+        split, obfuscation, config, init=decoder.network, seed=seed, monitor=monitor.child(share, 1.0 - share)
+    )

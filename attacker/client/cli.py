@@ -1,0 +1,158 @@
+"""``cem-audit-client``: talk to a running ``cem-audit`` from the shell.
+
+    export CEM_AUDIT_URL=http://127.0.0.1:8000 CEM_AUDIT_TOKEN=...
+    cem-audit-client bundles
+    cem-audit-client submit --bundle sigma-cem --attack decoder --epochs 5 --wait --png out.png --report out.html
+    cem-audit-client status <id> | wait <id> | cancel <id> | list | captures
+    cem-audit-client png <id> -o grid.png ; cem-audit-client report <id> -o report.html
+
+``wait`` (and ``submit --wait``) shows a progress bar on stderr. With ``--json``
+the last stdout line is one JSON object. Exit codes: 0 done (or succeeded),
+1 the audit failed, was cancelled or interrupted, 2 the request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from attacker.client.client import AuditClient, AuditClientError
+
+URL_ENV = "CEM_AUDIT_URL"
+TOKEN_ENV = "CEM_AUDIT_TOKEN"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cem-audit-client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default=os.environ.get(URL_ENV, "http://127.0.0.1:8000"), help=f"service URL (${URL_ENV})")
+    parser.add_argument("--token", default=None, help=f"bearer token (default ${TOKEN_ENV})")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP request")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON on the last stdout line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("health", help="liveness (no token needed)")
+    sub.add_parser("ready", help="readiness: workers and queue")
+    sub.add_parser("bundles", help="bundles that can be audited")
+    sub.add_parser("captures", help="what the tap captured, per model")
+    listing = sub.add_parser("list", help="audits, newest first")
+    listing.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled", "interrupted"])
+    listing.add_argument("--limit", type=int, default=20)
+    submit = sub.add_parser("submit", help="queue an audit")
+    submit.add_argument("--bundle", required=True, help="bundle folder name or model id")
+    submit.add_argument("--attack", choices=["decoder", "gan"], default="decoder")
+    submit.add_argument("--epochs", type=int)
+    submit.add_argument("--dataset")
+    submit.add_argument("--seed", type=int, default=0)
+    submit.add_argument("--no-captures", action="store_true", help="ignore captured traffic")
+    for name, helptext in (("status", "one audit's status and metrics"), ("cancel", "cancel an audit")):
+        sub.add_parser(name, help=helptext).add_argument("id")
+    wait = sub.add_parser("wait", help="follow an audit until it finishes")
+    wait.add_argument("id")
+    for command in (submit, wait):
+        command.add_argument("--wait-timeout", type=float, help="give up waiting after this many seconds")
+        command.add_argument("--png", type=Path, help="save the reconstruction grid here once succeeded")
+        command.add_argument("--report", type=Path, help="save the HTML report here once succeeded")
+    submit.add_argument("--wait", action="store_true", help="follow the audit until it finishes")
+    for name, helptext in (("png", "download the reconstruction grid"), ("report", "download the HTML report")):
+        command = sub.add_parser(name, help=helptext)
+        command.add_argument("id")
+        command.add_argument("-o", "--output", type=Path, required=True)
+    return parser
+
+
+def follow(client: AuditClient, audit_id: str, timeout_s: float | None) -> dict[str, Any]:
+    """Wait for a final status with a progress bar on stderr."""
+    with tqdm(total=100, desc=f"audit {audit_id[:8]}", unit="%", file=sys.stderr, leave=True) as bar:
+
+        def update(audit: dict[str, Any]) -> None:
+            bar.n = round(100 * float(audit.get("progress") or 0.0))
+            bar.set_postfix_str(f"{audit['status']}: {audit.get('message') or ''}"[:60])
+            bar.refresh()
+
+        return client.wait(audit_id, timeout_s=timeout_s, on_update=update)
+
+
+def save_results(client: AuditClient, audit: dict[str, Any], png: Path | None, report: Path | None) -> None:
+    if audit["status"] != "succeeded":
+        return
+    if png is not None:
+        png.write_bytes(client.fetch_png(audit["id"]))
+    if report is not None:
+        report.write_text(client.fetch_report(audit["id"]), encoding="utf-8")
+
+
+def describe(audit: dict[str, Any]) -> str:
+    lines = [f"audit {audit['id']}: {audit['status']} ({100 * audit['progress']:.0f}%) bundle {audit['bundle']} attack {audit['attack']}"]
+    for split, values in (audit.get("metrics") or {}).items():
+        if values:
+            lines.append(f"  {split:>8}: MSE {values['mse']:.4f}  PSNR {values['psnr']:.2f} dB  SSIM {values['ssim']:.3f}  (n={values['n']})")
+    if audit.get("bound"):
+        lines.append("  bound: " + ", ".join(f"{k}={v:.4g}" for k, v in audit["bound"].items()))
+    if audit.get("error"):
+        lines.append(f"  error: {audit['error']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, client: AuditClient) -> tuple[Any, int]:
+    """Execute one command; returns (JSON-able result, exit code)."""
+    command = args.command
+    if command in ("health", "ready", "captures"):
+        return getattr(client, command)(), 0
+    if command == "bundles":
+        return {"bundles": client.list_bundles()}, 0
+    if command == "list":
+        return {"audits": client.list_audits(args.status, args.limit)}, 0
+    if command == "status":
+        return client.get(args.id), 0
+    if command == "cancel":
+        return client.cancel(args.id), 0
+    if command in ("png", "report"):
+        if command == "png":
+            args.output.write_bytes(client.fetch_png(args.id))
+        else:
+            args.output.write_text(client.fetch_report(args.id), encoding="utf-8")
+        return {"id": args.id, "saved": str(args.output)}, 0
+    if command == "submit":
+        accepted = client.submit(
+            args.bundle, attack=args.attack, epochs=args.epochs, dataset=args.dataset, use_captures=not args.no_captures, seed=args.seed
+        )
+        if not args.wait:
+            return accepted, 0
+        audit_id = accepted["id"]
+    else:
+        audit_id = args.id
+    audit = follow(client, audit_id, args.wait_timeout)
+    save_results(client, audit, args.png, args.report)
+    return audit, 0 if audit["status"] == "succeeded" else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    token = args.token or os.environ.get(TOKEN_ENV)
+    try:
+        with AuditClient(args.url, token, timeout_s=args.timeout) as client:
+            result, code = run(args, client)
+    except AuditClientError as exc:
+        print(f"cem-audit-client: error: {exc}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"error": str(exc), "status_code": exc.status_code}))
+        return 2
+    except OSError as exc:
+        print(f"cem-audit-client: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    elif isinstance(result, dict) and "progress" in result:
+        print(describe(result))
+    else:
+        print(json.dumps(result, indent=2))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Audit jobs: submit, list, follow, cancel, and fetch the image and the report."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import HTMLResponse
+
+from attacker.service.api.deps import CatalogDep, StoreDep
+from attacker.service.api.schemas import AuditAccepted, AuditCreate, AuditList, AuditStatus, AuditView, ErrorBody
+from attacker.service.errors import (
+    AuditFinishedError,
+    AuditNotFinishedError,
+    AuditNotFoundError,
+    BundleNotFoundHTTPError,
+)
+from attacker.service.jobs import Job, JobRequest, JobStore
+from attacker.service.report import render_report
+
+router = APIRouter(prefix="/v1/audits", tags=["audits"])
+
+NOT_FOUND = {404: {"model": ErrorBody, "description": "no audit with this id"}}
+NOT_FINISHED = {409: {"model": ErrorBody, "description": "the audit has not succeeded (yet)"}}
+
+
+def _utc(timestamp: float | None) -> datetime | None:
+    return datetime.fromtimestamp(timestamp, timezone.utc) if timestamp is not None else None
+
+
+def to_view(job: Job) -> AuditView:
+    result = job.result or {}
+    request = job.request
+    return AuditView(
+        id=job.id,
+        status=job.status,  # type: ignore[arg-type]
+        bundle=request.bundle,
+        model_id=request.model_id,
+        attack=request.attack,  # type: ignore[arg-type]
+        epochs=request.epochs,
+        dataset=request.dataset,
+        use_captures=request.use_captures,
+        seed=request.seed,
+        progress=job.progress,
+        message=job.message,
+        cancel_requested=job.cancel_requested,
+        metrics=result.get("metrics"),
+        bound=result.get("bound"),
+        captured_reconstructions=result.get("captured_reconstructions"),
+        error=job.error,
+        created_at=_utc(job.created_at),  # type: ignore[arg-type]
+        started_at=_utc(job.started_at),
+        finished_at=_utc(job.finished_at),
+    )
+
+
+def _require_job(store: JobStore, audit_id: str) -> Job:
+    job = store.get(audit_id)
+    if job is None:
+        raise AuditNotFoundError()
+    return job
+
+
+def _require_png(job: Job) -> bytes:
+    if job.status != "succeeded" or not job.png_path or not Path(job.png_path).is_file():
+        raise AuditNotFinishedError()
+    return Path(job.png_path).read_bytes()
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=AuditAccepted,
+    responses={404: {"model": ErrorBody, "description": "no bundle with this folder name or model id"}},
+    summary="Queue an inversion audit of a bundle",
+)
+def create_audit(body: AuditCreate, store: StoreDep, catalog: CatalogDep, response: Response) -> AuditAccepted:
+    entry = catalog.resolve(body.bundle)
+    if entry is None:
+        raise BundleNotFoundHTTPError()
+    job = store.create(
+        JobRequest(
+            bundle=entry.name,
+            model_id=entry.manifest.model_id,
+            bundle_dir=str(entry.path.resolve()),
+            attack=body.attack,
+            epochs=body.epochs,
+            dataset=body.dataset,
+            use_captures=body.use_captures,
+            seed=body.seed,
+        )
+    )
+    response.headers["Location"] = f"{router.prefix}/{job.id}"
+    return AuditAccepted(id=job.id, status=job.status)  # type: ignore[arg-type]
+
+
+@router.get("", response_model=AuditList, summary="Audits, newest first")
+def list_audits(
+    store: StoreDep,
+    status: AuditStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> AuditList:
+    return AuditList(audits=[to_view(j) for j in store.list_jobs(status, limit)])
+
+
+@router.get("/{audit_id}", response_model=AuditView, responses=NOT_FOUND, summary="Status, progress and results")
+def get_audit(audit_id: str, store: StoreDep) -> AuditView:
+    return to_view(_require_job(store, audit_id))
+
+
+@router.delete(
+    "/{audit_id}",
+    status_code=202,
+    response_model=AuditAccepted,
+    responses={**NOT_FOUND, 409: {"model": ErrorBody, "description": "the audit already finished"}},
+    summary="Cancel a queued or running audit",
+)
+def cancel_audit(audit_id: str, store: StoreDep) -> AuditAccepted:
+    _require_job(store, audit_id)
+    job = store.request_cancel(audit_id)
+    if job is None:
+        raise AuditNotFoundError()
+    if job.status != "cancelled" and not (job.status == "running" and job.cancel_requested):
+        raise AuditFinishedError()
+    return AuditAccepted(id=job.id, status=job.status)  # type: ignore[arg-type]
+
+
+@router.get(
+    "/{audit_id}/reconstructions.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **NOT_FOUND, **NOT_FINISHED},
+    summary="The grid of originals above reconstructions",
+)
+def get_reconstructions(audit_id: str, store: StoreDep) -> Response:
+    png = _require_png(_require_job(store, audit_id))
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+@router.get(
+    "/{audit_id}/report",
+    response_class=HTMLResponse,
+    responses={**NOT_FOUND, **NOT_FINISHED},
+    summary="A self-contained HTML report: metrics, bound and the image grid",
+)
+def get_report(audit_id: str, store: StoreDep) -> HTMLResponse:
+    job = _require_job(store, audit_id)
+    png = _require_png(job)
+    return HTMLResponse(render_report(job, png), headers={"Cache-Control": "no-store"})

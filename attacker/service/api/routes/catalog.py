@@ -1,0 +1,63 @@
+"""What can be audited (bundles) and what was intercepted (captures)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from fastapi import APIRouter
+
+from attacker.service.api.deps import CapturesDep, CatalogDep
+from attacker.service.api.schemas import BundleList, BundleView, CaptureSummaryView, ModelCapturesView
+from attacker.service.bundles import BundleEntry
+
+router = APIRouter(prefix="/v1", tags=["catalog"])
+
+
+def _utc(timestamp: float | None) -> datetime | None:
+    return datetime.fromtimestamp(timestamp, timezone.utc) if timestamp is not None else None
+
+
+def to_bundle_view(entry: BundleEntry) -> BundleView:
+    manifest = entry.manifest
+    accuracy = manifest.metrics.get("accuracy")
+    return BundleView(
+        name=entry.name,
+        model_id=manifest.model_id,
+        arch=manifest.model.arch,
+        dataset=str(manifest.dataset.get("name", "")),
+        feature_shape=list(manifest.feature_shape),
+        noise_std=manifest.noise_std,
+        defenses=manifest.defenses,
+        cem=manifest.cem,
+        accuracy=float(accuracy) if isinstance(accuracy, (int, float)) else None,
+        bound=entry.bound,
+    )
+
+
+@router.get("/bundles", response_model=BundleList, summary="Bundles that can be audited")
+def list_bundles(catalog: CatalogDep) -> BundleList:
+    return BundleList(bundles=[to_bundle_view(e) for e in catalog.list_bundles()])
+
+
+@router.get("/captures", response_model=CaptureSummaryView, summary="What the tap intercepted, per model")
+def get_captures(captures: CapturesDep) -> CaptureSummaryView:
+    summary = captures.summary()
+    return CaptureSummaryView(
+        requests=summary.requests,
+        samples=summary.samples,
+        first_at=_utc(summary.first_at),
+        last_at=_utc(summary.last_at),
+        models=[
+            ModelCapturesView(
+                model_id=m.model_id,
+                requests=m.requests,
+                samples=m.samples,
+                samples_with_ids=m.samples_with_ids,
+                sample_shapes=m.sample_shapes,
+                dtypes=m.dtypes,
+                first_at=_utc(m.first_at),
+                last_at=_utc(m.last_at),
+            )
+            for m in summary.models
+        ],
+    )

@@ -1,0 +1,135 @@
+"""Request and response bodies of the audit API (separate models in and out).
+
+Request models forbid unknown fields and coerce nothing (``strict``), so a typo
+or a quoted number is a 422 that names the field rather than a silent default.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from cem.data import available_datasets
+
+AttackName = Literal["decoder", "gan"]
+AuditStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
+MAX_EPOCHS = 1000
+
+
+class AuditCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    bundle: str = Field(min_length=1, max_length=200, description="bundle folder name under --bundles, or its model id")
+    attack: AttackName = Field("decoder", description="inversion attack: trained decoder or GAN")
+    epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="attack training epochs (default: the attack's own)")
+    dataset: str | None = Field(None, description="data set the attacker trains on (default: the bundle's)")
+    use_captures: bool = Field(True, description="also reconstruct the features the tap captured for this model")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str | None) -> str | None:
+        if value is not None and value not in available_datasets():
+            raise ValueError(f"expected one of {', '.join(available_datasets())}, got {value!r}")
+        return value
+
+
+class AuditAccepted(BaseModel):
+    id: str
+    status: AuditStatus
+
+
+class MetricSet(BaseModel):
+    """Reconstruction quality over ``n`` images in [0, 1]."""
+
+    model_config = ConfigDict(extra="allow")
+
+    mse: float
+    psnr: float
+    ssim: float
+    n: int
+
+
+class AuditMetrics(BaseModel):
+    train: MetricSet | None = None
+    infer: MetricSet | None = None
+    captured: MetricSet | None = None
+
+
+class AuditView(BaseModel):
+    id: str
+    status: AuditStatus
+    bundle: str
+    model_id: str
+    attack: AttackName
+    epochs: int | None
+    dataset: str | None
+    use_captures: bool
+    seed: int
+    progress: float = Field(ge=0, le=1)
+    message: str | None
+    cancel_requested: bool
+    metrics: AuditMetrics | None
+    bound: dict[str, float] | None
+    captured_reconstructions: int | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class AuditList(BaseModel):
+    audits: list[AuditView]
+
+
+class BundleView(BaseModel):
+    name: str
+    model_id: str
+    arch: str
+    dataset: str
+    feature_shape: list[int]
+    noise_std: float
+    defenses: list[dict[str, Any]]
+    cem: dict[str, Any] | None
+    accuracy: float | None
+    bound: dict[str, float]
+
+
+class BundleList(BaseModel):
+    bundles: list[BundleView]
+
+
+class ModelCapturesView(BaseModel):
+    model_id: str
+    requests: int
+    samples: int
+    samples_with_ids: int
+    sample_shapes: list[list[int]]
+    dtypes: list[str]
+    first_at: datetime
+    last_at: datetime
+
+
+class CaptureSummaryView(BaseModel):
+    requests: int
+    samples: int
+    first_at: datetime | None
+    last_at: datetime | None
+    models: list[ModelCapturesView]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    workers: int
+    queued: int
+    running: int
+
+
+class ErrorBody(BaseModel):
+    detail: str

@@ -1,0 +1,103 @@
+"""``cem-audit``: the REST audit service under uvicorn.
+
+    CEM_AUDIT_TOKEN=$(openssl rand -hex 32) \\
+    cem-audit --host 127.0.0.1 --port 8000 --bundles runs/bundles --captures runs/captures --db runs/audit.db
+
+Refuses to start without ``CEM_AUDIT_TOKEN`` unless given ``--insecure-no-auth``.
+The socket is bound before uvicorn starts, then ``LISTENING HOST:PORT`` is
+printed on stdout (with ``--port 0``, the port the OS picked). SIGTERM or
+Ctrl-C stops it gracefully; running audits are marked interrupted (or queued
+again with ``--on-restart requeue``) and picked up as such on the next start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from attacker.service.app import create_app
+from attacker.service.config import ServiceSettings, load_settings
+from cem.devices import DEVICE_CHOICES
+from cem.errors import ConfigError
+from cem.wire import format_listening_line
+
+logger = logging.getLogger("attacker.service")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cem-audit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (see the LISTENING line)")
+    parser.add_argument("--bundles", type=Path, required=True, help="folder whose sub-folders are bundles")
+    parser.add_argument("--captures", type=Path, required=True, help="capture directory written by cem-tap")
+    parser.add_argument("--db", type=Path, required=True, help="SQLite file for the jobs (created if missing)")
+    parser.add_argument("--results", type=Path, help="folder for reconstruction PNGs (default: beside --db)")
+    parser.add_argument("--max-jobs", type=int, default=1, help="audits running at once (one worker process each)")
+    parser.add_argument("--on-restart", choices=["interrupt", "requeue"], default="interrupt",
+                        help="what becomes of an audit that was running when the service stopped")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    parser.add_argument("--data-dir", type=Path, help="where data sets other than the embedded digits live")
+    parser.add_argument("--worker-threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--max-captured", type=int, default=256, help="captured samples an audit reconstructs at most")
+    parser.add_argument("--insecure-no-auth", action="store_true", help="serve without a bearer token (never in production)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def build_settings(args: argparse.Namespace) -> ServiceSettings:
+    return load_settings(
+        bundles_dir=args.bundles,
+        captures_dir=args.captures,
+        db_path=args.db,
+        insecure_no_auth=args.insecure_no_auth,
+        host=args.host,
+        port=args.port,
+        results_dir=args.results,
+        max_jobs=args.max_jobs,
+        on_restart=args.on_restart,
+        device=args.device,
+        data_dir=args.data_dir,
+        worker_threads=args.worker_threads,
+        max_captured_samples=args.max_captured,
+    )
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind before serving so the real port is known (and printed) even with port 0."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host.strip("[]"), port))
+    sock.listen(128)
+    return sock
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = build_settings(args)
+    except ConfigError as exc:
+        print(f"cem-audit: error: {exc}", file=sys.stderr)
+        return 2
+    if not settings.auth_required:
+        logger.warning("authentication is OFF (--insecure-no-auth): anyone who can reach the port can run audits")
+    try:
+        sock = bind_socket(settings.host, settings.port)
+    except OSError as exc:
+        print(f"cem-audit: error: cannot bind {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        return 1
+    app = create_app(settings, log_level=args.log_level)
+    config = uvicorn.Config(app, log_config=None, log_level=args.log_level.lower(), timeout_graceful_shutdown=10)
+    print(format_listening_line(settings.host, sock.getsockname()[1]), flush=True)
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

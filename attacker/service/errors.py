@@ -1,0 +1,90 @@
+"""Domain errors of the audit service and their one translation into HTTP.
+
+Every error a route can raise on purpose derives from ``ServiceError`` and
+carries its HTTP status and a stable ``detail`` string (clients and tests match
+on it, so it never embeds ids or paths). Kernel errors that can reach a route
+(an unreadable capture store) are mapped in ``to_service_error``, the only
+place that knows about them. Anything else is a bug: FastAPI answers 500.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from attacker.tap.store import CaptureStoreError
+from cem.errors import CEMError
+
+logger = logging.getLogger(__name__)
+
+DETAIL_UNAUTHORIZED = "missing or invalid bearer token"
+DETAIL_BUNDLE_NOT_FOUND = "bundle not found"
+DETAIL_AUDIT_NOT_FOUND = "audit not found"
+DETAIL_AUDIT_NOT_FINISHED = "audit has no results: it has not succeeded"
+DETAIL_AUDIT_FINISHED = "audit already finished: nothing to cancel"
+DETAIL_CAPTURES_UNREADABLE = "capture store unreadable"
+DETAIL_NOT_READY = "no audit worker is running"
+
+
+class ServiceError(CEMError):
+    status_code = 500
+    detail = "internal error"
+    headers: dict[str, str] | None = None
+
+
+class UnauthorizedError(ServiceError):
+    status_code = 401
+    detail = DETAIL_UNAUTHORIZED
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class BundleNotFoundHTTPError(ServiceError):
+    status_code = 404
+    detail = DETAIL_BUNDLE_NOT_FOUND
+
+
+class AuditNotFoundError(ServiceError):
+    status_code = 404
+    detail = DETAIL_AUDIT_NOT_FOUND
+
+
+class AuditNotFinishedError(ServiceError):
+    status_code = 409
+    detail = DETAIL_AUDIT_NOT_FINISHED
+
+
+class AuditFinishedError(ServiceError):
+    status_code = 409
+    detail = DETAIL_AUDIT_FINISHED
+
+
+class CapturesUnreadableError(ServiceError):
+    status_code = 503
+    detail = DETAIL_CAPTURES_UNREADABLE
+
+
+class NotReadyError(ServiceError):
+    status_code = 503
+    detail = DETAIL_NOT_READY
+
+
+def to_service_error(exc: CEMError) -> ServiceError:
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, CaptureStoreError):
+        return CapturesUnreadableError(str(exc))
+    return ServiceError(str(exc))
+
+
+async def handle_domain_error(request: Request, exc: Exception) -> JSONResponse:
+    """The one handler for every domain error: status and stable detail, never a traceback."""
+    error = to_service_error(exc)  # type: ignore[arg-type]
+    if error.status_code >= 500:
+        logger.warning("%s %s -> %d: %s", request.method, request.url.path, error.status_code, exc)
+    return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=error.headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(CEMError, handle_domain_error)

@@ -1,0 +1,112 @@
+"""The HTML audit report: metrics, the privacy bound and the reconstruction grid in one page.
+
+Self-contained (the PNG is inlined as a data URI, no scripts, no external
+assets) so it can be saved, mailed or archived as a single file. Every value
+that comes from a job is escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from datetime import datetime, timezone
+from typing import Any
+
+from attacker.service.jobs import Job
+
+SPLITS = (
+    ("train", "attacker's training split"),
+    ("infer", "held-out inference split"),
+    ("captured", "captured traffic (ground truth known)"),
+)
+BOUND_LABELS = {
+    "xi": "ξ: lower bound on any attacker's reconstruction MSE (Theorem 1)",
+    "mse_bound_xi": "ξ: lower bound on any attacker's reconstruction MSE (Theorem 1)",
+    "entropy_bound": "lower bound on the conditional entropy H(x|z) (Theorem 2)",
+}
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>CEM audit {job_id}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 60rem; color: #222; }}
+table {{ border-collapse: collapse; margin: 1rem 0; }}
+th, td {{ border: 1px solid #ccc; padding: .3rem .7rem; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+img {{ image-rendering: pixelated; max-width: 100%; border: 1px solid #ccc; }}
+.muted {{ color: #666; }}
+</style>
+</head>
+<body>
+<h1>Model inversion audit</h1>
+<table>{summary}</table>
+<h2>Reconstruction quality</h2>
+<p class="muted">Lower MSE, higher PSNR and SSIM mean the attacker recovers the private images better.</p>
+<table><tr><th>split</th><th>n</th><th>MSE</th><th>PSNR (dB)</th><th>SSIM</th></tr>{metrics}</table>
+<h2>Privacy bound</h2>
+{bound}
+<h2>Reconstructions</h2>
+<p class="muted">Originals above their reconstructions; columns grouped as train, inference and captured samples.</p>
+{image}
+</body>
+</html>
+"""
+
+
+def _number(value: Any, digits: int = 4) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "–"
+    if isinstance(value, int):
+        return str(value)
+    return "∞" if math.isinf(value) else f"{value:.{digits}g}"
+
+
+def _time(value: float | None) -> str:
+    return datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="seconds") if value else "–"
+
+
+def _rows(pairs: list[tuple[str, str]]) -> str:
+    return "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in pairs)
+
+
+def render_report(job: Job, png: bytes | None) -> str:
+    """The report page for a succeeded job (``job.result`` is its ``AuditResult.to_dict()``)."""
+    result = job.result or {}
+    request = job.request
+    summary = _rows(
+        [
+            ("audit", job.id),
+            ("status", job.status),
+            ("bundle", request.bundle),
+            ("model id", request.model_id),
+            ("attack", str(result.get("attack", request.attack))),
+            ("epochs", "default" if request.epochs is None else str(request.epochs)),
+            ("dataset", request.dataset or "the bundle's"),
+            ("captured samples reconstructed", str(result.get("captured_reconstructions", 0))),
+            ("started", _time(job.started_at)),
+            ("finished", _time(job.finished_at)),
+        ]
+    )
+    metrics = result.get("metrics") or {}
+    metric_rows = []
+    for key, label in SPLITS:
+        values = metrics.get(key)
+        if not values:
+            continue
+        cells = "".join(f"<td>{_number(values.get(m))}</td>" for m in ("n", "mse", "psnr", "ssim"))
+        metric_rows.append(f"<tr><td>{html.escape(label)}</td>{cells}</tr>")
+    bound = result.get("bound") or {}
+    if bound:
+        pairs = [(BOUND_LABELS.get(k, k), _number(v)) for k, v in sorted(bound.items())]
+        bound_html = f"<table>{_rows(pairs)}</table>"
+    else:
+        bound_html = '<p class="muted">The bundle records no bound (trained without CEM).</p>'
+    if png:
+        encoded = base64.b64encode(png).decode("ascii")
+        image = f'<img alt="originals above reconstructions" src="data:image/png;base64,{encoded}">'
+    else:
+        image = '<p class="muted">No reconstruction image was stored.</p>'
+    return PAGE.format(job_id=html.escape(job.id), summary=summary, metrics="".join(metric_rows), bound=bound_html, image=image)

@@ -1,0 +1,132 @@
+"""Privacy metrics of a reconstruction: MSE, PSNR and SSIM on images in [0, 1].
+
+* MSE: mean squared error over all pixels of an image; the data-set value is the
+  mean over images, which equals the reference's batch-weighted ``nn.MSELoss``
+  (reference_notes §6.1) because every image has the same size. Theorem 1's ξ is
+  on this per-pixel scale.
+* PSNR: ``10 * log10(1 / MSE)`` (peak 1). ``psnr`` is the mean of per-image PSNRs;
+  ``psnr_batch`` is the reference's number, PSNR of each evaluation batch's MSE
+  averaged with batch-size weights (§6.2). -log is convex, so by Jensen
+  ``psnr`` >= ``psnr_batch`` (reference_notes §6.2 states the opposite), and the
+  gap grows with the spread of per-image errors. A perfect image is capped at
+  ``PSNR_CAP_DB``.
+* SSIM: torchmetrics' Gaussian SSIM (11x11 window, σ 1.5, K1 0.01, K2 0.03, data
+  range 1, population covariance), averaged per image over the valid region only
+  (a 5-pixel border is excluded, where the window would reach into padding), so
+  it equals scikit-image's ``structural_similarity(gaussian_weights=True,
+  sigma=1.5, use_sample_covariance=False, data_range=1)``. The reference's
+  pytorch_ssim zero-pads and averages the whole map (§6.3), which gives lower
+  values on 32x32 images, so our SSIM is not directly comparable to the paper's.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+from cem.errors import CEMError
+
+PSNR_CAP_DB = 100.0
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+_RANGE_TOLERANCE = 1e-4
+
+
+class MetricInputError(CEMError, ValueError):
+    """Reconstruction and target cannot be compared (shape, range, values)."""
+
+
+def check_image_pair(recon: torch.Tensor, target: torch.Tensor) -> None:
+    """Both (B, C, H, W), same shape, finite, within [0, 1]; raises ``MetricInputError`` otherwise."""
+    if recon.dim() != 4 or recon.shape != target.shape:
+        raise MetricInputError(
+            f"expected reconstruction and target of the same (B, C, H, W) shape, got {tuple(recon.shape)} "
+            f"and {tuple(target.shape)}"
+        )
+    for name, images in (("reconstruction", recon), ("target", target)):
+        if images.numel() == 0:
+            continue
+        if not torch.isfinite(images).all():
+            raise MetricInputError(f"expected finite {name} values, got NaN or inf")
+        low, high = float(images.min()), float(images.max())
+        if low < -_RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
+            raise MetricInputError(f"expected {name} values in [0, 1], got [{low:.4g}, {high:.4g}]")
+
+
+def mse_per_image(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) x2 -> (B,) mean squared error per image."""
+    check_image_pair(recon, target)
+    return (recon.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+
+
+def psnr_from_mse(mse: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB for peak 1, elementwise; a zero MSE gives ``PSNR_CAP_DB``."""
+    floor = 10.0 ** (-PSNR_CAP_DB / 10.0)
+    return 10.0 * torch.log10(1.0 / mse.clamp_min(floor))
+
+
+def psnr_per_image(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) x2 -> (B,) PSNR in dB of each image."""
+    return psnr_from_mse(mse_per_image(recon, target))
+
+
+def ssim_per_image(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) x2 -> (B,) Gaussian SSIM of each image over its valid region (needs H, W >= 11)."""
+    check_image_pair(recon, target)
+    if min(recon.shape[-2:]) < SSIM_WINDOW:
+        raise MetricInputError(f"expected images of at least {SSIM_WINDOW}x{SSIM_WINDOW} for SSIM, got {tuple(recon.shape[-2:])}")
+    _, ssim_map = structural_similarity_index_measure(
+        recon.float(),
+        target.float(),
+        gaussian_kernel=True,
+        sigma=SSIM_SIGMA,
+        kernel_size=SSIM_WINDOW,
+        data_range=1.0,
+        reduction="none",
+        return_full_image=True,
+    )
+    border = SSIM_WINDOW // 2
+    return ssim_map[..., border:-border, border:-border].flatten(1).mean(dim=1)
+
+
+class ReconstructionMeter:
+    """Accumulates per-image MSE, PSNR and SSIM over evaluation batches.
+
+    ``update`` takes one evaluation batch; its size also defines the reference's
+    batch PSNR. ``summary`` returns ``{"mse", "psnr", "psnr_batch", "ssim", "n"}``.
+    """
+
+    def __init__(self) -> None:
+        self._n = 0
+        self._mse = 0.0
+        self._psnr = 0.0
+        self._psnr_batch = 0.0
+        self._ssim = 0.0
+
+    def update(self, recon: torch.Tensor, target: torch.Tensor) -> None:
+        recon, target = recon.detach(), target.detach()
+        if recon.shape[0] == 0:
+            return
+        mse = mse_per_image(recon, target)
+        batch = int(mse.numel())
+        self._n += batch
+        self._mse += float(mse.sum())
+        self._psnr += float(psnr_from_mse(mse).sum())
+        self._psnr_batch += batch * float(psnr_from_mse(mse.mean()))
+        self._ssim += float(ssim_per_image(recon, target).sum())
+
+    @property
+    def count(self) -> int:
+        return self._n
+
+    def summary(self) -> dict[str, float]:
+        if self._n == 0:
+            raise MetricInputError("expected at least one scored image, got none")
+        n = self._n
+        return {
+            "mse": self._mse / n,
+            "psnr": self._psnr / n,
+            "psnr_batch": self._psnr_batch / n,
+            "ssim": self._ssim / n,
+            "n": n,
+        }

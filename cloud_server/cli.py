@@ -1,0 +1,97 @@
+"""``cem-cloud``: serve a bundle's decoder over gRPC.
+
+Once the model is loaded, warmed up and SERVING, stdout gets exactly one line
+``LISTENING <host>:<port>`` (flushed), with the real port when ``--port 0`` was
+asked for; scripts and tests read the port from it. Logs go to stderr.
+SIGTERM or SIGINT: stop accepting, let in-flight calls finish (``--grace-s``), exit 0.
+A bundle that fails verification exits 1 with the reason on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from cem.devices import DEVICE_CHOICES
+from cem.errors import CEMError
+from cem.wire import DEFAULT_MAX_MESSAGE_BYTES, format_listening_line
+from cloud_server.server import create_server
+from cloud_server.settings import ServerSettings
+
+logger = logging.getLogger("cem-cloud")
+
+STARTUP_TIMEOUT_S = 600.0
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cem-cloud", description="Serve the cloud half (decoder) of a CEM split model over gRPC.")
+    parser.add_argument("--bundle", type=Path, required=True, help="bundle folder (manifest.json + decoder.safetensors)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=50051, help="port; 0 picks a free one (see the LISTENING line)")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto uses CUDA when present")
+    parser.add_argument("--max-batch", type=int, default=256, help="max samples per request and per micro-batch")
+    parser.add_argument("--max-delay-ms", type=float, default=2.0, help="max wait for more requests to join a micro-batch")
+    parser.add_argument("--max-queue", type=int, default=4096, help="queued samples beyond which requests get UNAVAILABLE")
+    parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES, help="gRPC send/receive limit")
+    parser.add_argument("--workers", type=int, default=16, help="gRPC handler threads")
+    parser.add_argument("--grace-s", type=float, default=30.0, help="time in-flight calls get to finish on SIGTERM")
+    parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables TLS")
+    parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    parser.add_argument("--tls-client-ca", type=Path, help="CA (PEM) that client certificates must chain to; enables mTLS")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def build_settings(args: argparse.Namespace) -> ServerSettings:
+    return ServerSettings(
+        bundle_dir=args.bundle,
+        host=args.host,
+        port=args.port,
+        device=args.device,
+        max_batch=args.max_batch,
+        max_delay_ms=args.max_delay_ms,
+        max_queue=args.max_queue,
+        max_message_bytes=args.max_message_bytes,
+        workers=args.workers,
+        grace_s=args.grace_s,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        server, port = create_server(build_settings(args))
+    except CEMError as exc:
+        print(f"cem-cloud: error: {exc}", file=sys.stderr)
+        return 1
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        logger.info("received %s", signal.Signals(signum).name)
+        server.stop()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    server.start()
+    if not server.wait_until_serving(STARTUP_TIMEOUT_S):
+        if server.is_stopping:  # a signal arrived during start-up
+            server.wait_for_termination()
+            return 0
+        server.stop(0).wait()
+        print("cem-cloud: error: the warm-up inference failed or timed out; see the log", file=sys.stderr)
+        return 1
+    print(format_listening_line(args.host, port), flush=True)
+    while not server.wait_for_termination(0.5):  # short waits keep the main thread responsive to signals
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The service's errors and the ONE place they become gRPC status codes.
+
+Every handler runs inside ``status_for``'s table: a known error gets its code and
+its own message (written to be safe for a remote caller: shapes, sizes, ids,
+never feature values); anything else is logged with its traceback and answered
+INTERNAL, so no call ever ends as UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NoReturn
+
+import grpc
+
+from cem.codec import TensorTooLargeError
+from cem.errors import BundleError, CEMError, ConfigError, TensorCodecError
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceError(CEMError):
+    """Base of the errors the servicer raises on purpose."""
+
+
+class InvalidRequestError(ServiceError, ValueError):
+    """A request is malformed apart from its tensor (missing features, ids that do not fit the batch)."""
+
+
+class RequestTooLargeError(ServiceError):
+    """A request asks for more than the service's limits (batch size)."""
+
+
+class ModelNotFoundError(ServiceError):
+    """A request names a model id other than the one served here."""
+
+
+class ServiceUnavailableError(ServiceError):
+    """The service cannot take the request now: warming up, overloaded or shutting down."""
+
+
+# Order matters: the first matching class wins, so subclasses come before their bases.
+_STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (TensorTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (RequestTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (TensorCodecError, grpc.StatusCode.INVALID_ARGUMENT),
+    (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (BundleError, grpc.StatusCode.FAILED_PRECONDITION),
+    (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
+    (ServiceUnavailableError, grpc.StatusCode.UNAVAILABLE),
+)
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """(code, message) for any exception; unexpected ones are logged and become INTERNAL."""
+    for error_type, code in _STATUS_TABLE:
+        if isinstance(exc, error_type):
+            return code, str(exc)
+    logger.error("unexpected error while serving a request", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log"
+
+
+def abort_with(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
+    """End the call with the status ``exc`` maps to (raises, as ``context.abort`` does)."""
+    code, message = status_for(exc)
+    if code is not grpc.StatusCode.INTERNAL:
+        logger.info("request refused with %s: %s", code.name, message)
+    context.abort(code, message)
+    raise AssertionError("grpc.ServicerContext.abort returned instead of raising")

@@ -1,0 +1,58 @@
+"""The cloud half of the model: manifest + decoder, and nothing that could load the encoder.
+
+This module is the only place the cloud touches model weights, and it calls
+``cem.bundle.load_decoder`` alone; the service runs from a bundle folder whose
+``encoder.safetensors`` has been removed (tests check that).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from cem.bundle import Manifest, load_decoder
+from cem.devices import resolve_device
+
+logger = logging.getLogger(__name__)
+
+
+class DecoderRuntime:
+    """Runs the verified decoder on batches of features.
+
+    features: (B, C, H, W) float32 on the CPU, B >= 1 -> logits (B, num_classes) float32 on the CPU.
+    """
+
+    def __init__(self, bundle_dir: str | Path, device: str = "auto") -> None:
+        self.device = resolve_device(device)
+        self.manifest: Manifest
+        self.manifest, self._decoder = load_decoder(bundle_dir, self.device)
+        logger.info(
+            "loaded decoder of model %s (%s, cut %d, features %s) on %s",
+            self.manifest.model_id, self.manifest.model.arch, self.manifest.model.cut_layer,
+            self.manifest.feature_shape, self.device,
+        )
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest.model_id
+
+    @property
+    def feature_shape(self) -> tuple[int, int, int]:
+        return self.manifest.feature_shape
+
+    @torch.inference_mode()
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        logits = self._decoder(features.to(self.device, non_blocking=True))
+        return logits.float().cpu()
+
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8)) -> float:
+        """Run the decoder once per batch size (allocator, kernels, CUDA context); returns seconds taken."""
+        start = time.perf_counter()
+        for size in batch_sizes:
+            self.predict(torch.full((size, *self.feature_shape), 0.5))
+        elapsed = time.perf_counter() - start
+        logger.info("warm-up inference done in %.3f s", elapsed)
+        return elapsed

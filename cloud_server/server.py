@@ -1,0 +1,139 @@
+"""``create_server(settings) -> (server, port)``: the cloud service, assembled and bound.
+
+The bundle is verified and the decoder loaded inside ``create_server``, so a
+tampered or incomplete bundle is refused before anything listens. ``start()``
+opens the port with health NOT_SERVING, runs a warm-up inference, then flips
+health to SERVING and the servicer to accepting. ``stop(grace)`` is the SIGTERM
+path: health NOT_SERVING, new calls refused, in-flight calls finish (up to
+``grace`` seconds), then the batcher drains and the worker stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cem.errors import ConfigError
+from cem.wire import SERVICE_NAME, grpc_message_options
+from cloud_server.batcher import MicroBatcher
+from cloud_server.runtime import DecoderRuntime
+from cloud_server.servicer import SplitInferenceServicer
+from cloud_server.settings import ServerSettings
+from protos import cem_split_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+
+
+class CloudServer:
+    """A bound gRPC server with the lifecycle above; mirrors ``grpc.Server``'s start/stop/wait."""
+
+    def __init__(self, settings: ServerSettings, runtime: DecoderRuntime) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self._batcher = MicroBatcher(
+            runtime.predict, max_batch=settings.max_batch, max_delay_s=settings.max_delay_s, max_queue=settings.max_queue
+        )
+        self._servicer = SplitInferenceServicer(runtime, self._batcher, settings)
+        self._health = health.HealthServicer()
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="grpc"),
+            options=grpc_message_options(settings.max_message_bytes),
+        )
+        pb_grpc.add_SplitInferenceServicer_to_server(self._servicer, self._grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc)
+        self.port = _bind(self._grpc, settings)
+        self._serving = threading.Event()
+        self._warm_up_done = threading.Event()
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+        self._stopping = False
+
+    def start(self) -> None:
+        """Listen (NOT_SERVING), warm up in the background, then serve."""
+        self._grpc.start()
+        logger.info("listening on %s:%d (tls=%s, mtls=%s)", self.settings.host, self.port,
+                    self.settings.uses_tls, self.settings.tls_client_ca is not None)
+        threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
+
+    def wait_until_serving(self, timeout: float | None = None) -> bool:
+        """True once SERVING; False if the warm-up failed, shutdown began first, or ``timeout`` passed."""
+        self._warm_up_done.wait(timeout)
+        return self._serving.is_set()
+
+    def stop(self, grace: float | None = None) -> threading.Event:
+        """Begin a graceful shutdown; the returned event is set once everything has stopped."""
+        with self._stop_lock:
+            if self._stopping:
+                return self._stopped
+            self._stopping = True
+        grace = self.settings.grace_s if grace is None else grace
+        logger.info("shutting down: refusing new calls, finishing in-flight ones (grace %.1f s)", grace)
+        self._health.enter_graceful_shutdown()
+        grpc_done = self._grpc.stop(grace)  # refuses new calls at once; calls already received run on
+        threading.Thread(target=self._finish_stop, args=(grpc_done,), name="shutdown", daemon=True).start()
+        return self._stopped
+
+    @property
+    def is_stopping(self) -> bool:
+        return self._stopping
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    def _warm_up(self) -> None:
+        try:
+            self.runtime.warm_up()
+            with self._stop_lock:
+                if not self._stopping:
+                    self._servicer.start_accepting()
+                    self._set_health(health_pb2.HealthCheckResponse.SERVING)
+                    self._serving.set()
+                    logger.info("serving model %s", self.runtime.model_id)
+        except Exception:
+            logger.exception("warm-up inference failed; the server stays NOT_SERVING")
+        finally:
+            self._warm_up_done.set()
+
+    def _finish_stop(self, grpc_done: threading.Event) -> None:
+        grpc_done.wait()
+        self._batcher.close()
+        logger.info("server stopped")
+        self._stopped.set()
+
+    def _set_health(self, status: int) -> None:
+        self._health.set("", status)
+        self._health.set(SERVICE_NAME, status)
+
+
+def _bind(server: grpc.Server, settings: ServerSettings) -> int:
+    """Bind the address (TLS when configured, mTLS when a client CA is given); returns the port."""
+    try:
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            key_pair = (Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes())
+            client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca is not None else None
+            credentials = grpc.ssl_server_credentials(
+                [key_pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+            )
+            port = server.add_secure_port(settings.address, credentials)
+        else:
+            port = server.add_insecure_port(settings.address)
+    except RuntimeError as exc:
+        raise ConfigError(f"expected to bind {settings.address}, but gRPC could not: {exc}") from exc
+    if port == 0:
+        raise ConfigError(f"expected to bind {settings.address}, but gRPC could not")
+    return port
+
+
+def create_server(settings: ServerSettings) -> tuple[CloudServer, int]:
+    """Verify the bundle, load the decoder, bind the port (0 picks a free one); call ``start()`` next."""
+    runtime = DecoderRuntime(settings.bundle_dir, settings.device)
+    server = CloudServer(settings, runtime)
+    return server, server.port

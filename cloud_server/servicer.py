@@ -1,0 +1,90 @@
+"""The ``SplitInference`` servicer: decode request -> micro-batched decoder -> encode response.
+
+Each handler body runs under ``abort_with`` (cloud_server.errors), the one place
+errors become status codes. Until the warm-up inference has run, requests are
+answered UNAVAILABLE; on shutdown gRPC itself refuses new calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from typing import Iterator
+
+import grpc
+
+from cem.codec import WIRE_DTYPES, dtype_to_enum, encode_tensor
+from cloud_server.batcher import MicroBatcher
+from cloud_server.errors import ServiceUnavailableError, abort_with
+from cloud_server.runtime import DecoderRuntime
+from cloud_server.settings import ServerSettings
+from cloud_server.validation import RequestLimits, decode_request
+from protos import cem_split_pb2 as pb
+from protos import cem_split_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+
+
+class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
+    def __init__(self, runtime: DecoderRuntime, batcher: MicroBatcher, settings: ServerSettings) -> None:
+        self._runtime = runtime
+        self._batcher = batcher
+        self._settings = settings
+        self._limits = RequestLimits(
+            model_id=runtime.model_id,
+            feature_shape=runtime.feature_shape,
+            max_batch=settings.max_batch,
+            max_bytes=settings.max_message_bytes,
+        )
+        self._accepting = threading.Event()
+
+    def start_accepting(self) -> None:
+        """Open the service once the warm-up inference has run."""
+        self._accepting.set()
+
+    def Infer(self, request: pb.InferRequest, context: grpc.ServicerContext) -> pb.InferResponse:
+        try:
+            return self._infer_one(request)
+        except Exception as exc:
+            abort_with(context, exc)
+
+    def InferStream(self, request_iterator: Iterator[pb.InferRequest], context: grpc.ServicerContext) -> Iterator[pb.InferResponse]:
+        """One response per request, in order; a bad request ends the stream with its status."""
+        try:
+            for request in request_iterator:
+                yield self._infer_one(request)
+        except Exception as exc:
+            if context.is_active():  # a stream the client cancelled needs no status
+                abort_with(context, exc)
+
+    def GetModelInfo(self, request: pb.ModelInfoRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
+        manifest = self._runtime.manifest
+        return pb.ModelInfo(
+            model_id=manifest.model_id,
+            arch=manifest.model.arch,
+            cut_layer=manifest.model.cut_layer,
+            feature_shape=list(manifest.feature_shape),
+            accepted_dtypes=[dtype_to_enum(name) for name in WIRE_DTYPES],
+            noise_std=manifest.noise_std,
+            class_names=manifest.class_names,
+            dataset=str(manifest.dataset.get("name", "")),
+            max_batch=self._settings.max_batch,
+            max_message_bytes=self._settings.max_message_bytes,
+        )
+
+    def _infer_one(self, request: pb.InferRequest) -> pb.InferResponse:
+        if not self._accepting.is_set():
+            raise ServiceUnavailableError("the server is warming up; retry shortly")
+        with self._batcher.reserve() as reservation:
+            features = decode_request(request, self._limits)  # (B, C, H, W)
+            future = reservation.submit(features)
+        result = future.result()
+        logits = result.logits  # (B, num_classes)
+        return pb.InferResponse(
+            model_id=self._runtime.model_id,
+            request_id=request.request_id or uuid.uuid4().hex,
+            logits=encode_tensor(logits, "float32"),
+            predictions=logits.argmax(dim=1).tolist(),
+            served_batch_size=result.served_batch_size,
+        )
