@@ -58,10 +58,10 @@ class ProbeDecoder(nn.Module):
     def __init__(self, channels: int, out_channels: int) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(channels, 64, 3, padding=1), nn.ReLU(),
-            nn.Upsample(scale_factor=2), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
-            nn.Upsample(scale_factor=2), nn.Conv2d(64, 32, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(32, out_channels, 3, padding=1), nn.Sigmoid(),
+            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(),
+            nn.Upsample(scale_factor=2), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+            nn.Upsample(scale_factor=2), nn.Conv2d(32, 16, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(16, out_channels, 3, padding=1), nn.Sigmoid(),
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -116,7 +116,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cem-loss", default="paper_diag")
     parser.add_argument("--cem-lr-coupling", default="none")
     parser.add_argument("--defense", action="append", default=[])
-    parser.add_argument("--probe-epochs", type=int, default=15)
+    parser.add_argument("--probe-epochs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
     parser.add_argument("--out", type=Path, default=Path("runs/sweep"))
     return parser

@@ -139,7 +139,9 @@ def save_bundle(
     for part, module in (("encoder", model.encoder), ("decoder", model.decoder)):
         state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
         path = out / WEIGHT_FILES[part]
-        save_file(state, str(path), metadata={"part": part, "format_version": str(FORMAT_VERSION)})
+        # One metadata key only: safetensors writes its metadata map in a random order, and two
+        # keys would make the file bytes (and so the model id) differ between identical models.
+        save_file(state, str(path), metadata={"part": part})
         hashes[part] = sha256_file(path)
     manifest = Manifest(
         model_id=derive_model_id(hashes),

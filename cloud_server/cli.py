@@ -3,7 +3,9 @@
 Once the model is loaded, warmed up and SERVING, stdout gets exactly one line
 ``LISTENING <host>:<port>`` (flushed), with the real port when ``--port 0`` was
 asked for; scripts and tests read the port from it. Logs go to stderr.
-SIGTERM or SIGINT: stop accepting, let in-flight calls finish (``--grace-s``), exit 0.
+SIGTERM or SIGINT: health NOT_SERVING at once, keep serving until no call has
+arrived for ``--drain-s``, close the port, let in-flight calls finish
+(``--grace-s`` in all), exit 0.
 A bundle that fails verification exits 1 with the reason on stderr.
 """
 
@@ -39,6 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES, help="gRPC send/receive limit")
     parser.add_argument("--workers", type=int, default=16, help="gRPC handler threads")
     parser.add_argument("--grace-s", type=float, default=30.0, help="time in-flight calls get to finish on SIGTERM")
+    parser.add_argument("--drain-s", type=float, default=0.5, help="on SIGTERM, serve until no call arrived for this long")
     parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables TLS")
     parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     parser.add_argument("--tls-client-ca", type=Path, help="CA (PEM) that client certificates must chain to; enables mTLS")
@@ -58,6 +61,7 @@ def build_settings(args: argparse.Namespace) -> ServerSettings:
         max_message_bytes=args.max_message_bytes,
         workers=args.workers,
         grace_s=args.grace_s,
+        drain_s=args.drain_s,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,

@@ -3,15 +3,26 @@
 The bundle is verified and the decoder loaded inside ``create_server``, so a
 tampered or incomplete bundle is refused before anything listens. ``start()``
 opens the port with health NOT_SERVING, runs a warm-up inference, then flips
-health to SERVING and the servicer to accepting. ``stop(grace)`` is the SIGTERM
-path: health NOT_SERVING, new calls refused, in-flight calls finish (up to
-``grace`` seconds), then the batcher drains and the worker stops.
+health to SERVING and the servicer to accepting.
+
+``stop()`` is the SIGTERM path, in three steps:
+
+1. health turns NOT_SERVING at once, so balancers and health-checking clients
+   stop sending;
+2. drain: calls keep being served until none has arrived for ``drain_s``
+   (at most ``grace_s / 2``). gRPC Python hands calls to the application one at
+   a time and cancels, at shutdown, every call its core received but had not yet
+   handed over; under load those are requests the client sent before SIGTERM,
+   and an immediate stop would answer them CANCELLED;
+3. the port closes (new calls get UNAVAILABLE), calls in flight get the rest of
+   ``grace_s`` to finish, then the batcher empties its queue and stops.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -68,17 +79,20 @@ class CloudServer:
         self._warm_up_done.wait(timeout)
         return self._serving.is_set()
 
-    def stop(self, grace: float | None = None) -> threading.Event:
-        """Begin a graceful shutdown; the returned event is set once everything has stopped."""
+    def stop(self, grace: float | None = None, drain: float | None = None) -> threading.Event:
+        """Begin the graceful shutdown above (non-blocking); the returned event is set once all has stopped.
+
+        ``grace`` and ``drain`` default to the settings' ``grace_s`` and ``drain_s``.
+        """
         with self._stop_lock:
             if self._stopping:
                 return self._stopped
             self._stopping = True
         grace = self.settings.grace_s if grace is None else grace
-        logger.info("shutting down: refusing new calls, finishing in-flight ones (grace %.1f s)", grace)
+        drain = self.settings.drain_s if drain is None else drain
+        logger.info("shutting down: health NOT_SERVING, draining (quiet %.2f s), then grace %.1f s", drain, grace)
         self._health.enter_graceful_shutdown()
-        grpc_done = self._grpc.stop(grace)  # refuses new calls at once; calls already received run on
-        threading.Thread(target=self._finish_stop, args=(grpc_done,), name="shutdown", daemon=True).start()
+        threading.Thread(target=self._shut_down, args=(grace, drain), name="shutdown", daemon=True).start()
         return self._stopped
 
     @property
@@ -102,8 +116,18 @@ class CloudServer:
         finally:
             self._warm_up_done.set()
 
-    def _finish_stop(self, grpc_done: threading.Event) -> None:
-        grpc_done.wait()
+    def _shut_down(self, grace: float, drain: float) -> None:
+        started = time.monotonic()
+        limit = started + grace / 2
+        while True:
+            quiet_since = max(started, self._servicer.last_call_at)
+            now = time.monotonic()
+            if now - quiet_since >= drain or now >= limit:
+                break
+            time.sleep(min(0.02, drain))
+        remaining = max(0.0, grace - (time.monotonic() - started))
+        logger.info("closing the port; in-flight calls have %.1f s to finish", remaining)
+        self._grpc.stop(remaining).wait()
         self._batcher.close()
         logger.info("server stopped")
         self._stopped.set()

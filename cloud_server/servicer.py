@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from typing import Iterator
 
@@ -38,12 +39,14 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
             max_bytes=settings.max_message_bytes,
         )
         self._accepting = threading.Event()
+        self.last_call_at = 0.0  # time.monotonic() of the latest call; the shutdown drain watches it
 
     def start_accepting(self) -> None:
         """Open the service once the warm-up inference has run."""
         self._accepting.set()
 
     def Infer(self, request: pb.InferRequest, context: grpc.ServicerContext) -> pb.InferResponse:
+        self.last_call_at = time.monotonic()
         try:
             return self._infer_one(request)
         except Exception as exc:
@@ -51,6 +54,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
 
     def InferStream(self, request_iterator: Iterator[pb.InferRequest], context: grpc.ServicerContext) -> Iterator[pb.InferResponse]:
         """One response per request, in order; a bad request ends the stream with its status."""
+        self.last_call_at = time.monotonic()
         try:
             for request in request_iterator:
                 yield self._infer_one(request)
@@ -59,6 +63,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
                 abort_with(context, exc)
 
     def GetModelInfo(self, request: pb.ModelInfoRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
+        self.last_call_at = time.monotonic()
         manifest = self._runtime.manifest
         return pb.ModelInfo(
             model_id=manifest.model_id,

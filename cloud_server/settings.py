@@ -22,8 +22,9 @@ class ServerSettings:
     ``max_batch`` caps both a single request's batch and a micro-batch (samples);
     ``max_delay_ms`` is how long a micro-batch may wait for requests that are
     already being received; ``max_queue`` caps queued samples before new requests
-    are refused with UNAVAILABLE; ``grace_s`` is how long in-flight requests may
-    take to finish after SIGTERM.
+    are refused with UNAVAILABLE. After SIGTERM the server keeps serving until no
+    call has arrived for ``drain_s`` (at most ``grace_s / 2``), then closes the
+    port; in-flight requests may take the rest of ``grace_s`` to finish.
     """
 
     bundle_dir: Path
@@ -36,6 +37,7 @@ class ServerSettings:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     workers: int = 16
     grace_s: float = 30.0
+    drain_s: float = 0.5
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
@@ -57,6 +59,8 @@ class ServerSettings:
             raise ConfigError(f"expected workers >= 1, got {self.workers}")
         if self.grace_s < 0:
             raise ConfigError(f"expected grace_s >= 0, got {self.grace_s}")
+        if self.drain_s < 0:
+            raise ConfigError(f"expected drain_s >= 0, got {self.drain_s}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("expected --tls-cert and --tls-key together, got only one of them")
         if self.tls_client_ca is not None and self.tls_cert is None:

@@ -69,9 +69,15 @@ def follow(client: AuditClient, audit_id: str, timeout_s: float | None) -> dict[
     """Wait for a final status with a progress bar on stderr."""
     with tqdm(total=100, desc=f"audit {audit_id[:8]}", unit="%", file=sys.stderr, leave=True) as bar:
 
+        shown: list[tuple[int, str]] = []
+
         def update(audit: dict[str, Any]) -> None:
-            bar.n = round(100 * float(audit.get("progress") or 0.0))
-            bar.set_postfix_str(f"{audit['status']}: {audit.get('message') or ''}"[:60])
+            state = (round(100 * float(audit.get("progress") or 0.0)), f"{audit['status']}: {audit.get('message') or ''}"[:60])
+            if shown and shown[-1] == state:
+                return
+            shown.append(state)
+            bar.n = state[0]
+            bar.set_postfix_str(state[1], refresh=False)
             bar.refresh()
 
         return client.wait(audit_id, timeout_s=timeout_s, on_update=update)
@@ -86,13 +92,18 @@ def save_results(client: AuditClient, audit: dict[str, Any], png: Path | None, r
         report.write_text(client.fetch_report(audit["id"]), encoding="utf-8")
 
 
+def _fmt(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def describe(audit: dict[str, Any]) -> str:
     lines = [f"audit {audit['id']}: {audit['status']} ({100 * audit['progress']:.0f}%) bundle {audit['bundle']} attack {audit['attack']}"]
     for split, values in (audit.get("metrics") or {}).items():
         if values:
-            lines.append(f"  {split:>8}: MSE {values['mse']:.4f}  PSNR {values['psnr']:.2f} dB  SSIM {values['ssim']:.3f}  (n={values['n']})")
+            mse, psnr, ssim = (_fmt(values.get(k), digits) for k, digits in (("mse", 4), ("psnr", 2), ("ssim", 3)))
+            lines.append(f"  {split:>8}: MSE {mse}  PSNR {psnr} dB  SSIM {ssim}  (n={values['n']})")
     if audit.get("bound"):
-        lines.append("  bound: " + ", ".join(f"{k}={v:.4g}" for k, v in audit["bound"].items()))
+        lines.append("  bound: " + ", ".join(f"{k}={_fmt(v, 4)}" for k, v in audit["bound"].items()))
     if audit.get("error"):
         lines.append(f"  error: {audit['error']}")
     return "\n".join(lines)

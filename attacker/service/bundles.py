@@ -42,7 +42,7 @@ class BundleCatalog:
             try:
                 entries.append(BundleEntry(path.name, path, load_manifest(path)))
             except BundleError as exc:
-                logger.info("not listing %s as a bundle: %s", path.name, exc)
+                logger.debug("not listing %s as a bundle: %s", path.name, exc)
         return entries
 
     def resolve(self, name_or_model_id: str) -> BundleEntry | None:

@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import ctypes
 import logging
+import math
 import os
 import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -96,7 +98,7 @@ class AuditWorker:
             png_path = self.settings.results_dir / job.id / PNG_NAME
             png_path.parent.mkdir(parents=True, exist_ok=True)
             write_durably(png_path, result.reconstructions_png)
-            saved = self.store.finish(job.id, lease, "succeeded", result=result.to_dict(), png_path=str(png_path))
+            saved = self.store.finish(job.id, lease, "succeeded", result=json_safe(result.to_dict()), png_path=str(png_path))
             outcome = "succeeded" if saved else "finished after losing its lease; result discarded"
         except AuditCancelled:
             outcome = self._give_back(job.id, lease)
@@ -168,6 +170,17 @@ class AuditWorker:
         if self.store.finish(job_id, lease, "cancelled"):
             return "cancelled"
         return "abandoned: the job is no longer this worker's"
+
+
+def json_safe(value: Any) -> Any:
+    """Non-finite floats (a PSNR of a perfect reconstruction is +inf) become None: JSON has no infinity."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def set_parent_death_signal(sig: int = signal.SIGTERM) -> None:

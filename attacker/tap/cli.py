@@ -20,6 +20,7 @@ import sys
 from attacker.tap.proxy import TapServer
 from attacker.tap.recorder import CaptureRecorder, RecorderConfig, RecorderStats
 from attacker.tap.store import CaptureWriter
+from cem.wire import format_listening_line
 
 logger = logging.getLogger("attacker.tap")
 
@@ -29,9 +30,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--listen", required=True, help="HOST:PORT to accept the edge on (port 0: any free port)")
     parser.add_argument("--upstream", required=True, help="HOST:PORT of the real cloud service")
     parser.add_argument("--captures", required=True, help="capture directory (created if missing)")
-    parser.add_argument("--max-queue", type=int, default=RecorderConfig.max_queue, help="captures waiting for the disk before new ones are dropped")
-    parser.add_argument("--batch-records", type=int, default=RecorderConfig.batch_records, help="captures per shard file at most")
-    parser.add_argument("--flush-interval", type=float, default=RecorderConfig.flush_interval_s, help="seconds before a partial shard is written")
+    parser.add_argument("--max-queue", type=int, default=RecorderConfig.max_queue,
+                        help="captures waiting for the disk before new ones are dropped")
+    parser.add_argument("--batch-records", type=int, default=RecorderConfig.batch_records,
+                        help="captures per shard file at most")
+    parser.add_argument("--flush-interval", type=float, default=RecorderConfig.flush_interval_s,
+                        help="seconds before a partial shard is written")
     parser.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get on shutdown")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--json", action="store_true", help="print the final capture counters as JSON on the last stdout line")
@@ -47,7 +51,9 @@ def listen_host(listen: str) -> str:
 
 async def serve(args: argparse.Namespace) -> RecorderStats:
     host = listen_host(args.listen)
-    config = RecorderConfig(max_queue=args.max_queue, batch_records=args.batch_records, flush_interval_s=args.flush_interval)
+    config = RecorderConfig(
+        max_queue=args.max_queue, batch_records=args.batch_records, flush_interval_s=args.flush_interval
+    )
     recorder = CaptureRecorder(CaptureWriter(args.captures), config)
     tap = TapServer(args.listen, args.upstream, recorder)
     try:
@@ -55,7 +61,7 @@ async def serve(args: argparse.Namespace) -> RecorderStats:
     except OSError:
         await asyncio.to_thread(recorder.close)
         raise
-    print(f"LISTENING {host}:{port}", flush=True)
+    print(format_listening_line(host, port), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -63,8 +63,8 @@ def remaining_timeout(context: grpc.aio.ServicerContext) -> float | None:
 async def relay_failure(context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError, sent_metadata: bool) -> None:
     """End the caller's RPC with exactly the upstream status, details and metadata."""
     if not sent_metadata and error.initial_metadata():
-        await context.send_initial_metadata(error.initial_metadata())
-    await context.abort(error.code(), error.details() or "", trailing_metadata=error.trailing_metadata() or ())
+        await context.send_initial_metadata(tuple(error.initial_metadata()))
+    await context.abort(error.code(), error.details() or "", trailing_metadata=tuple(error.trailing_metadata() or ()))
 
 
 class TapProxy(grpc.GenericRpcHandler):
@@ -102,10 +102,10 @@ class TapProxy(grpc.GenericRpcHandler):
                 await relay_failure(context, error, sent_metadata=False)
             initial = await call.initial_metadata()
             if initial:
-                await context.send_initial_metadata(initial)
+                await context.send_initial_metadata(tuple(initial))
             trailing = await call.trailing_metadata()
             if trailing:
-                context.set_trailing_metadata(trailing)
+                context.set_trailing_metadata(tuple(trailing))
             return response
 
         return forward
@@ -124,7 +124,7 @@ class TapProxy(grpc.GenericRpcHandler):
             try:
                 initial = await call.initial_metadata()
                 if initial:
-                    await context.send_initial_metadata(initial)
+                    await context.send_initial_metadata(tuple(initial))
                     sent_metadata = True
                 async for response in call:
                     yield response
@@ -132,7 +132,7 @@ class TapProxy(grpc.GenericRpcHandler):
                 await relay_failure(context, error, sent_metadata)
             trailing = await call.trailing_metadata()
             if trailing:
-                context.set_trailing_metadata(trailing)
+                context.set_trailing_metadata(tuple(trailing))
 
         return forward
 

@@ -17,6 +17,8 @@ from cem.obfuscation import ObfuscationConfig, obfuscate
 from edge_client import ClientSettings, EdgeClient, ImageInputError, RemoteCallError, RetryPolicy
 from edge_client.evaluate import evaluate_over_wire
 from edge_client.transport import call_with_retry
+from grpc_helpers import open_stub
+from protos import cem_split_pb2 as pb
 
 SEED = 1234
 BATCH = 64
@@ -101,28 +103,29 @@ def test_bad_images_are_refused_before_anything_is_sent(digits_bundle: Path, bad
 
 
 def test_no_server_is_unavailable_after_the_configured_retries(digits_bundle: Path) -> None:
-    waits: list[float] = []
-    policy = RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=1.0, multiplier=2.0, jitter=0.0)
-    settings = ClientSettings(retry=policy, timeout_s=2.0)
-    with EdgeClient(digits_bundle, "127.0.0.1:1", settings) as client:
-        features = client.encode(torch.zeros(1, 1, 32, 32))
-        request = client.build_request(features)
-        stub_call = lambda: client._stub.Infer(request, timeout=settings.timeout_s)  # noqa: E731
+    policy = RetryPolicy(max_attempts=3, initial_backoff_s=0.01, jitter=0.0)
+    with EdgeClient(digits_bundle, "127.0.0.1:1", ClientSettings(retry=policy, timeout_s=2.0)) as client:
         with pytest.raises(RemoteCallError) as info:
-            call_with_retry("Infer", stub_call, policy, sleep=waits.append)
+            client.classify(torch.zeros(1, 1, 32, 32))
     assert info.value.code == grpc.StatusCode.UNAVAILABLE and info.value.attempts == 3
-    assert waits == [0.01, 0.02]
+
+
+def test_retries_back_off_exponentially_up_to_the_cap() -> None:
+    waits: list[float] = []
+    policy = RetryPolicy(max_attempts=5, initial_backoff_s=0.01, max_backoff_s=0.03, multiplier=2.0, jitter=0.0)
+    channel, stub = open_stub(1)
+    with channel, pytest.raises(RemoteCallError) as info:
+        call_with_retry("GetModelInfo", lambda: stub.GetModelInfo(pb.ModelInfoRequest(), timeout=2), policy, sleep=waits.append)
+    assert info.value.attempts == 5 and waits == [0.01, 0.02, 0.03, 0.03]
 
 
 def test_invalid_argument_is_not_retried(digits_bundle: Path, start_server) -> None:
     server = start_server()
-    waits: list[float] = []
     policy = RetryPolicy(max_attempts=5, initial_backoff_s=0.01)
-    with EdgeClient(digits_bundle, f"127.0.0.1:{server.port}") as client:
-        request = client.build_request(torch.rand(1, 8, 8, 4))
+    with EdgeClient(digits_bundle, f"127.0.0.1:{server.port}", ClientSettings(retry=policy)) as client:
         with pytest.raises(RemoteCallError) as info:
-            call_with_retry("Infer", lambda: client._stub.Infer(request, timeout=5), policy, sleep=waits.append)
-    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and info.value.attempts == 1 and waits == []
+            client.infer_features(torch.rand(1, 8, 8, 4))
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and info.value.attempts == 1
     assert "expected shape (B, 8, 8, 8), got [1, 8, 8, 4]" in str(info.value)
 
 

@@ -42,13 +42,13 @@ class AuditAccepted(BaseModel):
 
 
 class MetricSet(BaseModel):
-    """Reconstruction quality over ``n`` images in [0, 1]."""
+    """Reconstruction quality over ``n`` images in [0, 1] (None: not finite, e.g. the PSNR of a perfect copy)."""
 
     model_config = ConfigDict(extra="allow")
 
-    mse: float
-    psnr: float
-    ssim: float
+    mse: float | None
+    psnr: float | None
+    ssim: float | None
     n: int
 
 
@@ -72,7 +72,7 @@ class AuditView(BaseModel):
     message: str | None
     cancel_requested: bool
     metrics: AuditMetrics | None
-    bound: dict[str, float] | None
+    bound: dict[str, float | None] | None
     captured_reconstructions: int | None
     error: str | None
     created_at: datetime

@@ -1,0 +1,162 @@
+"""cem-cloud and cem-edge as real processes: the LISTENING line, eval/classify output, refusals, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cem.codec import encode_tensor
+from cem.data import load_dataset
+from cem.wire import parse_listening_line
+from grpc_helpers import NOT_SERVING, health_status, open_stub
+from protos import cem_split_pb2 as pb
+
+BIN = Path(sys.executable).parent
+EVAL_KEYS = {"accuracy", "images", "throughput_ips", "latency_ms_p50", "latency_ms_p99", "bytes_per_image"}
+
+
+class CloudProcess:
+    """``cem-cloud`` on port 0; ``port`` comes from its LISTENING line."""
+
+    def __init__(self, bundle: Path, log: Path, *extra: str) -> None:
+        self.log = log
+        self._log_handle = open(log, "wb")
+        self.process = subprocess.Popen(
+            [str(BIN / "cem-cloud"), "--bundle", str(bundle), "--port", "0", "--device", "cpu", *extra],
+            stdout=subprocess.PIPE, stderr=self._log_handle, text=True,
+        )
+        self.port = self._read_port(timeout=90)
+
+    def _read_port(self, timeout: float) -> int:
+        found: list[int] = []
+
+        def read() -> None:
+            assert self.process.stdout is not None
+            for line in self.process.stdout:
+                parsed = parse_listening_line(line)
+                if parsed:
+                    found.append(parsed[1])
+                    return
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not found:
+            self.process.kill()
+            raise AssertionError(f"cem-cloud printed no LISTENING line; log:\n{self.log.read_text()}")
+        return found[0]
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(30)
+        self._log_handle.close()
+
+
+@pytest.fixture
+def cloud(digits_bundle: Path, tmp_path: Path) -> Iterator[CloudProcess]:
+    process = CloudProcess(digits_bundle, tmp_path / "cloud.log")
+    yield process
+    process.close()
+
+
+def _edge(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "cem-edge"), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_edge_eval_and_classify_against_cem_cloud(cloud: CloudProcess, digits_bundle: Path, tmp_path: Path) -> None:
+    server = f"127.0.0.1:{cloud.port}"
+    result = _edge("eval", "--server", server, "--bundle", str(digits_bundle), "--dataset", "digits",
+                   "--wire-dtype", "float16", "--batch-size", "64", "--limit", "200", "--sample-ids", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert EVAL_KEYS <= set(report) and report["images"] == 200 and report["wire_dtype"] == "float16"
+    assert 0.5 < report["accuracy"] <= 1 and report["throughput_ips"] > 0
+    assert 0 < report["latency_ms_p50"] <= report["latency_ms_p99"]
+    assert 8 * 8 * 8 * 2 < report["bytes_per_image"] < 8 * 8 * 8 * 4  # float16 features plus ids and framing
+
+    test, _ = load_dataset("digits", split="test")
+    paths = []
+    for i in range(2):
+        path = tmp_path / f"digit{i}.png"
+        Image.fromarray((test[i][0][0].numpy() * 255).astype(np.uint8)).save(path)
+        paths.append(str(path))
+    result = _edge("classify", "--server", server, "--bundle", str(digits_bundle), *paths, "--top-k", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout.strip().splitlines()[-1])
+    assert [r["image"] for r in output["results"]] == paths
+    for r in output["results"]:
+        probabilities = [t["probability"] for t in r["top"]]
+        assert len(r["top"]) == 2 and probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-6
+    assert result.stdout.splitlines()[0].startswith(f"{paths[0]}: ")
+
+
+def test_tampered_bundles_are_refused_by_both_processes(bundle_copy: Path) -> None:
+    for part in ("encoder", "decoder"):
+        path = bundle_copy / f"{part}.safetensors"
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 0x01
+        path.write_bytes(bytes(data))
+    cloud = subprocess.run([str(BIN / "cem-cloud"), "--bundle", str(bundle_copy), "--port", "0"],
+                           capture_output=True, text=True, timeout=120)
+    assert cloud.returncode == 1 and "decoder.safetensors failed verification" in cloud.stderr
+    assert "LISTENING" not in cloud.stdout
+    edge = _edge("classify", "--server", "127.0.0.1:1", "--bundle", str(bundle_copy), "x.png")
+    assert edge.returncode == 1 and "encoder.safetensors failed verification" in edge.stderr
+
+
+def test_sigterm_during_load_finishes_every_in_flight_request(digits_bundle: Path, tmp_path: Path) -> None:
+    cloud = CloudProcess(digits_bundle, tmp_path / "cloud.log", "--max-batch", "256", "--max-delay-ms", "1", "--drain-s", "1")
+    channel, stub = open_stub(cloud.port)
+    requests = 16
+    outcomes: list[tuple[grpc.StatusCode, float]] = []
+    first_done = threading.Event()
+    barrier = threading.Barrier(requests)
+
+    def send(index: int) -> None:
+        features = torch.rand(256, 8, 8, 8, generator=torch.Generator().manual_seed(index))
+        request = pb.InferRequest(request_id=str(index), features=encode_tensor(features))
+        barrier.wait()
+        try:
+            response = stub.Infer(request, timeout=120)
+            code = grpc.StatusCode.OK if len(response.predictions) == 256 else grpc.StatusCode.DATA_LOSS
+        except grpc.RpcError as exc:
+            code = exc.code()
+        outcomes.append((code, time.monotonic()))
+        first_done.set()
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(requests)]
+    try:
+        for thread in threads:
+            thread.start()
+        assert first_done.wait(120)
+        sigterm_at = time.monotonic()
+        cloud.process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        health_during_drain = health_status(channel)
+        for thread in threads:
+            thread.join(120)
+        assert cloud.process.wait(60) == 0
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Infer(pb.InferRequest(features=encode_tensor(torch.rand(1, 8, 8, 8))), timeout=10)
+    finally:
+        channel.close()
+        cloud.close()
+    assert health_during_drain == NOT_SERVING
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert [code for code, _ in outcomes] == [grpc.StatusCode.OK] * requests
+    assert sum(done_at > sigterm_at for _, done_at in outcomes) >= 1, "no request was in flight at SIGTERM"
+    log = cloud.log.read_text()
+    assert "received SIGTERM" in log and "server stopped" in log

@@ -1,0 +1,56 @@
+"""The settings object refuses unsafe start-ups; the CLI says why and exits non-zero."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from attacker.service.config import TOKEN_ENV, load_settings
+from cem.errors import ConfigError
+
+
+def settings_for(tmp_path: Path, environ: dict[str, str], **options: object):
+    return load_settings(bundles_dir=tmp_path, captures_dir=tmp_path / "c", db_path=tmp_path / "a.db", environ=environ, **options)
+
+
+def test_token_is_required_unless_explicitly_insecure(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=f"expected the bearer token in \\${TOKEN_ENV}"):
+        settings_for(tmp_path, {})
+    with pytest.raises(ConfigError, match="got the example placeholder"):
+        settings_for(tmp_path, {TOKEN_ENV: "replace-me-with-a-long-random-token"})
+    with pytest.raises(ConfigError, match="at least 16 characters"):
+        settings_for(tmp_path, {TOKEN_ENV: "short"})
+    assert settings_for(tmp_path, {}, insecure_no_auth=True).auth_required is False
+    settings = settings_for(tmp_path, {TOKEN_ENV: "a" * 32})
+    assert settings.auth_required and settings.resolved_results_dir == tmp_path / "a-results"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_jobs": 0}, "expected max_jobs >= 1, got 0"),
+        ({"on_restart": "retry"}, "expected on_restart 'interrupt' or 'requeue', got 'retry'"),
+        ({"device": "tpu"}, "expected device in"),
+        ({"port": 70000}, "expected a port in [0, 65535], got 70000"),
+    ],
+)
+def test_bad_options_are_refused(tmp_path: Path, options: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings_for(tmp_path, {TOKEN_ENV: "a" * 32}, **options)
+    assert message in str(caught.value)
+
+
+def test_cli_refuses_to_start_without_a_token(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
+    result = subprocess.run(
+        [sys.executable, "-m", "attacker.service.cli", "--port", "0", "--bundles", str(tmp_path),
+         "--captures", str(tmp_path / "c"), "--db", str(tmp_path / "a.db")],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert f"expected the bearer token in ${TOKEN_ENV}" in result.stderr
+    assert "LISTENING" not in result.stdout and not (tmp_path / "a.db").exists()

@@ -1,0 +1,81 @@
+"""The capture store survives a SIGKILL of the tap mid-stream, and a failing disk never costs traffic."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import torch
+from tap_helpers import make_request
+
+from attacker.tap.reader import CaptureStore
+from attacker.tap.store import SHARD_DIR, TMP_PREFIX, CaptureWriter
+from protos import cem_split_pb2_grpc as pb_grpc
+
+
+def test_store_consistent_after_sigkill_mid_stream(tap, channels, model_id: str, tmp_path: Path) -> None:
+    proxy = tap("--batch-records", "4", "--flush-interval", "0.02")
+    stub = pb_grpc.SplitInferenceStub(channels(proxy.address))
+    generator = torch.Generator().manual_seed(7)
+    sent: list[str] = []
+    answered = threading.Semaphore(0)
+    outcome: list[BaseException] = []
+
+    def requests():
+        for i in range(100_000):
+            sent.append(f"r{i}")
+            yield make_request(model_id, f"r{i}", torch.rand((2, 8, 8, 8), generator=generator),
+                               sample_ids=[f"digits/test/{2 * i}", f"digits/test/{2 * i + 1}"])
+            time.sleep(0.002)
+
+    def stream() -> None:
+        try:
+            for _ in stub.InferStream(requests(), timeout=60):
+                answered.release()
+        except grpc.RpcError as error:
+            outcome.append(error)
+
+    client = threading.Thread(target=stream, daemon=True)
+    client.start()
+    for _ in range(60):  # the stream is demonstrably flowing through the tap ...
+        assert answered.acquire(timeout=30), "the stream stalled"
+    proxy.kill()  # ... when the tap dies with SIGKILL: no flush, no clean shutdown
+    client.join(30)
+    assert outcome and outcome[0].code() == grpc.StatusCode.UNAVAILABLE
+
+    store = CaptureStore(tmp_path / "captures")
+    indexed = store.verify()  # every index row points at a complete payload of the recorded size
+    assert indexed >= 10, f"only {indexed} of 60+ answered requests were durable at the kill"
+    captured = store.load(model_id)
+    assert captured.features.shape == (2 * indexed, 8, 8, 8)
+    # A prefix of the stream, in order, each request once.
+    assert captured.sample_ids == [f"digits/test/{j}" for j in range(2 * indexed)]
+
+    CaptureWriter(tmp_path / "captures").close()  # the next tap start: temporaries removed, orphans indexed
+    assert not list((tmp_path / "captures" / SHARD_DIR).glob(TMP_PREFIX + "*"))
+    recovered = store.verify()
+    assert indexed <= recovered <= len(sent)
+    assert store.summary().requests == recovered
+    assert store.load(model_id).sample_ids == [f"digits/test/{j}" for j in range(2 * recovered)]
+
+
+def test_failing_disk_drops_captures_not_traffic(tap, channels, model_id: str, tmp_path: Path) -> None:
+    proxy = tap("--flush-interval", "0.02")
+    stub = pb_grpc.SplitInferenceStub(channels(proxy.address))
+    x = torch.rand((3, 8, 8, 8), generator=torch.Generator().manual_seed(1))
+    stub.Infer(make_request(model_id, "before", x), timeout=10)
+    shards = tmp_path / "captures" / SHARD_DIR
+    deadline = time.monotonic() + 10
+    while not list(shards.glob("*.safetensors")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    shutil.rmtree(shards)
+    shards.write_text("not a directory any more")  # every later shard write fails with an OSError
+    for i in range(10):
+        assert len(stub.Infer(make_request(model_id, f"during-{i}", x), timeout=10).predictions) == 3
+    stats = proxy.terminate()
+    assert stats["recorded"] == 1
+    assert stats["dropped_write_failed"] == 10
+    assert "could not write the store" in proxy.log()
