@@ -9,7 +9,10 @@ encoder -> the bundle's noise -> decoder -> argmax in this process;
 serialised as float32, ``cem-cloud`` in a child process finishing the forward
 pass, logits back). Both paths alternate call by call on the same inputs so
 background load hits them alike; medians over ``--reps`` calls.
-Throughput = batch / median latency.
+Throughput = batch / median latency. Both ends share this machine's cores, which
+a real deployment does not; with OpenMP's default active wait, the idle end's
+spinning threads take cores from the busy end, so the docs record runs with
+``OMP_WAIT_POLICY=PASSIVE`` (inherited by the server) next to default runs.
 
 Part 2, wire dtypes: accuracy over the whole digits test split through the
 server for float32, float16 and int8 under one noise seed (the same draws for
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -108,6 +112,7 @@ def compare_latency(client: EdgeClient, model: SplitModel, obfuscation: Obfuscat
         in_process()
         over_grpc()
     local, wire = [], []
+    reps = max(reps, min(400, reps * 32 // batch))  # small batches are cheap: more calls, steadier medians
     for rep in tqdm(range(reps), desc=f"batch {batch}", file=sys.stderr, leave=False):
         order = (in_process, over_grpc) if rep % 2 == 0 else (over_grpc, in_process)
         for fn in order:
@@ -115,6 +120,7 @@ def compare_latency(client: EdgeClient, model: SplitModel, obfuscation: Obfuscat
     local_p50, wire_p50 = statistics.median(local) * 1e3, statistics.median(wire) * 1e3
     return {
         "batch": batch,
+        "calls": reps,
         "in_process_p50_ms": local_p50,
         "grpc_p50_ms": wire_p50,
         "added_p50_ms": wire_p50 - local_p50,
@@ -164,6 +170,7 @@ def print_tables(latency: list[dict], dtypes: list[dict], reference_accuracy: fl
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, help="measure this bundle instead of training one")
+    parser.add_argument("--save-bundle", type=Path, help="keep the trained bundle here (to rerun with --bundle)")
     parser.add_argument("--width", type=float, default=1.0, help="channel multiplier of the trained model")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--noise-std", type=float, default=0.1)
@@ -177,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = args.bundle or train_digits_bundle(Path(tmp) / "bundle", width=args.width, epochs=args.epochs,
-                                                    noise_std=args.noise_std, seed=args.seed)
+        bundle = args.bundle or train_digits_bundle(args.save_bundle or Path(tmp) / "bundle", width=args.width,
+                                                    epochs=args.epochs, noise_std=args.noise_std, seed=args.seed)
         manifest, model = load_bundle(bundle)
         obfuscation = ObfuscationConfig.from_records(manifest.noise_std, manifest.defenses)
         test, _ = load_dataset("digits", split="test")
@@ -194,12 +201,14 @@ def main(argv: list[str] | None = None) -> int:
             process.terminate()
             process.wait(60)
         reference = in_process_accuracy(model, obfuscation, args.eval_batch, args.seed)
+    environment = {"torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
+                   "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), "cloud_device": args.device}
     print(f"model {manifest.model_id}: width {manifest.model.width}, cut {manifest.model.cut_layer}, "
-          f"features {manifest.feature_shape}, noise σ {manifest.noise_std}; torch threads {torch.get_num_threads()}")
+          f"features {manifest.feature_shape}, noise σ {manifest.noise_std}; {environment}")
     print_tables(latency, dtypes, reference)
     if args.json:
-        print(json.dumps({"model_id": manifest.model_id, "width": manifest.model.width, "latency": latency,
-                          "dtypes": dtypes, "in_process_accuracy": reference}))
+        print(json.dumps({"model_id": manifest.model_id, "width": manifest.model.width, "environment": environment,
+                          "latency": latency, "dtypes": dtypes, "in_process_accuracy": reference}))
     return 0
 
 

@@ -23,7 +23,8 @@ from cem.data import load_dataset
 from cem.models import SplitModel, SplitModelConfig
 from training.cem_plugin import CEMConfig, CEMRegularizer
 from training.config import TrainConfig, profile_for
-from training.trainer import FeatureCache, build_defenses, train_one_epoch
+from training.loops import FeatureCache, train_one_epoch
+from training.trainer import build_defenses
 
 
 def make_runner(with_cem: bool, args: argparse.Namespace):

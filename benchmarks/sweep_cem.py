@@ -115,6 +115,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cem-on", default="clean")
     parser.add_argument("--cem-loss", default="paper_diag")
     parser.add_argument("--cem-lr-coupling", default="none")
+    parser.add_argument("--cem-warmup-epochs", type=int, default=1)
     parser.add_argument("--defense", action="append", default=[])
     parser.add_argument("--probe-epochs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
@@ -137,14 +138,15 @@ def main() -> None:
                 dataset="digits", out_dir=out, width=args.width, epochs=args.epochs, noise_std=args.noise_std,
                 defenses=tuple(args.defense), seed=seed, progress=False,
                 cem=CEMConfig(lam=lam, k=args.cem_k, evaluate_on=args.cem_on, loss_form=args.cem_loss,
-                              lr_coupling=args.cem_lr_coupling),
+                              lr_coupling=args.cem_lr_coupling, warmup_epochs=args.cem_warmup_epochs),
             ))
             seconds = time.perf_counter() - started
             ridge = probe_ridge(out, seed)
             conv = probe_conv(out, seed, args.probe_epochs)
             row = {"lambda": lam, "seed": seed, "accuracy": result.accuracy, "ridge_mse": ridge, "conv_mse": conv,
                    "entropy_bound": result.metrics.get("entropy_bound"), "train_seconds": seconds,
-                   "variant": {k: getattr(args, k) for k in ("cem_k", "cem_on", "cem_loss", "cem_lr_coupling", "noise_std")}}
+                   "variant": {k: getattr(args, k) for k in ("cem_k", "cem_on", "cem_loss", "cem_lr_coupling",
+                                                             "cem_warmup_epochs", "noise_std")}}
             print(f"{lam:7g} {seed:4d} {result.accuracy:7.4f} {ridge:9.5f} {conv:9.5f} "
                   f"{row['entropy_bound']:9.2f} {seconds:7.1f}", flush=True)
             print(json.dumps(row), file=sys.stderr, flush=True)

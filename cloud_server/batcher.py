@@ -153,6 +153,7 @@ class MicroBatcher:
 
     def _execute(self, batch: list[_Item]) -> None:
         size = sum(item.size for item in batch)
+        started = time.perf_counter()
         try:
             features = batch[0].features if len(batch) == 1 else torch.cat([i.features for i in batch])
             logits = self._predict(features)  # (size, num_classes)
@@ -164,4 +165,5 @@ class MicroBatcher:
         for item in batch:
             item.future.set_result(BatchResult(logits[start : start + item.size], size))
             start += item.size
-        logger.debug("served a micro-batch of %d samples from %d requests", size, len(batch))
+        logger.debug("served a micro-batch of %d samples from %d requests in %.2f ms",
+                     size, len(batch), (time.perf_counter() - started) * 1e3)

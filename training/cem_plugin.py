@@ -61,9 +61,10 @@ class MixtureNotFittedError(CEMError):
 
 @dataclass(frozen=True)
 class CEMConfig:
-    """CEM settings; ``lam`` = 0 keeps the mixture (for the reported bound) but adds no loss."""
+    """CEM settings. ``lam`` = 0 keeps the mixture (for the reported bound) but adds no loss;
+    ``None`` means "the data set's default" and is filled in by ``training.config.resolve_config``."""
 
-    lam: float = 0.0
+    lam: float | None = None
     k: int = 3
     loss_form: str = "paper_diag"
     evaluate_on: str = "clean"
@@ -76,7 +77,7 @@ class CEMConfig:
     ref_tau: float = 0.125
 
     def __post_init__(self) -> None:
-        if not (self.lam >= 0 and math.isfinite(self.lam)):
+        if self.lam is not None and not (self.lam >= 0 and math.isfinite(self.lam)):
             raise ConfigError(f"expected cem lambda >= 0, got {self.lam}")
         if self.k < 1:
             raise ConfigError(f"expected cem k >= 1 components per class, got {self.k}")
@@ -106,6 +107,8 @@ class CEMRegularizer:
     def __init__(self, config: CEMConfig, *, noise_std: float, num_classes: int, dataset_size: int, image_dim: int) -> None:
         if not noise_std > 0:
             raise ConfigError(f"expected noise_std > 0 for CEM (the bound needs Σ_p = σ²I), got {noise_std}")
+        if config.lam is None:
+            raise ConfigError("expected a resolved cem lambda (a number), got None; see training.config.resolve_config")
         if num_classes < 1 or dataset_size < 1 or image_dim < 1:
             raise ConfigError(f"expected positive num_classes, dataset_size, image_dim, got {num_classes}, {dataset_size}, {image_dim}")
         self.config = config
@@ -119,7 +122,7 @@ class CEMRegularizer:
 
     def weight(self, lr: float) -> float:
         """λ·s(lr): the factor of L_C in the total loss at learning rate ``lr``."""
-        return self.config.lam * self.scale(lr)
+        return float(self.config.lam or 0.0) * self.scale(lr)
 
     def scale(self, lr: float) -> float:
         """s(lr) of reference_notes §3.4: 0.001/lr until lr < 4.1e-4, then 1; 1 without coupling."""
@@ -129,7 +132,7 @@ class CEMRegularizer:
 
     def active(self, epoch: int) -> bool:
         """Whether epoch (1-based) trains with L_C: λ > 0, past warm-up, and a mixture exists."""
-        return self.config.lam > 0 and epoch > self.config.warmup_epochs and self.mixture is not None
+        return bool(self.config.lam) and epoch > self.config.warmup_epochs and self.mixture is not None
 
     def load_mixture(self, mixture: ClassMixture) -> None:
         """Use a given mixture (and restart the running Eq. 5-6 estimates from it)."""

@@ -22,7 +22,7 @@ from cem.data import available_datasets
 from cem.devices import DEVICE_CHOICES
 from cem.errors import CEMError
 from training.cem_plugin import FEATURE_SOURCES, LOSS_FORMS, LR_COUPLINGS, CEMConfig
-from training.config import TrainConfig, profile_for
+from training.config import TrainConfig
 from training.defenses import available_defenses
 from training.trainer import train
 
@@ -73,7 +73,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     cem = CEMConfig(
-        lam=args.cem_lambda if args.cem_lambda is not None else profile_for(args.dataset).cem_lambda,
+        lam=args.cem_lambda,
         k=args.cem_k, loss_form=args.cem_loss, evaluate_on=args.cem_on,
         lr_coupling=args.cem_lr_coupling, warmup_epochs=args.cem_warmup_epochs,
     )

@@ -103,7 +103,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     """Fill every ``None`` from the data set's profile; ``cem_lambda`` overrides ``cem.lam``."""
     profile = profile_for(config.dataset)
     cem = config.cem or CEMConfig()
-    lam = config.cem_lambda if config.cem_lambda is not None else (cem.lam if config.cem is not None else profile.cem_lambda)
+    lam = next(v for v in (config.cem_lambda, cem.lam, profile.cem_lambda) if v is not None)
     if lam > 0 and config.noise_std <= 0:
         raise ConfigError(f"expected --noise-std > 0 with CEM (λ = {lam}): the bound needs Σ_p = σ²I; pass --cem-lambda 0 to train without CEM")
     return dataclasses.replace(

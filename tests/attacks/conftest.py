@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -13,6 +14,16 @@ from cem.data import load_dataset
 from cem.models import SplitModel, SplitModelConfig
 
 ENCODER_WIDTH = 0.25
+
+
+@pytest.fixture(autouse=True)
+def single_torch_thread() -> Iterator[None]:
+    """The attack tests' small convolutions run several times faster on one thread than on two
+    when other jobs share the cores (thread oversubscription); restored after each test."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def build_digits_model(seed: int = 0) -> SplitModel:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from attacker.service.cli import main
 from attacker.service.config import TOKEN_ENV, load_settings
 from cem.errors import ConfigError
 
@@ -44,13 +42,10 @@ def test_bad_options_are_refused(tmp_path: Path, options: dict, message: str) ->
     assert message in str(caught.value)
 
 
-def test_cli_refuses_to_start_without_a_token(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
-    result = subprocess.run(
-        [sys.executable, "-m", "attacker.service.cli", "--port", "0", "--bundles", str(tmp_path),
-         "--captures", str(tmp_path / "c"), "--db", str(tmp_path / "a.db")],
-        env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert result.returncode == 2
-    assert f"expected the bearer token in ${TOKEN_ENV}" in result.stderr
-    assert "LISTENING" not in result.stdout and not (tmp_path / "a.db").exists()
+def test_cli_refuses_to_start_without_a_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    code = main(["--port", "0", "--bundles", str(tmp_path), "--captures", str(tmp_path / "c"), "--db", str(tmp_path / "a.db")])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert f"expected the bearer token in ${TOKEN_ENV}" in err
+    assert "LISTENING" not in out and not (tmp_path / "a.db").exists()

@@ -12,7 +12,8 @@ from cem.models import SplitModel, SplitModelConfig
 from cem.obfuscation import ObfuscationConfig
 from training.config import TrainConfig
 from training.defenses import DefenseStack, create_defense, distance_correlation, parse_defense
-from training.trainer import build_defenses, train_one_epoch
+from training.loops import train_one_epoch
+from training.trainer import build_defenses
 
 
 def decoder_inputs(specs: tuple[str, ...], noise_std: float = 0.0, steps: int = 1, bottleneck: int = 8):

@@ -14,7 +14,8 @@ from cem.data import load_dataset
 from cem.errors import ConfigError
 from cem.obfuscation import ObfuscationConfig
 from training import TrainConfig, TrainResult, train
-from training.trainer import LOG_FILE, evaluate
+from training.loops import evaluate
+from training.trainer import LOG_FILE
 
 TINY = {"dataset": "digits", "width": 0.125, "epochs": 2, "cem_lambda": 0.01, "noise_std": 0.1,
         "defenses": ("dropout:0.1", "distcorr:0.1"), "progress": False, "device": "cpu"}

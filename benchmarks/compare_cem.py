@@ -1,0 +1,204 @@
+"""Table-1-style comparison: the same σ with and without CEM, attacked by both inversion attacks.
+
+For each seed it trains two digits models with ``cem-train`` (σ only: ``--cem-lambda 0``;
+σ + CEM: the trainer's λ or ``--cem-lambda``), then attacks each bundle with the
+decoder attack and the GAN attack (the generator initialised from that decoder
+attack) under both protocols (``train``: attacker data = train split, scored on the
+test split; ``infer``: attacker data = first 90% of the test split, scored on the
+last 10%). It prints accuracy, MSE per attack and protocol, PSNR and SSIM (train
+protocol, i.e. over the whole test split) and Theorem 1's ξ from the manifest,
+then the CEM gain in percent (accuracy: difference in points).
+
+    .venv/bin/python benchmarks/compare_cem.py --out runs/compare
+    .venv/bin/python benchmarks/compare_cem.py --out runs/compare --decoder-epochs 10 --gan-epochs 30 --json
+
+Defaults are the attacks' own (decoder 50 epochs, GAN 150); see docs/attacks.md for
+how long that takes on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from attacker.attacks import (
+    MODES,
+    ProgressMonitor,
+    build_attack_split,
+    compute_feature_set,
+    evaluate_attack,
+    load_images,
+    run_attack,
+)
+from cem.bundle import load_encoder, load_manifest
+from cem.devices import resolve_device
+from cem.obfuscation import ObfuscationConfig
+
+logger = logging.getLogger("compare_cem")
+
+VARIANTS = ("sigma", "sigma+cem")
+MSE_COLUMNS = [f"{attack}_mse_{mode}" for attack in ("decoder", "gan") for mode in MODES]
+QUALITY_COLUMNS = ["decoder_psnr", "decoder_ssim", "gan_psnr", "gan_ssim"]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--noise-std", type=float, default=0.1)
+    parser.add_argument("--cem-lambda", type=float, default=None, help="default: the trainer's profile λ")
+    parser.add_argument("--train-epochs", type=int, default=None, help="default: the trainer's profile")
+    parser.add_argument("--train-arg", action="append", default=[], help="extra cem-train argument (repeatable)")
+    parser.add_argument("--decoder-epochs", type=int, default=50)
+    parser.add_argument("--gan-epochs", type=int, default=150)
+    parser.add_argument("--attacks", default="decoder,gan", help="decoder or decoder,gan")
+    parser.add_argument("--seeds", default="0", help="comma-separated training and attack seeds")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a shared machine)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--reuse", action="store_true", help="reuse bundles already in --out instead of retraining")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON line (last stdout line)")
+    return parser
+
+
+def train_variant(args: argparse.Namespace, variant: str, seed: int) -> tuple[Path, dict[str, Any]]:
+    """Run ``cem-train`` (reused if asked and present); returns (bundle dir, manifest metrics + λ + time)."""
+    bundle = args.out / f"{variant}-seed{seed}"
+    if not (args.reuse and (bundle / "manifest.json").is_file()):
+        command = [sys.executable, "-m", "training.cli", "--dataset", args.dataset, "--noise-std", str(args.noise_std),
+                   "--seed", str(seed), "--device", args.device, "--out", str(bundle), "--json", *args.train_arg]
+        if variant == "sigma":
+            command += ["--cem-lambda", "0"]
+        elif args.cem_lambda is not None:
+            command += ["--cem-lambda", str(args.cem_lambda)]
+        if args.train_epochs is not None:
+            command += ["--epochs", str(args.train_epochs)]
+        env = dict(os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))
+        logger.info("training %s seed %d: %s", variant, seed, " ".join(command[1:]))
+        done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"cem-train failed for {variant} seed {seed} (exit {done.returncode})")
+    manifest = load_manifest(bundle)
+    lam = float(manifest.cem.get("lam", 0.0)) if manifest.cem else 0.0
+    return bundle, {**manifest.metrics, "cem_lambda": lam, "train_s": manifest.training.get("duration_s")}
+
+
+def attack_bundle(args: argparse.Namespace, bundle: Path, seed: int, bar: tqdm) -> dict[str, Any]:
+    """Both attacks under both protocols; returns the table's columns for this bundle."""
+    manifest, encoder = load_encoder(bundle, resolve_device(args.device))
+    obfuscation = ObfuscationConfig.from_records(manifest.noise_std, manifest.defenses)
+    sets = {split: compute_feature_set(encoder, load_images(args.dataset, split)) for split in ("train", "test")}
+    attacks = args.attacks.split(",")
+    row: dict[str, Any] = {}
+    for mode in MODES:
+        split = build_attack_split(mode, sets["train"], sets["test"], seed=seed)
+        monitor = ProgressMonitor(progress=lambda f, m: bar.set_postfix_str(f"{bundle.name} {mode}: {m}", refresh=False))
+        started = time.perf_counter()
+        decoder = run_attack("decoder", split, obfuscation, epochs=args.decoder_epochs, seed=seed, monitor=monitor)
+        row[f"decoder_s_{mode}"] = time.perf_counter() - started
+        bar.update(1)
+        scores = {"decoder": evaluate_attack(decoder.network, split.eval, obfuscation, seed=seed + 100).metrics}
+        if "gan" in attacks:
+            started = time.perf_counter()
+            gan = run_attack("gan", split, obfuscation, epochs=args.gan_epochs, seed=seed, monitor=monitor,
+                             init=decoder.network)
+            row[f"gan_s_{mode}"] = time.perf_counter() - started
+            row[f"gan_best_epoch_{mode}"] = gan.best_epoch
+            bar.update(1)
+            scores["gan"] = evaluate_attack(gan.network, split.eval, obfuscation, seed=seed + 100).metrics
+        for attack, metrics in scores.items():
+            row[f"{attack}_mse_{mode}"] = metrics["mse"]
+            if mode == "train":
+                row[f"{attack}_psnr"], row[f"{attack}_ssim"] = metrics["psnr"], metrics["ssim"]
+    return row
+
+
+def mean_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = [k for k in rows[0] if k != "seed" and all(isinstance(r.get(k), (int, float)) for r in rows)]
+    return {k: statistics.fmean(float(r[k]) for r in rows) for k in keys}
+
+
+def compute_gain(base: dict[str, Any], cem: dict[str, Any]) -> dict[str, float]:
+    """MSE and ξ: relative change in %; accuracy, PSNR, SSIM: absolute difference (points for accuracy)."""
+    gain: dict[str, float] = {}
+    for key in [*MSE_COLUMNS, "mse_bound_xi"]:
+        if key in base and key in cem and base[key]:
+            gain[key] = 100.0 * (cem[key] - base[key]) / base[key]
+    for key in ["accuracy", *QUALITY_COLUMNS]:
+        if key in base and key in cem:
+            gain[key] = (cem[key] - base[key]) * (100.0 if key == "accuracy" else 1.0)
+    return gain
+
+
+def format_table(results: dict[str, dict[str, Any]], gain: dict[str, float]) -> str:
+    header = ["model", "λ", "acc %", "Dec train", "Dec infer", "GAN train", "GAN infer",
+              "Dec PSNR", "Dec SSIM", "GAN PSNR", "GAN SSIM", "ξ"]
+    keys = ["accuracy", *MSE_COLUMNS, *QUALITY_COLUMNS, "mse_bound_xi"]
+
+    def cell(row: dict[str, Any], key: str) -> str:
+        value = row.get(key)
+        if value is None:
+            return "n/a"
+        if key == "accuracy":
+            return f"{100 * value:.2f}"
+        return f"{value:.2f}" if key.endswith("psnr") else f"{value:.4f}"
+
+    lines = [" | ".join(header), " | ".join("---" for _ in header)]
+    for variant, row in results.items():
+        lines.append(" | ".join([variant, f"{row.get('cem_lambda', 0):g}", *(cell(row, k) for k in keys)]))
+    gain_cells = []
+    for key in keys:
+        if key not in gain:
+            gain_cells.append("n/a")
+        elif key == "accuracy":
+            gain_cells.append(f"{gain[key]:+.2f} pt")
+        elif key in QUALITY_COLUMNS:
+            gain_cells.append(f"{gain[key]:+.3f}")
+        else:
+            gain_cells.append(f"{gain[key]:+.1f}%")
+    lines.append(" | ".join(["CEM gain", "", *gain_cells]))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    per_attack = 2 if "gan" in args.attacks.split(",") else 1
+    per_seed: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+    with tqdm(total=len(seeds) * len(VARIANTS) * len(MODES) * per_attack, desc="attacks", file=sys.stderr) as bar:
+        for seed in seeds:
+            for variant in VARIANTS:
+                bundle, train_metrics = train_variant(args, variant, seed)
+                row = {**train_metrics, **attack_bundle(args, bundle, seed, bar), "seed": seed}
+                per_seed[variant].append(row)
+                (args.out / f"{variant}-seed{seed}.json").write_text(json.dumps(row, indent=2, default=str) + "\n")
+    results = {variant: mean_rows(rows) for variant, rows in per_seed.items()}
+    gain = compute_gain(results["sigma"], results["sigma+cem"])
+    table = format_table(results, gain)
+    summary = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+               "seeds": seeds, "results": results, "per_seed": per_seed, "gain": gain}
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    print(f"{args.dataset}, σ = {args.noise_std}, seeds {seeds}, decoder {args.decoder_epochs} epochs, "
+          f"GAN {args.gan_epochs} epochs (MSE columns: held-out images; PSNR/SSIM: train protocol)")
+    print(table)
+    if args.json:
+        print(json.dumps(summary, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The per-epoch loops: one SGD pass, evaluation, and a feature pass.
+
+Every loop applies the client transform through ``cem.obfuscation.obfuscate``,
+so the decoder trains on, and is evaluated on, exactly the tensor the edge
+sends. ``train_one_epoch`` takes any ``DefenseStack`` and an optional
+``CEMRegularizer``; neither knows about the other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from cem.errors import ConfigError
+from cem.models import SplitModel
+from cem.obfuscation import ObfuscationConfig, obfuscate
+from training.cem_plugin import CEMRegularizer
+from training.defenses import DefenseStack
+
+
+class FeatureCache:
+    """One epoch of detached features and labels, for the mixture refit."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.features: torch.Tensor | None = None
+        self.labels: torch.Tensor | None = None
+        self.size = 0
+
+    def add(self, z: torch.Tensor, labels: torch.Tensor) -> None:
+        flat = z.detach().flatten(1)
+        if self.features is None:
+            self.features = flat.new_empty((self.capacity, flat.shape[1]))
+            self.labels = labels.new_empty((self.capacity,))
+        end = self.size + flat.shape[0]
+        self.features[self.size : end] = flat
+        self.labels[self.size : end] = labels
+        self.size = end
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.features is None or self.labels is None:
+            raise ConfigError("expected at least one cached batch, got none")
+        return self.features[: self.size], self.labels[: self.size]
+
+    def clear(self) -> None:
+        self.size = 0
+
+
+def split_obfuscation(config: ObfuscationConfig) -> tuple[ObfuscationConfig, ObfuscationConfig]:
+    """(noise only, everything after the noise): applying both in turn equals ``obfuscate(z, config)``."""
+    return ObfuscationConfig(noise_std=config.noise_std), dataclasses.replace(config, noise_std=0.0)
+
+
+def train_one_epoch(
+    model: SplitModel,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    *,
+    obfuscation: ObfuscationConfig,
+    defenses: DefenseStack,
+    cem: CEMRegularizer | None,
+    cem_weight: float,
+    generator: torch.Generator,
+    device: torch.device,
+    cache: FeatureCache | None = None,
+) -> dict[str, float]:
+    """One SGD pass. L_C is evaluated on the clean or noisy z as ``cem.config.evaluate_on`` says."""
+    model.train()
+    noise_only, after_noise = split_obfuscation(obfuscation)
+    on_noisy = cem is not None and cem.config.evaluate_on == "noisy"
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # task loss, L_C, correct, samples (no host sync per batch)
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        z = model.encoder(x)  # (B, C, H, W) in (0, 1)
+        noisy = obfuscate(z, noise_only, generator)
+        logits = model.decoder(obfuscate(noisy, after_noise, generator))
+        loss = F.cross_entropy(logits, y)
+        total = loss
+        defense_loss = defenses.loss(x, z)
+        if defense_loss is not None:
+            total = total + defense_loss
+        cem_z = noisy if on_noisy else z
+        cem_loss = torch.zeros((), device=device)
+        if cem is not None and cem_weight > 0:
+            cem_loss = cem.loss(cem_z, y)
+            total = total + cem_weight * cem_loss
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        if cache is not None:
+            cache.add(cem_z, y)
+        batch = float(y.shape[0])
+        totals[0] += loss.detach().double() * batch
+        totals[1] += cem_loss.detach().double()
+        totals[2] += (logits.detach().argmax(1) == y).sum().double()
+        totals[3] += batch
+    n_batches = max(len(loader), 1)
+    totals = totals.cpu()
+    return {
+        "train_loss": float(totals[0] / totals[3]),
+        "cem_loss": float(totals[1] / n_batches),
+        "train_accuracy": float(totals[2] / totals[3]),
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: SplitModel, loader: DataLoader, obfuscation: ObfuscationConfig, generator: torch.Generator, device: torch.device
+) -> float:
+    """Accuracy with the client transform (noise, dropout, top-k) applied, as in service."""
+    model.eval()
+    correct, seen = 0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        logits = model.decoder(obfuscate(model.encoder(x), obfuscation, generator))
+        correct += int((logits.argmax(1) == y).sum())
+        seen += y.shape[0]
+    return correct / max(seen, 1)
+
+
+@torch.no_grad()
+def collect_features(
+    model: SplitModel, loader: DataLoader, noise: ObfuscationConfig | None, generator: torch.Generator, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode features of a whole split: (N, D) (noisy when ``noise`` is given) and labels (N,)."""
+    model.eval()
+    cache = FeatureCache(len(loader.dataset))  # type: ignore[arg-type]
+    for x, y in loader:
+        z = model.encoder(x.to(device))
+        cache.add(obfuscate(z, noise, generator) if noise is not None else z, y.to(device))
+    return cache.tensors()
