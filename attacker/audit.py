@@ -208,14 +208,19 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
     expected = (manifest.model.in_channels, manifest.model.image_size, manifest.model.image_size)
     for split, tensor in images.items():
         if tuple(tensor.shape[1:]) != expected:
-            raise ConfigError(f"expected {dataset} {split} images of shape {expected} for this bundle, got {tuple(tensor.shape[1:])}")
+            raise ConfigError(
+                f"expected {dataset} {split} images of shape {expected} for this bundle, got {tuple(tensor.shape[1:])}"
+            )
     monitor.check()
     sets = {split: compute_feature_set(encoder, tensor) for split, tensor in images.items()}
     images = {split: s.images for split, s in sets.items()}
     splits = {mode: build_attack_split(mode, sets["train"], sets["test"], seed=spec.seed) for mode in MODES}
     total_fit = sum(len(s.fit) for s in splits.values())
     start, span = 0.02, 0.96
-    networks, metrics, groups, details = {}, {}, [], {}
+    networks: dict[str, torch.nn.Module] = {}
+    metrics: dict[str, dict[str, float]] = {}
+    groups: list[GridGroup] = []
+    details: dict[str, Any] = {}
     for mode, split in splits.items():
         share = span * len(split.fit) / total_fit
         trained = run_attack(
@@ -225,10 +230,17 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
         evaluation = evaluate_attack(trained.network, split.eval, obfuscation, seed=spec.seed + EVAL_SEED_OFFSET)
         networks[mode], metrics[mode] = trained.network, evaluation.metrics
         groups.append(GridGroup(evaluation.originals, evaluation.reconstructions))
-        details[mode] = {"fit": len(split.fit), "val": len(split.val), "eval": len(split.eval), "best_epoch": trained.best_epoch,
-                         "epochs": len(trained.history)}
-        logger.info("%s attack, %s protocol: mse %.5f psnr %.2f ssim %.4f on %d images", spec.attack, mode,
-                    evaluation.metrics["mse"], evaluation.metrics["psnr"], evaluation.metrics["ssim"], len(split.eval))
+        details[mode] = {
+            "fit": len(split.fit),
+            "val": len(split.val),
+            "eval": len(split.eval),
+            "epochs": len(trained.history),
+            "best_epoch": trained.best_epoch,
+        }
+        logger.info(
+            "%s attack, %s column: mse %.5f psnr %.2f ssim %.4f on %d images", spec.attack, mode,
+            evaluation.metrics["mse"], evaluation.metrics["psnr"], evaluation.metrics["ssim"], len(split.eval),
+        )
     n_captured = 0
     if captured is not None:
         monitor.report(0.98, "reconstructing captured features")
@@ -238,13 +250,18 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
             metrics["captured"] = captured_metrics
         groups.append(group)
     bound = read_bound(manifest)
-    if len(bound) < len(BOUND_KEYS):
-        logger.warning("bundle %s records no %s", manifest.model_id,
-                       " or ".join(BOUND_KEYS[k] for k in BOUND_KEYS if k not in bound))
-    details.update({
-        "model_id": manifest.model_id, "dataset": dataset, "noise_std": manifest.noise_std,
-        "defenses": manifest.defenses, "seed": spec.seed, "device": str(device),
-        "captured_known": int(metrics.get("captured", {}).get("n", 0)),
-    })
+    missing = [name for key, name in BOUND_KEYS.items() if key not in bound]
+    if missing:
+        logger.warning("bundle %s records no %s; the bound is reported as missing", manifest.model_id, ", ".join(missing))
+    details.update(
+        model_id=manifest.model_id,
+        dataset=dataset,
+        noise_std=manifest.noise_std,
+        defenses=manifest.defenses,
+        seed=spec.seed,
+        device=str(device),
+        captured_known=int(metrics.get("captured", {}).get("n", 0)),
+        bound_missing=missing,
+    )
     monitor.report(1.0, "done")
     return AuditResult(spec.attack, metrics, bound, render_grid_png(groups), n_captured, details)

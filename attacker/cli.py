@@ -38,7 +38,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attack", choices=ATTACKS, default="decoder")
     parser.add_argument("--dataset", choices=available_datasets(), default=None, help="default: the bundle's data set")
     parser.add_argument("--data-dir", type=Path, default=None, help="where file-based data sets live")
-    parser.add_argument("--epochs", type=int, default=None, help="default: 50 (decoder) or 150 (gan, after ceil(epochs/3) decoder epochs)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="default: 50 (decoder) or 150 (gan, after ceil(epochs/3) decoder epochs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     parser.add_argument("--out", required=True, type=Path, help="output folder for metrics.json and reconstructions.png")
@@ -68,11 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     except CEMError as exc:
         logger.error("%s", exc)
         return 2
+    except OSError as exc:
+        logger.error("cannot write the results to %s: %s", args.out, exc)
+        return 2
+    xi = result.bound.get("xi")
     for mode in ("train", "infer"):
         m = result.metrics[mode]
-        logger.info("%s: mse %.5f psnr %.2f dB ssim %.4f (n=%d)", mode, m["mse"], m["psnr"], m["ssim"], m["n"])
-    if not result.bound:
-        logger.info("the bundle records no entropy bound or xi; reported as missing")
+        logger.info("%s: mse %.5f (xi %s) psnr %.2f dB ssim %.4f (n=%d)", mode, m["mse"],
+                    "missing" if xi is None else f"{xi:.5f}", m["psnr"], m["ssim"], m["n"])
     if args.json:
         summary = {
             "attack": result.attack,

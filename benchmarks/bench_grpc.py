@@ -90,23 +90,26 @@ def start_cloud(bundle: Path, device: str) -> tuple[subprocess.Popen, int]:
     raise SystemExit(f"cem-cloud exited with {process.wait()} before listening")
 
 
-def time_call(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def compare_latency(client: EdgeClient, model: SplitModel, obfuscation: ObfuscationConfig, images: torch.Tensor,
                     batch: int, reps: int, warmup: int) -> dict:
+    """Interleaved calls of both paths; each call is timed in two stages (edge half, then the rest)."""
     x = images[:batch]
     generator = torch.Generator().manual_seed(0)
 
     @torch.inference_mode()
-    def in_process() -> list[int]:
-        return model.decoder(obfuscate(model.encoder(x), obfuscation, generator)).argmax(1).tolist()
+    def in_process() -> tuple[float, float]:
+        start = time.perf_counter()
+        z = obfuscate(model.encoder(x), obfuscation, generator)  # (B, 8, 8, 8)
+        encoded = time.perf_counter()
+        model.decoder(z).argmax(1).tolist()
+        return encoded - start, time.perf_counter() - encoded
 
-    def over_grpc() -> list[int]:
-        return client.classify(x).predictions
+    def over_grpc() -> tuple[float, float]:
+        start = time.perf_counter()
+        features = client.encode(x)
+        encoded = time.perf_counter()
+        client.infer_features(features)  # serialise, send, server decode, answer, parse
+        return encoded - start, time.perf_counter() - encoded
 
     for _ in range(warmup):
         in_process()
@@ -114,10 +117,14 @@ def compare_latency(client: EdgeClient, model: SplitModel, obfuscation: Obfuscat
     local, wire = [], []
     reps = max(reps, min(400, reps * 32 // batch))  # small batches are cheap: more calls, steadier medians
     for rep in tqdm(range(reps), desc=f"batch {batch}", file=sys.stderr, leave=False):
-        order = (in_process, over_grpc) if rep % 2 == 0 else (over_grpc, in_process)
-        for fn in order:
-            (local if fn is in_process else wire).append(time_call(fn))
-    local_p50, wire_p50 = statistics.median(local) * 1e3, statistics.median(wire) * 1e3
+        if rep % 2 == 0:
+            local.append(in_process())
+            wire.append(over_grpc())
+        else:
+            wire.append(over_grpc())
+            local.append(in_process())
+    p50 = lambda values: statistics.median(values) * 1e3  # noqa: E731
+    local_p50, wire_p50 = p50([a + b for a, b in local]), p50([a + b for a, b in wire])
     return {
         "batch": batch,
         "calls": reps,
@@ -127,6 +134,10 @@ def compare_latency(client: EdgeClient, model: SplitModel, obfuscation: Obfuscat
         "in_process_ips": batch / local_p50 * 1e3,
         "grpc_ips": batch / wire_p50 * 1e3,
         "throughput_ratio": local_p50 / wire_p50,
+        "in_process_encode_p50_ms": p50([a for a, _ in local]),
+        "in_process_decode_p50_ms": p50([b for _, b in local]),
+        "edge_encode_p50_ms": p50([a for a, _ in wire]),
+        "rpc_p50_ms": p50([b for _, b in wire]),
     }
 
 
@@ -159,6 +170,12 @@ def print_tables(latency: list[dict], dtypes: list[dict], reference_accuracy: fl
     for r in latency:
         print(f"| {r['batch']} | {r['in_process_p50_ms']:.2f} | {r['grpc_p50_ms']:.2f} | {r['added_p50_ms']:+.2f} | "
               f"{r['in_process_ips']:.0f} | {r['grpc_ips']:.0f} | {r['throughput_ratio']:.3f}x |")
+    print()
+    print("| batch | in-process encoder+noise | in-process decoder | edge encoder+noise | RPC incl. cloud decoder | RPC - in-process decoder |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for r in latency:
+        print(f"| {r['batch']} | {r['in_process_encode_p50_ms']:.2f} | {r['in_process_decode_p50_ms']:.2f} | "
+              f"{r['edge_encode_p50_ms']:.2f} | {r['rpc_p50_ms']:.2f} | {r['rpc_p50_ms'] - r['in_process_decode_p50_ms']:+.2f} |")
     print()
     print(f"in-process accuracy at the same noise seed: {reference_accuracy:.4f}")
     print("| wire dtype | bytes / image | vs float32 | accuracy | change (points) |")

@@ -26,7 +26,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -72,7 +71,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def time_unary(stubs: dict[str, pb_grpc.SplitInferenceStub], request: pb.InferRequest, rounds: int, warmup: int) -> dict[str, list[float]]:
+Stubs = dict[str, pb_grpc.SplitInferenceStub]
+
+
+def time_unary(stubs: Stubs, request: pb.InferRequest, rounds: int, warmup: int) -> dict[str, list[float]]:
     samples: dict[str, list[float]] = {name: [] for name in stubs}
     names = list(stubs)
     for i in tqdm(range(warmup + rounds), desc="unary", file=sys.stderr):
@@ -101,7 +103,7 @@ class PingPong:
             pass
 
 
-def time_stream(stubs: dict[str, pb_grpc.SplitInferenceStub], request: pb.InferRequest, rounds: int, warmup: int) -> dict[str, list[float]]:
+def time_stream(stubs: Stubs, request: pb.InferRequest, rounds: int, warmup: int) -> dict[str, list[float]]:
     streams = {name: PingPong(stub) for name, stub in stubs.items()}
     samples: dict[str, list[float]] = {name: [] for name in stubs}
     names = list(stubs)
@@ -154,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             processes.append(cloud)
             tap, tap_address = start(
-                [str(bin_dir / "cem-tap"), "--listen", "127.0.0.1:0", "--upstream", cloud_address, "--captures", str(work / "captures")],
+                [str(bin_dir / "cem-tap"), "--listen", "127.0.0.1:0", "--upstream", cloud_address,
+                 "--captures", str(work / "captures")],
                 work / "tap.log",
             )
             processes.append(tap)
@@ -174,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                 process.wait(30)
     print(f"batch {args.batch} x {tuple(manifest.feature_shape)} {args.dtype}, {args.requests} timed requests per path, "
           f"interleaved; cpu count {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}")
-    header = f"{'call':<24} {'direct p50':>10} {'tap p50':>9} {'added p50':>10} {'direct p90':>10} {'tap p90':>9} {'direct p99':>10} {'tap p99':>9}"
+    header = (f"{'call':<24} {'direct p50':>10} {'tap p50':>9} {'added p50':>10} "
+              f"{'direct p90':>10} {'tap p90':>9} {'direct p99':>10} {'tap p99':>9}")
     print(header)
     print("-" * len(header))
     for name, row in rows.items():

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from attacker.attacks import (
     MODES,
+    DecoderAttackConfig,
     ProgressMonitor,
     build_attack_split,
     compute_feature_set,
@@ -41,7 +42,7 @@ from attacker.attacks import (
     load_images,
     run_attack,
 )
-from cem.bundle import load_encoder, load_manifest
+from cem.bundle import Manifest, load_encoder, load_manifest
 from cem.devices import resolve_device
 from cem.obfuscation import ObfuscationConfig
 
@@ -62,6 +63,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--decoder-epochs", type=int, default=50)
     parser.add_argument("--gan-epochs", type=int, default=150)
     parser.add_argument("--attacks", default="decoder,gan", help="decoder or decoder,gan")
+    parser.add_argument("--attack-blocks", type=int, default=8, help="residual blocks of the decoding network")
+    parser.add_argument("--attack-channels", type=int, default=64, help="channels of the decoding network")
+    parser.add_argument("--attack-batch-size", type=int, default=256, help="decoder attack batch size")
     parser.add_argument("--seeds", default="0", help="comma-separated training and attack seeds")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a shared machine)")
     parser.add_argument("--device", default="auto")
@@ -71,8 +75,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def train_variant(args: argparse.Namespace, variant: str, seed: int) -> tuple[Path, dict[str, Any]]:
-    """Run ``cem-train`` (reused if asked and present); returns (bundle dir, manifest metrics + λ + time)."""
+def train_variant(
+    args: argparse.Namespace, variant: str, seed: int, like: Manifest | None = None
+) -> tuple[Path, Manifest]:
+    """Run ``cem-train`` (reused if asked and present). With ``like``, train with its width and epochs,
+    so the two variants differ only in λ even if the trainer's profile changes in between."""
     bundle = args.out / f"{variant}-seed{seed}"
     if not (args.reuse and (bundle / "manifest.json").is_file()):
         command = [sys.executable, "-m", "training.cli", "--dataset", args.dataset, "--noise-std", str(args.noise_std),
@@ -81,16 +88,26 @@ def train_variant(args: argparse.Namespace, variant: str, seed: int) -> tuple[Pa
             command += ["--cem-lambda", "0"]
         elif args.cem_lambda is not None:
             command += ["--cem-lambda", str(args.cem_lambda)]
-        if args.train_epochs is not None:
-            command += ["--epochs", str(args.train_epochs)]
+        epochs = args.train_epochs if like is None else like.training.get("epochs", args.train_epochs)
+        if epochs is not None:
+            command += ["--epochs", str(epochs)]
+        if like is not None:
+            command += ["--width", str(like.model.width)]
         env = dict(os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))
         logger.info("training %s seed %d: %s", variant, seed, " ".join(command[1:]))
         done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env, check=False)
         if done.returncode != 0:
             raise SystemExit(f"cem-train failed for {variant} seed {seed} (exit {done.returncode})")
     manifest = load_manifest(bundle)
+    if like is not None and (manifest.model != like.model or manifest.training.get("epochs") != like.training.get("epochs")):
+        raise SystemExit(f"{bundle} and the σ-only bundle differ in architecture or epochs; retrain without --reuse")
+    return bundle, manifest
+
+
+def describe_training(manifest: Manifest) -> dict[str, Any]:
     lam = float(manifest.cem.get("lam", 0.0)) if manifest.cem else 0.0
-    return bundle, {**manifest.metrics, "cem_lambda": lam, "train_s": manifest.training.get("duration_s")}
+    return {**manifest.metrics, "cem_lambda": lam, "width": manifest.model.width,
+            "train_epochs": manifest.training.get("epochs"), "train_s": manifest.training.get("duration_s")}
 
 
 def attack_bundle(args: argparse.Namespace, bundle: Path, seed: int, bar: tqdm) -> dict[str, Any]:
@@ -99,12 +116,23 @@ def attack_bundle(args: argparse.Namespace, bundle: Path, seed: int, bar: tqdm) 
     obfuscation = ObfuscationConfig.from_records(manifest.noise_std, manifest.defenses)
     sets = {split: compute_feature_set(encoder, load_images(args.dataset, split)) for split in ("train", "test")}
     attacks = args.attacks.split(",")
+    network = DecoderAttackConfig(
+        batch_size=args.attack_batch_size, num_blocks=args.attack_blocks, channels=args.attack_channels
+    )
     row: dict[str, Any] = {}
+    shown = [""]
+
+    def show(text: str) -> None:  # redraw once per epoch, not once per batch
+        if text != shown[0]:
+            shown[0] = text
+            bar.set_postfix_str(text)
+
     for mode in MODES:
         split = build_attack_split(mode, sets["train"], sets["test"], seed=seed)
-        monitor = ProgressMonitor(progress=lambda f, m: bar.set_postfix_str(f"{bundle.name} {mode}: {m}", refresh=False))
+        monitor = ProgressMonitor(progress=lambda _, message: show(f"{bundle.name} {mode}: {message}"))
         started = time.perf_counter()
-        decoder = run_attack("decoder", split, obfuscation, epochs=args.decoder_epochs, seed=seed, monitor=monitor)
+        decoder = run_attack("decoder", split, obfuscation, epochs=args.decoder_epochs, seed=seed, monitor=monitor,
+                             decoder_config=network)
         row[f"decoder_s_{mode}"] = time.perf_counter() - started
         bar.update(1)
         scores = {"decoder": evaluate_attack(decoder.network, split.eval, obfuscation, seed=seed + 100).metrics}
@@ -117,6 +145,8 @@ def attack_bundle(args: argparse.Namespace, bundle: Path, seed: int, bar: tqdm) 
             bar.update(1)
             scores["gan"] = evaluate_attack(gan.network, split.eval, obfuscation, seed=seed + 100).metrics
         for attack, metrics in scores.items():
+            logger.info("%s, %s attack, %s column: mse %.5f psnr %.2f ssim %.4f", bundle.name, attack, mode,
+                        metrics["mse"], metrics["psnr"], metrics["ssim"])
             row[f"{attack}_mse_{mode}"] = metrics["mse"]
             if mode == "train":
                 row[f"{attack}_psnr"], row[f"{attack}_ssim"] = metrics["psnr"], metrics["ssim"]
@@ -181,9 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     per_seed: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
     with tqdm(total=len(seeds) * len(VARIANTS) * len(MODES) * per_attack, desc="attacks", file=sys.stderr) as bar:
         for seed in seeds:
+            first: Manifest | None = None
             for variant in VARIANTS:
-                bundle, train_metrics = train_variant(args, variant, seed)
-                row = {**train_metrics, **attack_bundle(args, bundle, seed, bar), "seed": seed}
+                bundle, manifest = train_variant(args, variant, seed, like=first)
+                first = first or manifest
+                row = {**describe_training(manifest), **attack_bundle(args, bundle, seed, bar), "seed": seed}
                 per_seed[variant].append(row)
                 (args.out / f"{variant}-seed{seed}.json").write_text(json.dumps(row, indent=2, default=str) + "\n")
     results = {variant: mean_rows(rows) for variant, rows in per_seed.items()}
@@ -192,8 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                "seeds": seeds, "results": results, "per_seed": per_seed, "gain": gain}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    print(f"{args.dataset}, σ = {args.noise_std}, seeds {seeds}, decoder {args.decoder_epochs} epochs, "
-          f"GAN {args.gan_epochs} epochs (MSE columns: held-out images; PSNR/SSIM: train protocol)")
+    print(f"{args.dataset}, σ = {args.noise_std}, seeds {seeds}, decoder {args.decoder_epochs} epochs "
+          f"(batch {args.attack_batch_size}), GAN {args.gan_epochs} epochs "
+          f"(MSE columns: held-out images; PSNR/SSIM: train protocol)")
     print(table)
     if args.json:
         print(json.dumps(summary, default=str))

@@ -56,14 +56,18 @@ class ClassMixture:
 
 
 def assign_to_own_class(
-    features: torch.Tensor, labels: torch.Tensor, means: torch.Tensor, k: int
+    features: torch.Tensor, labels: torch.Tensor, means: torch.Tensor, k: int,
+    feature_sq: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest component of each sample's own class.
 
-    features: (N, D); labels: (N,) int64 in [0, C); means: (C·k, D).
+    features: (N, D); labels: (N,) int64 in [0, C); means: (C·k, D); ``feature_sq``
+    (N,) = ‖x‖², passed by callers that assign the same features repeatedly.
     Returns (component index g (N,) int64, squared distance (N,)). Not differentiable.
     """
     with torch.no_grad():
+        if feature_sq is None:
+            feature_sq = features.pow(2).sum(dim=1)
         rows = torch.arange(features.shape[0], device=features.device)
         mean_sq = means.pow(2).sum(dim=1)  # (K,)
         num_classes = means.shape[0] // k
@@ -71,7 +75,8 @@ def assign_to_own_class(
         best_d = torch.empty(features.shape[0], dtype=features.dtype, device=features.device)
         for start in range(0, features.shape[0], ASSIGN_CHUNK_ROWS):
             x = features[start : start + ASSIGN_CHUNK_ROWS]
-            dist = x.pow(2).sum(dim=1, keepdim=True) - 2.0 * x @ means.T + mean_sq  # (n, K)
+            x_sq = feature_sq[start : start + ASSIGN_CHUNK_ROWS].unsqueeze(1)
+            dist = torch.addmm(mean_sq + x_sq, x, means.T, alpha=-2.0)  # (n, K) = ‖x‖² − 2x·μ + ‖μ‖²
             own = dist.view(x.shape[0], num_classes, k)[rows[: x.shape[0]], labels[start : start + x.shape[0]]]
             best_d[start : start + x.shape[0]], best_j[start : start + x.shape[0]] = own.min(dim=1)
         return labels * k + best_j, best_d.clamp_min(0.0)
@@ -156,9 +161,10 @@ def fit_class_mixture(
         means = init_means.detach().to(features).clone()
     else:
         means = seed_means(features, labels, num_classes, k, generator)
+    feature_sq = features.pow(2).sum(dim=1)
     previous: torch.Tensor | None = None
     for _ in range(max_iter):
-        assigned, sq_dist = assign_to_own_class(features, labels, means, k)
+        assigned, sq_dist = assign_to_own_class(features, labels, means, k, feature_sq)
         if previous is not None and torch.equal(assigned, previous):
             break
         counts = torch.bincount(assigned, minlength=n_components)
@@ -166,7 +172,7 @@ def fit_class_mixture(
         means = torch.where((counts > 0).unsqueeze(1), sums / counts.clamp_min(1).unsqueeze(1).to(sums), means)
         means = _reseed_empty(means, counts, features, labels, sq_dist, k)
         previous = assigned
-    assigned, _ = assign_to_own_class(features, labels, means, k)
+    assigned, _ = assign_to_own_class(features, labels, means, k, feature_sq)
     counts = torch.bincount(assigned, minlength=n_components)
     residual_sq = (features - means[assigned]).pow(2)
     variances = torch.zeros_like(means).index_add_(0, assigned, residual_sq) / counts.clamp_min(1).unsqueeze(1).to(means)

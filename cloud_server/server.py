@@ -104,7 +104,7 @@ class CloudServer:
 
     def _warm_up(self) -> None:
         try:
-            self.runtime.warm_up()
+            self.runtime.warm_up(lambda features: self._batcher.submit(features).result())
             with self._stop_lock:
                 if not self._stopping:
                     self._servicer.start_accepting()

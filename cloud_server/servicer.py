@@ -64,6 +64,12 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
 
     def GetModelInfo(self, request: pb.ModelInfoRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
         self.last_call_at = time.monotonic()
+        try:
+            return self._model_info()
+        except Exception as exc:
+            abort_with(context, exc)
+
+    def _model_info(self) -> pb.ModelInfo:
         manifest = self._runtime.manifest
         return pb.ModelInfo(
             model_id=manifest.model_id,

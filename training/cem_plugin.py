@@ -70,7 +70,7 @@ class CEMConfig:
     evaluate_on: str = "clean"
     lr_coupling: str = "none"
     warmup_epochs: int = 1
-    kmeans_iters: int = 25
+    kmeans_iters: int = 10
     persist_updates: bool = True
     ref_gain: float = 10.0
     ref_gamma: float = 0.01

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -62,8 +63,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
-    run.add_argument("--threads", type=int, default=0,
-                     help="CPU threads for torch (0: torch's default); 1 is fastest on a busy machine")
+    run.add_argument("--threads", type=int, default=None,
+                     help="CPU threads for torch; 0 keeps torch's default. Default: $OMP_NUM_THREADS when set, "
+                          "else 1, the fastest for these small models on a shared 2-core machine (docs/training.md)")
     run.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     run.add_argument("--json", action="store_true", help="print the result as one JSON line (last stdout line)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -91,11 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.threads < 0:
-        print(f"cem-train: error: expected --threads >= 0, got {args.threads}", file=sys.stderr)
+    threads = args.threads if args.threads is not None else (0 if os.environ.get("OMP_NUM_THREADS") else 1)
+    if threads < 0:
+        print(f"cem-train: error: expected --threads >= 0, got {threads}", file=sys.stderr)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if threads:
+        torch.set_num_threads(threads)
     try:
         result = train(config_from_args(args))
     except CEMError as exc:

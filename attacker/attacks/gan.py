@@ -23,6 +23,7 @@ validation than the decoder attack it starts from.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -82,6 +83,34 @@ def gradient_penalty(critic: WassersteinCritic, real: torch.Tensor, fake: torch.
     return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
 
 
+def critic_step(
+    critic: WassersteinCritic, optimizer: torch.optim.Optimizer, real: torch.Tensor, fake: torch.Tensor,
+    config: GanAttackConfig, generator: torch.Generator,
+) -> torch.Tensor:
+    """One critic update on a batch; ``fake`` is detached. Returns the (detached) critic loss."""
+    critic.requires_grad_(True)
+    loss = critic(fake).mean() - critic(real).mean() + config.gp_weight * gradient_penalty(critic, real, fake, generator)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def generator_step(
+    network: InversionNetwork, critic: WassersteinCritic, optimizer: torch.optim.Optimizer, z: torch.Tensor,
+    real: torch.Tensor, config: GanAttackConfig,
+) -> torch.Tensor:
+    """One generator update (train mode, critic frozen). Returns the (detached) generator loss."""
+    network.train()
+    critic.requires_grad_(False)
+    fake = network(z)
+    loss = -critic(fake).mean() + config.mse_weight * F.mse_loss(fake, real)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 def train_gan_attack(
     split: AttackSplit,
     obfuscation: ObfuscationConfig,
@@ -94,8 +123,8 @@ def train_gan_attack(
     """Fine-tune ``init`` (a copy; or a fresh network) adversarially on ``split.fit``."""
     monitor = monitor or ProgressMonitor()
     device = split.fit.features.device
-    shape = inversion_config_for(split, num_blocks=config.num_blocks, channels=config.channels)
-    generator = create_seeded_network(init.config if init is not None else shape, seed, device)
+    fresh = inversion_config_for(split, num_blocks=config.num_blocks, channels=config.channels)
+    generator = create_seeded_network(init.config if init is not None else fresh, seed, device)
     if init is not None:
         generator.load_state_dict(init.state_dict())
     images = split.fit.images
@@ -106,7 +135,6 @@ def train_gan_attack(
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.generator_lr, betas=betas)
     opt_d = torch.optim.Adam(critic.parameters(), lr=config.critic_lr, betas=betas)
     period = max(1, round(config.lr_period_factor * config.epochs))
-    schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=period) for opt in (opt_g, opt_d)]
     noise = torch.Generator(device=device).manual_seed(seed + 1)
     shuffle = torch.Generator().manual_seed(seed + 2)
     val_seed = seed + 3
@@ -126,26 +154,18 @@ def train_gan_attack(
             generator.eval()
             with torch.no_grad():
                 fake = generator(z)
-            critic.requires_grad_(True)
-            critic_loss = critic(fake).mean() - critic(real).mean() + config.gp_weight * gradient_penalty(critic, real, fake, noise)
-            opt_d.zero_grad(set_to_none=True)
-            critic_loss.backward()
-            opt_d.step()
-            sums[0] += critic_loss.detach()
+            sums[0] += critic_step(critic, opt_d, real, fake, config, noise)
             step += 1
             if step % config.n_critic == 0:
-                generator.train()
-                critic.requires_grad_(False)
-                fake = generator(z)
-                gen_loss = -critic(fake).mean() + config.mse_weight * F.mse_loss(fake, real)
-                opt_g.zero_grad(set_to_none=True)
-                gen_loss.backward()
-                opt_g.step()
-                sums[1] += gen_loss.detach()
+                sums[1] += generator_step(generator, critic, opt_g, z, real, config)
                 sums[2] += 1
             monitor.report((epoch - 1 + (b + 1) / n_batches) / config.epochs, f"GAN attack: epoch {epoch}/{config.epochs}")
-        for scheduler in schedulers:
-            scheduler.step()
+        # Cosine decay per epoch, set directly: with few batches an epoch may have no generator
+        # step, which torch's schedulers warn about.
+        decay = 0.5 * (1 + math.cos(math.pi * epoch / period))
+        for optimizer, lr in ((opt_g, config.generator_lr), (opt_d, config.critic_lr)):
+            for group in optimizer.param_groups:
+                group["lr"] = lr * decay
         val_mse = measure_mse(generator, split.val, obfuscation, seed=val_seed) if has_val else None
         keeper.offer(epoch, val_mse)
         critic_loss_mean, gen_loss_sum, gen_steps = (float(v) for v in sums)

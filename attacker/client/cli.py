@@ -29,7 +29,9 @@ TOKEN_ENV = "CEM_AUDIT_TOKEN"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cem-audit-client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="cem-audit-client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--url", default=os.environ.get(URL_ENV, "http://127.0.0.1:8000"), help=f"service URL (${URL_ENV})")
     parser.add_argument("--token", default=None, help=f"bearer token (default ${TOKEN_ENV})")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP request")
@@ -97,7 +99,10 @@ def _fmt(value: float | None, digits: int) -> str:
 
 
 def describe(audit: dict[str, Any]) -> str:
-    lines = [f"audit {audit['id']}: {audit['status']} ({100 * audit['progress']:.0f}%) bundle {audit['bundle']} attack {audit['attack']}"]
+    lines = [
+        f"audit {audit['id']}: {audit['status']} ({100 * audit['progress']:.0f}%) "
+        f"bundle {audit['bundle']} attack {audit['attack']}"
+    ]
     for split, values in (audit.get("metrics") or {}).items():
         if values:
             mse, psnr, ssim = (_fmt(values.get(k), digits) for k, digits in (("mse", 4), ("psnr", 2), ("ssim", 3)))
@@ -130,7 +135,12 @@ def run(args: argparse.Namespace, client: AuditClient) -> tuple[Any, int]:
         return {"id": args.id, "saved": str(args.output)}, 0
     if command == "submit":
         accepted = client.submit(
-            args.bundle, attack=args.attack, epochs=args.epochs, dataset=args.dataset, use_captures=not args.no_captures, seed=args.seed
+            args.bundle,
+            attack=args.attack,
+            epochs=args.epochs,
+            dataset=args.dataset,
+            use_captures=not args.no_captures,
+            seed=args.seed,
         )
         if not args.wait:
             return accepted, 0

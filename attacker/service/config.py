@@ -42,12 +42,16 @@ class ServiceSettings:
 
     def __post_init__(self) -> None:
         if self.token is None and not self.insecure_no_auth:
-            raise ConfigError(f"expected the bearer token in ${TOKEN_ENV}; refusing to start without one (or pass --insecure-no-auth)")
+            raise ConfigError(
+                f"expected the bearer token in ${TOKEN_ENV}; refusing to start without one (or pass --insecure-no-auth)"
+            )
         if self.token is not None:
             if self.token.strip() in PLACEHOLDER_TOKENS:
                 raise ConfigError(f"expected a real token in ${TOKEN_ENV}, got the example placeholder")
             if len(self.token) < MIN_TOKEN_CHARS:
-                raise ConfigError(f"expected a token of at least {MIN_TOKEN_CHARS} characters in ${TOKEN_ENV}, got {len(self.token)}")
+                raise ConfigError(
+                    f"expected a token of at least {MIN_TOKEN_CHARS} characters in ${TOKEN_ENV}, got {len(self.token)}"
+                )
         if not self.bundles_dir.is_dir():
             raise ConfigError(f"expected --bundles to be a directory, got {self.bundles_dir}")
         if not 0 <= self.port <= 65535:

@@ -91,10 +91,13 @@ class AuditWorker:
         assert job.lease is not None
         lease = job.lease
         started = time.monotonic()
-        logger.info("audit %s started: bundle %s, attack %s, epochs %s", job.id, job.request.bundle, job.request.attack, job.request.epochs)
+        request = job.request
+        logger.info("audit %s started: bundle %s, attack %s, epochs %s", job.id, request.bundle, request.attack, request.epochs)
         try:
             spec, captured = self._prepare(job)
-            result = run_audit(spec, captured=captured, progress=self._progress(job.id, lease), should_stop=self._should_stop(job.id, lease))
+            result = run_audit(
+                spec, captured=captured, progress=self._progress(job.id, lease), should_stop=self._should_stop(job.id, lease)
+            )
             png_path = self.settings.results_dir / job.id / PNG_NAME
             png_path.parent.mkdir(parents=True, exist_ok=True)
             write_durably(png_path, result.reconstructions_png)
@@ -115,7 +118,9 @@ class AuditWorker:
         bundle_dir = Path(job.request.bundle_dir)
         manifest = load_manifest(bundle_dir)
         if manifest.model_id != job.request.model_id:
-            raise ConfigError(f"expected bundle {job.request.bundle} to hold model {job.request.model_id}, got {manifest.model_id}")
+            raise ConfigError(
+                f"expected bundle {job.request.bundle} to hold model {job.request.model_id}, got {manifest.model_id}"
+            )
         spec = AuditSpec(
             bundle_dir=bundle_dir,
             attack=job.request.attack,

@@ -100,6 +100,9 @@ class TapProxy(grpc.GenericRpcHandler):
                 response = await call
             except grpc.aio.AioRpcError as error:
                 await relay_failure(context, error, sent_metadata=False)
+            finally:
+                if not call.done():  # the caller went away: so does the upstream call
+                    call.cancel()
             initial = await call.initial_metadata()
             if initial:
                 await context.send_initial_metadata(tuple(initial))
@@ -130,6 +133,9 @@ class TapProxy(grpc.GenericRpcHandler):
                     yield response
             except grpc.aio.AioRpcError as error:
                 await relay_failure(context, error, sent_metadata)
+            finally:
+                if not call.done():
+                    call.cancel()
             trailing = await call.trailing_metadata()
             if trailing:
                 context.set_trailing_metadata(tuple(trailing))

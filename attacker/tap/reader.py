@@ -133,33 +133,37 @@ class CaptureStore:
         Returns features (N, C, H, W) float32 exactly as intercepted (noise
         included) and N sample ids (None where the request carried none).
         Records that do not decode, or whose per-sample shape differs from
-        ``feature_shape`` (default: that of the oldest record), are skipped
-        and counted in the log.
+        ``feature_shape`` (default: that of the oldest (N, C, H, W) record),
+        are skipped and counted in the log.
         """
         rows = self._query(
             "SELECT shard, key, dtype, shape, scale, offset, batch, sample_ids FROM captures"
             " WHERE model_id = ? ORDER BY id",
             (model_id,),
         )
+        if feature_shape is None:
+            ranked = [json.loads(row[3]) for row in rows]
+            feature_shape = next((tuple(s[1:]) for s in ranked if len(s) == 4), None)  # type: ignore[assignment]
+        if feature_shape is None:  # nothing shaped like a feature batch was captured for this model
+            return CapturedFeatures(features=torch.empty((0, 0, 0, 0)), sample_ids=[])
+        expected = (-1, *feature_shape)
         keys_by_shard: dict[str, list[str]] = defaultdict(list)
         for shard, key, *_ in rows:
             keys_by_shard[shard].append(key)
-        payloads: dict[tuple[str, str], bytes] = {}
-        for shard, keys in keys_by_shard.items():
-            for key, data in read_shard_payloads(self.root / SHARD_DIR / (shard + SHARD_SUFFIX), keys).items():
-                payloads[(shard, key)] = data
-        if feature_shape is None and rows:
-            feature_shape = tuple(json.loads(rows[0][3])[1:])  # type: ignore[assignment]
-        expected = (-1, *feature_shape) if feature_shape is not None else None
+        payloads: dict[str, bytes] = {}
+        loaded_shard = None
         batches: list[torch.Tensor] = []
         sample_ids: list[str | None] = []
         skipped = 0
         for shard, key, dtype, shape, scale, offset, batch, ids in rows:
             if max_samples is not None and len(sample_ids) >= max_samples:
                 break
+            if shard != loaded_shard:  # a shard's records are consecutive: read each shard once, only if needed
+                payloads = read_shard_payloads(self.root / SHARD_DIR / (shard + SHARD_SUFFIX), keys_by_shard[shard])
+                loaded_shard = shard
             try:
                 message = pb.Tensor(
-                    dtype=dtype_to_enum(dtype), shape=json.loads(shape), data=payloads[(shard, key)], scale=scale, offset=offset
+                    dtype=dtype_to_enum(dtype), shape=json.loads(shape), data=payloads[key], scale=scale, offset=offset
                 )
                 features = decode_tensor(message, expected_shape=expected)
             except TensorCodecError:
@@ -171,8 +175,7 @@ class CaptureStore:
         if skipped:
             logger.info("skipped %d captured request(s) for model %s that do not decode to %s", skipped, model_id, expected)
         if not batches:
-            empty_shape = (0, *feature_shape) if feature_shape is not None else (0, 0, 0, 0)
-            return CapturedFeatures(features=torch.empty(empty_shape), sample_ids=[])
+            return CapturedFeatures(features=torch.empty((0, *feature_shape)), sample_ids=[])
         features = torch.cat(batches)
         if max_samples is not None:
             features, sample_ids = features[:max_samples], sample_ids[:max_samples]

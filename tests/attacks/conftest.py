@@ -1,4 +1,4 @@
-"""Fixtures of the attack tests: real bundles of digits encoders and their attacker features."""
+"""Fixtures of the attack tests: a real bundle of a digits encoder and its attacker features."""
 
 from __future__ import annotations
 
@@ -7,13 +7,9 @@ from typing import Iterator
 
 import pytest
 import torch
+from attack_helpers import build_digits_model, write_digits_bundle
 
 from attacker.attacks import FeatureSet, compute_feature_set, load_images
-from cem.bundle import save_bundle
-from cem.data import load_dataset
-from cem.models import SplitModel, SplitModelConfig
-
-ENCODER_WIDTH = 0.25
 
 
 @pytest.fixture(autouse=True)
@@ -24,28 +20,6 @@ def single_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-
-
-def build_digits_model(seed: int = 0) -> SplitModel:
-    """An untrained digits split model: random conv features keep most of the image, which the attack must find."""
-    _, info = load_dataset("digits", split="train")
-    torch.manual_seed(seed)
-    config = SplitModelConfig(in_channels=1, num_classes=10, width=ENCODER_WIDTH, mean=info.mean, std=info.std)
-    return SplitModel(config).eval()
-
-
-def write_digits_bundle(out: Path, noise_std: float, metrics: dict | None = None) -> Path:
-    _, info = load_dataset("digits", split="train")
-    save_bundle(
-        out,
-        build_digits_model(),
-        noise_std=noise_std,
-        dataset=info.to_dict(),
-        defenses=[{"name": "noise", "std": noise_std}] if noise_std > 0 else [],
-        metrics=metrics or {},
-        training={"note": "untrained attack-test encoder"},
-    )
-    return out
 
 
 @pytest.fixture(scope="session")

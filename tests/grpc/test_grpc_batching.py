@@ -98,7 +98,7 @@ def test_health_is_not_serving_and_requests_unavailable_until_warm_up_ran(digits
     server, port = create_server(ServerSettings(bundle_dir=digits_bundle, port=0, device="cpu"))
     release = threading.Event()
     real_warm_up = server.runtime.warm_up
-    server.runtime.warm_up = lambda: (release.wait(10), real_warm_up())[1]  # type: ignore[method-assign]
+    server.runtime.warm_up = lambda run: (release.wait(10), real_warm_up(run))[1]  # type: ignore[method-assign]
     server.start()
     channel, stub = open_stub(port)
     try:

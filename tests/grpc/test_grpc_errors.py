@@ -1,4 +1,4 @@
-"""The one error -> status table, settings validation, and the LISTENING line."""
+"""The one error -> status table (and INTERNAL over a real connection), settings validation, the LISTENING line."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+import torch
 
-from cem.codec import TensorTooLargeError
+from cem.codec import TensorTooLargeError, encode_tensor
 from cem.errors import (
     BundleFormatError,
     BundleIntegrityError,
@@ -24,8 +25,12 @@ from cloud_server.errors import (
     ServiceUnavailableError,
     status_for,
 )
+from cloud_server.runtime import DecoderRuntime
+from cloud_server.server import CloudServer
 from cloud_server.settings import ServerSettings
 from edge_client.settings import ClientSettings, RetryPolicy
+from grpc_helpers import SERVING, health_status, open_stub
+from protos import cem_split_pb2 as pb
 
 EXPECTED = {
     TensorCodecError("expected X, got Y"): grpc.StatusCode.INVALID_ARGUMENT,
@@ -86,3 +91,26 @@ def test_client_settings_refuse_bad_values() -> None:
     with pytest.raises(ConfigError, match="max_attempts"):
         RetryPolicy(max_attempts=0)
     assert [RetryPolicy(initial_backoff_s=0.1, max_backoff_s=0.3).backoff_s(n) for n in (1, 2, 3, 4)] == [0.1, 0.2, 0.3, 0.3]
+
+
+def test_a_failing_decoder_answers_internal_over_the_wire_and_the_server_keeps_serving(digits_bundle: Path) -> None:
+    class FaultyRuntime(DecoderRuntime):
+        def predict(self, features: torch.Tensor) -> torch.Tensor:
+            if features.shape[0] == 3:
+                raise RuntimeError("decoder exploded on private detail")
+            return super().predict(features)
+
+    server = CloudServer(ServerSettings(bundle_dir=digits_bundle, port=0, device="cpu"), FaultyRuntime(digits_bundle, "cpu"))
+    server.start()
+    channel, stub = open_stub(server.port)
+    try:
+        assert server.wait_until_serving(30)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Infer(pb.InferRequest(features=encode_tensor(torch.rand(3, 8, 8, 8))), timeout=10)
+        assert info.value.code() == grpc.StatusCode.INTERNAL
+        assert "RuntimeError" in info.value.details() and "private detail" not in info.value.details()
+        assert health_status(channel) == SERVING
+        assert len(stub.Infer(pb.InferRequest(features=encode_tensor(torch.rand(2, 8, 8, 8))), timeout=10).predictions) == 2
+    finally:
+        channel.close()
+        server.stop(0).wait(10)

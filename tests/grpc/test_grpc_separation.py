@@ -68,3 +68,14 @@ def test_tampered_encoder_is_refused_by_the_edge_with_the_reason(bundle_copy: Pa
     _flip_a_byte(bundle_copy / "encoder.safetensors")
     with pytest.raises(BundleIntegrityError, match="encoder.safetensors failed verification"):
         EdgeClient(bundle_copy, "127.0.0.1:1", ClientSettings())
+
+
+def test_public_surfaces_are_pinned() -> None:
+    import cloud_server
+    import edge_client
+
+    assert sorted(cloud_server.__all__) == ["CloudServer", "ServerSettings", "create_server"]
+    assert sorted(edge_client.__all__) == [
+        "ClientSettings", "EdgeClient", "ImageInputError", "ModelMismatchError", "Prediction",
+        "RemoteCallError", "RetryPolicy", "TlsOptions", "prepare_images",
+    ]

@@ -1,0 +1,191 @@
+"""The demo, step by step: train two models, serve them behind a tap, send the
+test split from the edge, audit both models over the REST API, print the table.
+
+Every part runs as its own process through its real command-line entry point,
+on loopback, with ports picked by the OS: exactly what the compose file runs,
+without Docker. The orchestrator is the only code (with the tests) that knows
+all the parts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from attacker.client import AuditClient
+from demo.processes import ServiceGroup, ServiceProcess, entry_point
+from demo.profiles import DemoProfile, get_profile
+from demo.table import render_table
+
+logger = logging.getLogger(__name__)
+
+MODELS = (("sigma-only", 0.0), ("sigma-cem", None))  # λ None: the trainer's default CEM λ
+ATTACKS = ("decoder", "gan")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    out_dir: Path = Path("demo-out")
+    profile: str = "fast"
+    seed: int = 0
+    noise_std: float = 0.1
+    attacks: tuple[str, ...] = ATTACKS
+    keep_running: bool = False
+
+    def __post_init__(self) -> None:
+        get_profile(self.profile)
+
+
+@dataclass
+class DemoResult:
+    models: list[dict[str, Any]]
+    attacks: list[str]
+    table: str
+    reports: dict[str, str] = field(default_factory=dict)
+    audit_url: str = ""
+    duration_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "models": self.models,
+            "attacks": self.attacks,
+            "reports": self.reports,
+            "audit_url": self.audit_url,
+            "duration_s": round(self.duration_s, 1),
+        }
+
+
+class DemoError(RuntimeError):
+    """A step of the demo failed; the message says which and where its log is."""
+
+
+def _run_json(argv: list[str], log_path: Path, what: str) -> dict[str, Any]:
+    """Run a one-shot CLI with ``--json``; its progress bar shows on our stderr, its JSON comes back."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=None, text=True)
+    log_path.write_text(result.stdout)
+    if result.returncode != 0:
+        raise DemoError(f"{what} failed with exit code {result.returncode}; output in {log_path}")
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError) as exc:
+        raise DemoError(f"{what} did not end with a JSON line; output in {log_path}") from exc
+
+
+def train_models(config: DemoConfig, profile: DemoProfile, say: Callable[[str], None]) -> list[dict[str, Any]]:
+    models = []
+    for name, lam in MODELS:
+        say(f"training {name} (σ = {config.noise_std}{'' if lam == 0 else ', CEM at its default λ'}) ...")
+        argv = [entry_point("cem-train"), "--dataset", "digits", "--noise-std", str(config.noise_std),
+                "--seed", str(config.seed), "--out", str(config.out_dir / "bundles" / name), "--json"]
+        if lam is not None:
+            argv += ["--cem-lambda", str(lam)]
+        if profile.train_epochs is not None:
+            argv += ["--epochs", str(profile.train_epochs)]
+        if profile.train_width is not None:
+            argv += ["--width", str(profile.train_width)]
+        summary = _run_json(argv, config.out_dir / "logs" / f"train-{name}.json", f"training {name}")
+        say(f"  {name}: test accuracy {summary['accuracy']:.4f} (noise on), model {summary['model_id']}")
+        models.append({"name": name, "bundle": summary["bundle"], "model_id": summary["model_id"],
+                       "accuracy": summary["accuracy"], "xi": summary.get("mse_bound_xi"),
+                       "entropy_bound": summary.get("entropy_bound"), "cem_lambda": summary.get("cem_lambda"),
+                       "audits": {}})
+    return models
+
+
+def serve_and_send(config: DemoConfig, profile: DemoProfile, group: ServiceGroup, models: list[dict[str, Any]],
+                   say: Callable[[str], None]) -> None:
+    """Per model: a cloud service, a tap in front of it, and the edge sending the test split through the tap."""
+    logs = config.out_dir / "logs"
+    captures = config.out_dir / "captures"
+    for model in models:
+        name = model["name"]
+        cloud = group.start(ServiceProcess(f"cloud[{name}]", [
+            entry_point("cem-cloud"), "--bundle", model["bundle"], "--host", "127.0.0.1", "--port", "0"],
+            logs / f"cloud-{name}.log"))
+        tap = group.start(ServiceProcess(f"tap[{name}]", [
+            entry_point("cem-tap"), "--listen", "127.0.0.1:0", "--upstream", cloud, "--captures", str(captures)],
+            logs / f"tap-{name}.log"))
+        say(f"{name}: cloud on {cloud}, tap on {tap}; the edge sends the test split through the tap ...")
+        argv = [entry_point("cem-edge"), "eval", "--server", tap, "--bundle", model["bundle"], "--dataset", "digits",
+                "--split", "test", "--sample-ids", "--seed", str(config.seed), "--json"]
+        if profile.edge_limit is not None:
+            argv += ["--limit", str(profile.edge_limit)]
+        wire = _run_json(argv, logs / f"edge-{name}.json", f"the edge client for {name}")
+        model.update(cloud=cloud, tap=tap, wire_accuracy=wire["accuracy"], wire_images=wire["images"],
+                     bytes_per_image=wire["bytes_per_image"], latency_ms_p50=wire["latency_ms_p50"])
+        say(f"  {name}: accuracy over the wire {wire['accuracy']:.4f} on {wire['images']} images, "
+            f"p50 latency {wire['latency_ms_p50']:.2f} ms, {wire['bytes_per_image']:.0f} bytes/image")
+
+
+def run_audits(config: DemoConfig, profile: DemoProfile, group: ServiceGroup, models: list[dict[str, Any]],
+               say: Callable[[str], None]) -> tuple[str, str, dict[str, str]]:
+    token = secrets.token_hex(16)
+    address = group.start(ServiceProcess("audit", [
+        entry_point("cem-audit"), "--host", "127.0.0.1", "--port", "0", "--bundles", str(config.out_dir / "bundles"),
+        "--captures", str(config.out_dir / "captures"), "--db", str(config.out_dir / "audit.db")],
+        config.out_dir / "logs" / "audit.log", env={"CEM_AUDIT_TOKEN": token}))
+    url = f"http://{address}"
+    say(f"audit service on {url}")
+    epochs = {"decoder": profile.decoder_epochs, "gan": profile.gan_epochs}
+    reports: dict[str, str] = {}
+    report_dir = config.out_dir / "reports"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    with AuditClient(url, token, timeout_s=60) as client:
+        jobs = [(model, attack, client.submit(Path(model["bundle"]).name, attack=attack, epochs=epochs[attack],
+                                              use_captures=True, seed=config.seed))
+                for model in models for attack in config.attacks]
+        for model, attack, job in jobs:
+            label = f"{model['name']}/{attack}"
+            last = [-1.0]
+
+            def show(audit: dict[str, Any], label: str = label, last: list[float] = last) -> None:
+                if audit["progress"] - last[0] >= 0.1 or audit["status"] != "running":
+                    last[0] = audit["progress"]
+                    say(f"  audit {label}: {audit['status']} {100 * audit['progress']:.0f}%")
+
+            final = client.wait(job["id"], on_update=show, poll_interval_s=1.0)
+            if final["status"] != "succeeded":
+                raise DemoError(f"audit {label} ended {final['status']}: {final.get('error')}")
+            model["audits"][attack] = final["metrics"]
+            html = report_dir / f"{model['name']}-{attack}.html"
+            html.write_text(client.fetch_report(job["id"]))
+            (report_dir / f"{model['name']}-{attack}.png").write_bytes(client.fetch_png(job["id"]))
+            reports[label] = str(html)
+    return url, token, reports
+
+
+def run_demo(config: DemoConfig, say: Callable[[str], None] | None = None) -> DemoResult:
+    """Run every step; services are stopped on return, on error and on Ctrl-C (unless ``keep_running``)."""
+    say = say or (lambda message: print(message, file=sys.stderr, flush=True))
+    profile = get_profile(config.profile)
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    models = train_models(config, profile, say)
+    with ServiceGroup() as group:
+        serve_and_send(config, profile, group, models, say)
+        url, token, reports = run_audits(config, profile, group, models, say)
+        table = render_table(models, list(config.attacks))
+        result = DemoResult(models=models, attacks=list(config.attacks), table=table, reports=reports,
+                            audit_url=url, duration_s=time.monotonic() - started)
+        (config.out_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        if config.keep_running:
+            say(f"services keep running; audit API at {url} with token {token}; Ctrl-C stops everything")
+            _wait_for_interrupt()
+    return result
+
+
+def _wait_for_interrupt() -> None:
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass

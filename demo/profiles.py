@@ -1,0 +1,35 @@
+"""Demo profiles: how much training and attacking a demo run does.
+
+``fast`` is sized for about five minutes on two CPU cores after installation;
+``paper`` uses every default (the trainer's digits profile, 50 decoder-attack
+epochs, 150 GAN epochs); ``tiny`` exists for the orchestration tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cem.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DemoProfile:
+    name: str
+    train_epochs: int | None      # None: the trainer's default for digits
+    decoder_epochs: int | None    # None: the attack's default
+    gan_epochs: int | None
+    train_width: float | None = None
+    edge_limit: int | None = None  # test images the edge sends through the tap (None: all)
+
+
+PROFILES: dict[str, DemoProfile] = {
+    "fast": DemoProfile("fast", train_epochs=None, decoder_epochs=12, gan_epochs=6),
+    "paper": DemoProfile("paper", train_epochs=None, decoder_epochs=None, gan_epochs=None),
+    "tiny": DemoProfile("tiny", train_epochs=2, decoder_epochs=1, gan_epochs=1, train_width=0.25, edge_limit=64),
+}
+
+
+def get_profile(name: str) -> DemoProfile:
+    if name not in PROFILES:
+        raise ConfigError(f"expected a demo profile in {sorted(PROFILES)}, got {name!r}")
+    return PROFILES[name]

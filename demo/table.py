@@ -1,0 +1,57 @@
+"""The comparison table the demo prints: σ only against σ + CEM, per attack."""
+
+from __future__ import annotations
+
+from typing import Any
+
+COLUMNS = ("train", "infer", "captured")
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return format(value, spec) if isinstance(value, (int, float)) else "—"
+
+
+def cem_gain_percent(baseline_mse: float | None, cem_mse: float | None) -> float | None:
+    """Relative rise of the attacker's MSE with CEM; positive means CEM made inversion harder."""
+    if not baseline_mse or cem_mse is None:
+        return None
+    return 100.0 * (cem_mse - baseline_mse) / baseline_mse
+
+
+def render_table(models: list[dict[str, Any]], attacks: list[str]) -> str:
+    """``models``: [{"name", "accuracy", "wire_accuracy", "xi", "audits": {attack: {column: metrics}}}]."""
+    lines = []
+    header = f"{'model':<11} {'attack':<8} {'acc':>6} {'wire acc':>8} " + " ".join(
+        f"{c + ' MSE':>12} {'PSNR':>6} {'SSIM':>6}" for c in COLUMNS
+    ) + f" {'ξ bound':>9}"
+    lines.append(header)
+    lines.append("-" * len(header))
+    for model in models:
+        for attack in attacks:
+            metrics = model["audits"].get(attack, {})
+            cells = " ".join(
+                f"{_fmt(metrics.get(c, {}).get('mse'), '.5f'):>12} {_fmt(metrics.get(c, {}).get('psnr'), '.2f'):>6} "
+                f"{_fmt(metrics.get(c, {}).get('ssim'), '.3f'):>6}"
+                for c in COLUMNS
+            )
+            lines.append(
+                f"{model['name']:<11} {attack:<8} {_fmt(model.get('accuracy'), '.4f'):>6} "
+                f"{_fmt(model.get('wire_accuracy'), '.4f'):>8} {cells} {_fmt(model.get('xi'), '.2e'):>9}"
+            )
+    if len(models) == 2:
+        base, cem = models
+        lines.append("")
+        for attack in attacks:
+            gains = []
+            for column in COLUMNS:
+                gain = cem_gain_percent(
+                    base["audits"].get(attack, {}).get(column, {}).get("mse"),
+                    cem["audits"].get(attack, {}).get(column, {}).get("mse"),
+                )
+                gains.append(f"{column} {_fmt(gain, '+.1f')}%")
+            lines.append(f"CEM gain in attack MSE ({attack}): " + ", ".join(gains))
+        delta = None
+        if isinstance(base.get("accuracy"), float) and isinstance(cem.get("accuracy"), float):
+            delta = 100.0 * (cem["accuracy"] - base["accuracy"])
+        lines.append(f"accuracy change with CEM: {_fmt(delta, '+.2f')} points")
+    return "\n".join(lines)

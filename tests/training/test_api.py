@@ -1,0 +1,38 @@
+"""The training package's public surface is pinned, and profiles resolve as documented."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import training
+from cem.errors import ConfigError
+from training import CEMConfig, CEMRegularizer, TrainConfig, resolve_config
+
+
+def test_public_surface_is_pinned() -> None:
+    assert sorted(training.__all__) == [
+        "CEMConfig", "CEMRegularizer", "Defense", "DefenseStack", "MixtureNotFittedError", "TrainConfig",
+        "TrainResult", "available_defenses", "create_defense", "parse_defense", "register_defense",
+        "resolve_config", "train",
+    ]
+    assert all(hasattr(training, name) for name in training.__all__)
+    assert training.available_defenses() == ["bottleneck", "distcorr", "dropout", "noise", "topk"]
+
+
+def test_profile_fills_unset_fields_and_flags_override() -> None:
+    resolved = resolve_config(TrainConfig(dataset="digits", out_dir=Path("x")))
+    assert (resolved.width, resolved.epochs, resolved.augment) == (0.25, 20, False)
+    assert resolved.cem is not None and resolved.cem.lam == resolved.cem_lambda == 0.0075
+    assert resolved.milestones() == [5, 10, 15, 18]
+    custom = resolve_config(TrainConfig(cem=CEMConfig(lam=0.5, k=5), epochs=4, width=1.0))
+    assert custom.cem is not None and (custom.cem.lam, custom.cem.k, custom.epochs, custom.width) == (0.5, 5, 4, 1.0)
+    assert resolve_config(TrainConfig(cem=CEMConfig(lam=0.5), cem_lambda=0.0)).cem.lam == 0.0
+
+
+def test_unresolved_lambda_is_refused_by_the_plug_in() -> None:
+    with pytest.raises(ConfigError, match="resolved cem lambda"):
+        CEMRegularizer(CEMConfig(), noise_std=0.1, num_classes=2, dataset_size=4, image_dim=4)
+    with pytest.raises(ConfigError, match="epochs >= 1"):
+        TrainConfig(epochs=0)
