@@ -23,11 +23,11 @@ METRIC_KEYS = {"mse", "psnr", "psnr_batch", "ssim", "n"}
 
 def test_run_audit_scores_captured_features_with_known_ids(clean_bundle: Path) -> None:
     manifest, encoder = load_encoder(clean_bundle)
-    test_images = load_images("digits", "test")
-    picked = [0, 5, 17, 400]
-    features = compute_feature_set(encoder, test_images[picked]).features
+    test_images, train_images = load_images("digits", "test"), load_images("digits", "train")
+    images = torch.cat([test_images[[0, 5, 17, 400]], train_images[[3]]])
+    features = compute_feature_set(encoder, images).features
     transmitted = obfuscate(features, ObfuscationConfig.from_records(manifest.noise_std, manifest.defenses))
-    ids = [format_sample_id("digits", "test", i) for i in picked[:3]] + [None]
+    ids = [format_sample_id("digits", "test", i) for i in (0, 5, 17)] + [None, "digits/train/3"]
     calls: list[tuple[float, str]] = []
     result = run_audit(
         AuditSpec(bundle_dir=clean_bundle, epochs=1, device="cpu"),
@@ -37,9 +37,10 @@ def test_run_audit_scores_captured_features_with_known_ids(clean_bundle: Path) -
     assert set(result.metrics) == {"train", "infer", "captured"}
     for metrics in result.metrics.values():
         assert set(metrics) == METRIC_KEYS
-    assert result.metrics["captured"]["n"] == 3
+    assert result.metrics["captured"]["n"] == 4
     assert result.metrics["train"]["n"] == len(test_images)
-    assert result.captured_reconstructions == 4
+    assert result.captured_reconstructions == 5
+    assert result.details["captured_known"] == 4
     assert result.bound == {"xi": 0.0042, "entropy_bound": -1.25}
     assert calls[-1][0] == 1.0 and [f for f, _ in calls] == sorted(f for f, _ in calls)
     grid = Image.open(io.BytesIO(result.reconstructions_png))
