@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 MODELS = (("sigma-only", 0.0), ("sigma-cem", None))  # λ None: the trainer's default CEM λ
 ATTACKS = ("decoder", "gan")
+# Audits run one torch thread each; two at once use both cores of a small machine.
+AUDIT_WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,8 @@ def run_audits(config: DemoConfig, profile: DemoProfile, group: ServiceGroup, mo
     token = secrets.token_hex(16)
     address = group.start(ServiceProcess("audit", [
         entry_point("cem-audit"), "--host", "127.0.0.1", "--port", "0", "--bundles", str(config.out_dir / "bundles"),
-        "--captures", str(config.out_dir / "captures"), "--db", str(config.out_dir / "audit.db")],
+        "--captures", str(config.out_dir / "captures"), "--db", str(config.out_dir / "audit.db"),
+        "--max-jobs", str(AUDIT_WORKERS)],
         config.out_dir / "logs" / "audit.log", env={"CEM_AUDIT_TOKEN": token}))
     url = f"http://{address}"
     say(f"audit service on {url}")
