@@ -224,9 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                "seeds": seeds, "results": results, "per_seed": per_seed, "gain": gain}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    gan = f", GAN {args.gan_epochs} epochs" if "gan" in args.attacks.split(",") else ""
     print(f"{args.dataset}, σ = {args.noise_std}, seeds {seeds}, decoder {args.decoder_epochs} epochs "
-          f"(batch {args.attack_batch_size}), GAN {args.gan_epochs} epochs "
-          f"(MSE columns: held-out images; PSNR/SSIM: train protocol)")
+          f"(batch ≤ {args.attack_batch_size}){gan} (MSE columns: held-out images; PSNR/SSIM: train column)")
     print(table)
     if args.json:
         print(json.dumps(summary, default=str))

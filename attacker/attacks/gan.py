@@ -12,10 +12,11 @@ GAN attack fine-tunes the decoder attack. The critic is the WGAN-GP
   global batch (10) also trains the generator (train mode), as in the reference;
 * Adam, critic lr 5e-3, generator lr 5e-4, betas (0.5, 0.999); cosine decay with
   a period of twice the epoch count (the reference's T_max 300 for 150 epochs);
-  batch 128, 150 epochs.
+  batch 128 (shrunk on small attacker sets so an epoch has at least 16 steps,
+  as in the decoder attack), 150 epochs.
 
-With few images per epoch (digits: about 9 batches) the generator gets about one
-update per epoch at n_critic 10; ``n_critic`` is configurable. The returned
+On digits an epoch has 16-17 batches, so at n_critic 10 the generator gets about
+1.6 updates per epoch; ``n_critic`` is configurable. The returned
 generator is the epoch (0 = the initial network) with the lowest MSE on the
 attacker's validation images, so the GAN attack can never score worse on
 validation than the decoder attack it starts from.
@@ -36,6 +37,7 @@ from attacker.attacks.loop import (
     TrainedAttack,
     count_batches,
     create_seeded_network,
+    effective_batch_size,
     inversion_config_for,
     iterate_batches,
 )
@@ -49,6 +51,7 @@ from cem.obfuscation import ObfuscationConfig, obfuscate
 class GanAttackConfig:
     epochs: int = 150
     batch_size: int = 128
+    min_steps_per_epoch: int = 16
     generator_lr: float = 5e-4
     critic_lr: float = 5e-3
     beta1: float = 0.5
@@ -66,6 +69,8 @@ class GanAttackConfig:
             raise ConfigError(
                 f"expected epochs, batch_size and n_critic >= 1, got {self.epochs}, {self.batch_size}, {self.n_critic}"
             )
+        if self.min_steps_per_epoch < 0:
+            raise ConfigError(f"expected min_steps_per_epoch >= 0, got {self.min_steps_per_epoch}")
         if self.generator_lr <= 0 or self.critic_lr <= 0:
             raise ConfigError(f"expected positive learning rates, got {self.generator_lr} and {self.critic_lr}")
         if self.gp_weight < 0 or self.mse_weight < 0 or self.lr_period_factor < 1:
@@ -143,11 +148,12 @@ def train_gan_attack(
     if init is not None:
         keeper.offer(0, measure_mse(generator, split.val, obfuscation, seed=val_seed) if has_val else None)
     result = TrainedAttack(generator)
-    n_batches = count_batches(len(split.fit), config.batch_size)
+    batch_size = effective_batch_size(len(split.fit), config.batch_size, config.min_steps_per_epoch)
+    n_batches = count_batches(len(split.fit), batch_size)
     step = 0
     for epoch in range(1, config.epochs + 1):
         sums = torch.zeros(3, device=device)  # critic loss, generator loss, generator steps
-        for b, rows in enumerate(iterate_batches(len(split.fit), config.batch_size, shuffle, device)):
+        for b, rows in enumerate(iterate_batches(len(split.fit), batch_size, shuffle, device)):
             monitor.check()
             real = images[rows]
             z = obfuscate(split.fit.features[rows], obfuscation, noise)

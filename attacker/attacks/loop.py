@@ -54,6 +54,18 @@ def count_batches(n: int, batch_size: int) -> int:
     return -(-n // batch_size)
 
 
+def effective_batch_size(n: int, batch_size: int, min_steps_per_epoch: int) -> int:
+    """``batch_size``, shrunk so that ``n`` images give at least ``min_steps_per_epoch`` steps (0: never shrink).
+
+    At the paper's scale (tens of thousands of images) this is ``batch_size``; on small attacker sets
+    (digits' ``infer`` column: 436 images, 2 steps per epoch at 256) a fixed 256 leaves the attack
+    badly under-trained (docs/attacks.md).
+    """
+    if min_steps_per_epoch <= 0:
+        return batch_size
+    return max(1, min(batch_size, n // min_steps_per_epoch))
+
+
 class CheckpointKeeper:
     """Keeps an in-memory copy of the weights with the lowest validation MSE.
 

@@ -20,6 +20,7 @@ from attacker.attacks import (
     train_gan_attack,
 )
 from attacker.attacks.data import INFER_FIT_FRACTION
+from attacker.attacks.loop import effective_batch_size
 from cem.errors import ConfigError
 from cem.obfuscation import ObfuscationConfig
 
@@ -100,3 +101,11 @@ def test_progress_is_monotone_and_should_stop_cancels(digits_feature_sets: dict[
     with pytest.raises(AttackCancelled):
         run_attack("decoder", split, ObfuscationConfig(), decoder_config=config, monitor=monitor)
     assert len(fractions) == 3 and fractions == sorted(fractions) and 0 < fractions[-1] < 1
+
+
+def test_batch_size_shrinks_only_for_small_attacker_sets() -> None:
+    assert effective_batch_size(45_000, 256, 16) == 256
+    assert effective_batch_size(1132, 256, 16) == 70
+    assert effective_batch_size(436, 256, 16) == 27
+    assert effective_batch_size(10, 256, 16) == 1
+    assert effective_batch_size(436, 256, 0) == 256

@@ -69,8 +69,12 @@ def test_failing_disk_drops_captures_not_traffic(tap, channels, model_id: str, t
     stub.Infer(make_request(model_id, "before", x), timeout=10)
     shards = tmp_path / "captures" / SHARD_DIR
     deadline = time.monotonic() + 10
-    while not list(shards.glob("*.safetensors")) and time.monotonic() < deadline:
+    # wait until the first capture is fully recorded: shard renamed into place *and* indexed
+    while time.monotonic() < deadline and not (
+        list(shards.glob("*.safetensors")) and CaptureStore(tmp_path / "captures").summary().requests == 1
+    ):
         time.sleep(0.02)
+    time.sleep(0.1)  # the writer counts the record just after its index commit
     shutil.rmtree(shards)
     shards.write_text("not a directory any more")  # every later shard write fails with an OSError
     for i in range(10):
