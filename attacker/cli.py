@@ -5,7 +5,7 @@
 Writes ``OUT/metrics.json`` (the full audit result) and ``OUT/reconstructions.png``
 (originals above reconstructions: the ``train`` block, then the ``infer`` block).
 Progress goes to stderr; with ``--json`` the last stdout line is
-``{"attack", "train": {"mse", "psnr", "psnr_batch", "ssim", "n"}, "infer": {...}, "bound": {"xi",
+``{"attack", "train": {"mse", "psnr", "psnr_batch", "ssim", "ssim_ref", "n"}, "infer": {...}, "bound": {"xi",
 "entropy_bound"}, "metrics_path", "grid_path"}``; a bound the bundle does not record is ``null``.
 """
 
@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     xi = result.bound.get("xi")
     for mode in ("train", "infer"):
         m = result.metrics[mode]
-        logger.info("%s: mse %.5f (xi %s) psnr %.2f dB ssim %.4f (n=%d)", mode, m["mse"],
-                    "missing" if xi is None else f"{xi:.5f}", m["psnr"], m["ssim"], m["n"])
+        logger.info("%s: mse %.5f (xi %s) psnr %.2f dB ssim %.4f ssim_ref %.4f (n=%d)", mode, m["mse"],
+                    "missing" if xi is None else f"{xi:.5f}", m["psnr"], m["ssim"], m["ssim_ref"], m["n"])
     if args.json:
         summary = {
             "attack": result.attack,

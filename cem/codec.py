@@ -9,9 +9,12 @@ Layouts (little-endian, C order, see ``protos/cem_split.proto``):
 
 - ``float32``: 4 bytes per value, exact.
 - ``float16``: 2 bytes per value; features lie in (0, 1) plus noise, where the
-  half-precision step (about 5e-4 near 1) is far below the noise σ.
+  half-precision step (about 5e-4 near 1) is far below the noise σ. Unbounded
+  features (no bottleneck, No_defense) keep float16's ~1e-3 relative precision;
+  values beyond its range (65504) are refused, never silently turned into Inf.
 - ``int8``: 1 byte per value, affine per tensor: ``value = scale * q + offset`` with
-  ``q`` in [-128, 127]; the encoder spreads the tensor's [min, max] over the 256 levels.
+  ``q`` in [-128, 127]; the encoder spreads the tensor's [min, max] over the 256 levels,
+  so any finite range round-trips to within scale/2, bounded features or not.
 """
 
 from __future__ import annotations

@@ -42,5 +42,5 @@ class EncoderRuntime:
 
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        z = self._encoder(images.to(self.device))  # (B, C, H, W) in (0, 1)
+        z = self._encoder(images.to(self.device))  # (B, C, H, W) in (0, 1); >= 0, unbounded without a bottleneck
         return obfuscate(z, self.obfuscation, generator=self._generator).float().cpu()

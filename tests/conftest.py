@@ -61,3 +61,19 @@ def digits_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         training={"note": "test fixture"},
     )
     return out
+
+
+NO_DEFENSE_WIDTH = 0.125
+
+
+@pytest.fixture(scope="session")
+def no_defense_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The paper's No_defense baseline written by ``cem-train --bottleneck none`` itself (one short epoch):
+    no bottleneck, no Sigmoid, no noise, no CEM; the edge sends raw (128·width, 8, 8) ReLU features."""
+    from training.cli import main as train_main  # imported here: only tests that use the fixture pay for it
+
+    out = tmp_path_factory.mktemp("bundles") / "no-defense"
+    argv = ["--dataset", "digits", "--bottleneck", "none", "--noise-std", "0", "--cem-lambda", "0",
+            "--epochs", "1", "--width", str(NO_DEFENSE_WIDTH), "--threads", "0", "--no-progress", "--out", str(out)]
+    assert train_main(argv) == 0
+    return out

@@ -2,7 +2,7 @@
 
 Usage, whatever the loop and the defenses::
 
-    cem = CEMRegularizer(CEMConfig(lam=...), noise_std=σ, num_classes=C,
+    cem = CEMRegularizer(CEMConfig(lam=16), noise_std=σ, num_classes=C,
                          dataset_size=N, image_dim=C_in·H·W)
     for epoch ...:
         for x, y in loader:
@@ -14,15 +14,38 @@ Usage, whatever the loop and the defenses::
 backward of the summed loss is exactly the reference's two-backward gradient
 injection (reference_notes §3.4).
 
+**λ is the paper's λ** (``LAMBDA_UNITS``). The paper's λ = 16 is the λ of the
+authors' code, whose L_C is a log-hinge on one isotropic variance per component,
+divided by the number of classes in the batch, and whose gradient is multiplied
+by s(lr) = 0.001/lr (reference_notes §3.3.2-3.4). Per sample, that code pulls a
+clean feature towards its own-class centroid with
+
+    ∂L_ref/∂z_i = C/(#classes in batch) · 2·gain · (z_i − μ_j) / (N · D · (s_j² + γ))
+
+(gain = 10, γ = 0.01, D feature dimensions, N training images, ρ_j uncapped).
+``loss`` returns every form in those units: ``ref_log_hinge`` *is* the unit,
+and ``paper_diag`` is multiplied, per component, by the factor that gives it the
+same per-sample pull on an isotropic component (``reference_pull_scale``):
+
+    κ_j = C/(#classes in batch) · (2·gain/D) · u_j/(v̄_j + γ) · min(1, ρ-cap),
+    u_j = sqrt(Σ_d v_jd / Σ_d v_jd/(v_jd + σ²)²)
+
+(v̄_j = mean_d v_jd). u_j makes the expected norm of the two per-sample pulls
+equal when residuals have the component's variances; on an isotropic component
+u_j = v̄_j + σ². So ``--cem-lambda 16`` exerts on the encoder what λ = 16 exerts in the
+authors' code, at every learning-rate stage when the reference coupling
+(``lr_coupling="ref"``, the default) is on. The per-dimension shape of the
+paper's loss (weights 1/(v_jd + σ²)) is kept. docs/training.md has the measured
+gradient ratios (``benchmarks/cem_units.py``).
+
 Two loss forms:
 
 * ``paper_diag`` (default): Eq. 7 with Σ_p = σ²I and diagonal Σ_j. Each batch
   assigns z to the nearest own-class component, updates π by Eq. 5 and the
   per-dimension variances by Eq. 6 (written back, as in the paper, so the
-  estimates run through the epoch), and returns
-  Σ_j π_j(−log π_j + ½ Σ_d log((v_jd + σ²)/σ²)). Gradients reach z through the
-  batch's share ρ_j = n_j/(π_j N) of v_j; per sample this is
-  ∂L_C/∂z_i = (z_i − μ_j)/(N (v_j + σ²)), a centre pull weighted by 1/(v + σ²).
+  estimates run through the epoch). Before normalisation its per-sample
+  gradient is ∂L_C/∂z_i = (z_i − μ_j)/(N (v_j + σ²)), a centre pull weighted by
+  1/(v + σ²).
 * ``ref_log_hinge``: the reference code's isotropic, non-persistent blend with
   within-class weights and ReLU(log(s² + γ) − log(τσ² + γ)) (reference_notes §3.3.2).
 
@@ -30,6 +53,9 @@ Two loss forms:
 evaluates L_C on, the encoder output before noise, so Σ_j is the signal
 covariance; ``noisy`` (paper Alg. 1) uses z + ε, so the fitted variance already
 contains σ² and Σ_j = max(v − σ², 0).
+
+The bound reported by ``bound`` is always the unnormalised Eq. 16 in nats: the
+normalisation changes how hard training pulls, never the number reported.
 """
 
 from __future__ import annotations
@@ -40,10 +66,12 @@ from dataclasses import asdict, dataclass
 import torch
 
 from cem.entropy import (
+    component_information,
     mixture_information_bound,
     mse_lower_bound,
     reference_log_hinge,
     relative_conditional_entropy,
+    weight_entropy_terms,
 )
 from cem.errors import CEMError, ConfigError
 from cem.mixture import ClassMixture, assign_to_own_class, fit_class_mixture
@@ -53,6 +81,12 @@ FEATURE_SOURCES = ("clean", "noisy")
 LR_COUPLINGS = ("none", "ref")
 REF_COUPLING_LR = 0.001
 REF_COUPLING_FLOOR = 4.1e-4
+REF_RHO_CAP = 0.99
+# The unit of λ (and of the value ``loss`` returns), stored in every bundle's manifest.
+# Bundles written before this convention have no ``lambda_units`` and a λ that multiplied
+# the raw Eq. 7 sum (``LEGACY_LAMBDA_UNITS``); see ``lambda_units_of``.
+LAMBDA_UNITS = "paper"
+LEGACY_LAMBDA_UNITS = "raw-eq7-nats"
 
 
 class MixtureNotFittedError(CEMError):
@@ -68,7 +102,7 @@ class CEMConfig:
     k: int = 3
     loss_form: str = "paper_diag"
     evaluate_on: str = "clean"
-    lr_coupling: str = "none"
+    lr_coupling: str = "ref"
     warmup_epochs: int = 1
     kmeans_iters: int = 10
     persist_updates: bool = True
@@ -94,7 +128,14 @@ class CEMConfig:
             raise ConfigError("expected kmeans_iters >= 1 and positive ref_gain, ref_gamma, ref_tau")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "lambda_units": LAMBDA_UNITS}
+
+
+def lambda_units_of(cem_record: dict | None) -> str | None:
+    """The unit of a bundle manifest's ``cem.lam``: ``LAMBDA_UNITS``, the legacy unit, or None without CEM."""
+    if not cem_record:
+        return None
+    return str(cem_record.get("lambda_units", LEGACY_LAMBDA_UNITS))
 
 
 class CEMRegularizer:
@@ -184,7 +225,32 @@ class CEMRegularizer:
         counts = torch.bincount(component, minlength=means.shape[0]).to(flat.dtype)  # (K,)
         if self.config.loss_form == "ref_log_hinge":
             return self._reference_loss(residual, component, counts, labels)
-        return self._paper_loss(residual, component, counts)
+        scale = self.reference_pull_scale(counts, labels, flat.shape[1]).to(flat)
+        return self._paper_loss(residual, component, counts, scale)
+
+    def reference_pull_scale(self, counts: torch.Tensor, labels: torch.Tensor, feature_dim: int) -> torch.Tensor:
+        """κ_j (K,): the factor that gives component j of ``paper_diag`` the reference's per-sample pull.
+
+        Derived in the module docstring: the reference pulls with 2·gain/(N_c·D·(s² + γ)) per
+        class in the batch, Eq. 7 with 1/(N·(v_d + σ²)) per dimension; with N_c = N/C, κ_j equates
+        the expected norms of the two pulls. The reference caps its blend share ρ_j at 0.99, which
+        weakens its pull on small data sets; the same cap factor is applied here. Detached.
+        """
+        config = self.config
+        with torch.no_grad():
+            variances = self._signal(self._variances).to(counts)  # (K, D)
+            noise_var = self.noise_std**2
+            mean_var = variances.mean(dim=1)  # (K,) v̄_j, the reference's isotropic variance
+            weighted = (variances / (variances + noise_var).pow(2)).sum(dim=1)
+            effective = torch.where(weighted > 0, (variances.sum(dim=1) / weighted.clamp_min(1e-30)).sqrt(),
+                                    mean_var + noise_var)  # u_j; = v̄_j + σ² when isotropic
+            per_component = (2.0 * config.ref_gain / feature_dim) * effective / (mean_var + config.ref_gamma)
+            within = self.mixture.within_class_weights.to(counts)
+            per_class = self.dataset_size / self.num_classes
+            rho = config.ref_gain * counts / (within * per_class).clamp_min(1e-12)
+            cap = (REF_RHO_CAP / rho.clamp_min(1e-12)).clamp(max=1.0)
+            classes_in_batch = (torch.bincount(labels, minlength=self.num_classes) > 0).sum().clamp_min(1).to(counts)
+            return per_component * cap * (self.num_classes / classes_in_batch)
 
     def _signal(self, variances: torch.Tensor) -> torch.Tensor:
         """Σ_j from fitted variances: as is on clean features, minus σ² on noisy ones."""
@@ -192,7 +258,10 @@ class CEMRegularizer:
             return (variances - self.noise_std**2).clamp_min(0.0)
         return variances
 
-    def _paper_loss(self, residual: torch.Tensor, component: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    def _paper_loss(
+        self, residual: torch.Tensor, component: torch.Tensor, counts: torch.Tensor, scale: torch.Tensor
+    ) -> torch.Tensor:
+        """Eq. 5-7 on one batch, each component's term multiplied by ``scale`` (κ_j, detached)."""
         weights = self._weights.to(residual)
         variances = self._variances.to(residual)
         n_total = float(self.dataset_size)
@@ -204,7 +273,9 @@ class CEMRegularizer:
         if self.config.persist_updates:
             self._weights = new_weights.detach()
             self._variances = new_variances.detach()
-        return mixture_information_bound(new_weights, self._signal(new_variances), self.noise_std)
+        terms = weight_entropy_terms(new_weights) + new_weights * component_information(
+            self._signal(new_variances), self.noise_std)
+        return (scale * terms).sum()
 
     def _reference_loss(
         self, residual: torch.Tensor, component: torch.Tensor, counts: torch.Tensor, labels: torch.Tensor

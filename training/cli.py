@@ -30,6 +30,16 @@ from training.trainer import train
 logger = logging.getLogger("training.cli")
 
 
+def bottleneck_arg(value: str) -> int | None:
+    """``"none"`` -> None (no bottleneck); else an integer. The range is checked once, by ``TrainConfig``."""
+    if value.strip().lower() == "none":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a channel count >= 1 or 'none', got {value!r}") from None
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cem-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data")
@@ -38,21 +48,31 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--download", action="store_true", help="fetch CIFAR through torchvision (needs internet)")
     data.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="default: per data set")
     data.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    data.add_argument("--validation-fraction", type=float, default=0.0,
+                      help="hold out this share of the training split (a fixed permutation) and report val_accuracy; "
+                           "use it to choose settings, never the test split")
     model = parser.add_argument_group("model")
     model.add_argument("--arch", default="vgg11_bn_sgm")
     model.add_argument("--cut-layer", type=int, default=4, help="VGG entries (convs and pools) on the edge")
-    model.add_argument("--bottleneck", type=int, default=8, help="channels of the edge bottleneck (a defense)")
+    model.add_argument("--bottleneck", type=bottleneck_arg, default=8,
+                       help="channels of the edge bottleneck (a defense), or 'none' for the No_defense baseline")
     model.add_argument("--width", type=float, default=None, help="channel multiplier (default: per data set)")
     defense = parser.add_argument_group("defenses")
-    defense.add_argument("--noise-std", type=float, default=0.1, help="σ of Gaussian noise on the sent features (a std)")
+    defense.add_argument("--noise-std", type=float, default=None,
+                         help="σ of Gaussian noise on the sent features, a standard deviation as in the paper "
+                              "(default: per data set; the paper's 0.025 on CIFAR/FaceScrub/TinyImageNet, 0.1 on digits)")
     defense.add_argument("--defense", action="append", default=[], metavar="NAME:STRENGTH",
                          help=f"repeatable; one of {available_defenses()}, e.g. dropout:0.2 topk:0.5 distcorr:0.3")
     cem = parser.add_argument_group("CEM")
-    cem.add_argument("--cem-lambda", type=float, default=None, help="λ of L_task + λ·L_C; 0 disables (default: per data set)")
+    cem.add_argument("--cem-lambda", type=float, default=None,
+                     help="the paper's λ (as in the authors' code: 16 is the paper's default); 0 disables "
+                          "(default: per data set, 16 except digits)")
     cem.add_argument("--cem-k", type=int, default=3, help="mixture components per class")
     cem.add_argument("--cem-loss", choices=LOSS_FORMS, default="paper_diag")
     cem.add_argument("--cem-on", choices=FEATURE_SOURCES, default="clean", help="evaluate L_C on clean or noisy features")
-    cem.add_argument("--cem-lr-coupling", choices=LR_COUPLINGS, default="none", help="'ref': λ scaled by 0.001/lr")
+    cem.add_argument("--cem-lr-coupling", choices=LR_COUPLINGS, default="ref",
+                     help="'ref' (the paper's λ): L_C's gradient scaled by 0.001/lr until lr < 4.1e-4, as in the "
+                          "authors' code; 'none': λ is the weight at every lr")
     cem.add_argument("--cem-warmup-epochs", type=int, default=1, help="epochs without L_C before the first mixture")
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=None, help="default: per data set")
@@ -84,7 +104,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         arch=args.arch, cut_layer=args.cut_layer, bottleneck=args.bottleneck, width=args.width,
         noise_std=args.noise_std, defenses=tuple(args.defense), cem=cem, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-        augment=args.augment, seed=args.seed, device=args.device, workers=args.workers,
+        augment=args.augment, validation_fraction=args.validation_fraction, seed=args.seed, device=args.device, workers=args.workers,
         progress=not args.no_progress,
     )
 

@@ -3,7 +3,8 @@
 A defense can do up to three things, and each of them composes with the others
 and with CEM:
 
-* change the architecture (``bottleneck``: channels of the edge bottleneck conv);
+* change the architecture (``bottleneck``: channels of the edge bottleneck conv,
+  or ``None`` for the paper's No_defense baseline without one);
 * change the client-side transform (``noise``, ``dropout``, ``topk``), which is
   always applied through ``cem.obfuscation.obfuscate`` so the decoder trains on,
   and the edge later sends, exactly that tensor;
@@ -88,7 +89,7 @@ def parse_defense(spec: str) -> Defense:
     cls = _DEFENSES[name]
     field_type = {f.name: f.type for f in dataclasses.fields(cls)}[cls.strength_field]  # type: ignore[arg-type]
     try:
-        strength = int(value) if field_type in (int, "int") else float(value)
+        strength = int(value) if field_type in (int, "int", "int | None") else float(value)
     except ValueError as exc:
         raise ConfigError(f"expected a number after '{name}:', got {value!r}") from exc
     return create_defense(name, **{cls.strength_field: strength})
@@ -113,14 +114,18 @@ class NoiseDefense(Defense):
 @register_defense("bottleneck")
 @dataclass(frozen=True)
 class BottleneckDefense(Defense):
-    """Width of the edge bottleneck conv: fewer channels carry less of the image."""
+    """Width of the edge bottleneck conv: fewer channels carry less of the image.
 
-    channels: int
+    ``channels=None`` removes the bottleneck (No_defense baseline); the record then
+    says ``{"name": "bottleneck", "channels": null}`` so the manifest is explicit.
+    """
+
+    channels: int | None
     strength_field: ClassVar[str] = "channels"
 
     def __post_init__(self) -> None:
-        if self.channels < 1:
-            raise ConfigError(f"expected bottleneck channels >= 1, got {self.channels}")
+        if self.channels is not None and self.channels < 1:
+            raise ConfigError(f"expected bottleneck channels >= 1 or none, got {self.channels}")
 
     def configure_model(self, config: SplitModelConfig) -> SplitModelConfig:
         return dataclasses.replace(config, bottleneck_channels=self.channels)
@@ -208,6 +213,21 @@ class DefenseStack:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ConfigError(f"expected each defense at most once, got {duplicates} more than once")
+        self._check_noise_is_bounded()
+
+    def _check_noise_is_bounded(self) -> None:
+        """Refuse noise without a bottleneck: σ has a fixed meaning only against Sigmoid outputs in (0, 1).
+
+        Checked here, where the final σ is known, so it holds however the trainer resolved it.
+        """
+        unbounded = any(isinstance(d, BottleneckDefense) and d.channels is None for d in self.defenses)
+        std = next((d.std for d in self.defenses if isinstance(d, NoiseDefense)), 0.0)
+        if unbounded and std > 0:
+            raise ConfigError(
+                f"expected --noise-std 0 with --bottleneck none, got {std}: Gaussian noise is only meaningful on "
+                "the Sigmoid-bounded bottleneck features (against unbounded ReLU features σ has no fixed scale); "
+                "the No_defense baseline is --bottleneck none --noise-std 0 --cem-lambda 0"
+            )
 
     def configure_model(self, config: SplitModelConfig) -> SplitModelConfig:
         for defense in self.defenses:

@@ -19,17 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from cem.bundle import Manifest, save_bundle
 from cem.data import DatasetInfo, load_dataset
+from cem.data.validation import VALIDATION_SPLIT_SEED, validation_indices
 from cem.devices import resolve_device
 from cem.errors import ConfigError
 from cem.models import SplitModel, SplitModelConfig
 from cem.obfuscation import ObfuscationConfig
-from training.cem_plugin import CEMRegularizer
-from training.config import LR_DECAY, TrainConfig, resolve_config
+from training.cem_plugin import CEMRegularizer, lambda_units_of
+from training.config import LR_DECAY, TrainConfig, profile_for, resolve_config
 from training.defenses import DefenseStack, create_defense, parse_defense
 from training.loops import FeatureCache, collect_features, evaluate, train_one_epoch
 
@@ -58,6 +59,7 @@ class TrainResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "accuracy": self.accuracy,
+            "val_accuracy": self.metrics.get("val_accuracy"),
             "model_id": self.model_id,
             "bundle": str(self.bundle),
             "entropy_bound": self.metrics.get("entropy_bound"),
@@ -65,6 +67,7 @@ class TrainResult:
             "noise_std": self.manifest.noise_std,
             "defenses": self.manifest.defenses,
             "cem_lambda": (self.manifest.cem or {}).get("lam", 0.0),
+            "cem_lambda_units": lambda_units_of(self.manifest.cem),
             "epochs": len(self.history),
             "duration_s": round(self.duration_s, 3),
         }
@@ -78,8 +81,9 @@ def build_defenses(config: TrainConfig) -> DefenseStack:
             flag = FIELD_DEFENSES[defense.name]
             raise ConfigError(f"expected {defense.name} to be set with {flag}, got --defense {defense.name}:...")
     fixed = [create_defense("bottleneck", channels=config.bottleneck)]
-    if config.noise_std > 0:
-        fixed.insert(0, create_defense("noise", std=config.noise_std))
+    noise_std = config.noise_std if config.noise_std is not None else profile_for(config.dataset).noise_std
+    if noise_std > 0:
+        fixed.insert(0, create_defense("noise", std=noise_std))
     return DefenseStack(tuple(fixed + parsed))
 
 
@@ -101,6 +105,7 @@ class _Run:
     cem: CEMRegularizer | None
     train_loader: DataLoader
     test_loader: DataLoader
+    val_loader: DataLoader | None
 
     @property
     def image_dim(self) -> int:
@@ -110,6 +115,13 @@ class _Run:
         """Test accuracy with every client transform on; the same seeded noise every call."""
         return evaluate(self.model, self.test_loader, self.obfuscation, _seeded(self.config.seed + 3, self.device), self.device)
 
+    def val_accuracy(self) -> dict[str, float]:
+        """{"val_accuracy": ...} on the carved validation split (same protocol as ``accuracy``), or {}."""
+        if self.val_loader is None:
+            return {}
+        generator = _seeded(self.config.seed + 6, self.device)
+        return {"val_accuracy": evaluate(self.model, self.val_loader, self.obfuscation, generator, self.device)}
+
 
 def _prepare(config: TrainConfig) -> _Run:
     device = resolve_device(config.device)
@@ -117,6 +129,11 @@ def _prepare(config: TrainConfig) -> _Run:
     data_args = {"data_dir": config.data_dir, "download": config.download, "seed": config.seed}
     train_set, info = load_dataset(config.dataset, "train", augment=bool(config.augment), **data_args)
     test_set, _ = load_dataset(config.dataset, "test", **data_args)
+    val_set = None
+    if config.validation_fraction > 0:
+        fit_idx, val_idx = validation_indices(len(train_set), config.validation_fraction)  # type: ignore[arg-type]
+        plain, _ = load_dataset(config.dataset, "train", **data_args)
+        train_set, val_set = Subset(train_set, fit_idx.tolist()), Subset(plain, val_idx.tolist())
     defenses = build_defenses(config)
     model_config = defenses.configure_model(SplitModelConfig(
         arch=config.arch, cut_layer=config.cut_layer, bottleneck_channels=config.bottleneck,
@@ -134,6 +151,7 @@ def _prepare(config: TrainConfig) -> _Run:
         model=SplitModel(model_config).to(device), defenses=defenses, obfuscation=obfuscation, cem=cem,
         train_loader=DataLoader(train_set, shuffle=True, generator=torch.Generator().manual_seed(config.seed), **loader_args),
         test_loader=DataLoader(test_set, shuffle=False, **loader_args),
+        val_loader=DataLoader(val_set, shuffle=False, **loader_args) if val_set is not None else None,
     )
 
 
@@ -159,7 +177,7 @@ def _run_epochs(run: _Run, log_path: Path) -> list[dict[str, Any]]:
             seconds = time.perf_counter() - started
             scheduler.step()
             record = {"epoch": epoch, "lr": lr, "cem_weight": weight, **stats, "test_accuracy": run.accuracy(),
-                      **bound, "epoch_seconds": round(seconds, 4)}
+                      **run.val_accuracy(), **bound, "epoch_seconds": round(seconds, 4)}
             log.write(json.dumps(record) + "\n")
             log.flush()
             history.append(record)
@@ -176,6 +194,8 @@ def _final_bound(run: _Run) -> dict[str, float]:
     config = run.config
     noise = ObfuscationConfig(noise_std=run.obfuscation.noise_std) if run.cem.config.evaluate_on == "noisy" else None
     plain, _ = load_dataset(config.dataset, "train", data_dir=config.data_dir, download=config.download, seed=config.seed)
+    if config.validation_fraction > 0:  # the mixture describes the images the model was trained on
+        plain = Subset(plain, validation_indices(len(plain), config.validation_fraction)[0].tolist())  # type: ignore[arg-type]
     loader = DataLoader(plain, batch_size=config.batch_size, shuffle=False, num_workers=config.workers)
     features, labels = collect_features(run.model, loader, noise, _seeded(config.seed + 4, run.device), run.device)
     return run.cem.refit(features, labels, generator=_seeded(config.seed + 5, run.device))
@@ -192,7 +212,8 @@ def train(config: TrainConfig) -> TrainResult:
                 run.defenses.records(), config.cem)
     history = _run_epochs(run, out / LOG_FILE)
     accuracy = run.accuracy()
-    metrics = {"accuracy": accuracy, "train_accuracy": history[-1]["train_accuracy"], **_final_bound(run)}
+    metrics = {"accuracy": accuracy, "train_accuracy": history[-1]["train_accuracy"], **run.val_accuracy(),
+               **_final_bound(run)}
     duration = time.perf_counter() - started
     cem_config = config.cem
     manifest = save_bundle(
@@ -204,6 +225,8 @@ def train(config: TrainConfig) -> TrainResult:
             "epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr, "momentum": config.momentum,
             "weight_decay": config.weight_decay, "milestones": config.milestones(), "lr_decay": LR_DECAY,
             "seed": config.seed, "device": str(run.device), "augment": config.augment, "width": config.width,
+            "validation": {"fraction": config.validation_fraction, "split_seed": VALIDATION_SPLIT_SEED,
+                           "size": len(run.val_loader.dataset)} if run.val_loader is not None else None,  # type: ignore[arg-type]
             "duration_s": round(duration, 3), "torch": torch.__version__, "log_file": LOG_FILE,
             "entropy_convention": ENTROPY_CONVENTION,
         },

@@ -68,7 +68,8 @@ def measure_mse(network: nn.Module, data: FeatureSet, obfuscation: ObfuscationCo
 def evaluate_attack(
     network: nn.Module, data: FeatureSet, obfuscation: ObfuscationConfig, *, seed: int, samples: int = GRID_SAMPLES
 ) -> Evaluation:
-    """MSE, PSNR (per image and per batch) and SSIM of ``network`` on ``data``, plus sample images for a grid."""
+    """MSE, PSNR (per image and per batch) and SSIM (ours and the reference's, ``ssim_ref``) of ``network``
+    on ``data``, plus sample images for a grid."""
     meter = ReconstructionMeter()
     first: torch.Tensor | None = None
     for rows, recon in iterate_reconstructions(network, data.features, obfuscation, seed=seed):

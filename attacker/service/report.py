@@ -45,7 +45,7 @@ img {{ image-rendering: pixelated; max-width: 100%; border: 1px solid #ccc; }}
 <table>{summary}</table>
 <h2>Reconstruction quality</h2>
 <p class="muted">Lower MSE, higher PSNR and SSIM mean the attacker recovers the private images better.</p>
-<table><tr><th>split</th><th>n</th><th>MSE</th><th>PSNR (dB)</th><th>SSIM</th></tr>{metrics}</table>
+<table><tr><th>split</th><th>n</th><th>MSE</th><th>PSNR (dB)</th><th>SSIM</th><th>SSIM (reference, zero-padded)</th></tr>{metrics}</table>
 <h2>Privacy bound</h2>
 {bound}
 <h2>Reconstructions</h2>
@@ -96,7 +96,7 @@ def render_report(job: Job, png: bytes | None) -> str:
         values = metrics.get(key)
         if not values:
             continue
-        cells = "".join(f"<td>{_number(values.get(m))}</td>" for m in ("n", "mse", "psnr", "ssim"))
+        cells = "".join(f"<td>{_number(values.get(m))}</td>" for m in ("n", "mse", "psnr", "ssim", "ssim_ref"))
         metric_rows.append(f"<tr><td>{html.escape(label)}</td>{cells}</tr>")
     bound = result.get("bound") or {}
     if bound:

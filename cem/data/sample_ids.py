@@ -1,7 +1,9 @@
 """Sample ids name a test image, so captured traffic can be scored against ground truth.
 
 Only demo and audit runs send them (``InferRequest.sample_ids``); production
-traffic leaves them empty. Format: ``<dataset>/<split>/<index>``.
+traffic leaves them empty. Format: ``<dataset>/<split>/<index>``, where ``index`` is a
+position in ``load_dataset(dataset, split)``'s fixed order (for ImageFolder trees a seeded
+permutation, not the class-sorted file list; see ``cem.data.vision``).
 """
 
 from __future__ import annotations

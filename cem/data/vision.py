@@ -3,12 +3,25 @@
 The loading code is the real one (torchvision's readers, ``--download`` for users
 who are online); when files are absent the error names the folder that was
 expected, because that is the first thing a user has to fix.
+
+Every image is resized to (S, S) before any augmentation, so ImageFolder trees of
+mixed-size files batch whether or not the training profile augments.
+
+ImageFolder lists files sorted by class. Both splits are put in a fixed
+permutation, seeded by ``IMAGE_FOLDER_ORDER_SEED`` (part of the data set's
+definition, not of the run, like ``DIGITS_SPLIT_SEED``), so "the data set's order"
+that the attacker's ``infer`` protocol cuts at 90 % mixes the classes, and every
+consumer (trainer, edge, attacker, sample ids) agrees on which index is which
+file. The train loader reshuffles anyway; the train split is permuted too so
+that one rule holds for both splits (a prefix such as ``cem-edge --limit`` is a
+class mix there as well).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
@@ -36,6 +49,7 @@ CIFAR100_INFO = DatasetInfo(
 # kept for comparability although they are per-image rather than per-channel statistics.
 FACESCRUB_STATS = ((0.5708, 0.5905, 0.4272), (0.2058, 0.2275, 0.2098), 48)
 TINYIMAGENET_STATS = ((0.5141, 0.5775, 0.3985), (0.2927, 0.2570, 0.1434), 64)
+IMAGE_FOLDER_ORDER_SEED = 20250612
 
 
 def _require_dir(request: DataRequest, dataset: str) -> Path:
@@ -45,15 +59,22 @@ def _require_dir(request: DataRequest, dataset: str) -> Path:
 
 
 def _image_transform(size: int, augment: bool, crop: bool) -> transforms.Compose:
-    steps: list = []
+    """Resize to (size, size) first (a no-op for CIFAR), then the training augmentations."""
+    steps: list = [transforms.Resize((size, size))]
     if augment:
         if crop:
             steps.append(transforms.RandomCrop(size, padding=4))
         steps.append(transforms.RandomHorizontalFlip())
-    else:
-        steps.append(transforms.Resize((size, size)))
     steps.append(transforms.ToTensor())
     return transforms.Compose(steps)
+
+
+def _permute_image_folder(dataset: datasets.ImageFolder) -> None:
+    """Put ``samples``, ``imgs`` and ``targets`` in the fixed ``IMAGE_FOLDER_ORDER_SEED`` order, in place."""
+    order = np.random.default_rng(IMAGE_FOLDER_ORDER_SEED).permutation(len(dataset.samples))
+    dataset.samples = [dataset.samples[i] for i in order]
+    dataset.imgs = dataset.samples
+    dataset.targets = [target for _, target in dataset.samples]
 
 
 def _cifar(request: DataRequest, cls: type, info: DatasetInfo, folder: str) -> tuple[Dataset, DatasetInfo]:
@@ -93,7 +114,8 @@ def load_image_folder(
     image_size: int,
     test_folders: tuple[str, ...] = ("test", "val", "validate"),
 ) -> tuple[Dataset, DatasetInfo]:
-    """``<data_dir>/train/<class>/*`` and ``<data_dir>/{test,val,validate}/<class>/*``."""
+    """``<data_dir>/train/<class>/*`` and ``<data_dir>/{test,val,validate}/<class>/*``, in the fixed
+    ``IMAGE_FOLDER_ORDER_SEED`` permutation (see the module docstring), not sorted by class."""
     root = _require_dir(request, name)
     candidates = ("train",) if request.split == "train" else test_folders
     folder = next((root / c for c in candidates if (root / c).is_dir()), None)
@@ -103,6 +125,7 @@ def load_image_folder(
     dataset = datasets.ImageFolder(
         str(folder), transform=_image_transform(image_size, request.augment, crop=False)
     )
+    _permute_image_folder(dataset)
     info = DatasetInfo(
         name=name,
         num_classes=len(dataset.classes),

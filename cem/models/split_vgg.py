@@ -6,6 +6,12 @@ an ``8``-channel bottleneck conv on the edge side ending in a Sigmoid so the
 transmitted features lie in (0, 1) and Gaussian noise of a given σ has a fixed
 meaning, and the matching linear expansion conv at the start of the cloud side.
 
+``bottleneck_channels=None`` is the paper's unprotected **No_defense** baseline:
+no bottleneck conv, no Sigmoid and no expansion conv, so the edge sends the raw
+ReLU/max-pool output of VGG entry ``c-1`` (unbounded, ``128·width`` channels at
+cut 4) and the cloud starts directly with entry ``c``. ``None`` is the one
+representation of "no bottleneck" everywhere (config, manifest, defenses record).
+
 Inputs are images in [0, 1]; normalisation with the data set's constants is the
 encoder's first layer, so no caller ever has to guess them.
 """
@@ -27,12 +33,13 @@ class SplitModelConfig:
     """Everything needed to rebuild either half of a split model.
 
     ``width`` multiplies every VGG channel count and the classifier's hidden size,
-    so small configurations train in seconds on a CPU.
+    so small configurations train in seconds on a CPU. ``bottleneck_channels=None``
+    removes the bottleneck (No_defense baseline; serialised as JSON ``null``).
     """
 
     arch: str = "vgg11_bn_sgm"
     cut_layer: int = 4
-    bottleneck_channels: int = 8
+    bottleneck_channels: int | None = 8
     width: float = 1.0
     in_channels: int = 3
     image_size: int = 32
@@ -46,8 +53,10 @@ class SplitModelConfig:
             raise ConfigError(f"expected arch 'vgg11_bn_sgm', got {self.arch!r}")
         if not 1 <= self.cut_layer <= len(VGG11_ENTRIES) - 1:
             raise ConfigError(f"expected cut_layer in 1..{len(VGG11_ENTRIES) - 1}, got {self.cut_layer}")
-        if self.bottleneck_channels < 1:
-            raise ConfigError(f"expected bottleneck_channels >= 1, got {self.bottleneck_channels}")
+        if self.bottleneck_channels is not None and (
+            not isinstance(self.bottleneck_channels, int) or self.bottleneck_channels < 1
+        ):
+            raise ConfigError(f"expected bottleneck_channels >= 1 or None (no bottleneck), got {self.bottleneck_channels!r}")
         if not 0 < self.width <= 4:
             raise ConfigError(f"expected width in (0, 4], got {self.width}")
         if self.in_channels < 1 or self.image_size < 32 or self.num_classes < 2:
@@ -79,7 +88,7 @@ class SplitModelConfig:
             return cls(
                 arch=data["arch"],
                 cut_layer=int(data["cut_layer"]),
-                bottleneck_channels=int(data["bottleneck_channels"]),
+                bottleneck_channels=_optional_int(data["bottleneck_channels"]),
                 width=float(data["width"]),
                 in_channels=int(data["in_channels"]),
                 image_size=int(data["image_size"]),
@@ -100,12 +109,23 @@ class SplitModelConfig:
         for entry in VGG11_ENTRIES[: self.cut_layer]:
             if entry == "M":
                 side //= 2
-        return (self.bottleneck_channels, side, side)
+        channels = self.encoder_out_channels if self.bottleneck_channels is None else self.bottleneck_channels
+        return (channels, side, side)
+
+    @property
+    def has_bottleneck(self) -> bool:
+        """False for the No_defense baseline: the edge sends unbounded VGG features, not Sigmoid outputs."""
+        return self.bottleneck_channels is not None
 
     @property
     def encoder_out_channels(self) -> int:
         convs = [e for e in VGG11_ENTRIES[: self.cut_layer] if e != "M"]
         return int(self.channels(convs[-1])) if convs else self.in_channels
+
+
+def _optional_int(value: object) -> int | None:
+    """JSON ``null`` stays ``None`` (no bottleneck); anything else must be an integer."""
+    return None if value is None else int(value)  # type: ignore[call-overload]
 
 
 class Normalize(nn.Module):
@@ -136,7 +156,8 @@ def _vgg_layers(config: SplitModelConfig, entries: tuple[int | str, ...], in_cha
 class SplitEncoder(nn.Module):
     """Edge half: normalise, VGG entries ``0..cut-1``, bottleneck conv, Sigmoid.
 
-    x: (B, in_channels, S, S) float in [0, 1] -> z: (B, *feature_shape) float in (0, 1).
+    x: (B, in_channels, S, S) float in [0, 1] -> z: (B, *feature_shape) float in (0, 1);
+    without a bottleneck the conv and Sigmoid are identities and z is >= 0, unbounded.
     """
 
     def __init__(self, config: SplitModelConfig) -> None:
@@ -144,8 +165,11 @@ class SplitEncoder(nn.Module):
         self.config = config
         self.normalize = Normalize(config.mean, config.std)
         self.features = nn.Sequential(*_vgg_layers(config, VGG11_ENTRIES[: config.cut_layer], config.in_channels))
-        self.bottleneck = nn.Conv2d(config.encoder_out_channels, config.bottleneck_channels, kernel_size=3, padding=1)
-        self.activation = nn.Sigmoid()
+        self.bottleneck: nn.Module = nn.Identity()
+        self.activation: nn.Module = nn.Identity()
+        if config.bottleneck_channels is not None:
+            self.bottleneck = nn.Conv2d(config.encoder_out_channels, config.bottleneck_channels, kernel_size=3, padding=1)
+            self.activation = nn.Sigmoid()
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -160,7 +184,7 @@ class SplitEncoder(nn.Module):
 
 
 class SplitDecoder(nn.Module):
-    """Cloud half: linear bottleneck expansion, VGG entries ``cut..12``, classifier.
+    """Cloud half: linear bottleneck expansion (identity without a bottleneck), VGG entries ``cut..12``, classifier.
 
     z: (B, *feature_shape) float -> logits (B, num_classes).
     """
@@ -169,7 +193,9 @@ class SplitDecoder(nn.Module):
         super().__init__()
         self.config = config
         cloud_in = config.encoder_out_channels
-        self.expand = nn.Conv2d(config.bottleneck_channels, cloud_in, kernel_size=3, padding=1)
+        self.expand: nn.Module = nn.Identity()
+        if config.bottleneck_channels is not None:
+            self.expand = nn.Conv2d(config.bottleneck_channels, cloud_in, kernel_size=3, padding=1)
         self.features = nn.Sequential(*_vgg_layers(config, VGG11_ENTRIES[config.cut_layer :], cloud_in))
         final_channels = int(config.channels(VGG11_ENTRIES[-2]))
         side = config.image_size

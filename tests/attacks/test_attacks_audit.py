@@ -18,7 +18,7 @@ from cem.data.sample_ids import format_sample_id
 from cem.errors import ConfigError, UnknownNameError
 from cem.obfuscation import ObfuscationConfig, obfuscate
 
-METRIC_KEYS = {"mse", "psnr", "psnr_batch", "ssim", "n"}
+METRIC_KEYS = {"mse", "psnr", "psnr_batch", "ssim", "ssim_ref", "n"}
 
 
 def test_run_audit_scores_captured_features_with_known_ids(clean_bundle: Path) -> None:
@@ -82,7 +82,7 @@ def test_cli_writes_metrics_and_grid_and_prints_documented_json(
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["attack"] == "decoder"
     for mode in ("train", "infer"):
-        assert {"mse", "psnr", "ssim"} <= set(summary[mode])
+        assert {"mse", "psnr", "ssim", "ssim_ref"} <= set(summary[mode])
         assert 0 < summary[mode]["mse"] < 1
     assert summary["bound"] == {"xi": 0.0042, "entropy_bound": -1.25}
     stored = json.loads((out / "metrics.json").read_text())

@@ -1,4 +1,4 @@
-"""cem.metrics against scikit-image and analytic values."""
+"""cem.metrics against scikit-image, a float64 scipy version of pytorch_ssim, and analytic values."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from scipy import ndimage
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 
 from cem.metrics import (
@@ -16,6 +18,7 @@ from cem.metrics import (
     mse_per_image,
     psnr_per_image,
     ssim_per_image,
+    ssim_ref_per_image,
 )
 
 
@@ -41,11 +44,53 @@ def test_metrics_equal_scikit_image_on_random_pairs(channels: int, side: int) ->
         assert ssim[i].item() == pytest.approx(expected, abs=1e-5)
 
 
+def pytorch_ssim_float64(x: np.ndarray, y: np.ndarray) -> float:
+    """pytorch_ssim (reference_notes §6.3) for one (C, H, W) pair in float64: per-channel Gaussian
+    window with zero padding ("same" output), C1 = 0.01², C2 = 0.03², mean over the whole map."""
+    offsets = np.arange(11) - 5
+    gauss = np.exp(-(offsets**2) / (2 * 1.5**2))
+    window = np.outer(gauss, gauss) / gauss.sum() ** 2
+    maps = []
+    for a, b in zip(x, y):
+        def blur(image: np.ndarray) -> np.ndarray:
+            return ndimage.correlate(image, window, mode="constant", cval=0.0)
+
+        mu_a, mu_b = blur(a), blur(b)
+        var_a, var_b, cov = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2, blur(a * b) - mu_a * mu_b
+        c1, c2 = 0.01**2, 0.03**2
+        maps.append(((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)))
+    return float(np.mean(maps))
+
+
+@pytest.mark.parametrize("channels,height,width", [(1, 32, 32), (3, 32, 32), (3, 24, 40)])
+def test_ssim_ref_equals_a_float64_pytorch_ssim(channels: int, height: int, width: int) -> None:
+    g = torch.Generator().manual_seed(channels * height + width)
+    target = torch.rand(4, channels, height, width, generator=g)
+    noise = torch.linspace(0.02, 0.4, 4).view(4, 1, 1, 1)
+    recon = (target + noise * torch.randn(target.shape, generator=g)).clamp(0, 1)
+    ssim_ref = ssim_ref_per_image(recon, target)
+    for i in range(recon.shape[0]):
+        expected = pytorch_ssim_float64(recon[i].double().numpy(), target[i].double().numpy())
+        assert ssim_ref[i].item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_zero_padding_changes_ssim_on_32x32_images() -> None:
+    # At the border the zero-padded window's "variances" include w(1-w)·mean², a term both images
+    # share, so for bright images with a blurred reconstruction pytorch_ssim scores higher than
+    # the valid-region SSIM (not lower, as reference_notes §6.3 says).
+    target = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    target = F.avg_pool2d(F.pad(target, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    blurred = F.avg_pool2d(F.pad(target, (2, 2, 2, 2), mode="replicate"), 5, stride=1)
+    ssim, ssim_ref = ssim_per_image(blurred, target), ssim_ref_per_image(blurred, target)
+    assert torch.all(ssim_ref > ssim + 0.1), (ssim, ssim_ref)
+
+
 def test_identical_images_score_perfectly_and_psnr_is_capped() -> None:
     images = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(1))
     assert torch.all(mse_per_image(images, images) == 0)
     assert torch.all(psnr_per_image(images, images) == PSNR_CAP_DB)
     assert torch.allclose(ssim_per_image(images, images), torch.ones(3), atol=1e-5)
+    assert torch.allclose(ssim_ref_per_image(images, images), torch.ones(3), atol=1e-5)
 
 
 def test_meter_averages_per_image_and_per_image_psnr_is_at_least_the_batch_psnr() -> None:
@@ -63,6 +108,7 @@ def test_meter_averages_per_image_and_per_image_psnr_is_at_least_the_batch_psnr(
     # -log is convex: the mean of per-image PSNRs is >= the PSNR of the mean MSE (Jensen).
     assert summary["psnr"] >= summary["psnr_batch"]
     assert summary["ssim"] == pytest.approx(ssim_per_image(recon, target).mean().item(), rel=1e-6)
+    assert summary["ssim_ref"] == pytest.approx(ssim_ref_per_image(recon, target).mean().item(), rel=1e-6)
 
 
 def test_bad_inputs_are_rejected_with_a_clear_message() -> None:

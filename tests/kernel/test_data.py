@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from torchvision import datasets
 
+from attacker.attacks.data import INFER_FIT_FRACTION, load_images
 from cem.data import load_dataset
 from cem.data.digits import digits_split_indices
 from cem.errors import DatasetNotFoundError, UnknownNameError
@@ -117,7 +118,35 @@ def test_image_folder_reads_png_tree(tmp_path: Path) -> None:
     assert len(train) == 4 and len(test) == 4
     assert info.class_names == ("cat", "dog") and info.num_classes == 2
     image, label = test[3]
-    assert image.shape == (3, 32, 32) and label == 1 and 0.0 <= float(image.min()) <= float(image.max()) <= 1.0
+    assert Path(test.samples[3][0]).parent.name == info.class_names[label]
+    assert image.shape == (3, 32, 32) and 0.0 <= float(image.min()) <= float(image.max()) <= 1.0
+
+
+def write_class_coded_tree(root: Path, classes: int, per_class: int) -> None:
+    """``root/test/c<k>/<i>.png``, 40x40 RGB whose red channel is 20·k + i, so content names the class."""
+    for k in range(classes):
+        folder = root / "test" / f"c{k}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.zeros((40, 40, 3), dtype=np.uint8)
+            pixels[..., 0] = 20 * k + i
+            Image.fromarray(pixels).save(folder / f"{i:02d}.png")
+
+
+def test_image_folder_test_split_is_a_fixed_class_mixing_permutation(tmp_path: Path) -> None:
+    write_class_coded_tree(tmp_path, classes=3, per_class=10)
+    test, info = load_dataset("imagefolder", "test", data_dir=tmp_path)
+    images = load_images("imagefolder", "test", data_dir=tmp_path)  # the attacker's view, in the data set's order
+    labels = [int(label) for _, label in test]
+    red = (images[:, 0, 0, 0] * 255).round().long()  # 20·k + i
+    assert labels == [int(v) // 20 for v in red]  # every label is its file's class
+    assert sorted(int(v) for v in red) == [20 * k + i for k in range(3) for i in range(10)]  # each file once
+    assert labels != sorted(labels)
+    scored = labels[int(len(labels) * INFER_FIT_FRACTION):]  # what the ``infer`` protocol scores
+    assert len(scored) == 3 and len(set(scored)) >= 2
+    again, _ = load_dataset("imagefolder", "test", data_dir=tmp_path)
+    assert again.samples == test.samples and torch.equal(load_images("imagefolder", "test", data_dir=tmp_path), images)
+    assert info.class_names == ("c0", "c1", "c2")
 
 
 def test_missing_image_folder_names_the_expected_folders(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ def test_lifecycle_to_succeeded_with_metrics_png_and_report(service: AuditServic
     metrics = audit["metrics"]
     for split in ("train", "infer"):
         assert metrics[split]["n"] > 0 and 0 < metrics[split]["mse"] < 1 and metrics[split]["psnr"] > 0
+        assert -1 <= metrics[split]["ssim_ref"] <= 1  # the paper's SSIM travels through the API schema
     assert metrics["captured"]["n"] == CAPTURED_SAMPLES  # every capture carried a known test-split id
     assert audit["captured_reconstructions"] == CAPTURED_SAMPLES
     assert audit["bound"] == {}  # the fixture bundle was trained without CEM: no bound recorded
@@ -38,6 +39,7 @@ def test_lifecycle_to_succeeded_with_metrics_png_and_report(service: AuditServic
         assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
         html = report.text
         assert f"{metrics['train']['mse']:.4g}" in html and "captured traffic" in html
+        assert "SSIM (reference, zero-padded)" in html and f"{metrics['train']['ssim_ref']:.4g}" in html
         assert f"data:image/png;base64,{base64.b64encode(png.content).decode()}" in html
 
         listed = http.get("/v1/audits", params={"status": "succeeded"}).json()["audits"]

@@ -16,7 +16,7 @@ from training.loops import train_one_epoch
 from training.trainer import build_defenses
 
 
-def decoder_inputs(specs: tuple[str, ...], noise_std: float = 0.0, steps: int = 1, bottleneck: int = 8):
+def decoder_inputs(specs: tuple[str, ...], noise_std: float = 0.0, steps: int = 1, bottleneck: int | None = 8):
     """Run real training steps; return (clean encoder output, tensor the decoder consumed, model)."""
     stack = build_defenses(TrainConfig(noise_std=noise_std, defenses=specs, bottleneck=bottleneck))
     torch.manual_seed(0)
@@ -68,6 +68,25 @@ def test_bottleneck_sets_the_channels_the_decoder_receives() -> None:
     stack = DefenseStack((create_defense("bottleneck", channels=4),))
     assert stack.configure_model(model.config).feature_shape == (4, 8, 8)
     assert stack.records() == [{"name": "bottleneck", "channels": 4}]
+
+
+def test_bottleneck_none_sends_the_raw_vgg_features_and_records_null() -> None:
+    clean, sent, model = decoder_inputs(("dropout:0.2",), bottleneck=None)
+    assert sent.shape[1:] == (16, 8, 8) == model.config.feature_shape  # 128 · 0.125 channels at cut 4
+    assert model.config.bottleneck_channels is None and float(clean.min()) >= 0.0
+    stack = build_defenses(TrainConfig(noise_std=0.0, bottleneck=None, defenses=("dropout:0.2",)))
+    assert stack.records() == [{"name": "bottleneck", "channels": None}, {"name": "dropout", "p": 0.2}]
+    assert type(parse_defense("bottleneck:4").channels) is int  # "int | None" still parses as an int
+
+
+def test_noise_without_bottleneck_is_refused_where_sigma_is_final() -> None:
+    message = r"expected --noise-std 0 with --bottleneck none, got 0\.1: Gaussian noise is only meaningful on the Sigmoid"
+    with pytest.raises(ConfigError, match=message):
+        build_defenses(TrainConfig(noise_std=0.1, bottleneck=None, cem_lambda=0.0))
+    with pytest.raises(ConfigError, match=message):
+        DefenseStack((create_defense("bottleneck", channels=None), create_defense("noise", std=0.1)))
+    with pytest.raises(ConfigError, match="expected bottleneck channels >= 1 or none, got 0"):
+        create_defense("bottleneck", channels=0)
 
 
 def test_distcorr_changes_the_features_the_decoder_is_trained_on() -> None:

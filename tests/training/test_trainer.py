@@ -17,7 +17,7 @@ from training import TrainConfig, TrainResult, train
 from training.loops import evaluate
 from training.trainer import LOG_FILE
 
-TINY = {"dataset": "digits", "width": 0.125, "epochs": 2, "cem_lambda": 0.01, "noise_std": 0.1,
+TINY = {"dataset": "digits", "width": 0.125, "epochs": 2, "cem_lambda": 8.0, "noise_std": 0.1,
         "defenses": ("dropout:0.1", "distcorr:0.1"), "progress": False, "device": "cpu"}
 
 
@@ -45,7 +45,8 @@ def test_bundle_records_everything_the_other_parts_need(runs: dict[str, TrainRes
     assert manifest.model_id == result.model_id and manifest.noise_std == 0.1
     assert manifest.defenses == [{"name": "noise", "std": 0.1}, {"name": "bottleneck", "channels": 8},
                                  {"name": "dropout", "p": 0.1}, {"name": "distcorr", "weight": 0.1}]
-    assert manifest.cem is not None and manifest.cem["lam"] == 0.01 and manifest.cem["k"] == 3
+    assert manifest.cem is not None and manifest.cem["lam"] == 8.0 and manifest.cem["k"] == 3
+    assert manifest.cem["lambda_units"] == "paper" and manifest.cem["lr_coupling"] == "ref"
     assert manifest.cem["loss_form"] == "paper_diag" and manifest.cem["evaluate_on"] == "clean"
     for key in ("accuracy", "entropy_bound", "mse_bound_xi", "information_bound"):
         assert isinstance(manifest.metrics[key], float)
@@ -62,7 +63,9 @@ def test_bundle_records_everything_the_other_parts_need(runs: dict[str, TrainRes
 def test_epoch_log_has_one_json_line_per_epoch_and_cem_starts_after_warmup(runs: dict[str, TrainResult]) -> None:
     lines = [json.loads(line) for line in (Path(runs["a"].bundle) / LOG_FILE).read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2]
-    assert lines[0]["cem_weight"] == 0.0 and lines[1]["cem_weight"] == 0.01 and lines[1]["cem_loss"] > 0
+    # paper units: the weight is λ·0.001/lr (reference coupling) at the epoch's lr
+    assert lines[0]["cem_weight"] == 0.0 and lines[1]["cem_loss"] > 0
+    assert lines[1]["cem_weight"] == pytest.approx(8.0 * 0.001 / lines[1]["lr"])
     for record in lines:
         assert {"test_accuracy", "train_loss", "entropy_bound", "mse_bound_xi", "lr"} <= set(record)
 

@@ -49,6 +49,7 @@ class MetricSet(BaseModel):
     mse: float | None
     psnr: float | None
     ssim: float | None
+    ssim_ref: float | None = None  # pytorch_ssim's zero-padded SSIM, the paper's; absent in older results
     n: int
 
 

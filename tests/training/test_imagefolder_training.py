@@ -1,0 +1,41 @@
+"""Training on an ImageFolder tree of mixed-size PNGs with the profile's augmentation on.
+
+Real files, the real trainer: images of different sizes must be resized before the
+augmentations, or the default collate cannot stack a batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cem.bundle import load_bundle
+from training import TrainConfig, train
+
+SIZES = ((20, 30), (40, 40), (50, 17))  # (height, width)
+
+
+def write_mixed_size_tree(root: Path) -> None:
+    """``root/{train,test}/{a,b}/*.png``: RGB images of every size in ``SIZES``."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i, (height, width) in enumerate(SIZES):
+                pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+
+
+def test_augmented_training_on_mixed_size_images_writes_a_bundle(tmp_path: Path) -> None:
+    write_mixed_size_tree(tmp_path / "data")
+    config = TrainConfig(dataset="imagefolder", data_dir=tmp_path / "data", out_dir=tmp_path / "run", epochs=1,
+                         augment=True, width=0.125, progress=False, cem_lambda=0, device="cpu")
+    result = train(config)
+    manifest, _ = load_bundle(result.bundle)
+    assert manifest.training["augment"] is True
+    assert manifest.dataset["name"] == "imagefolder" and manifest.dataset["image_size"] == 32
+    assert manifest.dataset["class_names"] == ["a", "b"]
+    assert 0.0 <= result.accuracy <= 1.0
