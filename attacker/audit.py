@@ -9,15 +9,16 @@ sample id names an image of the audited data set: test-split ids with the
 ``train``-protocol network, train-split ids with the ``infer``-protocol network,
 so no captured image was ever in the scoring network's training data.
 
-The bound is Theorem 1's MSE lower bound ξ and the entropy bound it comes from,
-read from the bundle's ``manifest.metrics`` (``mse_bound_xi``, ``entropy_bound``);
-the audit never invents them, and leaves out what the bundle does not record.
+The bound is built by ``cem.bounds.privacy_bound`` from what the trainer recorded
+in ``manifest.metrics``: ξ with its ``kind`` (``estimate`` or ``relative``, never
+silently called a floor) and a check of every ξ against the mean-image guess and
+against the lowest MSE this audit's attacks reached. The audit never invents a
+bound; a bundle without one (σ = 0) reports ``null``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -39,6 +40,7 @@ from attacker.attacks import (
     run_attack,
 )
 from attacker.attacks.evaluate import GRID_SAMPLES
+from cem.bounds import privacy_bound
 from cem.bundle import Manifest, load_encoder
 from cem.data.sample_ids import parse_sample_id
 from cem.devices import DEVICE_CHOICES, resolve_device
@@ -48,7 +50,6 @@ from cem.obfuscation import ObfuscationConfig
 
 logger = logging.getLogger(__name__)
 
-BOUND_KEYS = {"xi": "mse_bound_xi", "entropy_bound": "entropy_bound"}
 EVAL_SEED_OFFSET = 100
 
 
@@ -89,7 +90,7 @@ class CapturedFeatures:
 class AuditResult:
     attack: str
     metrics: dict[str, dict[str, float]]
-    bound: dict[str, float]
+    bound: dict[str, Any] | None
     reconstructions_png: bytes
     captured_reconstructions: int
     details: dict[str, Any] = field(default_factory=dict)
@@ -109,14 +110,15 @@ class AuditCancelled(CEMError):
     """``should_stop`` returned True; the audit stopped without a result."""
 
 
-def read_bound(manifest: Manifest) -> dict[str, float]:
-    """{"xi", "entropy_bound"} from the manifest's metrics, keeping only finite numbers that are there."""
-    bound = {}
-    for key, name in BOUND_KEYS.items():
-        value = manifest.metrics.get(name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            bound[key] = float(value)
-    return bound
+def native_size_of(manifest: Manifest) -> int:
+    """The side the bound's ``estimate`` kind measures MSE at (older bundles: the model's input side)."""
+    return int(manifest.dataset.get("native_size") or manifest.model.image_size)
+
+
+def audited_bound(manifest: Manifest, metrics: dict[str, dict[str, float]]) -> dict[str, Any] | None:
+    """``privacy_bound`` checked against the strongest (lowest-MSE) column this audit measured."""
+    lowest = lambda key: min((m[key] for m in metrics.values() if key in m), default=None)  # noqa: E731
+    return privacy_bound(manifest.metrics, attack_mse=lowest("mse"), attack_mse_native=lowest("mse_native"))
 
 
 def _check_captured(captured: CapturedFeatures, feature_shape: tuple[int, int, int]) -> None:
@@ -144,7 +146,8 @@ def _ground_truth(sample_id: str | None, dataset: str, images: dict[str, torch.T
 
 
 def _attack_captured(
-    captured: CapturedFeatures, networks: dict[str, torch.nn.Module], dataset: str, images: dict[str, torch.Tensor]
+    captured: CapturedFeatures, networks: dict[str, torch.nn.Module], dataset: str, images: dict[str, torch.Tensor],
+    native_size: int,
 ) -> tuple[dict[str, float] | None, GridGroup]:
     """Reconstruct every capture; score those with ground truth. Returns (metrics or None, grid group)."""
     device = images["train"].device
@@ -165,7 +168,7 @@ def _attack_captured(
             originals[i] = images[truth[0]][truth[1]]
     metrics = None
     if known.any():
-        meter = ReconstructionMeter()
+        meter = ReconstructionMeter(native_size)
         rows = known.nonzero().squeeze(1).to(device)
         meter.update(recon[rows], originals[rows])
         metrics = meter.summary()
@@ -227,7 +230,8 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
             spec.attack, split, obfuscation, epochs=spec.epochs, seed=spec.seed, monitor=monitor.child(start, share)
         )
         start += share
-        evaluation = evaluate_attack(trained.network, split.eval, obfuscation, seed=spec.seed + EVAL_SEED_OFFSET)
+        evaluation = evaluate_attack(trained.network, split.eval, obfuscation, seed=spec.seed + EVAL_SEED_OFFSET,
+                                     native_size=native_size_of(manifest))
         networks[mode], metrics[mode] = trained.network, evaluation.metrics
         groups.append(GridGroup(evaluation.originals, evaluation.reconstructions))
         details[mode] = {
@@ -244,15 +248,17 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
     n_captured = 0
     if captured is not None:
         monitor.report(0.98, "reconstructing captured features")
-        captured_metrics, group = _attack_captured(captured, networks, dataset, images)
+        captured_metrics, group = _attack_captured(captured, networks, dataset, images, native_size_of(manifest))
         n_captured = int(captured.features.shape[0])
         if captured_metrics is not None:
             metrics["captured"] = captured_metrics
         groups.append(group)
-    bound = read_bound(manifest)
-    missing = [name for key, name in BOUND_KEYS.items() if key not in bound]
-    if missing:
-        logger.warning("bundle %s records no %s; the bound is reported as missing", manifest.model_id, ", ".join(missing))
+    bound = audited_bound(manifest, metrics)
+    if bound is None:
+        logger.warning("bundle %s records no entropy bound (trained without noise); the bound is null", manifest.model_id)
+    else:
+        for warning in bound["warnings"]:
+            logger.warning("bundle %s: %s", manifest.model_id, warning)
     details.update(
         model_id=manifest.model_id,
         dataset=dataset,
@@ -261,7 +267,6 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
         seed=spec.seed,
         device=str(device),
         captured_known=int(metrics.get("captured", {}).get("n", 0)),
-        bound_missing=missing,
     )
     monitor.report(1.0, "done")
     return AuditResult(spec.attack, metrics, bound, render_grid_png(groups), n_captured, details)

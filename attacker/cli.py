@@ -5,8 +5,9 @@
 Writes ``OUT/metrics.json`` (the full audit result) and ``OUT/reconstructions.png``
 (originals above reconstructions: the ``train`` block, then the ``infer`` block).
 Progress goes to stderr; with ``--json`` the last stdout line is
-``{"attack", "train": {"mse", "psnr", "psnr_batch", "ssim", "ssim_ref", "n"}, "infer": {...}, "bound": {"xi",
-"entropy_bound"}, "metrics_path", "grid_path"}``; a bound the bundle does not record is ``null``.
+``{"attack", "train": {"mse", "psnr", "psnr_batch", "ssim", "ssim_ref", "mse_native", "n"}, "infer": {...},
+"bound": {"kind", "xi", "entropy_bound", ..., "relative": {...}, "warnings": [...]}, "metrics_path", "grid_path"}``
+(``bound.kind`` is ``estimate`` or ``relative``, see ``cem.bounds``); a bound the bundle does not record is ``null``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from attacker.attacks import ATTACKS
-from attacker.audit import BOUND_KEYS, AuditSpec, run_audit
+from attacker.audit import AuditSpec, run_audit
 from cem.data import available_datasets
 from cem.devices import DEVICE_CHOICES
 from cem.errors import CEMError
@@ -72,17 +73,19 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         logger.error("cannot write the results to %s: %s", args.out, exc)
         return 2
-    xi = result.bound.get("xi")
     for mode in ("train", "infer"):
         m = result.metrics[mode]
-        logger.info("%s: mse %.5f (xi %s) psnr %.2f dB ssim %.4f ssim_ref %.4f (n=%d)", mode, m["mse"],
-                    "missing" if xi is None else f"{xi:.5f}", m["psnr"], m["ssim"], m["ssim_ref"], m["n"])
+        logger.info("%s: mse %.5f psnr %.2f dB ssim %.4f ssim_ref %.4f (n=%d)", mode, m["mse"],
+                    m["psnr"], m["ssim"], m["ssim_ref"], m["n"])
+    if result.bound is not None:
+        logger.info("bound: %s ξ %.3g%s", result.bound["kind"], result.bound["xi"],
+                    "".join(f"; {w}" for w in result.bound["warnings"]))
     if args.json:
         summary = {
             "attack": result.attack,
             "train": result.metrics["train"],
             "infer": result.metrics["infer"],
-            "bound": {key: result.bound.get(key) for key in BOUND_KEYS},
+            "bound": result.bound,
             "metrics_path": str(metrics_path),
             "grid_path": str(grid_path),
         }

@@ -5,9 +5,13 @@ For each seed it trains two digits models with ``cem-train`` (σ only: ``--cem-l
 decoder attack and the GAN attack (the generator initialised from that decoder
 attack) under both protocols (``train``: attacker data = train split, scored on the
 test split; ``infer``: attacker data = first 90% of the test split, scored on the
-last 10%). It prints accuracy, MSE per attack and protocol, PSNR and SSIM (train
-protocol, i.e. over the whole test split) and Theorem 1's ξ from the manifest,
-then the CEM gain in percent (accuracy: difference in points).
+last 10%). It prints, as mean ± 95 % interval over the seeds (Student t), accuracy,
+MSE per attack and protocol, PSNR and SSIM (train protocol, i.e. over the whole
+test split) and Theorem 1's ξ with its kind (``cem.bounds``: ``estimate`` and
+``relative``, each checked against the strongest attack), then the CEM gain:
+paired per seed (relative change in % for MSE and ξ, points for accuracy) and
+summarised the same way. Each attack's best epoch is recorded; a best epoch in
+the last tenth of the run is flagged as possibly not converged.
 
     .venv/bin/python benchmarks/compare_cem.py --out runs/compare
     .venv/bin/python benchmarks/compare_cem.py --out runs/compare --decoder-epochs 10 --gan-epochs 30 --json
@@ -22,7 +26,6 @@ import argparse
 import json
 import logging
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -42,21 +45,26 @@ from attacker.attacks import (
     load_images,
     run_attack,
 )
+from attacker.audit import native_size_of
+from cem.bounds import privacy_bound
 from cem.bundle import Manifest, load_encoder, load_manifest
 from cem.devices import resolve_device
 from cem.obfuscation import ObfuscationConfig
+from cem.stats import mean_interval
 
 logger = logging.getLogger("compare_cem")
 
 VARIANTS = ("sigma", "sigma+cem")
 MSE_COLUMNS = [f"{attack}_mse_{mode}" for attack in ("decoder", "gan") for mode in MODES]
 QUALITY_COLUMNS = ["decoder_psnr", "decoder_ssim", "gan_psnr", "gan_ssim"]
+BOUND_COLUMNS = ["xi_estimate", "xi_relative"]
+LATE_BEST_EPOCH = 0.9  # a best epoch past this share of the run may mean the attack had not converged
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="digits")
-    parser.add_argument("--noise-std", type=float, default=0.1)
+    parser.add_argument("--noise-std", type=float, default=None, help="default: the trainer's profile σ")
     parser.add_argument("--cem-lambda", type=float, default=None, help="default: the trainer's profile λ")
     parser.add_argument("--train-epochs", type=int, default=None, help="default: the trainer's profile")
     parser.add_argument("--train-arg", action="append", default=[], help="extra cem-train argument (repeatable)")
@@ -82,8 +90,10 @@ def train_variant(
     so the two variants differ only in λ even if the trainer's profile changes in between."""
     bundle = args.out / f"{variant}-seed{seed}"
     if not (args.reuse and (bundle / "manifest.json").is_file()):
-        command = [sys.executable, "-m", "training.cli", "--dataset", args.dataset, "--noise-std", str(args.noise_std),
+        command = [sys.executable, "-m", "training.cli", "--dataset", args.dataset,
                    "--seed", str(seed), "--device", args.device, "--out", str(bundle), "--json", *args.train_arg]
+        if args.noise_std is not None:
+            command += ["--noise-std", str(args.noise_std)]
         if variant == "sigma":
             command += ["--cem-lambda", "0"]
         elif args.cem_lambda is not None:
@@ -106,7 +116,7 @@ def train_variant(
 
 def describe_training(manifest: Manifest) -> dict[str, Any]:
     lam = float(manifest.cem.get("lam", 0.0)) if manifest.cem else 0.0
-    return {**manifest.metrics, "cem_lambda": lam, "width": manifest.model.width,
+    return {**manifest.metrics, "cem_lambda": lam, "noise_std": manifest.noise_std, "width": manifest.model.width,
             "train_epochs": manifest.training.get("epochs"), "train_s": manifest.training.get("duration_s")}
 
 
@@ -134,69 +144,102 @@ def attack_bundle(args: argparse.Namespace, bundle: Path, seed: int, bar: tqdm) 
         decoder = run_attack("decoder", split, obfuscation, epochs=args.decoder_epochs, seed=seed, monitor=monitor,
                              decoder_config=network)
         row[f"decoder_s_{mode}"] = time.perf_counter() - started
+        row[f"decoder_best_epoch_{mode}"] = decoder.best_epoch
+        row[f"decoder_epochs_{mode}"] = len(decoder.history)
         bar.update(1)
-        scores = {"decoder": evaluate_attack(decoder.network, split.eval, obfuscation, seed=seed + 100).metrics}
+        native = native_size_of(manifest)
+        scores = {"decoder": evaluate_attack(decoder.network, split.eval, obfuscation, seed=seed + 100,
+                                             native_size=native).metrics}
         if "gan" in attacks:
             started = time.perf_counter()
             gan = run_attack("gan", split, obfuscation, epochs=args.gan_epochs, seed=seed, monitor=monitor,
                              init=decoder.network)
             row[f"gan_s_{mode}"] = time.perf_counter() - started
             row[f"gan_best_epoch_{mode}"] = gan.best_epoch
+            row[f"gan_epochs_{mode}"] = len(gan.history)
             bar.update(1)
-            scores["gan"] = evaluate_attack(gan.network, split.eval, obfuscation, seed=seed + 100).metrics
+            scores["gan"] = evaluate_attack(gan.network, split.eval, obfuscation, seed=seed + 100,
+                                            native_size=native).metrics
         for attack, metrics in scores.items():
             logger.info("%s, %s attack, %s column: mse %.5f psnr %.2f ssim %.4f", bundle.name, attack, mode,
                         metrics["mse"], metrics["psnr"], metrics["ssim"])
             row[f"{attack}_mse_{mode}"] = metrics["mse"]
+            row[f"{attack}_mse_native_{mode}"] = metrics.get("mse_native")
             if mode == "train":
                 row[f"{attack}_psnr"], row[f"{attack}_ssim"] = metrics["psnr"], metrics["ssim"]
+                row[f"{attack}_ssim_ref"] = metrics["ssim_ref"]
+    for attack in attacks:
+        for mode in MODES:
+            best, ran = row.get(f"{attack}_best_epoch_{mode}"), row.get(f"{attack}_epochs_{mode}")
+            if best is not None and ran and best > LATE_BEST_EPOCH * ran:
+                row.setdefault("late_best_epochs", []).append(f"{attack}/{mode}: best epoch {best} of {ran}")
+    measured = [(f"{a}_mse_{m}", f"{a}_mse_native_{m}") for a in attacks for m in MODES]
+    bound = privacy_bound(manifest.metrics, attack_mse=min(row[k] for k, _ in measured),
+                          attack_mse_native=min((row[k] for _, k in measured if row[k] is not None), default=None))
+    if bound is not None:
+        relative = bound.get("relative") or bound
+        row["xi_relative"], row["xi_relative_exceeds_attack"] = relative["xi"], relative["exceeds_attack"]
+        if bound["kind"] == "estimate":
+            row["xi_estimate"], row["xi_estimate_exceeds_attack"] = bound["xi"], bound["exceeds_attack"]
+        row["bound_warnings"] = bound["warnings"]
     return row
 
 
-def mean_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = [k for k in rows[0] if k != "seed" and all(isinstance(r.get(k), (int, float)) for r in rows)]
-    return {k: statistics.fmean(float(r[k]) for r in rows) for k in keys}
+def summarise_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per numeric key present in every row: {"mean", "ci95", "n"} over the seeds."""
+    keys = [k for k in rows[0] if k != "seed" and all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
+                                                      for r in rows)]
+    return {k: mean_interval(float(r[k]) for r in rows).to_dict() for k in keys}
 
 
-def compute_gain(base: dict[str, Any], cem: dict[str, Any]) -> dict[str, float]:
-    """MSE and ξ: relative change in %; accuracy, PSNR, SSIM: absolute difference (points for accuracy)."""
-    gain: dict[str, float] = {}
-    for key in [*MSE_COLUMNS, "mse_bound_xi"]:
-        if key in base and key in cem and base[key]:
-            gain[key] = 100.0 * (cem[key] - base[key]) / base[key]
+def compute_gain(base_rows: list[dict[str, Any]], cem_rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Paired per seed, then mean ± interval. MSE and ξ: relative change in %; accuracy: points;
+    PSNR and SSIM: absolute difference."""
+    gain: dict[str, dict[str, Any]] = {}
+    pairs = list(zip(base_rows, cem_rows))
+    for key in [*MSE_COLUMNS, *BOUND_COLUMNS]:
+        values = [100.0 * (c[key] - b[key]) / b[key] for b, c in pairs if b.get(key) and c.get(key) is not None]
+        if values:
+            gain[key] = mean_interval(values).to_dict()
     for key in ["accuracy", *QUALITY_COLUMNS]:
-        if key in base and key in cem:
-            gain[key] = (cem[key] - base[key]) * (100.0 if key == "accuracy" else 1.0)
+        values = [(c[key] - b[key]) * (100.0 if key == "accuracy" else 1.0) for b, c in pairs if key in b and key in c]
+        if values:
+            gain[key] = mean_interval(values).to_dict()
     return gain
 
 
-def format_table(results: dict[str, dict[str, Any]], gain: dict[str, float]) -> str:
-    header = ["model", "λ", "acc %", "Dec train", "Dec infer", "GAN train", "GAN infer",
-              "Dec PSNR", "Dec SSIM", "GAN PSNR", "GAN SSIM", "ξ"]
-    keys = ["accuracy", *MSE_COLUMNS, *QUALITY_COLUMNS, "mse_bound_xi"]
+def _cell(entry: dict[str, Any] | None, spec: str, scale: float = 1.0, suffix: str = "") -> str:
+    if entry is None:
+        return "n/a"
+    text = f"{entry['mean'] * scale:{spec}}"
+    return text + (f" ± {entry['ci95'] * scale:{spec.lstrip('+')}}" if entry.get("ci95") is not None else "") + suffix
 
-    def cell(row: dict[str, Any], key: str) -> str:
-        value = row.get(key)
-        if value is None:
-            return "n/a"
+
+def format_table(results: dict[str, dict[str, Any]], gain: dict[str, dict[str, Any]]) -> str:
+    header = ["model", "λ", "acc %", "Dec train", "Dec infer", "GAN train", "GAN infer",
+              "Dec PSNR", "Dec SSIM", "GAN PSNR", "GAN SSIM", "ξ estimate", "ξ relative"]
+    keys = ["accuracy", *MSE_COLUMNS, *QUALITY_COLUMNS, *BOUND_COLUMNS]
+
+    def spec(key: str) -> tuple[str, float]:
         if key == "accuracy":
-            return f"{100 * value:.2f}"
-        return f"{value:.2f}" if key.endswith("psnr") else f"{value:.4f}"
+            return ".2f", 100.0
+        if key.startswith("xi"):
+            return ".2e", 1.0
+        return (".2f" if key.endswith("psnr") else ".4f"), 1.0
 
     lines = [" | ".join(header), " | ".join("---" for _ in header)]
     for variant, row in results.items():
-        lines.append(" | ".join([variant, f"{row.get('cem_lambda', 0):g}", *(cell(row, k) for k in keys)]))
+        lam = row.get("cem_lambda", {}).get("mean", 0.0)
+        lines.append(" | ".join([variant, f"{lam:g}", *(_cell(row.get(k), *spec(k)) for k in keys)]))
     gain_cells = []
     for key in keys:
-        if key not in gain:
-            gain_cells.append("n/a")
-        elif key == "accuracy":
-            gain_cells.append(f"{gain[key]:+.2f} pt")
+        if key == "accuracy":
+            gain_cells.append(_cell(gain.get(key), "+.2f", suffix=" pt"))
         elif key in QUALITY_COLUMNS:
-            gain_cells.append(f"{gain[key]:+.3f}")
+            gain_cells.append(_cell(gain.get(key), "+.3f"))
         else:
-            gain_cells.append(f"{gain[key]:+.1f}%")
-    lines.append(" | ".join(["CEM gain", "", *gain_cells]))
+            gain_cells.append(_cell(gain.get(key), "+.0f", suffix="%"))
+    lines.append(" | ".join(["CEM gain (paired)", "", *gain_cells]))
     return "\n".join(lines)
 
 
@@ -218,16 +261,22 @@ def main(argv: list[str] | None = None) -> int:
                 row = {**describe_training(manifest), **attack_bundle(args, bundle, seed, bar), "seed": seed}
                 per_seed[variant].append(row)
                 (args.out / f"{variant}-seed{seed}.json").write_text(json.dumps(row, indent=2, default=str) + "\n")
-    results = {variant: mean_rows(rows) for variant, rows in per_seed.items()}
-    gain = compute_gain(results["sigma"], results["sigma+cem"])
+    results = {variant: summarise_rows(rows) for variant, rows in per_seed.items()}
+    gain = compute_gain(per_seed["sigma"], per_seed["sigma+cem"])
     table = format_table(results, gain)
     summary = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                "seeds": seeds, "results": results, "per_seed": per_seed, "gain": gain}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     gan = f", GAN {args.gan_epochs} epochs" if "gan" in args.attacks.split(",") else ""
-    print(f"{args.dataset}, σ = {args.noise_std}, seeds {seeds}, decoder {args.decoder_epochs} epochs "
-          f"(batch ≤ {args.attack_batch_size}){gan} (MSE columns: held-out images; PSNR/SSIM: train column)")
+    sigma = per_seed["sigma"][0].get("noise_std")
+    print(f"{args.dataset}, σ = {sigma}, seeds {seeds}, decoder {args.decoder_epochs} epochs "
+          f"(batch ≤ {args.attack_batch_size}){gan}; mean ± 95 % interval (t) over seeds "
+          "(MSE columns: held-out images; PSNR/SSIM: train column)")
     print(table)
+    for variant, rows in per_seed.items():
+        for row in rows:
+            for note in [*row.get("late_best_epochs", []), *row.get("bound_warnings", [])]:
+                print(f"note: {variant} seed {row['seed']}: {note}")
     if args.json:
         print(json.dumps(summary, default=str))
     return 0

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from cem.bounds import native_view
 from cem.errors import CEMError
 
 PSNR_CAP_DB = 100.0
@@ -132,10 +133,14 @@ class ReconstructionMeter:
     """Accumulates per-image MSE, PSNR and SSIM over evaluation batches.
 
     ``update`` takes one evaluation batch; its size also defines the reference's
-    batch PSNR. ``summary`` returns ``{"mse", "psnr", "psnr_batch", "ssim", "ssim_ref", "n"}``.
+    batch PSNR. ``summary`` returns ``{"mse", "psnr", "psnr_batch", "ssim", "ssim_ref", "n"}``,
+    plus ``mse_native`` when ``native_size`` is given: the MSE of both images
+    average-pooled to that side, the scale of the bound's ``estimate`` kind (cem.bounds).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, native_size: int | None = None) -> None:
+        self.native_size = native_size
+        self._mse_native = 0.0
         self._n = 0
         self._mse = 0.0
         self._psnr = 0.0
@@ -155,6 +160,9 @@ class ReconstructionMeter:
         self._psnr_batch += batch * float(psnr_from_mse(mse.mean()))
         self._ssim += float(ssim_per_image(recon, target).sum())
         self._ssim_ref += float(ssim_ref_per_image(recon, target).sum())
+        if self.native_size is not None:
+            pooled = (native_view(recon.float(), self.native_size) - native_view(target.float(), self.native_size))
+            self._mse_native += float(pooled.pow(2).mean(dim=1).sum())
 
     @property
     def count(self) -> int:
@@ -170,5 +178,6 @@ class ReconstructionMeter:
             "psnr_batch": self._psnr_batch / n,
             "ssim": self._ssim / n,
             "ssim_ref": self._ssim_ref / n,
+            **({"mse_native": self._mse_native / n} if self.native_size is not None else {}),
             "n": n,
         }

@@ -97,8 +97,7 @@ def train_models(config: DemoConfig, profile: DemoProfile, say: Callable[[str], 
         summary = _run_json(argv, config.out_dir / "logs" / f"train-{name}.json", f"training {name}")
         say(f"  {name}: test accuracy {summary['accuracy']:.4f} (noise on), model {summary['model_id']}")
         models.append({"name": name, "bundle": summary["bundle"], "model_id": summary["model_id"],
-                       "accuracy": summary["accuracy"], "xi": summary.get("mse_bound_xi"),
-                       "entropy_bound": summary.get("entropy_bound"), "cem_lambda": summary.get("cem_lambda"),
+                       "accuracy": summary["accuracy"], "cem_lambda": summary.get("cem_lambda"),
                        "audits": {}})
     return models
 
@@ -159,6 +158,7 @@ def run_audits(config: DemoConfig, profile: DemoProfile, group: ServiceGroup, mo
             if final["status"] != "succeeded":
                 raise DemoError(f"audit {label} ended {final['status']}: {final.get('error')}")
             model["audits"][attack] = final["metrics"]
+            model.setdefault("bounds", {})[attack] = final.get("bound")
             html = report_dir / f"{model['name']}-{attack}.html"
             html.write_text(client.fetch_report(job["id"]))
             (report_dir / f"{model['name']}-{attack}.png").write_bytes(client.fetch_png(job["id"]))

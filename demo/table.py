@@ -18,12 +18,22 @@ def cem_gain_percent(baseline_mse: float | None, cem_mse: float | None) -> float
     return 100.0 * (cem_mse - baseline_mse) / baseline_mse
 
 
+def _bound_cell(bound: dict[str, Any] | None) -> str:
+    """ξ and its kind (``est``/``rel``/``floor``), ``!`` when the attack beat it (so it is no floor)."""
+    if not bound or not isinstance(bound.get("xi"), (int, float)):
+        return "—"
+    kind = {"estimate": "est", "relative": "rel"}.get(bound.get("kind", "relative"), bound.get("kind", "?"))
+    beaten = "!" if bound.get("exceeds_attack") or bound.get("exceeds_mean_image") else ""
+    return f"{bound['xi']:.1e} {kind}{beaten}"
+
+
 def render_table(models: list[dict[str, Any]], attacks: list[str]) -> str:
-    """``models``: [{"name", "accuracy", "wire_accuracy", "xi", "audits": {attack: {column: metrics}}}]."""
+    """``models``: [{"name", "accuracy", "wire_accuracy", "audits": {attack: {column: metrics}},
+    "bounds": {attack: audit bound}}]. The ξ column shows each ξ's kind (cem.bounds)."""
     lines = []
     header = f"{'model':<11} {'attack':<8} {'acc':>6} {'wire acc':>8} " + " ".join(
         f"{c + ' MSE':>12} {'PSNR':>6} {'SSIM':>6}" for c in COLUMNS
-    ) + f" {'ξ bound':>9}"
+    ) + f" {'ξ (kind)':>13}"
     lines.append(header)
     lines.append("-" * len(header))
     for model in models:
@@ -36,7 +46,8 @@ def render_table(models: list[dict[str, Any]], attacks: list[str]) -> str:
             )
             lines.append(
                 f"{model['name']:<11} {attack:<8} {_fmt(model.get('accuracy'), '.4f'):>6} "
-                f"{_fmt(model.get('wire_accuracy'), '.4f'):>8} {cells} {_fmt(model.get('xi'), '.2e'):>9}"
+                f"{_fmt(model.get('wire_accuracy'), '.4f'):>8} {cells} "
+                f"{_bound_cell(model.get('bounds', {}).get(attack)):>13}"
             )
     if len(models) == 2:
         base, cem = models
@@ -54,4 +65,6 @@ def render_table(models: list[dict[str, Any]], attacks: list[str]) -> str:
         if isinstance(base.get("accuracy"), float) and isinstance(cem.get("accuracy"), float):
             delta = 100.0 * (cem["accuracy"] - base["accuracy"])
         lines.append(f"accuracy change with CEM: {_fmt(delta, '+.2f')} points")
+    lines.append("ξ kinds: est = estimate (H(x) from a Gaussian fit), rel = relative (H(x) := 0); neither is a "
+                 "proven floor; '!' = an attacker or the mean-image guess did better than this ξ")
     return "\n".join(lines)

@@ -9,6 +9,7 @@ sends. ``train_one_epoch`` takes any ``DefenseStack`` and an optional
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -123,12 +124,18 @@ def evaluate(
 
 @torch.no_grad()
 def collect_features(
-    model: SplitModel, loader: DataLoader, noise: ObfuscationConfig | None, generator: torch.Generator, device: torch.device
+    model: SplitModel, loader: DataLoader, noise: ObfuscationConfig | None, generator: torch.Generator, device: torch.device,
+    on_images: Callable[[torch.Tensor], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eval-mode features of a whole split: (N, D) (noisy when ``noise`` is given) and labels (N,)."""
+    """Eval-mode features of a whole split: (N, D) (noisy when ``noise`` is given) and labels (N,).
+
+    ``on_images`` sees every input batch, so data statistics need no second pass.
+    """
     model.eval()
     cache = FeatureCache(len(loader.dataset))  # type: ignore[arg-type]
     for x, y in loader:
+        if on_images is not None:
+            on_images(x)
         z = model.encoder(x.to(device))
         cache.add(obfuscate(z, noise, generator) if noise is not None else z, y.to(device))
     return cache.tensors()

@@ -22,10 +22,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from cem.bounds import data_statistics, native_view, training_bound_metrics
 from cem.bundle import Manifest, save_bundle
 from cem.data import DatasetInfo, load_dataset
 from cem.data.validation import VALIDATION_SPLIT_SEED, validation_indices
 from cem.devices import resolve_device
+from cem.entropy import PixelMoments
 from cem.errors import ConfigError
 from cem.models import SplitModel, SplitModelConfig
 from cem.obfuscation import ObfuscationConfig
@@ -38,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 LOG_FILE = "train_log.jsonl"
 FIELD_DEFENSES = {"noise": "--noise-std", "bottleneck": "--bottleneck"}
-ENTROPY_CONVENTION = "H(x) := 0 nats (uniform on [0,1]^d), so entropy_bound = -information_bound; relative"
+ENTROPY_CONVENTION = ("entropy_bound, mse_bound_xi: kind 'relative', H(x) := 0 nats, entropy_bound = -information_bound; "
+                      "*_estimate: kind 'estimate', H(x) = entropy_x_estimate (see cem.bounds)")
 
 
 @dataclass
@@ -197,8 +200,19 @@ def _final_bound(run: _Run) -> dict[str, float]:
     if config.validation_fraction > 0:  # the mixture describes the images the model was trained on
         plain = Subset(plain, validation_indices(len(plain), config.validation_fraction)[0].tolist())  # type: ignore[arg-type]
     loader = DataLoader(plain, batch_size=config.batch_size, shuffle=False, num_workers=config.workers)
-    features, labels = collect_features(run.model, loader, noise, _seeded(config.seed + 4, run.device), run.device)
-    return run.cem.refit(features, labels, generator=_seeded(config.seed + 5, run.device))
+    at_model, at_native = PixelMoments(), PixelMoments()
+    native = run.info.native_resolution
+
+    def observe(images: torch.Tensor) -> None:
+        at_model.update(images.flatten(1))
+        at_native.update(native_view(images, native))
+
+    features, labels = collect_features(run.model, loader, noise, _seeded(config.seed + 4, run.device), run.device,
+                                        on_images=observe)
+    bound = run.cem.refit(features, labels, generator=_seeded(config.seed + 5, run.device))
+    stats = data_statistics(at_model, at_native, run.info.quantisation_step)
+    native_dim = run.info.in_channels * native**2
+    return {**bound, **training_bound_metrics(bound["information_bound"], native_dim, stats)}
 
 
 def train(config: TrainConfig) -> TrainResult:

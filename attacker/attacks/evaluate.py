@@ -66,11 +66,12 @@ def measure_mse(network: nn.Module, data: FeatureSet, obfuscation: ObfuscationCo
 
 
 def evaluate_attack(
-    network: nn.Module, data: FeatureSet, obfuscation: ObfuscationConfig, *, seed: int, samples: int = GRID_SAMPLES
+    network: nn.Module, data: FeatureSet, obfuscation: ObfuscationConfig, *, seed: int, samples: int = GRID_SAMPLES,
+    native_size: int | None = None,
 ) -> Evaluation:
     """MSE, PSNR (per image and per batch) and SSIM (ours and the reference's, ``ssim_ref``) of ``network``
     on ``data``, plus sample images for a grid."""
-    meter = ReconstructionMeter()
+    meter = ReconstructionMeter(native_size)
     first: torch.Tensor | None = None
     for rows, recon in iterate_reconstructions(network, data.features, obfuscation, seed=seed):
         meter.update(recon, data.images[rows])

@@ -107,8 +107,12 @@ def describe(audit: dict[str, Any]) -> str:
         if values:
             mse, psnr, ssim = (_fmt(values.get(k), digits) for k, digits in (("mse", 4), ("psnr", 2), ("ssim", 3)))
             lines.append(f"  {split:>8}: MSE {mse}  PSNR {psnr} dB  SSIM {ssim}  (n={values['n']})")
-    if audit.get("bound"):
-        lines.append("  bound: " + ", ".join(f"{k}={_fmt(v, 4)}" for k, v in audit["bound"].items()))
+    bound = audit.get("bound")
+    if bound:
+        values = [bound] + ([bound["relative"]] if bound.get("relative") else [])
+        lines.append("  bound: " + ", ".join(f"ξ {v['kind']} {v['xi']:.3g}" for v in values)
+                     + "  (no value here is a proven floor)" * all(v["kind"] != "floor" for v in values))
+        lines.extend(f"  warning: {w}" for w in bound.get("warnings") or [])
     if audit.get("error"):
         lines.append(f"  error: {audit['error']}")
     return "\n".join(lines)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from attacker.audit import read_bound
+from cem.bounds import privacy_bound
 from cem.bundle import Manifest, load_manifest
 from cem.errors import BundleError
 
@@ -26,9 +27,9 @@ class BundleEntry:
     manifest: Manifest
 
     @property
-    def bound(self) -> dict[str, float]:
-        """The privacy bound the trainer recorded ({"xi", "entropy_bound"}), as an audit reports it."""
-        return read_bound(self.manifest)
+    def bound(self) -> dict[str, Any] | None:
+        """The bound the trainer recorded, labelled and checked against the mean-image guess (no attack yet)."""
+        return privacy_bound(self.manifest.metrics)
 
 
 class BundleCatalog:

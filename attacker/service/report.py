@@ -14,17 +14,15 @@ from datetime import datetime, timezone
 from typing import Any
 
 from attacker.service.jobs import Job
+from cem.bounds import BOUND_LABELS
 
 SPLITS = (
     ("train", "attacker's training split"),
     ("infer", "held-out inference split"),
     ("captured", "captured traffic (ground truth known)"),
 )
-BOUND_LABELS = {
-    "xi": "ξ: lower bound on any attacker's reconstruction MSE (Theorem 1)",
-    "mse_bound_xi": "ξ: lower bound on any attacker's reconstruction MSE (Theorem 1)",
-    "entropy_bound": "lower bound on the conditional entropy H(x|z) (Theorem 2)",
-}
+BOUND_HEADER = ("<tr><th>kind</th><th>ξ</th><th>H(x|z) bound (nats)</th><th>mean-image MSE</th>"
+                "<th>best attack MSE</th><th>what it means</th></tr>")
 
 PAGE = """<!doctype html>
 <html lang="en">
@@ -38,6 +36,7 @@ th, td {{ border: 1px solid #ccc; padding: .3rem .7rem; text-align: right; }}
 th:first-child, td:first-child {{ text-align: left; }}
 img {{ image-rendering: pixelated; max-width: 100%; border: 1px solid #ccc; }}
 .muted {{ color: #666; }}
+.warn {{ color: #8a1c00; }}
 </style>
 </head>
 <body>
@@ -46,7 +45,7 @@ img {{ image-rendering: pixelated; max-width: 100%; border: 1px solid #ccc; }}
 <h2>Reconstruction quality</h2>
 <p class="muted">Lower MSE, higher PSNR and SSIM mean the attacker recovers the private images better.</p>
 <table><tr><th>split</th><th>n</th><th>MSE</th><th>PSNR (dB)</th><th>SSIM</th><th>SSIM (reference, zero-padded)</th></tr>{metrics}</table>
-<h2>Privacy bound</h2>
+<h2>Privacy bound (Theorem 1)</h2>
 {bound}
 <h2>Reconstructions</h2>
 <p class="muted">Originals above their reconstructions; columns grouped as train, inference and captured samples.</p>
@@ -70,6 +69,28 @@ def _time(value: float | None) -> str:
 
 def _rows(pairs: list[tuple[str, str]]) -> str:
     return "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in pairs)
+
+
+def _bound_row(value: dict[str, Any]) -> str:
+    kind = str(value.get("kind", "relative"))
+    cells = [kind, _number(value.get("xi")), _number(value.get("entropy_bound")), _number(value.get("mean_image_mse")),
+             _number(value.get("attack_mse")), str(value.get("label") or BOUND_LABELS[kind])]
+    return "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
+
+
+def _bound_html(bound: dict[str, Any] | None) -> str:
+    """The ξ values with their kinds, and in words wherever a "bound" exceeds what attackers achieved."""
+    if not bound:
+        return '<p class="muted">The bundle records no bound (trained without noise, so Σ_p is undefined).</p>'
+    if "kind" not in bound:  # a result stored before bounds carried a kind: H(x) := 0, so relative
+        bound = {"kind": "relative", "xi": bound.get("xi"), "entropy_bound": bound.get("entropy_bound")}
+    values = [bound] + ([bound["relative"]] if isinstance(bound.get("relative"), dict) else [])
+    notes = "".join(f"<li>{html.escape(str(w))}</li>" for w in bound.get("warnings") or [])
+    warnings = f'<ul class="warn">{notes}</ul>' if notes else ""
+    assumption = bound.get("assumption")
+    caveat = f'<p class="muted">Estimate: {html.escape(str(assumption))}.</p>' if assumption else ""
+    rows = "".join(_bound_row(v) for v in values)
+    return f"<table>{BOUND_HEADER}{rows}</table>{caveat}{warnings}"
 
 
 def render_report(job: Job, png: bytes | None) -> str:
@@ -98,12 +119,7 @@ def render_report(job: Job, png: bytes | None) -> str:
             continue
         cells = "".join(f"<td>{_number(values.get(m))}</td>" for m in ("n", "mse", "psnr", "ssim", "ssim_ref"))
         metric_rows.append(f"<tr><td>{html.escape(label)}</td>{cells}</tr>")
-    bound = result.get("bound") or {}
-    if bound:
-        pairs = [(BOUND_LABELS.get(k, k), _number(v)) for k, v in sorted(bound.items())]
-        bound_html = f"<table>{_rows(pairs)}</table>"
-    else:
-        bound_html = '<p class="muted">The bundle records no bound (trained without CEM).</p>'
+    bound_html = _bound_html(result.get("bound"))
     if png:
         encoded = base64.b64encode(png).decode("ascii")
         image = f'<img alt="originals above reconstructions" src="data:image/png;base64,{encoded}">'

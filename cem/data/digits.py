@@ -16,6 +16,7 @@ from torch.utils.data import Dataset, TensorDataset
 from cem.data.registry import DataRequest, DatasetInfo, register_dataset
 
 DIGITS_IMAGE_SIZE = 32
+DIGITS_NATIVE_SIZE = 8
 DIGITS_TEST_FRACTION = 0.3
 DIGITS_SPLIT_SEED = 20250611
 
@@ -29,6 +30,8 @@ def digits_info() -> DatasetInfo:
         mean=(0.3053,),
         std=(0.3236,),
         class_names=tuple(str(d) for d in range(10)),
+        native_size=DIGITS_NATIVE_SIZE,
+        quantisation_step=1.0 / 16.0,  # sklearn's digits hold the values 0..16
     )
 
 

@@ -20,7 +20,12 @@ SPLITS = ("train", "test")
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a model trained on this data set must know about its inputs."""
+    """What a model trained on this data set must know about its inputs.
+
+    ``native_size`` and ``quantisation_step`` describe how the pixels were recorded
+    (digits: 8x8 with 17 grey levels, step 1/16; 8-bit images: step 1/255); the
+    entropy estimate behind the bound's ``estimate`` kind works at that resolution.
+    """
 
     name: str
     num_classes: int
@@ -29,9 +34,18 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: tuple[str, ...] = field(default=())
+    native_size: int | None = None
+    quantisation_step: float = 1.0 / 255.0
+
+    @property
+    def native_resolution(self) -> int:
+        """The side the images were recorded at (digits: 8, upsampled to 32); the entropy estimate's grid."""
+        return self.native_size or self.image_size
 
     def to_dict(self) -> dict:
         return {
+            "native_size": self.native_resolution,
+            "quantisation_step": self.quantisation_step,
             "name": self.name,
             "num_classes": self.num_classes,
             "in_channels": self.in_channels,

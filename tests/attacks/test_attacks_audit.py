@@ -18,7 +18,7 @@ from cem.data.sample_ids import format_sample_id
 from cem.errors import ConfigError, UnknownNameError
 from cem.obfuscation import ObfuscationConfig, obfuscate
 
-METRIC_KEYS = {"mse", "psnr", "psnr_batch", "ssim", "ssim_ref", "n"}
+METRIC_KEYS = {"mse", "psnr", "psnr_batch", "ssim", "ssim_ref", "mse_native", "n"}
 
 
 def test_run_audit_scores_captured_features_with_known_ids(clean_bundle: Path) -> None:
@@ -41,7 +41,11 @@ def test_run_audit_scores_captured_features_with_known_ids(clean_bundle: Path) -
     assert result.metrics["train"]["n"] == len(test_images)
     assert result.captured_reconstructions == 5
     assert result.details["captured_known"] == 4
-    assert result.bound == {"xi": 0.0042, "entropy_bound": -1.25}
+    bound = result.bound  # the bundle predates estimates: its ξ is relative, checked against this audit
+    assert bound is not None and (bound["kind"], bound["xi"], bound["entropy_bound"]) == ("relative", 0.0042, -1.25)
+    assert bound["attack_mse"] == min(m["mse"] for m in result.metrics.values())
+    assert bound["exceeds_attack"] is (0.0042 > bound["attack_mse"])
+    assert all(m["mse_native"] <= m["mse"] + 1e-9 for m in result.metrics.values())  # pooling to 8x8 averages errors
     assert calls[-1][0] == 1.0 and [f for f, _ in calls] == sorted(f for f, _ in calls)
     grid = Image.open(io.BytesIO(result.reconstructions_png))
     assert grid.format == "PNG" and grid.height > grid.width / 20
@@ -84,7 +88,7 @@ def test_cli_writes_metrics_and_grid_and_prints_documented_json(
     for mode in ("train", "infer"):
         assert {"mse", "psnr", "ssim", "ssim_ref"} <= set(summary[mode])
         assert 0 < summary[mode]["mse"] < 1
-    assert summary["bound"] == {"xi": 0.0042, "entropy_bound": -1.25}
+    assert summary["bound"]["kind"] == "relative" and summary["bound"]["xi"] == 0.0042
     stored = json.loads((out / "metrics.json").read_text())
     assert stored["metrics"]["train"] == summary["train"]
     assert Image.open(out / "reconstructions.png").format == "PNG"

@@ -25,21 +25,26 @@ def compare() -> ModuleType:
     return module
 
 
-def test_gain_is_relative_for_mse_and_in_points_for_accuracy(compare: ModuleType) -> None:
-    base = {"accuracy": 0.90, "decoder_mse_infer": 0.010, "decoder_ssim": 0.80, "mse_bound_xi": 0.02}
-    cem = {"accuracy": 0.89, "decoder_mse_infer": 0.0125, "decoder_ssim": 0.75, "mse_bound_xi": 0.03}
+def test_gain_is_paired_per_seed_with_an_interval(compare: ModuleType) -> None:
+    base = [{"accuracy": 0.90, "decoder_mse_infer": 0.010, "decoder_ssim": 0.80, "xi_relative": 0.02},
+            {"accuracy": 0.92, "decoder_mse_infer": 0.020, "decoder_ssim": 0.70, "xi_relative": 0.02}]
+    cem = [{"accuracy": 0.89, "decoder_mse_infer": 0.0125, "decoder_ssim": 0.75, "xi_relative": 0.03},
+           {"accuracy": 0.90, "decoder_mse_infer": 0.030, "decoder_ssim": 0.70, "xi_relative": 0.03}]
     gain = compare.compute_gain(base, cem)
-    assert gain["decoder_mse_infer"] == pytest.approx(25.0)
-    assert gain["mse_bound_xi"] == pytest.approx(50.0)
-    assert gain["accuracy"] == pytest.approx(-1.0)
-    assert gain["decoder_ssim"] == pytest.approx(-0.05)
+    assert gain["decoder_mse_infer"]["mean"] == pytest.approx(37.5)  # +25 % and +50 %, paired
+    assert gain["decoder_mse_infer"]["ci95"] == pytest.approx(12.706 * 12.5, rel=1e-3)  # t(0.975, 1) · sem
+    assert gain["xi_relative"]["mean"] == pytest.approx(50.0)
+    assert gain["accuracy"]["mean"] == pytest.approx(-1.5) and gain["decoder_ssim"]["mean"] == pytest.approx(-0.025)
     assert "gan_mse_train" not in gain
-    table = compare.format_table({"sigma": base, "sigma+cem": {**cem, "cem_lambda": 2.0}}, gain)
-    assert "+25.0%" in table and "-1.00 pt" in table and "n/a" in table
+    results = {"sigma": compare.summarise_rows(base), "sigma+cem": compare.summarise_rows(cem)}
+    table = compare.format_table(results, gain)
+    assert "+38 ± 159%" in table and "-1.50 ± 6.35 pt" in table and "n/a" in table
 
 
 def test_end_to_end_on_prepared_bundles(compare: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    metrics = {"accuracy": 0.5, "entropy_bound": -20.0, "mse_bound_xi": 0.03}
+    metrics = {"accuracy": 0.5, "entropy_bound": -20.0, "mse_bound_xi": 0.03, "mean_image_mse": 0.046,
+               "entropy_bound_estimate": -120.0, "mse_bound_xi_estimate": 0.0001, "native_dim": 64.0,
+               "entropy_x_estimate": -100.0, "mean_image_mse_native": 0.04}
     write_digits_bundle(tmp_path / "sigma-seed0", 0.1, metrics=metrics)
     write_digits_bundle(tmp_path / "sigma+cem-seed0", 0.1, metrics=metrics, cem={"lam": 2.0})
     code = compare.main(["--out", str(tmp_path), "--reuse", "--decoder-epochs", "1", "--gan-epochs", "1",
@@ -48,10 +53,12 @@ def test_end_to_end_on_prepared_bundles(compare: ModuleType, tmp_path: Path, cap
     lines = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(lines[-1])
     assert any(line.startswith("CEM gain") for line in lines)
-    assert summary["results"]["sigma+cem"]["cem_lambda"] == 2.0
+    assert summary["results"]["sigma+cem"]["cem_lambda"]["mean"] == 2.0
     for variant in ("sigma", "sigma+cem"):
         row = summary["results"][variant]
-        assert all(0 < row[column] < 1 for column in compare.MSE_COLUMNS)
-        assert row["mse_bound_xi"] == 0.03
-    assert set(summary["gain"]) >= {"accuracy", *compare.MSE_COLUMNS, "mse_bound_xi"}
+        assert all(0 < row[column]["mean"] < 1 and row[column]["n"] == 1 for column in compare.MSE_COLUMNS)
+        assert row["xi_relative"]["mean"] == 0.03 and row["xi_estimate"]["mean"] == 0.0001
+        seed_row = summary["per_seed"][variant][0]
+        assert seed_row["decoder_best_epoch_train"] in (0, 1) and seed_row["decoder_epochs_train"] == 1
+    assert set(summary["gain"]) >= {"accuracy", *compare.MSE_COLUMNS, "xi_relative", "xi_estimate"}
     assert (tmp_path / "summary.json").is_file()

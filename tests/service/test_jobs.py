@@ -25,7 +25,7 @@ def test_lifecycle_to_succeeded_with_metrics_png_and_report(service: AuditServic
         assert -1 <= metrics[split]["ssim_ref"] <= 1  # the paper's SSIM travels through the API schema
     assert metrics["captured"]["n"] == CAPTURED_SAMPLES  # every capture carried a known test-split id
     assert audit["captured_reconstructions"] == CAPTURED_SAMPLES
-    assert audit["bound"] == {}  # the fixture bundle was trained without CEM: no bound recorded
+    assert audit["bound"] is None  # the fixture bundle records no entropy bound
     audit_id = audit["id"]
     with service.client() as http:
         png = http.get(f"/v1/audits/{audit_id}/reconstructions.png")

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from cem.data import available_datasets
 
 AttackName = Literal["decoder", "gan"]
+BoundKind = Literal["floor", "estimate", "relative"]  # = cem.bounds.BOUND_KINDS (checked by a test)
 AuditStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
 MAX_EPOCHS = 1000
 
@@ -50,7 +51,31 @@ class MetricSet(BaseModel):
     psnr: float | None
     ssim: float | None
     ssim_ref: float | None = None  # pytorch_ssim's zero-padded SSIM, the paper's; absent in older results
+    mse_native: float | None = None  # both images pooled to the data's native side (the bound's estimate scale)
     n: int
+
+
+class BoundValue(BaseModel):
+    """One ξ of Theorem 1 with what it is (``kind``, see cem.bounds) and how it compares with real attackers."""
+
+    kind: BoundKind = Field(description="floor: proven; estimate: H(x) estimated; relative: H(x) := 0, ranks models only")
+    xi: float = Field(description="the ξ value on the per-pixel MSE scale")
+    entropy_bound: float | None = Field(None, description="the H(x|z) lower bound ξ comes from, in nats, same convention")
+    label: str
+    mean_image_mse: float | None = Field(None, description="Tr Cov(x)/d: the MSE of the mean-image guess")
+    exceeds_mean_image: bool = False
+    attack_mse: float | None = Field(None, description="the lowest MSE this audit's attacks reached at this scale")
+    exceeds_attack: bool = False
+    entropy_x: float | None = None
+    dimension: int | None = None
+    assumption: str | None = None
+
+
+class PrivacyBound(BoundValue):
+    """The headline ξ (the estimate when the bundle has one), the relative ξ, and warnings in words."""
+
+    relative: BoundValue | None = None
+    warnings: list[str] = Field(default_factory=list)
 
 
 class AuditMetrics(BaseModel):
@@ -73,7 +98,7 @@ class AuditView(BaseModel):
     message: str | None
     cancel_requested: bool
     metrics: AuditMetrics | None
-    bound: dict[str, float | None] | None
+    bound: PrivacyBound | None
     captured_reconstructions: int | None
     error: str | None
     created_at: datetime
@@ -95,7 +120,7 @@ class BundleView(BaseModel):
     defenses: list[dict[str, Any]]
     cem: dict[str, Any] | None
     accuracy: float | None
-    bound: dict[str, float]
+    bound: PrivacyBound | None
 
 
 class BundleList(BaseModel):

@@ -1,0 +1,33 @@
+"""The HTML report shows every ξ with its kind and says in words when attackers beat it."""
+
+from __future__ import annotations
+
+from attacker.service.jobs import Job, JobRequest
+from attacker.service.report import render_report
+from cem.bounds import privacy_bound, training_bound_metrics
+
+
+def job_with(bound: dict | None) -> Job:
+    request = JobRequest(bundle="b", model_id="m", bundle_dir="/b", attack="decoder", epochs=1, dataset=None,
+                         use_captures=False)
+    result = {"attack": "decoder", "metrics": {"train": {"n": 3, "mse": 0.001, "psnr": 30.0, "ssim": 0.9}},
+              "bound": bound, "captured_reconstructions": 0}
+    return Job(id="j", status="succeeded", request=request, progress=1.0, message=None, created_at=0.0,
+               started_at=1.0, finished_at=2.0, cancel_requested=False, attempts=1, worker_pid=None, lease=None,
+               result=result, png_path=None, error=None)
+
+
+def test_report_labels_each_kind_and_shows_the_warnings() -> None:
+    metrics = {"entropy_bound": -90.0, "mse_bound_xi": 0.05, "mean_image_mse": 0.046,
+               **training_bound_metrics(90.0, 64, {"entropy_x_estimate": -75.0, "mean_image_mse": 0.046,
+                                                   "mean_image_mse_native": 0.04})}
+    page = render_report(job_with(privacy_bound(metrics, attack_mse=0.001, attack_mse_native=0.0008)), None)
+    assert "<td>estimate</td>" in page and "<td>relative</td>" in page
+    assert "exceeds the model-resolution MSE an attack achieved" in page
+    assert "lower bound on any attacker" not in page
+
+
+def test_report_without_a_bound_or_with_a_pre_kind_result() -> None:
+    assert "records no bound" in render_report(job_with(None), None)
+    legacy = render_report(job_with({"xi": 0.04, "entropy_bound": -80.0}), None)
+    assert "<td>relative</td>" in legacy and "not a floor" in legacy
