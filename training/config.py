@@ -41,7 +41,7 @@ class DatasetProfile:
 PAPER_NOISE_STD = 0.025
 PAPER_CEM_LAMBDA = 16.0
 PROFILES: dict[str, DatasetProfile] = {
-    "digits": DatasetProfile(width=0.25, epochs=20, augment=False, noise_std=0.1, cem_lambda=4.0),
+    "digits": DatasetProfile(width=0.25, epochs=20, augment=False, noise_std=0.1, cem_lambda=2.0),
     "cifar10": DatasetProfile(width=1.0, epochs=240, augment=True, noise_std=PAPER_NOISE_STD, cem_lambda=PAPER_CEM_LAMBDA),
     "cifar100": DatasetProfile(width=1.0, epochs=240, augment=True, noise_std=PAPER_NOISE_STD, cem_lambda=PAPER_CEM_LAMBDA),
     "facescrub": DatasetProfile(width=1.0, epochs=240, augment=True, noise_std=PAPER_NOISE_STD, cem_lambda=PAPER_CEM_LAMBDA),

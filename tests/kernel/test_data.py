@@ -11,52 +11,18 @@ with a clear error.
 
 from __future__ import annotations
 
-import hashlib
-import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchvision import datasets
 
 from attacker.attacks.data import INFER_FIT_FRACTION, load_images
 from cem.data import load_dataset
+from cifar_format import CIFAR_FOLDER, accept_digests, write_cifar10
 from cem.data.digits import digits_split_indices
 from cem.errors import DatasetNotFoundError, UnknownNameError
-
-CIFAR_FOLDER = "cifar-10-batches-py"
-CIFAR_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-PER_BATCH = 4
-
-
-def _write_pickle(path: Path, payload: dict) -> str:
-    path.write_bytes(pickle.dumps(payload, protocol=2))
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def write_tiny_cifar10(root: Path) -> tuple[dict[str, str], np.ndarray, list[int]]:
-    """Real-format CIFAR-10 with 4 images per batch; returns (md5 by file, test pixels, test labels)."""
-    folder = root / CIFAR_FOLDER
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    digests: dict[str, str] = {}
-    test_data, test_labels = np.zeros(0), []
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        data = rng.integers(0, 256, size=(PER_BATCH, 3 * 32 * 32), dtype=np.uint8)  # rows: R plane, G, B
-        labels = [int(v) for v in rng.integers(0, 10, size=PER_BATCH)]
-        digests[name] = _write_pickle(folder / name, {
-            "batch_label": name, "labels": labels, "data": data,
-            "filenames": [f"img_{name}_{i}.png" for i in range(PER_BATCH)],
-        })
-        if name == "test_batch":
-            test_data, test_labels = data, labels
-    digests["batches.meta"] = _write_pickle(folder / "batches.meta", {
-        "num_cases_per_batch": PER_BATCH, "label_names": CIFAR_LABELS, "num_vis": 3072,
-    })
-    return digests, test_data, test_labels
-
 
 def test_digits_split_is_fixed_disjoint_and_complete() -> None:
     train, info = load_dataset("digits", "train")
@@ -72,13 +38,11 @@ def test_digits_split_is_fixed_disjoint_and_complete() -> None:
 
 
 def test_cifar10_loader_reads_real_format_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    digests, test_data, test_labels = write_tiny_cifar10(tmp_path)
-    monkeypatch.setattr(datasets.CIFAR10, "train_list", [[f"data_batch_{i}", digests[f"data_batch_{i}"]] for i in range(1, 6)])
-    monkeypatch.setattr(datasets.CIFAR10, "test_list", [["test_batch", digests["test_batch"]]])
-    monkeypatch.setattr(datasets.CIFAR10, "meta", {**datasets.CIFAR10.meta, "md5": digests["batches.meta"]})
+    digests, test_data, test_labels = write_cifar10(tmp_path)
+    accept_digests(monkeypatch, digests)
     train, info = load_dataset("cifar10", "train", data_dir=tmp_path)
     test, _ = load_dataset("cifar10", "test", data_dir=tmp_path)
-    assert (len(train), len(test)) == (5 * PER_BATCH, PER_BATCH)
+    assert (len(train), len(test)) == (5 * 4, 4)
     assert info.name == "cifar10" and info.class_names[0] == "airplane" and info.mean[0] == pytest.approx(0.4914)
     image, label = test[2]
     expected = torch.from_numpy(test_data[2].reshape(3, 32, 32).astype(np.float32) / 255.0)
@@ -89,7 +53,7 @@ def test_cifar10_loader_reads_real_format_files(tmp_path: Path, monkeypatch: pyt
 
 
 def test_cifar10_files_that_fail_verification_are_a_clear_error(tmp_path: Path) -> None:
-    write_tiny_cifar10(tmp_path)  # real layout, but not the official release's md5s
+    write_cifar10(tmp_path)  # real layout, but not the official release's md5s
     with pytest.raises(DatasetNotFoundError, match=rf"expected cifar10 files in .*{CIFAR_FOLDER}.*corrupted"):
         load_dataset("cifar10", "train", data_dir=tmp_path)
 
