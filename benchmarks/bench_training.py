@@ -47,7 +47,7 @@ def make_runner(with_cem: bool, args: argparse.Namespace):
         started = time.perf_counter()
         if cache is not None:
             cache.clear()
-        weight = args.cem_lambda if cem is not None and cem.mixture is not None else 0.0
+        weight = cem.weight(optimizer.param_groups[0]["lr"]) if cem is not None and cem.mixture is not None else 0.0
         train_one_epoch(model, loader, optimizer, obfuscation=stack.obfuscation(),
                         defenses=stack, cem=cem, cem_weight=weight, generator=generator,
                         device=torch.device("cpu"), cache=cache)

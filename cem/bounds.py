@@ -123,3 +123,15 @@ def _check(bound: dict[str, Any], mean_image: float | None, attack: float | None
         warnings.append(f"the {kind} ξ = {xi:.3g} exceeds the {scale} MSE an attack achieved ({attack:.3g}): "
                         "attackers do better than this number, so it is not a floor")
     return warnings
+
+
+def stored_bound(bound: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A bound as stored by any version: results written before bounds had a kind carry only
+    {"xi", "entropy_bound"} with H(x) := 0, so they are ``relative``."""
+    if not bound or "kind" in bound:
+        return bound or None
+    xi = _number(bound, "xi")
+    if xi is None:
+        return None
+    return {"kind": "relative", "xi": xi, "entropy_bound": _number(bound, "entropy_bound"),
+            "label": BOUND_LABELS["relative"], "warnings": []}

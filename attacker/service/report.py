@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from attacker.service.jobs import Job
-from cem.bounds import BOUND_LABELS
+from cem.bounds import BOUND_LABELS, stored_bound
 
 SPLITS = (
     ("train", "attacker's training split"),
@@ -80,10 +80,9 @@ def _bound_row(value: dict[str, Any]) -> str:
 
 def _bound_html(bound: dict[str, Any] | None) -> str:
     """The ξ values with their kinds, and in words wherever a "bound" exceeds what attackers achieved."""
+    bound = stored_bound(bound)
     if not bound:
         return '<p class="muted">The bundle records no bound (trained without noise, so Σ_p is undefined).</p>'
-    if "kind" not in bound:  # a result stored before bounds carried a kind: H(x) := 0, so relative
-        bound = {"kind": "relative", "xi": bound.get("xi"), "entropy_bound": bound.get("entropy_bound")}
     values = [bound] + ([bound["relative"]] if isinstance(bound.get("relative"), dict) else [])
     notes = "".join(f"<li>{html.escape(str(w))}</li>" for w in bound.get("warnings") or [])
     warnings = f'<ul class="warn">{notes}</ul>' if notes else ""

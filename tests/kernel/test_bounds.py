@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from attacker.service.api.schemas import BoundKind, PrivacyBound
-from cem.bounds import BOUND_KINDS, BOUND_LABELS, native_view, privacy_bound, training_bound_metrics
+from cem.bounds import BOUND_KINDS, BOUND_LABELS, native_view, privacy_bound, stored_bound, training_bound_metrics
 from cem.entropy import PixelMoments, mse_lower_bound
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,3 +97,12 @@ def test_no_text_calls_a_relative_or_estimated_xi_a_lower_bound() -> None:
             if OVERSELLING.search(line) and 'BOUND_LABELS["floor"]' not in line and '"floor": "' not in line:
                 offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_results_stored_before_kinds_read_as_relative() -> None:
+    upgraded = stored_bound({"xi": 0.04, "entropy_bound": -80.0})
+    assert upgraded is not None and upgraded["kind"] == "relative" and upgraded["xi"] == 0.04
+    PrivacyBound.model_validate(upgraded)
+    assert stored_bound({}) is None and stored_bound(None) is None
+    current = privacy_bound(metrics())
+    assert stored_bound(current) is current

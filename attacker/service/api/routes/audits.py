@@ -19,6 +19,7 @@ from attacker.service.errors import (
 )
 from attacker.service.jobs import Job, JobRequest, JobStore
 from attacker.service.report import render_report
+from cem.bounds import stored_bound
 
 router = APIRouter(prefix="/v1/audits", tags=["audits"])
 
@@ -47,7 +48,7 @@ def to_view(job: Job) -> AuditView:
         message=job.message,
         cancel_requested=job.cancel_requested,
         metrics=result.get("metrics"),
-        bound=result.get("bound"),
+        bound=stored_bound(result.get("bound")),  # type: ignore[arg-type]
         captured_reconstructions=result.get("captured_reconstructions"),
         error=job.error,
         created_at=_utc(job.created_at),  # type: ignore[arg-type]
