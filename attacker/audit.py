@@ -240,6 +240,7 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
             "eval": len(split.eval),
             "epochs": len(trained.history),
             "best_epoch": trained.best_epoch,
+            "still_improving": trained.still_improving(),
         }
         logger.info(
             "%s attack, %s column: mse %.5f psnr %.2f ssim %.4f on %d images", spec.attack, mode,

@@ -11,6 +11,9 @@ import torch
 from attacker.attacks.data import AttackSplit
 from cem.models import InversionConfig, InversionNetwork
 
+CONVERGENCE_TAIL = 0.1  # judge convergence on the last tenth of the epochs
+CONVERGENCE_TOLERANCE = 0.02  # more than 2 % better there: still improving
+
 
 @dataclass
 class TrainedAttack:
@@ -24,6 +27,17 @@ class TrainedAttack:
     network: InversionNetwork
     history: list[dict[str, float | None]] = field(default_factory=list)
     best_epoch: int = 0
+
+    def still_improving(self, tail: float = CONVERGENCE_TAIL, tolerance: float = CONVERGENCE_TOLERANCE) -> bool:
+        """Whether the best validation MSE fell by more than ``tolerance`` (relative) in the last ``tail``
+        share of the epochs: a longer run would likely reconstruct better, so a defense scored against
+        this attack looks better than it is. False without validation data (nothing to judge by)."""
+        val = [row["val_mse"] for row in self.history if row.get("val_mse") is not None]
+        if len(val) < 2:
+            return False
+        cut = len(val) - max(1, round(tail * len(val)))
+        before, best = min(val[:cut]), min(val)
+        return (before - best) / max(best, 1e-12) > tolerance
 
 
 def inversion_config_for(split: AttackSplit, *, num_blocks: int, channels: int) -> InversionConfig:

@@ -20,7 +20,7 @@ from attacker.attacks import (
     train_gan_attack,
 )
 from attacker.attacks.data import INFER_FIT_FRACTION
-from attacker.attacks.loop import effective_batch_size
+from attacker.attacks.loop import TrainedAttack, effective_batch_size
 from cem.errors import ConfigError
 from cem.obfuscation import ObfuscationConfig
 
@@ -109,3 +109,14 @@ def test_batch_size_shrinks_only_for_small_attacker_sets() -> None:
     assert effective_batch_size(436, 256, 16) == 27
     assert effective_batch_size(10, 256, 16) == 1
     assert effective_batch_size(436, 256, 0) == 256
+
+
+def test_still_improving_judges_the_last_tenth_of_the_run() -> None:
+    def attack(val: list[float | None]) -> TrainedAttack:
+        return TrainedAttack(network=None, history=[{"epoch": i + 1, "val_mse": v} for i, v in enumerate(val)])  # type: ignore[arg-type]
+
+    flat = [0.1 - 0.01 * i for i in range(9)] + [0.0195] * 11  # converged by epoch 9
+    assert not attack(flat).still_improving()
+    falling = [0.1 * 0.9**i for i in range(20)]  # 10 % better per epoch to the very end
+    assert attack(falling).still_improving()
+    assert not attack([None] * 5).still_improving()
