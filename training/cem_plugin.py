@@ -74,6 +74,7 @@ from cem.entropy import (
     weight_entropy_terms,
 )
 from cem.errors import CEMError, ConfigError
+from cem.units import LAMBDA_UNITS
 from cem.mixture import ClassMixture, assign_to_own_class, fit_class_mixture
 
 LOSS_FORMS = ("paper_diag", "ref_log_hinge")
@@ -82,11 +83,6 @@ LR_COUPLINGS = ("none", "ref")
 REF_COUPLING_LR = 0.001
 REF_COUPLING_FLOOR = 4.1e-4
 REF_RHO_CAP = 0.99
-# The unit of λ (and of the value ``loss`` returns), stored in every bundle's manifest.
-# Bundles written before this convention have no ``lambda_units`` and a λ that multiplied
-# the raw Eq. 7 sum (``LEGACY_LAMBDA_UNITS``); see ``lambda_units_of``.
-LAMBDA_UNITS = "paper"
-LEGACY_LAMBDA_UNITS = "raw-eq7-nats"
 
 
 class MixtureNotFittedError(CEMError):
@@ -129,13 +125,6 @@ class CEMConfig:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "lambda_units": LAMBDA_UNITS}
-
-
-def lambda_units_of(cem_record: dict | None) -> str | None:
-    """The unit of a bundle manifest's ``cem.lam``: ``LAMBDA_UNITS``, the legacy unit, or None without CEM."""
-    if not cem_record:
-        return None
-    return str(cem_record.get("lambda_units", LEGACY_LAMBDA_UNITS))
 
 
 class CEMRegularizer:

@@ -33,7 +33,7 @@ class DatasetProfile:
     cem_lambda: float
 
 
-# λ is the paper's λ (training.cem_plugin.LAMBDA_UNITS), so the paper's defaults apply as
+# λ is the paper's λ (cem.units.LAMBDA_UNITS), so the paper's defaults apply as
 # written: σ = 0.025 and λ = 16 (paper §5.1), k = 3 per class. The reference's per-sample pull
 # already carries 1/N, so λ is NOT rescaled by the data-set size. digits: σ = 0.1 and the λ
 # chosen on a validation split carved from the training split (docs/training.md,

@@ -31,7 +31,8 @@ from cem.entropy import PixelMoments
 from cem.errors import ConfigError
 from cem.models import SplitModel, SplitModelConfig
 from cem.obfuscation import ObfuscationConfig
-from training.cem_plugin import CEMRegularizer, lambda_units_of
+from cem.units import lambda_units_of
+from training.cem_plugin import CEMRegularizer
 from training.config import LR_DECAY, TrainConfig, profile_for, resolve_config
 from training.defenses import DefenseStack, create_defense, parse_defense
 from training.loops import FeatureCache, collect_features, evaluate, train_one_epoch

@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from attacker.service.api.deps import CapturesDep, CatalogDep
 from attacker.service.api.schemas import BundleList, BundleView, CaptureSummaryView, ModelCapturesView
 from attacker.service.bundles import BundleEntry
+from cem.units import lambda_units_of
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
 
@@ -28,7 +29,7 @@ def to_bundle_view(entry: BundleEntry) -> BundleView:
         feature_shape=list(manifest.feature_shape),
         noise_std=manifest.noise_std,
         defenses=manifest.defenses,
-        cem=manifest.cem,
+        cem={**manifest.cem, "lambda_units": lambda_units_of(manifest.cem)} if manifest.cem else None,
         accuracy=float(accuracy) if isinstance(accuracy, (int, float)) else None,
         bound=entry.bound,
     )
