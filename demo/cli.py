@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from attacker.client import AuditClientError
@@ -34,19 +36,44 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _record_interrupts() -> threading.Event:
+    """Make Ctrl-C raise KeyboardInterrupt, and remember it.
+
+    Installed explicitly because a process started with SIGINT ignored (anything launched in the
+    background by a non-interactive shell: ``nohup``, ``cmd &`` in CI scripts) inherits SIG_IGN and
+    Python then installs no handler, so the demo could not be interrupted. Remembering it also
+    ends a run with status 130 when Python dropped the exception (raised inside a finaliser)."""
+    interrupted = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    return interrupted
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     config = DemoConfig(out_dir=args.out, profile=args.profile, seed=args.seed, noise_std=args.noise_std,
                         attacks=tuple(args.attack or ATTACKS), keep_running=args.keep_running)
+    interrupted = _record_interrupts()
     try:
         result = run_demo(config)
     except KeyboardInterrupt:
-        print("cem-demo: interrupted; every service was stopped", file=sys.stderr)
-        return 130
+        interrupted.set()
+        result = None
     except (DemoError, ServiceStartError, AuditClientError) as exc:
         print(f"cem-demo: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    # A swallowed KeyboardInterrupt still ends the run as interrupted; with --keep-running,
+    # Ctrl-C after the results is the normal way to stop, so the results are printed.
+    if result is None or (interrupted.is_set() and not config.keep_running):
+        print("cem-demo: interrupted; every service was stopped", file=sys.stderr)
+        return 130
     print(result.table)
     print()
     for label, path in sorted(result.reports.items()):
