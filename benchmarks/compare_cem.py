@@ -228,7 +228,7 @@ def format_table(results: dict[str, dict[str, Any]], gain: dict[str, dict[str, A
             return ".2f", 100.0
         if key.startswith("xi"):
             return ".2e", 1.0
-        return (".2f" if key.endswith("psnr") else ".4f"), 1.0
+        return (".2f" if key.endswith("psnr") else ".5f" if "_mse_" in key else ".4f"), 1.0
 
     lines = [" | ".join(header), " | ".join("---" for _ in header)]
     for variant, row in results.items():
