@@ -119,10 +119,15 @@ def decode_tensor(
             f"expected {declared} bytes for {name} shape {list(shape)}, got {len(msg.data)}"
         )
     values = np.frombuffer(msg.data, dtype=_NUMPY_DTYPE[name])
+    scale, offset = float(msg.scale), float(msg.offset)
+    if not (math.isfinite(scale) and math.isfinite(offset)):  # also where the dtype ignores them: a NaN there
+        ignored = "" if name == "int8" else f" (even for {name}, which ignores them)"
+        raise TensorCodecError(  # would be answered and then poison the auditor's capture store
+            f"expected a finite scale and offset{ignored}, got scale {scale}, offset {offset}"
+        )
     if name == "int8":
-        scale, offset = float(msg.scale), float(msg.offset)
-        if not (math.isfinite(scale) and scale > 0 and math.isfinite(offset)):
-            raise TensorCodecError(f"expected a finite int8 scale > 0 and finite offset, got scale {scale}, offset {offset}")
+        if not scale > 0:
+            raise TensorCodecError(f"expected an int8 scale > 0, got {scale}")
         array = values.astype(np.float32) * np.float32(scale) + np.float32(offset)
     else:
         array = values.astype(np.float32)

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 from google.protobuf.message import DecodeError
 
-from attacker.tap.records import CaptureRecord, parse_capture
+from attacker.tap.records import CaptureRecord, InvalidCaptureError, parse_capture
 from attacker.tap.store import CaptureWriter
 from cem.errors import ConfigError
 
@@ -49,6 +49,7 @@ class RecorderStats:
     dropped_queue_full: int = 0
     dropped_write_failed: int = 0
     unparsable: int = 0  # bytes that were not a valid InferRequest
+    invalid: int = 0  # valid InferRequests with a header the cloud refuses (non-finite scale/offset)
     shards: int = 0
 
     def to_dict(self) -> dict[str, int]:
@@ -135,6 +136,11 @@ class CaptureRecorder:
             with self._lock:
                 self._stats.unparsable += 1
             logger.info("not recording an unparsable %s request (%d bytes)", method, len(payload))
+            return None
+        except InvalidCaptureError as exc:
+            with self._lock:
+                self._stats.invalid += 1
+            logger.info("not recording a %s request the cloud refuses: %s", method, exc)
             return None
 
     def _flush(self, records: list[CaptureRecord]) -> None:

@@ -8,6 +8,7 @@ health checks) is forwarded but not recorded.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from protos import cem_split_pb2 as pb
@@ -88,8 +89,10 @@ def name_dtype(value: int) -> str:
 def parse_capture(method: str, payload: bytes, captured_at: float) -> CaptureRecord | None:
     """Parse an intercepted request; None when it is not a feature-carrying InferRequest.
 
-    Raises google.protobuf.message.DecodeError for bytes that are not a valid protobuf message (the
-    cloud will reject those too; the recorder counts them as unparsable).
+    Raises google.protobuf.message.DecodeError for bytes that are not a valid protobuf message, and
+    ``InvalidCaptureError`` for a tensor header no index can hold (a NaN/Inf scale or offset). The
+    cloud refuses both, and the recorder counts them instead of storing them, so one hostile
+    request can never make the store reject the batch of honest captures it was written with.
     """
     if method not in CAPTURED_METHODS:
         return None
@@ -98,6 +101,8 @@ def parse_capture(method: str, payload: bytes, captured_at: float) -> CaptureRec
     if not request.HasField("features"):
         return None
     tensor = request.features
+    if not (math.isfinite(tensor.scale) and math.isfinite(tensor.offset)):
+        raise InvalidCaptureError(f"expected finite scale and offset, got {tensor.scale}, {tensor.offset}")
     return CaptureRecord(
         captured_at=captured_at,
         method=method,
@@ -112,4 +117,8 @@ def parse_capture(method: str, payload: bytes, captured_at: float) -> CaptureRec
     )
 
 
-__all__ = ["CAPTURED_METHODS", "CaptureRecord", "name_dtype", "parse_capture"]
+class InvalidCaptureError(ValueError):
+    """A parsable request whose tensor header cannot be recorded faithfully (non-finite scale/offset)."""
+
+
+__all__ = ["CAPTURED_METHODS", "CaptureRecord", "InvalidCaptureError", "name_dtype", "parse_capture"]

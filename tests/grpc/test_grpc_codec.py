@@ -97,7 +97,9 @@ MALFORMED = {
     "NaN in float32": (_with(_valid(), data=np.full(2 * 512, np.nan, dtype="<f4").tobytes()), "expected finite values"),
     "Inf in float16": (_nan_float16(), "expected finite values"),
     "int8 zero scale": (_with(_valid(dtype="int8"), scale=0.0), "int8 scale"),
-    "int8 NaN offset": (_with(_valid(dtype="int8"), offset=float("nan")), "int8 scale"),
+    "int8 NaN offset": (_with(_valid(dtype="int8"), offset=float("nan")), "finite scale and offset"),
+    "float32 NaN scale (ignored field)": (_with(_valid(), scale=float("nan")), "even for float32, which ignores them"),
+    "float16 Inf offset (ignored field)": (_with(_valid(dtype="float16"), offset=float("inf")), "finite scale and offset"),
 }
 
 
