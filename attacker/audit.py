@@ -148,8 +148,11 @@ def _ground_truth(sample_id: str | None, dataset: str, images: dict[str, torch.T
 def _attack_captured(
     captured: CapturedFeatures, networks: dict[str, torch.nn.Module], dataset: str, images: dict[str, torch.Tensor],
     native_size: int,
-) -> tuple[dict[str, float] | None, GridGroup]:
-    """Reconstruct every capture; score those with ground truth. Returns (metrics or None, grid group)."""
+) -> tuple[dict[str, float] | None, GridGroup, int]:
+    """Reconstruct every capture; score those with ground truth.
+
+    Returns (metrics or None, grid group, number of captures whose sample id names no image of this
+    data set): such ids are skipped and counted, never allowed to fail the audit."""
     device = images["train"].device
     features = captured.features.to(device=device, dtype=torch.float32)
     truths = [_ground_truth(sid, dataset, images) for sid in captured.sample_ids]
@@ -172,8 +175,11 @@ def _attack_captured(
         rows = known.nonzero().squeeze(1).to(device)
         meter.update(recon[rows], originals[rows])
         metrics = meter.summary()
+    unusable = sum(1 for sid, truth in zip(captured.sample_ids, truths) if sid is not None and truth is None)
+    if unusable:
+        logger.warning("skipped %d capture(s) whose sample id names no %s image", unusable, dataset)
     k = GRID_SAMPLES
-    return metrics, GridGroup(originals[:k].cpu(), recon[:k].cpu(), known[:k])
+    return metrics, GridGroup(originals[:k].cpu(), recon[:k].cpu(), known[:k]), unusable
 
 
 def run_audit(
@@ -249,7 +255,9 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
     n_captured = 0
     if captured is not None:
         monitor.report(0.98, "reconstructing captured features")
-        captured_metrics, group = _attack_captured(captured, networks, dataset, images, native_size_of(manifest))
+        captured_metrics, group, unusable_ids = _attack_captured(captured, networks, dataset, images,
+                                                                 native_size_of(manifest))
+        details["captured_unusable_ids"] = unusable_ids
         n_captured = int(captured.features.shape[0])
         if captured_metrics is not None:
             metrics["captured"] = captured_metrics

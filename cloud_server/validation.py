@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from cem.codec import decode_tensor
+from cem.data.sample_ids import parse_sample_id
+from cem.errors import ConfigError
 from cloud_server.errors import InvalidRequestError, ModelNotFoundError, RequestTooLargeError
 from protos import cem_split_pb2 as pb
 
@@ -53,3 +55,8 @@ def _check_sample_ids(sample_ids: list[str], batch: int) -> None:
     longest = max(len(s) for s in sample_ids)
     if longest > MAX_SAMPLE_ID_CHARS:
         raise InvalidRequestError(f"expected sample ids of at most {MAX_SAMPLE_ID_CHARS} characters, got {longest}")
+    for sample_id in sample_ids:
+        try:
+            parse_sample_id(sample_id)
+        except ConfigError as exc:
+            raise InvalidRequestError(str(exc)) from exc

@@ -8,10 +8,15 @@ permutation, not the class-sorted file list; see ``cem.data.vision``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from cem.data.registry import SPLITS
 from cem.errors import ConfigError
+
+# ASCII only and one canonical spelling per image: str.isdigit() accepts "²" and int() then
+# raises, so a looser check let one request poison every capture-based audit of a model.
+SAMPLE_ID_PATTERN = re.compile(r"([A-Za-z0-9_.-]{1,64})/(" + "|".join(SPLITS) + r")/(0|[1-9][0-9]{0,9})")
 
 
 @dataclass(frozen=True)
@@ -29,7 +34,9 @@ def format_sample_id(dataset: str, split: str, index: int) -> str:
 
 
 def parse_sample_id(text: str) -> SampleId:
-    parts = text.split("/")
-    if len(parts) != 3 or parts[1] not in SPLITS or not parts[2].isdigit():
-        raise ConfigError(f"expected a sample id '<dataset>/<split>/<index>', got {text!r}")
-    return SampleId(parts[0], parts[1], int(parts[2]))
+    """``"digits/test/17"`` -> SampleId; anything else (including non-ASCII digits) -> ConfigError."""
+    match = SAMPLE_ID_PATTERN.fullmatch(text)
+    if match is None:
+        shown = text if len(text) <= 80 else text[:80] + "..."
+        raise ConfigError(f"expected a sample id '<dataset>/<{'|'.join(SPLITS)}>/<index>' in ASCII, got {shown!r}")
+    return SampleId(match.group(1), match.group(2), int(match.group(3)))

@@ -52,6 +52,18 @@ def test_run_audit_scores_captured_features_with_known_ids(clean_bundle: Path) -
     json.dumps(result.to_dict())
 
 
+def test_captures_with_unusable_sample_ids_are_skipped_and_counted(clean_bundle: Path) -> None:
+    """Issue 10 item 4: one stored id like 'digits/test/²' used to fail every capture-based audit at 98 %."""
+    manifest, encoder = load_encoder(clean_bundle)
+    images = load_images("digits", "test")[[0, 1, 2]]
+    features = compute_feature_set(encoder, images).features
+    ids = ["digits/test/0", "digits/test/²", "digits/test/99999999"]
+    result = run_audit(AuditSpec(bundle_dir=clean_bundle, epochs=1, device="cpu"),
+                       captured=CapturedFeatures(features=features, sample_ids=ids))
+    assert result.metrics["captured"]["n"] == 1
+    assert result.details["captured_unusable_ids"] == 2 and result.captured_reconstructions == 3
+
+
 def test_should_stop_cancels_the_audit(clean_bundle: Path) -> None:
     polls = []
 

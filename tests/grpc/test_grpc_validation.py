@@ -59,6 +59,9 @@ INVALID = {
     "empty batch": (_request(0), "got an empty batch"),
     "no features": (pb.InferRequest(request_id="r"), "expected a features tensor"),
     "sample ids do not fit": (_request(2, sample_ids=["digits/test/1"]), "expected 2 sample_ids"),
+    "superscript digit in a sample id": (_request(2, sample_ids=["digits/test/1", "digits/test/²"]), "in ASCII"),
+    "sample id in no known split": (_request(2, sample_ids=["digits/val/1", "digits/test/2"]), "expected a sample id"),
+    "NaN in the ignored float32 scale": (_request(scale=float("nan")), "even for float32, which ignores them"),
 }
 
 TOO_LARGE = {
