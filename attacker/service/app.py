@@ -21,6 +21,7 @@ from attacker.service.api.routes import audits, catalog, health
 from attacker.service.api.schemas import ErrorBody
 from attacker.service.config import ServiceSettings
 from attacker.service.errors import install_error_handlers
+from attacker.service.guard import RequestGuard
 from attacker.service.jobs import JobStore
 from attacker.service.supervisor import WorkerPool
 
@@ -64,6 +65,7 @@ def create_app(settings: ServiceSettings, *, start_workers: bool = True, log_lev
         redoc_url=None,
     )
     install_error_handlers(app)
+    app.add_middleware(RequestGuard, token=settings.token)  # before any body is read (attacker.service.guard)
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_token)])
     def get_openapi_schema() -> JSONResponse:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from openapi_spec_validator import validate
 from service_helpers import TOKEN, AuditService
@@ -107,3 +109,29 @@ def test_unknown_bundle_and_audit_are_404(service: AuditService) -> None:
             response = http.request(method, f"/v1/audits/feedface{suffix}")
             assert (response.status_code, response.json()) == (404, {"detail": DETAIL_AUDIT_NOT_FOUND})
         assert http.get("/v1/audits", params={"status": "exploded"}).status_code == 422
+
+
+def test_unauthenticated_garbage_is_401_before_the_body_is_read(service: AuditService) -> None:
+    """Issue 10 item 6: unparseable JSON without a token got 422 (the body was parsed first)."""
+    with service.client(token=None) as http:
+        response = http.post("/v1/audits", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert response.status_code == 401 and response.json() == {"detail": DETAIL_UNAUTHORIZED}
+
+
+def test_oversized_and_chunked_bodies_are_refused_unread(service: AuditService) -> None:
+    """Issue 10 item 6: a 200 MB POST was read whole (12 s, ~610 MB RSS) before the token was checked."""
+    declared_only = f"POST /v1/audits HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" \
+                    f"Content-Length: 209715200\r\n\r\n".encode()
+    host, port = service.url.removeprefix("http://").rsplit(":", 1)
+    for token in (None, TOKEN):  # with or without a token the body is never read
+        auth = b"" if token is None else f"Authorization: Bearer {token}\r\n".encode()
+        with socket.create_connection((host, int(port)), timeout=10) as raw:
+            raw.sendall(declared_only.replace(b"Host: x\r\n", b"Host: x\r\n" + auth))  # sends no body at all
+            status_line = raw.recv(4096).split(b"\r\n", 1)[0]
+        assert status_line.split()[1] == (b"401" if token is None else b"413"), status_line
+    with service.client() as http:
+        chunked = http.post("/v1/audits", content=iter([b'{"bundle": ', b'"digits-tiny"}']),
+                            headers={"Content-Type": "application/json"})
+        assert chunked.status_code == 411
+        assert http.post("/v1/audits", content=b"x" * (64 * 1024 + 1)).status_code == 413
+        assert http.get("/v1/bundles", headers={"Authorization": f"bearer {TOKEN}"}).status_code == 200
