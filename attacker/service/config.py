@@ -7,6 +7,7 @@ out reconstructions of private images, so an open one must be a deliberate choic
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,28 @@ from cem.errors import ConfigError
 
 TOKEN_ENV = "CEM_AUDIT_TOKEN"
 MIN_TOKEN_CHARS = 16
+# Length alone let "aaaaaaaaaaaaaaaa" or 16 spaces through. The plug-in estimate below (length x
+# Shannon entropy of the characters) is crude but catches repeats and tiny alphabets; a 32-hex-digit
+# token from `openssl rand -hex 16` scores about 115 bits.
+MIN_TOKEN_DISTINCT_CHARS = 8
+MIN_TOKEN_ENTROPY_BITS = 48.0
 # The placeholder shipped in audit.env.example; running with it is as good as no token.
 PLACEHOLDER_TOKENS = frozenset({"replace-me-with-a-long-random-token", "changeme", "change-me"})
 RecoveryPolicy = Literal["interrupt", "requeue"]
+
+
+def token_weakness(token: str) -> str | None:
+    """Why ``token`` is too guessable to guard reconstructions of private images, or None."""
+    if any(c.isspace() for c in token):
+        return "whitespace in it"
+    distinct = len(set(token))
+    if distinct < MIN_TOKEN_DISTINCT_CHARS:
+        return f"only {distinct} distinct characters (at least {MIN_TOKEN_DISTINCT_CHARS})"
+    counts = [token.count(c) for c in set(token)]
+    bits = -sum(n * math.log2(n / len(token)) for n in counts)
+    if bits < MIN_TOKEN_ENTROPY_BITS:
+        return f"about {bits:.0f} bits of character entropy (at least {MIN_TOKEN_ENTROPY_BITS:.0f})"
+    return None
 
 
 @dataclass(frozen=True)
@@ -52,6 +72,9 @@ class ServiceSettings:
                 raise ConfigError(
                     f"expected a token of at least {MIN_TOKEN_CHARS} characters in ${TOKEN_ENV}, got {len(self.token)}"
                 )
+            weakness = token_weakness(self.token)
+            if weakness:
+                raise ConfigError(f"expected a random token in ${TOKEN_ENV} (e.g. `openssl rand -hex 32`), got {weakness}")
         if not self.bundles_dir.is_dir():
             raise ConfigError(f"expected --bundles to be a directory, got {self.bundles_dir}")
         if not 0 <= self.port <= 65535:

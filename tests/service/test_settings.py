@@ -11,6 +11,9 @@ from attacker.service.config import TOKEN_ENV, load_settings
 from cem.errors import ConfigError
 
 
+STRONG = "5f0c2a9e81d34b7a"  # 16 hex digits, as `openssl rand -hex 8` prints
+
+
 def settings_for(tmp_path: Path, environ: dict[str, str], **options: object):
     return load_settings(bundles_dir=tmp_path, captures_dir=tmp_path / "c", db_path=tmp_path / "a.db", environ=environ, **options)
 
@@ -23,7 +26,12 @@ def test_token_is_required_unless_explicitly_insecure(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="at least 16 characters"):
         settings_for(tmp_path, {TOKEN_ENV: "short"})
     assert settings_for(tmp_path, {}, insecure_no_auth=True).auth_required is False
-    settings = settings_for(tmp_path, {TOKEN_ENV: "a" * 32})
+    # issue 10 item 8: length alone let these through
+    for weak, why in (("a" * 16, "only 1 distinct"), (" " * 16, "whitespace"), ("abababababababab", "only 2 distinct"),
+                      ("aaaaaaaaaaaaaaaabcdefghi", "bits of character entropy")):
+        with pytest.raises(ConfigError, match=why):
+            settings_for(tmp_path, {TOKEN_ENV: weak})
+    settings = settings_for(tmp_path, {TOKEN_ENV: STRONG})
     assert settings.auth_required and settings.resolved_results_dir == tmp_path / "a-results"
 
 
@@ -38,7 +46,7 @@ def test_token_is_required_unless_explicitly_insecure(tmp_path: Path) -> None:
 )
 def test_bad_options_are_refused(tmp_path: Path, options: dict, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        settings_for(tmp_path, {TOKEN_ENV: "a" * 32}, **options)
+        settings_for(tmp_path, {TOKEN_ENV: STRONG}, **options)
     assert message in str(caught.value)
 
 
