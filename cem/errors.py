@@ -47,3 +47,18 @@ class BundleIntegrityError(BundleError):
 
 class TensorCodecError(CEMError, ValueError):
     """A serialised tensor is malformed (dtype, shape, byte count, values)."""
+
+
+ECHO_LIMIT_CHARS = 80
+
+
+def echo(value: str, limit: int = ECHO_LIMIT_CHARS) -> str:
+    """``repr`` of a caller-supplied string, cut to ``limit`` characters, for error messages and logs.
+
+    Callers control these strings: echoed whole, an 8 MiB model id became an 8 MiB log line and,
+    past 16 KiB, a gRPC status too large for its trailer (the client saw a metadata error, not
+    NOT_FOUND).
+    """
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"

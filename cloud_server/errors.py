@@ -18,6 +18,8 @@ from cem.errors import BundleError, CEMError, ConfigError, TensorCodecError
 
 logger = logging.getLogger(__name__)
 
+MAX_STATUS_CHARS = 1024
+
 
 class ServiceError(CEMError):
     """Base of the errors the servicer raises on purpose."""
@@ -64,6 +66,8 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 def abort_with(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
     """End the call with the status ``exc`` maps to (raises, as ``context.abort`` does)."""
     code, message = status_for(exc)
+    if len(message) > MAX_STATUS_CHARS:  # a status travels in a trailer; keep it far below the metadata limit
+        message = message[:MAX_STATUS_CHARS] + f"... ({len(message)} characters)"
     if code is not grpc.StatusCode.INTERNAL:
         logger.info("request refused with %s: %s", code.name, message)
     context.abort(code, message)

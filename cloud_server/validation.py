@@ -13,7 +13,7 @@ import torch
 
 from cem.codec import decode_tensor
 from cem.data.sample_ids import parse_sample_id
-from cem.errors import ConfigError
+from cem.errors import ConfigError, echo
 from cloud_server.errors import InvalidRequestError, ModelNotFoundError, RequestTooLargeError
 from protos import cem_split_pb2 as pb
 
@@ -32,7 +32,7 @@ class RequestLimits:
 def decode_request(request: pb.InferRequest, limits: RequestLimits) -> torch.Tensor:
     """The request's features as (B, C, H, W) float32 with 1 <= B <= max_batch, or a ServiceError/TensorCodecError."""
     if request.model_id and request.model_id != limits.model_id:
-        raise ModelNotFoundError(f"expected model_id {limits.model_id!r} (or empty), got {request.model_id!r}")
+        raise ModelNotFoundError(f"expected model_id {limits.model_id!r} (or empty), got {echo(request.model_id)}")
     if len(request.request_id) > MAX_REQUEST_ID_CHARS:
         raise InvalidRequestError(f"expected a request_id of at most {MAX_REQUEST_ID_CHARS} characters, got {len(request.request_id)}")
     if not request.HasField("features"):

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from cem.data.registry import SPLITS
-from cem.errors import ConfigError
+from cem.errors import ConfigError, echo
 
 # ASCII only and one canonical spelling per image: str.isdigit() accepts "²" and int() then
 # raises, so a looser check let one request poison every capture-based audit of a model.
@@ -37,6 +37,5 @@ def parse_sample_id(text: str) -> SampleId:
     """``"digits/test/17"`` -> SampleId; anything else (including non-ASCII digits) -> ConfigError."""
     match = SAMPLE_ID_PATTERN.fullmatch(text)
     if match is None:
-        shown = text if len(text) <= 80 else text[:80] + "..."
-        raise ConfigError(f"expected a sample id '<dataset>/<{'|'.join(SPLITS)}>/<index>' in ASCII, got {shown!r}")
+        raise ConfigError(f"expected a sample id '<dataset>/<{'|'.join(SPLITS)}>/<index>' in ASCII, got {echo(text)}")
     return SampleId(match.group(1), match.group(2), int(match.group(3)))

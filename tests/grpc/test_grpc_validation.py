@@ -116,6 +116,16 @@ def test_message_over_the_size_limit_gets_resource_exhausted(stub) -> None:
     _assert_still_serving(channel, client)
 
 
+def test_a_huge_model_id_gets_a_bounded_not_found(stub) -> None:
+    """Issue 10 item 7: the id was echoed whole; from 16 KiB the client got a metadata error, not NOT_FOUND."""
+    channel, client = stub
+    with pytest.raises(grpc.RpcError) as info:
+        client.Infer(_request(model_id="x" * 200_000), timeout=10)  # over 16 KiB, under the message limit
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert len(info.value.details()) < 300 and "(200000 characters)" in info.value.details()
+    _assert_still_serving(channel, client)
+
+
 def test_another_model_id_gets_not_found_and_the_served_model_answers(stub, shared_server: CloudServer) -> None:
     channel, client = stub
     with pytest.raises(grpc.RpcError) as info:
