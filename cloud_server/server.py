@@ -34,9 +34,8 @@ from cem.errors import ConfigError
 from cem.wire import SERVICE_NAME, grpc_message_options
 from cloud_server.batcher import MicroBatcher
 from cloud_server.runtime import DecoderRuntime
-from cloud_server.servicer import SplitInferenceServicer
+from cloud_server.servicer import SplitInferenceServicer, add_to_server
 from cloud_server.settings import ServerSettings
-from protos import cem_split_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ class CloudServer:
             futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="grpc"),
             options=grpc_message_options(settings.max_message_bytes),
         )
-        pb_grpc.add_SplitInferenceServicer_to_server(self._servicer, self._grpc)
+        add_to_server(self._servicer, self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc)
         self.port = _bind(self._grpc, settings)

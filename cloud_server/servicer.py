@@ -3,6 +3,13 @@
 Each handler body runs under ``abort_with`` (cloud_server.errors), the one place
 errors become status codes. Until the warm-up inference has run, requests are
 answered UNAVAILABLE; on shutdown gRPC itself refuses new calls.
+
+The handlers receive the raw request bytes (``add_to_server`` registers them
+without a deserializer) and parse them here. When grpcio parses and the bytes are
+not a valid message, it answers INTERNAL and keeps ~19 KB per such request for
+good (3,000 requests: +57 MB), a leak in the library's failure path that even a
+server with only the Health service shows. Parsing ourselves turns an
+unparseable request into an ordinary INVALID_ARGUMENT and keeps memory flat.
 """
 
 from __future__ import annotations
@@ -11,23 +18,49 @@ import logging
 import threading
 import time
 import uuid
-from typing import Iterator
+from typing import Iterator, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from cem.codec import WIRE_DTYPES, dtype_to_enum, encode_tensor
+from cem.wire import SERVICE_NAME
 from cloud_server.batcher import MicroBatcher
-from cloud_server.errors import ServiceUnavailableError, abort_with
+from cloud_server.errors import InvalidRequestError, ServiceUnavailableError, abort_with
 from cloud_server.runtime import DecoderRuntime
 from cloud_server.settings import ServerSettings
 from cloud_server.validation import RequestLimits, decode_request
 from protos import cem_split_pb2 as pb
-from protos import cem_split_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
 
+M = TypeVar("M", bound=Message)
 
-class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
+
+def parse_message(message_type: type[M], payload: bytes) -> M:
+    """``payload`` as ``message_type``; InvalidRequestError (INVALID_ARGUMENT) when it is not one."""
+    try:
+        return message_type.FromString(payload)
+    except DecodeError as exc:
+        raise InvalidRequestError(
+            f"expected a serialised {message_type.DESCRIPTOR.full_name}, got {len(payload)} unparseable bytes"
+        ) from exc
+
+
+def add_to_server(servicer: "SplitInferenceServicer", server: grpc.Server) -> None:
+    """Register the service with byte-level handlers (see the module docstring)."""
+    handlers = {
+        "Infer": grpc.unary_unary_rpc_method_handler(
+            servicer.Infer, response_serializer=pb.InferResponse.SerializeToString),
+        "InferStream": grpc.stream_stream_rpc_method_handler(
+            servicer.InferStream, response_serializer=pb.InferResponse.SerializeToString),
+        "GetModelInfo": grpc.unary_unary_rpc_method_handler(
+            servicer.GetModelInfo, response_serializer=pb.ModelInfo.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+
+
+class SplitInferenceServicer:
     def __init__(self, runtime: DecoderRuntime, batcher: MicroBatcher, settings: ServerSettings) -> None:
         self._runtime = runtime
         self._batcher = batcher
@@ -45,26 +78,27 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         """Open the service once the warm-up inference has run."""
         self._accepting.set()
 
-    def Infer(self, request: pb.InferRequest, context: grpc.ServicerContext) -> pb.InferResponse:
+    def Infer(self, payload: bytes, context: grpc.ServicerContext) -> pb.InferResponse:
         self.last_call_at = time.monotonic()
         try:
-            return self._infer_one(request)
+            return self._infer_one(parse_message(pb.InferRequest, payload))
         except Exception as exc:
             abort_with(context, exc)
 
-    def InferStream(self, request_iterator: Iterator[pb.InferRequest], context: grpc.ServicerContext) -> Iterator[pb.InferResponse]:
+    def InferStream(self, payloads: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[pb.InferResponse]:
         """One response per request, in order; a bad request ends the stream with its status."""
         self.last_call_at = time.monotonic()
         try:
-            for request in request_iterator:
-                yield self._infer_one(request)
+            for payload in payloads:
+                yield self._infer_one(parse_message(pb.InferRequest, payload))
         except Exception as exc:
             if context.is_active():  # a stream the client cancelled needs no status
                 abort_with(context, exc)
 
-    def GetModelInfo(self, request: pb.ModelInfoRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
+    def GetModelInfo(self, payload: bytes, context: grpc.ServicerContext) -> pb.ModelInfo:
         self.last_call_at = time.monotonic()
         try:
+            parse_message(pb.ModelInfoRequest, payload)
             return self._model_info()
         except Exception as exc:
             abort_with(context, exc)
