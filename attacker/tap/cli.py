@@ -20,7 +20,7 @@ import sys
 from attacker.tap.proxy import TapServer
 from attacker.tap.recorder import CaptureRecorder, RecorderConfig, RecorderStats
 from attacker.tap.store import CaptureWriter
-from cem.wire import format_listening_line
+from cem.wire import DEFAULT_MAX_MESSAGE_BYTES, format_listening_line
 
 logger = logging.getLogger("attacker.tap")
 
@@ -37,6 +37,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--flush-interval", type=float, default=RecorderConfig.flush_interval_s,
                         help="seconds before a partial shard is written")
     parser.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get on shutdown")
+    parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
+                        help="largest message forwarded or recorded; set it to the cloud's --max-message-bytes")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--json", action="store_true", help="print the final capture counters as JSON on the last stdout line")
     return parser
@@ -55,7 +57,7 @@ async def serve(args: argparse.Namespace) -> RecorderStats:
         max_queue=args.max_queue, batch_records=args.batch_records, flush_interval_s=args.flush_interval
     )
     recorder = CaptureRecorder(CaptureWriter(args.captures), config)
-    tap = TapServer(args.listen, args.upstream, recorder)
+    tap = TapServer(args.listen, args.upstream, recorder, max_message_bytes=args.max_message_bytes)
     try:
         port = await tap.start()
     except OSError:

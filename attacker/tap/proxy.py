@@ -24,11 +24,11 @@ from grpc_health.v1 import health_pb2
 
 from attacker.tap.records import CAPTURED_METHODS
 from attacker.tap.recorder import CaptureRecorder
+from cem.wire import DEFAULT_MAX_MESSAGE_BYTES, grpc_message_options
 from protos import cem_split_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
-UNLIMITED_MESSAGES = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 _NO_DEADLINE_S = 1e8  # grpc reports "no deadline" as a huge time_remaining()
 # Headers the transport sets itself on the upstream call; forwarding them would duplicate or clash.
 _TRANSPORT_HEADERS = ("user-agent", "te", "content-type", "grpc-", ":")
@@ -146,18 +146,24 @@ class TapProxy(grpc.GenericRpcHandler):
 class TapServer:
     """The proxy bound to ``listen`` and forwarding to ``upstream``; start/stop inside an event loop."""
 
-    def __init__(self, listen: str, upstream: str, recorder: CaptureRecorder | None) -> None:
+    def __init__(self, listen: str, upstream: str, recorder: CaptureRecorder | None,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.listen = listen
         self.upstream = upstream
         self.recorder = recorder
+        # The cloud's limit, enforced before a byte is buffered or recorded: without it a 200 MiB
+        # request raised the tap's RSS from 61 MB to 1.17 GB and wrote a 200 MB shard that the
+        # cloud then refused.
+        self.max_message_bytes = max_message_bytes
         self.port: int | None = None
         self._channel: grpc.aio.Channel | None = None
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port (useful with port 0)."""
-        self._channel = grpc.aio.insecure_channel(self.upstream, options=UNLIMITED_MESSAGES)
-        self._server = grpc.aio.server(options=[*UNLIMITED_MESSAGES, ("grpc.so_reuseport", 0)])
+        limits = grpc_message_options(self.max_message_bytes)
+        self._channel = grpc.aio.insecure_channel(self.upstream, options=limits)
+        self._server = grpc.aio.server(options=[*limits, ("grpc.so_reuseport", 0)])
         self._server.add_generic_rpc_handlers((TapProxy(self._channel, self.recorder),))
         try:
             self.port = self._server.add_insecure_port(self.listen)

@@ -39,3 +39,20 @@ def test_nan_in_an_ignored_field_is_refused_and_hides_nothing(tap, channels, mod
     assert (answered, refused) == (35, 5)
     assert stats["dropped_write_failed"] == 0 and stats["invalid"] == refused  # counted, not stored
     assert CaptureStore(tmp_path / "captures").summary().requests == answered  # every answered request recorded
+
+
+def test_a_message_over_the_limit_is_refused_by_the_tap_and_not_recorded(tap, channels, model_id: str,
+                                                                         tmp_path: Path) -> None:
+    """Issue 10 item 5: a 200 MiB request was buffered (RSS 61 MB -> 1.17 GB) and written as a 200 MB shard."""
+    proxy = tap("--max-message-bytes", str(64 * 1024))
+    stub = pb_grpc.SplitInferenceStub(channels(proxy.address))
+    small = make_request(model_id, "small", torch.rand((2, 8, 8, 8)))
+    large = make_request(model_id, "large", torch.rand((40, 8, 8, 8)))  # 80 KiB of float32 features
+    assert large.ByteSize() > 64 * 1024 > small.ByteSize()
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Infer(large, timeout=10)
+    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    stub.Infer(small, timeout=10)
+    stats = proxy.terminate()
+    assert stats["offered"] == stats["recorded"] == 1  # the oversized request never reached the recorder
+    assert CaptureStore(tmp_path / "captures").summary().requests == 1
