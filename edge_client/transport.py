@@ -69,12 +69,9 @@ def call_with_retry(
     *,
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
-    clock: Callable[[], float] = time.monotonic,
 ) -> T:
-    """Run ``call`` (one RPC attempt with its own deadline) until it succeeds or fails for good:
-    a final code, ``policy.max_attempts`` attempts, or no time left in ``policy.budget_s``."""
+    """Run ``call`` (one RPC attempt with its own deadline) until it succeeds or fails for good."""
     rng = rng or random.Random()
-    started = clock()
     attempt = 1
     while True:
         try:
@@ -83,8 +80,6 @@ def call_with_retry(
             if exc.code() not in RETRYABLE_CODES or attempt >= policy.max_attempts:
                 raise to_remote_error(method, exc, attempt) from None
             wait = policy.backoff_s(attempt) * (1.0 - policy.jitter * rng.random())
-            if clock() - started + wait > policy.budget_s:
-                raise to_remote_error(method, exc, attempt) from None
             logger.warning("%s attempt %d failed with %s; retrying in %.3f s", method, attempt, exc.code().name, wait)
             sleep(wait)
             attempt += 1

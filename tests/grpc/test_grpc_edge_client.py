@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import threading
-import time
 from pathlib import Path
 
 import grpc
@@ -17,7 +14,6 @@ from torch.utils.data import DataLoader
 from cem.bundle import load_bundle
 from cem.data import load_dataset
 from cem.obfuscation import ObfuscationConfig, obfuscate
-from cloud_server import CloudServer, ServerSettings, create_server
 from edge_client import ClientSettings, EdgeClient, ImageInputError, RemoteCallError, RetryPolicy
 from edge_client.evaluate import evaluate_over_wire
 from edge_client.transport import call_with_retry
@@ -121,49 +117,6 @@ def test_retries_back_off_exponentially_up_to_the_cap() -> None:
     with channel, pytest.raises(RemoteCallError) as info:
         call_with_retry("GetModelInfo", lambda: stub.GetModelInfo(pb.ModelInfoRequest(), timeout=2), policy, sleep=waits.append)
     assert info.value.attempts == 5 and waits == [0.01, 0.02, 0.03, 0.03]
-
-
-def test_no_retry_starts_after_the_budget() -> None:
-    now = [0.0]
-    waits: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        waits.append(seconds)
-        now[0] += seconds
-
-    policy = RetryPolicy(max_attempts=50, initial_backoff_s=1.0, max_backoff_s=1.0, jitter=0.0, budget_s=3.5)
-    channel, stub = open_stub(1)
-    with channel, pytest.raises(RemoteCallError) as info:
-        call_with_retry("GetModelInfo", lambda: stub.GetModelInfo(pb.ModelInfoRequest(), timeout=2), policy,
-                        sleep=sleep, clock=lambda: now[0])
-    assert info.value.attempts == 4 and waits == [1.0, 1.0, 1.0]  # a 4th wait would end at 4 s > 3.5 s
-
-
-def test_the_default_policy_rides_out_a_cloud_restart(digits_bundle: Path) -> None:
-    """Issue 10 item 8: 4 attempts with 0.35 s of waits did not cover a 2.7 s restart (58/8,000 failed)."""
-    settings = ServerSettings(bundle_dir=digits_bundle, host="127.0.0.1", port=0, device="cpu")
-    first, _ = create_server(settings)
-    first.start()
-    assert first.wait_until_serving(30)
-    port = first.port
-    first.stop(0).wait(10)
-    second: list[CloudServer] = []
-
-    def restart_later() -> None:
-        time.sleep(2.7)
-        server, _ = create_server(dataclasses.replace(settings, port=port))
-        server.start()
-        second.append(server)
-
-    restarter = threading.Thread(target=restart_later)
-    restarter.start()
-    try:
-        with EdgeClient(digits_bundle, f"127.0.0.1:{port}", ClientSettings(timeout_s=5.0)) as client:
-            assert len(client.classify(torch.zeros(2, 1, 32, 32)).predictions) == 2  # default RetryPolicy
-    finally:
-        restarter.join()
-        for server in second:
-            server.stop(0).wait(10)
 
 
 def test_invalid_argument_is_not_retried(digits_bundle: Path, start_server) -> None:
