@@ -234,9 +234,7 @@ class CEMRegularizer:
             effective = torch.where(weighted > 0, (variances.sum(dim=1) / weighted.clamp_min(1e-30)).sqrt(),
                                     mean_var + noise_var)  # u_j; = v̄_j + σ² when isotropic
             per_component = (2.0 * config.ref_gain / feature_dim) * effective / (mean_var + config.ref_gamma)
-            within = self.mixture.within_class_weights.to(counts)
-            per_class = self.dataset_size / self.num_classes
-            rho = config.ref_gain * counts / (within * per_class).clamp_min(1e-12)
+            rho = self._reference_share(counts)
             cap = (REF_RHO_CAP / rho.clamp_min(1e-12)).clamp(max=1.0)
             classes_in_batch = (torch.bincount(labels, minlength=self.num_classes) > 0).sum().clamp_min(1).to(counts)
             return per_component * cap * (self.num_classes / classes_in_batch)
@@ -246,6 +244,12 @@ class CEMRegularizer:
         if self.config.evaluate_on == "noisy":
             return (variances - self.noise_std**2).clamp_min(0.0)
         return variances
+
+    def _reference_share(self, counts: torch.Tensor) -> torch.Tensor:
+        """The reference's uncapped blend share ρ_j = gain·n_j/(w_j·N_c) (within-class w, N_c = N/C), (K,)."""
+        within = self.mixture.within_class_weights.to(counts)  # type: ignore[union-attr]
+        per_class = self.dataset_size / self.num_classes
+        return self.config.ref_gain * counts / (within * per_class).clamp_min(1e-12)
 
     def _paper_loss(
         self, residual: torch.Tensor, component: torch.Tensor, counts: torch.Tensor, scale: torch.Tensor
@@ -271,11 +275,10 @@ class CEMRegularizer:
     ) -> torch.Tensor:
         mixture = self.mixture
         within = mixture.within_class_weights.to(residual)  # (K,)
+        rho = self._reference_share(counts).clamp(max=REF_RHO_CAP)
         stored = self._signal(mixture.variances).mean(dim=1).to(residual)  # (K,) isotropic
         batch_var = torch.zeros_like(stored).index_add(0, component, residual.pow(2).mean(dim=1))
         batch_var = batch_var / counts.clamp_min(1.0)
-        per_class = self.dataset_size / self.num_classes
-        rho = (self.config.ref_gain * counts / (within * per_class).clamp_min(1e-12)).clamp(max=0.99)
         blended = rho * batch_var + (1.0 - rho) * stored
         terms = within * reference_log_hinge(blended, self.noise_std, self.config.ref_tau, self.config.ref_gamma)
         terms = torch.where(counts > 0, terms, torch.zeros_like(terms))

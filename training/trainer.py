@@ -33,7 +33,7 @@ from cem.models import SplitModel, SplitModelConfig
 from cem.obfuscation import ObfuscationConfig
 from cem.units import lambda_units_of
 from training.cem_plugin import CEMRegularizer
-from training.config import LR_DECAY, TrainConfig, profile_for, resolve_config
+from training.config import LR_DECAY, TrainConfig, resolve_config
 from training.defenses import DefenseStack, create_defense, parse_defense
 from training.loops import FeatureCache, collect_features, evaluate, train_one_epoch
 
@@ -85,7 +85,9 @@ def build_defenses(config: TrainConfig) -> DefenseStack:
             flag = FIELD_DEFENSES[defense.name]
             raise ConfigError(f"expected {defense.name} to be set with {flag}, got --defense {defense.name}:...")
     fixed = [create_defense("bottleneck", channels=config.bottleneck)]
-    noise_std = config.noise_std if config.noise_std is not None else profile_for(config.dataset).noise_std
+    noise_std = config.noise_std  # unset: the default resolve_config decides (σ = 0 without a bottleneck)
+    if noise_std is None:
+        noise_std = resolve_config(config).noise_std or 0.0
     if noise_std > 0:
         fixed.insert(0, create_defense("noise", std=noise_std))
     return DefenseStack(tuple(fixed + parsed))

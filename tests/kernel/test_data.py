@@ -21,6 +21,7 @@ from PIL import Image
 from attacker.attacks.data import INFER_FIT_FRACTION, load_images
 from cem.data import load_dataset
 from cifar_format import CIFAR_FOLDER, accept_digests, write_cifar10
+from image_folder_format import write_png_tree
 from cem.data.digits import digits_split_indices
 from cem.errors import DatasetNotFoundError, UnknownNameError
 
@@ -70,13 +71,7 @@ def test_dataset_without_data_dir_asks_for_it() -> None:
 
 
 def test_image_folder_reads_png_tree(tmp_path: Path) -> None:
-    rng = np.random.default_rng(1)
-    for split in ("train", "val"):
-        for cls in ("cat", "dog"):
-            folder = tmp_path / split / cls
-            folder.mkdir(parents=True)
-            for i in range(2):
-                Image.fromarray(rng.integers(0, 256, size=(40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    write_png_tree(tmp_path, ("train", "val"), ("cat", "dog"), ((40, 40), (40, 40)), seed=1)
     train, info = load_dataset("imagefolder", "train", data_dir=tmp_path)
     test, _ = load_dataset("imagefolder", "test", data_dir=tmp_path)
     assert len(train) == 4 and len(test) == 4

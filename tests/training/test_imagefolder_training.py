@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+from image_folder_format import write_png_tree
 
 from cem.bundle import load_bundle
 from training import TrainConfig, train
@@ -19,14 +18,7 @@ SIZES = ((20, 30), (40, 40), (50, 17))  # (height, width)
 
 def write_mixed_size_tree(root: Path) -> None:
     """``root/{train,test}/{a,b}/*.png``: RGB images of every size in ``SIZES``."""
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for cls in ("a", "b"):
-            folder = root / split / cls
-            folder.mkdir(parents=True)
-            for i, (height, width) in enumerate(SIZES):
-                pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
+    write_png_tree(root, ("train", "test"), ("a", "b"), SIZES)
 
 
 def test_augmented_training_on_mixed_size_images_writes_a_bundle(tmp_path: Path) -> None:
