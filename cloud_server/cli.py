@@ -20,6 +20,7 @@ from types import FrameType
 
 from cem.devices import DEVICE_CHOICES
 from cem.errors import CEMError
+from cem.logs import LOG_LEVELS, configure_logging
 from cem.wire import DEFAULT_MAX_MESSAGE_BYTES, format_listening_line
 from cloud_server.server import create_server
 from cloud_server.settings import ServerSettings
@@ -45,7 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables TLS")
     parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     parser.add_argument("--tls-client-ca", type=Path, help="CA (PEM) that client certificates must chain to; enables mTLS")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
     return parser
 
 
@@ -70,7 +71,7 @@ def build_settings(args: argparse.Namespace) -> ServerSettings:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     try:
         server, port = create_server(build_settings(args))
     except CEMError as exc:

@@ -24,6 +24,7 @@ from attacker.service.app import create_app
 from attacker.service.config import ServiceSettings, load_settings
 from cem.devices import DEVICE_CHOICES
 from cem.errors import ConfigError
+from cem.logs import LOG_LEVELS, configure_logging
 from cem.wire import format_listening_line
 
 logger = logging.getLogger("attacker.service")
@@ -45,7 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--worker-threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--max-captured", type=int, default=256, help="captured samples an audit reconstructs at most")
     parser.add_argument("--insecure-no-auth", action="store_true", help="serve without a bearer token (never in production)")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
     return parser
 
 
@@ -79,7 +80,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     try:
         settings = build_settings(args)
     except ConfigError as exc:

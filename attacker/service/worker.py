@@ -32,6 +32,7 @@ from attacker.tap.reader import CaptureStore
 from attacker.tap.store import write_durably
 from cem.bundle import load_manifest
 from cem.errors import CEMError, ConfigError
+from cem.logs import LOG_LEVELS, configure_logging
 
 logger = logging.getLogger("attacker.service.worker")
 
@@ -207,13 +208,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-captured", type=int, default=256)
     parser.add_argument("--on-stop", default="interrupt", choices=["interrupt", "requeue"])
     parser.add_argument("--poll-interval", type=float, default=0.2)
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     set_parent_death_signal()
     settings = WorkerSettings(
         db_path=args.db,

@@ -3,7 +3,11 @@
     cem-tap --listen 127.0.0.1:50052 --upstream 127.0.0.1:50051 --captures runs/captures
 
 Once bound it prints ``LISTENING HOST:PORT`` on stdout (with port 0 the port is
-the one the OS picked). SIGTERM or Ctrl-C stops it gracefully: in-flight calls
+the one the OS picked); with ``--metrics-listen`` it first prints
+``METRICS HOST:PORT`` for the Prometheus endpoint. If the capture directory
+cannot be written, ``--on-store-failure forward`` (the default) keeps traffic
+flowing unrecorded (health service ``cem.tap`` NOT_SERVING, metric
+``cem_tap_capturing`` 0) and ``refuse`` fails closed. SIGTERM or Ctrl-C stops it gracefully: in-flight calls
 get ``--grace`` seconds, then every queued capture is written before exit.
 With ``--json`` the last stdout line is the recorder's final counters.
 """
@@ -17,9 +21,11 @@ import logging
 import signal
 import sys
 
+from attacker.tap.metrics import serve_metrics
 from attacker.tap.proxy import TapServer
-from attacker.tap.recorder import CaptureRecorder, RecorderConfig, RecorderStats
-from attacker.tap.store import CaptureWriter
+from attacker.tap.recorder import STORE_FAILURE_MODES, CaptureRecorder, RecorderConfig, RecorderStats
+from attacker.tap.store import CaptureStoreError
+from cem.logs import LOG_LEVELS, configure_logging
 from cem.wire import DEFAULT_MAX_MESSAGE_BYTES, format_listening_line
 
 logger = logging.getLogger("attacker.tap")
@@ -36,10 +42,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="captures per shard file at most")
     parser.add_argument("--flush-interval", type=float, default=RecorderConfig.flush_interval_s,
                         help="seconds before a partial shard is written")
+    parser.add_argument("--on-store-failure", choices=STORE_FAILURE_MODES, default=RecorderConfig.on_store_failure,
+                        help="when captures cannot be written: forward traffic unrecorded (fail open) or "
+                             "refuse to start and answer captured calls UNAVAILABLE (fail closed)")
+    parser.add_argument("--metrics-listen", default=None,
+                        help="HOST:PORT for a Prometheus /metrics endpoint (port 0: any free port); off by default")
     parser.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get on shutdown")
     parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
                         help="largest message forwarded or recorded; set it to the cloud's --max-message-bytes")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
     parser.add_argument("--json", action="store_true", help="print the final capture counters as JSON on the last stdout line")
     return parser
 
@@ -54,13 +65,24 @@ def listen_host(listen: str) -> str:
 async def serve(args: argparse.Namespace) -> RecorderStats:
     host = listen_host(args.listen)
     config = RecorderConfig(
-        max_queue=args.max_queue, batch_records=args.batch_records, flush_interval_s=args.flush_interval
+        max_queue=args.max_queue, batch_records=args.batch_records, flush_interval_s=args.flush_interval,
+        on_store_failure=args.on_store_failure,
     )
-    recorder = CaptureRecorder(CaptureWriter(args.captures), config)
+    recorder = CaptureRecorder(args.captures, config)
+    metrics_server = None
+    if args.metrics_listen is not None:
+        try:
+            metrics_port, metrics_server = serve_metrics(recorder, args.metrics_listen)
+        except OSError:
+            await asyncio.to_thread(recorder.close)
+            raise
+        print(f"METRICS {listen_host(args.metrics_listen)}:{metrics_port}", flush=True)
     tap = TapServer(args.listen, args.upstream, recorder, max_message_bytes=args.max_message_bytes)
     try:
         port = await tap.start()
     except OSError:
+        if metrics_server is not None:
+            metrics_server.shutdown()
         await asyncio.to_thread(recorder.close)
         raise
     print(format_listening_line(host, port), flush=True)
@@ -71,15 +93,17 @@ async def serve(args: argparse.Namespace) -> RecorderStats:
     await stop.wait()
     logger.info("stopping: %.1f s grace for in-flight calls", args.grace)
     await tap.stop(args.grace)
+    if metrics_server is not None:
+        metrics_server.shutdown()
     return await asyncio.to_thread(recorder.close)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     try:
         stats = asyncio.run(serve(args))
-    except OSError as exc:
+    except (OSError, CaptureStoreError) as exc:
         logger.error("%s", exc)
         return 1
     if args.json:

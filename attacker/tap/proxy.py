@@ -1,38 +1,51 @@
-"""A transparent gRPC proxy that copies feature tensors to the recorder on the way through.
+"""A transparent gRPC proxy that copies answered feature requests to the recorder on the way through.
 
 Every method is forwarded as opaque bytes (no serializers on either side, so
 nothing is parsed or re-encoded on the forwarding path): request metadata, the
 caller's deadline, response metadata, trailing metadata, status codes and
-details all pass through, and a client cancellation cancels the upstream call.
-The edge cannot tell the tap is there.
+details all pass through (attacker.tap.relay), and a client cancellation
+cancels the upstream call. The edge cannot tell the tap is there.
+
+A feature request is recorded once the upstream has answered it OK, together
+with that answer: requests the cloud refused (malformed, oversized, wrong
+model) are forwarded but not stored, only counted. On ``InferStream`` the
+answers come one per request, in order (the SplitInference contract), which
+pairs each answer with its request.
 
 Methods known to be unary (from the SplitInference and health descriptors)
 take the cheaper unary path; every other method, known or not, is proxied as a
 bidirectional stream, which is wire-compatible with all four call shapes.
 Built on grpc.aio so that any number of long-lived streams share one event loop
 instead of each holding a thread.
+
+The tap answers one health check itself: service ``cem.tap`` is SERVING while
+captures are being written and NOT_SERVING while they are not. Every other
+health check goes to the upstream.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, Callable
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 
 from attacker.tap.records import CAPTURED_METHODS
 from attacker.tap.recorder import CaptureRecorder
+from attacker.tap.relay import FirstStatus, forwardable_metadata, relay_failure, remaining_timeout
 from cem.wire import DEFAULT_MAX_MESSAGE_BYTES, grpc_message_options
 from protos import cem_split_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
-_NO_DEADLINE_S = 1e8  # grpc reports "no deadline" as a huge time_remaining()
-# Headers the transport sets itself on the upstream call; forwarding them would duplicate or clash.
-_TRANSPORT_HEADERS = ("user-agent", "te", "content-type", "grpc-", ":")
-Metadata = Sequence[tuple[str, str | bytes]]
+TAP_HEALTH_SERVICE = "cem.tap"  # the health service name the tap answers itself: is it capturing?
+HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
+_REFUSED_DETAILS = "the tap cannot record captures right now and runs with --on-store-failure refuse"
 
 
 def _unary_methods() -> frozenset[str]:
@@ -47,24 +60,17 @@ def _unary_methods() -> frozenset[str]:
 UNARY_METHODS = _unary_methods()
 
 
-def forwardable_metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str | bytes], ...]:
-    """The caller's metadata minus what the upstream transport sets itself."""
-    return tuple(
-        (key, value) for key, value in (context.invocation_metadata() or ()) if not key.startswith(_TRANSPORT_HEADERS)
-    )
-
-
-def remaining_timeout(context: grpc.aio.ServicerContext) -> float | None:
-    """The caller's deadline, as a timeout for the upstream call (None: the caller set none)."""
-    remaining = context.time_remaining()
-    return None if remaining is None or remaining > _NO_DEADLINE_S else max(0.0, remaining)
-
-
-async def relay_failure(context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError, sent_metadata: bool) -> None:
-    """End the caller's RPC with exactly the upstream status, details and metadata."""
-    if not sent_metadata and error.initial_metadata():
-        await context.send_initial_metadata(tuple(error.initial_metadata()))
-    await context.abort(error.code(), error.details() or "", trailing_metadata=tuple(error.trailing_metadata() or ()))
+def tap_health_answer(request: bytes, recorder: CaptureRecorder | None) -> bytes | None:
+    """The tap's own answer to a health check for ``cem.tap``; None for any other (forwarded) check."""
+    try:
+        service = health_pb2.HealthCheckRequest.FromString(request).service
+    except DecodeError:
+        return None  # not ours to judge: the upstream answers it
+    if service != TAP_HEALTH_SERVICE:
+        return None
+    serving = recorder is not None and recorder.capturing
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    return health_pb2.HealthCheckResponse(status=status).SerializeToString()
 
 
 class TapProxy(grpc.GenericRpcHandler):
@@ -86,23 +92,36 @@ class TapProxy(grpc.GenericRpcHandler):
             self._handlers[method] = handler
         return handler
 
-    def _record(self, method: str, payload: bytes) -> None:
-        if self._recorder is not None and method in CAPTURED_METHODS:
-            self._recorder.offer(method, payload)
+    def _captures(self, method: str) -> bool:
+        return self._recorder is not None and method in CAPTURED_METHODS
+
+    async def _refuse_if_blind(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        """In refuse mode, answer UNAVAILABLE instead of forwarding a call the tap cannot record."""
+        if self._captures(method) and not self._recorder.accepting():
+            self._recorder.count_refused()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, _REFUSED_DETAILS)
 
     def _unary_behaviour(self, method: str):
         upstream = self._channel.unary_unary(method)
 
         async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            self._record(method, request)
+            if method == HEALTH_CHECK_METHOD:
+                answer = tap_health_answer(request, self._recorder)
+                if answer is not None:
+                    return answer
+            await self._refuse_if_blind(method, context)
             call = upstream(request, timeout=remaining_timeout(context), metadata=forwardable_metadata(context))
             try:
                 response = await call
             except grpc.aio.AioRpcError as error:
+                if self._captures(method):
+                    self._recorder.count_rejected()
                 await relay_failure(context, error, sent_metadata=False)
             finally:
                 if not call.done():  # the caller went away: so does the upstream call
                     call.cancel()
+            if self._captures(method):
+                self._recorder.offer(method, request, response)
             initial = await call.initial_metadata()
             if initial:
                 await context.send_initial_metadata(tuple(initial))
@@ -117,12 +136,15 @@ class TapProxy(grpc.GenericRpcHandler):
         upstream = self._channel.stream_stream(method)
 
         async def forward(request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext):
-            async def requests() -> AsyncIterator[bytes]:
-                async for request in request_iterator:
-                    self._record(method, request)
-                    yield request
-
-            call = upstream(requests(), timeout=remaining_timeout(context), metadata=forwardable_metadata(context))
+            await self._refuse_if_blind(method, context)
+            call = upstream(timeout=remaining_timeout(context), metadata=forwardable_metadata(context))
+            first_status = FirstStatus(call)
+            unanswered: collections.deque[bytes] = collections.deque()
+            remember = unanswered.append if self._captures(method) else None
+            # Our own pump task (reader/writer style) rather than a request iterator handed to the
+            # call: grpc.aio leaves an iterator's consumer reading from the caller after the upstream
+            # has failed. The pump is cancelled and awaited before the status is relayed.
+            pump = asyncio.ensure_future(_pump_requests(request_iterator, call, remember))
             sent_metadata = False
             try:
                 initial = await call.initial_metadata()
@@ -130,17 +152,46 @@ class TapProxy(grpc.GenericRpcHandler):
                     await context.send_initial_metadata(tuple(initial))
                     sent_metadata = True
                 async for response in call:
+                    if remember is not None and unanswered:
+                        self._recorder.offer(method, unanswered.popleft(), response)
                     yield response
             except grpc.aio.AioRpcError as error:
-                await relay_failure(context, error, sent_metadata)
+                await _stop_pump(pump)
+                await relay_failure(context, first_status.unmask(error), sent_metadata)
             finally:
+                await _stop_pump(pump)
                 if not call.done():
                     call.cancel()
+                if remember is not None and unanswered:
+                    self._recorder.count_rejected(len(unanswered))
             trailing = await call.trailing_metadata()
             if trailing:
                 context.set_trailing_metadata(tuple(trailing))
 
         return forward
+
+
+async def _pump_requests(request_iterator: AsyncIterator[bytes], call: grpc.aio.StreamStreamCall,
+                         remember: Callable[[bytes], None] | None) -> None:
+    """Copy the caller's messages to the upstream call, then half-close it."""
+    try:
+        async for request in request_iterator:
+            if remember is not None:
+                remember(request)
+            await call.write(request)
+        await call.done_writing()
+    except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        pass  # the upstream call ended; the response side relays its status
+
+
+async def _stop_pump(pump: "asyncio.Future[None]") -> None:
+    """Cancel the pump if it still runs and wait until it has, so no read of the caller is pending."""
+    if not pump.done():
+        pump.cancel()
+    try:
+        await pump
+    except asyncio.CancelledError:
+        pass
 
 
 class TapServer:

@@ -86,8 +86,13 @@ def name_dtype(value: int) -> str:
         return f"unknown({value})"
 
 
-def parse_capture(method: str, payload: bytes, captured_at: float) -> CaptureRecord | None:
+def parse_capture(method: str, payload: bytes, captured_at: float, response: bytes | None = None) -> CaptureRecord | None:
     """Parse an intercepted request; None when it is not a feature-carrying InferRequest.
+
+    ``response`` is the upstream's answer to it, when the tap has one: an empty
+    ``model_id`` (the cloud's "whichever model you serve") and an empty
+    ``request_id`` are then filled from it, so the capture is filed under the
+    model that actually answered and every capture has an id.
 
     Raises google.protobuf.message.DecodeError for bytes that are not a valid protobuf message, and
     ``InvalidCaptureError`` for a tensor header no index can hold (a NaN/Inf scale or offset). The
@@ -103,11 +108,15 @@ def parse_capture(method: str, payload: bytes, captured_at: float) -> CaptureRec
     tensor = request.features
     if not (math.isfinite(tensor.scale) and math.isfinite(tensor.offset)):
         raise InvalidCaptureError(f"expected finite scale and offset, got {tensor.scale}, {tensor.offset}")
+    model_id, request_id = request.model_id, request.request_id
+    if response is not None and not (model_id and request_id):
+        answer = pb.InferResponse.FromString(response)
+        model_id, request_id = model_id or answer.model_id, request_id or answer.request_id
     return CaptureRecord(
         captured_at=captured_at,
         method=method,
-        model_id=request.model_id,
-        request_id=request.request_id,
+        model_id=model_id,
+        request_id=request_id,
         dtype=name_dtype(tensor.dtype),
         shape=tuple(int(d) for d in tensor.shape),
         scale=float(tensor.scale),

@@ -82,18 +82,20 @@ def test_crash_leftovers_are_cleaned_and_orphans_indexed(tmp_path: Path) -> None
 
 
 def test_slow_disk_fills_the_queue_and_drops_captures_without_blocking(tmp_path: Path) -> None:
-    writer = CaptureWriter(tmp_path)
-    recorder = CaptureRecorder(writer, RecorderConfig(max_queue=3, batch_records=1, flush_interval_s=0.01))
-    payload = pb.InferRequest(model_id="m", request_id="r", features=encode_tensor(torch.rand(1, 2))).SerializeToString()
+    recorder = CaptureRecorder(tmp_path, RecorderConfig(max_queue=3, batch_records=1, flush_interval_s=0.01))
+    payloads = iter(
+        pb.InferRequest(model_id="m", request_id=f"r{i}", features=encode_tensor(torch.rand(1, 2))).SerializeToString()
+        for i in range(11)
+    )
     blocker = sqlite3.connect(tmp_path / INDEX_FILE, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")  # the disk "stalls": the writer thread waits on the index lock
     try:
-        assert recorder.offer(INFER, payload)
+        assert recorder.offer(INFER, next(payloads))
         deadline = time.monotonic() + 10
         while recorder._queue.qsize() and time.monotonic() < deadline:  # the writer holds the first record
             time.sleep(0.01)
         started = time.perf_counter()
-        accepted = [recorder.offer(INFER, payload) for _ in range(10)]
+        accepted = [recorder.offer(INFER, next(payloads)) for _ in range(10)]
         assert time.perf_counter() - started < 0.5  # offering never waits for the disk
         assert accepted == [True] * 3 + [False] * 7
     finally:
@@ -105,7 +107,7 @@ def test_slow_disk_fills_the_queue_and_drops_captures_without_blocking(tmp_path:
 
 
 def test_unparsable_and_featureless_requests_are_not_stored(tmp_path: Path) -> None:
-    recorder = CaptureRecorder(CaptureWriter(tmp_path), RecorderConfig(flush_interval_s=0.01))
+    recorder = CaptureRecorder(tmp_path, RecorderConfig(flush_interval_s=0.01))
     recorder.offer(INFER, b"\xff\xff\xff")
     recorder.offer(INFER, pb.InferRequest(model_id="m", request_id="no-features").SerializeToString())
     stats = recorder.close()

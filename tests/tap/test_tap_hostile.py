@@ -37,7 +37,7 @@ def test_nan_in_an_ignored_field_is_refused_and_hides_nothing(tap, channels, mod
             answered += 1
     stats = proxy.terminate()
     assert (answered, refused) == (35, 5)
-    assert stats["dropped_write_failed"] == 0 and stats["invalid"] == refused  # counted, not stored
+    assert stats["dropped_write_failed"] == 0 and stats["rejected_upstream"] == refused  # counted, not stored
     assert CaptureStore(tmp_path / "captures").summary().requests == answered  # every answered request recorded
 
 
