@@ -38,13 +38,14 @@ from collections import OrderedDict
 from pathlib import Path
 
 from attacker.tap.records import CaptureRecord, InvalidCaptureError, parse_capture
-from attacker.tap.store import CaptureStoreError, CaptureWriter
+from attacker.tap.store import CaptureStoreError, CaptureWriter, write_durably
 from cem.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 _STOP = object()
 STORE_FAILURE_MODES = ("forward", "refuse")  # what traffic does while captures cannot be written
+PROBE_FILE = "probe"  # written and removed to prove a failed store writable again (no shard suffix: never indexed)
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class RecorderStats:
     dropped_queue_full: int = 0
     dropped_write_failed: int = 0  # including captures dropped while the directory could not be opened
     unparsable: int = 0  # bytes that were not a valid InferRequest
-    invalid: int = 0  # valid InferRequests with a header the cloud refuses (non-finite scale/offset)
+    invalid: int = 0  # answered InferRequests with a header no index can hold (non-finite scale/offset)
     rejected_upstream: int = 0  # feature requests the upstream did not answer OK: forwarded, not recorded
     duplicates: int = 0  # byte-identical resends of a recorded request (client retries): not recorded twice
     refused: int = 0  # calls answered UNAVAILABLE because captures could not be written (refuse mode)
@@ -189,8 +190,8 @@ class CaptureRecorder:
             if item is _STOP:
                 self._flush(pending)
                 return
-            if self._writer is None and time.monotonic() >= self._next_open_at:
-                self._retry_open()
+            if not self._store_ok and time.monotonic() >= self._next_open_at:
+                self._probe_store()
             if item is not None:
                 record = self._parse(*item)
                 if record is not None and not self._is_duplicate(record):
@@ -206,14 +207,25 @@ class CaptureRecorder:
         self._writer = CaptureWriter(self._root)
         self._store_ok = True
 
-    def _retry_open(self) -> None:
+    def _probe_store(self) -> None:
+        """Try the store again after a failure: open it, or prove it writable with a throw-away file.
+
+        Without the probe a store that failed in ``refuse`` mode would never
+        recover, since no capture reaches it while calls are refused.
+        """
         try:
-            self._open_store()
+            if self._writer is None:
+                self._writer = CaptureWriter(self._root)
+            else:
+                probe = self._writer.shard_dir / PROBE_FILE
+                write_durably(probe, b"probe")
+                probe.unlink()
         except (OSError, sqlite3.Error, CaptureStoreError) as exc:
             self._next_open_at = time.monotonic() + self.config.reopen_interval_s
             logger.debug("capture directory %s still unusable: %s", self._root, exc)
             return
-        logger.warning("capture directory %s opened: capturing again", self._root)
+        self._store_ok = True
+        logger.warning("capture directory %s usable again: capturing", self._root)
 
     def _is_duplicate(self, record: CaptureRecord) -> bool:
         """A byte-identical resend of a recent request (a client retry), which must not be counted twice.
@@ -261,13 +273,12 @@ class CaptureRecorder:
             name = self._writer.append(records)
         except (OSError, sqlite3.Error) as exc:
             self._store_ok = False
+            self._next_open_at = time.monotonic() + self.config.reopen_interval_s
             with self._lock:
                 self._stats.dropped_write_failed += len(records)
                 total = self._stats.dropped_write_failed
             logger.warning("dropped %d capture(s) (%d so far): could not write the store: %s", len(records), total, exc)
             return
-        if not self._store_ok:
-            logger.warning("capture store writable again: capturing")
         self._store_ok = True
         with self._lock:
             self._stats.recorded += len(records)

@@ -24,6 +24,7 @@ class TapProcess:
     process: subprocess.Popen
     address: str
     log_path: Path
+    metrics_address: str | None = None  # HOST:PORT of /metrics when started with --metrics-listen
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -51,6 +52,7 @@ def start_tap(upstream: str, captures: Path, log_path: Path, *extra: str, timeou
     selector = selectors.DefaultSelector()
     selector.register(process.stdout, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout_s
+    metrics_address = None
     while time.monotonic() < deadline:
         if not selector.select(timeout=0.5):
             if process.poll() is not None:
@@ -59,10 +61,13 @@ def start_tap(upstream: str, captures: Path, log_path: Path, *extra: str, timeou
         line = process.stdout.readline()
         if not line:
             break
+        if line.startswith("METRICS "):
+            metrics_address = line.split()[1]
+            continue
         parsed = parse_listening_line(line)
         if parsed is not None:
             selector.close()
-            return TapProcess(process, f"{parsed[0]}:{parsed[1]}", log_path)
+            return TapProcess(process, f"{parsed[0]}:{parsed[1]}", log_path, metrics_address)
     process.kill()
     raise AssertionError(f"cem-tap did not print LISTENING; log:\n{log_path.read_text()}")
 
