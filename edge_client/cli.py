@@ -33,8 +33,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wire-dtype", choices=WIRE_DTYPES, default="float32", help="feature encoding on the wire")
     parser.add_argument("--seed", type=int, default=0, help="seed of the edge's noise draws")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="cpu", help="where the encoder runs")
-    parser.add_argument("--timeout-s", type=float, default=10.0, help="deadline of every call")
-    parser.add_argument("--retries", type=int, default=3, help="retries on UNAVAILABLE / DEADLINE_EXCEEDED")
+    parser.add_argument("--timeout-s", type=float, default=ClientSettings.timeout_s,
+                        help="deadline of every attempt (at most --retry-budget)")
+    parser.add_argument("--retries", type=int, default=RetryPolicy.max_attempts - 1,
+                        help="retries on UNAVAILABLE / DEADLINE_EXCEEDED")
+    parser.add_argument("--retry-budget", type=float, default=RetryPolicy.budget_s,
+                        help="seconds a call may take, all attempts and waits (covers a cloud restart; "
+                             "raise --retries with it)")
     parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES, help="gRPC send/receive limit")
     parser.add_argument("--tls-root-cert", type=Path, help="CA certificate (PEM) to verify the server; enables TLS")
     parser.add_argument("--tls-client-cert", type=Path, help="client certificate (PEM) for mTLS")
@@ -70,7 +75,7 @@ def build_settings(args: argparse.Namespace) -> ClientSettings:
     return ClientSettings(
         wire_dtype=args.wire_dtype,
         timeout_s=args.timeout_s,
-        retry=RetryPolicy(max_attempts=args.retries + 1),
+        retry=RetryPolicy(max_attempts=args.retries + 1, budget_s=args.retry_budget),
         max_message_bytes=args.max_message_bytes,
         tls=tls,
         device=args.device,

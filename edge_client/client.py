@@ -15,10 +15,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import grpc
 import torch
+from google.protobuf.message import Message
 
 from cem.bundle import Manifest
 from cem.codec import decode_tensor, encode_tensor
@@ -31,6 +32,7 @@ from protos import cem_split_pb2 as pb
 from protos import cem_split_pb2_grpc as pb_grpc
 
 ImageBatch = ImageInput | Sequence[ImageInput]
+T = TypeVar("T")
 
 
 class ModelMismatchError(CEMError):
@@ -95,12 +97,17 @@ class EdgeClient:
             sample_ids=list(sample_ids or []),
         )
 
-    def model_info(self) -> pb.ModelInfo:
+    def _call(self, method: str, rpc: Callable[..., T], request: Message) -> T:
+        """One unary call with the settings' deadline, retry policy and budget (see ``call_with_retry``)."""
         return call_with_retry(
-            "GetModelInfo",
-            lambda: self._stub.GetModelInfo(pb.ModelInfoRequest(), timeout=self.settings.timeout_s),
+            method,
+            lambda deadline_s: rpc(request, timeout=deadline_s),
             self.settings.retry,
+            timeout_s=self.settings.timeout_s,
         )
+
+    def model_info(self) -> pb.ModelInfo:
+        return self._call("GetModelInfo", self._stub.GetModelInfo, pb.ModelInfoRequest())
 
     def check_server(self) -> pb.ModelInfo:
         """The server's model info, after checking it serves this bundle's model."""
@@ -113,9 +120,7 @@ class EdgeClient:
         """Send already encoded features (B, C, H, W) in one unary call."""
         request = self.build_request(features, sample_ids=sample_ids)
         start = time.perf_counter()
-        response = call_with_retry(
-            "Infer", lambda: self._stub.Infer(request, timeout=self.settings.timeout_s), self.settings.retry
-        )
+        response = self._call("Infer", self._stub.Infer, request)
         return _to_prediction(response, request, time.perf_counter() - start)
 
     def classify(self, images: ImageBatch, *, sample_ids: Sequence[str] | None = None) -> Prediction:
