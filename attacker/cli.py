@@ -8,6 +8,8 @@ Progress goes to stderr; with ``--json`` the last stdout line is
 ``{"attack", "train": {"mse", "psnr", "psnr_batch", "ssim", "ssim_ref", "mse_native", "n"}, "infer": {...},
 "bound": {"kind", "xi", "entropy_bound", ..., "relative": {...}, "warnings": [...]}, "metrics_path", "grid_path"}``
 (``bound.kind`` is ``estimate`` or ``relative``, see ``cem.bounds``); a bound the bundle does not record is ``null``.
+Exit status 2 for a missing or corrupt bundle or a wrong data set, 1 when the results
+cannot be written (``cem.cli``).
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from tqdm import tqdm
 
 from attacker.attacks import ATTACKS
 from attacker.audit import AuditSpec, run_audit
+from cem.cli import run_cli
 from cem.data import available_datasets
 from cem.devices import DEVICE_CHOICES
-from cem.errors import CEMError
 
 logger = logging.getLogger("attacker.cli")
 
@@ -36,43 +38,42 @@ PROGRESS_STEPS = 100
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cem-attack", description="Model inversion attack on a split-model bundle.")
     parser.add_argument("--bundle", required=True, type=Path, help="bundle folder (manifest.json + encoder.safetensors)")
-    parser.add_argument("--attack", choices=ATTACKS, default="decoder")
-    parser.add_argument("--dataset", choices=available_datasets(), default=None, help="default: the bundle's data set")
-    parser.add_argument("--data-dir", type=Path, default=None, help="where file-based data sets live")
-    parser.add_argument("--epochs", type=int, default=None,
+    parser.add_argument("--attack", choices=ATTACKS, default=AuditSpec.attack)
+    parser.add_argument("--dataset", choices=available_datasets(), default=AuditSpec.dataset,
+                        help="default: the bundle's data set")
+    parser.add_argument("--data-dir", type=Path, default=AuditSpec.data_dir, help="where file-based data sets live")
+    parser.add_argument("--epochs", type=int, default=AuditSpec.epochs,
                         help="default: 50 (decoder) or 150 (gan, after ceil(epochs/3) decoder epochs)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    parser.add_argument("--seed", type=int, default=AuditSpec.seed)
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default=AuditSpec.device)
     parser.add_argument("--out", required=True, type=Path, help="output folder for metrics.json and reconstructions.png")
     parser.add_argument("--json", action="store_true", help="print one JSON summary as the last stdout line")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+def build_spec(args: argparse.Namespace) -> AuditSpec:
+    return AuditSpec(
+        bundle_dir=args.bundle, attack=args.attack, dataset=args.dataset, data_dir=args.data_dir,
+        epochs=args.epochs, seed=args.seed, device=args.device,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = build_spec(args)
+    with tqdm(total=PROGRESS_STEPS, desc=f"{args.attack} attack", file=sys.stderr, unit="%") as bar:
+
+        def show(fraction: float, message: str) -> None:
+            bar.set_postfix_str(message, refresh=False)
+            bar.update(max(0, round(fraction * PROGRESS_STEPS) - bar.n))
+
+        result = run_audit(spec, progress=show)
+    metrics_path, grid_path = args.out / METRICS_FILE, args.out / GRID_FILE
     try:
-        spec = AuditSpec(
-            bundle_dir=args.bundle, attack=args.attack, dataset=args.dataset, data_dir=args.data_dir,
-            epochs=args.epochs, seed=args.seed, device=args.device,
-        )
-        with tqdm(total=PROGRESS_STEPS, desc=f"{args.attack} attack", file=sys.stderr, unit="%") as bar:
-
-            def show(fraction: float, message: str) -> None:
-                bar.set_postfix_str(message, refresh=False)
-                bar.update(max(0, round(fraction * PROGRESS_STEPS) - bar.n))
-
-            result = run_audit(spec, progress=show)
         args.out.mkdir(parents=True, exist_ok=True)
-        metrics_path, grid_path = args.out / METRICS_FILE, args.out / GRID_FILE
         metrics_path.write_text(json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n")
         grid_path.write_bytes(result.reconstructions_png)
-    except CEMError as exc:
-        logger.error("%s", exc)
-        return 2
     except OSError as exc:
-        logger.error("cannot write the results to %s: %s", args.out, exc)
-        return 2
+        raise OSError(f"cannot write the results to {args.out}: {exc}") from exc
     for mode in ("train", "infer"):
         m = result.metrics[mode]
         logger.info("%s: mse %.5f psnr %.2f dB ssim %.4f ssim_ref %.4f (n=%d)", mode, m["mse"],
@@ -91,6 +92,13 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(json.dumps(summary), flush=True)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    return run_cli(parser.prog, lambda: run(args))
 
 
 if __name__ == "__main__":

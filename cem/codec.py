@@ -24,7 +24,7 @@ import math
 import numpy as np
 import torch
 
-from cem.errors import TensorCodecError
+from cem.errors import TensorCodecError, TensorTooLargeError
 from protos import cem_split_pb2 as pb
 
 WIRE_DTYPES: tuple[str, ...] = ("float32", "float16", "int8")
@@ -33,10 +33,6 @@ MAX_RANK = 8
 _ENUM_BY_NAME = {"float32": pb.FLOAT32, "float16": pb.FLOAT16, "int8": pb.INT8}
 _NAME_BY_ENUM = {value: name for name, value in _ENUM_BY_NAME.items()}
 _NUMPY_DTYPE = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "int8": np.dtype("i1")}
-
-
-class TensorTooLargeError(TensorCodecError):
-    """The declared tensor is bigger than the receiver accepts (RESOURCE_EXHAUSTED, not a format error)."""
 
 
 def dtype_to_enum(name: str) -> int:

@@ -49,6 +49,14 @@ class TensorCodecError(CEMError, ValueError):
     """A serialised tensor is malformed (dtype, shape, byte count, values)."""
 
 
+class TensorTooLargeError(TensorCodecError):
+    """The declared tensor is bigger than the receiver accepts (RESOURCE_EXHAUSTED, not a format error)."""
+
+
+class MetricInputError(CEMError, ValueError):
+    """Reconstruction and target cannot be compared (shape, range, values)."""
+
+
 ECHO_LIMIT_CHARS = 80
 
 

@@ -62,8 +62,13 @@ class RepeatedMessageFilter(logging.Filter):
 
 
 def configure_logging(level: str | int, *, burst: int = DEFAULT_BURST, window_s: float = DEFAULT_WINDOW_S) -> None:
-    """Log to stderr in the services' format, with repeated messages rate-limited."""
-    logging.basicConfig(level=level, stream=sys.stderr, format=LOG_FORMAT)
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, RepeatedMessageFilter) for f in handler.filters):
-            handler.addFilter(RepeatedMessageFilter(burst, window_s))
+    """Log to stderr in the services' format, with repeated messages rate-limited.
+
+    Like ``logging.basicConfig``, does nothing when the root logger already has
+    handlers (an embedding application, or pytest when a CLI's ``main`` runs in
+    a test): their output is theirs to filter.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(RepeatedMessageFilter(burst, window_s))
+    logging.basicConfig(level=level, handlers=[handler])

@@ -34,16 +34,12 @@ import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from cem.bounds import native_view
-from cem.errors import CEMError
+from cem.errors import MetricInputError
 
 PSNR_CAP_DB = 100.0
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 _RANGE_TOLERANCE = 1e-4
-
-
-class MetricInputError(CEMError, ValueError):
-    """Reconstruction and target cannot be compared (shape, range, values)."""
 
 
 def check_image_pair(recon: torch.Tensor, target: torch.Tensor) -> None:

@@ -6,7 +6,8 @@ asked for; scripts and tests read the port from it. Logs go to stderr.
 SIGTERM or SIGINT: health NOT_SERVING at once, keep serving until no call has
 arrived for ``--drain-s``, close the port, let in-flight calls finish
 (``--grace-s`` in all), exit 0.
-A bundle that fails verification exits 1 with the reason on stderr.
+A missing bundle or one that fails verification exits 2, a failed warm-up 1, with
+the reason on stderr (``cem.cli`` holds the convention).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+from cem.cli import run_cli
 from cem.devices import DEVICE_CHOICES
-from cem.errors import CEMError
 from cem.logs import LOG_LEVELS, configure_logging
-from cem.wire import DEFAULT_MAX_MESSAGE_BYTES, format_listening_line
+from cem.wire import format_listening_line
+from cloud_server.errors import ServiceUnavailableError
 from cloud_server.server import create_server
 from cloud_server.settings import ServerSettings
 
@@ -33,16 +35,24 @@ STARTUP_TIMEOUT_S = 600.0
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cem-cloud", description="Serve the cloud half (decoder) of a CEM split model over gRPC.")
     parser.add_argument("--bundle", type=Path, required=True, help="bundle folder (manifest.json + decoder.safetensors)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
-    parser.add_argument("--port", type=int, default=50051, help="port; 0 picks a free one (see the LISTENING line)")
-    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto uses CUDA when present")
-    parser.add_argument("--max-batch", type=int, default=256, help="max samples per request and per micro-batch")
-    parser.add_argument("--max-delay-ms", type=float, default=2.0, help="max wait for more requests to join a micro-batch")
-    parser.add_argument("--max-queue", type=int, default=4096, help="queued samples beyond which requests get UNAVAILABLE")
-    parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES, help="gRPC send/receive limit")
-    parser.add_argument("--workers", type=int, default=16, help="gRPC handler threads")
-    parser.add_argument("--grace-s", type=float, default=30.0, help="time in-flight calls get to finish on SIGTERM")
-    parser.add_argument("--drain-s", type=float, default=0.5, help="on SIGTERM, serve until no call arrived for this long")
+    parser.add_argument("--host", default=ServerSettings.host, help="address to bind (default %(default)s; 0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=ServerSettings.port,
+                        help="port; 0 picks a free one (see the LISTENING line)")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default=ServerSettings.device,
+                        help="auto uses CUDA when present")
+    parser.add_argument("--max-batch", type=int, default=ServerSettings.max_batch,
+                        help="max samples per request and per micro-batch")
+    parser.add_argument("--max-delay-ms", type=float, default=ServerSettings.max_delay_ms,
+                        help="max wait for more requests to join a micro-batch")
+    parser.add_argument("--max-queue", type=int, default=ServerSettings.max_queue,
+                        help="queued samples beyond which requests get UNAVAILABLE")
+    parser.add_argument("--max-message-bytes", type=int, default=ServerSettings.max_message_bytes,
+                        help="gRPC send/receive limit")
+    parser.add_argument("--workers", type=int, default=ServerSettings.workers, help="gRPC handler threads")
+    parser.add_argument("--grace-s", type=float, default=ServerSettings.grace_s,
+                        help="time in-flight calls get to finish on SIGTERM")
+    parser.add_argument("--drain-s", type=float, default=ServerSettings.drain_s,
+                        help="on SIGTERM, serve until no call arrived for this long")
     parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables TLS")
     parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     parser.add_argument("--tls-client-ca", type=Path, help="CA (PEM) that client certificates must chain to; enables mTLS")
@@ -69,14 +79,9 @@ def build_settings(args: argparse.Namespace) -> ServerSettings:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    configure_logging(args.log_level)
-    try:
-        server, port = create_server(build_settings(args))
-    except CEMError as exc:
-        print(f"cem-cloud: error: {exc}", file=sys.stderr)
-        return 1
+def run(args: argparse.Namespace) -> int:
+    """Load, bind, serve until SIGTERM or SIGINT; errors are left to ``run_cli``."""
+    server, port = create_server(build_settings(args))
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         logger.info("received %s", signal.Signals(signum).name)
@@ -90,12 +95,18 @@ def main(argv: list[str] | None = None) -> int:
             server.wait_for_termination()
             return 0
         server.stop(0).wait()
-        print("cem-cloud: error: the warm-up inference failed or timed out; see the log", file=sys.stderr)
-        return 1
+        raise ServiceUnavailableError("the warm-up inference failed or timed out; see the log")
     print(format_listening_line(args.host, port), flush=True)
     while not server.wait_for_termination(0.5):  # short waits keep the main thread responsive to signals
         pass
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    return run_cli(parser.prog, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 Every handler runs inside ``status_for``'s table: a known error gets its code and
 its own message (written to be safe for a remote caller: shapes, sizes, ids,
-never feature values); anything else is logged with its traceback and answered
-INTERNAL, so no call ever ends as UNKNOWN.
+never feature values); anything else, the rest of the ``CEMError`` tree included,
+is logged with its traceback and answered INTERNAL, so no call ever ends as
+UNKNOWN.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from typing import NoReturn
 
 import grpc
 
-from cem.codec import TensorTooLargeError
-from cem.errors import BundleError, CEMError, ConfigError, TensorCodecError
+from cem.errors import BundleError, CEMError, ConfigError, TensorCodecError, TensorTooLargeError
 
 logger = logging.getLogger(__name__)
 
@@ -51,16 +51,19 @@ _STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (BundleError, grpc.StatusCode.FAILED_PRECONDITION),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
     (ServiceUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    # The rest of the tree (data sets, metrics, registry names, the other apps' errors) never arises
+    # here, and neither does a bare ServiceError: one that does is a bug like any other exception.
+    (CEMError, grpc.StatusCode.INTERNAL),
 )
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """(code, message) for any exception; unexpected ones are logged and become INTERNAL."""
-    for error_type, code in _STATUS_TABLE:
-        if isinstance(exc, error_type):
-            return code, str(exc)
-    logger.error("unexpected error while serving a request", exc_info=exc)
-    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log"
+    """(code, message) for any exception; INTERNAL ones are logged with their traceback, their message withheld."""
+    code = next((code for error_type, code in _STATUS_TABLE if isinstance(exc, error_type)), grpc.StatusCode.INTERNAL)
+    if code is grpc.StatusCode.INTERNAL:
+        logger.error("unexpected error while serving a request", exc_info=exc)
+        return code, f"internal error ({type(exc).__name__}); see the server log"
+    return code, str(exc)
 
 
 def abort_with(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:

@@ -30,7 +30,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cem.errors import ConfigError
 from cem.wire import SERVICE_NAME, grpc_message_options
 from cloud_server.batcher import MicroBatcher
 from cloud_server.runtime import DecoderRuntime
@@ -148,10 +147,10 @@ def _bind(server: grpc.Server, settings: ServerSettings) -> int:
             port = server.add_secure_port(settings.address, credentials)
         else:
             port = server.add_insecure_port(settings.address)
-    except RuntimeError as exc:
-        raise ConfigError(f"expected to bind {settings.address}, but gRPC could not: {exc}") from exc
+    except RuntimeError as exc:  # a runtime failure (the port is taken), not a bad setting: exit 1, not 2
+        raise OSError(f"could not bind {settings.address}: {exc}") from exc
     if port == 0:
-        raise ConfigError(f"expected to bind {settings.address}, but gRPC could not")
+        raise OSError(f"could not bind {settings.address} (already in use?)")
     return port
 
 

@@ -17,9 +17,8 @@ import sys
 import threading
 from pathlib import Path
 
-from attacker.client import AuditClientError
-from demo.pipeline import ATTACKS, DemoConfig, DemoError, run_demo
-from demo.processes import ServiceStartError
+from cem.cli import EXIT_INTERRUPTED, run_cli
+from demo.pipeline import ATTACKS, DemoConfig, run_demo
 from demo.profiles import PROFILES
 
 
@@ -53,9 +52,7 @@ def _record_interrupts() -> threading.Event:
     return interrupted
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+def run(args: argparse.Namespace) -> int:
     config = DemoConfig(out_dir=args.out, profile=args.profile, seed=args.seed, noise_std=args.noise_std,
                         attacks=tuple(args.attack or ATTACKS), keep_running=args.keep_running)
     interrupted = _record_interrupts()
@@ -64,16 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         interrupted.set()
         result = None
-    except (DemoError, ServiceStartError, AuditClientError) as exc:
-        print(f"cem-demo: error: {exc}", file=sys.stderr)
-        return 1
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     # A swallowed KeyboardInterrupt still ends the run as interrupted; with --keep-running,
     # Ctrl-C after the results is the normal way to stop, so the results are printed.
     if result is None or (interrupted.is_set() and not config.keep_running):
         print("cem-demo: interrupted; every service was stopped", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     print(result.table)
     print()
     for label, path in sorted(result.reports.items()):
@@ -82,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result.to_dict()))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    return run_cli(parser.prog, lambda: run(args))
 
 
 if __name__ == "__main__":

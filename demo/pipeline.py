@@ -19,7 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from attacker.attack_names import ATTACKS, AttackName, check_attack_name
 from attacker.client import AuditClient
+from attacker.service.api.schemas import AuditView
+from attacker.service.jobs import AuditStatus
+from cem.errors import CEMError
 from demo.processes import ServiceGroup, ServiceProcess, entry_point
 from demo.profiles import DemoProfile, get_profile
 from demo.table import render_table
@@ -27,7 +31,6 @@ from demo.table import render_table
 logger = logging.getLogger(__name__)
 
 MODELS = (("sigma-only", 0.0), ("sigma-cem", None))  # λ None: the trainer's default CEM λ
-ATTACKS = ("decoder", "gan")
 # Audits run one torch thread each; two at once use both cores of a small machine.
 AUDIT_WORKERS = 2
 
@@ -43,6 +46,8 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         get_profile(self.profile)
+        for attack in self.attacks:
+            check_attack_name(attack)
 
 
 @dataclass
@@ -64,7 +69,7 @@ class DemoResult:
         }
 
 
-class DemoError(RuntimeError):
+class DemoError(CEMError):
     """A step of the demo failed; the message says which and where its log is."""
 
 
@@ -137,31 +142,32 @@ def run_audits(config: DemoConfig, profile: DemoProfile, group: ServiceGroup, mo
         config.out_dir / "logs" / "audit.log", env={"CEM_AUDIT_TOKEN": token}))
     url = f"http://{address}"
     say(f"audit service on {url}")
-    epochs = {"decoder": profile.decoder_epochs, "gan": profile.gan_epochs}
+    epochs = {AttackName.DECODER: profile.decoder_epochs, AttackName.GAN: profile.gan_epochs}
     reports: dict[str, str] = {}
     report_dir = config.out_dir / "reports"
     report_dir.mkdir(parents=True, exist_ok=True)
     with AuditClient(url, token, timeout_s=60) as client:
         jobs = [(model, attack, client.submit(Path(model["bundle"]).name, attack=attack, epochs=epochs[attack],
                                               use_captures=True, seed=config.seed))
-                for model in models for attack in config.attacks]
+                for model in models for attack in map(AttackName, config.attacks)]
         for model, attack, job in jobs:
             label = f"{model['name']}/{attack}"
             last = [-1.0]
 
-            def show(audit: dict[str, Any], label: str = label, last: list[float] = last) -> None:
-                if audit["progress"] - last[0] >= 0.1 or audit["status"] != "running":
-                    last[0] = audit["progress"]
-                    say(f"  audit {label}: {audit['status']} {100 * audit['progress']:.0f}%")
+            def show(audit: AuditView, label: str = label, last: list[float] = last) -> None:
+                if audit.progress - last[0] >= 0.1 or audit.status is not AuditStatus.RUNNING:
+                    last[0] = audit.progress
+                    say(f"  audit {label}: {audit.status} {100 * audit.progress:.0f}%")
 
-            final = client.wait(job["id"], on_update=show, poll_interval_s=1.0)
-            if final["status"] != "succeeded":
-                raise DemoError(f"audit {label} ended {final['status']}: {final.get('error')}")
-            model["audits"][attack] = final["metrics"]
-            model.setdefault("bounds", {})[attack] = final.get("bound")
+            final = client.wait(job.id, on_update=show, poll_interval_s=1.0)
+            if final.status is not AuditStatus.SUCCEEDED:
+                raise DemoError(f"audit {label} ended {final.status}: {final.error}")
+            results = final.model_dump(mode="json", include={"metrics", "bound"})  # as the service sent them
+            model["audits"][attack] = results["metrics"]
+            model.setdefault("bounds", {})[attack] = results["bound"]
             html = report_dir / f"{model['name']}-{attack}.html"
-            html.write_text(client.fetch_report(job["id"]))
-            (report_dir / f"{model['name']}-{attack}.png").write_bytes(client.fetch_png(job["id"]))
+            html.write_text(client.fetch_report(job.id))
+            (report_dir / f"{model['name']}-{attack}.png").write_bytes(client.fetch_png(job.id))
             reports[label] = str(html)
     return url, token, reports
 

@@ -23,12 +23,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from cem.errors import CEMError
+
 logger = logging.getLogger(__name__)
 
 LISTENING = re.compile(r"^LISTENING (\S+):(\d+)\s*$")
 
 
-class ServiceStartError(RuntimeError):
+class ServiceStartError(CEMError):
     """A service exited or stayed silent before it reported its address."""
 
 

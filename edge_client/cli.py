@@ -6,7 +6,8 @@
 
 Only the encoder is loaded; images never leave this process, only noisy
 features do. With ``--json`` the last stdout line is one JSON object.
-Exit status 1 with the reason on stderr for a bad bundle, image or remote error.
+Exit status 2 for a missing or corrupt bundle, an unknown data set or a bad flag value,
+1 for an unreadable image or a remote error; the reason goes to stderr (``cem.cli``).
 """
 
 from __future__ import annotations
@@ -19,20 +20,27 @@ from pathlib import Path
 
 from cem.codec import WIRE_DTYPES
 from cem.data import load_dataset
+from cem.cli import run_cli
 from cem.devices import DEVICE_CHOICES
-from cem.errors import CEMError, ConfigError
-from cem.wire import DEFAULT_MAX_MESSAGE_BYTES
+from cem.errors import ConfigError
+from cem.logs import LOG_LEVELS
 from edge_client.client import EdgeClient
 from edge_client.evaluate import evaluate_over_wire
 from edge_client.settings import ClientSettings, RetryPolicy, TlsOptions
+
+# The library's ``ClientSettings.seed`` is None (seeded by the OS); the command seeds by default so
+# that two runs of ``cem-edge eval`` send the same noisy features and report the same accuracy.
+CLI_SEED = 0
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", required=True, help="HOST:PORT of cem-cloud")
     parser.add_argument("--bundle", type=Path, required=True, help="bundle folder (manifest.json + encoder.safetensors)")
-    parser.add_argument("--wire-dtype", choices=WIRE_DTYPES, default="float32", help="feature encoding on the wire")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the edge's noise draws")
-    parser.add_argument("--device", choices=DEVICE_CHOICES, default="cpu", help="where the encoder runs")
+    parser.add_argument("--wire-dtype", choices=WIRE_DTYPES, default=ClientSettings.wire_dtype,
+                        help="feature encoding on the wire")
+    parser.add_argument("--seed", type=int, default=CLI_SEED,
+                        help="seed of the edge's noise draws (default %(default)s, so runs repeat)")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default=ClientSettings.device, help="where the encoder runs")
     parser.add_argument("--timeout-s", type=float, default=ClientSettings.timeout_s,
                         help="deadline of every attempt (at most --retry-budget)")
     parser.add_argument("--retries", type=int, default=RetryPolicy.max_attempts - 1,
@@ -40,13 +48,14 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retry-budget", type=float, default=RetryPolicy.budget_s,
                         help="seconds a call may take, all attempts and waits (covers a cloud restart; "
                              "raise --retries with it)")
-    parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES, help="gRPC send/receive limit")
+    parser.add_argument("--max-message-bytes", type=int, default=ClientSettings.max_message_bytes,
+                        help="gRPC send/receive limit")
     parser.add_argument("--tls-root-cert", type=Path, help="CA certificate (PEM) to verify the server; enables TLS")
     parser.add_argument("--tls-client-cert", type=Path, help="client certificate (PEM) for mTLS")
     parser.add_argument("--tls-client-key", type=Path, help="client private key (PEM) for mTLS")
     parser.add_argument("--tls-server-name", help="name to expect in the server certificate, if not the host dialled")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
-    parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default="WARNING", choices=LOG_LEVELS)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -108,18 +117,19 @@ def run_eval(client: EdgeClient, args: argparse.Namespace) -> dict:
     return report.to_dict()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        with EdgeClient(args.bundle, args.server, build_settings(args)) as client:
-            result = run_classify(client, args) if args.command == "classify" else run_eval(client, args)
-    except CEMError as exc:
-        print(f"cem-edge: error: {exc}", file=sys.stderr)
-        return 1
+def run(args: argparse.Namespace) -> int:
+    with EdgeClient(args.bundle, args.server, build_settings(args)) as client:
+        result = run_classify(client, args) if args.command == "classify" else run_eval(client, args)
     if args.json:
         print(json.dumps(result), flush=True)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_cli(parser.prog, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 
 With ``--json`` the last stdout line is one JSON object with at least
 ``accuracy``, ``model_id``, ``bundle`` and ``entropy_bound``. Progress goes to
-stderr. Exit status 2 means a configuration or data error (message on stderr).
+stderr. Exit status 2 means a configuration or data error, 1 a failure while
+running (message on stderr; ``cem.cli`` holds the convention).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from pathlib import Path
 
 import torch
 
+from cem.cli import run_cli
 from cem.data import available_datasets
 from cem.devices import DEVICE_CHOICES
-from cem.errors import CEMError
+from cem.errors import ConfigError
 from training.cem_plugin import FEATURE_SOURCES, LOSS_FORMS, LR_COUPLINGS, CEMConfig
 from training.config import TrainConfig
 from training.defenses import available_defenses
@@ -43,46 +45,50 @@ def bottleneck_arg(value: str) -> int | None:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cem-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default="digits", choices=available_datasets())
-    data.add_argument("--data-dir", type=Path, default=None, help="folder holding the data set's files")
+    data.add_argument("--dataset", default=TrainConfig.dataset, choices=available_datasets())
+    data.add_argument("--data-dir", type=Path, default=TrainConfig.data_dir, help="folder holding the data set's files")
     data.add_argument("--download", action="store_true", help="fetch CIFAR through torchvision (needs internet)")
-    data.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="default: per data set")
-    data.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    data.add_argument("--validation-fraction", type=float, default=0.0,
+    data.add_argument("--augment", action=argparse.BooleanOptionalAction, default=TrainConfig.augment,
+                      help="default: per data set")
+    data.add_argument("--workers", type=int, default=TrainConfig.workers, help="DataLoader worker processes")
+    data.add_argument("--validation-fraction", type=float, default=TrainConfig.validation_fraction,
                       help="hold out this share of the training split (a fixed permutation) and report val_accuracy; "
                            "use it to choose settings, never the test split")
     model = parser.add_argument_group("model")
-    model.add_argument("--arch", default="vgg11_bn_sgm")
-    model.add_argument("--cut-layer", type=int, default=4, help="VGG entries (convs and pools) on the edge")
-    model.add_argument("--bottleneck", type=bottleneck_arg, default=8,
+    model.add_argument("--arch", default=TrainConfig.arch)
+    model.add_argument("--cut-layer", type=int, default=TrainConfig.cut_layer,
+                       help="VGG entries (convs and pools) on the edge")
+    model.add_argument("--bottleneck", type=bottleneck_arg, default=TrainConfig.bottleneck,
                        help="channels of the edge bottleneck (a defense), or 'none' for the No_defense baseline")
-    model.add_argument("--width", type=float, default=None, help="channel multiplier (default: per data set)")
+    model.add_argument("--width", type=float, default=TrainConfig.width, help="channel multiplier (default: per data set)")
     defense = parser.add_argument_group("defenses")
-    defense.add_argument("--noise-std", type=float, default=None,
+    defense.add_argument("--noise-std", type=float, default=TrainConfig.noise_std,
                          help="σ of Gaussian noise on the sent features, a standard deviation as in the paper "
                               "(default: per data set; the paper's 0.025 on CIFAR/FaceScrub/TinyImageNet, 0.1 on digits)")
     defense.add_argument("--defense", action="append", default=[], metavar="NAME:STRENGTH",
                          help=f"repeatable; one of {available_defenses()}, e.g. dropout:0.2 topk:0.5 distcorr:0.3")
     cem = parser.add_argument_group("CEM")
-    cem.add_argument("--cem-lambda", type=float, default=None,
+    cem.add_argument("--cem-lambda", type=float, default=CEMConfig.lam,
                      help="the paper's λ (as in the authors' code: 16 is the paper's default); 0 disables "
                           "(default: per data set, 16 except digits)")
-    cem.add_argument("--cem-k", type=int, default=3, help="mixture components per class")
-    cem.add_argument("--cem-loss", choices=LOSS_FORMS, default="paper_diag")
-    cem.add_argument("--cem-on", choices=FEATURE_SOURCES, default="clean", help="evaluate L_C on clean or noisy features")
-    cem.add_argument("--cem-lr-coupling", choices=LR_COUPLINGS, default="ref",
+    cem.add_argument("--cem-k", type=int, default=CEMConfig.k, help="mixture components per class")
+    cem.add_argument("--cem-loss", choices=LOSS_FORMS, default=CEMConfig.loss_form)
+    cem.add_argument("--cem-on", choices=FEATURE_SOURCES, default=CEMConfig.evaluate_on,
+                     help="evaluate L_C on clean or noisy features")
+    cem.add_argument("--cem-lr-coupling", choices=LR_COUPLINGS, default=CEMConfig.lr_coupling,
                      help="'ref' (the paper's λ): L_C's gradient scaled by 0.001/lr until lr < 4.1e-4, as in the "
                           "authors' code; 'none': λ is the weight at every lr")
-    cem.add_argument("--cem-warmup-epochs", type=int, default=1, help="epochs without L_C before the first mixture")
+    cem.add_argument("--cem-warmup-epochs", type=int, default=CEMConfig.warmup_epochs,
+                     help="epochs without L_C before the first mixture")
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=int, default=None, help="default: per data set")
-    optim.add_argument("--batch-size", type=int, default=128)
-    optim.add_argument("--lr", type=float, default=0.05)
-    optim.add_argument("--momentum", type=float, default=0.9)
-    optim.add_argument("--weight-decay", type=float, default=5e-4)
+    optim.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="default: per data set")
+    optim.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    optim.add_argument("--lr", type=float, default=TrainConfig.lr)
+    optim.add_argument("--momentum", type=float, default=TrainConfig.momentum)
+    optim.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
     run = parser.add_argument_group("run")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    run.add_argument("--seed", type=int, default=TrainConfig.seed)
+    run.add_argument("--device", choices=DEVICE_CHOICES, default=TrainConfig.device)
     run.add_argument("--threads", type=int, default=None,
                      help="CPU threads for torch; 0 keeps torch's default. Default: $OMP_NUM_THREADS when set, "
                           "else 1, the fastest for these small models on a shared 2-core machine (docs/training.md)")
@@ -109,28 +115,27 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def run(args: argparse.Namespace) -> int:
     threads = args.threads if args.threads is not None else (0 if os.environ.get("OMP_NUM_THREADS") else 1)
     if threads < 0:
-        print(f"cem-train: error: expected --threads >= 0, got {threads}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"expected --threads >= 0, got {threads}")
     if threads:
         torch.set_num_threads(threads)
-    try:
-        result = train(config_from_args(args))
-    except CEMError as exc:
-        print(f"cem-train: error: {exc}", file=sys.stderr)
-        return 2
-    summary = result.to_dict()
+    summary = train(config_from_args(args)).to_dict()
     if args.json:
         print(json.dumps(summary))
     else:
         print(f"accuracy {summary['accuracy']:.4f}  entropy bound {summary['entropy_bound']}  "
               f"model {summary['model_id']}  bundle {summary['bundle']}  ({summary['duration_s']:.1f} s)")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_cli(parser.prog, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ protocol (``train`` or ``infer``), ``run_attack`` trains an attack and
 strings them together for one bundle.
 """
 
+from attacker.attack_names import ATTACKS, AttackName, check_attack_name
 from attacker.attacks.data import (
     MODES,
     AttackSplit,
@@ -20,12 +21,13 @@ from attacker.attacks.gan import GanAttackConfig, train_gan_attack
 from attacker.attacks.grid import GridGroup, render_grid_png
 from attacker.attacks.loop import TrainedAttack
 from attacker.attacks.monitor import AttackCancelled, ProgressMonitor
-from attacker.attacks.runner import ATTACKS, check_attack_name, run_attack
+from attacker.attacks.runner import run_attack
 
 __all__ = [
     "ATTACKS",
     "MODES",
     "AttackCancelled",
+    "AttackName",
     "AttackSplit",
     "DecoderAttackConfig",
     "Evaluation",

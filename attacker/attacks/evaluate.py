@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from attacker.attacks.data import FeatureSet
-from cem.metrics import MetricInputError, ReconstructionMeter
+from cem.errors import MetricInputError
+from cem.metrics import ReconstructionMeter
 from cem.obfuscation import ObfuscationConfig, obfuscate
 
 EVAL_BATCH_SIZE = 256

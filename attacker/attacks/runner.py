@@ -12,22 +12,16 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from attacker.attack_names import AttackName, check_attack_name
 from attacker.attacks.data import AttackSplit
 from attacker.attacks.decoder import DecoderAttackConfig, train_decoder_attack
 from attacker.attacks.gan import GanAttackConfig, train_gan_attack
 from attacker.attacks.loop import TrainedAttack
 from attacker.attacks.monitor import ProgressMonitor
-from cem.errors import UnknownNameError
 from cem.models import InversionNetwork
 from cem.obfuscation import ObfuscationConfig
 
-ATTACKS = ("decoder", "gan")
 GAN_PRETRAIN_RATIO = 3
-
-
-def check_attack_name(attack: str) -> None:
-    if attack not in ATTACKS:
-        raise UnknownNameError(f"expected an attack in {ATTACKS}, got {attack!r}")
 
 
 def run_attack(
@@ -43,9 +37,9 @@ def run_attack(
     init: InversionNetwork | None = None,
 ) -> TrainedAttack:
     """Train attack ``attack`` on ``split`` and return its selected network (eval mode)."""
-    check_attack_name(attack)
+    name = check_attack_name(attack)
     monitor = monitor or ProgressMonitor()
-    if attack == "decoder":
+    if name is AttackName.DECODER:
         config = decoder_config if epochs is None else dataclasses.replace(decoder_config, epochs=epochs)
         return train_decoder_attack(split, obfuscation, config, seed=seed, monitor=monitor)
     config = gan_config if epochs is None else dataclasses.replace(gan_config, epochs=epochs)

@@ -20,9 +20,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
 from tqdm import tqdm
 
+from attacker.attack_names import ATTACKS, AttackName
 from attacker.client.client import AuditClient, AuditClientError
+from attacker.service.api.schemas import AuditList, AuditView, BundleList
+from attacker.service.jobs import AuditStatus
 
 URL_ENV = "CEM_AUDIT_URL"
 TOKEN_ENV = "CEM_AUDIT_TOKEN"
@@ -42,11 +46,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     sub.add_parser("bundles", help="bundles that can be audited")
     sub.add_parser("captures", help="what the tap captured, per model")
     listing = sub.add_parser("list", help="audits, newest first")
-    listing.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled", "interrupted"])
+    listing.add_argument("--status", choices=[status.value for status in AuditStatus])
     listing.add_argument("--limit", type=int, default=20)
     submit = sub.add_parser("submit", help="queue an audit")
     submit.add_argument("--bundle", required=True, help="bundle folder name or model id")
-    submit.add_argument("--attack", choices=["decoder", "gan"], default="decoder")
+    submit.add_argument("--attack", choices=ATTACKS, default=AttackName.DECODER.value)
     submit.add_argument("--epochs", type=int)
     submit.add_argument("--dataset")
     submit.add_argument("--seed", type=int, default=0)
@@ -67,14 +71,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def follow(client: AuditClient, audit_id: str, timeout_s: float | None) -> dict[str, Any]:
+def follow(client: AuditClient, audit_id: str, timeout_s: float | None) -> AuditView:
     """Wait for a final status with a progress bar on stderr."""
     with tqdm(total=100, desc=f"audit {audit_id[:8]}", unit="%", file=sys.stderr, leave=True) as bar:
 
         shown: list[tuple[int, str]] = []
 
-        def update(audit: dict[str, Any]) -> None:
-            state = (round(100 * float(audit.get("progress") or 0.0)), f"{audit['status']}: {audit.get('message') or ''}"[:60])
+        def update(audit: AuditView) -> None:
+            state = (round(100 * audit.progress), f"{audit.status}: {audit.message or ''}"[:60])
             if shown and shown[-1] == state:
                 return
             shown.append(state)
@@ -85,13 +89,13 @@ def follow(client: AuditClient, audit_id: str, timeout_s: float | None) -> dict[
         return client.wait(audit_id, timeout_s=timeout_s, on_update=update)
 
 
-def save_results(client: AuditClient, audit: dict[str, Any], png: Path | None, report: Path | None) -> None:
-    if audit["status"] != "succeeded":
+def save_results(client: AuditClient, audit: AuditView, png: Path | None, report: Path | None) -> None:
+    if audit.status is not AuditStatus.SUCCEEDED:
         return
     if png is not None:
-        png.write_bytes(client.fetch_png(audit["id"]))
+        png.write_bytes(client.fetch_png(audit.id))
     if report is not None:
-        report.write_text(client.fetch_report(audit["id"]), encoding="utf-8")
+        report.write_text(client.fetch_report(audit.id), encoding="utf-8")
 
 
 def _fmt(value: float | None, digits: int) -> str:
@@ -99,6 +103,7 @@ def _fmt(value: float | None, digits: int) -> str:
 
 
 def describe(audit: dict[str, Any]) -> str:
+    """An audit's JSON (an ``AuditView`` as ``run`` returns it) for a human: status, metrics, bound."""
     lines = [
         f"audit {audit['id']}: {audit['status']} ({100 * audit['progress']:.0f}%) "
         f"bundle {audit['bundle']} attack {audit['attack']}"
@@ -118,19 +123,25 @@ def describe(audit: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def as_json(answer: BaseModel) -> dict[str, Any]:
+    """A response model as the service sent it: the same keys, values and order."""
+    return answer.model_dump(mode="json")
+
+
 def run(args: argparse.Namespace, client: AuditClient) -> tuple[Any, int]:
     """Execute one command; returns (JSON-able result, exit code)."""
     command = args.command
     if command in ("health", "ready", "captures"):
-        return getattr(client, command)(), 0
+        return as_json(getattr(client, command)()), 0
     if command == "bundles":
-        return {"bundles": client.list_bundles()}, 0
+        return as_json(BundleList(bundles=client.list_bundles())), 0
     if command == "list":
-        return {"audits": client.list_audits(args.status, args.limit)}, 0
+        status = None if args.status is None else AuditStatus(args.status)
+        return as_json(AuditList(audits=client.list_audits(status, args.limit))), 0
     if command == "status":
-        return client.get(args.id), 0
+        return as_json(client.get(args.id)), 0
     if command == "cancel":
-        return client.cancel(args.id), 0
+        return as_json(client.cancel(args.id)), 0
     if command in ("png", "report"):
         if command == "png":
             args.output.write_bytes(client.fetch_png(args.id))
@@ -140,20 +151,20 @@ def run(args: argparse.Namespace, client: AuditClient) -> tuple[Any, int]:
     if command == "submit":
         accepted = client.submit(
             args.bundle,
-            attack=args.attack,
+            attack=AttackName(args.attack),
             epochs=args.epochs,
             dataset=args.dataset,
             use_captures=not args.no_captures,
             seed=args.seed,
         )
         if not args.wait:
-            return accepted, 0
-        audit_id = accepted["id"]
+            return as_json(accepted), 0
+        audit_id = accepted.id
     else:
         audit_id = args.id
     audit = follow(client, audit_id, args.wait_timeout)
     save_results(client, audit, args.png, args.report)
-    return audit, 0 if audit["status"] == "succeeded" else 1
+    return as_json(audit), 0 if audit.status is AuditStatus.SUCCEEDED else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,25 +1,40 @@
 """A small synchronous client for the audit API, for scripts, the demo and ``cem-audit-client``.
 
     with AuditClient("http://127.0.0.1:8000", token) as client:
-        audit = client.submit("sigma-cem", attack="decoder", epochs=5)
-        final = client.wait(audit["id"], on_update=lambda a: print(a["progress"]))
-        png = client.fetch_png(audit["id"])
+        audit = client.submit("sigma-cem", attack=AttackName.DECODER, epochs=5)
+        final = client.wait(audit.id, on_update=lambda a: print(a.progress))
+        png = client.fetch_png(audit.id)
 
-Every failure surfaces as ``AuditClientError`` (HTTP status and the server's
-``detail``, or a transport problem); httpx's own errors are translated in
-exactly one place, ``_send``.
+Answers come back as the API's own response models (``AuditView`` and the
+rest of ``attacker.service.api.schemas``), validated on arrival. Every failure
+surfaces as ``AuditClientError`` (HTTP status and the server's ``detail``, or a
+transport problem); httpx's own errors are translated in exactly one place,
+``_send``.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
+from attacker.attack_names import AttackName
+from attacker.service.api.schemas import (
+    AuditAccepted,
+    AuditList,
+    AuditView,
+    BundleList,
+    BundleView,
+    CaptureSummaryView,
+    Health,
+    Readiness,
+)
+from attacker.service.jobs import FINAL_STATUSES, AuditStatus
 from cem.errors import CEMError
 
-FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class AuditClientError(CEMError):
@@ -86,47 +101,56 @@ class AuditClient:
             detail=detail,
         )
 
-    def health(self) -> dict[str, Any]:
-        return self._send("GET", "/healthz").json()
+    def _receive(self, model: type[ModelT], method: str, path: str, **kwargs: Any) -> ModelT:
+        """``_send``, then the answer as ``model``; an answer that does not fit it is an ``AuditClientError`` too."""
+        response = self._send(method, path, **kwargs)
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError as exc:
+            problems = describe_detail(exc.errors(include_url=False, include_input=False))
+            raise AuditClientError(f"{method} {path}: expected a {model.__name__} body, got {problems}") from exc
 
-    def ready(self) -> dict[str, Any]:
-        return self._send("GET", "/readyz").json()
+    def health(self) -> Health:
+        return self._receive(Health, "GET", "/healthz")
 
-    def list_bundles(self) -> list[dict[str, Any]]:
-        return self._send("GET", "/v1/bundles").json()["bundles"]
+    def ready(self) -> Readiness:
+        return self._receive(Readiness, "GET", "/readyz")
 
-    def captures(self) -> dict[str, Any]:
-        return self._send("GET", "/v1/captures").json()
+    def list_bundles(self) -> list[BundleView]:
+        return self._receive(BundleList, "GET", "/v1/bundles").bundles
+
+    def captures(self) -> CaptureSummaryView:
+        return self._receive(CaptureSummaryView, "GET", "/v1/captures")
 
     def submit(
         self,
         bundle: str,
         *,
-        attack: str = "decoder",
+        attack: AttackName = AttackName.DECODER,
         epochs: int | None = None,
         dataset: str | None = None,
         use_captures: bool = True,
         seed: int = 0,
-    ) -> dict[str, Any]:
-        """Queue an audit; returns ``{"id", "status"}``."""
+    ) -> AuditAccepted:
+        """Queue an audit; returns its id and status (queued)."""
         body: dict[str, Any] = {"bundle": bundle, "attack": attack, "use_captures": use_captures, "seed": seed}
         if epochs is not None:
             body["epochs"] = epochs
         if dataset is not None:
             body["dataset"] = dataset
-        return self._send("POST", "/v1/audits", json=body).json()
+        return self._receive(AuditAccepted, "POST", "/v1/audits", json=body)
 
-    def get(self, audit_id: str) -> dict[str, Any]:
-        return self._send("GET", f"/v1/audits/{audit_id}").json()
+    def get(self, audit_id: str) -> AuditView:
+        return self._receive(AuditView, "GET", f"/v1/audits/{audit_id}")
 
-    def list_audits(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def list_audits(self, status: AuditStatus | None = None, limit: int = 100) -> list[AuditView]:
         params: dict[str, Any] = {"limit": limit}
         if status is not None:
             params["status"] = status
-        return self._send("GET", "/v1/audits", params=params).json()["audits"]
+        return self._receive(AuditList, "GET", "/v1/audits", params=params).audits
 
-    def cancel(self, audit_id: str) -> dict[str, Any]:
-        return self._send("DELETE", f"/v1/audits/{audit_id}").json()
+    def cancel(self, audit_id: str) -> AuditAccepted:
+        return self._receive(AuditAccepted, "DELETE", f"/v1/audits/{audit_id}")
 
     def wait(
         self,
@@ -134,18 +158,18 @@ class AuditClient:
         *,
         poll_interval_s: float = 0.5,
         timeout_s: float | None = None,
-        on_update: Callable[[dict[str, Any]], None] | None = None,
-    ) -> dict[str, Any]:
+        on_update: Callable[[AuditView], None] | None = None,
+    ) -> AuditView:
         """Poll until the audit reaches a final status; returns its last view."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             audit = self.get(audit_id)
             if on_update is not None:
                 on_update(audit)
-            if audit["status"] in FINAL_STATUSES:
+            if audit.status in FINAL_STATUSES:
                 return audit
             if deadline is not None and time.monotonic() >= deadline:
-                raise AuditClientError(f"audit {audit_id} still {audit['status']} after {timeout_s:.0f} s")
+                raise AuditClientError(f"audit {audit_id} still {audit.status} after {timeout_s:.0f} s")
             time.sleep(poll_interval_s)
 
     def fetch_png(self, audit_id: str) -> bytes:

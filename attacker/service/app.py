@@ -64,8 +64,8 @@ def create_app(settings: ServiceSettings, *, start_workers: bool = True, log_lev
         docs_url=None,
         redoc_url=None,
     )
-    install_error_handlers(app)
     app.add_middleware(RequestGuard, token=settings.token)  # before any body is read (attacker.service.guard)
+    install_error_handlers(app)  # after the middleware: its catch-all wraps them too
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_token)])
     def get_openapi_schema() -> JSONResponse:

@@ -21,9 +21,9 @@ from pathlib import Path
 import uvicorn
 
 from attacker.service.app import create_app
-from attacker.service.config import ServiceSettings, load_settings
+from attacker.service.config import RECOVERY_POLICIES, ServiceSettings, load_settings
+from cem.cli import run_cli
 from cem.devices import DEVICE_CHOICES
-from cem.errors import ConfigError
 from cem.logs import LOG_LEVELS, configure_logging
 from cem.wire import format_listening_line
 
@@ -32,19 +32,26 @@ logger = logging.getLogger("attacker.service")
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cem-audit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all)")
-    parser.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (see the LISTENING line)")
+    parser.add_argument("--host", default=ServiceSettings.host,
+                        help="address to bind (default %(default)s; 0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=ServiceSettings.port,
+                        help="port; 0 picks a free one (see the LISTENING line)")
     parser.add_argument("--bundles", type=Path, required=True, help="folder whose sub-folders are bundles")
     parser.add_argument("--captures", type=Path, required=True, help="capture directory written by cem-tap")
     parser.add_argument("--db", type=Path, required=True, help="SQLite file for the jobs (created if missing)")
-    parser.add_argument("--results", type=Path, help="folder for reconstruction PNGs (default: beside --db)")
-    parser.add_argument("--max-jobs", type=int, default=1, help="audits running at once (one worker process each)")
-    parser.add_argument("--on-restart", choices=["interrupt", "requeue"], default="interrupt",
+    parser.add_argument("--results", type=Path, default=ServiceSettings.results_dir,
+                        help="folder for reconstruction PNGs (default: beside --db)")
+    parser.add_argument("--max-jobs", type=int, default=ServiceSettings.max_jobs,
+                        help="audits running at once (one worker process each)")
+    parser.add_argument("--on-restart", choices=RECOVERY_POLICIES, default=ServiceSettings.on_restart,
                         help="what becomes of an audit that was running when the service stopped")
-    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
-    parser.add_argument("--data-dir", type=Path, help="where data sets other than the embedded digits live")
-    parser.add_argument("--worker-threads", type=int, default=1, help="torch threads per worker")
-    parser.add_argument("--max-captured", type=int, default=256, help="captured samples an audit reconstructs at most")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default=ServiceSettings.device)
+    parser.add_argument("--data-dir", type=Path, default=ServiceSettings.data_dir,
+                        help="where data sets other than the embedded digits live")
+    parser.add_argument("--worker-threads", type=int, default=ServiceSettings.worker_threads,
+                        help="torch threads per worker")
+    parser.add_argument("--max-captured", type=int, default=ServiceSettings.max_captured_samples,
+                        help="captured samples an audit reconstructs at most")
     parser.add_argument("--insecure-no-auth", action="store_true", help="serve without a bearer token (never in production)")
     parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
     return parser
@@ -78,26 +85,27 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    configure_logging(args.log_level)
-    try:
-        settings = build_settings(args)
-    except ConfigError as exc:
-        print(f"cem-audit: error: {exc}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> int:
+    """Bind, print the LISTENING line, serve until SIGTERM or Ctrl-C; errors are left to ``run_cli``."""
+    settings = build_settings(args)
     if not settings.auth_required:
         logger.warning("authentication is OFF (--insecure-no-auth): anyone who can reach the port can run audits")
     try:
         sock = bind_socket(settings.host, settings.port)
     except OSError as exc:
-        print(f"cem-audit: error: cannot bind {settings.host}:{settings.port}: {exc}", file=sys.stderr)
-        return 1
+        raise OSError(f"cannot bind {settings.host}:{settings.port}: {exc}") from exc
     app = create_app(settings, log_level=args.log_level)
     config = uvicorn.Config(app, log_config=None, log_level=args.log_level.lower(), timeout_graceful_shutdown=10)
     print(format_listening_line(settings.host, sock.getsockname()[1]), flush=True)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    return run_cli(parser.prog, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
-"""The audit service's settings, built once at start-up (never at import time).
+"""The audit service's settings, built once at start-up (never at import time), and its workers'.
 
 ``load_settings`` refuses to build settings without a bearer token unless the
 operator explicitly asked for ``--insecure-no-auth``: an audit service hands
 out reconstructions of private images, so an open one must be a deliberate choice.
+
+``WorkerSettings`` crosses the process boundary to each audit worker as one JSON
+argument, validated on arrival, so a new worker setting is a new field here and
+nothing else.
 """
 
 from __future__ import annotations
@@ -11,10 +15,13 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Literal, Mapping, get_args
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from cem.devices import DEVICE_CHOICES
 from cem.errors import ConfigError
+from cem.logs import LOG_LEVELS
 
 TOKEN_ENV = "CEM_AUDIT_TOKEN"
 MIN_TOKEN_CHARS = 16
@@ -26,6 +33,7 @@ MIN_TOKEN_ENTROPY_BITS = 48.0
 # The placeholder shipped in audit.env.example; running with it is as good as no token.
 PLACEHOLDER_TOKENS = frozenset({"replace-me-with-a-long-random-token", "changeme", "change-me"})
 RecoveryPolicy = Literal["interrupt", "requeue"]
+RECOVERY_POLICIES: tuple[str, ...] = get_args(RecoveryPolicy)
 
 
 def token_weakness(token: str) -> str | None:
@@ -81,7 +89,7 @@ class ServiceSettings:
             raise ConfigError(f"expected a port in [0, 65535], got {self.port}")
         if self.max_jobs < 1:
             raise ConfigError(f"expected max_jobs >= 1, got {self.max_jobs}")
-        if self.on_restart not in ("interrupt", "requeue"):
+        if self.on_restart not in RECOVERY_POLICIES:
             raise ConfigError(f"expected on_restart 'interrupt' or 'requeue', got {self.on_restart!r}")
         if self.device not in DEVICE_CHOICES:
             raise ConfigError(f"expected device in {DEVICE_CHOICES}, got {self.device!r}")
@@ -99,6 +107,72 @@ class ServiceSettings:
     @property
     def resolved_results_dir(self) -> Path:
         return self.results_dir or self.db_path.with_name(self.db_path.stem + "-results")
+
+    def worker_settings(self, parent_pid: int, log_level: str) -> WorkerSettings:
+        """What one audit worker of this service needs; ``parent_pid`` is the service's pid."""
+        return WorkerSettings(
+            db_path=self.db_path,
+            results_dir=self.resolved_results_dir,
+            captures_dir=self.captures_dir,
+            parent_pid=parent_pid,
+            device=self.device,
+            data_dir=self.data_dir,
+            threads=self.worker_threads,
+            max_captured_samples=self.max_captured_samples,
+            on_stop=self.on_restart,
+            poll_interval_s=self.poll_interval_s,
+            log_level=log_level,
+        )
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """One audit worker process: where the jobs, results and captures are, and how to run them.
+
+    Built only by ``ServiceSettings.worker_settings``, so it has no defaults of its own: the
+    service's are the ones. ``on_stop`` is what becomes of the running job when the worker is
+    told to stop (the service's ``on_restart``); ``parent_pid`` is the service, whose death
+    stops the worker.
+    """
+
+    # Pydantic reads this when parsing the JSON: unknown keys are refused and no value is coerced
+    # ("3" is not a pid), so a supervisor/worker mismatch fails loudly at start-up.
+    __pydantic_config__ = ConfigDict(extra="forbid", strict=True)
+
+    db_path: Path
+    results_dir: Path
+    captures_dir: Path
+    parent_pid: int
+    device: str
+    data_dir: Path | None
+    threads: int
+    max_captured_samples: int
+    on_stop: RecoveryPolicy
+    poll_interval_s: float
+    log_level: str
+
+    def __post_init__(self) -> None:
+        if self.on_stop not in RECOVERY_POLICIES:
+            raise ConfigError(f"expected on_stop 'interrupt' or 'requeue', got {self.on_stop!r}")
+        if self.threads < 1:
+            raise ConfigError(f"expected threads >= 1, got {self.threads}")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"expected log_level in {LOG_LEVELS}, got {self.log_level!r}")
+
+    def to_json(self) -> str:
+        return _WORKER_SETTINGS.dump_json(self).decode()
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerSettings:
+        """Parse and validate what ``to_json`` wrote; anything else is a ``ConfigError``."""
+        try:
+            return _WORKER_SETTINGS.validate_json(text)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(f"expected WorkerSettings as JSON, got {problems}") from None
+
+
+_WORKER_SETTINGS = TypeAdapter(WorkerSettings)
 
 
 def load_settings(

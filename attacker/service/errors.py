@@ -4,7 +4,9 @@ Every error a route can raise on purpose derives from ``ServiceError`` and
 carries its HTTP status and a stable ``detail`` string (clients and tests match
 on it, so it never embeds ids or paths). Kernel errors that can reach a route
 (an unreadable capture store) are mapped in ``to_service_error``, the only
-place that knows about them. Anything else is a bug: FastAPI answers 500.
+place that knows about them. Anything else is a bug (an unusable job database,
+a full disk): ``CatchAllMiddleware`` logs it with its traceback and answers 500
+with the same ``{"detail": ...}`` body.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from attacker.tap.store import CaptureStoreError
 from cem.errors import CEMError
@@ -86,5 +89,44 @@ async def handle_domain_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=error.headers)
 
 
+class CatchAllMiddleware:
+    """ASGI middleware: an exception that no handler took becomes a logged JSON 500, and stops here.
+
+    Starlette's last resort (``ServerErrorMiddleware``, where an ``Exception`` handler
+    would be installed) answers plain text, or calls that handler and then re-raises,
+    so the server logs the traceback a second time. Once the response has started
+    there is no 500 left to send: the exception goes on to the server, which logs it
+    and drops the connection.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_watching(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_watching)
+        except Exception as exc:
+            if started:
+                raise
+            logger.error("%s %s -> 500: unexpected error", scope["method"], scope["path"], exc_info=exc)
+            error = ServiceError()
+            await JSONResponse({"detail": error.detail}, status_code=error.status_code)(scope, receive, send)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    """Domain errors through ``handle_domain_error``; anything else through ``CatchAllMiddleware``.
+
+    Call it after adding the other middleware: the last added is the outermost, so it also covers theirs.
+    """
     app.add_exception_handler(CEMError, handle_domain_error)
+    app.add_middleware(CatchAllMiddleware)

@@ -17,6 +17,7 @@ marked it interrupted) can never overwrite what happened since.
 
 from __future__ import annotations
 
+import enum
 import json
 import sqlite3
 import time
@@ -24,11 +25,31 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator
 
-Status = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
-STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
-TERMINAL = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
+from attacker.attack_names import AttackName
+
+
+class AuditStatus(str, enum.Enum):
+    """Where an audit is: queued, running, then one final status: succeeded, failed, cancelled or interrupted.
+
+    The values are part of the audit API and of the job database: add members, never rename one.
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+    def __str__(self) -> str:  # the value, as StrEnum (Python >= 3.11) would: f-strings and logs
+        return self.value
+
+
+FINAL_STATUSES = frozenset(
+    {AuditStatus.SUCCEEDED, AuditStatus.FAILED, AuditStatus.CANCELLED, AuditStatus.INTERRUPTED}
+)
 INTERRUPTED_ERROR = "the audit service stopped while this audit was running"
 
 SCHEMA = """
@@ -67,7 +88,7 @@ class JobRequest:
     bundle: str
     model_id: str
     bundle_dir: str
-    attack: str
+    attack: AttackName
     epochs: int | None
     dataset: str | None
     use_captures: bool
@@ -77,7 +98,7 @@ class JobRequest:
 @dataclass(frozen=True)
 class Job:
     id: str
-    status: str
+    status: AuditStatus
     request: JobRequest
     progress: float
     message: str | None
@@ -94,18 +115,18 @@ class Job:
 
     @property
     def finished(self) -> bool:
-        return self.status in TERMINAL
+        return self.status in FINAL_STATUSES
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Job":
         return cls(
             id=row["id"],
-            status=row["status"],
+            status=AuditStatus(row["status"]),
             request=JobRequest(
                 bundle=row["bundle"],
                 model_id=row["model_id"],
                 bundle_dir=row["bundle_dir"],
-                attack=row["attack"],
+                attack=AttackName(row["attack"]),
                 epochs=row["epochs"],
                 dataset=row["dataset"],
                 use_captures=bool(row["use_captures"]),
@@ -180,7 +201,7 @@ class JobStore:
             raise KeyError(job_id)
         return job
 
-    def list_jobs(self, status: str | None = None, limit: int = 100) -> list[Job]:
+    def list_jobs(self, status: AuditStatus | None = None, limit: int = 100) -> list[Job]:
         """Newest first."""
         sql, params = "SELECT * FROM jobs", ()
         if status is not None:
@@ -189,7 +210,7 @@ class JobStore:
             rows = conn.execute(sql + " ORDER BY created_at DESC, rowid DESC LIMIT ?", (*params, limit)).fetchall()
         return [Job.from_row(r) for r in rows]
 
-    def count_jobs(self, status: str) -> int:
+    def count_jobs(self, status: AuditStatus) -> int:
         with self._connect() as conn:
             return conn.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status,)).fetchone()[0]
 
@@ -226,16 +247,16 @@ class JobStore:
         self,
         job_id: str,
         lease: str,
-        status: str,
+        status: AuditStatus,
         *,
         result: dict[str, Any] | None = None,
         png_path: str | None = None,
         error: str | None = None,
     ) -> bool:
         """Record the worker's outcome; False (nothing written) when it no longer owns the job."""
-        if status not in TERMINAL and status != "queued":
-            raise ValueError(f"expected a final status or 'queued', got {status!r}")
-        finished_at = None if status == "queued" else time.time()
+        if status not in FINAL_STATUSES and status != AuditStatus.QUEUED:
+            raise ValueError(f"expected a final status or 'queued', got {str(status)!r}")
+        finished_at = None if status == AuditStatus.QUEUED else time.time()
         with self._connect() as conn:
             cursor = conn.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, result = ?, png_path = ?, error = ?, lease = NULL,"

@@ -41,23 +41,9 @@ class WorkerPool:
         self._monitor = threading.Thread(target=self._watch, name="audit-worker-monitor", daemon=True)
 
     def command(self) -> list[str]:
-        s = self.settings
-        argv = [
-            sys.executable, "-m", "attacker.service.worker",
-            "--db", str(s.db_path),
-            "--results", str(s.resolved_results_dir),
-            "--captures", str(s.captures_dir),
-            "--parent-pid", str(os.getpid()),
-            "--device", s.device,
-            "--threads", str(s.worker_threads),
-            "--max-captured", str(s.max_captured_samples),
-            "--on-stop", s.on_restart,
-            "--poll-interval", str(s.poll_interval_s),
-            "--log-level", self.log_level,
-        ]
-        if s.data_dir is not None:
-            argv += ["--data-dir", str(s.data_dir)]
-        return argv
+        """The worker's command line: its whole ``WorkerSettings`` as one JSON argument."""
+        settings = self.settings.worker_settings(parent_pid=os.getpid(), log_level=self.log_level)
+        return [sys.executable, "-m", "attacker.service.worker", settings.to_json()]
 
     def start(self) -> None:
         with self._lock:

@@ -1,11 +1,12 @@
 """The audit worker process: claims queued jobs from SQLite and runs them, one at a time.
 
-Started by the service's ``WorkerPool`` as ``python -m attacker.service.worker``
-with plain command-line arguments; it reads the bundle and the captures itself
-and writes results to SQLite and the results folder. Nothing is unpickled.
+Started by the service's ``WorkerPool`` as ``python -m attacker.service.worker SETTINGS``,
+``SETTINGS`` being its ``WorkerSettings`` as JSON (validated here); it reads the
+bundle and the captures itself and writes results to SQLite and the results
+folder. Nothing is unpickled.
 
 It stops (and gives its running job back as interrupted, or queued again under
-``--on-stop requeue``) on SIGTERM or when its parent service disappears: the
+``on_stop="requeue"``) on SIGTERM or when its parent service disappears: the
 kernel sends SIGTERM on the parent's death (Linux), and the parent pid is also
 checked whenever the audit polls ``should_stop`` and between jobs.
 """
@@ -20,19 +21,20 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from attacker.audit import AuditCancelled, AuditSpec, CapturedFeatures, run_audit
+from attacker.service.config import WorkerSettings
 from attacker.service.jobs import INTERRUPTED_ERROR, Job, JobStore
 from attacker.tap.reader import CaptureStore
 from attacker.tap.store import write_durably
 from cem.bundle import load_manifest
+from cem.cli import run_cli
 from cem.errors import CEMError, ConfigError
-from cem.logs import LOG_LEVELS, configure_logging
+from cem.logs import configure_logging
 
 logger = logging.getLogger("attacker.service.worker")
 
@@ -40,26 +42,6 @@ PNG_NAME = "reconstructions.png"
 PROGRESS_EVERY_S = 0.5
 STOP_CHECK_EVERY_S = 0.25
 _PR_SET_PDEATHSIG = 1
-
-
-@dataclass(frozen=True)
-class WorkerSettings:
-    db_path: Path
-    results_dir: Path
-    captures_dir: Path
-    parent_pid: int
-    device: str = "auto"
-    data_dir: Path | None = None
-    threads: int = 1
-    max_captured_samples: int = 256
-    on_stop: str = "interrupt"
-    poll_interval_s: float = 0.2
-
-    def __post_init__(self) -> None:
-        if self.on_stop not in ("interrupt", "requeue"):
-            raise ConfigError(f"expected on_stop 'interrupt' or 'requeue', got {self.on_stop!r}")
-        if self.threads < 1:
-            raise ConfigError(f"expected threads >= 1, got {self.threads}")
 
 
 class AuditWorker:
@@ -198,36 +180,14 @@ def set_parent_death_signal(sig: int = signal.SIGTERM) -> None:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m attacker.service.worker", description="Audit worker (started by cem-audit).")
-    parser.add_argument("--db", type=Path, required=True)
-    parser.add_argument("--results", type=Path, required=True)
-    parser.add_argument("--captures", type=Path, required=True)
-    parser.add_argument("--parent-pid", type=int, required=True)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--data-dir", type=Path)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--max-captured", type=int, default=256)
-    parser.add_argument("--on-stop", default="interrupt", choices=["interrupt", "requeue"])
-    parser.add_argument("--poll-interval", type=float, default=0.2)
-    parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
+    parser.add_argument("settings", help="WorkerSettings as JSON, as WorkerPool writes it")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    configure_logging(args.log_level)
+def run(settings_json: str) -> int:
+    settings = WorkerSettings.from_json(settings_json)
+    configure_logging(settings.log_level)
     set_parent_death_signal()
-    settings = WorkerSettings(
-        db_path=args.db,
-        results_dir=args.results,
-        captures_dir=args.captures,
-        parent_pid=args.parent_pid,
-        device=args.device,
-        data_dir=args.data_dir,
-        threads=args.threads,
-        max_captured_samples=args.max_captured,
-        on_stop=args.on_stop,
-        poll_interval_s=args.poll_interval,
-    )
     torch.set_num_threads(settings.threads)
     worker = AuditWorker(settings, JobStore(settings.db_path))
     signal.signal(signal.SIGTERM, lambda signum, frame: worker.request_stop())
@@ -236,6 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     worker.run_forever()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    return run_cli(parser.prog, lambda: run(args.settings))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ import sys
 from attacker.tap.metrics import serve_metrics
 from attacker.tap.proxy import TapServer
 from attacker.tap.recorder import STORE_FAILURE_MODES, CaptureRecorder, RecorderConfig, RecorderStats
-from attacker.tap.store import CaptureStoreError
+from cem.cli import run_cli
+from cem.errors import ConfigError
 from cem.logs import LOG_LEVELS, configure_logging
 from cem.wire import DEFAULT_MAX_MESSAGE_BYTES, format_listening_line
 
@@ -56,14 +57,15 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def listen_host(listen: str) -> str:
-    host, sep, _ = listen.rpartition(":")
-    if not sep or not host:
-        raise SystemExit(f"cem-tap: expected --listen HOST:PORT, got {listen!r}")
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"expected HOST:PORT, got {listen!r}")
     return host
 
 
 async def serve(args: argparse.Namespace) -> RecorderStats:
     host = listen_host(args.listen)
+    metrics_host = None if args.metrics_listen is None else listen_host(args.metrics_listen)
     config = RecorderConfig(
         max_queue=args.max_queue, batch_records=args.batch_records, flush_interval_s=args.flush_interval,
         on_store_failure=args.on_store_failure,
@@ -76,7 +78,7 @@ async def serve(args: argparse.Namespace) -> RecorderStats:
         except OSError:
             await asyncio.to_thread(recorder.close)
             raise
-        print(f"METRICS {listen_host(args.metrics_listen)}:{metrics_port}", flush=True)
+        print(f"METRICS {metrics_host}:{metrics_port}", flush=True)
     tap = TapServer(args.listen, args.upstream, recorder, max_message_bytes=args.max_message_bytes)
     try:
         port = await tap.start()
@@ -98,17 +100,19 @@ async def serve(args: argparse.Namespace) -> RecorderStats:
     return await asyncio.to_thread(recorder.close)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    configure_logging(args.log_level)
-    try:
-        stats = asyncio.run(serve(args))
-    except (OSError, CaptureStoreError) as exc:
-        logger.error("%s", exc)
-        return 1
+def run(args: argparse.Namespace) -> int:
+    stats = asyncio.run(serve(args))
     if args.json:
         print(json.dumps(stats.to_dict()), flush=True)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Bad flag values exit 2, an unusable port or capture store 1 (``cem.cli``)."""
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    return run_cli(parser.prog, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from scipy import ndimage
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 
+from cem.errors import MetricInputError
 from cem.metrics import (
     PSNR_CAP_DB,
-    MetricInputError,
     ReconstructionMeter,
     mse_per_image,
     psnr_per_image,

@@ -103,7 +103,7 @@ def test_edge_eval_and_classify_against_cem_cloud(cloud: CloudProcess, digits_bu
     assert result.stdout.splitlines()[0].startswith(f"{paths[0]}: ")
 
 
-def test_tampered_bundles_are_refused_by_both_processes(bundle_copy: Path) -> None:
+def test_tampered_bundles_are_refused_by_both_processes_as_usage_errors(bundle_copy: Path) -> None:
     for part in ("encoder", "decoder"):
         path = bundle_copy / f"{part}.safetensors"
         data = bytearray(path.read_bytes())
@@ -111,10 +111,11 @@ def test_tampered_bundles_are_refused_by_both_processes(bundle_copy: Path) -> No
         path.write_bytes(bytes(data))
     cloud = subprocess.run([str(BIN / "cem-cloud"), "--bundle", str(bundle_copy), "--port", "0"],
                            capture_output=True, text=True, timeout=120)
-    assert cloud.returncode == 1 and "decoder.safetensors failed verification" in cloud.stderr
+    assert cloud.returncode == 2 and "decoder.safetensors failed verification" in cloud.stderr
     assert "LISTENING" not in cloud.stdout
     edge = _edge("classify", "--server", "127.0.0.1:1", "--bundle", str(bundle_copy), "x.png")
-    assert edge.returncode == 1 and "encoder.safetensors failed verification" in edge.stderr
+    assert edge.returncode == 2 and "encoder.safetensors failed verification" in edge.stderr
+    assert "Traceback" not in cloud.stderr + edge.stderr
 
 
 def test_sigterm_during_load_finishes_every_in_flight_request(digits_bundle: Path, tmp_path: Path) -> None:

@@ -10,14 +10,13 @@ import torch
 
 from cem.codec import (
     WIRE_DTYPES,
-    TensorTooLargeError,
     bytes_per_value,
     decode_tensor,
     dtype_to_enum,
     encode_tensor,
     enum_to_dtype,
 )
-from cem.errors import TensorCodecError
+from cem.errors import TensorCodecError, TensorTooLargeError
 from protos import cem_split_pb2 as pb
 
 SHAPES = [(0, 8, 8, 8), (1, 8, 8, 8), (5, 8, 4, 4), (3, 10), (7,), ()]

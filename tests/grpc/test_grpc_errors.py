@@ -1,27 +1,39 @@
-"""The one error -> status table (and INTERNAL over a real connection), settings validation, the LISTENING line."""
+"""The one error -> status table for every error type (and INTERNAL over a real connection), settings
+validation, the LISTENING line."""
 
 from __future__ import annotations
 
 import logging
+from logging.handlers import BufferingHandler
 from pathlib import Path
+from typing import Iterator
 
 import grpc
 import pytest
 import torch
+from error_types import all_cem_errors, make_error, qualified_name
 
-from cem.codec import TensorTooLargeError, encode_tensor
+from cem.codec import encode_tensor
 from cem.errors import (
+    BundleError,
     BundleFormatError,
     BundleIntegrityError,
     BundleNotFoundError,
+    CEMError,
     ConfigError,
+    DatasetError,
+    DatasetNotFoundError,
+    MetricInputError,
     TensorCodecError,
+    TensorTooLargeError,
+    UnknownNameError,
 )
 from cem.wire import format_listening_line, parse_listening_line
 from cloud_server.errors import (
     InvalidRequestError,
     ModelNotFoundError,
     RequestTooLargeError,
+    ServiceError,
     ServiceUnavailableError,
     status_for,
 )
@@ -32,30 +44,62 @@ from edge_client.settings import ClientSettings, RetryPolicy
 from grpc_helpers import SERVING, health_status, open_stub
 from protos import cem_split_pb2 as pb
 
-EXPECTED = {
-    TensorCodecError("expected X, got Y"): grpc.StatusCode.INVALID_ARGUMENT,
-    InvalidRequestError("expected X, got Y"): grpc.StatusCode.INVALID_ARGUMENT,
-    TensorTooLargeError("expected X, got Y"): grpc.StatusCode.RESOURCE_EXHAUSTED,
-    RequestTooLargeError("expected X, got Y"): grpc.StatusCode.RESOURCE_EXHAUSTED,
-    ModelNotFoundError("expected X, got Y"): grpc.StatusCode.NOT_FOUND,
-    BundleIntegrityError("expected X, got Y"): grpc.StatusCode.FAILED_PRECONDITION,
-    BundleFormatError("expected X, got Y"): grpc.StatusCode.FAILED_PRECONDITION,
-    BundleNotFoundError("expected X, got Y"): grpc.StatusCode.FAILED_PRECONDITION,
-    ConfigError("expected X, got Y"): grpc.StatusCode.FAILED_PRECONDITION,
-    ServiceUnavailableError("expected X, got Y"): grpc.StatusCode.UNAVAILABLE,
+# What the cloud answers for each error it raises (docs/grpc.md), the caller seeing the error's own message.
+CLOUD_STATUS = {
+    TensorTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    RequestTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    TensorCodecError: grpc.StatusCode.INVALID_ARGUMENT,
+    InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
+    BundleError: grpc.StatusCode.FAILED_PRECONDITION,
+    BundleFormatError: grpc.StatusCode.FAILED_PRECONDITION,
+    BundleIntegrityError: grpc.StatusCode.FAILED_PRECONDITION,
+    BundleNotFoundError: grpc.StatusCode.FAILED_PRECONDITION,
+    ConfigError: grpc.StatusCode.FAILED_PRECONDITION,
+    ServiceUnavailableError: grpc.StatusCode.UNAVAILABLE,
 }
+# Kernel and cloud errors the cloud never raises (it loads no data set, scores nothing, looks no name up in
+# a registry, and raises ServiceError's subclasses only). Like every other app's errors, which it cannot
+# even import, they take the table's CEMError row: INTERNAL, logged, message withheld.
+NEVER_IN_THE_CLOUD = {ServiceError, DatasetError, DatasetNotFoundError, MetricInputError, UnknownNameError}
+CLOUD_PACKAGES = ("cem", "cloud_server")
 
 
-@pytest.mark.parametrize("error", list(EXPECTED), ids=lambda e: type(e).__name__)
-def test_every_known_error_maps_to_its_status_with_its_message(error: Exception) -> None:
-    assert status_for(error) == (EXPECTED[error], "expected X, got Y")
+@pytest.fixture
+def errors_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[logging.LogRecord]]:
+    """What ``cloud_server.errors`` logs, caught on that logger and kept from the root handlers (this test's alone)."""
+    logger = logging.getLogger("cloud_server.errors")
+    handler = BufferingHandler(capacity=1000)
+    monkeypatch.setattr(logger, "propagate", False)
+    monkeypatch.setattr(logger, "level", logging.ERROR)
+    logger.addHandler(handler)
+    try:
+        yield handler.buffer
+    finally:
+        logger.removeHandler(handler)
 
 
-def test_unexpected_errors_are_logged_and_become_internal_never_unknown(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.ERROR, logger="cloud_server.errors"):
-        code, message = status_for(ZeroDivisionError("secret detail"))
+@pytest.mark.parametrize("error_type", all_cem_errors(), ids=qualified_name)
+def test_every_cem_error_maps_to_a_deliberate_status(
+    error_type: type[CEMError], errors_log: list[logging.LogRecord]
+) -> None:
+    error = make_error(error_type, "expected X, got Y")
+    code, message = status_for(error)
+    if error_type in CLOUD_STATUS:
+        assert (code, message) == (CLOUD_STATUS[error_type], "expected X, got Y")
+        assert not errors_log
+        return
+    arises_in_the_cloud = error_type.__module__.split(".")[0] in CLOUD_PACKAGES and error_type not in NEVER_IN_THE_CLOUD
+    assert not arises_in_the_cloud, f"decide the status code of {qualified_name(error_type)} (cloud_server/errors.py)"
+    assert code == grpc.StatusCode.INTERNAL and "expected X" not in message
+    assert [record.exc_info[1] for record in errors_log if record.exc_info] == [error]
+
+
+def test_unexpected_errors_are_logged_and_become_internal_never_unknown(errors_log: list[logging.LogRecord]) -> None:
+    error = ZeroDivisionError("secret detail")
+    code, message = status_for(error)
     assert code == grpc.StatusCode.INTERNAL and "ZeroDivisionError" in message and "secret detail" not in message
-    assert any(record.exc_info for record in caplog.records)
+    assert [record.exc_info[1] for record in errors_log if record.exc_info] == [error]
 
 
 def test_listening_line_round_trip() -> None:

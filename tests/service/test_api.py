@@ -53,8 +53,13 @@ def test_openapi_schema_is_valid(service: AuditService) -> None:
         schema = http.get("/openapi.json").json()
     validate(schema)  # raises on any violation of the OpenAPI 3.x specification
     assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
-    create = schema["components"]["schemas"]["AuditCreate"]
-    assert create["required"] == ["bundle"] and create["properties"]["attack"]["enum"] == ["decoder", "gan"]
+    components = schema["components"]["schemas"]
+    create = components["AuditCreate"]
+    assert create["required"] == ["bundle"] and create["properties"]["attack"]["default"] == "decoder"
+    assert create["properties"]["attack"]["$ref"] == "#/components/schemas/AttackName"
+    assert components["AttackName"]["enum"] == ["decoder", "gan"]
+    assert components["AuditView"]["properties"]["status"]["$ref"] == "#/components/schemas/AuditStatus"
+    assert components["AuditStatus"]["enum"] == ["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
     assert "202" in schema["paths"]["/v1/audits"]["post"]["responses"]
 
 

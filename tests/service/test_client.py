@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from service_helpers import TOKEN, AuditService
 
 from attacker.client import AuditClient, AuditClientError
 from attacker.client.cli import main
+from attacker.service.api.schemas import Health
 from attacker.service.errors import DETAIL_BUNDLE_NOT_FOUND, DETAIL_UNAUTHORIZED
+from attacker.service.jobs import AuditStatus
 
 
 def run_cli(capsys: pytest.CaptureFixture, service: AuditService, *argv: str, token: str = TOKEN) -> tuple[int, dict]:
@@ -20,13 +25,15 @@ def run_cli(capsys: pytest.CaptureFixture, service: AuditService, *argv: str, to
 
 def test_client_reads_results_and_maps_errors(service: AuditService, succeeded_audit: dict) -> None:
     with AuditClient(service.url, TOKEN) as client:
-        assert client.health() == {"status": "ok"}
-        assert [b["name"] for b in client.list_bundles()] == ["digits-tiny"]
-        assert client.captures()["samples"] == 12
+        assert client.health() == Health(status="ok")
+        assert [b.name for b in client.list_bundles()] == ["digits-tiny"]
+        assert client.captures().samples == 12
         audit = client.wait(succeeded_audit["id"], timeout_s=5)
-        assert audit["status"] == "succeeded" and audit["metrics"]["train"]["n"] > 0
-        assert client.fetch_png(audit["id"]).startswith(b"\x89PNG")
-        assert "<h1>Model inversion audit</h1>" in client.fetch_report(audit["id"])
+        assert audit.status is AuditStatus.SUCCEEDED and audit.metrics is not None and audit.metrics.train.n > 0
+        assert audit.model_dump(mode="json") == succeeded_audit  # the typed view loses nothing the service sent
+        assert audit.id in [a.id for a in client.list_audits(AuditStatus.SUCCEEDED)]
+        assert client.fetch_png(audit.id).startswith(b"\x89PNG")
+        assert "<h1>Model inversion audit</h1>" in client.fetch_report(audit.id)
         with pytest.raises(AuditClientError) as caught:
             client.submit("no-such-bundle")
         assert (caught.value.status_code, caught.value.detail) == (404, DETAIL_BUNDLE_NOT_FOUND)
@@ -39,10 +46,23 @@ def test_client_reads_results_and_maps_errors(service: AuditService, succeeded_a
         client.health()
 
 
+def test_the_client_starts_without_torch() -> None:
+    """``cem-audit-client`` shares the API's models, not the attack code: no torch import on each call."""
+    script = "import sys, attacker.client.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", script], timeout=120).returncode == 0
+
+
+def test_answers_that_do_not_fit_their_model_are_client_errors() -> None:
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"status": "dead"}))
+    with AuditClient("http://audit.invalid", TOKEN, transport=transport) as client:
+        with pytest.raises(AuditClientError, match=r"GET /healthz: expected a Health body, got status: Input should be 'ok'"):
+            client.health()
+
+
 def test_cli_status_downloads_and_errors(service: AuditService, succeeded_audit: dict, tmp_path: Path, capsys) -> None:
     audit_id = succeeded_audit["id"]
     code, result = run_cli(capsys, service, "status", audit_id)
-    assert code == 0 and result["status"] == "succeeded" and result["metrics"] == succeeded_audit["metrics"]
+    assert code == 0 and json.dumps(result) == json.dumps(succeeded_audit)  # the service's JSON, key order included
     code, result = run_cli(capsys, service, "wait", audit_id, "--png", str(tmp_path / "g.png"), "--report", str(tmp_path / "r.html"))
     assert code == 0 and result["status"] == "succeeded"
     assert (tmp_path / "g.png").read_bytes().startswith(b"\x89PNG") and "<img" in (tmp_path / "r.html").read_text()

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from attacker.service.jobs import Job, JobRequest
+from attacker.attack_names import AttackName
+from attacker.service.jobs import AuditStatus, Job, JobRequest
 from attacker.service.report import render_report
 from cem.bounds import privacy_bound, training_bound_metrics
 
 
 def job_with(bound: dict | None) -> Job:
-    request = JobRequest(bundle="b", model_id="m", bundle_dir="/b", attack="decoder", epochs=1, dataset=None,
+    request = JobRequest(bundle="b", model_id="m", bundle_dir="/b", attack=AttackName.DECODER, epochs=1, dataset=None,
                          use_captures=False)
     result = {"attack": "decoder", "metrics": {"train": {"n": 3, "mse": 0.001, "psnr": 30.0, "ssim": 0.9}},
               "bound": bound, "captured_reconstructions": 0}
-    return Job(id="j", status="succeeded", request=request, progress=1.0, message=None, created_at=0.0,
+    return Job(id="j", status=AuditStatus.SUCCEEDED, request=request, progress=1.0, message=None, created_at=0.0,
                started_at=1.0, finished_at=2.0, cancel_requested=False, attempts=1, worker_pid=None, lease=None,
                result=result, png_path=None, error=None)
 

@@ -1,13 +1,17 @@
-"""The settings object refuses unsafe start-ups; the CLI says why and exits non-zero."""
+"""The settings objects refuse unsafe start-ups; the CLI says why and exits non-zero."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
 
 from attacker.service.cli import main
-from attacker.service.config import TOKEN_ENV, load_settings
+from attacker.service.config import TOKEN_ENV, WorkerSettings, load_settings
+from attacker.service.supervisor import WorkerPool
+from attacker.service.worker import main as worker_main
 from cem.errors import ConfigError
 
 
@@ -57,3 +61,38 @@ def test_cli_refuses_to_start_without_a_token(tmp_path: Path, monkeypatch: pytes
     assert code == 2
     assert f"expected the bearer token in ${TOKEN_ENV}" in err
     assert "LISTENING" not in out and not (tmp_path / "a.db").exists()
+
+
+def test_worker_settings_cross_to_the_worker_as_one_validated_json_argument(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, {TOKEN_ENV: STRONG}, data_dir=tmp_path / "data", on_restart="requeue",
+                            worker_threads=2)
+    command = WorkerPool(settings, store=None, log_level="DEBUG").command()  # type: ignore[arg-type]
+    assert command[1:3] == ["-m", "attacker.service.worker"] and len(command) == 4
+    worker = WorkerSettings.from_json(command[3])
+    assert worker == settings.worker_settings(parent_pid=os.getpid(), log_level="DEBUG")
+    assert (worker.results_dir, worker.data_dir, worker.on_stop, worker.threads, worker.log_level) == (
+        tmp_path / "a-results", tmp_path / "data", "requeue", 2, "DEBUG")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.pop("db_path"), "db_path: Field required"),
+        (lambda d: d.update(parent_pid="12"), "parent_pid: Input should be a valid integer"),
+        (lambda d: d.update(threads=0), "expected threads >= 1, got 0"),
+        (lambda d: d.update(on_stop="retry"), "on_stop"),
+        (lambda d: d.update(surprise=1), "surprise: Unexpected keyword argument"),
+    ],
+)
+def test_worker_settings_refuse_what_the_supervisor_would_not_write(tmp_path: Path, edit, message: str) -> None:
+    good = settings_for(tmp_path, {TOKEN_ENV: STRONG}).worker_settings(parent_pid=12, log_level="INFO")
+    data = json.loads(good.to_json())
+    edit(data)
+    with pytest.raises(ConfigError, match="expected WorkerSettings as JSON") as caught:
+        WorkerSettings.from_json(json.dumps(data))
+    assert message in str(caught.value)
+
+
+def test_worker_exits_2_on_settings_it_cannot_use(capsys: pytest.CaptureFixture[str]) -> None:
+    assert worker_main(["not json"]) == 2
+    assert capsys.readouterr().err.startswith("python -m attacker.service.worker: error: expected WorkerSettings as JSON")

@@ -2,6 +2,9 @@
 
 Request models forbid unknown fields and coerce nothing (``strict``), so a typo
 or a quoted number is a 422 that names the field rather than a silent default.
+Enum fields are the exception: strict pydantic wants an enum *instance*, which
+a JSON body never holds, so they validate the value (``strict=False``) and
+still refuse anything that is not one of the enum's values.
 """
 
 from __future__ import annotations
@@ -11,11 +14,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cem.data import available_datasets
+from attacker.attack_names import AttackName
+from attacker.service.jobs import AuditStatus
 
-AttackName = Literal["decoder", "gan"]
 BoundKind = Literal["floor", "estimate", "relative"]  # = cem.bounds.BOUND_KINDS (checked by a test)
-AuditStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
 MAX_EPOCHS = 1000
 
 
@@ -23,7 +25,9 @@ class AuditCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     bundle: str = Field(min_length=1, max_length=200, description="bundle folder name under --bundles, or its model id")
-    attack: AttackName = Field("decoder", description="inversion attack: trained decoder or GAN")
+    attack: AttackName = Field(
+        AttackName.DECODER, strict=False, description="inversion attack: trained decoder or GAN"
+    )
     epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="attack training epochs (default: the attack's own)")
     dataset: str | None = Field(None, description="data set the attacker trains on (default: the bundle's)")
     use_captures: bool = Field(True, description="also reconstruct the features the tap captured for this model")
@@ -32,6 +36,8 @@ class AuditCreate(BaseModel):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str | None) -> str | None:
+        from cem.data import available_datasets  # here: it imports torch, which the API's clients never need
+
         if value is not None and value not in available_datasets():
             raise ValueError(f"expected one of {', '.join(available_datasets())}, got {value!r}")
         return value

@@ -10,14 +10,14 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import HTMLResponse
 
 from attacker.service.api.deps import CatalogDep, StoreDep
-from attacker.service.api.schemas import AuditAccepted, AuditCreate, AuditList, AuditStatus, AuditView, ErrorBody
+from attacker.service.api.schemas import AuditAccepted, AuditCreate, AuditList, AuditView, ErrorBody, PrivacyBound
 from attacker.service.errors import (
     AuditFinishedError,
     AuditNotFinishedError,
     AuditNotFoundError,
     BundleNotFoundHTTPError,
 )
-from attacker.service.jobs import Job, JobRequest, JobStore
+from attacker.service.jobs import AuditStatus, Job, JobRequest, JobStore
 from attacker.service.report import render_report
 from cem.bounds import stored_bound
 
@@ -27,19 +27,24 @@ NOT_FOUND = {404: {"model": ErrorBody, "description": "no audit with this id"}}
 NOT_FINISHED = {409: {"model": ErrorBody, "description": "the audit has not succeeded (yet)"}}
 
 
-def _utc(timestamp: float | None) -> datetime | None:
-    return datetime.fromtimestamp(timestamp, timezone.utc) if timestamp is not None else None
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, timezone.utc)
+
+
+def _utc_or_none(timestamp: float | None) -> datetime | None:
+    return _utc(timestamp) if timestamp is not None else None
 
 
 def to_view(job: Job) -> AuditView:
     result = job.result or {}
     request = job.request
+    bound = stored_bound(result.get("bound"))
     return AuditView(
         id=job.id,
-        status=job.status,  # type: ignore[arg-type]
+        status=job.status,
         bundle=request.bundle,
         model_id=request.model_id,
-        attack=request.attack,  # type: ignore[arg-type]
+        attack=request.attack,
         epochs=request.epochs,
         dataset=request.dataset,
         use_captures=request.use_captures,
@@ -48,12 +53,12 @@ def to_view(job: Job) -> AuditView:
         message=job.message,
         cancel_requested=job.cancel_requested,
         metrics=result.get("metrics"),
-        bound=stored_bound(result.get("bound")),  # type: ignore[arg-type]
+        bound=PrivacyBound.model_validate(bound) if bound is not None else None,
         captured_reconstructions=result.get("captured_reconstructions"),
         error=job.error,
-        created_at=_utc(job.created_at),  # type: ignore[arg-type]
-        started_at=_utc(job.started_at),
-        finished_at=_utc(job.finished_at),
+        created_at=_utc(job.created_at),
+        started_at=_utc_or_none(job.started_at),
+        finished_at=_utc_or_none(job.finished_at),
     )
 
 
@@ -65,7 +70,7 @@ def _require_job(store: JobStore, audit_id: str) -> Job:
 
 
 def _require_png(job: Job) -> bytes:
-    if job.status != "succeeded" or not job.png_path or not Path(job.png_path).is_file():
+    if job.status is not AuditStatus.SUCCEEDED or not job.png_path or not Path(job.png_path).is_file():
         raise AuditNotFinishedError()
     return Path(job.png_path).read_bytes()
 
@@ -94,7 +99,7 @@ def create_audit(body: AuditCreate, store: StoreDep, catalog: CatalogDep, respon
         )
     )
     response.headers["Location"] = f"{router.prefix}/{job.id}"
-    return AuditAccepted(id=job.id, status=job.status)  # type: ignore[arg-type]
+    return AuditAccepted(id=job.id, status=job.status)
 
 
 @router.get("", response_model=AuditList, summary="Audits, newest first")
@@ -123,9 +128,9 @@ def cancel_audit(audit_id: str, store: StoreDep) -> AuditAccepted:
     job = store.request_cancel(audit_id)
     if job is None:
         raise AuditNotFoundError()
-    if job.status != "cancelled" and not (job.status == "running" and job.cancel_requested):
+    if job.status is not AuditStatus.CANCELLED and not (job.status is AuditStatus.RUNNING and job.cancel_requested):
         raise AuditFinishedError()
-    return AuditAccepted(id=job.id, status=job.status)  # type: ignore[arg-type]
+    return AuditAccepted(id=job.id, status=job.status)
 
 
 @router.get(

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends
 from attacker.service.api.deps import PoolDep, StoreDep, require_token
 from attacker.service.api.schemas import ErrorBody, Health, Readiness
 from attacker.service.errors import NotReadyError
+from attacker.service.jobs import AuditStatus
 
 router = APIRouter(tags=["health"])
 
@@ -30,6 +31,6 @@ def get_readiness(store: StoreDep, pool: PoolDep) -> Readiness:
     return Readiness(
         status="ready",
         workers=workers,
-        queued=store.count_jobs("queued"),
-        running=store.count_jobs("running"),
+        queued=store.count_jobs(AuditStatus.QUEUED),
+        running=store.count_jobs(AuditStatus.RUNNING),
     )
