@@ -124,7 +124,8 @@ def decode_tensor(
     if name == "int8":
         if not scale > 0:
             raise TensorCodecError(f"expected an int8 scale > 0, got {scale}")
-        array = values.astype(np.float32) * np.float32(scale) + np.float32(offset)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf, refused just below
+            array = values.astype(np.float32) * np.float32(scale) + np.float32(offset)
     else:
         array = values.astype(np.float32)
     if array.size and not np.isfinite(array).all():

@@ -12,11 +12,16 @@ model) are forwarded but not stored, only counted. On ``InferStream`` the
 answers come one per request, in order (the SplitInference contract), which
 pairs each answer with its request.
 
-Methods known to be unary (from the SplitInference and health descriptors)
-take the cheaper unary path; every other method, known or not, is proxied as a
-bidirectional stream, which is wire-compatible with all four call shapes.
-Built on grpc.aio so that any number of long-lived streams share one event loop
-instead of each holding a thread.
+Every method, known or not, is proxied as a bidirectional stream, which is
+wire-compatible with all four call shapes. A unary handler would be a little
+cheaper, but grpc.aio never answers a unary call that arrives with no message
+(the cloud answers UNIMPLEMENTED at once; through a unary handler the call hung
+until the caller's deadline), and a stream forwards exactly what the caller
+sent and relays exactly what the cloud answered. Built on grpc.aio so that any
+number of long-lived streams share one event loop instead of each holding a
+thread. Handlers are cached for the methods the tap knows; a caller inventing
+method names gets a fresh one each time (a cache keyed by caller-chosen names
+grew by 10-27 MB per 5,000 names).
 
 The tap answers one health check itself: service ``cem.tap`` is SERVING while
 captures are being written and NOT_SERVING while they are not. Every other
@@ -48,16 +53,11 @@ HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
 _REFUSED_DETAILS = "the tap cannot record captures right now and runs with --on-store-failure refuse"
 
 
-def _unary_methods() -> frozenset[str]:
-    methods = set()
-    for service in (pb.DESCRIPTOR.services_by_name["SplitInference"], health_pb2.DESCRIPTOR.services_by_name["Health"]):
-        for method in service.methods:
-            if not method.client_streaming and not method.server_streaming:
-                methods.add(f"/{service.full_name}/{method.name}")
-    return frozenset(methods)
-
-
-UNARY_METHODS = _unary_methods()
+KNOWN_METHODS = frozenset(
+    f"/{service.full_name}/{method.name}"
+    for service in (pb.DESCRIPTOR.services_by_name["SplitInference"], health_pb2.DESCRIPTOR.services_by_name["Health"])
+    for method in service.methods
+)
 
 
 def tap_health_answer(request: bytes, recorder: CaptureRecorder | None) -> bytes | None:
@@ -85,11 +85,9 @@ class TapProxy(grpc.GenericRpcHandler):
         method = handler_call_details.method
         handler = self._handlers.get(method)
         if handler is None:
-            if method in UNARY_METHODS:
-                handler = grpc.unary_unary_rpc_method_handler(self._unary_behaviour(method))
-            else:
-                handler = grpc.stream_stream_rpc_method_handler(self._stream_behaviour(method))
-            self._handlers[method] = handler
+            handler = grpc.stream_stream_rpc_method_handler(self._stream_behaviour(method))
+            if method in KNOWN_METHODS:
+                self._handlers[method] = handler
         return handler
 
     def _captures(self, method: str) -> bool:
@@ -101,42 +99,19 @@ class TapProxy(grpc.GenericRpcHandler):
             self._recorder.count_refused()
             await context.abort(grpc.StatusCode.UNAVAILABLE, _REFUSED_DETAILS)
 
-    def _unary_behaviour(self, method: str):
-        upstream = self._channel.unary_unary(method)
-
-        async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            if method == HEALTH_CHECK_METHOD:
-                answer = tap_health_answer(request, self._recorder)
-                if answer is not None:
-                    return answer
-            await self._refuse_if_blind(method, context)
-            call = upstream(request, timeout=remaining_timeout(context), metadata=forwardable_metadata(context))
-            try:
-                response = await call
-            except grpc.aio.AioRpcError as error:
-                if self._captures(method):
-                    self._recorder.count_rejected()
-                await relay_failure(context, error, sent_metadata=False)
-            finally:
-                if not call.done():  # the caller went away: so does the upstream call
-                    call.cancel()
-            if self._captures(method):
-                self._recorder.offer(method, request, response)
-            initial = await call.initial_metadata()
-            if initial:
-                await context.send_initial_metadata(tuple(initial))
-            trailing = await call.trailing_metadata()
-            if trailing:
-                context.set_trailing_metadata(tuple(trailing))
-            return response
-
-        return forward
-
     def _stream_behaviour(self, method: str):
         upstream = self._channel.stream_stream(method)
 
         async def forward(request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext):
             await self._refuse_if_blind(method, context)
+            if method == HEALTH_CHECK_METHOD:
+                first = await anext(request_iterator, None)
+                answer = None if first is None else tap_health_answer(first, self._recorder)
+                if answer is not None:
+                    yield answer
+                    return
+                if first is not None:
+                    request_iterator = _prepended(first, request_iterator)
             call = upstream(timeout=remaining_timeout(context), metadata=forwardable_metadata(context))
             first_status = FirstStatus(call)
             unanswered: collections.deque[bytes] = collections.deque()
@@ -169,6 +144,12 @@ class TapProxy(grpc.GenericRpcHandler):
                 context.set_trailing_metadata(tuple(trailing))
 
         return forward
+
+
+async def _prepended(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for request in rest:
+        yield request
 
 
 async def _pump_requests(request_iterator: AsyncIterator[bytes], call: grpc.aio.StreamStreamCall,
