@@ -41,7 +41,8 @@ from attacker.attacks import (
 )
 from attacker.attacks.evaluate import GRID_SAMPLES
 from cem.bounds import privacy_bound
-from cem.bundle import Manifest, load_encoder
+from cem.bundle import load_encoder
+from cem.manifest import Manifest
 from cem.data.sample_ids import parse_sample_id
 from cem.devices import DEVICE_CHOICES, resolve_device
 from cem.errors import CEMError, ConfigError
@@ -74,18 +75,6 @@ class AuditSpec:
             raise ConfigError(f"expected device in {DEVICE_CHOICES}, got {self.device!r}")
 
 
-@dataclass(frozen=True)
-class CapturedFeatures:
-    features: torch.Tensor
-    sample_ids: list[str | None]
-
-    def __post_init__(self) -> None:
-        if self.features.dim() != 4:
-            raise ConfigError(f"expected captured features of shape (N, C, H, W), got {tuple(self.features.shape)}")
-        if len(self.sample_ids) != self.features.shape[0]:
-            raise ConfigError(f"expected {self.features.shape[0]} sample ids (one per capture), got {len(self.sample_ids)}")
-
-
 @dataclass
 class AuditResult:
     attack: str
@@ -112,7 +101,7 @@ class AuditCancelled(CEMError):
 
 def native_size_of(manifest: Manifest) -> int:
     """The side the bound's ``estimate`` kind measures MSE at (older bundles: the model's input side)."""
-    return int(manifest.dataset.get("native_size") or manifest.model.image_size)
+    return int(manifest.dataset.native_size or manifest.model.image_size)
 
 
 def audited_bound(manifest: Manifest, metrics: dict[str, dict[str, float]]) -> dict[str, Any] | None:
@@ -210,7 +199,7 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
     if captured is not None:
         _check_captured(captured, manifest.feature_shape)
     obfuscation = ObfuscationConfig.from_records(manifest.noise_std, manifest.defenses)
-    dataset = spec.dataset or str(manifest.dataset.get("name") or "")
+    dataset = spec.dataset or manifest.dataset.name
     if not dataset:
         raise ConfigError("expected a dataset name in the spec or the bundle manifest, got neither")
     images = {split: load_images(dataset, split, spec.data_dir) for split in ("train", "test")}

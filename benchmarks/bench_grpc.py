@@ -30,10 +30,8 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -46,7 +44,7 @@ from cem.codec import WIRE_DTYPES
 from cem.data import load_dataset
 from cem.models import SplitModel, SplitModelConfig
 from cem.obfuscation import ObfuscationConfig, obfuscate
-from cem.wire import parse_listening_line
+from cem.processes import ServiceProcess
 from edge_client import ClientSettings, EdgeClient
 from edge_client.evaluate import evaluate_over_wire
 
@@ -75,19 +73,13 @@ def train_digits_bundle(out: Path, *, width: float, epochs: int, noise_std: floa
     return out
 
 
-def start_cloud(bundle: Path, device: str) -> tuple[subprocess.Popen, int]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cloud_server.cli", "--bundle", str(bundle), "--port", "0", "--device", device,
+def start_cloud(bundle: Path, device: str) -> ServiceProcess:
+    """``cem-cloud`` on port 0 as a child process; its log goes to this process's stderr."""
+    return ServiceProcess.start(
+        [sys.executable, "-m", "cloud_server.cli", "--bundle", bundle, "--port", "0", "--device", device,
          "--max-batch", "256", "--log-level", "WARNING"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=sys.stderr, text=True,
+        cwd=REPO, name="cem-cloud", timeout_s=600,
     )
-    assert process.stdout is not None
-    for line in process.stdout:
-        parsed = parse_listening_line(line)
-        if parsed:
-            threading.Thread(target=process.stdout.read, daemon=True).start()
-            return process, parsed[1]
-    raise SystemExit(f"cem-cloud exited with {process.wait()} before listening")
 
 
 def compare_latency(client: EdgeClient, model: SplitModel, obfuscation: ObfuscationConfig, images: torch.Tensor,
@@ -207,16 +199,15 @@ def main(argv: list[str] | None = None) -> int:
         obfuscation = ObfuscationConfig.from_records(manifest.noise_std, manifest.defenses)
         test, _ = load_dataset("digits", split="test")
         images = torch.stack([test[i][0] for i in range(max(int(b) for b in args.batches.split(",")))])
-        process, port = start_cloud(bundle, args.device)
-        target = f"127.0.0.1:{port}"
+        cloud = start_cloud(bundle, args.device)
+        target = f"127.0.0.1:{cloud.port}"
         try:
             with EdgeClient(bundle, target, ClientSettings(seed=args.seed)) as client:
                 latency = [compare_latency(client, model, obfuscation, images, int(b), args.reps, args.warmup)
                            for b in args.batches.split(",")]
             dtypes = compare_dtypes(bundle, target, args.eval_batch, args.seed)
         finally:
-            process.terminate()
-            process.wait(60)
+            cloud.terminate(grace_s=60)
         reference = in_process_accuracy(model, obfuscation, args.eval_batch, args.seed)
     environment = {"torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), "cloud_device": args.device}

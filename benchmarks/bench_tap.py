@@ -21,9 +21,7 @@ import argparse
 import json
 import os
 import queue
-import selectors
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,25 +35,9 @@ from cem.bundle import load_manifest, save_bundle
 from cem.codec import encode_tensor
 from cem.data import load_dataset
 from cem.models import SplitModel, SplitModelConfig
-from cem.wire import parse_listening_line
+from cem.processes import ServiceProcess
 from protos import cem_split_pb2 as pb
 from protos import cem_split_pb2_grpc as pb_grpc
-
-
-def start(argv: list[str], log: Path) -> tuple[subprocess.Popen, str]:
-    """Start a service that prints ``LISTENING host:port``; returns the process and its address."""
-    with open(log, "w") as handle:
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=handle, stdin=subprocess.DEVNULL, text=True)
-    selector = selectors.DefaultSelector()
-    selector.register(process.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if selector.select(timeout=0.5):
-            parsed = parse_listening_line(process.stdout.readline())
-            if parsed is not None:
-                return process, f"{parsed[0]}:{parsed[1]}"
-    process.kill()
-    raise SystemExit(f"{argv[0]} did not start; see {log}")
 
 
 def write_bundle(out: Path) -> Path:
@@ -148,19 +130,21 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         bundle = args.bundle or write_bundle(work / "bundle")
         manifest = load_manifest(bundle)
-        processes = []
+        processes: list[ServiceProcess] = []
         try:
-            cloud, cloud_address = start(
-                [str(bin_dir / "cem-cloud"), "--bundle", str(bundle), "--port", "0", "--device", "cpu", "--max-delay-ms", "0"],
-                work / "cloud.log",
+            cloud = ServiceProcess.start(
+                [bin_dir / "cem-cloud", "--bundle", bundle, "--port", "0", "--device", "cpu", "--max-delay-ms", "0"],
+                log_path=work / "cloud.log", timeout_s=120,
             )
             processes.append(cloud)
-            tap, tap_address = start(
-                [str(bin_dir / "cem-tap"), "--listen", "127.0.0.1:0", "--upstream", cloud_address,
-                 "--captures", str(work / "captures")],
-                work / "tap.log",
+            cloud_address = cloud.address
+            tap = ServiceProcess.start(
+                [bin_dir / "cem-tap", "--listen", "127.0.0.1:0", "--upstream", cloud_address,
+                 "--captures", work / "captures"],
+                log_path=work / "tap.log", timeout_s=120,
             )
             processes.append(tap)
+            tap_address = tap.address
             channels = {"direct": grpc.insecure_channel(cloud_address), "tap": grpc.insecure_channel(tap_address)}
             stubs = {name: pb_grpc.SplitInferenceStub(channel) for name, channel in channels.items()}
             features = torch.rand((args.batch, *manifest.feature_shape), generator=torch.Generator().manual_seed(0))
@@ -173,8 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                 channel.close()
         finally:
             for process in reversed(processes):
-                process.terminate()
-                process.wait(30)
+                process.terminate(grace_s=30)
     print(f"batch {args.batch} x {tuple(manifest.feature_shape)} {args.dtype}, {args.requests} timed requests per path, "
           f"interleaved; cpu count {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}")
     header = (f"{'call':<24} {'direct p50':>10} {'tap p50':>9} {'added p50':>10} "

@@ -51,7 +51,7 @@ def measure(bundle: Path, lam: float, k: int, batch_size: int, seed: int) -> dic
     """{form: {lr: median ratio}} on the bundle's training split."""
     manifest, model = load_bundle(bundle)
     model.train()  # the pull acts during training: train-mode BN, as the trainer's loss sees it
-    dataset, info = load_dataset(manifest.dataset["name"], "train")
+    dataset, info = load_dataset(manifest.dataset.name, "train")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():

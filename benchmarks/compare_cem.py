@@ -48,7 +48,8 @@ from attacker.attacks import (
 )
 from attacker.audit import native_size_of
 from cem.bounds import privacy_bound
-from cem.bundle import Manifest, load_encoder, load_manifest
+from cem.bundle import load_encoder, load_manifest
+from cem.manifest import Manifest
 from cem.devices import resolve_device
 from cem.obfuscation import ObfuscationConfig
 from cem.stats import mean_interval
@@ -115,8 +116,8 @@ def train_variant(
 
 
 def describe_training(manifest: Manifest) -> dict[str, Any]:
-    lam = float(manifest.cem.get("lam", 0.0)) if manifest.cem else 0.0
-    return {**manifest.metrics, "cem_lambda": lam, "noise_std": manifest.noise_std, "width": manifest.model.width,
+    lam = manifest.cem.lam if manifest.cem else 0.0
+    return {**manifest.metrics.to_dict(), "cem_lambda": lam, "noise_std": manifest.noise_std, "width": manifest.model.width,
             "train_epochs": manifest.training.get("epochs"), "train_s": manifest.training.get("duration_s")}
 
 

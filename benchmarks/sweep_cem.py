@@ -126,9 +126,9 @@ def main() -> None:
                     cem=CEMConfig(lam=lam, loss_form=args.cem_loss, lr_coupling=args.cem_lr_coupling),
                 ))
                 row = {"noise_std": result.manifest.noise_std, "lambda": lam, "seed": seed,
-                       "val_accuracy": result.metrics["val_accuracy"], "test_accuracy": result.accuracy,
+                       "val_accuracy": result.metrics.val_accuracy, "test_accuracy": result.accuracy,
                        "val_ridge_mse": probe_ridge(out, fit, val, seed),
-                       "entropy_bound": result.metrics.get("entropy_bound"),
+                       "entropy_bound": result.metrics.entropy_bound,
                        "train_seconds": round(time.perf_counter() - started, 1)}
                 rows.append(row)
                 print(f"{row['noise_std']:6g} {lam:7g} {seed:4d} {row['val_accuracy']:7.4f} {row['test_accuracy']:8.4f} "

@@ -23,11 +23,13 @@ report and the demo show, and checks every ξ against the mean-image guess
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from cem.manifest import MetricsRecord
 from cem.entropy import PixelMoments, mse_lower_bound, relative_conditional_entropy
 
 BOUND_KINDS = ("floor", "estimate", "relative")
@@ -61,51 +63,55 @@ def data_statistics(moments_model: PixelMoments, moments_native: PixelMoments, q
 
 
 def training_bound_metrics(information_bound: float, native_dim: int, stats: dict[str, float]) -> dict[str, float]:
-    """Manifest metrics for both kinds: the relative ξ (d = model input) and the estimated ξ (d = native)."""
+    """Manifest metrics (``MetricsRecord.to_dict`` form) for the estimated ξ (d = native) and its inputs."""
     entropy_estimate = relative_conditional_entropy(information_bound, stats["entropy_x_estimate"])  # Eq. 3
-    return {
-        "entropy_bound_estimate": entropy_estimate,
-        "mse_bound_xi_estimate": mse_lower_bound(entropy_estimate, native_dim),
-        "native_dim": float(native_dim),
-        **stats,
-    }
+    estimate = MetricsRecord(entropy_bound_estimate=entropy_estimate,
+                             xi_estimate=mse_lower_bound(entropy_estimate, native_dim), native_dim=float(native_dim))
+    return {**estimate.to_dict(), **stats}
 
 
-def _number(metrics: dict[str, Any], key: str) -> float | None:
-    value = metrics.get(key)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _number(record: Mapping[str, Any], key: str) -> float | None:
+    value = record.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _finite(float(value))
     return None
 
 
 def privacy_bound(
-    metrics: dict[str, Any],
+    metrics: MetricsRecord | Mapping[str, Any],
     *,
     attack_mse: float | None = None,
     attack_mse_native: float | None = None,
 ) -> dict[str, Any] | None:
     """The bound of a bundle's manifest ``metrics``, labelled and checked; None when it records none.
 
-    ``attack_mse``/``attack_mse_native``: the lowest MSE an attack reached (at the model's
-    and at the native resolution), to say when a "bound" exceeds what an attacker achieved.
-    The headline (``kind``, ``xi``, ``entropy_bound``) is the estimate when the bundle has
-    one, else the relative value; the other is kept under ``relative``.
+    ``metrics``: the manifest's record, or its JSON object. ``attack_mse``/``attack_mse_native``:
+    the lowest MSE an attack reached (at the model's and at the native resolution), to say when
+    a "bound" exceeds what an attacker achieved. The headline (``kind``, ``xi``,
+    ``entropy_bound``) is the estimate when the bundle has one, else the relative value; the
+    other is kept under ``relative``.
     """
-    xi_relative, entropy_relative = _number(metrics, "mse_bound_xi"), _number(metrics, "entropy_bound")
+    if not isinstance(metrics, MetricsRecord):
+        metrics = MetricsRecord.from_dict(metrics)
+    xi_relative, entropy_relative = _finite(metrics.xi_relative), _finite(metrics.entropy_bound)
     if xi_relative is None or entropy_relative is None:
         return None
     relative = {"kind": "relative", "xi": xi_relative, "entropy_bound": entropy_relative,
                 "label": BOUND_LABELS["relative"]}
-    warnings = _check(relative, _number(metrics, "mean_image_mse"), attack_mse, "model-resolution")
-    xi_estimate = _number(metrics, "mse_bound_xi_estimate")
+    warnings = _check(relative, _finite(metrics.mean_image_mse), attack_mse, "model-resolution")
+    xi_estimate = _finite(metrics.xi_estimate)
     if xi_estimate is None:
         return {**relative, "warnings": warnings}
     estimate = {
-        "kind": "estimate", "xi": xi_estimate, "entropy_bound": _number(metrics, "entropy_bound_estimate"),
-        "entropy_x": _number(metrics, "entropy_x_estimate"), "dimension": int(metrics.get("native_dim", 0)),
+        "kind": "estimate", "xi": xi_estimate, "entropy_bound": _finite(metrics.entropy_bound_estimate),
+        "entropy_x": _finite(metrics.entropy_x_estimate), "dimension": int(metrics.native_dim or 0),
         "assumption": ESTIMATE_ASSUMPTION, "label": BOUND_LABELS["estimate"],
     }
-    warnings += _check(estimate, _number(metrics, "mean_image_mse_native"), attack_mse_native, "native-resolution")
+    warnings += _check(estimate, _finite(metrics.mean_image_mse_native), attack_mse_native, "native-resolution")
     return {**estimate, "relative": relative, "warnings": warnings}
 
 

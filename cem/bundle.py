@@ -6,7 +6,9 @@ half without guessing (architecture, feature shape, normalisation, the noise σ
 the edge must add, defenses, CEM settings, data set, metrics) and the sha256 of
 each weight file. Loading verifies the hash of every file it reads, so a
 tampered or truncated file fails loudly. No pickle: weights are safetensors,
-metadata is JSON.
+metadata is JSON (``cem.manifest``). Every file is written durably
+(``cem.durable``): after a crash a file is complete or absent, and the manifest,
+written last, only ever names complete weight files.
 
 The edge loads only the encoder and the cloud only the decoder
 (``load_encoder``/``load_decoder`` never open the other file), so a device can
@@ -17,94 +19,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
-from cem.errors import BundleFormatError, BundleIntegrityError, BundleNotFoundError, ConfigError
-from cem.models import SplitDecoder, SplitEncoder, SplitModel, SplitModelConfig
-
-FORMAT_VERSION = 1
-MANIFEST_FILE = "manifest.json"
-WEIGHT_FILES = {"encoder": "encoder.safetensors", "decoder": "decoder.safetensors"}
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """The parsed ``manifest.json``."""
-
-    model_id: str
-    model: SplitModelConfig
-    noise_std: float
-    dataset: dict[str, Any]
-    files: dict[str, str]
-    defenses: list[dict[str, Any]] = field(default_factory=list)
-    cem: dict[str, Any] | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    training: dict[str, Any] = field(default_factory=dict)
-    created_at: str = ""
-    format_version: int = FORMAT_VERSION
-
-    @property
-    def feature_shape(self) -> tuple[int, int, int]:
-        return self.model.feature_shape
-
-    @property
-    def class_names(self) -> list[str]:
-        names = list(self.dataset.get("class_names") or [])
-        return names if len(names) == self.model.num_classes else [str(i) for i in range(self.model.num_classes)]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format_version": self.format_version,
-            "model_id": self.model_id,
-            "created_at": self.created_at,
-            "model": self.model.to_dict(),
-            "feature_shape": list(self.feature_shape),
-            "normalization": {"mean": list(self.model.mean), "std": list(self.model.std)},
-            "noise_std": self.noise_std,
-            "dataset": self.dataset,
-            "defenses": self.defenses,
-            "cem": self.cem,
-            "metrics": self.metrics,
-            "training": self.training,
-            "files": self.files,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
-        version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            raise BundleFormatError(f"expected bundle format_version {FORMAT_VERSION}, got {version!r}")
-        try:
-            manifest = cls(
-                model_id=str(data["model_id"]),
-                model=SplitModelConfig.from_dict(data["model"]),
-                noise_std=float(data["noise_std"]),
-                dataset=dict(data["dataset"]),
-                files={k: str(v) for k, v in data["files"].items()},
-                defenses=list(data.get("defenses") or []),
-                cem=data.get("cem"),
-                metrics=dict(data.get("metrics") or {}),
-                training=dict(data.get("training") or {}),
-                created_at=str(data.get("created_at", "")),
-                format_version=version,
-            )
-        except (KeyError, TypeError, ValueError, AttributeError, ConfigError) as exc:
-            raise BundleFormatError(f"manifest is incomplete or malformed: {exc}") from exc
-        if set(manifest.files) != set(WEIGHT_FILES):
-            raise BundleFormatError(f"expected sha256 entries for {sorted(WEIGHT_FILES)}, got {sorted(manifest.files)}")
-        if manifest.model_id != derive_model_id(manifest.files):
-            raise BundleFormatError("manifest model_id does not match the recorded weight hashes")
-        if manifest.noise_std < 0:
-            raise BundleFormatError(f"expected noise_std >= 0, got {manifest.noise_std}")
-        return manifest
+from cem.data import DatasetInfo
+from cem.durable import write_durably
+from cem.errors import BundleFormatError, BundleIntegrityError, BundleNotFoundError
+from cem.manifest import (
+    MANIFEST_FILE,
+    WEIGHT_FILES,
+    CEMRecord,
+    Manifest,
+    MetricsRecord,
+    derive_model_id,
+)
+from cem.models import SplitDecoder, SplitEncoder, SplitModel
 
 
 def sha256_file(path: Path) -> str:
@@ -115,24 +51,25 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def derive_model_id(files: dict[str, str]) -> str:
-    """A short id that changes whenever either half's weights change."""
-    joined = "|".join(f"{name}:{files[name]}" for name in sorted(files))
-    return hashlib.sha256(joined.encode()).hexdigest()[:16]
-
-
 def save_bundle(
     out_dir: str | Path,
     model: SplitModel,
     *,
     noise_std: float,
-    dataset: dict[str, Any],
+    dataset: DatasetInfo | Mapping[str, Any],
     defenses: list[dict[str, Any]] | None = None,
-    cem: dict[str, Any] | None = None,
-    metrics: dict[str, Any] | None = None,
+    cem: CEMRecord | Mapping[str, Any] | None = None,
+    metrics: MetricsRecord | Mapping[str, Any] | None = None,
     training: dict[str, Any] | None = None,
 ) -> Manifest:
-    """Write the two weight files, then the manifest (written last, atomically)."""
+    """Write the two weight files, then the manifest (written last); every file durably.
+
+    ``dataset``, ``cem`` and ``metrics`` are the manifest's records or their JSON objects (as
+    ``to_dict`` writes them), checked before anything is written.
+    """
+    dataset_record = dataset if isinstance(dataset, DatasetInfo) else DatasetInfo.from_dict(dataset)
+    cem_record = cem if isinstance(cem, CEMRecord) else CEMRecord.from_dict(cem) if cem else None
+    metrics_record = metrics if isinstance(metrics, MetricsRecord) else MetricsRecord.from_dict(metrics or {})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     hashes: dict[str, str] = {}
@@ -141,23 +78,22 @@ def save_bundle(
         path = out / WEIGHT_FILES[part]
         # One metadata key only: safetensors writes its metadata map in a random order, and two
         # keys would make the file bytes (and so the model id) differ between identical models.
-        save_file(state, str(path), metadata={"part": part})
-        hashes[part] = sha256_file(path)
+        data = safetensors_bytes(state, metadata={"part": part})
+        write_durably(path, data)
+        hashes[part] = hashlib.sha256(data).hexdigest()
     manifest = Manifest(
         model_id=derive_model_id(hashes),
         model=model.config,
         noise_std=float(noise_std),
-        dataset=dict(dataset),
+        dataset=dataset_record,
         files=hashes,
         defenses=list(defenses or []),
-        cem=cem,
-        metrics=dict(metrics or {}),
+        cem=cem_record,
+        metrics=metrics_record,
         training=dict(training or {}),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    tmp = out / (MANIFEST_FILE + ".tmp")
-    tmp.write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out / MANIFEST_FILE)
+    write_durably(out / MANIFEST_FILE, (json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n").encode())
     return manifest
 
 

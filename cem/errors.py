@@ -57,6 +57,18 @@ class MetricInputError(CEMError, ValueError):
     """Reconstruction and target cannot be compared (shape, range, values)."""
 
 
+class CaptureStoreError(CEMError):
+    """A capture directory or one of its shards cannot be used."""
+
+
+class InvalidCaptureError(CEMError, ValueError):
+    """A parsable request whose tensor header cannot be recorded faithfully (non-finite scale/offset)."""
+
+
+class ServiceStartError(CEMError):
+    """A child service exited, or stayed silent past its deadline, before it printed its ``LISTENING`` line."""
+
+
 ECHO_LIMIT_CHARS = 80
 
 

@@ -14,7 +14,8 @@ from typing import Callable
 
 import torch
 
-from cem.bundle import Manifest, load_decoder
+from cem.bundle import load_decoder
+from cem.manifest import Manifest
 from cem.devices import resolve_device
 
 logger = logging.getLogger(__name__)

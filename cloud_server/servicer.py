@@ -113,7 +113,7 @@ class SplitInferenceServicer:
             accepted_dtypes=[dtype_to_enum(name) for name in WIRE_DTYPES],
             noise_std=manifest.noise_std,
             class_names=manifest.class_names,
-            dataset=str(manifest.dataset.get("name", "")),
+            dataset=manifest.dataset.name,
             max_batch=self._settings.max_batch,
             max_message_bytes=self._settings.max_message_bytes,
         )

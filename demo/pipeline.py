@@ -24,7 +24,7 @@ from attacker.client import AuditClient
 from attacker.service.api.schemas import AuditView
 from attacker.service.jobs import AuditStatus
 from cem.errors import CEMError
-from demo.processes import ServiceGroup, ServiceProcess, entry_point
+from demo.processes import ServiceGroup, entry_point
 from demo.profiles import DemoProfile, get_profile
 from demo.table import render_table
 
@@ -114,12 +114,12 @@ def serve_and_send(config: DemoConfig, profile: DemoProfile, group: ServiceGroup
     captures = config.out_dir / "captures"
     for model in models:
         name = model["name"]
-        cloud = group.start(ServiceProcess(f"cloud[{name}]", [
+        cloud = group.start(f"cloud[{name}]", [
             entry_point("cem-cloud"), "--bundle", model["bundle"], "--host", "127.0.0.1", "--port", "0"],
-            logs / f"cloud-{name}.log"))
-        tap = group.start(ServiceProcess(f"tap[{name}]", [
+            logs / f"cloud-{name}.log")
+        tap = group.start(f"tap[{name}]", [
             entry_point("cem-tap"), "--listen", "127.0.0.1:0", "--upstream", cloud, "--captures", str(captures)],
-            logs / f"tap-{name}.log"))
+            logs / f"tap-{name}.log")
         say(f"{name}: cloud on {cloud}, tap on {tap}; the edge sends the test split through the tap ...")
         argv = [entry_point("cem-edge"), "eval", "--server", tap, "--bundle", model["bundle"], "--dataset", "digits",
                 "--split", "test", "--sample-ids", "--seed", str(config.seed), "--json"]
@@ -135,11 +135,11 @@ def serve_and_send(config: DemoConfig, profile: DemoProfile, group: ServiceGroup
 def run_audits(config: DemoConfig, profile: DemoProfile, group: ServiceGroup, models: list[dict[str, Any]],
                say: Callable[[str], None]) -> tuple[str, str, dict[str, str]]:
     token = secrets.token_hex(16)
-    address = group.start(ServiceProcess("audit", [
+    address = group.start("audit", [
         entry_point("cem-audit"), "--host", "127.0.0.1", "--port", "0", "--bundles", str(config.out_dir / "bundles"),
         "--captures", str(config.out_dir / "captures"), "--db", str(config.out_dir / "audit.db"),
         "--max-jobs", str(AUDIT_WORKERS)],
-        config.out_dir / "logs" / "audit.log", env={"CEM_AUDIT_TOKEN": token}))
+        config.out_dir / "logs" / "audit.log", env={"CEM_AUDIT_TOKEN": token})
     url = f"http://{address}"
     say(f"audit service on {url}")
     epochs = {AttackName.DECODER: profile.decoder_epochs, AttackName.GAN: profile.gan_epochs}

@@ -21,7 +21,7 @@ import grpc
 import torch
 from google.protobuf.message import Message
 
-from cem.bundle import Manifest
+from cem.manifest import Manifest
 from cem.codec import decode_tensor, encode_tensor
 from cem.errors import CEMError
 from edge_client.preprocess import ImageInput, prepare_images

@@ -10,11 +10,12 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
-from typing import Iterator
+from itertools import repeat
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, Subset
 from tqdm import tqdm
 
 from cem.data.sample_ids import format_sample_id
@@ -43,6 +44,37 @@ class EvalReport:
         return asdict(self)
 
 
+class _InOrderBatches:
+    """One pass over a data set in fixed batches, and the labels of the batches still awaiting an answer.
+
+    The cloud answers in request order (one unary call at a time; ``InferStream`` by its
+    contract), so the next answer always belongs to the oldest batch sent and not yet
+    answered: ``images`` queues each batch's labels as it reads the batch, ``answered``
+    takes the oldest. Sample ids depend only on a batch's positions, so ``sample_ids``
+    walks the same batch sampler by itself and shares no state with ``images``.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int) -> None:
+        self._sampler = BatchSampler(SequentialSampler(dataset), batch_size, drop_last=False)  # type: ignore[arg-type]
+        self._loader = DataLoader(dataset, batch_sampler=self._sampler)
+        self._waiting: deque[torch.Tensor] = deque()  # labels (B,) of batches sent, oldest first
+
+    def images(self) -> Iterator[torch.Tensor]:
+        """Each batch's images (B, C, S, S) in [0, 1], in order; reads the data once."""
+        for x, y in self._loader:
+            self._waiting.append(y)
+            yield x
+
+    def sample_ids(self, dataset_name: str, split: str) -> Iterator[list[str]]:
+        """Each batch's sample ids (``cem.data.sample_ids``), in the order of ``images``."""
+        for indices in self._sampler:
+            yield [format_sample_id(dataset_name, split, i) for i in indices]
+
+    def answered(self) -> torch.Tensor:
+        """The labels (B,) of the oldest batch not yet answered; call once per answer, in order."""
+        return self._waiting.popleft()
+
+
 def evaluate_over_wire(
     client: EdgeClient,
     dataset: Dataset,
@@ -58,35 +90,19 @@ def evaluate_over_wire(
     """Classify ``dataset`` (items: (image (C, S, S) in [0, 1], label)) through the cloud, in order."""
     if limit is not None:
         dataset = Subset(dataset, range(min(limit, len(dataset))))  # type: ignore[arg-type]
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    labels: list[torch.Tensor] = []
-    pending_ids: deque[list[str] | None] = deque()
-
-    def image_batches() -> Iterator[torch.Tensor]:
-        # Single pass over the data; labels and sample ids are queued as each batch is read,
-        # so they are ready by the time its answer arrives (answers come back in order).
-        index = 0
-        for x, y in loader:
-            n = int(y.shape[0])
-            labels.append(y)
-            pending_ids.append([format_sample_id(dataset_name, split, i) for i in range(index, index + n)] if send_sample_ids else None)
-            index += n
-            yield x
-
-    def sample_id_batches() -> Iterator[list[str] | None]:
-        while pending_ids:
-            yield pending_ids.popleft()
-
+    batches = _InOrderBatches(dataset, batch_size)
+    sample_ids = batches.sample_ids(dataset_name, split) if send_sample_ids else None
     started = time.perf_counter()
+    predictions: Iterable[Prediction]
     if stream:
-        predictions: Iterator[Prediction] = client.classify_stream(image_batches(), sample_ids=sample_id_batches())
+        predictions = client.classify_stream(batches.images(), sample_ids=sample_ids)
     else:
-        predictions = (client.classify(x, sample_ids=pending_ids.popleft()) for x in image_batches())
+        predictions = (client.classify(x, sample_ids=ids) for x, ids in zip(batches.images(), sample_ids or repeat(None)))
     correct = total = wire_bytes = served = 0
     latencies: list[float] = []
-    with tqdm(total=len(loader.dataset), unit="img", desc="eval", disable=not show_progress) as bar:  # type: ignore[arg-type]
-        for k, prediction in enumerate(predictions):
-            y = labels[k]
+    with tqdm(total=len(dataset), unit="img", desc="eval", disable=not show_progress) as bar:  # type: ignore[arg-type]
+        for prediction in predictions:
+            y = batches.answered()
             correct += int((torch.tensor(prediction.predictions) == y).sum())
             total += int(y.shape[0])
             wire_bytes += prediction.request_bytes

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from cem.bundle import Manifest, load_encoder
+from cem.bundle import load_encoder
+from cem.manifest import Manifest
 from cem.devices import resolve_device
 from cem.obfuscation import ObfuscationConfig, obfuscate
 

@@ -65,6 +65,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from cem.manifest import MetricsRecord
 from cem.entropy import (
     component_information,
     mixture_information_bound,
@@ -190,18 +191,19 @@ class CEMRegularizer:
         return self.bound()
 
     def bound(self) -> dict[str, float]:
-        """Eq. 16 / Eq. 3 / Theorem 1 on the fitted mixture (H(x) := 0 nats, see cem.entropy)."""
+        """Eq. 16 / Eq. 3 / Theorem 1 on the fitted mixture (H(x) := 0 nats, see cem.entropy), as
+        manifest metrics JSON (``MetricsRecord.to_dict``: the relative ξ under ``mse_bound_xi``)."""
         if self.mixture is None:
             raise MixtureNotFittedError("expected refit() before bound(), got no mixture")
         with torch.no_grad():
             info = float(mixture_information_bound(self.mixture.weights, self._signal(self.mixture.variances), self.noise_std))
         entropy = relative_conditional_entropy(info)
-        return {
-            "information_bound": info,
-            "entropy_bound": entropy,
-            "entropy_bound_per_dim": entropy / self.image_dim,
-            "mse_bound_xi": mse_lower_bound(entropy, self.image_dim),
-        }
+        return MetricsRecord(
+            information_bound=info,
+            entropy_bound=entropy,
+            entropy_bound_per_dim=entropy / self.image_dim,
+            xi_relative=mse_lower_bound(entropy, self.image_dim),
+        ).to_dict()
 
     def loss(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """L_C of one batch. z: (B, ...) encoder features (requires grad); labels: (B,) -> scalar."""

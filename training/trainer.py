@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from cem.bounds import data_statistics, native_view, training_bound_metrics
-from cem.bundle import Manifest, save_bundle
+from cem.bundle import save_bundle
+from cem.manifest import Manifest, MetricsRecord
 from cem.data import DatasetInfo, load_dataset
 from cem.data.validation import VALIDATION_SPLIT_SEED, validation_indices
 from cem.devices import resolve_device
@@ -31,7 +32,6 @@ from cem.entropy import PixelMoments
 from cem.errors import ConfigError
 from cem.models import SplitModel, SplitModelConfig
 from cem.obfuscation import ObfuscationConfig
-from cem.units import lambda_units_of
 from training.cem_plugin import CEMRegularizer
 from training.config import LR_DECAY, TrainConfig, resolve_config
 from training.defenses import DefenseStack, create_defense, parse_defense
@@ -57,21 +57,23 @@ class TrainResult:
     duration_s: float
 
     @property
-    def metrics(self) -> dict[str, Any]:
+    def metrics(self) -> MetricsRecord:
         return self.manifest.metrics
 
     def to_dict(self) -> dict[str, Any]:
+        """The ``cem-train --json`` object; ξ keeps its manifest key (``mse_bound_xi`` = ``metrics.xi_relative``)."""
+        cem = self.manifest.cem
         return {
             "accuracy": self.accuracy,
-            "val_accuracy": self.metrics.get("val_accuracy"),
+            "val_accuracy": self.metrics.val_accuracy,
             "model_id": self.model_id,
             "bundle": str(self.bundle),
-            "entropy_bound": self.metrics.get("entropy_bound"),
-            "mse_bound_xi": self.metrics.get("mse_bound_xi"),
+            "entropy_bound": self.metrics.entropy_bound,
+            "mse_bound_xi": self.metrics.xi_relative,
             "noise_std": self.manifest.noise_std,
             "defenses": self.manifest.defenses,
-            "cem_lambda": (self.manifest.cem or {}).get("lam", 0.0),
-            "cem_lambda_units": lambda_units_of(self.manifest.cem),
+            "cem_lambda": cem.lam if cem is not None else 0.0,
+            "cem_lambda_units": cem.units if cem is not None else None,
             "epochs": len(self.history),
             "duration_s": round(self.duration_s, 3),
         }
@@ -132,7 +134,7 @@ class _Run:
 def _prepare(config: TrainConfig) -> _Run:
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    data_args = {"data_dir": config.data_dir, "download": config.download, "seed": config.seed}
+    data_args = {"data_dir": config.data_dir, "download": config.download}
     train_set, info = load_dataset(config.dataset, "train", augment=bool(config.augment), **data_args)
     test_set, _ = load_dataset(config.dataset, "test", **data_args)
     val_set = None
@@ -199,7 +201,7 @@ def _final_bound(run: _Run) -> dict[str, float]:
         return {}
     config = run.config
     noise = ObfuscationConfig(noise_std=run.obfuscation.noise_std) if run.cem.config.evaluate_on == "noisy" else None
-    plain, _ = load_dataset(config.dataset, "train", data_dir=config.data_dir, download=config.download, seed=config.seed)
+    plain, _ = load_dataset(config.dataset, "train", data_dir=config.data_dir, download=config.download)
     if config.validation_fraction > 0:  # the mixture describes the images the model was trained on
         plain = Subset(plain, validation_indices(len(plain), config.validation_fraction)[0].tolist())  # type: ignore[arg-type]
     loader = DataLoader(plain, batch_size=config.batch_size, shuffle=False, num_workers=config.workers)

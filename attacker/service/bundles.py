@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from cem.bounds import privacy_bound
-from cem.bundle import Manifest, load_manifest
+from cem.bundle import load_manifest
+from cem.manifest import Manifest
 from cem.errors import BundleError
 
 logger = logging.getLogger(__name__)

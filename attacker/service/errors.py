@@ -17,8 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from attacker.tap.store import CaptureStoreError
-from cem.errors import CEMError
+from cem.errors import CaptureStoreError, CEMError
 
 logger = logging.getLogger(__name__)
 

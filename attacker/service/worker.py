@@ -26,11 +26,11 @@ from typing import Any
 
 import torch
 
-from attacker.audit import AuditCancelled, AuditSpec, CapturedFeatures, run_audit
+from attacker.audit import AuditCancelled, AuditSpec, run_audit
 from attacker.service.config import WorkerSettings
 from attacker.service.jobs import INTERRUPTED_ERROR, Job, JobStore
-from attacker.tap.reader import CaptureStore
-from attacker.tap.store import write_durably
+from cem.captures.reader import CapturedFeatures, CaptureStore
+from cem.durable import write_durably
 from cem.bundle import load_manifest
 from cem.cli import run_cli
 from cem.errors import CEMError, ConfigError

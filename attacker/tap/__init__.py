@@ -1,9 +1,11 @@
 """The channel tap: a transparent gRPC proxy that records intercepted features.
 
 - ``proxy``: ``TapServer`` forwards every call as opaque bytes (grpc.aio).
+- ``relay``: carrying one call faithfully (metadata and deadline up, the upstream's status down).
 - ``recorder``: ``CaptureRecorder``, the bounded queue and writer thread off the forwarding path.
-- ``store``: ``CaptureWriter``, the crash-safe shard files + SQLite (WAL) index.
-- ``reader``: ``CaptureStore``, the read-only view the audit service uses (imports torch,
-  so the proxy process never loads it).
+- ``metrics``: the recorder's counters as Prometheus metrics.
 - ``cli``: ``cem-tap``.
+
+What a capture is and how it is stored and read is the kernel's (``cem.captures``),
+because the tap writes it and the audit service reads it.
 """

@@ -21,7 +21,6 @@ import logging
 import signal
 import sys
 
-from attacker.tap.metrics import serve_metrics
 from attacker.tap.proxy import TapServer
 from attacker.tap.recorder import STORE_FAILURE_MODES, CaptureRecorder, RecorderConfig, RecorderStats
 from cem.cli import run_cli
@@ -73,6 +72,8 @@ async def serve(args: argparse.Namespace) -> RecorderStats:
     recorder = CaptureRecorder(args.captures, config)
     metrics_server = None
     if args.metrics_listen is not None:
+        from attacker.tap.metrics import serve_metrics  # prometheus_client: ~4 MB only a metrics user pays
+
         try:
             metrics_port, metrics_server = serve_metrics(recorder, args.metrics_listen)
         except OSError:

@@ -40,7 +40,7 @@ import grpc.aio
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 
-from attacker.tap.records import CAPTURED_METHODS
+from cem.captures.records import CAPTURED_METHODS
 from attacker.tap.recorder import CaptureRecorder
 from attacker.tap.relay import FirstStatus, forwardable_metadata, relay_failure, remaining_timeout
 from cem.wire import DEFAULT_MAX_MESSAGE_BYTES, grpc_message_options

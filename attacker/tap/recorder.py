@@ -37,9 +37,10 @@ from google.protobuf.message import DecodeError
 from collections import OrderedDict
 from pathlib import Path
 
-from attacker.tap.records import CaptureRecord, InvalidCaptureError, parse_capture
-from attacker.tap.store import CaptureStoreError, CaptureWriter, write_durably
-from cem.errors import ConfigError
+from cem.captures.records import CaptureRecord, parse_capture
+from cem.captures.store import CaptureWriter
+from cem.durable import write_durably
+from cem.errors import CaptureStoreError, ConfigError, InvalidCaptureError
 
 logger = logging.getLogger(__name__)
 

@@ -7,9 +7,10 @@ is applied inside the encoder, never by callers.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from torch.utils.data import Dataset
 
@@ -42,6 +43,26 @@ class DatasetInfo:
         """The side the images were recorded at (digits: 8, upsampled to 32); the entropy estimate's grid."""
         return self.native_size or self.image_size
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "DatasetInfo":
+        """``to_dict``'s object back (a bundle's ``manifest.dataset``). Bundles from before the bound's
+        ``estimate`` kind lack ``native_size`` (None) and ``quantisation_step`` (the class default)."""
+        try:
+            native_size, step = data.get("native_size"), data.get("quantisation_step")
+            return cls(
+                name=str(data["name"]),
+                num_classes=int(data["num_classes"]),
+                in_channels=int(data["in_channels"]),
+                image_size=int(data["image_size"]),
+                mean=tuple(float(v) for v in data["mean"]),
+                std=tuple(float(v) for v in data["std"]),
+                class_names=tuple(str(n) for n in data.get("class_names") or ()),
+                native_size=int(native_size) if native_size is not None else None,
+                **({"quantisation_step": float(step)} if step is not None else {}),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"expected a complete dataset record, got {data!r} ({exc})") from exc
+
     def to_dict(self) -> dict:
         return {
             "native_size": self.native_resolution,
@@ -64,7 +85,6 @@ class DataRequest:
     data_dir: Path | None = None
     download: bool = False
     augment: bool = False
-    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -98,7 +118,6 @@ def load_dataset(
     data_dir: str | Path | None = None,
     download: bool = False,
     augment: bool = False,
-    seed: int = 0,
 ) -> tuple[Dataset, DatasetInfo]:
     """Load one split of a registered data set: (dataset of (x in [0,1], label), info)."""
     if name not in _LOADERS:
@@ -108,6 +127,5 @@ def load_dataset(
         data_dir=Path(data_dir) if data_dir is not None else None,
         download=download,
         augment=augment,
-        seed=seed,
     )
     return _LOADERS[name](request)

@@ -18,7 +18,7 @@ encoder's first layer, so no caller ever has to guess them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -46,7 +46,6 @@ class SplitModelConfig:
     num_classes: int = 10
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
-    extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.arch != "vgg11_bn_sgm":
@@ -84,6 +83,8 @@ class SplitModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "SplitModelConfig":
+        """The config of ``to_dict``. Keys it does not know are ignored on purpose, so bundles that
+        carry one still load (e.g. ``"extra"``, a field this class once had and never read)."""
         try:
             return cls(
                 arch=data["arch"],

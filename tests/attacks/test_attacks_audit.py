@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from attacker.attacks import compute_feature_set, load_images
-from attacker.audit import AuditCancelled, AuditSpec, CapturedFeatures, run_audit
+from attacker.audit import AuditCancelled, AuditSpec, run_audit
+from cem.captures.reader import CapturedFeatures
 from attacker.cli import main as attack_main
 from cem.bundle import load_encoder
 from cem.data.sample_ids import format_sample_id

@@ -19,7 +19,7 @@ from PIL import Image
 
 from cem.codec import encode_tensor
 from cem.data import load_dataset
-from cem.wire import parse_listening_line
+from cem.processes import ServiceProcess
 from grpc_helpers import NOT_SERVING, health_status, open_stub
 from protos import cem_split_pb2 as pb
 
@@ -27,56 +27,24 @@ BIN = Path(sys.executable).parent
 EVAL_KEYS = {"accuracy", "images", "throughput_ips", "latency_ms_p50", "latency_ms_p99", "bytes_per_image"}
 
 
-class CloudProcess:
-    """``cem-cloud`` on port 0; ``port`` comes from its LISTENING line."""
-
-    def __init__(self, bundle: Path, log: Path, *extra: str) -> None:
-        self.log = log
-        self._log_handle = open(log, "wb")
-        self.process = subprocess.Popen(
-            [str(BIN / "cem-cloud"), "--bundle", str(bundle), "--port", "0", "--device", "cpu", *extra],
-            stdout=subprocess.PIPE, stderr=self._log_handle, text=True,
-        )
-        self.port = self._read_port(timeout=90)
-
-    def _read_port(self, timeout: float) -> int:
-        found: list[int] = []
-
-        def read() -> None:
-            assert self.process.stdout is not None
-            for line in self.process.stdout:
-                parsed = parse_listening_line(line)
-                if parsed:
-                    found.append(parsed[1])
-                    return
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        reader.join(timeout)
-        if not found:
-            self.process.kill()
-            raise AssertionError(f"cem-cloud printed no LISTENING line; log:\n{self.log.read_text()}")
-        return found[0]
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(30)
-        self._log_handle.close()
+def start_cloud(bundle: Path, log: Path, *extra: str) -> ServiceProcess:
+    """``cem-cloud`` on port 0; its ``port`` comes from its LISTENING line."""
+    return ServiceProcess.start([BIN / "cem-cloud", "--bundle", bundle, "--port", "0", "--device", "cpu", *extra],
+                                log_path=log, timeout_s=90)
 
 
 @pytest.fixture
-def cloud(digits_bundle: Path, tmp_path: Path) -> Iterator[CloudProcess]:
-    process = CloudProcess(digits_bundle, tmp_path / "cloud.log")
+def cloud(digits_bundle: Path, tmp_path: Path) -> Iterator[ServiceProcess]:
+    process = start_cloud(digits_bundle, tmp_path / "cloud.log")
     yield process
-    process.close()
+    process.kill()
 
 
 def _edge(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "cem-edge"), *args], capture_output=True, text=True, timeout=120)
 
 
-def test_edge_eval_and_classify_against_cem_cloud(cloud: CloudProcess, digits_bundle: Path, tmp_path: Path) -> None:
+def test_edge_eval_and_classify_against_cem_cloud(cloud: ServiceProcess, digits_bundle: Path, tmp_path: Path) -> None:
     server = f"127.0.0.1:{cloud.port}"
     result = _edge("eval", "--server", server, "--bundle", str(digits_bundle), "--dataset", "digits",
                    "--wire-dtype", "float16", "--batch-size", "64", "--limit", "200", "--sample-ids", "--json")
@@ -119,7 +87,7 @@ def test_tampered_bundles_are_refused_by_both_processes_as_usage_errors(bundle_c
 
 
 def test_sigterm_during_load_finishes_every_in_flight_request(digits_bundle: Path, tmp_path: Path) -> None:
-    cloud = CloudProcess(digits_bundle, tmp_path / "cloud.log", "--max-batch", "256", "--max-delay-ms", "1", "--drain-s", "1")
+    cloud = start_cloud(digits_bundle, tmp_path / "cloud.log", "--max-batch", "256", "--max-delay-ms", "1", "--drain-s", "1")
     channel, stub = open_stub(cloud.port)
     requests = 16
     outcomes: list[tuple[grpc.StatusCode, float]] = []
@@ -144,20 +112,20 @@ def test_sigterm_during_load_finishes_every_in_flight_request(digits_bundle: Pat
             thread.start()
         assert first_done.wait(120)
         sigterm_at = time.monotonic()
-        cloud.process.send_signal(signal.SIGTERM)
+        cloud.send_signal(signal.SIGTERM)
         time.sleep(0.2)
         health_during_drain = health_status(channel)
         for thread in threads:
             thread.join(120)
-        assert cloud.process.wait(60) == 0
+        assert cloud.wait(60) == 0
         with pytest.raises(grpc.RpcError) as refused:
             stub.Infer(pb.InferRequest(features=encode_tensor(torch.rand(1, 8, 8, 8))), timeout=10)
     finally:
         channel.close()
-        cloud.close()
+        cloud.kill()
     assert health_during_drain == NOT_SERVING
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     assert [code for code, _ in outcomes] == [grpc.StatusCode.OK] * requests
     assert sum(done_at > sigterm_at for _, done_at in outcomes) >= 1, "no request was in flight at SIGTERM"
-    log = cloud.log.read_text()
+    log = cloud.log_text()
     assert "received SIGTERM" in log and "server stopped" in log

@@ -19,11 +19,14 @@ from cem.errors import (
     BundleFormatError,
     BundleIntegrityError,
     BundleNotFoundError,
+    CaptureStoreError,
     CEMError,
     ConfigError,
     DatasetError,
     DatasetNotFoundError,
+    InvalidCaptureError,
     MetricInputError,
+    ServiceStartError,
     TensorCodecError,
     TensorTooLargeError,
     UnknownNameError,
@@ -59,9 +62,10 @@ CLOUD_STATUS = {
     ServiceUnavailableError: grpc.StatusCode.UNAVAILABLE,
 }
 # Kernel and cloud errors the cloud never raises (it loads no data set, scores nothing, looks no name up in
-# a registry, and raises ServiceError's subclasses only). Like every other app's errors, which it cannot
-# even import, they take the table's CEMError row: INTERNAL, logged, message withheld.
-NEVER_IN_THE_CLOUD = {ServiceError, DatasetError, DatasetNotFoundError, MetricInputError, UnknownNameError}
+# a registry, starts no child service, touches no capture, and raises ServiceError's subclasses only). Like every other app's
+# errors, which it cannot even import, they take the table's CEMError row: INTERNAL, logged, message withheld.
+NEVER_IN_THE_CLOUD = {ServiceError, DatasetError, DatasetNotFoundError, MetricInputError, ServiceStartError,
+                      UnknownNameError, CaptureStoreError, InvalidCaptureError}
 CLOUD_PACKAGES = ("cem", "cloud_server")
 
 

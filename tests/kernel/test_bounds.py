@@ -13,6 +13,7 @@ import torch
 
 from attacker.service.api.schemas import BoundKind, PrivacyBound
 from cem.bounds import BOUND_KINDS, BOUND_LABELS, native_view, privacy_bound, stored_bound, training_bound_metrics
+from cem.manifest import MetricsRecord
 from cem.entropy import PixelMoments, mse_lower_bound
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,6 +69,13 @@ def test_old_bundles_get_a_relative_bound_and_no_noise_gets_none() -> None:
     bound = privacy_bound(metrics(xi_relative=0.01, xi_estimate=None), attack_mse=0.02)
     assert bound is not None and bound["kind"] == "relative" and "relative" not in bound and not bound["warnings"]
     assert privacy_bound({"accuracy": 0.9}) is None
+
+
+def test_the_manifest_record_and_its_json_give_the_same_bound() -> None:
+    record = MetricsRecord.from_dict(metrics())
+    assert (record.xi_relative, record.xi_estimate) == (0.05, 1e-4)  # read from mse_bound_xi(_estimate)
+    assert privacy_bound(record, attack_mse=0.01) == privacy_bound(metrics(), attack_mse=0.01)
+    assert privacy_bound(MetricsRecord(entropy_bound=-90.0, xi_relative=math.inf)) is None  # not finite: none
 
 
 def test_an_estimate_beaten_by_an_attack_says_so() -> None:

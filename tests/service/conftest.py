@@ -11,8 +11,8 @@ import pytest
 import torch
 from service_helpers import CAPTURED_SAMPLES, AuditService, start_service, wait_status
 
-from attacker.tap.records import CaptureRecord
-from attacker.tap.store import CaptureWriter
+from cem.captures.records import CaptureRecord
+from cem.captures.store import CaptureWriter
 from cem.bundle import load_encoder
 from cem.codec import encode_tensor
 from cem.data import load_dataset

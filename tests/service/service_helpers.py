@@ -1,12 +1,9 @@
-"""Start ``cem-audit`` as a real child process (its own process group) and wait on its jobs."""
+"""Start ``cem-audit`` as a real child process (``cem.processes``, its own session) and wait on its jobs."""
 
 from __future__ import annotations
 
 import os
-import selectors
-import signal
 import sqlite3
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -15,7 +12,7 @@ from typing import Any, Callable
 
 import httpx
 
-from cem.wire import parse_listening_line
+from cem.processes import ServiceProcess
 
 TOKEN = "test-token-0123456789abcdef"
 CAPTURED_SAMPLES = 12  # the conftest captures: digits test images 0..11, sample ids included
@@ -23,17 +20,19 @@ CAPTURED_SAMPLES = 12  # the conftest captures: digits test images 0..11, sample
 
 @dataclass
 class AuditService:
-    process: subprocess.Popen
-    url: str
-    log_path: Path
+    process: ServiceProcess  # in a session of its own: ``process.kill()`` also kills its workers
     db_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.process.address}"
 
     def client(self, token: str | None = TOKEN) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.process.log_text()
 
     def job_row(self, job_id: str) -> dict[str, Any]:
         """The job as stored in SQLite, read directly (works while the service is down)."""
@@ -46,21 +45,7 @@ class AuditService:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM (graceful), then SIGKILL whatever is left of the process group."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                pass
-        kill_group(self.process.pid)
-        self.process.wait(10)
-
-
-def kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+        self.process.terminate(grace_s=timeout_s)
 
 
 def start_service(db: Path, bundles: Path, captures: Path, log_path: Path, *extra: str,
@@ -70,22 +55,9 @@ def start_service(db: Path, bundles: Path, captures: Path, log_path: Path, *extr
         env["CEM_AUDIT_TOKEN"] = token
     argv = [sys.executable, "-m", "attacker.service.cli", "--port", "0", "--bundles", str(bundles),
             "--captures", str(captures), "--db", str(db), "--device", "cpu", "--log-level", "DEBUG", *extra]
-    with open(log_path, "a") as log:
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True,
-                                   env=env, start_new_session=True)
-    selector = selectors.DefaultSelector()
-    selector.register(process.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            if selector.select(timeout=0.5):
-                parsed = parse_listening_line(process.stdout.readline())
-                if parsed is not None:
-                    return AuditService(process, f"http://{parsed[0]}:{parsed[1]}", log_path, db)
-    finally:
-        selector.close()
-    kill_group(process.pid)
-    raise AssertionError(f"cem-audit did not print LISTENING; log:\n{log_path.read_text()}")
+    process = ServiceProcess.start(argv, log_path=log_path, name="cem-audit", env=env, new_session=True,
+                                   timeout_s=timeout_s)
+    return AuditService(process, db)
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.2) -> Any:

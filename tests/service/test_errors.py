@@ -34,8 +34,7 @@ from attacker.service.errors import (
     UnauthorizedError,
     to_service_error,
 )
-from attacker.tap.store import CaptureStoreError
-from cem.errors import CEMError
+from cem.errors import CaptureStoreError, CEMError
 
 # The errors a route raises on purpose, with what the client sees: never the exception's own message.
 ROUTE_STATUS = {

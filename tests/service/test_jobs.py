@@ -9,7 +9,7 @@ from PIL import Image
 from service_helpers import CAPTURED_SAMPLES, AuditService, wait_status
 
 from attacker.service.errors import DETAIL_AUDIT_FINISHED, DETAIL_AUDIT_NOT_FINISHED
-from attacker.tap.reader import CaptureStore
+from cem.captures.reader import CaptureStore
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

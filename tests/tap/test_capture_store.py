@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from attacker.tap.reader import CaptureStore
+from cem.captures.reader import CaptureStore
 from attacker.tap.recorder import CaptureRecorder, RecorderConfig
-from attacker.tap.records import CaptureRecord, parse_capture
-from attacker.tap.store import INDEX_FILE, SHARD_DIR, SHARD_SUFFIX, TMP_PREFIX, CaptureWriter, encode_shard, write_durably
+from cem.captures.records import CaptureRecord, parse_capture
+from cem.captures.store import INDEX_FILE, SHARD_DIR, SHARD_SUFFIX, CaptureWriter, encode_shard
+from cem.durable import TMP_PREFIX, write_durably
 from cem.codec import decode_tensor, encode_tensor
 from cem.errors import ConfigError
 from protos import cem_split_pb2 as pb

@@ -9,7 +9,7 @@ import pytest
 import torch
 from tap_helpers import make_request
 
-from attacker.tap.reader import CaptureStore
+from cem.captures.reader import CaptureStore
 from protos import cem_split_pb2_grpc as pb_grpc
 
 

@@ -11,8 +11,9 @@ import grpc
 import torch
 from tap_helpers import make_request
 
-from attacker.tap.reader import CaptureStore
-from attacker.tap.store import SHARD_DIR, TMP_PREFIX, CaptureWriter
+from cem.captures.reader import CaptureStore
+from cem.captures.store import SHARD_DIR, CaptureWriter
+from cem.durable import TMP_PREFIX
 from protos import cem_split_pb2_grpc as pb_grpc
 
 

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from tap_helpers import make_request, start_tap
 
-from attacker.tap.reader import CaptureStore
+from cem.captures.reader import CaptureStore
 from cem.codec import decode_tensor
 from protos import cem_split_pb2 as pb
 from protos import cem_split_pb2_grpc as pb_grpc

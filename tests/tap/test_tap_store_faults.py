@@ -15,9 +15,10 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tap_helpers import make_request, start_tap
 
-from attacker.tap.reader import CaptureStore
+from cem.captures.reader import CaptureStore
 from attacker.tap.recorder import CaptureRecorder, RecorderConfig
-from attacker.tap.store import SHARD_DIR, TMP_PREFIX, CaptureWriter
+from cem.captures.store import SHARD_DIR, CaptureWriter
+from cem.durable import TMP_PREFIX
 from protos import cem_split_pb2_grpc as pb_grpc
 
 INFER = "/cem.split.v1.SplitInference/Infer"
@@ -141,8 +142,8 @@ def test_a_full_disk_leaves_no_partial_shard(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import resource, signal
         import torch
-        from attacker.tap.records import CaptureRecord
-        from attacker.tap.store import CaptureWriter
+        from cem.captures.records import CaptureRecord
+        from cem.captures.store import CaptureWriter
         writer = CaptureWriter({str(tmp_path)!r})
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))

@@ -27,7 +27,7 @@ def test_json_flag_makes_the_last_stdout_line_a_result_object(tmp_path: Path) ->
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {"accuracy", "model_id", "bundle", "entropy_bound"} <= set(result)
     manifest = load_manifest(result["bundle"])
-    assert manifest.model_id == result["model_id"] and manifest.metrics["accuracy"] == result["accuracy"]
+    assert manifest.model_id == result["model_id"] and manifest.metrics.accuracy == result["accuracy"]
     assert manifest.noise_std == 0.05 and {"name": "topk", "ratio": 0.25} in manifest.defenses
     assert "train" in proc.stderr  # the progress bar goes to stderr
 
@@ -69,4 +69,5 @@ def test_bottleneck_none_writes_the_no_defense_baseline(no_defense_bundle: Path)
     assert manifest.model.bottleneck_channels is None and manifest.feature_shape == (16, 8, 8)
     assert manifest.defenses == [{"name": "bottleneck", "channels": None}]
     assert manifest.noise_std == 0.0 and manifest.cem is None
-    assert isinstance(manifest.metrics["accuracy"], float) and "entropy_bound" not in manifest.metrics  # no σ, no bound
+    assert isinstance(manifest.metrics.accuracy, float) and manifest.metrics.entropy_bound is None  # no σ, no bound
+    assert "entropy_bound" not in raw["metrics"] and raw["cem"] is None

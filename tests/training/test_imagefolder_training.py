@@ -28,6 +28,6 @@ def test_augmented_training_on_mixed_size_images_writes_a_bundle(tmp_path: Path)
     result = train(config)
     manifest, _ = load_bundle(result.bundle)
     assert manifest.training["augment"] is True
-    assert manifest.dataset["name"] == "imagefolder" and manifest.dataset["image_size"] == 32
-    assert manifest.dataset["class_names"] == ["a", "b"]
+    assert manifest.dataset.name == "imagefolder" and manifest.dataset.image_size == 32
+    assert manifest.dataset.class_names == ("a", "b")
     assert 0.0 <= result.accuracy <= 1.0

@@ -10,10 +10,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from cem.bundle import load_bundle
+from cem.manifest import Manifest
 from cem.data import load_dataset
 from cem.errors import ConfigError
 from cem.obfuscation import ObfuscationConfig
 from training import TrainConfig, TrainResult, train
+from training.cem_plugin import CEMConfig
 from training.loops import evaluate
 from training.trainer import LOG_FILE
 
@@ -45,19 +47,32 @@ def test_bundle_records_everything_the_other_parts_need(runs: dict[str, TrainRes
     assert manifest.model_id == result.model_id and manifest.noise_std == 0.1
     assert manifest.defenses == [{"name": "noise", "std": 0.1}, {"name": "bottleneck", "channels": 8},
                                  {"name": "dropout", "p": 0.1}, {"name": "distcorr", "weight": 0.1}]
-    assert manifest.cem is not None and manifest.cem["lam"] == 8.0 and manifest.cem["k"] == 3
-    assert manifest.cem["lambda_units"] == "paper" and manifest.cem["lr_coupling"] == "ref"
-    assert manifest.cem["loss_form"] == "paper_diag" and manifest.cem["evaluate_on"] == "clean"
-    for key in ("accuracy", "entropy_bound", "mse_bound_xi", "information_bound"):
-        assert isinstance(manifest.metrics[key], float)
-    assert manifest.metrics["entropy_bound"] == pytest.approx(-manifest.metrics["information_bound"])
+    assert manifest.cem is not None and manifest.cem.lam == 8.0 and manifest.cem.k == 3
+    assert manifest.cem.lambda_units == manifest.cem.units == "paper" and manifest.cem.lr_coupling == "ref"
+    assert manifest.cem.loss_form == "paper_diag" and manifest.cem.evaluate_on == "clean"
+    assert (manifest.cem.noise_std, manifest.cem.image_dim) == (0.1, 1 * 32 * 32)
+    metrics = manifest.metrics
+    for value in (metrics.accuracy, metrics.entropy_bound, metrics.xi_relative, metrics.information_bound,
+                  metrics.xi_estimate, metrics.entropy_x_estimate, metrics.native_dim):
+        assert isinstance(value, float)
+    assert metrics.entropy_bound == pytest.approx(-metrics.information_bound)  # type: ignore[operator]
     assert manifest.training["seed"] == 3 and manifest.training["epochs"] == 2
-    assert manifest.dataset["name"] == "digits" and manifest.feature_shape == (8, 8, 8)
+    assert manifest.dataset.name == "digits" and manifest.dataset.native_size == 8 and manifest.feature_shape == (8, 8, 8)
     test_set, _ = load_dataset("digits", "test")
     config = ObfuscationConfig.from_records(manifest.noise_std, manifest.defenses)
     again = evaluate(model, DataLoader(test_set, batch_size=128), config, torch.Generator().manual_seed(3 + 3),
                      torch.device("cpu"))
-    assert again == manifest.metrics["accuracy"] == result.accuracy  # measured with noise and dropout on
+    assert again == manifest.metrics.accuracy == result.accuracy  # measured with noise and dropout on
+
+
+def test_manifest_json_keeps_its_keys_and_round_trips_byte_for_byte(runs: dict[str, TrainResult]) -> None:
+    text = (Path(runs["a"].bundle) / "manifest.json").read_text()
+    raw = json.loads(text)
+    assert {"accuracy", "entropy_bound", "mse_bound_xi", "mse_bound_xi_estimate", "native_dim"} <= set(raw["metrics"])
+    assert not {"xi_relative", "xi_estimate"} & set(raw["metrics"])  # the typed names never reach the disk
+    assert raw["cem"] == {**CEMConfig(lam=8.0).to_dict(), "noise_std": 0.1, "image_dim": 1 * 32 * 32}
+    assert raw["dataset"] == load_dataset("digits", "train")[1].to_dict()
+    assert json.dumps(Manifest.from_dict(raw).to_dict(), indent=2, sort_keys=True) + "\n" == text
 
 
 def test_epoch_log_has_one_json_line_per_epoch_and_cem_starts_after_warmup(runs: dict[str, TrainResult]) -> None:

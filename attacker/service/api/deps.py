@@ -13,7 +13,7 @@ from attacker.service.config import ServiceSettings
 from attacker.service.errors import UnauthorizedError
 from attacker.service.jobs import JobStore
 from attacker.service.supervisor import WorkerPool
-from attacker.tap.reader import CaptureStore
+from cem.captures.reader import CaptureStore
 
 bearer_scheme = HTTPBearer(auto_error=False, description="the token in CEM_AUDIT_TOKEN")
 

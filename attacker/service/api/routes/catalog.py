@@ -9,7 +9,6 @@ from fastapi import APIRouter
 from attacker.service.api.deps import CapturesDep, CatalogDep
 from attacker.service.api.schemas import BundleList, BundleView, CaptureSummaryView, ModelCapturesView
 from attacker.service.bundles import BundleEntry
-from cem.units import lambda_units_of
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
 
@@ -20,17 +19,17 @@ def _utc(timestamp: float | None) -> datetime | None:
 
 def to_bundle_view(entry: BundleEntry) -> BundleView:
     manifest = entry.manifest
-    accuracy = manifest.metrics.get("accuracy")
+    accuracy = manifest.metrics.accuracy
     return BundleView(
         name=entry.name,
         model_id=manifest.model_id,
         arch=manifest.model.arch,
-        dataset=str(manifest.dataset.get("name", "")),
+        dataset=manifest.dataset.name,
         feature_shape=list(manifest.feature_shape),
         noise_std=manifest.noise_std,
         defenses=manifest.defenses,
-        cem={**manifest.cem, "lambda_units": lambda_units_of(manifest.cem)} if manifest.cem else None,
-        accuracy=float(accuracy) if isinstance(accuracy, (int, float)) else None,
+        cem={**manifest.cem.to_dict(), "lambda_units": manifest.cem.units} if manifest.cem else None,
+        accuracy=accuracy,
         bound=entry.bound,
     )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from cem.errors import InvalidCaptureError
 from protos import cem_split_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["SplitInference"]
@@ -126,8 +127,4 @@ def parse_capture(method: str, payload: bytes, captured_at: float, response: byt
     )
 
 
-class InvalidCaptureError(ValueError):
-    """A parsable request whose tensor header cannot be recorded faithfully (non-finite scale/offset)."""
-
-
-__all__ = ["CAPTURED_METHODS", "CaptureRecord", "InvalidCaptureError", "name_dtype", "parse_capture"]
+__all__ = ["CAPTURED_METHODS", "CaptureRecord", "name_dtype", "parse_capture"]

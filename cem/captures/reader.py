@@ -18,13 +18,26 @@ from pathlib import Path
 
 import torch
 
-from attacker.audit import CapturedFeatures
-from attacker.tap.store import INDEX_FILE, SHARD_DIR, SHARD_SUFFIX, CaptureStoreError, read_shard_payloads
+from cem.captures.store import INDEX_FILE, SHARD_DIR, SHARD_SUFFIX, read_shard_payloads
 from cem.codec import decode_tensor, dtype_to_enum
-from cem.errors import TensorCodecError
+from cem.errors import CaptureStoreError, ConfigError, TensorCodecError
 from protos import cem_split_pb2 as pb
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CapturedFeatures:
+    """Intercepted features (N, C, H, W) as they crossed the wire, and the sample id of each (None: not sent)."""
+
+    features: torch.Tensor
+    sample_ids: list[str | None]
+
+    def __post_init__(self) -> None:
+        if self.features.dim() != 4:
+            raise ConfigError(f"expected captured features of shape (N, C, H, W), got {tuple(self.features.shape)}")
+        if len(self.sample_ids) != self.features.shape[0]:
+            raise ConfigError(f"expected {self.features.shape[0]} sample ids (one per capture), got {len(self.sample_ids)}")
 
 
 @dataclass(frozen=True)

@@ -30,15 +30,15 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as save_safetensors
 
-from attacker.tap.records import CaptureRecord
-from cem.errors import CEMError
+from cem.captures.records import CaptureRecord
+from cem.durable import TMP_PREFIX, write_durably
+from cem.errors import CaptureStoreError
 
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.sqlite"
 SHARD_DIR = "shards"
 SHARD_SUFFIX = ".safetensors"
-TMP_PREFIX = ".tmp-"
 SHARD_FORMAT = "cem-captures/1"
 
 SCHEMA = """
@@ -66,10 +66,6 @@ CREATE TABLE IF NOT EXISTS captures (
 );
 CREATE INDEX IF NOT EXISTS captures_by_model ON captures(model_id, id);
 """
-
-
-class CaptureStoreError(CEMError):
-    """The capture directory or one of its shards cannot be used."""
 
 
 def connect_index(root: Path) -> sqlite3.Connection:
@@ -107,29 +103,6 @@ def read_shard_payloads(path: Path, keys: Iterable[str]) -> dict[str, bytes]:
             return {key: handle.get_tensor(key).tobytes() for key in keys}
     except (SafetensorError, OSError) as exc:
         raise CaptureStoreError(f"shard {path.name} is not a readable safetensors file: {exc}") from exc
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that after a crash either the whole file exists or none of it."""
-    tmp = path.with_name(TMP_PREFIX + path.name)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk must not also leave a partial file behind
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def insert_shard(conn: sqlite3.Connection, name: str, headers: Sequence[dict[str, object]], size: int) -> None:
