@@ -19,9 +19,10 @@ bound; a bundle without one (σ = 0) reports ``null``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -42,10 +43,11 @@ from attacker.attacks import (
 from attacker.attacks.evaluate import GRID_SAMPLES
 from cem.bounds import privacy_bound
 from cem.bundle import load_encoder
-from cem.manifest import Manifest
+from cem.captures.reader import CapturedFeatures
 from cem.data.sample_ids import parse_sample_id
 from cem.devices import DEVICE_CHOICES, resolve_device
 from cem.errors import CEMError, ConfigError
+from cem.manifest import Manifest
 from cem.metrics import ReconstructionMeter
 from cem.obfuscation import ObfuscationConfig
 
@@ -164,7 +166,9 @@ def _attack_captured(
         rows = known.nonzero().squeeze(1).to(device)
         meter.update(recon[rows], originals[rows])
         metrics = meter.summary()
-    unusable = sum(1 for sid, truth in zip(captured.sample_ids, truths) if sid is not None and truth is None)
+    unusable = sum(
+        1 for sid, truth in zip(captured.sample_ids, truths, strict=True) if sid is not None and truth is None
+    )
     if unusable:
         logger.warning("skipped %d capture(s) whose sample id names no %s image", unusable, dataset)
     k = GRID_SAMPLES
@@ -204,10 +208,11 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
         raise ConfigError("expected a dataset name in the spec or the bundle manifest, got neither")
     images = {split: load_images(dataset, split, spec.data_dir) for split in ("train", "test")}
     expected = (manifest.model.in_channels, manifest.model.image_size, manifest.model.image_size)
-    for split, tensor in images.items():
+    for split_name, tensor in images.items():
         if tuple(tensor.shape[1:]) != expected:
             raise ConfigError(
-                f"expected {dataset} {split} images of shape {expected} for this bundle, got {tuple(tensor.shape[1:])}"
+                f"expected {dataset} {split_name} images of shape {expected} for this bundle,"
+                f" got {tuple(tensor.shape[1:])}"
             )
     monitor.check()
     sets = {split: compute_feature_set(encoder, tensor) for split, tensor in images.items()}
@@ -253,7 +258,9 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
         groups.append(group)
     bound = audited_bound(manifest, metrics)
     if bound is None:
-        logger.warning("bundle %s records no entropy bound (trained without noise); the bound is null", manifest.model_id)
+        logger.warning(
+            "bundle %s records no entropy bound (trained without noise); the bound is null", manifest.model_id
+        )
     else:
         for warning in bound["warnings"]:
             logger.warning("bundle %s: %s", manifest.model_id, warning)

@@ -37,7 +37,9 @@ PROGRESS_STEPS = 100
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cem-attack", description="Model inversion attack on a split-model bundle.")
-    parser.add_argument("--bundle", required=True, type=Path, help="bundle folder (manifest.json + encoder.safetensors)")
+    parser.add_argument(
+        "--bundle", required=True, type=Path, help="bundle folder (manifest.json + encoder.safetensors)"
+    )
     parser.add_argument("--attack", choices=ATTACKS, default=AuditSpec.attack)
     parser.add_argument("--dataset", choices=available_datasets(), default=AuditSpec.dataset,
                         help="default: the bundle's data set")
@@ -46,7 +48,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="default: 50 (decoder) or 150 (gan, after ceil(epochs/3) decoder epochs)")
     parser.add_argument("--seed", type=int, default=AuditSpec.seed)
     parser.add_argument("--device", choices=DEVICE_CHOICES, default=AuditSpec.device)
-    parser.add_argument("--out", required=True, type=Path, help="output folder for metrics.json and reconstructions.png")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="output folder for metrics.json and reconstructions.png"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON summary as the last stdout line")
     return parser
 

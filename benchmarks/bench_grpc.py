@@ -68,8 +68,14 @@ def train_digits_bundle(out: Path, *, width: float, epochs: int, noise_std: floa
             loss.backward()
             optimizer.step()
             scheduler.step()
-    save_bundle(out, model.eval(), noise_std=noise_std, dataset=info.to_dict(),
-                defenses=[{"name": "noise", "std": noise_std}], training={"script": "benchmarks/bench_grpc.py", "epochs": epochs, "seed": seed})
+    save_bundle(
+        out,
+        model.eval(),
+        noise_std=noise_std,
+        dataset=info.to_dict(),
+        defenses=[{"name": "noise", "std": noise_std}],
+        training={"script": "benchmarks/bench_grpc.py", "epochs": epochs, "seed": seed},
+    )
     return out
 
 
@@ -148,8 +154,17 @@ def compare_dtypes(bundle: Path, target: str, batch: int, seed: int) -> list[dic
     rows = []
     for dtype in WIRE_DTYPES:
         with EdgeClient(bundle, target, ClientSettings(wire_dtype=dtype, seed=seed)) as client:
-            report = evaluate_over_wire(client, test, dataset_name="digits", split="test", batch_size=batch, show_progress=False)
-        rows.append({"wire_dtype": dtype, "bytes_per_image": report.bytes_per_image, "accuracy": report.accuracy, "images": report.images})
+            report = evaluate_over_wire(
+                client, test, dataset_name="digits", split="test", batch_size=batch, show_progress=False
+            )
+        rows.append(
+            {
+                "wire_dtype": dtype,
+                "bytes_per_image": report.bytes_per_image,
+                "accuracy": report.accuracy,
+                "images": report.images,
+            }
+        )
     for row in rows:
         row["accuracy_change_points"] = (row["accuracy"] - rows[0]["accuracy"]) * 100
         row["bytes_ratio"] = row["bytes_per_image"] / rows[0]["bytes_per_image"]
@@ -157,23 +172,27 @@ def compare_dtypes(bundle: Path, target: str, batch: int, seed: int) -> list[dic
 
 
 def print_tables(latency: list[dict], dtypes: list[dict], reference_accuracy: float) -> None:
-    print("| batch | in-process p50 (ms) | gRPC p50 (ms) | added p50 (ms) | in-process img/s | gRPC img/s | gRPC / in-process |")
+    print("| batch | in-process p50 (ms) | gRPC p50 (ms) | added p50 (ms) | in-process img/s | gRPC img/s "
+          "| gRPC / in-process |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in latency:
         print(f"| {r['batch']} | {r['in_process_p50_ms']:.2f} | {r['grpc_p50_ms']:.2f} | {r['added_p50_ms']:+.2f} | "
               f"{r['in_process_ips']:.0f} | {r['grpc_ips']:.0f} | {r['throughput_ratio']:.3f}x |")
     print()
-    print("| batch | in-process encoder+noise | in-process decoder | edge encoder+noise | RPC incl. cloud decoder | RPC - in-process decoder |")
+    print("| batch | in-process encoder+noise | in-process decoder | edge encoder+noise | RPC incl. cloud decoder "
+          "| RPC - in-process decoder |")
     print("|---:|---:|---:|---:|---:|---:|")
     for r in latency:
+        added = r["rpc_p50_ms"] - r["in_process_decode_p50_ms"]
         print(f"| {r['batch']} | {r['in_process_encode_p50_ms']:.2f} | {r['in_process_decode_p50_ms']:.2f} | "
-              f"{r['edge_encode_p50_ms']:.2f} | {r['rpc_p50_ms']:.2f} | {r['rpc_p50_ms'] - r['in_process_decode_p50_ms']:+.2f} |")
+              f"{r['edge_encode_p50_ms']:.2f} | {r['rpc_p50_ms']:.2f} | {added:+.2f} |")
     print()
     print(f"in-process accuracy at the same noise seed: {reference_accuracy:.4f}")
     print("| wire dtype | bytes / image | vs float32 | accuracy | change (points) |")
     print("|---|---:|---:|---:|---:|")
     for r in dtypes:
-        print(f"| {r['wire_dtype']} | {r['bytes_per_image']:.1f} | {r['bytes_ratio']:.3f}x | {r['accuracy']:.4f} | {r['accuracy_change_points']:+.2f} |")
+        print(f"| {r['wire_dtype']} | {r['bytes_per_image']:.1f} | {r['bytes_ratio']:.3f}x | {r['accuracy']:.4f} "
+              f"| {r['accuracy_change_points']:+.2f} |")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,8 +29,7 @@ from cem.bundle import save_bundle
 from cem.data import load_dataset
 from cem.models import SplitModel, SplitModelConfig
 from cloud_server import ServerSettings, create_server
-from edge_client import ClientSettings, EdgeClient, RemoteCallError, RetryPolicy
-from edge_client import transport
+from edge_client import ClientSettings, EdgeClient, RemoteCallError, RetryPolicy, transport
 
 # The policy before the budget: 4 attempts, 0.35 s of waits, and gRPC's default reconnect backoff.
 PRE_BUDGET = RetryPolicy(max_attempts=4, budget_s=60.0)

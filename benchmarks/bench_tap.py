@@ -44,7 +44,9 @@ def write_bundle(out: Path) -> Path:
     _, info = load_dataset("digits", split="train")
     torch.manual_seed(0)
     config = SplitModelConfig(in_channels=1, num_classes=10, width=0.25, mean=info.mean, std=info.std)
-    save_bundle(out, SplitModel(config).eval(), noise_std=0.1, dataset=info.to_dict(), training={"note": "benchmark, untrained"})
+    save_bundle(
+        out, SplitModel(config).eval(), noise_std=0.1, dataset=info.to_dict(), training={"note": "benchmark, untrained"}
+    )
     return out
 
 
@@ -102,9 +104,15 @@ def time_stream(stubs: Stubs, request: pb.InferRequest, rounds: int, warmup: int
 
 def summarise(samples: dict[str, list[float]]) -> dict[str, float]:
     ms = {name: [1000 * s for s in values] for name, values in samples.items()}
-    row = {f"{name}_{stat}": fn(ms[name]) for name in ms for stat, fn in (
-        ("p50", lambda v: percentile(v, 50)), ("p90", lambda v: percentile(v, 90)), ("p99", lambda v: percentile(v, 99)),
-    )}
+    row = {
+        f"{name}_{stat}": fn(ms[name])
+        for name in ms
+        for stat, fn in (
+            ("p50", lambda v: percentile(v, 50)),
+            ("p90", lambda v: percentile(v, 90)),
+            ("p99", lambda v: percentile(v, 99)),
+        )
+    }
     row["added_p50"] = row["tap_p50"] - row["direct_p50"]
     row["added_mean"] = statistics.fmean(ms["tap"]) - statistics.fmean(ms["direct"])
     row["n"] = len(ms["tap"])
@@ -148,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
             channels = {"direct": grpc.insecure_channel(cloud_address), "tap": grpc.insecure_channel(tap_address)}
             stubs = {name: pb_grpc.SplitInferenceStub(channel) for name, channel in channels.items()}
             features = torch.rand((args.batch, *manifest.feature_shape), generator=torch.Generator().manual_seed(0))
-            request = pb.InferRequest(model_id=manifest.model_id, request_id="bench", features=encode_tensor(features, args.dtype))
+            request = pb.InferRequest(
+                model_id=manifest.model_id, request_id="bench", features=encode_tensor(features, args.dtype)
+            )
             rows = {
                 "Infer (unary)": summarise(time_unary(stubs, request, args.requests, args.warmup)),
                 "InferStream (ping-pong)": summarise(time_stream(stubs, request, args.requests, args.warmup)),
@@ -158,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for process in reversed(processes):
                 process.terminate(grace_s=30)
-    print(f"batch {args.batch} x {tuple(manifest.feature_shape)} {args.dtype}, {args.requests} timed requests per path, "
-          f"interleaved; cpu count {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"batch {args.batch} x {tuple(manifest.feature_shape)} {args.dtype}, {args.requests} timed requests per path, "
+        f"interleaved; cpu count {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}"
+    )
     header = (f"{'call':<24} {'direct p50':>10} {'tap p50':>9} {'added p50':>10} "
               f"{'direct p90':>10} {'tap p90':>9} {'direct p99':>10} {'tap p99':>9}")
     print(header)

@@ -64,8 +64,13 @@ def measure(bundle: Path, lam: float, k: int, batch_size: int, seed: int) -> dic
     for form in FORMS:
         config = CEMConfig(lam=lam, k=k, loss_form="paper_diag" if form == "raw_eq7" else form,
                            lr_coupling="none" if form == "raw_eq7" else "ref", persist_updates=False)
-        cem = (RawEq7 if form == "raw_eq7" else CEMRegularizer)(config, noise_std=manifest.noise_std, num_classes=info.num_classes,
-                             dataset_size=len(dataset), image_dim=info.in_channels * info.image_size**2)
+        cem = (RawEq7 if form == "raw_eq7" else CEMRegularizer)(
+            config,
+            noise_std=manifest.noise_std,
+            num_classes=info.num_classes,
+            dataset_size=len(dataset),
+            image_dim=info.in_channels * info.image_size**2,
+        )
         cem.refit(features, labels, generator=torch.Generator().manual_seed(seed))
         regularizers[form] = cem
     ratios: dict[str, dict[float, list[float]]] = {form: {lr: [] for lr in LR_STAGES} for form in FORMS}
@@ -78,7 +83,9 @@ def measure(bundle: Path, lam: float, k: int, batch_size: int, seed: int) -> dic
             (cem_grad,) = torch.autograd.grad(cem.loss(z, y), z)
             for lr in LR_STAGES:
                 ratios[form][lr].append(float(cem.weight(lr) * cem_grad.norm() / task_grad.norm()))
-    return {form: {f"{lr:g}": statistics.median(values) for lr, values in per_lr.items()} for form, per_lr in ratios.items()}
+    return {
+        form: {f"{lr:g}": statistics.median(values) for lr, values in per_lr.items()} for form, per_lr in ratios.items()
+    }
 
 
 def main() -> None:

@@ -49,8 +49,8 @@ from attacker.attacks import (
 from attacker.audit import native_size_of
 from cem.bounds import privacy_bound
 from cem.bundle import load_encoder, load_manifest
-from cem.manifest import Manifest
 from cem.devices import resolve_device
+from cem.manifest import Manifest
 from cem.obfuscation import ObfuscationConfig
 from cem.stats import mean_interval
 
@@ -110,15 +110,23 @@ def train_variant(
         if done.returncode != 0:
             raise SystemExit(f"cem-train failed for {variant} seed {seed} (exit {done.returncode})")
     manifest = load_manifest(bundle)
-    if like is not None and (manifest.model != like.model or manifest.training.get("epochs") != like.training.get("epochs")):
+    if like is not None and (
+        manifest.model != like.model or manifest.training.get("epochs") != like.training.get("epochs")
+    ):
         raise SystemExit(f"{bundle} and the σ-only bundle differ in architecture or epochs; retrain without --reuse")
     return bundle, manifest
 
 
 def describe_training(manifest: Manifest) -> dict[str, Any]:
     lam = manifest.cem.lam if manifest.cem else 0.0
-    return {**manifest.metrics.to_dict(), "cem_lambda": lam, "noise_std": manifest.noise_std, "width": manifest.model.width,
-            "train_epochs": manifest.training.get("epochs"), "train_s": manifest.training.get("duration_s")}
+    return {
+        **manifest.metrics.to_dict(),
+        "cem_lambda": lam,
+        "noise_std": manifest.noise_std,
+        "width": manifest.model.width,
+        "train_epochs": manifest.training.get("epochs"),
+        "train_s": manifest.training.get("duration_s"),
+    }
 
 
 def attack_bundle(args: argparse.Namespace, bundle: Path, seed: int, bar: tqdm) -> dict[str, Any]:
@@ -140,7 +148,7 @@ def attack_bundle(args: argparse.Namespace, bundle: Path, seed: int, bar: tqdm) 
 
     for mode in MODES:
         split = build_attack_split(mode, sets["train"], sets["test"], seed=seed)
-        monitor = ProgressMonitor(progress=lambda _, message: show(f"{bundle.name} {mode}: {message}"))
+        monitor = ProgressMonitor(progress=lambda _, message, mode=mode: show(f"{bundle.name} {mode}: {message}"))
         started = time.perf_counter()
         decoder = run_attack("decoder", split, obfuscation, epochs=args.decoder_epochs, seed=seed, monitor=monitor,
                              decoder_config=network)
@@ -191,8 +199,11 @@ def attack_bundle(args: argparse.Namespace, bundle: Path, seed: int, bar: tqdm) 
 
 def summarise_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per numeric key present in every row: {"mean", "ci95", "n"} over the seeds."""
-    keys = [k for k in rows[0] if k != "seed" and all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
-                                                      for r in rows)]
+    keys = [
+        k
+        for k in rows[0]
+        if k != "seed" and all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool) for r in rows)
+    ]
     return {k: mean_interval(float(r[k]) for r in rows).to_dict() for k in keys}
 
 
@@ -200,7 +211,7 @@ def compute_gain(base_rows: list[dict[str, Any]], cem_rows: list[dict[str, Any]]
     """Paired per seed, then mean ± interval. MSE and ξ: relative change in %; accuracy: points;
     PSNR and SSIM: absolute difference."""
     gain: dict[str, dict[str, Any]] = {}
-    pairs = list(zip(base_rows, cem_rows))
+    pairs = list(zip(base_rows, cem_rows, strict=True))
     for key in [*MSE_COLUMNS, *BOUND_COLUMNS]:
         values = [100.0 * (c[key] - b[key]) / b[key] for b, c in pairs if b.get(key) and c.get(key) is not None]
         if values:

@@ -29,7 +29,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from sklearn.linear_model import Ridge
-from torch.utils.data import Subset
 
 from cem.bundle import load_bundle
 from cem.data import load_dataset
@@ -131,9 +130,12 @@ def main() -> None:
                        "entropy_bound": result.metrics.entropy_bound,
                        "train_seconds": round(time.perf_counter() - started, 1)}
                 rows.append(row)
-                print(f"{row['noise_std']:6g} {lam:7g} {seed:4d} {row['val_accuracy']:7.4f} {row['test_accuracy']:8.4f} "
-                      f"{row['val_ridge_mse']:8.5f} {row['entropy_bound'] or float('nan'):8.2f} "
-                      f"{row['train_seconds']:6.1f}", flush=True)
+                print(
+                    f"{row['noise_std']:6g} {lam:7g} {seed:4d} {row['val_accuracy']:7.4f} {row['test_accuracy']:8.4f} "
+                    f"{row['val_ridge_mse']:8.5f} {row['entropy_bound'] or float('nan'):8.2f} "
+                    f"{row['train_seconds']:6.1f}",
+                    flush=True,
+                )
                 if args.json:
                     args.json.write_text(json.dumps({"rows": rows}, indent=1))
     summary = summarise(rows, args.max_cost)

@@ -29,8 +29,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cem.manifest import MetricsRecord
 from cem.entropy import PixelMoments, mse_lower_bound, relative_conditional_entropy
+from cem.manifest import MetricsRecord
 
 BOUND_KINDS = ("floor", "estimate", "relative")
 BOUND_LABELS = {
@@ -53,7 +53,9 @@ def native_view(images: torch.Tensor, native_size: int) -> torch.Tensor:
     return images.flatten(1)
 
 
-def data_statistics(moments_model: PixelMoments, moments_native: PixelMoments, quantisation_step: float) -> dict[str, float]:
+def data_statistics(
+    moments_model: PixelMoments, moments_native: PixelMoments, quantisation_step: float
+) -> dict[str, float]:
     """The numbers a trainer stores so that any later reader can build ``privacy_bound``."""
     return {
         "entropy_x_estimate": moments_native.gaussian_entropy(quantisation_step),

@@ -18,7 +18,7 @@ and keeps its traceback.
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from cem.errors import BundleError, CEMError, ConfigError, DatasetError, UnknownNameError
 

@@ -20,6 +20,7 @@ Layouts (little-endian, C order, see ``protos/cem_split.proto``):
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,12 +31,16 @@ from protos import cem_split_pb2 as pb
 WIRE_DTYPES: tuple[str, ...] = ("float32", "float16", "int8")
 MAX_RANK = 8
 
-_ENUM_BY_NAME = {"float32": pb.FLOAT32, "float16": pb.FLOAT16, "int8": pb.INT8}
-_NAME_BY_ENUM = {value: name for name, value in _ENUM_BY_NAME.items()}
-_NUMPY_DTYPE = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "int8": np.dtype("i1")}
+_ENUM_BY_NAME: dict[str, pb.DType] = {"float32": pb.FLOAT32, "float16": pb.FLOAT16, "int8": pb.INT8}
+_NAME_BY_ENUM: dict[int, str] = {value: name for name, value in _ENUM_BY_NAME.items()}
+_NUMPY_DTYPE: dict[str, np.dtype[Any]] = {
+    "float32": np.dtype("<f4"),
+    "float16": np.dtype("<f2"),
+    "int8": np.dtype("i1"),
+}
 
 
-def dtype_to_enum(name: str) -> int:
+def dtype_to_enum(name: str) -> pb.DType:
     """``"float16"`` -> ``pb.FLOAT16``."""
     if name not in _ENUM_BY_NAME:
         raise TensorCodecError(f"expected a wire dtype in {WIRE_DTYPES}, got {name!r}")
@@ -70,7 +75,9 @@ def encode_tensor(t: torch.Tensor, dtype: str = "float32") -> pb.Tensor:
     else:
         limit = float(np.finfo(_NUMPY_DTYPE[name]).max)
         if array.size and float(np.abs(array).max()) > limit:
-            raise TensorCodecError(f"expected values within the {name} range (|v| <= {limit:.6g}), got {np.abs(array).max():.3g}")
+            raise TensorCodecError(
+                f"expected values within the {name} range (|v| <= {limit:.6g}), got {np.abs(array).max():.3g}"
+            )
         message.data = array.astype(_NUMPY_DTYPE[name], copy=False).tobytes()
     return message
 
@@ -141,7 +148,7 @@ def _check_shape(shape: tuple[int, ...], expected: tuple[int, ...] | None) -> No
         raise TensorCodecError(f"expected non-negative dimensions, got shape {list(shape)}")
     if expected is None:
         return
-    matches = len(shape) == len(expected) and all(e == -1 or e == d for d, e in zip(shape, expected))
+    matches = len(shape) == len(expected) and all(e == -1 or e == d for d, e in zip(shape, expected, strict=True))
     if not matches:
         wanted = "(" + ", ".join("B" if e == -1 else str(e) for e in expected) + ")"
         raise TensorCodecError(f"expected shape {wanted}, got {list(shape)}")

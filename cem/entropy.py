@@ -98,7 +98,7 @@ class PixelMoments:
     def update(self, samples: torch.Tensor) -> None:
         """samples: (B, d) flattened images."""
         data = samples.detach().double().cpu()
-        if self._sum is None:
+        if self._sum is None or self._outer is None:
             self._sum = torch.zeros(data.shape[1], dtype=torch.float64)
             self._outer = torch.zeros(data.shape[1], data.shape[1], dtype=torch.float64)
         self._sum += data.sum(dim=0)

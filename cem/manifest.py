@@ -63,7 +63,9 @@ def _record_from_dict(cls: type[_Record], data: Any, where: str) -> _Record:
 
 def _record_to_dict(record: Any) -> dict[str, Any]:
     """The JSON object of a flat record: fields in declaration order under their JSON keys, None left out."""
-    return {_json_key(spec): getattr(record, spec.name) for spec in fields(record) if getattr(record, spec.name) is not None}
+    return {
+        _json_key(spec): getattr(record, spec.name) for spec in fields(record) if getattr(record, spec.name) is not None
+    }
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,7 @@ class CEMRecord:
         return str(lambda_units_of(self.to_dict()))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CEMRecord":
+    def from_dict(cls, data: Mapping[str, Any]) -> CEMRecord:
         return _record_from_dict(cls, data, "cem")
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,7 +132,7 @@ class MetricsRecord:
         _check_record(self, "metrics")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "MetricsRecord":
+    def from_dict(cls, data: Mapping[str, Any]) -> MetricsRecord:
         return _record_from_dict(cls, data, "metrics")
 
     def to_dict(self) -> dict[str, float]:
@@ -180,7 +182,7 @@ class Manifest:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
         version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise BundleFormatError(f"expected bundle format_version {FORMAT_VERSION}, got {version!r}")

@@ -80,7 +80,9 @@ def ssim_per_image(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) x2 -> (B,) Gaussian SSIM of each image over its valid region (needs H, W >= 11)."""
     check_image_pair(recon, target)
     if min(recon.shape[-2:]) < SSIM_WINDOW:
-        raise MetricInputError(f"expected images of at least {SSIM_WINDOW}x{SSIM_WINDOW} for SSIM, got {tuple(recon.shape[-2:])}")
+        raise MetricInputError(
+            f"expected images of at least {SSIM_WINDOW}x{SSIM_WINDOW} for SSIM, got {tuple(recon.shape[-2:])}"
+        )
     _, ssim_map = structural_similarity_index_measure(
         recon.float(),
         target.float(),

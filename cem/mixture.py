@@ -37,7 +37,11 @@ class ClassMixture:
 
     def __post_init__(self) -> None:
         expected = self.num_classes * self.k
-        if self.means.shape[0] != expected or self.variances.shape != self.means.shape or self.counts.shape != (expected,):
+        if (
+            self.means.shape[0] != expected
+            or self.variances.shape != self.means.shape
+            or self.counts.shape != (expected,)
+        ):
             raise ConfigError(
                 f"expected means/variances ({expected}, D) and counts ({expected},), got "
                 f"{tuple(self.means.shape)}, {tuple(self.variances.shape)}, {tuple(self.counts.shape)}"
@@ -113,7 +117,12 @@ def seed_means(
 
 
 def _reseed_empty(
-    means: torch.Tensor, counts: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, sq_dist: torch.Tensor, k: int
+    means: torch.Tensor,
+    counts: torch.Tensor,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    sq_dist: torch.Tensor,
+    k: int,
 ) -> torch.Tensor:
     """Move each empty component onto a far point of its class (r-th empty gets the r-th farthest)."""
     num_classes = means.shape[0] // k
@@ -149,11 +158,15 @@ def fit_class_mixture(
     Stops when no assignment changes or after ``max_iter`` iterations.
     """
     if features.dim() != 2 or labels.shape != (features.shape[0],):
-        raise ConfigError(f"expected features (N, D) and labels (N,), got {tuple(features.shape)} and {tuple(labels.shape)}")
+        raise ConfigError(
+            f"expected features (N, D) and labels (N,), got {tuple(features.shape)} and {tuple(labels.shape)}"
+        )
     if k < 1 or max_iter < 1:
         raise ConfigError(f"expected k >= 1 and max_iter >= 1, got {k} and {max_iter}")
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise ConfigError(f"expected labels in [0, {num_classes}), got range [{int(labels.min())}, {int(labels.max())}]")
+        raise ConfigError(
+            f"expected labels in [0, {num_classes}), got range [{int(labels.min())}, {int(labels.max())}]"
+        )
     features = features.detach().float()
     labels = labels.detach().long()
     n_components = num_classes * k
@@ -175,5 +188,6 @@ def fit_class_mixture(
     assigned, _ = assign_to_own_class(features, labels, means, k, feature_sq)
     counts = torch.bincount(assigned, minlength=n_components)
     residual_sq = (features - means[assigned]).pow(2)
-    variances = torch.zeros_like(means).index_add_(0, assigned, residual_sq) / counts.clamp_min(1).unsqueeze(1).to(means)
+    sums_sq = torch.zeros_like(means).index_add_(0, assigned, residual_sq)  # (C*k, D)
+    variances = sums_sq / counts.clamp_min(1).unsqueeze(1).to(means)
     return ClassMixture(means=means, variances=variances, counts=counts, num_classes=num_classes, k=k)

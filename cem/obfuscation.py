@@ -13,8 +13,9 @@ values are zeroed; per sample rather than batch-global, fixing B17).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -40,7 +41,7 @@ class ObfuscationConfig:
         return self.noise_std == 0 and self.dropout_p == 0 and self.topk_ratio == 0
 
     @classmethod
-    def from_records(cls, noise_std: float, defenses: Iterable[dict[str, Any]]) -> "ObfuscationConfig":
+    def from_records(cls, noise_std: float, defenses: Iterable[dict[str, Any]]) -> ObfuscationConfig:
         """Build from a manifest's ``noise_std`` and ``defenses`` list (other defenses are ignored here)."""
         dropout_p = 0.0
         topk_ratio = 0.0

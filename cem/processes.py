@@ -209,10 +209,8 @@ class ServiceProcess:
     def kill(self) -> int:
         """SIGKILL it (in a new session: its whole process group, leftovers too) and wait; its exit code."""
         if self._new_session:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone already
                 os.killpg(self._popen.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):  # the group is gone already
-                pass
         elif self._popen.poll() is None:
             self._popen.kill()
         return self.wait()

@@ -7,8 +7,8 @@ t quantile with n − 1 degrees of freedom.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from scipy.stats import t as student_t
 

@@ -17,9 +17,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -47,15 +47,15 @@ class _Item:
 class Reservation:
     """A request on its way into the batcher; use as a context manager and call ``submit`` once."""
 
-    def __init__(self, batcher: "MicroBatcher") -> None:
+    def __init__(self, batcher: MicroBatcher) -> None:
         self._batcher = batcher
         self._open = True
 
-    def submit(self, features: torch.Tensor) -> "Future[BatchResult]":
+    def submit(self, features: torch.Tensor) -> Future[BatchResult]:
         self._open = False
         return self._batcher._enqueue(features, reserved=True)
 
-    def __enter__(self) -> "Reservation":
+    def __enter__(self) -> Reservation:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -92,7 +92,7 @@ class MicroBatcher:
             self._incoming += 1
         return Reservation(self)
 
-    def submit(self, features: torch.Tensor) -> "Future[BatchResult]":
+    def submit(self, features: torch.Tensor) -> Future[BatchResult]:
         """Queue (B, C, H, W) features with 1 <= B <= max_batch; the future resolves to this request's logits."""
         return self._enqueue(features, reserved=False)
 
@@ -108,7 +108,7 @@ class MicroBatcher:
             self._incoming -= 1
             self._cond.notify_all()
 
-    def _enqueue(self, features: torch.Tensor, *, reserved: bool) -> "Future[BatchResult]":
+    def _enqueue(self, features: torch.Tensor, *, reserved: bool) -> Future[BatchResult]:
         item = _Item(features)
         with self._cond:
             if reserved:
@@ -117,7 +117,8 @@ class MicroBatcher:
                 raise ServiceUnavailableError("the server is shutting down; retry on another instance")
             if self._queued_samples + item.size > self._max_queue:
                 raise ServiceUnavailableError(
-                    f"the server is overloaded ({self._queued_samples} samples queued, limit {self._max_queue}); retry later"
+                    f"the server is overloaded ({self._queued_samples} samples queued, limit {self._max_queue});"
+                    " retry later"
                 )
             self._queue.append(item)
             self._queued_samples += item.size
@@ -157,7 +158,7 @@ class MicroBatcher:
         try:
             features = batch[0].features if len(batch) == 1 else torch.cat([i.features for i in batch])
             logits = self._predict(features)  # (size, num_classes)
-        except Exception as exc:  # handed to every waiting request, mapped to a status there
+        except Exception as exc:  # noqa: BLE001 - handed to every waiting request, mapped to a status there
             for item in batch:
                 item.future.set_exception(exc)
             return

@@ -33,9 +33,15 @@ STARTUP_TIMEOUT_S = 600.0
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cem-cloud", description="Serve the cloud half (decoder) of a CEM split model over gRPC.")
-    parser.add_argument("--bundle", type=Path, required=True, help="bundle folder (manifest.json + decoder.safetensors)")
-    parser.add_argument("--host", default=ServerSettings.host, help="address to bind (default %(default)s; 0.0.0.0 for all)")
+    parser = argparse.ArgumentParser(
+        prog="cem-cloud", description="Serve the cloud half (decoder) of a CEM split model over gRPC."
+    )
+    parser.add_argument(
+        "--bundle", type=Path, required=True, help="bundle folder (manifest.json + decoder.safetensors)"
+    )
+    parser.add_argument(
+        "--host", default=ServerSettings.host, help="address to bind (default %(default)s; 0.0.0.0 for all)"
+    )
     parser.add_argument("--port", type=int, default=ServerSettings.port,
                         help="port; 0 picks a free one (see the LISTENING line)")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default=ServerSettings.device,
@@ -55,7 +61,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="on SIGTERM, serve until no call arrived for this long")
     parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables TLS")
     parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
-    parser.add_argument("--tls-client-ca", type=Path, help="CA (PEM) that client certificates must chain to; enables mTLS")
+    parser.add_argument(
+        "--tls-client-ca", type=Path, help="CA (PEM) that client certificates must chain to; enables mTLS"
+    )
     parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
     return parser
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from cem.bundle import load_decoder
-from cem.manifest import Manifest
 from cem.devices import resolve_device
+from cem.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,9 @@ class DecoderRuntime:
         logits = self._decoder(features.to(self.device, non_blocking=True))
         return logits.float().cpu()
 
-    def warm_up(self, run: Callable[[torch.Tensor], object] | None = None, batch_sizes: tuple[int, ...] = (1, 8)) -> float:
+    def warm_up(
+        self, run: Callable[[torch.Tensor], object] | None = None, batch_sizes: tuple[int, ...] = (1, 8)
+    ) -> float:
         """Push blank features through ``run`` (default: ``predict``) once per batch size; returns seconds taken.
 
         The server passes its micro-batcher, so the thread that will serve (its

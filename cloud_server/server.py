@@ -46,7 +46,10 @@ class CloudServer:
         self.settings = settings
         self.runtime = runtime
         self._batcher = MicroBatcher(
-            runtime.predict, max_batch=settings.max_batch, max_delay_s=settings.max_delay_s, max_queue=settings.max_queue
+            runtime.predict,
+            max_batch=settings.max_batch,
+            max_delay_s=settings.max_delay_s,
+            max_queue=settings.max_queue,
         )
         self._servicer = SplitInferenceServicer(runtime, self._batcher, settings)
         self._health = health.HealthServicer()

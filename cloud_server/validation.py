@@ -34,7 +34,9 @@ def decode_request(request: pb.InferRequest, limits: RequestLimits) -> torch.Ten
     if request.model_id and request.model_id != limits.model_id:
         raise ModelNotFoundError(f"expected model_id {limits.model_id!r} (or empty), got {echo(request.model_id)}")
     if len(request.request_id) > MAX_REQUEST_ID_CHARS:
-        raise InvalidRequestError(f"expected a request_id of at most {MAX_REQUEST_ID_CHARS} characters, got {len(request.request_id)}")
+        raise InvalidRequestError(
+            f"expected a request_id of at most {MAX_REQUEST_ID_CHARS} characters, got {len(request.request_id)}"
+        )
     if not request.HasField("features"):
         raise InvalidRequestError("expected a features tensor, got none")
     shape = list(request.features.shape)
@@ -43,7 +45,9 @@ def decode_request(request: pb.InferRequest, limits: RequestLimits) -> torch.Ten
     features = decode_tensor(request.features, expected_shape=(-1, *limits.feature_shape), max_bytes=limits.max_bytes)
     batch = int(features.shape[0])
     if batch == 0:
-        raise InvalidRequestError(f"expected at least one sample of shape {list(limits.feature_shape)}, got an empty batch")
+        raise InvalidRequestError(
+            f"expected at least one sample of shape {list(limits.feature_shape)}, got an empty batch"
+        )
     if request.sample_ids:
         _check_sample_ids(list(request.sample_ids), batch)
     return features

@@ -17,16 +17,21 @@ import sys
 import threading
 from pathlib import Path
 
+from attacker.client import ATTACKS
 from cem.cli import EXIT_INTERRUPTED, run_cli
-from demo.pipeline import ATTACKS, DemoConfig, run_demo
+from demo.pipeline import DemoConfig, run_demo
 from demo.profiles import PROFILES
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cem-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="cem-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="fast",
                         help="fast: about five minutes on 2 CPU cores; paper: every default (long)")
-    parser.add_argument("--out", type=Path, default=Path("demo-out"), help="folder for bundles, captures, logs, reports")
+    parser.add_argument(
+        "--out", type=Path, default=Path("demo-out"), help="folder for bundles, captures, logs, reports"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--noise-std", type=float, default=0.1, help="σ of the edge's Gaussian noise")
     parser.add_argument("--attack", action="append", choices=ATTACKS, help="repeatable; default: both")

@@ -15,14 +15,12 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from attacker.attack_names import ATTACKS, AttackName, check_attack_name
-from attacker.client import AuditClient
-from attacker.service.api.schemas import AuditView
-from attacker.service.jobs import AuditStatus
+from attacker.client import ATTACKS, AttackName, AuditClient, AuditStatus, AuditView, check_attack_name
 from cem.errors import CEMError
 from demo.processes import ServiceGroup, entry_point
 from demo.profiles import DemoProfile, get_profile
@@ -174,7 +172,8 @@ def run_audits(config: DemoConfig, profile: DemoProfile, group: ServiceGroup, mo
 
 def run_demo(config: DemoConfig, say: Callable[[str], None] | None = None) -> DemoResult:
     """Run every step; services are stopped on return, on error and on Ctrl-C (unless ``keep_running``)."""
-    say = say or (lambda message: print(message, file=sys.stderr, flush=True))
+    # The default sink narrates to the terminal: run_demo is the body of the `cem-demo` entry point.
+    say = say or (lambda message: print(message, file=sys.stderr, flush=True))  # noqa: T201
     profile = get_profile(config.profile)
     config.out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()

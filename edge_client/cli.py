@@ -18,9 +18,9 @@ import logging
 import sys
 from pathlib import Path
 
+from cem.cli import run_cli
 from cem.codec import WIRE_DTYPES
 from cem.data import load_dataset
-from cem.cli import run_cli
 from cem.devices import DEVICE_CHOICES
 from cem.errors import ConfigError
 from cem.logs import LOG_LEVELS
@@ -35,12 +35,16 @@ CLI_SEED = 0
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", required=True, help="HOST:PORT of cem-cloud")
-    parser.add_argument("--bundle", type=Path, required=True, help="bundle folder (manifest.json + encoder.safetensors)")
+    parser.add_argument(
+        "--bundle", type=Path, required=True, help="bundle folder (manifest.json + encoder.safetensors)"
+    )
     parser.add_argument("--wire-dtype", choices=WIRE_DTYPES, default=ClientSettings.wire_dtype,
                         help="feature encoding on the wire")
     parser.add_argument("--seed", type=int, default=CLI_SEED,
                         help="seed of the edge's noise draws (default %(default)s, so runs repeat)")
-    parser.add_argument("--device", choices=DEVICE_CHOICES, default=ClientSettings.device, help="where the encoder runs")
+    parser.add_argument(
+        "--device", choices=DEVICE_CHOICES, default=ClientSettings.device, help="where the encoder runs"
+    )
     parser.add_argument("--timeout-s", type=float, default=ClientSettings.timeout_s,
                         help="deadline of every attempt (at most --retry-budget)")
     parser.add_argument("--retries", type=int, default=RetryPolicy.max_attempts - 1,
@@ -59,7 +63,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cem-edge", description="Edge half of CEM split inference: encode locally, classify in the cloud.")
+    parser = argparse.ArgumentParser(
+        prog="cem-edge", description="Edge half of CEM split inference: encode locally, classify in the cloud."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     classify = commands.add_parser("classify", help="classify image files")
     _add_common(classify)
@@ -73,7 +79,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=32)
     evaluate.add_argument("--limit", type=int, help="evaluate only the first N images")
     evaluate.add_argument("--stream", action="store_true", help="use one bidirectional stream instead of unary calls")
-    evaluate.add_argument("--sample-ids", action="store_true", help="send '<dataset>/<split>/<index>' ids (demo and audit runs)")
+    evaluate.add_argument(
+        "--sample-ids", action="store_true", help="send '<dataset>/<split>/<index>' ids (demo and audit runs)"
+    )
     return parser
 
 
@@ -95,7 +103,7 @@ def build_settings(args: argparse.Namespace) -> ClientSettings:
 def run_classify(client: EdgeClient, args: argparse.Namespace) -> dict:
     prediction = client.classify(list(args.images))
     results = []
-    for path, top in zip(args.images, prediction.top_k(args.top_k, client.manifest.class_names)):
+    for path, top in zip(args.images, prediction.top_k(args.top_k, client.manifest.class_names), strict=True):
         print(f"{path}: " + ", ".join(f"{label} ({p:.3f})" for label, p in top))
         results.append({"image": str(path), "top": [{"label": label, "probability": p} for label, p in top]})
     return {"model_id": client.manifest.model_id, "results": results}
@@ -128,7 +136,9 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     return run_cli(parser.prog, lambda: run(args))
 
 

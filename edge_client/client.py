@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import TypeVar
 
 import grpc
 import torch
 from google.protobuf.message import Message
 
-from cem.manifest import Manifest
 from cem.codec import decode_tensor, encode_tensor
 from cem.errors import CEMError
+from cem.manifest import Manifest
 from edge_client.preprocess import ImageInput, prepare_images
 from edge_client.runtime import EncoderRuntime
 from edge_client.settings import ClientSettings
@@ -56,7 +57,10 @@ class Prediction:
     def top_k(self, k: int, class_names: Sequence[str]) -> list[list[tuple[str, float]]]:
         """Per sample, the ``k`` most probable (label, probability) pairs, most probable first."""
         probs, indices = self.probabilities().topk(min(k, self.logits.shape[1]), dim=1)
-        return [[(class_names[i], p) for i, p in zip(row_i.tolist(), row_p.tolist())] for row_i, row_p in zip(indices, probs)]
+        return [
+            [(class_names[i], p) for i, p in zip(row_i.tolist(), row_p.tolist(), strict=True)]
+            for row_i, row_p in zip(indices, probs, strict=True)
+        ]
 
 
 class EdgeClient:
@@ -74,7 +78,7 @@ class EdgeClient:
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> "EdgeClient":
+    def __enter__(self) -> EdgeClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -113,7 +117,9 @@ class EdgeClient:
         """The server's model info, after checking it serves this bundle's model."""
         info = self.model_info()
         if info.model_id != self.manifest.model_id:
-            raise ModelMismatchError(f"expected the server to serve model {self.manifest.model_id}, got {info.model_id}")
+            raise ModelMismatchError(
+                f"expected the server to serve model {self.manifest.model_id}, got {info.model_id}"
+            )
         return info
 
     def infer_features(self, features: torch.Tensor, *, sample_ids: Sequence[str] | None = None) -> Prediction:
@@ -146,7 +152,7 @@ class EdgeClient:
                     request = self.build_request(self.encode(batch), sample_ids=ids)
                     sent[request.request_id] = (request, time.perf_counter())
                     yield request
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - re-raised to the caller once the answers drain
                 failures.append(exc)
 
         call = self._stub.InferStream(requests(), timeout=self.settings.stream_timeout_s)

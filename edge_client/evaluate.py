@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from itertools import repeat
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -97,7 +97,11 @@ def evaluate_over_wire(
     if stream:
         predictions = client.classify_stream(batches.images(), sample_ids=sample_ids)
     else:
-        predictions = (client.classify(x, sample_ids=ids) for x, ids in zip(batches.images(), sample_ids or repeat(None)))
+        ids_per_batch: Iterable[list[str] | None] = sample_ids if sample_ids is not None else repeat(None)
+        # Not strict: without sample ids the second iterable never ends.
+        predictions = (
+            client.classify(x, sample_ids=ids) for x, ids in zip(batches.images(), ids_per_batch, strict=False)
+        )
     correct = total = wire_bytes = served = 0
     latencies: list[float] = []
     with tqdm(total=len(dataset), unit="img", desc="eval", disable=not show_progress) as bar:  # type: ignore[arg-type]

@@ -13,8 +13,8 @@ resized bilinearly (with antialiasing) to S x S.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, Union
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from cem.errors import CEMError
 
-ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
+ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
 
 _LUMA = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
 
@@ -78,7 +78,9 @@ def _open(path: Path) -> Image.Image:
 def _pil_to_chw(image: Image.Image, channels: int) -> torch.Tensor:
     mode = "L" if channels == 1 else "RGB"
     array = np.asarray(image.convert(mode), dtype=np.uint8)
-    return _tensor_to_chw(torch.from_numpy(array.copy()).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1), "image")
+    return _tensor_to_chw(
+        torch.from_numpy(array.copy()).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1), "image"
+    )
 
 
 def _tensor_to_chw(t: torch.Tensor, what: str) -> torch.Tensor:
@@ -96,7 +98,9 @@ def _to_unit_float(t: torch.Tensor, what: str) -> torch.Tensor:
         raise ImageInputError(f"expected a {what} of uint8 or float values, got {t.dtype}")
     t = t.detach().float().cpu()
     if not torch.isfinite(t).all() or t.min() < 0 or t.max() > 1:
-        raise ImageInputError(f"expected float {what} values in [0, 1], got range [{t.min().item():.3g}, {t.max().item():.3g}]")
+        raise ImageInputError(
+            f"expected float {what} values in [0, 1], got range [{t.min().item():.3g}, {t.max().item():.3g}]"
+        )
     return t
 
 
@@ -113,5 +117,6 @@ def _fit(chw: torch.Tensor, channels: int, size: int) -> torch.Tensor:
         else:
             raise ImageInputError(f"expected images with 1, 3 or {channels} channels, got {c}")
     if chw.shape[1:] != (size, size):
-        chw = F.interpolate(chw.unsqueeze(0), size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+        batch = F.interpolate(chw.unsqueeze(0), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        chw = batch[0]
     return chw.clamp(0.0, 1.0).contiguous()

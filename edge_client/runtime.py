@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from cem.bundle import load_encoder
-from cem.manifest import Manifest
 from cem.devices import resolve_device
+from cem.manifest import Manifest
 from cem.obfuscation import ObfuscationConfig, obfuscate
 
 logger = logging.getLogger(__name__)

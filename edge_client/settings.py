@@ -69,7 +69,8 @@ class RetryPolicy:
             raise ConfigError(f"expected max_attempts >= 1, got {self.max_attempts}")
         if self.initial_backoff_s < 0 or self.max_backoff_s < self.initial_backoff_s:
             raise ConfigError(
-                f"expected 0 <= initial_backoff_s <= max_backoff_s, got {self.initial_backoff_s} and {self.max_backoff_s}"
+                "expected 0 <= initial_backoff_s <= max_backoff_s,"
+                f" got {self.initial_backoff_s} and {self.max_backoff_s}"
             )
         if self.multiplier < 1:
             raise ConfigError(f"expected multiplier >= 1, got {self.multiplier}")

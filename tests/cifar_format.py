@@ -36,7 +36,8 @@ def _images(rng: np.random.Generator, labels: list[int], learnable: bool) -> np.
     return data
 
 
-def write_cifar10(root: Path, per_batch: int = 4, learnable: bool = False, seed: int = 0) -> tuple[dict[str, str], np.ndarray, list[int]]:
+def write_cifar10(root: Path, per_batch: int = 4, learnable: bool = False,
+                  seed: int = 0) -> tuple[dict[str, str], np.ndarray, list[int]]:
     """Write the files under ``root``; returns (md5 by file, test pixels, test labels)."""
     folder = root / CIFAR_FOLDER
     folder.mkdir(parents=True)
@@ -60,6 +61,7 @@ def write_cifar10(root: Path, per_batch: int = 4, learnable: bool = False, seed:
 
 def accept_digests(monkeypatch: pytest.MonkeyPatch, digests: dict[str, str]) -> None:
     """Make torchvision's integrity check accept the files written by ``write_cifar10``."""
-    monkeypatch.setattr(datasets.CIFAR10, "train_list", [[f"data_batch_{i}", digests[f"data_batch_{i}"]] for i in range(1, 6)])
+    train_list = [[f"data_batch_{i}", digests[f"data_batch_{i}"]] for i in range(1, 6)]
+    monkeypatch.setattr(datasets.CIFAR10, "train_list", train_list)
     monkeypatch.setattr(datasets.CIFAR10, "test_list", [["test_batch", digests["test_batch"]]])
     monkeypatch.setattr(datasets.CIFAR10, "meta", {**datasets.CIFAR10.meta, "md5": digests["batches.meta"]})

@@ -65,7 +65,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from cem.manifest import MetricsRecord
 from cem.entropy import (
     component_information,
     mixture_information_bound,
@@ -75,8 +74,9 @@ from cem.entropy import (
     weight_entropy_terms,
 )
 from cem.errors import CEMError, ConfigError
-from cem.units import LAMBDA_UNITS
+from cem.manifest import MetricsRecord
 from cem.mixture import ClassMixture, assign_to_own_class, fit_class_mixture
+from cem.units import LAMBDA_UNITS
 
 LOSS_FORMS = ("paper_diag", "ref_log_hinge")
 FEATURE_SOURCES = ("clean", "noisy")
@@ -120,7 +120,10 @@ class CEMConfig:
             if value not in allowed:
                 raise ConfigError(f"expected {what} in {allowed}, got {value!r}")
         if self.warmup_epochs < 1:
-            raise ConfigError(f"expected cem warmup_epochs >= 1 (the first mixture needs one epoch of features), got {self.warmup_epochs}")
+            raise ConfigError(
+                "expected cem warmup_epochs >= 1 (the first mixture needs one epoch of features),"
+                f" got {self.warmup_epochs}"
+            )
         if self.kmeans_iters < 1 or self.ref_gain <= 0 or self.ref_gamma <= 0 or self.ref_tau <= 0:
             raise ConfigError("expected kmeans_iters >= 1 and positive ref_gain, ref_gamma, ref_tau")
 
@@ -135,13 +138,18 @@ class CEMRegularizer:
     dataset_size: N of Eq. 5-6; image_dim: d of Theorem 1 (C·H·W of the input).
     """
 
-    def __init__(self, config: CEMConfig, *, noise_std: float, num_classes: int, dataset_size: int, image_dim: int) -> None:
+    def __init__(
+        self, config: CEMConfig, *, noise_std: float, num_classes: int, dataset_size: int, image_dim: int
+    ) -> None:
         if not noise_std > 0:
             raise ConfigError(f"expected noise_std > 0 for CEM (the bound needs Σ_p = σ²I), got {noise_std}")
         if config.lam is None:
             raise ConfigError("expected a resolved cem lambda (a number), got None; see training.config.resolve_config")
         if num_classes < 1 or dataset_size < 1 or image_dim < 1:
-            raise ConfigError(f"expected positive num_classes, dataset_size, image_dim, got {num_classes}, {dataset_size}, {image_dim}")
+            raise ConfigError(
+                "expected positive num_classes, dataset_size, image_dim,"
+                f" got {num_classes}, {dataset_size}, {image_dim}"
+            )
         self.config = config
         self.noise_std = float(noise_std)
         self.num_classes = num_classes
@@ -176,7 +184,9 @@ class CEMRegularizer:
         self._weights = mixture.weights.clone()
         self._variances = mixture.variances.clone()
 
-    def refit(self, features: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, float]:
+    def refit(
+        self, features: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, float]:
         """Fit the per-class mixture on one epoch of features and return its bound (see ``bound``).
 
         features: (N, ...) detached features (clean or noisy per ``evaluate_on``); labels: (N,).
@@ -196,7 +206,9 @@ class CEMRegularizer:
         if self.mixture is None:
             raise MixtureNotFittedError("expected refit() before bound(), got no mixture")
         with torch.no_grad():
-            info = float(mixture_information_bound(self.mixture.weights, self._signal(self.mixture.variances), self.noise_std))
+            info = float(
+                mixture_information_bound(self.mixture.weights, self._signal(self.mixture.variances), self.noise_std)
+            )
         entropy = relative_conditional_entropy(info)
         return MetricsRecord(
             information_bound=info,
@@ -205,12 +217,17 @@ class CEMRegularizer:
             xi_relative=mse_lower_bound(entropy, self.image_dim),
         ).to_dict()
 
+    def _require_fit(self, caller: str) -> tuple[ClassMixture, torch.Tensor, torch.Tensor]:
+        """The fitted mixture and the running π (K,) and Σ (K, D); raises before ``refit``/``load_mixture``."""
+        if self.mixture is None or self._weights is None or self._variances is None:
+            raise MixtureNotFittedError(f"expected refit() before {caller}(), got no mixture")
+        return self.mixture, self._weights, self._variances
+
     def loss(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """L_C of one batch. z: (B, ...) encoder features (requires grad); labels: (B,) -> scalar."""
-        if self.mixture is None or self._weights is None or self._variances is None:
-            raise MixtureNotFittedError("expected refit() before loss(), got no mixture")
+        mixture, _, _ = self._require_fit("loss")
         flat = z.flatten(1)  # (B, D)
-        means = self.mixture.means.to(flat)
+        means = mixture.means.to(flat)
         component, _ = assign_to_own_class(flat.detach(), labels, means, self.config.k)
         residual = flat - means[component]  # (B, D), differentiable
         counts = torch.bincount(component, minlength=means.shape[0]).to(flat.dtype)  # (K,)
@@ -228,8 +245,9 @@ class CEMRegularizer:
         weakens its pull on small data sets; the same cap factor is applied here. Detached.
         """
         config = self.config
+        _, _, running_variances = self._require_fit("reference_pull_scale")
         with torch.no_grad():
-            variances = self._signal(self._variances).to(counts)  # (K, D)
+            variances = self._signal(running_variances).to(counts)  # (K, D)
             noise_var = self.noise_std**2
             mean_var = variances.mean(dim=1)  # (K,) v̄_j, the reference's isotropic variance
             weighted = (variances / (variances + noise_var).pow(2)).sum(dim=1)
@@ -249,7 +267,8 @@ class CEMRegularizer:
 
     def _reference_share(self, counts: torch.Tensor) -> torch.Tensor:
         """The reference's uncapped blend share ρ_j = gain·n_j/(w_j·N_c) (within-class w, N_c = N/C), (K,)."""
-        within = self.mixture.within_class_weights.to(counts)  # type: ignore[union-attr]
+        mixture, _, _ = self._require_fit("loss")
+        within = mixture.within_class_weights.to(counts)
         per_class = self.dataset_size / self.num_classes
         return self.config.ref_gain * counts / (within * per_class).clamp_min(1e-12)
 
@@ -257,8 +276,9 @@ class CEMRegularizer:
         self, residual: torch.Tensor, component: torch.Tensor, counts: torch.Tensor, scale: torch.Tensor
     ) -> torch.Tensor:
         """Eq. 5-7 on one batch, each component's term multiplied by ``scale`` (κ_j, detached)."""
-        weights = self._weights.to(residual)
-        variances = self._variances.to(residual)
+        _, running_weights, running_variances = self._require_fit("loss")
+        weights = running_weights.to(residual)
+        variances = running_variances.to(residual)
         n_total = float(self.dataset_size)
         batch_var = torch.zeros_like(variances).index_add(0, component, residual.pow(2))
         batch_var = batch_var / counts.clamp_min(1.0).unsqueeze(1)  # ΔΣ_j, (K, D)
@@ -275,7 +295,7 @@ class CEMRegularizer:
     def _reference_loss(
         self, residual: torch.Tensor, component: torch.Tensor, counts: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
-        mixture = self.mixture
+        mixture, _, _ = self._require_fit("loss")
         within = mixture.within_class_weights.to(residual)  # (K,)
         rho = self._reference_share(counts).clamp(max=REF_RHO_CAP)
         stored = self._signal(mixture.variances).mean(dim=1).to(residual)  # (K,) isotropic

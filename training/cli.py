@@ -43,7 +43,9 @@ def bottleneck_arg(value: str) -> int | None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cem-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="cem-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default=TrainConfig.dataset, choices=available_datasets())
     data.add_argument("--data-dir", type=Path, default=TrainConfig.data_dir, help="folder holding the data set's files")
@@ -60,11 +62,17 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="VGG entries (convs and pools) on the edge")
     model.add_argument("--bottleneck", type=bottleneck_arg, default=TrainConfig.bottleneck,
                        help="channels of the edge bottleneck (a defense), or 'none' for the No_defense baseline")
-    model.add_argument("--width", type=float, default=TrainConfig.width, help="channel multiplier (default: per data set)")
+    model.add_argument(
+        "--width", type=float, default=TrainConfig.width, help="channel multiplier (default: per data set)"
+    )
     defense = parser.add_argument_group("defenses")
-    defense.add_argument("--noise-std", type=float, default=TrainConfig.noise_std,
-                         help="σ of Gaussian noise on the sent features, a standard deviation as in the paper "
-                              "(default: per data set; the paper's 0.025 on CIFAR/FaceScrub/TinyImageNet, 0.1 on digits)")
+    defense.add_argument(
+        "--noise-std",
+        type=float,
+        default=TrainConfig.noise_std,
+        help="σ of Gaussian noise on the sent features, a standard deviation as in the paper "
+        "(default: per data set; the paper's 0.025 on CIFAR/FaceScrub/TinyImageNet, 0.1 on digits)",
+    )
     defense.add_argument("--defense", action="append", default=[], metavar="NAME:STRENGTH",
                          help=f"repeatable; one of {available_defenses()}, e.g. dropout:0.2 topk:0.5 distcorr:0.3")
     cem = parser.add_argument_group("CEM")
@@ -106,11 +114,27 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         lr_coupling=args.cem_lr_coupling, warmup_epochs=args.cem_warmup_epochs,
     )
     return TrainConfig(
-        dataset=args.dataset, out_dir=args.out, data_dir=args.data_dir, download=args.download,
-        arch=args.arch, cut_layer=args.cut_layer, bottleneck=args.bottleneck, width=args.width,
-        noise_std=args.noise_std, defenses=tuple(args.defense), cem=cem, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-        augment=args.augment, validation_fraction=args.validation_fraction, seed=args.seed, device=args.device, workers=args.workers,
+        dataset=args.dataset,
+        out_dir=args.out,
+        data_dir=args.data_dir,
+        download=args.download,
+        arch=args.arch,
+        cut_layer=args.cut_layer,
+        bottleneck=args.bottleneck,
+        width=args.width,
+        noise_std=args.noise_std,
+        defenses=tuple(args.defense),
+        cem=cem,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        augment=args.augment,
+        validation_fraction=args.validation_fraction,
+        seed=args.seed,
+        device=args.device,
+        workers=args.workers,
         progress=not args.no_progress,
     )
 

@@ -42,11 +42,21 @@ PAPER_NOISE_STD = 0.025
 PAPER_CEM_LAMBDA = 16.0
 PROFILES: dict[str, DatasetProfile] = {
     "digits": DatasetProfile(width=0.25, epochs=20, augment=False, noise_std=0.1, cem_lambda=2.0),
-    "cifar10": DatasetProfile(width=1.0, epochs=240, augment=True, noise_std=PAPER_NOISE_STD, cem_lambda=PAPER_CEM_LAMBDA),
-    "cifar100": DatasetProfile(width=1.0, epochs=240, augment=True, noise_std=PAPER_NOISE_STD, cem_lambda=PAPER_CEM_LAMBDA),
-    "facescrub": DatasetProfile(width=1.0, epochs=240, augment=True, noise_std=PAPER_NOISE_STD, cem_lambda=PAPER_CEM_LAMBDA),
-    "tinyimagenet": DatasetProfile(width=1.0, epochs=120, augment=True, noise_std=PAPER_NOISE_STD, cem_lambda=PAPER_CEM_LAMBDA),
-    "imagefolder": DatasetProfile(width=1.0, epochs=60, augment=True, noise_std=PAPER_NOISE_STD, cem_lambda=PAPER_CEM_LAMBDA),
+    "cifar10": DatasetProfile(
+        width=1.0, epochs=240, augment=True, noise_std=PAPER_NOISE_STD, cem_lambda=PAPER_CEM_LAMBDA
+    ),
+    "cifar100": DatasetProfile(
+        width=1.0, epochs=240, augment=True, noise_std=PAPER_NOISE_STD, cem_lambda=PAPER_CEM_LAMBDA
+    ),
+    "facescrub": DatasetProfile(
+        width=1.0, epochs=240, augment=True, noise_std=PAPER_NOISE_STD, cem_lambda=PAPER_CEM_LAMBDA
+    ),
+    "tinyimagenet": DatasetProfile(
+        width=1.0, epochs=120, augment=True, noise_std=PAPER_NOISE_STD, cem_lambda=PAPER_CEM_LAMBDA
+    ),
+    "imagefolder": DatasetProfile(
+        width=1.0, epochs=60, augment=True, noise_std=PAPER_NOISE_STD, cem_lambda=PAPER_CEM_LAMBDA
+    ),
 }
 
 
@@ -86,7 +96,9 @@ class TrainConfig:
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"expected lr > 0, got {self.lr}")
         if not 0 <= self.momentum < 1 or self.weight_decay < 0:
-            raise ConfigError(f"expected momentum in [0, 1) and weight_decay >= 0, got {self.momentum}, {self.weight_decay}")
+            raise ConfigError(
+                f"expected momentum in [0, 1) and weight_decay >= 0, got {self.momentum}, {self.weight_decay}"
+            )
         if self.noise_std is not None and not (self.noise_std >= 0 and math.isfinite(self.noise_std)):
             raise ConfigError(f"expected noise_std >= 0, got {self.noise_std}")
         if not 0 <= self.validation_fraction < 1:
@@ -123,7 +135,10 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
                           "baseline is --bottleneck none --noise-std 0 --cem-lambda 0")
     noise_std = config.noise_std if config.noise_std is not None else profile.noise_std
     if lam > 0 and noise_std <= 0:
-        raise ConfigError(f"expected --noise-std > 0 with CEM (λ = {lam}): the bound needs Σ_p = σ²I; pass --cem-lambda 0 to train without CEM")
+        raise ConfigError(
+            f"expected --noise-std > 0 with CEM (λ = {lam}): the bound needs Σ_p = σ²I;"
+            " pass --cem-lambda 0 to train without CEM"
+        )
     return dataclasses.replace(
         config,
         noise_std=noise_std,

@@ -18,8 +18,9 @@ CLI strings ``name:strength`` map onto the defense's single strength field.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 

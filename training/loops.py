@@ -9,7 +9,7 @@ sends. ``train_one_epoch`` takes any ``DefenseStack`` and an optional
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,7 @@ class FeatureCache:
 
     def add(self, z: torch.Tensor, labels: torch.Tensor) -> None:
         flat = z.detach().flatten(1)
-        if self.features is None:
+        if self.features is None or self.labels is None:
             self.features = flat.new_empty((self.capacity, flat.shape[1]))
             self.labels = labels.new_empty((self.capacity,))
         end = self.size + flat.shape[0]
@@ -72,7 +72,8 @@ def train_one_epoch(
     model.train()
     noise_only, after_noise = split_obfuscation(obfuscation)
     on_noisy = cem is not None and cem.config.evaluate_on == "noisy"
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # task loss, L_C, correct, samples (no host sync per batch)
+    # task loss, L_C, correct, samples: summed on the device (no host sync per batch)
+    totals = torch.zeros(4, dtype=torch.float64, device=device)
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         z = model.encoder(x)  # (B, C, H, W) in (0, 1)
@@ -109,7 +110,11 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: SplitModel, loader: DataLoader, obfuscation: ObfuscationConfig, generator: torch.Generator, device: torch.device
+    model: SplitModel,
+    loader: DataLoader,
+    obfuscation: ObfuscationConfig,
+    generator: torch.Generator,
+    device: torch.device,
 ) -> float:
     """Accuracy with the client transform (noise, dropout, top-k) applied, as in service."""
     model.eval()
@@ -124,7 +129,11 @@ def evaluate(
 
 @torch.no_grad()
 def collect_features(
-    model: SplitModel, loader: DataLoader, noise: ObfuscationConfig | None, generator: torch.Generator, device: torch.device,
+    model: SplitModel,
+    loader: DataLoader,
+    noise: ObfuscationConfig | None,
+    generator: torch.Generator,
+    device: torch.device,
     on_images: Callable[[torch.Tensor], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eval-mode features of a whole split: (N, D) (noisy when ``noise`` is given) and labels (N,).

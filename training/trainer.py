@@ -24,12 +24,12 @@ from tqdm import tqdm
 
 from cem.bounds import data_statistics, native_view, training_bound_metrics
 from cem.bundle import save_bundle
-from cem.manifest import Manifest, MetricsRecord
 from cem.data import DatasetInfo, load_dataset
 from cem.data.validation import VALIDATION_SPLIT_SEED, validation_indices
 from cem.devices import resolve_device
 from cem.entropy import PixelMoments
 from cem.errors import ConfigError
+from cem.manifest import Manifest, MetricsRecord
 from cem.models import SplitModel, SplitModelConfig
 from cem.obfuscation import ObfuscationConfig
 from training.cem_plugin import CEMRegularizer
@@ -41,8 +41,10 @@ logger = logging.getLogger(__name__)
 
 LOG_FILE = "train_log.jsonl"
 FIELD_DEFENSES = {"noise": "--noise-std", "bottleneck": "--bottleneck"}
-ENTROPY_CONVENTION = ("entropy_bound, mse_bound_xi: kind 'relative', H(x) := 0 nats, entropy_bound = -information_bound; "
-                      "*_estimate: kind 'estimate', H(x) = entropy_x_estimate (see cem.bounds)")
+ENTROPY_CONVENTION = (
+    "entropy_bound, mse_bound_xi: kind 'relative', H(x) := 0 nats, entropy_bound = -information_bound; "
+    "*_estimate: kind 'estimate', H(x) = entropy_x_estimate (see cem.bounds)"
+)
 
 
 @dataclass
@@ -121,7 +123,9 @@ class _Run:
 
     def accuracy(self) -> float:
         """Test accuracy with every client transform on; the same seeded noise every call."""
-        return evaluate(self.model, self.test_loader, self.obfuscation, _seeded(self.config.seed + 3, self.device), self.device)
+        return evaluate(
+            self.model, self.test_loader, self.obfuscation, _seeded(self.config.seed + 3, self.device), self.device
+        )
 
     def val_accuracy(self) -> dict[str, float]:
         """{"val_accuracy": ...} on the carved validation split (same protocol as ``accuracy``), or {}."""
@@ -132,9 +136,11 @@ class _Run:
 
 
 def _prepare(config: TrainConfig) -> _Run:
+    if config.width is None or config.cem is None:  # train() resolves the config before it gets here
+        raise ConfigError("expected a config filled by resolve_config, got width or cem unset")
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    data_args = {"data_dir": config.data_dir, "download": config.download}
+    data_args: dict[str, Any] = {"data_dir": config.data_dir, "download": config.download}
     train_set, info = load_dataset(config.dataset, "train", augment=bool(config.augment), **data_args)
     test_set, _ = load_dataset(config.dataset, "test", **data_args)
     val_set = None
@@ -151,13 +157,28 @@ def _prepare(config: TrainConfig) -> _Run:
     obfuscation = defenses.obfuscation()
     cem = None
     if obfuscation.noise_std > 0:  # the bound needs Σ_p = σ²I; with λ = 0 it is still reported
-        cem = CEMRegularizer(config.cem, noise_std=obfuscation.noise_std, num_classes=info.num_classes,
-                             dataset_size=len(train_set), image_dim=info.in_channels * info.image_size**2)  # d of Theorem 1
-    loader_args = {"batch_size": config.batch_size, "num_workers": config.workers, "pin_memory": device.type == "cuda"}
+        cem = CEMRegularizer(
+            config.cem,
+            noise_std=obfuscation.noise_std,
+            num_classes=info.num_classes,
+            dataset_size=len(train_set),  # type: ignore[arg-type]  # map-style data sets are Sized
+            image_dim=info.in_channels * info.image_size**2,  # d of Theorem 1
+        )
+    loader_args: dict[str, Any] = {
+        "batch_size": config.batch_size, "num_workers": config.workers, "pin_memory": device.type == "cuda"
+    }
     return _Run(
-        config=config, device=device, info=info, train_set=train_set,
-        model=SplitModel(model_config).to(device), defenses=defenses, obfuscation=obfuscation, cem=cem,
-        train_loader=DataLoader(train_set, shuffle=True, generator=torch.Generator().manual_seed(config.seed), **loader_args),
+        config=config,
+        device=device,
+        info=info,
+        train_set=train_set,
+        model=SplitModel(model_config).to(device),
+        defenses=defenses,
+        obfuscation=obfuscation,
+        cem=cem,
+        train_loader=DataLoader(
+            train_set, shuffle=True, generator=torch.Generator().manual_seed(config.seed), **loader_args
+        ),
         test_loader=DataLoader(test_set, shuffle=False, **loader_args),
         val_loader=DataLoader(val_set, shuffle=False, **loader_args) if val_set is not None else None,
     )
@@ -171,7 +192,10 @@ def _run_epochs(run: _Run, log_path: Path) -> list[dict[str, Any]]:
     noise_gen, mixture_gen = _seeded(config.seed + 1, run.device), _seeded(config.seed + 2, run.device)
     cache = FeatureCache(len(run.train_set)) if cem is not None else None  # type: ignore[arg-type]
     history: list[dict[str, Any]] = []
-    with open(log_path, "w") as log, tqdm(total=config.epochs, desc="train", unit="epoch", disable=not config.progress) as bar:
+    with (
+        open(log_path, "w") as log,
+        tqdm(total=config.epochs, desc="train", unit="epoch", disable=not config.progress) as bar,
+    ):
         for epoch in range(1, int(config.epochs or 0) + 1):
             lr = optimizer.param_groups[0]["lr"]
             weight = cem.weight(lr) if cem is not None and cem.active(epoch) else 0.0

@@ -43,12 +43,14 @@ class FeatureSet:
 
     def __post_init__(self) -> None:
         if self.images.shape[0] != self.features.shape[0]:
-            raise ConfigError(f"expected as many features as images, got {self.features.shape[0]} and {self.images.shape[0]}")
+            raise ConfigError(
+                f"expected as many features as images, got {self.features.shape[0]} and {self.images.shape[0]}"
+            )
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def subset(self, index: torch.Tensor | slice) -> "FeatureSet":
+    def subset(self, index: torch.Tensor | slice) -> FeatureSet:
         return FeatureSet(self.images[index], self.features[index])
 
 

@@ -93,7 +93,9 @@ def train_decoder_attack(
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach() * rows.numel()
-            monitor.report((epoch - 1 + (b + 1) / n_batches) / config.epochs, f"decoder attack: epoch {epoch}/{config.epochs}")
+            monitor.report(
+                (epoch - 1 + (b + 1) / n_batches) / config.epochs, f"decoder attack: epoch {epoch}/{config.epochs}"
+            )
         scheduler.step()
         val_mse = measure_mse(network, split.val, obfuscation, seed=seed + 3) if len(split.val) else None
         keeper.offer(epoch, val_mse)

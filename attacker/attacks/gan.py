@@ -80,7 +80,9 @@ class GanAttackConfig:
             )
 
 
-def gradient_penalty(critic: WassersteinCritic, real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def gradient_penalty(
+    critic: WassersteinCritic, real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
     """WGAN-GP term: mean over the batch of (||grad_x D(x_hat)||_2 - 1)^2, x_hat on the real-fake segment."""
     alpha = torch.rand((real.shape[0], 1, 1, 1), generator=generator, device=real.device)
     mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
@@ -94,7 +96,9 @@ def critic_step(
 ) -> torch.Tensor:
     """One critic update on a batch; ``fake`` is detached. Returns the (detached) critic loss."""
     critic.requires_grad_(True)
-    loss = critic(fake).mean() - critic(real).mean() + config.gp_weight * gradient_penalty(critic, real, fake, generator)
+    loss = (
+        critic(fake).mean() - critic(real).mean() + config.gp_weight * gradient_penalty(critic, real, fake, generator)
+    )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -135,7 +139,8 @@ def train_gan_attack(
     images = split.fit.images
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 4)
-        critic = WassersteinCritic(CriticConfig(int(images.shape[1]), int(images.shape[-1]), config.critic_dim)).to(device)
+        critic_config = CriticConfig(int(images.shape[1]), int(images.shape[-1]), config.critic_dim)
+        critic = WassersteinCritic(critic_config).to(device)
     betas = (config.beta1, config.beta2)
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.generator_lr, betas=betas)
     opt_d = torch.optim.Adam(critic.parameters(), lr=config.critic_lr, betas=betas)
@@ -165,7 +170,9 @@ def train_gan_attack(
             if step % config.n_critic == 0:
                 sums[1] += generator_step(generator, critic, opt_g, z, real, config)
                 sums[2] += 1
-            monitor.report((epoch - 1 + (b + 1) / n_batches) / config.epochs, f"GAN attack: epoch {epoch}/{config.epochs}")
+            monitor.report(
+                (epoch - 1 + (b + 1) / n_batches) / config.epochs, f"GAN attack: epoch {epoch}/{config.epochs}"
+            )
         # Cosine decay per epoch, set directly: with few batches an epoch may have no generator
         # step, which torch's schedulers warn about.
         decay = 0.5 * (1 + math.cos(math.pi * epoch / period))

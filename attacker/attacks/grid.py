@@ -9,8 +9,8 @@ Blocks sit side by side, separated by a wider white gap.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,10 @@ MIN_TILE = 64
 
 @dataclass(frozen=True)
 class GridGroup:
-    """``reconstructions`` (k, C, S, S) in [0, 1]; ``originals`` the same shape; ``known`` (k,) bool or None (all known)."""
+    """One group of grid columns.
+
+    ``reconstructions`` (k, C, S, S) in [0, 1]; ``originals`` the same shape; ``known`` (k,) bool or None (all known).
+    """
 
     originals: torch.Tensor
     reconstructions: torch.Tensor
@@ -60,7 +63,7 @@ def render_grid_png(groups: Sequence[GridGroup]) -> bytes:
     widths = [g.reconstructions.shape[0] * (tile + TILE_GAP) - TILE_GAP for g in groups]
     canvas = np.ones((2 * tile + TILE_GAP, sum(widths) + GROUP_GAP * (len(groups) - 1), channels), dtype=np.float32)
     x0 = 0
-    for group, width in zip(groups, widths):
+    for group, width in zip(groups, widths, strict=True):
         known = group.known if group.known is not None else torch.ones(group.originals.shape[0], dtype=torch.bool)
         originals = _to_display(group.originals)
         originals[~known.cpu()] = UNKNOWN_GREY

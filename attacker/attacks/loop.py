@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 
@@ -32,7 +32,7 @@ class TrainedAttack:
         """Whether the best validation MSE fell by more than ``tolerance`` (relative) in the last ``tail``
         share of the epochs: a longer run would likely reconstruct better, so a defense scored against
         this attack looks better than it is. False without validation data (nothing to judge by)."""
-        val = [row["val_mse"] for row in self.history if row.get("val_mse") is not None]
+        val = [mse for row in self.history if (mse := row.get("val_mse")) is not None]
         if len(val) < 2:
             return False
         cut = len(val) - max(1, round(tail * len(val)))
@@ -43,9 +43,9 @@ class TrainedAttack:
 def inversion_config_for(split: AttackSplit, *, num_blocks: int, channels: int) -> InversionConfig:
     """Decoding-network shape for this split's features and images."""
     images = split.fit.images
+    c, h, w = (int(d) for d in split.fit.features.shape[1:])  # features (N, C, H, W)
     return InversionConfig.for_features(
-        tuple(split.fit.features.shape[1:]), int(images.shape[1]), int(images.shape[-1]),
-        num_blocks=num_blocks, channels=channels,
+        (c, h, w), int(images.shape[1]), int(images.shape[-1]), num_blocks=num_blocks, channels=channels
     )
 
 
@@ -57,7 +57,9 @@ def create_seeded_network(config: InversionConfig, seed: int, device: torch.devi
     return network.to(device)
 
 
-def iterate_batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> Iterator[torch.Tensor]:
+def iterate_batches(
+    n: int, batch_size: int, generator: torch.Generator, device: torch.device
+) -> Iterator[torch.Tensor]:
     """Shuffled index batches over ``range(n)``; the last one may be smaller."""
     order = torch.randperm(n, generator=generator).to(device)
     for start in range(0, n, batch_size):

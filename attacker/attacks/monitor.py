@@ -8,8 +8,8 @@ raises ``AttackCancelled`` as soon as the caller's ``should_stop`` says so.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from cem.errors import CEMError
 
@@ -38,6 +38,6 @@ class ProgressMonitor:
         if self.should_stop is not None and self.should_stop():
             raise AttackCancelled("the attack was cancelled by its caller")
 
-    def child(self, start: float, span: float) -> "ProgressMonitor":
+    def child(self, start: float, span: float) -> ProgressMonitor:
         """The sub-range [start, start + span] of this monitor's range (both in local fractions)."""
         return ProgressMonitor(self.progress, self.should_stop, self.start + self.span * start, self.span * span)

@@ -40,14 +40,14 @@ def run_attack(
     name = check_attack_name(attack)
     monitor = monitor or ProgressMonitor()
     if name is AttackName.DECODER:
-        config = decoder_config if epochs is None else dataclasses.replace(decoder_config, epochs=epochs)
-        return train_decoder_attack(split, obfuscation, config, seed=seed, monitor=monitor)
-    config = gan_config if epochs is None else dataclasses.replace(gan_config, epochs=epochs)
+        decoder = decoder_config if epochs is None else dataclasses.replace(decoder_config, epochs=epochs)
+        return train_decoder_attack(split, obfuscation, decoder, seed=seed, monitor=monitor)
+    gan = gan_config if epochs is None else dataclasses.replace(gan_config, epochs=epochs)
     if init is not None:
-        return train_gan_attack(split, obfuscation, config, init=init, seed=seed, monitor=monitor)
-    pretrain = dataclasses.replace(decoder_config, epochs=math.ceil(config.epochs / GAN_PRETRAIN_RATIO))
-    share = pretrain.epochs / (pretrain.epochs + config.epochs)
-    decoder = train_decoder_attack(split, obfuscation, pretrain, seed=seed, monitor=monitor.child(0.0, share))
+        return train_gan_attack(split, obfuscation, gan, init=init, seed=seed, monitor=monitor)
+    pretrain = dataclasses.replace(decoder_config, epochs=math.ceil(gan.epochs / GAN_PRETRAIN_RATIO))
+    share = pretrain.epochs / (pretrain.epochs + gan.epochs)
+    pretrained = train_decoder_attack(split, obfuscation, pretrain, seed=seed, monitor=monitor.child(0.0, share))
     return train_gan_attack(
-        split, obfuscation, config, init=decoder.network, seed=seed, monitor=monitor.child(share, 1.0 - share)
+        split, obfuscation, gan, init=pretrained.network, seed=seed, monitor=monitor.child(share, 1.0 - share)
     )

@@ -1,5 +1,22 @@
-"""Client of the audit API: ``AuditClient`` for code, ``cem-audit-client`` for the shell."""
+"""Client of the audit API: ``AuditClient`` for code, ``cem-audit-client`` for the shell.
 
+Besides the client, this is the API's vocabulary a caller needs to submit an audit
+and read its answer (attack names, audit statuses, the audit view), so that code
+outside the attacker app (the demo) imports this one package and none of the
+service's modules.
+"""
+
+from attacker.attack_names import ATTACKS, AttackName, check_attack_name
 from attacker.client.client import AuditClient, AuditClientError
+from attacker.service.api.schemas import AuditView
+from attacker.service.jobs import AuditStatus
 
-__all__ = ["AuditClient", "AuditClientError"]
+__all__ = [
+    "ATTACKS",
+    "AttackName",
+    "AuditClient",
+    "AuditClientError",
+    "AuditStatus",
+    "AuditView",
+    "check_attack_name",
+]

@@ -36,7 +36,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cem-audit-client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--url", default=os.environ.get(URL_ENV, "http://127.0.0.1:8000"), help=f"service URL (${URL_ENV})")
+    parser.add_argument(
+        "--url", default=os.environ.get(URL_ENV, "http://127.0.0.1:8000"), help=f"service URL (${URL_ENV})"
+    )
     parser.add_argument("--token", default=None, help=f"bearer token (default ${TOKEN_ENV})")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP request")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on the last stdout line")
@@ -105,8 +107,10 @@ def _fmt(value: float | None, digits: int) -> str:
 def describe(audit: dict[str, Any]) -> str:
     """An audit's JSON (an ``AuditView`` as ``run`` returns it) for a human: status, metrics, bound."""
     lines = [
-        f"audit {audit['id']}: {audit['status']} ({100 * audit['progress']:.0f}%) "
-        f"bundle {audit['bundle']} attack {audit['attack']}"
+        (
+            f"audit {audit['id']}: {audit['status']} ({100 * audit['progress']:.0f}%) "
+            f"bundle {audit['bundle']} attack {audit['attack']}"
+        )
     ]
     for split, values in (audit.get("metrics") or {}).items():
         if values:

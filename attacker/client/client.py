@@ -15,7 +15,8 @@ transport problem); httpx's own errors are translated in exactly one place,
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -73,7 +74,7 @@ class AuditClient:
         self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout_s, transport=transport)
 
-    def __enter__(self) -> "AuditClient":
+    def __enter__(self) -> AuditClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -10,15 +10,15 @@ Every route but ``/healthz`` requires the bearer token, the OpenAPI schema
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 
 from attacker.service.api.deps import require_token
 from attacker.service.api.routes import audits, catalog, health
-from attacker.service.api.schemas import ErrorBody
+from attacker.service.api.schemas import ErrorBody, OpenApiResponses
 from attacker.service.config import ServiceSettings
 from attacker.service.errors import install_error_handlers
 from attacker.service.guard import RequestGuard
@@ -27,7 +27,7 @@ from attacker.service.supervisor import WorkerPool
 
 logger = logging.getLogger(__name__)
 
-UNAUTHORIZED = {401: {"model": ErrorBody, "description": "missing or invalid bearer token"}}
+UNAUTHORIZED: OpenApiResponses = {401: {"model": ErrorBody, "description": "missing or invalid bearer token"}}
 
 
 def create_app(settings: ServiceSettings, *, start_workers: bool = True, log_level: str = "INFO") -> FastAPI:
@@ -38,7 +38,9 @@ def create_app(settings: ServiceSettings, *, start_workers: bool = True, log_lev
         store = JobStore(settings.db_path)
         recovered = store.recover_running(settings.on_restart)
         if recovered:
-            logger.warning("%d audit(s) were running when the service last stopped: %s", len(recovered), settings.on_restart)
+            logger.warning(
+                "%d audit(s) were running when the service last stopped: %s", len(recovered), settings.on_restart
+            )
         settings.resolved_results_dir.mkdir(parents=True, exist_ok=True)
         pool = WorkerPool(settings, store, log_level=log_level) if start_workers else None
         app.state.settings, app.state.store, app.state.pool = settings, store, pool

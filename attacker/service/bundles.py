@@ -15,8 +15,8 @@ from typing import Any
 
 from cem.bounds import privacy_bound
 from cem.bundle import load_manifest
-from cem.manifest import Manifest
 from cem.errors import BundleError
+from cem.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 

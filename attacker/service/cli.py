@@ -31,7 +31,9 @@ logger = logging.getLogger("attacker.service")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cem-audit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="cem-audit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default=ServiceSettings.host,
                         help="address to bind (default %(default)s; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=ServiceSettings.port,
@@ -52,7 +54,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="torch threads per worker")
     parser.add_argument("--max-captured", type=int, default=ServiceSettings.max_captured_samples,
                         help="captured samples an audit reconstructs at most")
-    parser.add_argument("--insecure-no-auth", action="store_true", help="serve without a bearer token (never in production)")
+    parser.add_argument(
+        "--insecure-no-auth", action="store_true", help="serve without a bearer token (never in production)"
+    )
     parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
     return parser
 

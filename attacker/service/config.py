@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Mapping, get_args
+from typing import Literal, get_args
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
@@ -82,7 +83,9 @@ class ServiceSettings:
                 )
             weakness = token_weakness(self.token)
             if weakness:
-                raise ConfigError(f"expected a random token in ${TOKEN_ENV} (e.g. `openssl rand -hex 32`), got {weakness}")
+                raise ConfigError(
+                    f"expected a random token in ${TOKEN_ENV} (e.g. `openssl rand -hex 32`), got {weakness}"
+                )
         if not self.bundles_dir.is_dir():
             raise ConfigError(f"expected --bundles to be a directory, got {self.bundles_dir}")
         if not 0 <= self.port <= 65535:

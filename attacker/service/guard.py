@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from attacker.service.errors import DETAIL_UNAUTHORIZED
 

@@ -22,10 +22,11 @@ import json
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from attacker.attack_names import AttackName
 
@@ -118,7 +119,7 @@ class Job:
         return self.status in FINAL_STATUSES
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "Job":
+    def from_row(cls, row: sqlite3.Row) -> Job:
         return cls(
             id=row["id"],
             status=AuditStatus(row["status"]),
@@ -181,8 +182,8 @@ class JobStore:
         job_id = uuid.uuid4().hex
         with self._transaction() as conn:
             conn.execute(
-                "INSERT INTO jobs(id, status, bundle, model_id, bundle_dir, attack, epochs, dataset, use_captures, seed,"
-                " created_at) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs(id, status, bundle, model_id, bundle_dir, attack, epochs, dataset, use_captures,"
+                " seed, created_at) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id, request.bundle, request.model_id, request.bundle_dir, request.attack, request.epochs,
                     request.dataset, int(request.use_captures), request.seed, time.time(),
@@ -203,7 +204,8 @@ class JobStore:
 
     def list_jobs(self, status: AuditStatus | None = None, limit: int = 100) -> list[Job]:
         """Newest first."""
-        sql, params = "SELECT * FROM jobs", ()
+        sql = "SELECT * FROM jobs"
+        params: tuple[str, ...] = ()
         if status is not None:
             sql, params = sql + " WHERE status = ?", (status,)
         with self._connect() as conn:
@@ -218,7 +220,9 @@ class JobStore:
         """Atomically move the oldest queued job to running under a new lease."""
         lease = uuid.uuid4().hex
         with self._transaction() as conn:
-            row = conn.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at, rowid LIMIT 1").fetchone()
+            row = conn.execute(
+                "SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at, rowid LIMIT 1"
+            ).fetchone()
             if row is None:
                 return None
             conn.execute(
@@ -283,14 +287,16 @@ class JobStore:
 
         A job whose cancellation was already requested becomes cancelled either way.
         """
-        where, params = "status = 'running'", ()
+        where = "status = 'running'"
+        params: tuple[int, ...] = ()
         if worker_pid is not None:
             where, params = where + " AND worker_pid = ?", (worker_pid,)
         now = time.time()
         with self._transaction() as conn:
             ids = [r["id"] for r in conn.execute(f"SELECT id FROM jobs WHERE {where}", params)]
             conn.execute(
-                f"UPDATE jobs SET status = 'cancelled', finished_at = ?, lease = NULL WHERE {where} AND cancel_requested = 1",
+                f"UPDATE jobs SET status = 'cancelled', finished_at = ?, lease = NULL"
+                f" WHERE {where} AND cancel_requested = 1",
                 (now, *params),
             )
             if policy == "requeue":

@@ -44,7 +44,9 @@ img {{ image-rendering: pixelated; max-width: 100%; border: 1px solid #ccc; }}
 <table>{summary}</table>
 <h2>Reconstruction quality</h2>
 <p class="muted">Lower MSE, higher PSNR and SSIM mean the attacker recovers the private images better.</p>
-<table><tr><th>split</th><th>n</th><th>MSE</th><th>PSNR (dB)</th><th>SSIM</th><th>SSIM (reference, zero-padded)</th></tr>{metrics}</table>
+<table>
+<tr><th>split</th><th>n</th><th>MSE</th><th>PSNR (dB)</th><th>SSIM</th><th>SSIM (reference, zero-padded)</th></tr>
+{metrics}</table>
 <h2>Privacy bound (Theorem 1)</h2>
 {bound}
 <h2>Reconstructions</h2>
@@ -124,4 +126,6 @@ def render_report(job: Job, png: bytes | None) -> str:
         image = f'<img alt="originals above reconstructions" src="data:image/png;base64,{encoded}">'
     else:
         image = '<p class="muted">No reconstruction image was stored.</p>'
-    return PAGE.format(job_id=html.escape(job.id), summary=summary, metrics="".join(metric_rows), bound=bound_html, image=image)
+    return PAGE.format(
+        job_id=html.escape(job.id), summary=summary, metrics="".join(metric_rows), bound=bound_html, image=image
+    )

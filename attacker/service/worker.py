@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,11 @@ import torch
 
 from attacker.audit import AuditCancelled, AuditSpec, run_audit
 from attacker.service.config import WorkerSettings
-from attacker.service.jobs import INTERRUPTED_ERROR, Job, JobStore
-from cem.captures.reader import CapturedFeatures, CaptureStore
-from cem.durable import write_durably
+from attacker.service.jobs import INTERRUPTED_ERROR, AuditStatus, Job, JobStore
 from cem.bundle import load_manifest
+from cem.captures.reader import CapturedFeatures, CaptureStore
 from cem.cli import run_cli
+from cem.durable import write_durably
 from cem.errors import CEMError, ConfigError
 from cem.logs import configure_logging
 
@@ -75,25 +76,34 @@ class AuditWorker:
         lease = job.lease
         started = time.monotonic()
         request = job.request
-        logger.info("audit %s started: bundle %s, attack %s, epochs %s", job.id, request.bundle, request.attack, request.epochs)
+        logger.info(
+            "audit %s started: bundle %s, attack %s, epochs %s", job.id, request.bundle, request.attack, request.epochs
+        )
         try:
             spec, captured = self._prepare(job)
             result = run_audit(
-                spec, captured=captured, progress=self._progress(job.id, lease), should_stop=self._should_stop(job.id, lease)
+                spec,
+                captured=captured,
+                progress=self._progress(job.id, lease),
+                should_stop=self._should_stop(job.id, lease),
             )
             png_path = self.settings.results_dir / job.id / PNG_NAME
             png_path.parent.mkdir(parents=True, exist_ok=True)
             write_durably(png_path, result.reconstructions_png)
-            saved = self.store.finish(job.id, lease, "succeeded", result=json_safe(result.to_dict()), png_path=str(png_path))
+            saved = self.store.finish(
+                job.id, lease, AuditStatus.SUCCEEDED, result=json_safe(result.to_dict()), png_path=str(png_path)
+            )
             outcome = "succeeded" if saved else "finished after losing its lease; result discarded"
         except AuditCancelled:
             outcome = self._give_back(job.id, lease)
         except CEMError as exc:
-            self.store.finish(job.id, lease, "failed", error=str(exc))
+            self.store.finish(job.id, lease, AuditStatus.FAILED, error=str(exc))
             outcome = f"failed: {exc}"
         except Exception as exc:  # a bug in an attack must not kill the worker or leave the job running
             logger.exception("audit %s crashed", job.id)
-            self.store.finish(job.id, lease, "failed", error=f"internal error ({type(exc).__name__}); see the service log")
+            self.store.finish(
+                job.id, lease, AuditStatus.FAILED, error=f"internal error ({type(exc).__name__}); see the service log"
+            )
             outcome = "failed with an internal error"
         logger.info("audit %s %s after %.1f s", job.id, outcome, time.monotonic() - started)
 
@@ -118,12 +128,14 @@ class AuditWorker:
             captured = CaptureStore(self.settings.captures_dir).load(
                 manifest.model_id, feature_shape=manifest.feature_shape, max_samples=self.settings.max_captured_samples
             )
-            logger.info("audit %s: %d captured sample(s) for model %s", job.id, len(captured.sample_ids), manifest.model_id)
+            logger.info(
+                "audit %s: %d captured sample(s) for model %s", job.id, len(captured.sample_ids), manifest.model_id
+            )
             if not captured.sample_ids:
                 captured = None
         return spec, captured
 
-    def _progress(self, job_id: str, lease: str):
+    def _progress(self, job_id: str, lease: str) -> Callable[[float, str], None]:
         last = [0.0]
 
         def report(fraction: float, message: str) -> None:
@@ -134,7 +146,7 @@ class AuditWorker:
 
         return report
 
-    def _should_stop(self, job_id: str, lease: str):
+    def _should_stop(self, job_id: str, lease: str) -> Callable[[], bool]:
         last = [0.0, False]
 
         def check() -> bool:
@@ -151,11 +163,11 @@ class AuditWorker:
         """After AuditCancelled: the user cancelled, or this worker is stopping, or the job was taken away."""
         if self._stopping:
             if self.settings.on_stop == "requeue":
-                self.store.finish(job_id, lease, "queued")
+                self.store.finish(job_id, lease, AuditStatus.QUEUED)
                 return "requeued: the worker is stopping"
-            self.store.finish(job_id, lease, "interrupted", error=INTERRUPTED_ERROR)
+            self.store.finish(job_id, lease, AuditStatus.INTERRUPTED, error=INTERRUPTED_ERROR)
             return "interrupted: the worker is stopping"
-        if self.store.finish(job_id, lease, "cancelled"):
+        if self.store.finish(job_id, lease, AuditStatus.CANCELLED):
             return "cancelled"
         return "abandoned: the job is no longer this worker's"
 
@@ -179,7 +191,9 @@ def set_parent_death_signal(sig: int = signal.SIGTERM) -> None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m attacker.service.worker", description="Audit worker (started by cem-audit).")
+    parser = argparse.ArgumentParser(
+        prog="python -m attacker.service.worker", description="Audit worker (started by cem-audit)."
+    )
     parser.add_argument("settings", help="WorkerSettings as JSON, as WorkerPool writes it")
     return parser
 

@@ -32,7 +32,9 @@ logger = logging.getLogger("attacker.tap")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cem-tap", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="cem-tap", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--listen", required=True, help="HOST:PORT to accept the edge on (port 0: any free port)")
     parser.add_argument("--upstream", required=True, help="HOST:PORT of the real cloud service")
     parser.add_argument("--captures", required=True, help="capture directory (created if missing)")
@@ -51,7 +53,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
                         help="largest message forwarded or recorded; set it to the cloud's --max-message-bytes")
     parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
-    parser.add_argument("--json", action="store_true", help="print the final capture counters as JSON on the last stdout line")
+    parser.add_argument(
+        "--json", action="store_true", help="print the final capture counters as JSON on the last stdout line"
+    )
     return parser
 
 

@@ -8,13 +8,14 @@ signal: 0 while traffic flows but is not being recorded.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from attacker.tap.recorder import CaptureRecorder, RecorderStats
+from attacker.tap.recorder import CaptureRecorder
 
 COUNTER_HELP = {
     "offered": "answered feature requests handed to the recorder",
@@ -44,7 +45,7 @@ class RecorderCollector(Collector):
                                 value=self._recorder.queue_depth())
 
 
-def serve_metrics(recorder: CaptureRecorder, listen: str) -> tuple[int, object]:
+def serve_metrics(recorder: CaptureRecorder, listen: str) -> tuple[int, WSGIServer]:
     """Serve /metrics on ``listen`` (HOST:PORT, port 0 picks one); returns the bound port and the server."""
     host, _, port = listen.rpartition(":")
     registry = CollectorRegistry()

@@ -19,9 +19,10 @@ cheaper, but grpc.aio never answers a unary call that arrives with no message
 until the caller's deadline), and a stream forwards exactly what the caller
 sent and relays exactly what the cloud answered. Built on grpc.aio so that any
 number of long-lived streams share one event loop instead of each holding a
-thread. Handlers are cached for the methods the tap knows; a caller inventing
-method names gets a fresh one each time (a cache keyed by caller-chosen names
-grew by 10-27 MB per 5,000 names).
+thread. Only the methods the cloud serves (SplitInference, health, reflection)
+are forwarded; any other name is answered UNIMPLEMENTED by the tap itself, as the
+cloud would, because both a handler cache keyed by caller-chosen names and grpc's
+own client side keep memory per distinct name (10-27 MB per 5,000 names).
 
 The tap answers one health check itself: service ``cem.tap`` is SERVING while
 captures are being written and NOT_SERVING while they are not. Every other
@@ -32,17 +33,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 
-from cem.captures.records import CAPTURED_METHODS
 from attacker.tap.recorder import CaptureRecorder
 from attacker.tap.relay import FirstStatus, forwardable_metadata, relay_failure, remaining_timeout
+from cem.captures.records import CAPTURED_METHODS
 from cem.wire import DEFAULT_MAX_MESSAGE_BYTES, grpc_message_options
 from protos import cem_split_pb2 as pb
 
@@ -53,11 +56,19 @@ HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
 _REFUSED_DETAILS = "the tap cannot record captures right now and runs with --on-store-failure refuse"
 
 
+# The methods the cloud serves: the only ones forwarded. grpc's client side keeps ~0.1-1.1 KB per
+# distinct method name it has called, for good, so forwarding caller-invented names grew the tap by
+# 22 MB per 20,000 long names; the tap answers those UNIMPLEMENTED itself, as the cloud would.
 KNOWN_METHODS = frozenset(
     f"/{service.full_name}/{method.name}"
-    for service in (pb.DESCRIPTOR.services_by_name["SplitInference"], health_pb2.DESCRIPTOR.services_by_name["Health"])
+    for service in (
+        pb.DESCRIPTOR.services_by_name["SplitInference"],
+        health_pb2.DESCRIPTOR.services_by_name["Health"],
+        reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+    )
     for method in service.methods
 )
+UNKNOWN_METHOD_DETAILS = "Method not found!"  # grpc's own wording, as the cloud answers
 
 
 def tap_health_answer(request: bytes, recorder: CaptureRecorder | None) -> bytes | None:
@@ -85,24 +96,31 @@ class TapProxy(grpc.GenericRpcHandler):
         method = handler_call_details.method
         handler = self._handlers.get(method)
         if handler is None:
+            if method not in KNOWN_METHODS:
+                return _UNKNOWN_METHOD_HANDLER
             handler = grpc.stream_stream_rpc_method_handler(self._stream_behaviour(method))
-            if method in KNOWN_METHODS:
-                self._handlers[method] = handler
+            self._handlers[method] = handler
         return handler
 
-    def _captures(self, method: str) -> bool:
-        return self._recorder is not None and method in CAPTURED_METHODS
+    def _recorder_for(self, method: str) -> CaptureRecorder | None:
+        """The recorder when calls of ``method`` are captured, else None."""
+        return self._recorder if method in CAPTURED_METHODS else None
 
     async def _refuse_if_blind(self, method: str, context: grpc.aio.ServicerContext) -> None:
         """In refuse mode, answer UNAVAILABLE instead of forwarding a call the tap cannot record."""
-        if self._captures(method) and not self._recorder.accepting():
-            self._recorder.count_refused()
+        recorder = self._recorder_for(method)
+        if recorder is not None and not recorder.accepting():
+            recorder.count_refused()
             await context.abort(grpc.StatusCode.UNAVAILABLE, _REFUSED_DETAILS)
 
-    def _stream_behaviour(self, method: str):
+    def _stream_behaviour(
+        self, method: str
+    ) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], AsyncIterator[bytes]]:
         upstream = self._channel.stream_stream(method)
 
-        async def forward(request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext):
+        async def forward(
+            request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[bytes]:
             await self._refuse_if_blind(method, context)
             if method == HEALTH_CHECK_METHOD:
                 first = await anext(request_iterator, None)
@@ -115,7 +133,8 @@ class TapProxy(grpc.GenericRpcHandler):
             call = upstream(timeout=remaining_timeout(context), metadata=forwardable_metadata(context))
             first_status = FirstStatus(call)
             unanswered: collections.deque[bytes] = collections.deque()
-            remember = unanswered.append if self._captures(method) else None
+            recorder = self._recorder_for(method)
+            remember = unanswered.append if recorder is not None else None
             # Our own pump task (reader/writer style) rather than a request iterator handed to the
             # call: grpc.aio leaves an iterator's consumer reading from the caller after the upstream
             # has failed. The pump is cancelled and awaited before the status is relayed.
@@ -127,23 +146,32 @@ class TapProxy(grpc.GenericRpcHandler):
                     await context.send_initial_metadata(tuple(initial))
                     sent_metadata = True
                 async for response in call:
-                    if remember is not None and unanswered:
-                        self._recorder.offer(method, unanswered.popleft(), response)
+                    if recorder is not None and unanswered:
+                        recorder.offer(method, unanswered.popleft(), response)
                     yield response
             except grpc.aio.AioRpcError as error:
                 await _stop_pump(pump)
-                await relay_failure(context, first_status.unmask(error), sent_metadata)
+                failure = first_status.unmask(error)
+                if failure is not None:
+                    await relay_failure(context, failure, sent_metadata)
             finally:
                 await _stop_pump(pump)
                 if not call.done():
                     call.cancel()
-                if remember is not None and unanswered:
-                    self._recorder.count_rejected(len(unanswered))
+                if recorder is not None and unanswered:
+                    recorder.count_rejected(len(unanswered))
             trailing = await call.trailing_metadata()
             if trailing:
                 context.set_trailing_metadata(tuple(trailing))
 
         return forward
+
+
+async def _unknown_method(request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, UNKNOWN_METHOD_DETAILS)
+
+
+_UNKNOWN_METHOD_HANDLER = grpc.stream_stream_rpc_method_handler(_unknown_method)
 
 
 async def _prepended(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -165,14 +193,12 @@ async def _pump_requests(request_iterator: AsyncIterator[bytes], call: grpc.aio.
         pass  # the upstream call ended; the response side relays its status
 
 
-async def _stop_pump(pump: "asyncio.Future[None]") -> None:
+async def _stop_pump(pump: asyncio.Future[None]) -> None:
     """Cancel the pump if it still runs and wait until it has, so no read of the caller is pending."""
     if not pump.done():
         pump.cancel()
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await pump
-    except asyncio.CancelledError:
-        pass
 
 
 class TapServer:

@@ -30,12 +30,11 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from google.protobuf.message import DecodeError
-
-from collections import OrderedDict
-from pathlib import Path
 
 from cem.captures.records import CaptureRecord, parse_capture
 from cem.captures.store import CaptureWriter

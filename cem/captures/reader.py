@@ -37,7 +37,9 @@ class CapturedFeatures:
         if self.features.dim() != 4:
             raise ConfigError(f"expected captured features of shape (N, C, H, W), got {tuple(self.features.shape)}")
         if len(self.sample_ids) != self.features.shape[0]:
-            raise ConfigError(f"expected {self.features.shape[0]} sample ids (one per capture), got {len(self.sample_ids)}")
+            raise ConfigError(
+                f"expected {self.features.shape[0]} sample ids (one per capture), got {len(self.sample_ids)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,9 @@ class CaptureStore:
             payloads = read_shard_payloads(self.root / SHARD_DIR / (shard + SHARD_SUFFIX), expected)
             for key, nbytes in expected.items():
                 if len(payloads[key]) != nbytes:
-                    raise CaptureStoreError(f"record {key} of shard {shard}: expected {nbytes} bytes, got {len(payloads[key])}")
+                    raise CaptureStoreError(
+                        f"record {key} of shard {shard}: expected {nbytes} bytes, got {len(payloads[key])}"
+                    )
         return len(rows)
 
     def load(
@@ -156,7 +160,7 @@ class CaptureStore:
         )
         if feature_shape is None:
             ranked = [json.loads(row[3]) for row in rows]
-            feature_shape = next((tuple(s[1:]) for s in ranked if len(s) == 4), None)  # type: ignore[assignment]
+            feature_shape = next((tuple(s[1:]) for s in ranked if len(s) == 4), None)
         if feature_shape is None:  # nothing shaped like a feature batch was captured for this model
             return CapturedFeatures(features=torch.empty((0, 0, 0, 0)), sample_ids=[])
         expected = (-1, *feature_shape)
@@ -186,7 +190,9 @@ class CaptureStore:
             batches.append(features)
             sample_ids.extend(ids if len(ids) == batch else [None] * batch)
         if skipped:
-            logger.info("skipped %d captured request(s) for model %s that do not decode to %s", skipped, model_id, expected)
+            logger.info(
+                "skipped %d captured request(s) for model %s that do not decode to %s", skipped, model_id, expected
+            )
         if not batches:
             return CapturedFeatures(features=torch.empty((0, *feature_shape)), sample_ids=[])
         features = torch.cat(batches)

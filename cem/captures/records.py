@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from cem.errors import InvalidCaptureError
 from protos import cem_split_pb2 as pb
@@ -64,17 +65,18 @@ class CaptureRecord:
         }
 
     @classmethod
-    def from_header(cls, header: dict[str, object], data: bytes) -> "CaptureRecord":
+    def from_header(cls, header: dict[str, Any], data: bytes) -> CaptureRecord:
+        """The record a JSON header (``to_header``'s output, read back) and its payload describe."""
         return cls(
-            captured_at=float(header["captured_at"]),  # type: ignore[arg-type]
+            captured_at=float(header["captured_at"]),
             method=str(header["method"]),
             model_id=str(header["model_id"]),
             request_id=str(header["request_id"]),
             dtype=str(header["dtype"]),
-            shape=tuple(int(d) for d in header["shape"]),  # type: ignore[union-attr]
-            scale=float(header["scale"]),  # type: ignore[arg-type]
-            offset=float(header["offset"]),  # type: ignore[arg-type]
-            sample_ids=tuple(str(s) for s in header["sample_ids"]),  # type: ignore[union-attr]
+            shape=tuple(int(d) for d in header["shape"]),
+            scale=float(header["scale"]),
+            offset=float(header["offset"]),
+            sample_ids=tuple(str(s) for s in header["sample_ids"]),
             data=data,
         )
 
@@ -87,7 +89,9 @@ def name_dtype(value: int) -> str:
         return f"unknown({value})"
 
 
-def parse_capture(method: str, payload: bytes, captured_at: float, response: bytes | None = None) -> CaptureRecord | None:
+def parse_capture(
+    method: str, payload: bytes, captured_at: float, response: bytes | None = None
+) -> CaptureRecord | None:
     """Parse an intercepted request; None when it is not a feature-carrying InferRequest.
 
     ``response`` is the upstream's answer to it, when the tap has one: an empty

@@ -23,8 +23,8 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
@@ -92,7 +92,9 @@ def read_shard_headers(path: Path) -> list[dict[str, object]]:
     except (SafetensorError, OSError) as exc:
         raise CaptureStoreError(f"shard {path.name} is not a readable safetensors file: {exc}") from exc
     if metadata.get("format") != SHARD_FORMAT:
-        raise CaptureStoreError(f"expected shard format {SHARD_FORMAT!r} in {path.name}, got {metadata.get('format')!r}")
+        raise CaptureStoreError(
+            f"expected shard format {SHARD_FORMAT!r} in {path.name}, got {metadata.get('format')!r}"
+        )
     return json.loads(metadata["records"])
 
 

@@ -2,8 +2,8 @@
 
 from cem.data import digits, vision  # noqa: F401  (registers the loaders)
 from cem.data.registry import (
-    DatasetInfo,
     DataRequest,
+    DatasetInfo,
     available_datasets,
     load_dataset,
     register_dataset,

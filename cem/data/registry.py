@@ -7,10 +7,10 @@ is applied inside the encoder, never by callers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from torch.utils.data import Dataset
 
@@ -44,7 +44,7 @@ class DatasetInfo:
         return self.native_size or self.image_size
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "DatasetInfo":
+    def from_dict(cls, data: Mapping[str, Any]) -> DatasetInfo:
         """``to_dict``'s object back (a bundle's ``manifest.dataset``). Bundles from before the bound's
         ``estimate`` kind lack ``native_size`` (None) and ``quantisation_step`` (the class default)."""
         try:

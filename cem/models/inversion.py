@@ -71,7 +71,7 @@ class InversionConfig:
         *,
         num_blocks: int = 8,
         channels: int = 64,
-    ) -> "InversionConfig":
+    ) -> InversionConfig:
         """Config for inverting features of ``feature_shape`` (C, H, W) into (image_channels, S, S) images."""
         c, h, w = feature_shape
         if h != w:
@@ -144,7 +144,9 @@ class CriticConfig:
         if self.image_channels < 1 or self.dim < 1:
             raise ConfigError(f"expected image_channels and dim >= 1, got {self.image_channels} and {self.dim}")
         if self.image_size < 32:
-            raise ConfigError(f"expected image_size >= 32 (three stride-2 convs and a 4x4 score), got {self.image_size}")
+            raise ConfigError(
+                f"expected image_size >= 32 (three stride-2 convs and a 4x4 score), got {self.image_size}"
+            )
 
 
 class WassersteinCritic(nn.Module):

@@ -55,7 +55,9 @@ class SplitModelConfig:
         if self.bottleneck_channels is not None and (
             not isinstance(self.bottleneck_channels, int) or self.bottleneck_channels < 1
         ):
-            raise ConfigError(f"expected bottleneck_channels >= 1 or None (no bottleneck), got {self.bottleneck_channels!r}")
+            raise ConfigError(
+                f"expected bottleneck_channels >= 1 or None (no bottleneck), got {self.bottleneck_channels!r}"
+            )
         if not 0 < self.width <= 4:
             raise ConfigError(f"expected width in (0, 4], got {self.width}")
         if self.in_channels < 1 or self.image_size < 32 or self.num_classes < 2:
@@ -82,7 +84,7 @@ class SplitModelConfig:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SplitModelConfig":
+    def from_dict(cls, data: dict) -> SplitModelConfig:
         """The config of ``to_dict``. Keys it does not know are ignored on purpose, so bundles that
         carry one still load (e.g. ``"extra"``, a field this class once had and never read)."""
         try:
@@ -132,6 +134,9 @@ def _optional_int(value: object) -> int | None:
 class Normalize(nn.Module):
     """Per-channel affine input map; constants are buffers so they travel with the weights."""
 
+    mean: torch.Tensor  # (1, C, 1, 1) buffer
+    std: torch.Tensor  # (1, C, 1, 1) buffer
+
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
@@ -169,7 +174,9 @@ class SplitEncoder(nn.Module):
         self.bottleneck: nn.Module = nn.Identity()
         self.activation: nn.Module = nn.Identity()
         if config.bottleneck_channels is not None:
-            self.bottleneck = nn.Conv2d(config.encoder_out_channels, config.bottleneck_channels, kernel_size=3, padding=1)
+            self.bottleneck = nn.Conv2d(
+                config.encoder_out_channels, config.bottleneck_channels, kernel_size=3, padding=1
+            )
             self.activation = nn.Sigmoid()
         self._init_weights()
 
@@ -178,7 +185,8 @@ class SplitEncoder(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.activation(self.bottleneck(self.features(self.normalize(x))))

@@ -15,6 +15,8 @@ import pytest
 
 from demo.pipeline import DemoConfig, run_demo
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # the whole demo: trainers, clouds, taps, the audit service
+
 
 def _processes_mentioning(text: str) -> list[int]:
     """PIDs whose command line contains ``text`` (the demo's unique output folder)."""

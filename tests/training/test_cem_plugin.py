@@ -21,7 +21,8 @@ N_TOTAL = 40
 def known_mixture(dtype: torch.dtype = torch.float64) -> ClassMixture:
     """2 classes x 2 components in 3 dimensions with chosen means, variances and counts."""
     means = torch.tensor([[0.2, 0.2, 0.2], [0.8, 0.8, 0.8], [0.2, 0.8, 0.2], [0.8, 0.2, 0.8]], dtype=dtype)
-    variances = torch.tensor([[0.01, 0.02, 0.03], [0.001, 0.002, 0.004], [0.05, 0.0, 0.01], [0.02, 0.02, 0.02]], dtype=dtype)
+    variances = torch.tensor([[0.01, 0.02, 0.03], [0.001, 0.002, 0.004], [0.05, 0.0, 0.01], [0.02, 0.02, 0.02]],
+                             dtype=dtype)
     return ClassMixture(means=means, variances=variances, counts=torch.tensor([12, 8, 5, 15]), num_classes=2, k=2)
 
 
@@ -57,7 +58,7 @@ def direct_paper_loss(z: np.ndarray, y: np.ndarray, mixture: ClassMixture, weigh
     means = mixture.means.double().numpy()
     n_components = len(weights)
     assign = []
-    for zi, yi in zip(z, y):
+    for zi, yi in zip(z, y, strict=True):
         own = [yi * 2 + j for j in range(2)]
         assign.append(own[int(np.argmin([((zi - means[g]) ** 2).sum() for g in own]))])
     assign = np.array(assign)
@@ -97,7 +98,8 @@ def test_float32_feature_maps_give_the_same_loss() -> None:
     rng = np.random.default_rng(1)
     y, z = rng.integers(0, 2, size=16), rng.uniform(0, 1, size=(16, 3))
     mixture = known_mixture()
-    expected, _, _, _ = direct_paper_loss(z, y, mixture, mixture.weights.numpy().astype(np.float64), mixture.variances.numpy())
+    weights = mixture.weights.numpy().astype(np.float64)
+    expected, _, _, _ = direct_paper_loss(z, y, mixture, weights, mixture.variances.numpy())
     feature_maps = torch.from_numpy(z).float().view(16, 3, 1, 1)  # (B, C, H, W) as the encoder emits
     assert float(regularizer().loss(feature_maps, torch.from_numpy(y))) == pytest.approx(expected, rel=1e-5)
 
@@ -109,7 +111,7 @@ def test_loss_falls_as_within_component_spread_shrinks() -> None:
     component = labels * 2 + torch.tensor([0, 1, 0, 1] * 4)
     direction = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
     values = [float(cem.loss(means[component] + s * direction, labels)) for s in (0.2, 0.1, 0.05, 0.01, 0.0)]
-    assert all(a > b for a, b in zip(values, values[1:])), values
+    assert all(a > b for a, b in zip(values, values[1:], strict=False)), values  # consecutive pairs
 
 
 def test_gradient_is_the_weighted_centre_pull() -> None:
@@ -150,7 +152,8 @@ def test_reference_log_hinge_matches_direct_evaluation() -> None:
     z = np.array([[0.25, 0.2, 0.1], [0.7, 0.9, 0.8], [0.3, 0.3, 0.3], [0.9, 0.1, 0.6]])
     means, within = mixture.means.numpy(), mixture.within_class_weights.numpy()
     stored = mixture.variances.numpy().mean(1)
-    assign = [min((yi * 2 + j for j in range(2)), key=lambda g: ((zi - means[g]) ** 2).sum()) for zi, yi in zip(z, y)]
+    assign = [min((yi * 2 + j for j in range(2)), key=lambda g: ((zi - means[g]) ** 2).sum())
+              for zi, yi in zip(z, y, strict=True)]
     per_class = N_TOTAL / 2
     expected = 0.0
     for g in set(assign):

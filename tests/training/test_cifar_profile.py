@@ -13,13 +13,15 @@ import math
 from pathlib import Path
 
 import pytest
-
 from cifar_format import accept_digests, write_cifar10
+
 from training import TrainConfig, train
 from training.trainer import LOG_FILE
 
 
-def test_cifar10_profile_at_the_papers_lambda_keeps_the_features(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.slow
+def test_cifar10_profile_at_the_papers_lambda_keeps_the_features(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     accept_digests(monkeypatch, write_cifar10(tmp_path / "data", per_batch=100, learnable=True)[0])
     # 500 images in batches of 32: epoch 2 takes 16 CEM steps. Emulating the old units on this
     # run (κ = 1, no coupling) gave an information bound of 9.6 nats and 7 % accuracy after

@@ -80,7 +80,8 @@ def test_bottleneck_none_sends_the_raw_vgg_features_and_records_null() -> None:
 
 
 def test_noise_without_bottleneck_is_refused_where_sigma_is_final() -> None:
-    message = r"expected --noise-std 0 with --bottleneck none, got 0\.1: Gaussian noise is only meaningful on the Sigmoid"
+    message = (r"expected --noise-std 0 with --bottleneck none, got 0\.1: "
+               r"Gaussian noise is only meaningful on the Sigmoid")
     with pytest.raises(ConfigError, match=message):
         build_defenses(TrainConfig(noise_std=0.1, bottleneck=None, cem_lambda=0.0))
     with pytest.raises(ConfigError, match=message):

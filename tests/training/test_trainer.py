@@ -10,9 +10,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from cem.bundle import load_bundle
-from cem.manifest import Manifest
 from cem.data import load_dataset
 from cem.errors import ConfigError
+from cem.manifest import Manifest
 from cem.obfuscation import ObfuscationConfig
 from training import TrainConfig, TrainResult, train
 from training.cem_plugin import CEMConfig
@@ -57,7 +57,7 @@ def test_bundle_records_everything_the_other_parts_need(runs: dict[str, TrainRes
         assert isinstance(value, float)
     assert metrics.entropy_bound == pytest.approx(-metrics.information_bound)  # type: ignore[operator]
     assert manifest.training["seed"] == 3 and manifest.training["epochs"] == 2
-    assert manifest.dataset.name == "digits" and manifest.dataset.native_size == 8 and manifest.feature_shape == (8, 8, 8)
+    assert (manifest.dataset.name, manifest.dataset.native_size, manifest.feature_shape) == ("digits", 8, (8, 8, 8))
     test_set, _ = load_dataset("digits", "test")
     config = ObfuscationConfig.from_records(manifest.noise_std, manifest.defenses)
     again = evaluate(model, DataLoader(test_set, batch_size=128), config, torch.Generator().manual_seed(3 + 3),

@@ -28,7 +28,9 @@ class AuditCreate(BaseModel):
     attack: AttackName = Field(
         AttackName.DECODER, strict=False, description="inversion attack: trained decoder or GAN"
     )
-    epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="attack training epochs (default: the attack's own)")
+    epochs: int | None = Field(
+        None, ge=1, le=MAX_EPOCHS, description="attack training epochs (default: the attack's own)"
+    )
     dataset: str | None = Field(None, description="data set the attacker trains on (default: the bundle's)")
     use_captures: bool = Field(True, description="also reconstruct the features the tap captured for this model")
     seed: int = Field(0, ge=0, le=2**31 - 1)
@@ -64,9 +66,13 @@ class MetricSet(BaseModel):
 class BoundValue(BaseModel):
     """One ξ of Theorem 1 with what it is (``kind``, see cem.bounds) and how it compares with real attackers."""
 
-    kind: BoundKind = Field(description="floor: proven; estimate: H(x) estimated; relative: H(x) := 0, ranks models only")
+    kind: BoundKind = Field(
+        description="floor: proven; estimate: H(x) estimated; relative: H(x) := 0, ranks models only"
+    )
     xi: float = Field(description="the ξ value on the per-pixel MSE scale")
-    entropy_bound: float | None = Field(None, description="the H(x|z) lower bound ξ comes from, in nats, same convention")
+    entropy_bound: float | None = Field(
+        None, description="the H(x|z) lower bound ξ comes from, in nats, same convention"
+    )
     label: str
     mean_image_mse: float | None = Field(None, description="Tr Cov(x)/d: the MSE of the mean-image guess")
     exceeds_mean_image: bool = False
@@ -165,3 +171,7 @@ class Readiness(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: str
+
+
+# FastAPI's ``responses=`` argument: extra OpenAPI responses per status code.
+OpenApiResponses = dict[int | str, dict[str, Any]]

@@ -10,7 +10,15 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import HTMLResponse
 
 from attacker.service.api.deps import CatalogDep, StoreDep
-from attacker.service.api.schemas import AuditAccepted, AuditCreate, AuditList, AuditView, ErrorBody, PrivacyBound
+from attacker.service.api.schemas import (
+    AuditAccepted,
+    AuditCreate,
+    AuditList,
+    AuditView,
+    ErrorBody,
+    OpenApiResponses,
+    PrivacyBound,
+)
 from attacker.service.errors import (
     AuditFinishedError,
     AuditNotFinishedError,
@@ -23,8 +31,8 @@ from cem.bounds import stored_bound
 
 router = APIRouter(prefix="/v1/audits", tags=["audits"])
 
-NOT_FOUND = {404: {"model": ErrorBody, "description": "no audit with this id"}}
-NOT_FINISHED = {409: {"model": ErrorBody, "description": "the audit has not succeeded (yet)"}}
+NOT_FOUND: OpenApiResponses = {404: {"model": ErrorBody, "description": "no audit with this id"}}
+NOT_FINISHED: OpenApiResponses = {409: {"model": ErrorBody, "description": "the audit has not succeeded (yet)"}}
 
 
 def _utc(timestamp: float) -> datetime:

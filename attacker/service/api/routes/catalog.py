@@ -7,14 +7,14 @@ from datetime import datetime, timezone
 from fastapi import APIRouter
 
 from attacker.service.api.deps import CapturesDep, CatalogDep
-from attacker.service.api.schemas import BundleList, BundleView, CaptureSummaryView, ModelCapturesView
+from attacker.service.api.schemas import BundleList, BundleView, CaptureSummaryView, ModelCapturesView, PrivacyBound
 from attacker.service.bundles import BundleEntry
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
 
 
-def _utc(timestamp: float | None) -> datetime | None:
-    return datetime.fromtimestamp(timestamp, timezone.utc) if timestamp is not None else None
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, timezone.utc)
 
 
 def to_bundle_view(entry: BundleEntry) -> BundleView:
@@ -30,7 +30,7 @@ def to_bundle_view(entry: BundleEntry) -> BundleView:
         defenses=manifest.defenses,
         cem={**manifest.cem.to_dict(), "lambda_units": manifest.cem.units} if manifest.cem else None,
         accuracy=accuracy,
-        bound=entry.bound,
+        bound=PrivacyBound.model_validate(entry.bound) if entry.bound is not None else None,
     )
 
 
@@ -45,8 +45,8 @@ def get_captures(captures: CapturesDep) -> CaptureSummaryView:
     return CaptureSummaryView(
         requests=summary.requests,
         samples=summary.samples,
-        first_at=_utc(summary.first_at),
-        last_at=_utc(summary.last_at),
+        first_at=_utc(summary.first_at) if summary.first_at is not None else None,
+        last_at=_utc(summary.last_at) if summary.last_at is not None else None,
         models=[
             ModelCapturesView(
                 model_id=m.model_id,

@@ -1,0 +1,119 @@
+"""run_audit and cem-attack on a real bundle: metrics, bound, PNG grid, captures, cancellation."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from attacker.attacks import compute_feature_set, load_images
+from attacker.audit import AuditCancelled, AuditSpec, run_audit
+from attacker.cli import main as attack_main
+from cem.bundle import load_encoder
+from cem.captures.reader import CapturedFeatures
+from cem.data.sample_ids import format_sample_id
+from cem.errors import ConfigError, UnknownNameError
+from cem.obfuscation import ObfuscationConfig, obfuscate
+
+METRIC_KEYS = {"mse", "psnr", "psnr_batch", "ssim", "ssim_ref", "mse_native", "n"}
+
+
+@pytest.mark.slow
+def test_run_audit_scores_captured_features_with_known_ids(untrained_bundle: Path) -> None:
+    manifest, encoder = load_encoder(untrained_bundle)
+    test_images, train_images = load_images("digits", "test"), load_images("digits", "train")
+    images = torch.cat([test_images[[0, 5, 17, 400]], train_images[[3]]])
+    features = compute_feature_set(encoder, images).features
+    transmitted = obfuscate(features, ObfuscationConfig.from_records(manifest.noise_std, manifest.defenses))
+    ids = [format_sample_id("digits", "test", i) for i in (0, 5, 17)] + [None, "digits/train/3"]
+    calls: list[tuple[float, str]] = []
+    result = run_audit(
+        AuditSpec(bundle_dir=untrained_bundle, epochs=1, device="cpu"),
+        captured=CapturedFeatures(features=transmitted, sample_ids=ids),
+        progress=lambda f, m: calls.append((f, m)),
+    )
+    assert set(result.metrics) == {"train", "infer", "captured"}
+    for metrics in result.metrics.values():
+        assert set(metrics) == METRIC_KEYS
+    assert result.metrics["captured"]["n"] == 4
+    assert result.metrics["train"]["n"] == len(test_images)
+    assert result.captured_reconstructions == 5
+    assert result.details["captured_known"] == 4
+    bound = result.bound  # the bundle predates estimates: its ξ is relative, checked against this audit
+    assert bound is not None and (bound["kind"], bound["xi"], bound["entropy_bound"]) == ("relative", 0.0042, -1.25)
+    assert bound["attack_mse"] == min(m["mse"] for m in result.metrics.values())
+    assert bound["exceeds_attack"] is (bound["attack_mse"] < 0.0042)
+    assert all(m["mse_native"] <= m["mse"] + 1e-9 for m in result.metrics.values())  # pooling to 8x8 averages errors
+    assert calls[-1][0] == 1.0 and [f for f, _ in calls] == sorted(f for f, _ in calls)
+    grid = Image.open(io.BytesIO(result.reconstructions_png))
+    assert grid.format == "PNG" and grid.height > grid.width / 20
+    json.dumps(result.to_dict())
+
+
+@pytest.mark.slow
+def test_captures_with_unusable_sample_ids_are_skipped_and_counted(untrained_bundle: Path) -> None:
+    """Issue 10 item 4: one stored id like 'digits/test/²' used to fail every capture-based audit at 98 %."""
+    manifest, encoder = load_encoder(untrained_bundle)
+    images = load_images("digits", "test")[[0, 1, 2]]
+    features = compute_feature_set(encoder, images).features
+    ids = ["digits/test/0", "digits/test/²", "digits/test/99999999"]
+    result = run_audit(AuditSpec(bundle_dir=untrained_bundle, epochs=1, device="cpu"),
+                       captured=CapturedFeatures(features=features, sample_ids=ids))
+    assert result.metrics["captured"]["n"] == 1
+    assert result.details["captured_unusable_ids"] == 2 and result.captured_reconstructions == 3
+
+
+def test_should_stop_cancels_the_audit(untrained_bundle: Path) -> None:
+    polls = []
+
+    def stop() -> bool:
+        polls.append(1)
+        return len(polls) > 2
+
+    with pytest.raises(AuditCancelled):
+        run_audit(AuditSpec(bundle_dir=untrained_bundle, epochs=50, device="cpu"), should_stop=stop)
+    assert len(polls) == 3
+
+
+def test_bad_specs_and_captures_are_rejected(untrained_bundle: Path) -> None:
+    with pytest.raises(UnknownNameError, match="expected an attack in"):
+        AuditSpec(bundle_dir=untrained_bundle, attack="optimisation")
+    with pytest.raises(ConfigError, match="epochs"):
+        AuditSpec(bundle_dir=untrained_bundle, epochs=0)
+    with pytest.raises(ConfigError, match="sample ids"):
+        CapturedFeatures(features=torch.rand(2, 8, 8, 8), sample_ids=[None])
+    wrong_shape = CapturedFeatures(features=torch.rand(2, 8, 4, 4), sample_ids=[None, None])
+    with pytest.raises(ConfigError, match=r"expected captured features of shape \(N, 8, 8, 8\)"):
+        run_audit(AuditSpec(bundle_dir=untrained_bundle, epochs=1, device="cpu"), captured=wrong_shape)
+
+
+@pytest.mark.slow
+def test_cli_writes_metrics_and_grid_and_prints_documented_json(
+    untrained_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "attack"
+    code = attack_main(["--bundle", str(untrained_bundle), "--attack", "decoder", "--dataset", "digits",
+                        "--epochs", "1", "--seed", "0", "--device", "cpu", "--out", str(out), "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["attack"] == "decoder"
+    for mode in ("train", "infer"):
+        assert {"mse", "psnr", "ssim", "ssim_ref"} <= set(summary[mode])
+        assert 0 < summary[mode]["mse"] < 1
+    assert summary["bound"]["kind"] == "relative" and summary["bound"]["xi"] == 0.0042
+    stored = json.loads((out / "metrics.json").read_text())
+    assert stored["metrics"]["train"] == summary["train"]
+    assert Image.open(out / "reconstructions.png").format == "PNG"
+
+
+def test_cli_reports_a_missing_bundle_as_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    code = attack_main(["--bundle", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--device", "cpu"])
+    assert code == 2
+    assert "expected a bundle manifest" in caplog.text + capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

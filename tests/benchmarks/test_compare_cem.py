@@ -1,0 +1,66 @@
+"""benchmarks/compare_cem.py: the gain arithmetic and an end-to-end run on prepared bundles."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from bundle_fixtures import write_digits_bundle
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "compare_cem.py"
+
+
+@pytest.fixture(scope="module")
+def compare() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("compare_cem", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["compare_cem"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gain_is_paired_per_seed_with_an_interval(compare: ModuleType) -> None:
+    base = [{"accuracy": 0.90, "decoder_mse_infer": 0.010, "decoder_ssim": 0.80, "xi_relative": 0.02},
+            {"accuracy": 0.92, "decoder_mse_infer": 0.020, "decoder_ssim": 0.70, "xi_relative": 0.02}]
+    cem = [{"accuracy": 0.89, "decoder_mse_infer": 0.0125, "decoder_ssim": 0.75, "xi_relative": 0.03},
+           {"accuracy": 0.90, "decoder_mse_infer": 0.030, "decoder_ssim": 0.70, "xi_relative": 0.03}]
+    gain = compare.compute_gain(base, cem)
+    assert gain["decoder_mse_infer"]["mean"] == pytest.approx(37.5)  # +25 % and +50 %, paired
+    assert gain["decoder_mse_infer"]["ci95"] == pytest.approx(12.706 * 12.5, rel=1e-3)  # t(0.975, 1) · sem
+    assert gain["xi_relative"]["mean"] == pytest.approx(50.0)
+    assert gain["accuracy"]["mean"] == pytest.approx(-1.5) and gain["decoder_ssim"]["mean"] == pytest.approx(-0.025)
+    assert "gan_mse_train" not in gain
+    results = {"sigma": compare.summarise_rows(base), "sigma+cem": compare.summarise_rows(cem)}
+    table = compare.format_table(results, gain)
+    assert "+38 ± 159%" in table and "-1.50 ± 6.35 pt" in table and "n/a" in table
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_end_to_end_on_prepared_bundles(compare: ModuleType, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    metrics = {"accuracy": 0.5, "entropy_bound": -20.0, "mse_bound_xi": 0.03, "mean_image_mse": 0.046,
+               "entropy_bound_estimate": -120.0, "mse_bound_xi_estimate": 0.0001, "native_dim": 64.0,
+               "entropy_x_estimate": -100.0, "mean_image_mse_native": 0.04}
+    write_digits_bundle(tmp_path / "sigma-seed0", 0.1, metrics=metrics)
+    write_digits_bundle(tmp_path / "sigma+cem-seed0", 0.1, metrics=metrics, cem={"lam": 2.0})
+    code = compare.main(["--out", str(tmp_path), "--reuse", "--decoder-epochs", "1", "--gan-epochs", "1",
+                         "--attack-blocks", "0", "--attack-channels", "8", "--device", "cpu", "--json"])
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert any(line.startswith("CEM gain") for line in lines)
+    assert summary["results"]["sigma+cem"]["cem_lambda"]["mean"] == 2.0
+    for variant in ("sigma", "sigma+cem"):
+        row = summary["results"][variant]
+        assert all(0 < row[column]["mean"] < 1 and row[column]["n"] == 1 for column in compare.MSE_COLUMNS)
+        assert row["xi_relative"]["mean"] == 0.03 and row["xi_estimate"]["mean"] == 0.0001
+        seed_row = summary["per_seed"][variant][0]
+        assert seed_row["decoder_best_epoch_train"] in (0, 1) and seed_row["decoder_epochs_train"] == 1
+    assert set(summary["gain"]) >= {"accuracy", *compare.MSE_COLUMNS, "xi_relative", "xi_estimate"}
+    assert (tmp_path / "summary.json").is_file()

@@ -1,0 +1,117 @@
+"""Many concurrent clients: micro-batches form, every client gets its own rows back, health gates on warm-up."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+from grpc_helpers import NOT_SERVING, SERVING, health_status, open_stub
+
+from cem.bundle import load_decoder
+from cem.codec import decode_tensor, encode_tensor
+from cloud_server import ServerSettings, create_server
+from cloud_server.batcher import MicroBatcher
+from cloud_server.errors import ServiceUnavailableError
+from protos import cem_split_pb2 as pb
+
+CLIENTS = 12
+REQUESTS_PER_CLIENT = 6
+
+
+def test_concurrent_clients_are_micro_batched_and_get_their_own_answers(digits_bundle: Path, start_server) -> None:
+    server = start_server(max_batch=64, max_delay_ms=20)
+    _, decoder = load_decoder(digits_bundle)
+    channel, stub = open_stub(server.port)
+    barrier = threading.Barrier(CLIENTS)
+
+    def client(index: int) -> list[tuple[torch.Tensor, pb.InferResponse]]:
+        generator = torch.Generator().manual_seed(index)
+        barrier.wait()
+        out = []
+        for k in range(REQUESTS_PER_CLIENT):
+            features = torch.rand(1 + (index + k) % 3, 8, 8, 8, generator=generator)
+            request = pb.InferRequest(request_id=f"{index}-{k}", features=encode_tensor(features))
+            out.append((features, stub.Infer(request, timeout=30)))
+        return out
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        results = [pair for chunk in pool.map(client, range(CLIENTS)) for pair in chunk]
+    channel.close()
+    assert len(results) == CLIENTS * REQUESTS_PER_CLIENT
+    with torch.inference_mode():
+        for features, response in results:
+            expected = decoder(features)
+            assert torch.allclose(decode_tensor(response.logits), expected, atol=1e-4)
+            assert list(response.predictions) == expected.argmax(1).tolist()
+            assert features.shape[0] <= response.served_batch_size <= 64
+    assert max(response.served_batch_size for _, response in results) > 3  # more than one request per batch
+
+
+def test_batcher_respects_max_batch_and_reports_the_batch_size() -> None:
+    sizes: list[int] = []
+    entered, gate = threading.Event(), threading.Event()
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        entered.set()
+        gate.wait(5)
+        sizes.append(int(x.shape[0]))
+        return x.flatten(1)[:, :2]
+
+    batcher = MicroBatcher(predict, max_batch=5, max_delay_s=0.0, max_queue=100)
+    first = batcher.submit(torch.zeros(1, 2))  # occupies the worker until the gate opens
+    assert entered.wait(5)
+    queued = [batcher.submit(torch.full((2, 2), float(i))) for i in range(4)]
+    gate.set()
+    results = [f.result(5) for f in queued]
+    batcher.close()
+    assert first.result(5).served_batch_size == 1
+    assert sizes[0] == 1 and max(sizes) <= 5 and sum(sizes) == 9
+    for i, result in enumerate(results):
+        assert torch.equal(result.logits, torch.full((2, 2), float(i)))
+    assert [r.served_batch_size for r in results] == [4, 4, 4, 4]  # 2+2 fit, a third would exceed 5
+
+
+def test_batcher_refuses_work_when_full_or_closed() -> None:
+    entered, gate = threading.Event(), threading.Event()
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        entered.set()
+        gate.wait(5)
+        return x
+
+    batcher = MicroBatcher(predict, max_batch=4, max_delay_s=0.0, max_queue=4)
+    batcher.submit(torch.zeros(4, 1))  # taken by the worker, which then blocks
+    assert entered.wait(5)
+    batcher.submit(torch.zeros(4, 1))  # fills the queue
+    with pytest.raises(ServiceUnavailableError, match="overloaded"):
+        batcher.submit(torch.zeros(4, 1))
+    gate.set()
+    batcher.close()
+    with pytest.raises(ServiceUnavailableError, match="shutting down"):
+        batcher.submit(torch.zeros(1, 1))
+
+
+def test_health_is_not_serving_and_requests_unavailable_until_warm_up_ran(digits_bundle: Path) -> None:
+    server, port = create_server(ServerSettings(bundle_dir=digits_bundle, port=0, device="cpu"))
+    release = threading.Event()
+    real_warm_up = server.runtime.warm_up
+    server.runtime.warm_up = lambda run: (release.wait(10), real_warm_up(run))[1]  # type: ignore[method-assign]
+    server.start()
+    channel, stub = open_stub(port)
+    try:
+        assert health_status(channel) == NOT_SERVING
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Infer(pb.InferRequest(features=encode_tensor(torch.rand(1, 8, 8, 8))), timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "warming up" in info.value.details()
+        release.set()
+        assert server.wait_until_serving(10)
+        assert health_status(channel) == SERVING
+        request = pb.InferRequest(features=encode_tensor(torch.rand(1, 8, 8, 8)))
+        assert len(stub.Infer(request, timeout=5).predictions) == 1
+    finally:
+        channel.close()
+        server.stop(0).wait(10)
