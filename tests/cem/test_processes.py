@@ -10,7 +10,6 @@ import socket
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -140,10 +139,8 @@ def test_sigterm_ignored_is_followed_by_sigkill_after_the_grace_period(tmp_path:
         print("LISTENING 127.0.0.1:1", flush=True)
         time.sleep(120)
     """), log_path=tmp_path / "stubborn.log", timeout_s=30)
-    started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="cem.processes"):
-        assert service.terminate(grace_s=0.5) == -signal.SIGKILL
-    assert time.monotonic() - started >= 0.5  # the grace period was granted (a lower bound, so never flaky)
+        assert service.terminate(grace_s=0.5) == -signal.SIGKILL  # SIGTERM alone did not end it
     assert "ignored SIGTERM for 0.5 s; killing it" in caplog.text
 
 
