@@ -2,7 +2,7 @@
 
 Kept apart from the proxy's routing so the fidelity rules (what metadata is
 forwarded, how a deadline is carried, how a failure is relayed unmasked) have
-one home and one set of tests (tests/tap/test_tap_proxy.py).
+one home and one set of tests (tests/attacker/tap/test_tap_proxy.py).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class FirstStatus:
     status only, so it sees the upstream's real one. grpc.aio has no public,
     synchronous accessor for it, hence the guarded read of ``_cython_call._status``;
     if a grpc release removes it, this falls back to the masked status (and
-    tests/tap/test_tap_proxy.py catches that).
+    tests/attacker/tap/test_tap_proxy.py catches that).
     """
 
     def __init__(self, call: grpc.aio.Call) -> None:
