@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from attacker.attacks import compute_feature_set, load_images
-from attacker.audit import AuditCancelled, AuditSpec, run_audit
+from attacker.audit import AuditCancelled, AuditResult, AuditSpec, run_audit
 from attacker.cli import main as attack_main
 from cem.bundle import load_encoder
 from cem.captures.reader import CapturedFeatures
@@ -22,26 +22,37 @@ from cem.obfuscation import ObfuscationConfig, obfuscate
 METRIC_KEYS = {"mse", "psnr", "psnr_batch", "ssim", "ssim_ref", "mse_native", "n"}
 
 
-@pytest.mark.slow
-def test_run_audit_scores_captured_features_with_known_ids(untrained_bundle: Path) -> None:
+@pytest.fixture(scope="module")
+def captured_audit(untrained_bundle: Path) -> tuple[AuditResult, list[tuple[float, str]]]:
+    """One real one-epoch audit with captures: five with usable ids (known test and train images, one with
+    no id) and two whose stored ids are unusable; and the progress it reported."""
     manifest, encoder = load_encoder(untrained_bundle)
     test_images, train_images = load_images("digits", "test"), load_images("digits", "train")
-    images = torch.cat([test_images[[0, 5, 17, 400]], train_images[[3]]])
+    images = torch.cat([test_images[[0, 5, 17, 400]], train_images[[3]], test_images[[1, 2]]])
     features = compute_feature_set(encoder, images).features
     transmitted = obfuscate(features, ObfuscationConfig.from_records(manifest.noise_std, manifest.defenses))
     ids = [format_sample_id("digits", "test", i) for i in (0, 5, 17)] + [None, "digits/train/3"]
+    ids += ["digits/test/²", "digits/test/99999999"]  # not in the grammar; no such image
     calls: list[tuple[float, str]] = []
     result = run_audit(
         AuditSpec(bundle_dir=untrained_bundle, epochs=1, device="cpu"),
         captured=CapturedFeatures(features=transmitted, sample_ids=ids),
         progress=lambda f, m: calls.append((f, m)),
     )
+    return result, calls
+
+
+@pytest.mark.slow
+def test_run_audit_scores_captured_features_with_known_ids(
+    captured_audit: tuple[AuditResult, list[tuple[float, str]]],
+) -> None:
+    result, calls = captured_audit
     assert set(result.metrics) == {"train", "infer", "captured"}
     for metrics in result.metrics.values():
         assert set(metrics) == METRIC_KEYS
-    assert result.metrics["captured"]["n"] == 4
-    assert result.metrics["train"]["n"] == len(test_images)
-    assert result.captured_reconstructions == 5
+    assert result.metrics["captured"]["n"] == 4  # the test and train images named by a usable id
+    assert result.metrics["train"]["n"] == len(load_images("digits", "test"))
+    assert result.captured_reconstructions == 7  # every capture is reconstructed, id or not
     assert result.details["captured_known"] == 4
     bound = result.bound  # the bundle predates estimates: its ξ is relative, checked against this audit
     assert bound is not None and (bound["kind"], bound["xi"], bound["entropy_bound"]) == ("relative", 0.0042, -1.25)
@@ -55,16 +66,14 @@ def test_run_audit_scores_captured_features_with_known_ids(untrained_bundle: Pat
 
 
 @pytest.mark.slow
-def test_captures_with_unusable_sample_ids_are_skipped_and_counted(untrained_bundle: Path) -> None:
-    """Issue 10 item 4: one stored id like 'digits/test/²' used to fail every capture-based audit at 98 %."""
-    manifest, encoder = load_encoder(untrained_bundle)
-    images = load_images("digits", "test")[[0, 1, 2]]
-    features = compute_feature_set(encoder, images).features
-    ids = ["digits/test/0", "digits/test/²", "digits/test/99999999"]
-    result = run_audit(AuditSpec(bundle_dir=untrained_bundle, epochs=1, device="cpu"),
-                       captured=CapturedFeatures(features=features, sample_ids=ids))
-    assert result.metrics["captured"]["n"] == 1
-    assert result.details["captured_unusable_ids"] == 2 and result.captured_reconstructions == 3
+def test_captures_with_unusable_sample_ids_are_skipped_and_counted(
+    captured_audit: tuple[AuditResult, list[tuple[float, str]]],
+) -> None:
+    """Issue 10 item 4: one stored id like 'digits/test/²' used to fail every capture-based audit at 98 %.
+    (It shares the audit above: the unusable ids are counted and skipped, the others still scored.)"""
+    result, _ = captured_audit
+    assert result.details["captured_unusable_ids"] == 2
+    assert result.metrics["captured"]["n"] == 4 and result.captured_reconstructions == 7
 
 
 def test_should_stop_cancels_the_audit(untrained_bundle: Path) -> None:

@@ -124,41 +124,58 @@ def test_cem_attack_defaults_are_audit_spec_defaults(tmp_path: Path) -> None:
 # --- exit statuses: the same error, the same status, in every command ------------------------
 
 
-def _run(program: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / program), *args], capture_output=True, text=True, timeout=120,
-                          env=env if env is not None else os.environ.copy())
+Command = tuple[str, list[str], dict[str, str] | None]  # program, arguments, environment (None: ours)
+
+
+def _run_together(*commands: Command) -> list[subprocess.CompletedProcess]:
+    """Run each command as its own process, all at once (they pay for Python's and torch's start-up side by
+    side), and wait for every one; the results in the order given."""
+    started = [subprocess.Popen([str(BIN / program), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env if env is not None else os.environ.copy())
+               for program, args, env in commands]
+    try:
+        results = []
+        for process in started:
+            out, err = process.communicate(timeout=120)
+            results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+        return results
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
 
 
 def _assert_usage_error(result: subprocess.CompletedProcess, program: str, message: str) -> None:
-    assert result.returncode == EXIT_USAGE, result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.returncode == EXIT_USAGE, f"{program}: {result.stderr}"
+    assert "Traceback" not in result.stderr, program
     assert result.stderr.splitlines()[-1].startswith(f"{program}: error: "), result.stderr
-    assert message in result.stderr.splitlines()[-1]
-    assert "LISTENING" not in result.stdout
+    assert message in result.stderr.splitlines()[-1], program
+    assert "LISTENING" not in result.stdout, program
 
 
-@pytest.mark.parametrize(
-    ("program", "args"),
-    [
-        ("cem-cloud", ["--port", "0", "--device", "cpu", "--bundle"]),
-        ("cem-edge", ["classify", "--server", "127.0.0.1:1", "x.png", "--bundle"]),
-        ("cem-attack", ["--device", "cpu", "--out", "unused", "--bundle"]),
-    ],
-)
-def test_a_missing_bundle_exits_2_in_every_command(program: str, args: list[str], tmp_path: Path) -> None:
-    result = _run(program, *args, str(tmp_path / "nowhere"))
-    _assert_usage_error(result, program, "expected a bundle manifest")
+def test_a_missing_bundle_exits_2_in_every_command(tmp_path: Path) -> None:
+    nowhere = str(tmp_path / "nowhere")
+    commands: list[Command] = [
+        ("cem-cloud", ["--port", "0", "--device", "cpu", "--bundle", nowhere], None),
+        ("cem-edge", ["classify", "--server", "127.0.0.1:1", "x.png", "--bundle", nowhere], None),
+        ("cem-attack", ["--device", "cpu", "--out", str(tmp_path / "unused"), "--bundle", nowhere], None),
+    ]
+    for (program, _, _), result in zip(commands, _run_together(*commands), strict=True):
+        _assert_usage_error(result, program, "expected a bundle manifest")
 
 
 def test_an_invalid_value_exits_2_without_a_traceback(tmp_path: Path) -> None:
-    tap = _run("cem-tap", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--captures", str(tmp_path / "c"),
-               "--max-queue", "0")
+    without_token = {k: v for k, v in os.environ.items() if k != "CEM_AUDIT_TOKEN"}
+    tap, train, audit = _run_together(
+        ("cem-tap", ["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--captures", str(tmp_path / "tap"),
+                     "--max-queue", "0"], None),
+        ("cem-train", ["--batch-size", "1", "--out", str(tmp_path / "b")], None),
+        ("cem-audit", ["--port", "0", "--bundles", str(tmp_path), "--captures", str(tmp_path / "audit"),
+                       "--db", str(tmp_path / "a.db")], without_token),
+    )
     _assert_usage_error(tap, "cem-tap", "expected max_queue >= 1, got 0")
-    train = _run("cem-train", "--batch-size", "1", "--out", str(tmp_path / "b"))
     _assert_usage_error(train, "cem-train", "expected batch_size >= 2, got 1")
-    env = {k: v for k, v in os.environ.items() if k != "CEM_AUDIT_TOKEN"}
-    audit = _run("cem-audit", "--port", "0", "--bundles", str(tmp_path), "--captures", str(tmp_path / "c"),
-                 "--db", str(tmp_path / "a.db"), env=env)
     _assert_usage_error(audit, "cem-audit", "expected the bearer token")
 
 

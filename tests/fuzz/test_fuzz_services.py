@@ -84,11 +84,13 @@ def test_expected_codes_agree_with_the_cloud_validator(fuzz_target: fuzzing.Targ
     assert checked >= 300
 
 
+@pytest.mark.e2e  # the campaign runs real cem-cloud and cem-tap processes (make test-fast skips it)
 def test_no_client_fault_is_answered_unknown_or_internal(fuzz_report: fuzzing.FuzzReport) -> None:
     problems = fuzz_report.failed(fuzzing.FORBIDDEN)
     assert not problems, listing(problems)
 
 
+@pytest.mark.e2e
 def test_every_call_ends_with_its_expected_status(fuzz_report: fuzzing.FuzzReport) -> None:
     """Valid requests OK; each hostile class only its client-fault codes; no call hangs to its deadline."""
     problems = fuzz_report.failed(fuzzing.STATUS)
@@ -96,6 +98,7 @@ def test_every_call_ends_with_its_expected_status(fuzz_report: fuzzing.FuzzRepor
     assert not [key for key in fuzz_report.counts if key[2] == "DEADLINE_EXCEEDED"]
 
 
+@pytest.mark.e2e
 def test_the_tap_answers_as_the_cloud_does(fuzz_report: fuzzing.FuzzReport) -> None:
     """Same status and number of answers through the tap as direct (a lost answer before an over-limit
     message is only noted: gRPC fails the call when the big message arrives, and the tap reads ahead)."""
@@ -103,6 +106,7 @@ def test_the_tap_answers_as_the_cloud_does(fuzz_report: fuzzing.FuzzReport) -> N
     assert not problems, listing(problems)
 
 
+@pytest.mark.e2e
 def test_memory_stays_flat_after_warm_up(fuzz_report: fuzzing.FuzzReport) -> None:
     for name in ("cloud", "tap"):
         series = fuzz_report.rss_kb[name]
@@ -111,12 +115,14 @@ def test_memory_stays_flat_after_warm_up(fuzz_report: fuzzing.FuzzReport) -> Non
     assert not problems, listing(problems)
 
 
+@pytest.mark.e2e
 def test_health_is_serving_and_a_valid_request_is_answered_afterwards(fuzz_report: fuzzing.FuzzReport) -> None:
     problems = fuzz_report.failed(fuzzing.AFTER) + fuzz_report.failed(fuzzing.EXIT)
     assert not problems, listing(problems)
     assert fuzz_report.exit_codes == {"tap": 0, "cloud": 0}
 
 
+@pytest.mark.e2e
 def test_every_answered_valid_request_is_captured(fuzz_report: fuzzing.FuzzReport) -> None:
     """Every valid request the tap answered OK is in its capture store after SIGTERM, bit for bit."""
     problems = fuzz_report.failed(fuzzing.CAPTURE)
@@ -125,6 +131,7 @@ def test_every_answered_valid_request_is_captured(fuzz_report: fuzzing.FuzzRepor
     assert fuzz_report.captured_valid == fuzz_report.answered_valid
 
 
+@pytest.mark.e2e
 def test_the_run_sent_what_it_says(fuzz_report: fuzzing.FuzzReport) -> None:
     assert (fuzz_report.cases, fuzz_report.passes) == (CASES, PASSES) and fuzz_report.messages >= MIN_MESSAGES_PER_PATH
     for path in fuzzing.PATHS:
