@@ -15,14 +15,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# The whole suite (what CI runs). PYTEST_ARGS passes options through, e.g. PYTEST_ARGS="--durations=25".
+# Test files are spread over one pytest-xdist worker per core (at most 4: each worker and the services it
+# starts hold torch, ~1-2 GB); a file's tests share one worker and its fixtures. PYTEST_ARGS passes options
+# through, e.g. PYTEST_ARGS="--durations=25", or PYTEST_ARGS="-n 0" for one process.
+XDIST := -n auto --maxprocesses 4 --dist loadfile
+
+# The whole suite (what CI runs).
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 # Everything except the end-to-end tests (marker e2e: the demo, whole pipelines, several cooperating service
 # processes); the subset to run while working. Markers are listed in pyproject.toml and tests/conftest.py.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not e2e" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not e2e" $(XDIST) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

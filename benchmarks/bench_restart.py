@@ -25,24 +25,16 @@ from pathlib import Path
 
 import torch
 
-from cem.bundle import save_bundle
-from cem.data import load_dataset
-from cem.models import SplitModel, SplitModelConfig
 from cloud_server import ServerSettings, create_server
-from edge_client import ClientSettings, EdgeClient, RemoteCallError, RetryPolicy, transport
+from edge_client import ClientSettings, EdgeClient, RemoteCallError, RetryPolicy
+from untrained_bundle import write_untrained_digits_bundle
 
 # The policy before the budget: 4 attempts, 0.35 s of waits, and gRPC's default reconnect backoff.
-PRE_BUDGET = RetryPolicy(max_attempts=4, budget_s=60.0)
+PRE_BUDGET = RetryPolicy(max_attempts=4, budget_s=60.0, align_reconnect=False)
 
 
-def write_bundle(folder: Path) -> Path:
-    _, info = load_dataset("digits", "train")
-    model = SplitModel(SplitModelConfig(width=0.125, in_channels=1, mean=info.mean, std=info.std)).eval()
-    save_bundle(folder, model, noise_std=0.1, dataset=info.to_dict())
-    return folder
 
-
-def run_policy(bundle: Path, policy: RetryPolicy, aligned_reconnect: bool, args: argparse.Namespace) -> dict:
+def run_policy(bundle: Path, policy: RetryPolicy, args: argparse.Namespace) -> dict:
     """One restart under ``policy``; the request outcomes and the restart's timeline."""
     settings = ServerSettings(bundle_dir=bundle, port=0, device="cpu", max_delay_ms=1)
     server, _ = create_server(settings)
@@ -65,9 +57,6 @@ def run_policy(bundle: Path, policy: RetryPolicy, aligned_reconnect: bool, args:
 
     results: list[tuple[float, float, str]] = []
     lock = threading.Lock()
-    original_options = transport.reconnect_options
-    if not aligned_reconnect:  # the pre-budget channel kept gRPC's reconnect backoff (1 s, x1.6)
-        transport.reconnect_options = lambda policy: []
     try:
         with EdgeClient(bundle, f"127.0.0.1:{server.port}", ClientSettings(retry=policy)) as client:
             image = torch.rand(1, 1, 8, 8)
@@ -93,7 +82,6 @@ def run_policy(bundle: Path, policy: RetryPolicy, aligned_reconnect: bool, args:
                     pool.submit(one, time.monotonic() - start)
             restarter.join()
     finally:
-        transport.reconnect_options = original_options
         for running in servers[1:]:
             running.stop(0).wait(10)
     down = [r for r in results if events["stopped"] <= r[0] <= events["serving"]]
@@ -121,9 +109,9 @@ def main() -> None:
     torch.set_num_threads(1)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = write_bundle(Path(tmp) / "bundle")
-        for name, policy, aligned in (("default (budget)", RetryPolicy(), True), ("pre-budget", PRE_BUDGET, False)):
-            rows[name] = run_policy(bundle, policy, aligned, args)
+        bundle = write_untrained_digits_bundle(Path(tmp) / "bundle", note="bench_restart, untrained", width=0.125)
+        for name, policy in (("default (budget)", RetryPolicy()), ("pre-budget", PRE_BUDGET)):
+            rows[name] = run_policy(bundle, policy, args)
     if args.json:
         print(json.dumps(rows))
         return

@@ -19,10 +19,8 @@ from pathlib import Path
 
 import grpc
 
-from cem.bundle import save_bundle
-from cem.data import load_dataset
-from cem.models import SplitModel, SplitModelConfig
 from cloud_server import ServerSettings, create_server
+from untrained_bundle import write_untrained_digits_bundle
 
 GARBAGE = b"\xff" * 64
 WARM_UP = 200
@@ -39,9 +37,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        _, info = load_dataset("digits", "train")
-        model = SplitModel(SplitModelConfig(width=0.125, in_channels=1, mean=info.mean, std=info.std)).eval()
-        save_bundle(Path(tmp), model, noise_std=0.1, dataset=info.to_dict())
+        write_untrained_digits_bundle(Path(tmp), note="bench_unparseable, untrained", width=0.125)
         server, port = create_server(ServerSettings(bundle_dir=Path(tmp), port=0, device="cpu"))
         server.start()
         assert server.wait_until_serving(60), "the cloud did not reach SERVING"

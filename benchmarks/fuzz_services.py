@@ -35,8 +35,8 @@ from fuzzing import (
     start_cloud,
     start_tap,
     target_for,
-    write_bundle,
 )
+from untrained_bundle import write_untrained_digits_bundle
 
 
 def replay(target: Target, seed: int, index: int, classes: tuple[str, ...], addresses: dict[str, str],
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fuzz-") as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        bundle = args.bundle or write_bundle(work / "bundle")
+        bundle = args.bundle or write_untrained_digits_bundle(work / "bundle", note="fuzz, untrained")
         target = target_for(bundle, args.max_batch, args.max_message_bytes)
         classes = tuple(name for name in args.classes.split(",") if name)
         unknown = sorted(set(classes) - set(CLASS_WEIGHTS))

@@ -55,6 +55,11 @@ class RetryPolicy:
     UNAVAILABLE. 12 is the fewest attempts for which the budget, not the count,
     ends a call that keeps failing: the 11 waits add up to 10.5-13.2 s. A larger
     budget needs more attempts too.
+
+    ``align_reconnect`` makes the channel re-dial a lost cloud at this policy's
+    pace (see ``transport.reconnect_options``); False keeps gRPC's own reconnect
+    backoff (1 s, x1.6 up to 120 s), which only suits a policy that retries as
+    slowly.
     """
 
     max_attempts: int = 12
@@ -63,6 +68,7 @@ class RetryPolicy:
     multiplier: float = 2.0
     jitter: float = 0.2
     budget_s: float = 10.0
+    align_reconnect: bool = True
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:

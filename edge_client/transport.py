@@ -52,7 +52,8 @@ def to_remote_error(method: str, exc: grpc.RpcError, attempts: int = 1) -> Remot
 
 
 def reconnect_options(policy: RetryPolicy) -> list[tuple[str, int]]:
-    """Channel options that make gRPC re-dial a lost cloud about as often as ``policy`` retries.
+    """Channel options that make gRPC re-dial a lost cloud about as often as ``policy`` retries (none when
+    ``policy.align_reconnect`` is off).
 
     With gRPC's defaults (first re-dial after 1 s, then x1.6 up to 120 s) the
     channel stays in TRANSIENT_FAILURE for seconds after a restarted cloud is
@@ -61,6 +62,8 @@ def reconnect_options(policy: RetryPolicy) -> list[tuple[str, int]]:
     is left at gRPC's 20 s on purpose: despite its name it is the minimum connect
     timeout, and a short one would abort slow (TLS, long-haul) handshakes forever.
     """
+    if not policy.align_reconnect:
+        return []
     initial_ms = max(GRPC_MIN_RECONNECT_BACKOFF_MS, round(policy.initial_backoff_s * 1000))
     max_ms = max(GRPC_MIN_RECONNECT_BACKOFF_MS, round(policy.max_backoff_s * 1000))
     return [("grpc.initial_reconnect_backoff_ms", initial_ms), ("grpc.max_reconnect_backoff_ms", max_ms)]

@@ -24,6 +24,7 @@ pipeline, the demo or several cooperating service processes end to end;
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -54,3 +55,18 @@ def one_cpu_thread_per_process() -> Iterator[None]:
             yield
         finally:
             torch.set_num_threads(previous)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the files holding ``e2e`` tests first, then those holding ``slow`` ones; each file's tests stay together.
+
+    ``make test`` hands whole files to pytest-xdist workers in collection order;
+    a long file handed out last would finish alone while the other worker idles.
+    Longest first keeps both busy to the end. The sort is stable, so tests keep
+    their order within a file.
+    """
+    rank: dict[Path, int] = {}
+    for item in items:
+        weight = 0 if item.get_closest_marker("e2e") else 1 if item.get_closest_marker("slow") else 2
+        rank[item.path] = min(rank.get(item.path, 2), weight)
+    items.sort(key=lambda item: rank[item.path])

@@ -28,12 +28,12 @@ from fuzzing.cases import CLASS_WEIGHTS, make_case
 from fuzzing.checks import check_outcome, compare_paths
 from fuzzing.report import FuzzReport, format_table
 from fuzzing.run import RunConfig, checkpoints, fuzz_services
-from fuzzing.services import service_env, start_cloud, start_tap, target_for, write_bundle
+from fuzzing.services import service_env, start_cloud, start_tap, target_for
 from fuzzing.spec import AFTER, CAPTURE, CHECKS, EXIT, FORBIDDEN, MEMORY, PARITY, PATHS, STATUS, Case, Target
 
 __all__ = [
     "AFTER", "CAPTURE", "CHECKS", "CLASS_WEIGHTS", "EXIT", "FORBIDDEN", "MEMORY", "PARITY", "PATHS", "STATUS",
     "Case", "Caller", "FuzzReport", "Outcome", "RunConfig", "Target",
     "check_outcome", "checkpoints", "compare_paths", "format_table", "fuzz_services", "make_case", "service_env",
-    "start_cloud", "start_tap", "target_for", "write_bundle",
+    "start_cloud", "start_tap", "target_for",
 ]

@@ -14,29 +14,12 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
 from cem.processes import ServiceProcess
 from cem.wire import parse_listening_line
 from fuzzing.spec import Target
 
 START_TIMEOUT_S = 120.0  # the cloud loads torch and the bundle; on a busy 2-core box that takes a while
 STOP_GRACE_S = 60.0  # SIGTERM: the tap writes every queued capture before it exits
-
-
-def write_bundle(out: Path) -> Path:
-    """An untrained digits-shaped bundle: what the service does with hostile bytes does not depend on the weights."""
-    from cem.bundle import save_bundle
-    from cem.data import load_dataset
-    from cem.models import SplitModel, SplitModelConfig
-
-    _, info = load_dataset("digits", split="train")
-    torch.manual_seed(0)
-    config = SplitModelConfig(in_channels=1, num_classes=10, width=0.25, mean=info.mean, std=info.std)
-    save_bundle(
-        out, SplitModel(config).eval(), noise_std=0.1, dataset=info.to_dict(), training={"note": "fuzz, untrained"}
-    )
-    return out
 
 
 def target_for(bundle: Path, max_batch: int, max_message_bytes: int) -> Target:

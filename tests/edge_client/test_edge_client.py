@@ -205,6 +205,7 @@ def test_the_channel_re_dials_about_as_often_as_the_policy_retries() -> None:
         "grpc.initial_reconnect_backoff_ms": 250,
         "grpc.max_reconnect_backoff_ms": 1000,
     }
+    assert reconnect_options(RetryPolicy(align_reconnect=False)) == []  # gRPC's own backoff, as before the budget
 
 
 def test_the_budget_is_validated_and_reaches_the_cli() -> None:

@@ -8,14 +8,14 @@ import sys
 import textwrap
 from pathlib import Path
 
-import fuzzing  # benchmarks/fuzzing, on the path by conftest.py
 import grpc
 import pytest
+
+import fuzzing  # benchmarks/fuzzing, on the path by conftest.py
+from cem.processes import ServiceProcess
 from fuzzing.messages import pad_to, varint
 from fuzzing.services import exit_counters, rss_kb, stop_service
 from fuzzing.spec import INFER, STREAM, TOO_LARGE
-
-from cem.processes import ServiceProcess
 from protos import cem_split_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +27,7 @@ def test_the_public_surface_is_pinned() -> None:
         "AFTER", "CAPTURE", "CHECKS", "CLASS_WEIGHTS", "EXIT", "FORBIDDEN", "MEMORY", "PARITY", "PATHS", "STATUS",
         "Case", "Caller", "FuzzReport", "Outcome", "RunConfig", "Target",
         "check_outcome", "checkpoints", "compare_paths", "format_table", "fuzz_services", "make_case", "service_env",
-        "start_cloud", "start_tap", "target_for", "write_bundle",
+        "start_cloud", "start_tap", "target_for",
     ]
     assert all(hasattr(fuzzing, name) for name in fuzzing.__all__)
     assert set(fuzzing.CHECKS) == {fuzzing.FORBIDDEN, fuzzing.STATUS, fuzzing.PARITY, fuzzing.MEMORY, fuzzing.AFTER,

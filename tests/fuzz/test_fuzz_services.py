@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import fuzzing  # benchmarks/fuzzing, on the path by conftest.py
 import grpc
 import pytest
 from google.protobuf.message import DecodeError
 
+import fuzzing  # benchmarks/fuzzing, on the path by conftest.py
 from cloud_server.errors import status_for
 from cloud_server.validation import RequestLimits, decode_request
 from protos import cem_split_pb2 as pb
