@@ -285,8 +285,10 @@ def test_the_default_budget_rides_out_a_cloud_restart_and_the_old_one_does_not(d
         for server in second:
             server.stop(0).wait(10)
     assert restarted.is_set() and not any(thread.is_alive() for thread in threads)
-    assert outcomes["0.35 s"] == [("UNAVAILABLE", True)] * requests
-    assert outcomes["default"] == [("OK", True)] * requests  # sent while the cloud was down, answered after
+    # The short budget ends in UNAVAILABLE, or DEADLINE_EXCEEDED when a starved machine runs past 0.35 s: failed.
+    assert all(code in {"UNAVAILABLE", "DEADLINE_EXCEEDED"} and before for code, before in outcomes["0.35 s"]), outcomes
+    assert len(outcomes["0.35 s"]) == requests
+    assert outcomes["default"] == [("OK", True)] * requests, outcomes  # sent while the cloud was down, answered after
 
 
 def test_invalid_argument_is_not_retried(digits_bundle: Path, start_server) -> None:
