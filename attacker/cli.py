@@ -27,6 +27,7 @@ from attacker.audit import AuditSpec, run_audit
 from cem.cli import run_cli
 from cem.data import available_datasets
 from cem.devices import DEVICE_CHOICES
+from cem.threads import THREADS_HELP, apply_threads
 
 logger = logging.getLogger("attacker.cli")
 
@@ -48,6 +49,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="default: 50 (decoder) or 150 (gan, after ceil(epochs/3) decoder epochs)")
     parser.add_argument("--seed", type=int, default=AuditSpec.seed)
     parser.add_argument("--device", choices=DEVICE_CHOICES, default=AuditSpec.device)
+    parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     parser.add_argument(
         "--out", required=True, type=Path, help="output folder for metrics.json and reconstructions.png"
     )
@@ -63,6 +65,7 @@ def build_spec(args: argparse.Namespace) -> AuditSpec:
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_threads(args.threads)
     spec = build_spec(args)
     with tqdm(total=PROGRESS_STEPS, desc=f"{args.attack} attack", file=sys.stderr, unit="%") as bar:
 

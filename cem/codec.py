@@ -62,9 +62,13 @@ def bytes_per_value(name: str) -> int:
 
 def encode_tensor(t: torch.Tensor, dtype: str = "float32") -> pb.Tensor:
     """Serialise a finite float tensor of any shape (an empty batch included) as ``dtype``."""
+    return encode_array(t.detach().to("cpu", torch.float32).contiguous().numpy(), dtype)
+
+
+def encode_array(array: np.ndarray, dtype: str = "float32") -> pb.Tensor:
+    """``encode_tensor`` for a C-contiguous float32 array (what the cloud's logits already are)."""
     name = enum_to_dtype(dtype_to_enum(dtype))
-    array = t.detach().to("cpu", torch.float32).contiguous().numpy()
-    if array.size and not np.isfinite(array).all():
+    if not _all_finite(array):
         raise TensorCodecError("expected finite values to encode, got NaN or Inf")
     message = pb.Tensor(dtype=_ENUM_BY_NAME[name], shape=list(array.shape))
     if name == "int8":
@@ -72,14 +76,26 @@ def encode_tensor(t: torch.Tensor, dtype: str = "float32") -> pb.Tensor:
         quantised = np.clip(np.rint((array - offset) / scale), -128, 127).astype(np.int8)
         message.scale, message.offset = scale, offset
         message.data = quantised.tobytes()
-    else:
-        limit = float(np.finfo(_NUMPY_DTYPE[name]).max)
-        if array.size and float(np.abs(array).max()) > limit:
-            raise TensorCodecError(
-                f"expected values within the {name} range (|v| <= {limit:.6g}), got {np.abs(array).max():.3g}"
-            )
-        message.data = array.astype(_NUMPY_DTYPE[name], copy=False).tobytes()
+        return message
+    if name == "float16" and array.size:  # finite float32 values always fit float32; float16 stops at 65504
+        limit = float(np.finfo(np.float16).max)
+        peak = float(np.abs(array).max())
+        if peak > limit:
+            raise TensorCodecError(f"expected values within the {name} range (|v| <= {limit:.6g}), got {peak:.3g}")
+    message.data = array.astype(_NUMPY_DTYPE[name], copy=False).tobytes()
     return message
+
+
+def _all_finite(array: np.ndarray) -> bool:
+    """True when no value is NaN or +-Inf, in one pass without a temporary for finite data.
+
+    A NaN or an infinity makes the sum NaN or infinite, so a finite sum proves
+    every value finite; only a non-finite sum (a bad value, or finite values whose
+    float32 sum overflows) needs the value-by-value check.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = float(array.sum())
+    return math.isfinite(total) or bool(np.isfinite(array).all())
 
 
 def _int8_affine(array: np.ndarray) -> tuple[float, float]:
@@ -112,16 +128,17 @@ def decode_tensor(
     _check_shape(shape, expected_shape)
     itemsize = _NUMPY_DTYPE[name].itemsize
     declared = math.prod(shape) * itemsize
-    if max_bytes is not None and (declared > max_bytes or len(msg.data) > max_bytes):
+    data = msg.data  # every read of a bytes field copies it out of the message: read it once
+    if max_bytes is not None and (declared > max_bytes or len(data) > max_bytes):
         raise TensorTooLargeError(
             f"expected a tensor of at most {max_bytes} bytes, got shape {list(shape)} "
-            f"({declared} bytes declared, {len(msg.data)} sent)"
+            f"({declared} bytes declared, {len(data)} sent)"
         )
-    if len(msg.data) != declared:
+    if len(data) != declared:
         raise TensorCodecError(
-            f"expected {declared} bytes for {name} shape {list(shape)}, got {len(msg.data)}"
+            f"expected {declared} bytes for {name} shape {list(shape)}, got {len(data)}"
         )
-    values = np.frombuffer(msg.data, dtype=_NUMPY_DTYPE[name])
+    values = np.frombuffer(data, dtype=_NUMPY_DTYPE[name])  # a view of the bytes, no copy
     scale, offset = float(msg.scale), float(msg.offset)
     if not (math.isfinite(scale) and math.isfinite(offset)):  # also where the dtype ignores them: a NaN there
         ignored = "" if name == "int8" else f" (even for {name}, which ignores them)"
@@ -134,8 +151,8 @@ def decode_tensor(
         with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf, refused just below
             array = values.astype(np.float32) * np.float32(scale) + np.float32(offset)
     else:
-        array = values.astype(np.float32)
-    if array.size and not np.isfinite(array).all():
+        array = values.astype(np.float32)  # the one copy: torch gets a writable array it owns
+    if not _all_finite(array):
         bad = int(array.size - np.isfinite(array).sum())
         raise TensorCodecError(f"expected finite values, got {bad} NaN or Inf of {array.size}")
     return torch.from_numpy(array.reshape(shape))

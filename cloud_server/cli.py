@@ -22,6 +22,7 @@ from types import FrameType
 from cem.cli import run_cli
 from cem.devices import DEVICE_CHOICES
 from cem.logs import LOG_LEVELS, configure_logging
+from cem.threads import THREADS_HELP, apply_threads
 from cem.wire import format_listening_line
 from cloud_server.errors import ServiceUnavailableError
 from cloud_server.server import create_server
@@ -55,6 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-message-bytes", type=int, default=ServerSettings.max_message_bytes,
                         help="gRPC send/receive limit")
     parser.add_argument("--workers", type=int, default=ServerSettings.workers, help="gRPC handler threads")
+    parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     parser.add_argument("--grace-s", type=float, default=ServerSettings.grace_s,
                         help="time in-flight calls get to finish on SIGTERM")
     parser.add_argument("--drain-s", type=float, default=ServerSettings.drain_s,
@@ -89,6 +91,8 @@ def build_settings(args: argparse.Namespace) -> ServerSettings:
 
 def run(args: argparse.Namespace) -> int:
     """Load, bind, serve until SIGTERM or SIGINT; errors are left to ``run_cli``."""
+    threads = apply_threads(args.threads)
+    logger.info("torch intra-op threads: %d", threads)
     server, port = create_server(build_settings(args))
 
     def request_stop(signum: int, frame: FrameType | None) -> None:

@@ -55,8 +55,9 @@ class DecoderRuntime:
     ) -> float:
         """Push blank features through ``run`` (default: ``predict``) once per batch size; returns seconds taken.
 
-        The server passes its micro-batcher, so the thread that will serve (its
-        OpenMP team, its CUDA context) is the one that gets warm.
+        The server passes its micro-batcher, so the whole serving path runs once:
+        lazy initialisation (the allocator, kernels, the CUDA context) happens
+        here, not in the first client's request.
         """
         run = run or self.predict
         start = time.perf_counter()

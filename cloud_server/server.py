@@ -105,7 +105,7 @@ class CloudServer:
 
     def _warm_up(self) -> None:
         try:
-            self.runtime.warm_up(lambda features: self._batcher.submit(features).result())
+            self.runtime.warm_up(self._batcher.run)
             with self._stop_lock:
                 if not self._stopping:
                     self._servicer.start_accepting()

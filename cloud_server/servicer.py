@@ -24,12 +24,13 @@ from typing import TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from cem.codec import WIRE_DTYPES, dtype_to_enum, encode_tensor
-from cem.wire import SERVICE_NAME
+from cem.codec import WIRE_DTYPES, dtype_to_enum, encode_array
+from cem.wire import SERVER_TIMING_KEY, SERVICE_NAME, TIMING_REQUEST_KEY
 from cloud_server.batcher import MicroBatcher
 from cloud_server.errors import InvalidRequestError, ServiceUnavailableError, abort_with
 from cloud_server.runtime import DecoderRuntime
 from cloud_server.settings import ServerSettings
+from cloud_server.stages import StageClock
 from cloud_server.validation import RequestLimits, decode_request
 from protos import cem_split_pb2 as pb
 
@@ -51,8 +52,7 @@ def parse_message(message_type: type[M], payload: bytes) -> M:
 def add_to_server(servicer: SplitInferenceServicer, server: grpc.Server) -> None:
     """Register the service with byte-level handlers (see the module docstring)."""
     handlers = {
-        "Infer": grpc.unary_unary_rpc_method_handler(
-            servicer.Infer, response_serializer=pb.InferResponse.SerializeToString),
+        "Infer": grpc.unary_unary_rpc_method_handler(servicer.Infer),  # answers serialised bytes (stage timing)
         "InferStream": grpc.stream_stream_rpc_method_handler(
             servicer.InferStream, response_serializer=pb.InferResponse.SerializeToString),
         "GetModelInfo": grpc.unary_unary_rpc_method_handler(
@@ -79,19 +79,27 @@ class SplitInferenceServicer:
         """Open the service once the warm-up inference has run."""
         self._accepting.set()
 
-    def Infer(self, payload: bytes, context: grpc.ServicerContext) -> pb.InferResponse:
+    def Infer(self, payload: bytes, context: grpc.ServicerContext) -> bytes:
+        """The serialised answer, so that its serialisation is timed with the rest (``cloud_server.stages``)."""
+        clock = StageClock()
         self.last_call_at = time.monotonic()
         try:
-            return self._infer_one(parse_message(pb.InferRequest, payload))
+            request = parse_message(pb.InferRequest, payload)
+            clock.mark("parse")
+            answer = self._infer_one(request, clock).SerializeToString()
+            clock.mark("respond")
         except Exception as exc:  # noqa: BLE001 - the one place every error becomes a status (unmapped: INTERNAL)
             abort_with(context, exc)
+        if any(key == TIMING_REQUEST_KEY for key, _ in context.invocation_metadata()):
+            context.set_trailing_metadata(((SERVER_TIMING_KEY, clock.header()),))
+        return answer
 
     def InferStream(self, payloads: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[pb.InferResponse]:
         """One response per request, in order; a bad request ends the stream with its status."""
         self.last_call_at = time.monotonic()
         try:
             for payload in payloads:
-                yield self._infer_one(parse_message(pb.InferRequest, payload))
+                yield self._infer_one(parse_message(pb.InferRequest, payload), StageClock())
         except Exception as exc:  # noqa: BLE001 - as in Infer: every error becomes a status
             if context.is_active():  # a stream the client cancelled needs no status
                 abort_with(context, exc)
@@ -119,18 +127,21 @@ class SplitInferenceServicer:
             max_message_bytes=self._settings.max_message_bytes,
         )
 
-    def _infer_one(self, request: pb.InferRequest) -> pb.InferResponse:
+    def _infer_one(self, request: pb.InferRequest, clock: StageClock) -> pb.InferResponse:
         if not self._accepting.is_set():
             raise ServiceUnavailableError("the server is warming up; retry shortly")
         with self._batcher.reserve() as reservation:
             features = decode_request(request, self._limits)  # (B, C, H, W)
-            future = reservation.submit(features)
-        result = future.result()
-        logits = result.logits  # (B, num_classes)
+            clock.mark("validate")
+            result = reservation.run(features)
+        clock.mark("queue", result.started_ns)
+        clock.mark("decoder", result.finished_ns)
+        clock.mark("resume")
+        logits = result.logits.numpy()  # (B, num_classes) float32 on the CPU; numpy skips torch's dispatch
         return pb.InferResponse(
             model_id=self._runtime.model_id,
             request_id=request.request_id or uuid.uuid4().hex,
-            logits=encode_tensor(logits, "float32"),
-            predictions=logits.argmax(dim=1).tolist(),
+            logits=encode_array(logits, "float32"),
+            predictions=logits.argmax(axis=1).tolist(),
             served_batch_size=result.served_batch_size,
         )

@@ -24,6 +24,7 @@ from cem.data import load_dataset
 from cem.devices import DEVICE_CHOICES
 from cem.errors import ConfigError
 from cem.logs import LOG_LEVELS
+from cem.threads import THREADS_HELP, apply_threads
 from edge_client.client import EdgeClient
 from edge_client.evaluate import evaluate_over_wire
 from edge_client.settings import ClientSettings, RetryPolicy, TlsOptions
@@ -45,6 +46,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", choices=DEVICE_CHOICES, default=ClientSettings.device, help="where the encoder runs"
     )
+    parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     parser.add_argument("--timeout-s", type=float, default=ClientSettings.timeout_s,
                         help="deadline of every attempt (at most --retry-budget)")
     parser.add_argument("--retries", type=int, default=RetryPolicy.max_attempts - 1,
@@ -126,6 +128,7 @@ def run_eval(client: EdgeClient, args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_threads(args.threads)
     with EdgeClient(args.bundle, args.server, build_settings(args)) as client:
         result = run_classify(client, args) if args.command == "classify" else run_eval(client, args)
     if args.json:

@@ -97,7 +97,7 @@ def no_defense_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("bundles") / "no-defense"
     argv = ["--dataset", "digits", "--bottleneck", "none", "--noise-std", "0", "--cem-lambda", "0",
-            "--epochs", "1", "--width", str(NO_DEFENSE_WIDTH), "--threads", "0", "--no-progress", "--out", str(out)]
+            "--epochs", "1", "--width", str(NO_DEFENSE_WIDTH), "--no-progress", "--out", str(out)]
     assert train_main(argv) == 0
     return out
 

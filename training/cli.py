@@ -14,16 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
-
-import torch
 
 from cem.cli import run_cli
 from cem.data import available_datasets
 from cem.devices import DEVICE_CHOICES
-from cem.errors import ConfigError
+from cem.threads import THREADS_HELP, apply_threads
 from training.cem_plugin import FEATURE_SOURCES, LOSS_FORMS, LR_COUPLINGS, CEMConfig
 from training.config import TrainConfig
 from training.defenses import available_defenses
@@ -97,9 +94,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--seed", type=int, default=TrainConfig.seed)
     run.add_argument("--device", choices=DEVICE_CHOICES, default=TrainConfig.device)
-    run.add_argument("--threads", type=int, default=None,
-                     help="CPU threads for torch; 0 keeps torch's default. Default: $OMP_NUM_THREADS when set, "
-                          "else 1, the fastest for these small models on a shared 2-core machine (docs/training.md)")
+    run.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     run.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     run.add_argument("--json", action="store_true", help="print the result as one JSON line (last stdout line)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -140,11 +135,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    threads = args.threads if args.threads is not None else (0 if os.environ.get("OMP_NUM_THREADS") else 1)
-    if threads < 0:
-        raise ConfigError(f"expected --threads >= 0, got {threads}")
-    if threads:
-        torch.set_num_threads(threads)
+    apply_threads(args.threads)
     summary = train(config_from_args(args)).to_dict()
     if args.json:
         print(json.dumps(summary))

@@ -167,16 +167,18 @@ def test_a_missing_bundle_exits_2_in_every_command(tmp_path: Path) -> None:
 
 def test_an_invalid_value_exits_2_without_a_traceback(tmp_path: Path) -> None:
     without_token = {k: v for k, v in os.environ.items() if k != "CEM_AUDIT_TOKEN"}
-    tap, train, audit = _run_together(
+    tap, train, audit, cloud = _run_together(
         ("cem-tap", ["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--captures", str(tmp_path / "tap"),
                      "--max-queue", "0"], None),
         ("cem-train", ["--batch-size", "1", "--out", str(tmp_path / "b")], None),
         ("cem-audit", ["--port", "0", "--bundles", str(tmp_path), "--captures", str(tmp_path / "audit"),
                        "--db", str(tmp_path / "a.db")], without_token),
+        ("cem-cloud", ["--bundle", str(tmp_path), "--port", "0", "--threads", "0"], None),
     )
     _assert_usage_error(tap, "cem-tap", "expected max_queue >= 1, got 0")
     _assert_usage_error(train, "cem-train", "expected batch_size >= 2, got 1")
     _assert_usage_error(audit, "cem-audit", "expected the bearer token")
+    _assert_usage_error(cloud, "cem-cloud", "expected --threads >= 1, got 0")
 
 
 def test_a_port_in_use_is_a_runtime_failure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

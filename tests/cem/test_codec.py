@@ -138,3 +138,18 @@ def test_encoder_refuses_non_finite_values_and_float16_overflow_and_unknown_dtyp
         encode_tensor(torch.tensor([1e6]), "float16")
     with pytest.raises(TensorCodecError, match="expected a wire dtype"):
         encode_tensor(torch.zeros(2), "bfloat16")
+
+
+def test_finite_values_whose_sum_overflows_still_round_trip_and_one_nan_among_them_is_refused() -> None:
+    """The finiteness check sums first; a float32 sum that overflows must not refuse finite data."""
+    big = torch.full((4, 4), 3e38)  # finite, but the float32 sum is Inf
+    assert torch.equal(decode_tensor(encode_tensor(big)), big)
+    message = encode_tensor(big)
+    values = np.frombuffer(message.data, dtype="<f4").copy()
+    values[5] = np.nan
+    message.data = values.tobytes()
+    with pytest.raises(TensorCodecError, match="expected finite values, got 1 NaN or Inf of 16"):
+        decode_tensor(message)
+    big[1, 1] = float("inf")
+    with pytest.raises(TensorCodecError, match="expected finite values to encode"):
+        encode_tensor(big)

@@ -10,6 +10,7 @@ import grpc
 import pytest
 import torch
 from grpc_helpers import NOT_SERVING, SERVING, health_status, open_stub
+from polling import wait_for
 
 from cem.bundle import load_decoder
 from cem.codec import decode_tensor, encode_tensor
@@ -51,6 +52,37 @@ def test_concurrent_clients_are_micro_batched_and_get_their_own_answers(digits_b
     assert max(response.served_batch_size for _, response in results) > 3  # more than one request per batch
 
 
+def _in_thread(batcher: MicroBatcher, features: torch.Tensor) -> tuple[threading.Thread, list]:
+    """``batcher.run(features)`` on a thread of its own, as a gRPC handler calls it; the outcome lands in the list."""
+    outcome: list = []
+
+    def call() -> None:
+        try:
+            outcome.append(batcher.run(features))
+        except Exception as exc:  # noqa: BLE001 - inspected by the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    return thread, outcome
+
+
+def _wait_queued(batcher: MicroBatcher, samples: int) -> None:
+    wait_for(lambda: batcher._queued_samples == samples, timeout_s=10, what=f"{samples} samples queued")
+
+
+def test_a_lone_request_runs_the_decoder_on_its_own_thread() -> None:
+    """No hand-off when idle: the calling thread is the one that runs the decoder."""
+    threads: list[threading.Thread] = []
+    batcher = MicroBatcher(lambda x: (threads.append(threading.current_thread()), x)[1],
+                           max_batch=4, max_delay_s=1.0, max_queue=8)
+    result = batcher.run(torch.ones(2, 3))
+    assert threads == [threading.current_thread()]
+    assert result.served_batch_size == 2 and torch.equal(result.logits, torch.ones(2, 3))
+    assert result.started_ns <= result.finished_ns
+    batcher.close()
+
+
 def test_batcher_respects_max_batch_and_reports_the_batch_size() -> None:
     sizes: list[int] = []
     entered, gate = threading.Event(), threading.Event()
@@ -62,17 +94,47 @@ def test_batcher_respects_max_batch_and_reports_the_batch_size() -> None:
         return x.flatten(1)[:, :2]
 
     batcher = MicroBatcher(predict, max_batch=5, max_delay_s=0.0, max_queue=100)
-    first = batcher.submit(torch.zeros(1, 2))  # occupies the worker until the gate opens
+    first = _in_thread(batcher, torch.zeros(1, 2))  # leads, and holds the decoder until the gate opens
     assert entered.wait(5)
-    queued = [batcher.submit(torch.full((2, 2), float(i))) for i in range(4)]
+    queued = []
+    for i in range(4):
+        queued.append(_in_thread(batcher, torch.full((2, 2), float(i))))
+        _wait_queued(batcher, 2 * (i + 1))
     gate.set()
-    results = [f.result(5) for f in queued]
+    for thread, _ in [first, *queued]:
+        thread.join(5)
     batcher.close()
-    assert first.result(5).served_batch_size == 1
+    assert first[1][0].served_batch_size == 1
     assert sizes[0] == 1 and max(sizes) <= 5 and sum(sizes) == 9
-    for i, result in enumerate(results):
-        assert torch.equal(result.logits, torch.full((2, 2), float(i)))
-    assert [r.served_batch_size for r in results] == [4, 4, 4, 4]  # 2+2 fit, a third would exceed 5
+    for i, (_, outcome) in enumerate(queued):
+        assert torch.equal(outcome[0].logits, torch.full((2, 2), float(i)))
+    assert [outcome[0].served_batch_size for _, outcome in queued] == [4, 4, 4, 4]  # 2+2 fit, a third would not
+
+
+def test_a_failing_decoder_call_fails_every_request_in_it_and_the_next_call_still_runs() -> None:
+    entered, gate = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        calls.append(int(x.shape[0]))
+        if len(calls) == 2:
+            raise RuntimeError("decoder failed")
+        entered.set()
+        gate.wait(5)
+        return x
+
+    batcher = MicroBatcher(predict, max_batch=8, max_delay_s=0.0, max_queue=100)
+    first = _in_thread(batcher, torch.zeros(1, 1))
+    assert entered.wait(5)
+    failing = [_in_thread(batcher, torch.zeros(1, 1)) for _ in range(3)]
+    _wait_queued(batcher, 3)
+    gate.set()
+    for thread, _ in [first, *failing]:
+        thread.join(5)
+    assert calls == [1, 3]
+    assert all(isinstance(outcome[0], RuntimeError) for _, outcome in failing)
+    assert batcher.run(torch.ones(2, 1)).served_batch_size == 2  # the failure left no leader behind
+    batcher.close()
 
 
 def test_batcher_refuses_work_when_full_or_closed() -> None:
@@ -84,15 +146,22 @@ def test_batcher_refuses_work_when_full_or_closed() -> None:
         return x
 
     batcher = MicroBatcher(predict, max_batch=4, max_delay_s=0.0, max_queue=4)
-    batcher.submit(torch.zeros(4, 1))  # taken by the worker, which then blocks
+    running = _in_thread(batcher, torch.zeros(4, 1))  # leads, then blocks in the decoder
     assert entered.wait(5)
-    batcher.submit(torch.zeros(4, 1))  # fills the queue
+    queued = _in_thread(batcher, torch.zeros(4, 1))  # fills the queue
+    _wait_queued(batcher, 4)
     with pytest.raises(ServiceUnavailableError, match="overloaded"):
-        batcher.submit(torch.zeros(4, 1))
+        batcher.run(torch.zeros(4, 1))
+    closing = threading.Thread(target=batcher.close)
+    closing.start()
     gate.set()
-    batcher.close()
+    closing.join(5)
+    assert not closing.is_alive()  # close() returned once the queued request was decoded
+    for thread, outcome in (running, queued):
+        thread.join(5)
+        assert outcome[0].served_batch_size == 4
     with pytest.raises(ServiceUnavailableError, match="shutting down"):
-        batcher.submit(torch.zeros(1, 1))
+        batcher.run(torch.zeros(1, 1))
 
 
 def test_health_is_not_serving_and_requests_unavailable_until_warm_up_ran(digits_bundle: Path) -> None:
