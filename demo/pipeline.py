@@ -160,9 +160,10 @@ def run_audits(config: DemoConfig, profile: DemoProfile, group: ServiceGroup, mo
             final = client.wait(job.id, on_update=show, poll_interval_s=1.0)
             if final.status is not AuditStatus.SUCCEEDED:
                 raise DemoError(f"audit {label} ended {final.status}: {final.error}")
-            results = final.model_dump(mode="json", include={"metrics", "bound"})  # as the service sent them
+            results = final.model_dump(mode="json", include={"metrics", "bound", "training"})  # as the service sent
             model["audits"][attack] = results["metrics"]
             model.setdefault("bounds", {})[attack] = results["bound"]
+            model.setdefault("training", {})[attack] = results["training"]
             html = report_dir / f"{model['name']}-{attack}.html"
             html.write_text(client.fetch_report(job.id))
             (report_dir / f"{model['name']}-{attack}.png").write_bytes(client.fetch_png(job.id))

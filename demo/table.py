@@ -27,6 +27,20 @@ def _bound_cell(bound: dict[str, Any] | None) -> str:
     return f"{bound['xi']:.1e} {kind}{beaten}"
 
 
+def convergence_lines(models: list[dict[str, Any]], attacks: list[str]) -> list[str]:
+    """Per model and attack, the epoch each column's attack kept, and a flag where it was still improving:
+    an attack stopped early makes the defense look better than it is."""
+    lines = ["", "attack training (best epoch / epochs run, per column):"]
+    for model in models:
+        for attack in attacks:
+            runs = (model.get("training") or {}).get(attack) or {}
+            cells = [f"{column} {run['best_epoch']}/{run['epochs']}"
+                     + (" STILL IMPROVING (stopped early)" if run["still_improving"] else "")
+                     for column, run in runs.items() if run]
+            lines.append(f"  {model['name']}/{attack}: " + (", ".join(cells) if cells else "—"))
+    return lines
+
+
 def render_table(models: list[dict[str, Any]], attacks: list[str]) -> str:
     """``models``: [{"name", "accuracy", "wire_accuracy", "audits": {attack: {column: metrics}},
     "bounds": {attack: audit bound}}]. The ξ column shows each ξ's kind (cem.bounds)."""
@@ -65,6 +79,7 @@ def render_table(models: list[dict[str, Any]], attacks: list[str]) -> str:
         if isinstance(base.get("accuracy"), float) and isinstance(cem.get("accuracy"), float):
             delta = 100.0 * (cem["accuracy"] - base["accuracy"])
         lines.append(f"accuracy change with CEM: {_fmt(delta, '+.2f')} points")
+    lines.extend(convergence_lines(models, attacks))
     lines.append("ξ kinds: est = estimate (H(x) from a Gaussian fit), rel = relative (H(x) := 0); neither is a "
                  "proven floor; '!' = an attacker or the mean-image guess did better than this ξ")
     return "\n".join(lines)

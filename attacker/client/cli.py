@@ -116,6 +116,10 @@ def describe(audit: dict[str, Any]) -> str:
         if values:
             mse, psnr, ssim = (_fmt(values.get(k), digits) for k, digits in (("mse", 4), ("psnr", 2), ("ssim", 3)))
             lines.append(f"  {split:>8}: MSE {mse}  PSNR {psnr} dB  SSIM {ssim}  (n={values['n']})")
+    for column, run in (audit.get("training") or {}).items():
+        if run:
+            flag = "  STILL IMPROVING: stopped early, the MSE overstates privacy" if run["still_improving"] else ""
+            lines.append(f"  {column:>8}: attack trained {run['epochs']} epochs, best epoch {run['best_epoch']}{flag}")
     bound = audit.get("bound")
     if bound:
         values = [bound] + ([bound["relative"]] if bound.get("relative") else [])

@@ -67,6 +67,8 @@ def test_tiny_demo_produces_the_table_and_leaves_nothing_running(tmp_path: Path)
             assert metrics[column]["mse"] > 0, column
     assert "CEM gain in attack MSE (decoder)" in result.table
     assert "sigma-cem" in result.table and "captured MSE" in result.table
+    for model in result.models:  # one attack epoch: kept, and too few to judge whether it was still improving
+        assert f"{model['name']}/decoder: train 1/1, infer 1/1" in result.table
     for path in result.reports.values():
         assert Path(path).read_text().lstrip().lower().startswith("<!doctype html")
     assert (out / "reports" / "sigma-cem-decoder.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -96,6 +96,22 @@ class AuditMetrics(BaseModel):
     captured: MetricSet | None = None
 
 
+class AttackTraining(BaseModel):
+    """How the attack network's training went on one column's data."""
+
+    epochs: int = Field(description="epochs run")
+    best_epoch: int = Field(description="the epoch whose weights were kept (lowest validation MSE); 0: none")
+    still_improving: bool = Field(
+        description="validation MSE still falling over the last epochs: the attack stopped early, so its MSE "
+                    "makes the defense look better than it is"
+    )
+
+
+class AttackTrainingByColumn(BaseModel):
+    train: AttackTraining | None = None
+    infer: AttackTraining | None = None
+
+
 class AuditView(BaseModel):
     id: str
     status: AuditStatus
@@ -111,6 +127,7 @@ class AuditView(BaseModel):
     cancel_requested: bool
     metrics: AuditMetrics | None
     bound: PrivacyBound | None
+    training: AttackTrainingByColumn | None = Field(None, description="per column, how the attack's training went")
     captured_reconstructions: int | None
     error: str | None
     created_at: datetime

@@ -29,6 +29,8 @@ def test_lifecycle_to_succeeded_with_metrics_png_and_report(service: AuditServic
     assert metrics["captured"]["n"] == CAPTURED_SAMPLES  # every capture carried a known test-split id
     assert audit["captured_reconstructions"] == CAPTURED_SAMPLES
     assert audit["bound"] is None  # the fixture bundle records no entropy bound
+    for column in ("train", "infer"):  # one epoch: the kept weights are epoch 1's, with nothing to judge progress by
+        assert audit["training"][column] == {"epochs": 1, "best_epoch": 1, "still_improving": False}
     audit_id = audit["id"]
     with service.client() as http:
         png = http.get(f"/v1/audits/{audit_id}/reconstructions.png")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import HTMLResponse
 
 from attacker.service.api.deps import CatalogDep, StoreDep
 from attacker.service.api.schemas import (
+    AttackTrainingByColumn,
     AuditAccepted,
     AuditCreate,
     AuditList,
@@ -62,11 +63,26 @@ def to_view(job: Job) -> AuditView:
         cancel_requested=job.cancel_requested,
         metrics=result.get("metrics"),
         bound=PrivacyBound.model_validate(bound) if bound is not None else None,
+        training=_training(result.get("details")),
         captured_reconstructions=result.get("captured_reconstructions"),
         error=job.error,
         created_at=_utc(job.created_at),
         started_at=_utc_or_none(job.started_at),
         finished_at=_utc_or_none(job.finished_at),
+    )
+
+
+def _training(details: Any) -> AttackTrainingByColumn | None:
+    """The attack's training per column from a stored result's details (absent in results older than the field)."""
+    if not isinstance(details, dict):
+        return None
+    columns = {column: values for column in ("train", "infer")
+               if isinstance(values := details.get(column), dict) and "best_epoch" in values}
+    if not columns:
+        return None
+    return AttackTrainingByColumn.model_validate(
+        {column: {key: values[key] for key in ("epochs", "best_epoch", "still_improving")}
+         for column, values in columns.items()}
     )
 
 
