@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 MODELS = (("sigma-only", 0.0), ("sigma-cem", None))  # λ None: the trainer's default CEM λ
 # Audits run one torch thread each; two at once use both cores of a small machine.
 AUDIT_WORKERS = 2
+# The cloud and the edge run side by side on the demo's one machine, taking turns per batch: one torch thread
+# each keeps either's OpenMP team from spinning on the core the other needs (cem.threads), and the digits
+# models are small enough that more would not pay.
+SERVICE_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -113,14 +117,16 @@ def serve_and_send(config: DemoConfig, profile: DemoProfile, group: ServiceGroup
     for model in models:
         name = model["name"]
         cloud = group.start(f"cloud[{name}]", [
-            entry_point("cem-cloud"), "--bundle", model["bundle"], "--host", "127.0.0.1", "--port", "0"],
+            entry_point("cem-cloud"), "--bundle", model["bundle"], "--host", "127.0.0.1", "--port", "0",
+            "--threads", str(SERVICE_THREADS)],
             logs / f"cloud-{name}.log")
         tap = group.start(f"tap[{name}]", [
             entry_point("cem-tap"), "--listen", "127.0.0.1:0", "--upstream", cloud, "--captures", str(captures)],
             logs / f"tap-{name}.log")
         say(f"{name}: cloud on {cloud}, tap on {tap}; the edge sends the test split through the tap ...")
         argv = [entry_point("cem-edge"), "eval", "--server", tap, "--bundle", model["bundle"], "--dataset", "digits",
-                "--split", "test", "--sample-ids", "--seed", str(config.seed), "--json"]
+                "--split", "test", "--sample-ids", "--seed", str(config.seed), "--threads", str(SERVICE_THREADS),
+                "--json"]
         if profile.edge_limit is not None:
             argv += ["--limit", str(profile.edge_limit)]
         wire = _run_json(argv, logs / f"edge-{name}.json", f"the edge client for {name}")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cem.errors import ConfigError
-from cem.threads import THREADS_ENV, apply_threads, available_cpus, resolve_threads
+from cem.threads import THREADS_ENV, apply_threads, available_cpus, idle_cpus, resolve_threads
 
 
 def test_an_explicit_count_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -23,9 +23,14 @@ def test_the_environment_wins_over_the_machine(monkeypatch: pytest.MonkeyPatch) 
     assert resolve_threads(None) == 4
 
 
-def test_without_either_every_cpu_of_the_affinity_mask_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_either_the_cpus_other_work_leaves_idle_are_used(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(THREADS_ENV, raising=False)
-    assert resolve_threads(None) == available_cpus() == len(os.sched_getaffinity(0))
+    cpus = available_cpus()
+    assert cpus == len(os.sched_getaffinity(0))
+    assert idle_cpus(load=0.0) == cpus  # an idle machine: every core
+    assert idle_cpus(load=cpus - 0.6) == 1  # one core's worth left, rounded
+    assert idle_cpus(load=10 * cpus) == 1  # never fewer than one
+    assert 1 <= resolve_threads(None) <= cpus
 
 
 @pytest.mark.parametrize("requested, env, message", [
