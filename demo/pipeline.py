@@ -156,11 +156,12 @@ def run_audits(config: DemoConfig, profile: DemoProfile, group: ServiceGroup, mo
                 for model in models for attack in map(AttackName, config.attacks)]
         for model, attack, job in jobs:
             label = f"{model['name']}/{attack}"
-            last = [-1.0]
+            shown: dict[str, Any] = {"status": None, "progress": -1.0}
 
-            def show(audit: AuditView, label: str = label, last: list[float] = last) -> None:
-                if audit.progress - last[0] >= 0.1 or audit.status is not AuditStatus.RUNNING:
-                    last[0] = audit.progress
+            def show(audit: AuditView, label: str = label, shown: dict[str, Any] = shown) -> None:
+                """A line when the status changes or the progress moved by a tenth since the last line."""
+                if audit.status is not shown["status"] or audit.progress - shown["progress"] >= 0.1:
+                    shown.update(status=audit.status, progress=audit.progress)
                     say(f"  audit {label}: {audit.status} {100 * audit.progress:.0f}%")
 
             final = client.wait(job.id, on_update=show, poll_interval_s=1.0)
