@@ -34,7 +34,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--noise-std", type=float, default=0.1, help="σ of the edge's Gaussian noise")
-    parser.add_argument("--attack", action="append", choices=ATTACKS, help="repeatable; default: both")
+    parser.add_argument("--attack", action="append", choices=ATTACKS,
+                        help="repeatable; default: the profile's (fast: decoder; paper: both)")
     parser.add_argument("--keep-running", action="store_true", help="leave the services up until Ctrl-C")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON line at the end")
     return parser
@@ -59,7 +60,7 @@ def _record_interrupts() -> threading.Event:
 
 def run(args: argparse.Namespace) -> int:
     config = DemoConfig(out_dir=args.out, profile=args.profile, seed=args.seed, noise_std=args.noise_std,
-                        attacks=tuple(args.attack or ATTACKS), keep_running=args.keep_running)
+                        attacks=tuple(args.attack) if args.attack else None, keep_running=args.keep_running)
     interrupted = _record_interrupts()
     try:
         result = run_demo(config)

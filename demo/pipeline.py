@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from attacker.client import ATTACKS, AttackName, AuditClient, AuditStatus, AuditView, check_attack_name
+from attacker.client import AttackName, AuditClient, AuditStatus, AuditView, check_attack_name
 from cem.errors import CEMError
 from demo.processes import ServiceGroup, entry_point
 from demo.profiles import DemoProfile, get_profile
@@ -43,13 +43,17 @@ class DemoConfig:
     profile: str = "fast"
     seed: int = 0
     noise_std: float = 0.1
-    attacks: tuple[str, ...] = ATTACKS
+    attacks: tuple[str, ...] | None = None  # None: the profile's
     keep_running: bool = False
 
     def __post_init__(self) -> None:
         get_profile(self.profile)
-        for attack in self.attacks:
+        for attack in self.attacks or ():
             check_attack_name(attack)
+
+    @property
+    def attack_names(self) -> tuple[str, ...]:
+        return self.attacks or get_profile(self.profile).attacks
 
 
 @dataclass
@@ -153,7 +157,7 @@ def run_audits(config: DemoConfig, profile: DemoProfile, group: ServiceGroup, mo
     with AuditClient(url, token, timeout_s=60) as client:
         jobs = [(model, attack, client.submit(Path(model["bundle"]).name, attack=attack, epochs=epochs[attack],
                                               use_captures=True, seed=config.seed))
-                for model in models for attack in map(AttackName, config.attacks)]
+                for model in models for attack in map(AttackName, config.attack_names)]
         for model, attack, job in jobs:
             label = f"{model['name']}/{attack}"
             shown: dict[str, Any] = {"status": None, "progress": -1.0}
@@ -189,8 +193,8 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] | None = None) -> De
     with ServiceGroup() as group:
         serve_and_send(config, profile, group, models, say)
         url, token, reports = run_audits(config, profile, group, models, say)
-        table = render_table(models, list(config.attacks))
-        result = DemoResult(models=models, attacks=list(config.attacks), table=table, reports=reports,
+        table = render_table(models, list(config.attack_names))
+        result = DemoResult(models=models, attacks=list(config.attack_names), table=table, reports=reports,
                             audit_url=url, duration_s=time.monotonic() - started)
         (config.out_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
         if config.keep_running:
