@@ -50,7 +50,9 @@ class FirstStatus:
     status only, so it sees the upstream's real one. grpc.aio has no public,
     synchronous accessor for it, hence the guarded read of ``_cython_call._status``;
     if a grpc release removes it, this falls back to the masked status (and
-    tests/attacker/tap/test_tap_proxy.py catches that).
+    tests/attacker/tap/test_tap_proxy.py catches that). Unary methods need none of
+    this: they go upstream as unary calls, which send their one message in the
+    same batch that starts the call, so no write can race the status.
     """
 
     def __init__(self, call: grpc.aio.Call) -> None:

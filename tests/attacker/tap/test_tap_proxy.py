@@ -103,6 +103,42 @@ def test_each_feature_request_recorded_exactly_once(tap, channels, model_id: str
     assert not [token for token in forbidden if token in log], "the tap log contains feature values"
 
 
+def test_unary_methods_sent_zero_or_two_messages_are_answered_as_the_cloud_answers(
+    tap, channels, cloud_address: str, model_id: str
+) -> None:
+    """The tap proxies unary methods with a stream-unary handler and a unary upstream call. A call that
+    brings no message must still get the cloud's own answer (through a unary grpc.aio handler it hung until
+    the caller's deadline), and a second message is ignored as the cloud ignores it."""
+    proxy = tap()
+    x = batches(5, 3, batch=2)
+    infer = [make_request(model_id, f"m{i}", t).SerializeToString() for i, t in enumerate(x)]
+    check = health_pb2.HealthCheckRequest(service="").SerializeToString()
+    cases = {
+        INFER: ([], [infer[0]], [infer[1], infer[1]], [infer[2], b"\xff\xff"]),
+        "/cem.split.v1.SplitInference/GetModelInfo": ([], [b""], [b"", b""]),
+        "/grpc.health.v1.Health/Check": ([], [check], [check, check]),
+    }
+    outcomes: dict[str, list[tuple]] = {}
+    for path, address in (("direct", cloud_address), ("tap", proxy.address)):
+        channel = channels(address)
+        outcomes[path] = []
+        for method, message_lists in cases.items():
+            call = channel.stream_stream(method)
+            for messages in message_lists:
+                try:  # the deadline only bounds a hang: every call is answered at once
+                    answers = list(call(iter(messages), timeout=30))
+                    outcomes[path].append((method, len(messages), grpc.StatusCode.OK, "", len(answers)))
+                except grpc.RpcError as error:
+                    outcomes[path].append((method, len(messages), error.code(), error.details(), 0))
+    assert outcomes["tap"] == outcomes["direct"]
+    codes = {(method, count): code for method, count, code, _, _ in outcomes["tap"]}
+    assert {codes[(method, 0)] for method in cases} == {grpc.StatusCode.UNIMPLEMENTED}
+    assert {codes[(method, 2)] for method in cases} == {grpc.StatusCode.OK}
+    stats = proxy.terminate()
+    # the first message of each answered Infer call is recorded once; an unread second one is not a request
+    assert (stats["recorded"], stats["rejected_upstream"], stats["unparsable"]) == (3, 0, 0)
+
+
 def _echo_behaviour(request: bytes, context: grpc.ServicerContext) -> bytes:
     """A real upstream that shows what reached it: metadata back as trailers, a status chosen by the caller."""
     received = dict(context.invocation_metadata())
@@ -133,6 +169,7 @@ def test_metadata_and_status_details_relayed(tmp_path: Path, channels) -> None:
             call(b"x", timeout=10, metadata=(("x-fail", "yes"),))
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert caught.value.details() == "expected at most 1 byte, got many"
+        assert ("x-upstream", "echo") in caught.value.initial_metadata()  # sent before the failure
         stats = proxy.terminate()
         # garbage the upstream answered is counted, not stored; what it refused is not even parsed
         assert (stats["unparsable"], stats["rejected_upstream"], stats["recorded"]) == (1, 1, 0)
@@ -183,6 +220,9 @@ def test_cancellation_and_deadline_reach_the_upstream(tmp_path: Path, channels) 
             channel.unary_unary(INFER)(b"", timeout=2.0)
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert ended["Infer"].wait(30), "the expired deadline did not end the call upstream"
+        stats = proxy.terminate()
+        # forwarded, never answered OK: counted as such (two cancelled calls, one out of time), not recorded
+        assert (stats["rejected_upstream"], stats["offered"]) == (3, 0)
     finally:
         proxy.kill()
         server.stop(0)
