@@ -241,6 +241,7 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
             "epochs": len(trained.history),
             "best_epoch": trained.best_epoch,
             "still_improving": trained.still_improving(),
+            "val_mse": [row.get("val_mse") for row in trained.history],  # per epoch: judge convergence yourself
         }
         logger.info(
             "%s attack, %s column: mse %.5f psnr %.2f ssim %.4f on %d images", spec.attack, mode,

@@ -54,6 +54,9 @@ def test_run_audit_scores_captured_features_with_known_ids(
     assert result.metrics["train"]["n"] == len(load_images("digits", "test"))
     assert result.captured_reconstructions == 7  # every capture is reconstructed, id or not
     assert result.details["captured_known"] == 4
+    for mode in ("train", "infer"):  # the validation curve is kept, one value per epoch, to judge convergence by
+        run = result.details[mode]
+        assert len(run["val_mse"]) == run["epochs"] and run["val_mse"][run["best_epoch"] - 1] == min(run["val_mse"])
     bound = result.bound  # the bundle predates estimates: its ξ is relative, checked against this audit
     assert bound is not None and (bound["kind"], bound["xi"], bound["entropy_bound"]) == ("relative", 0.0042, -1.25)
     assert bound["attack_mse"] == min(m["mse"] for m in result.metrics.values())
