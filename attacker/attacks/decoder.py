@@ -30,6 +30,7 @@ from attacker.attacks.loop import (
     count_batches,
     create_seeded_network,
     effective_batch_size,
+    in_attack_layout,
     inversion_config_for,
     iterate_batches,
 )
@@ -87,7 +88,7 @@ def train_decoder_attack(
         loss_sum = torch.zeros((), device=device)
         for b, rows in enumerate(iterate_batches(len(split.fit), batch_size, shuffle, device)):
             monitor.check()
-            z = obfuscate(split.fit.features[rows], obfuscation, noise)
+            z = in_attack_layout(obfuscate(split.fit.features[rows], obfuscation, noise))
             loss = F.mse_loss(network(z), split.fit.images[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

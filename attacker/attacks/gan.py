@@ -38,6 +38,7 @@ from attacker.attacks.loop import (
     count_batches,
     create_seeded_network,
     effective_batch_size,
+    in_attack_layout,
     inversion_config_for,
     iterate_batches,
 )
@@ -161,7 +162,7 @@ def train_gan_attack(
         for b, rows in enumerate(iterate_batches(len(split.fit), batch_size, shuffle, device)):
             monitor.check()
             real = images[rows]
-            z = obfuscate(split.fit.features[rows], obfuscation, noise)
+            z = in_attack_layout(obfuscate(split.fit.features[rows], obfuscation, noise))
             generator.eval()
             with torch.no_grad():
                 fake = generator(z)

@@ -13,6 +13,9 @@ from cem.models import InversionConfig, InversionNetwork
 
 CONVERGENCE_TAIL = 0.1  # judge convergence on the last tenth of the epochs
 CONVERGENCE_TOLERANCE = 0.02  # more than 2 % better there: still improving
+# The decoding networks and each batch of features they train on are kept channels-last: an epoch of the
+# decoder attack's step took 0.80x the time on CPU (benchmarks/bench_attack_epoch.py, docs/benchmarks.md).
+ATTACK_MEMORY_FORMAT = torch.channels_last
 
 
 @dataclass
@@ -54,7 +57,12 @@ def create_seeded_network(config: InversionConfig, seed: int, device: torch.devi
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         network = InversionNetwork(config)
-    return network.to(device)
+    return network.to(device).to(memory_format=ATTACK_MEMORY_FORMAT)
+
+
+def in_attack_layout(features: torch.Tensor) -> torch.Tensor:
+    """``features`` (N, C, H, W) in the decoding networks' memory layout (same values)."""
+    return features.contiguous(memory_format=ATTACK_MEMORY_FORMAT)
 
 
 def iterate_batches(
