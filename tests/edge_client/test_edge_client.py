@@ -99,11 +99,13 @@ def test_other_sizes_and_colour_are_converted_to_the_bundle_format(digits_bundle
     "bad, text",
     [
         (torch.full((1, 32, 32), 2.0), "values in [0, 1]"),
+        (torch.full((2, 1, 32, 32), float("nan")), "values in [0, 1], got range [nan, nan]"),
+        (torch.full((2, 1, 32, 32), -float("inf")), "values in [0, 1], got range [-inf, -inf]"),
         (np.zeros((2, 3, 4, 5)), "expected an array of shape"),
         (torch.zeros((5, 32, 32)), "channels"),
         ("/nonexistent/image.png", "does not exist"),
     ],
-    ids=["out of range", "4-d array", "5 channels", "missing file"],
+    ids=["out of range", "NaN batch", "-Inf batch", "4-d array", "5 channels", "missing file"],
 )
 def test_bad_images_are_refused_before_anything_is_sent(digits_bundle: Path, bad: object, text: str) -> None:
     with EdgeClient(digits_bundle, "127.0.0.1:1") as client, pytest.raises(ImageInputError) as info:
