@@ -2,8 +2,9 @@
 
 Trains σ-only and σ+CEM models, serves each behind a channel tap, sends the test
 split from the edge through the tap (with sample ids, so captured traffic can be
-scored), runs decoder and GAN inversion audits through the REST API, and prints
-the comparison table and the paths of the HTML reports. Everything runs on
+scored), runs inversion audits through the REST API (the decoder attack; the
+``paper`` profile adds the GAN attack), and prints the comparison table, with
+how each attack trained, and the paths of the HTML reports. Everything runs on
 loopback and is shut down at the end, on error, and on Ctrl-C.
 """
 
