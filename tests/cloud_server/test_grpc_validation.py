@@ -99,24 +99,20 @@ def _assert_still_serving(channel: grpc.Channel, stub) -> None:
     assert len(response.predictions) == 3
 
 
-@pytest.mark.parametrize("case", sorted(INVALID))
-def test_invalid_requests_get_invalid_argument(stub, case: str) -> None:
-    channel, client = stub
-    request, text = INVALID[case]
-    with pytest.raises(grpc.RpcError) as info:
-        client.Infer(request, timeout=10)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert text in info.value.details()
-    _assert_still_serving(channel, client)
+REFUSED = [(grpc.StatusCode.INVALID_ARGUMENT, INVALID, case) for case in sorted(INVALID)] + [
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_LARGE, case) for case in sorted(TOO_LARGE)
+]
 
 
-@pytest.mark.parametrize("case", sorted(TOO_LARGE))
-def test_oversized_batches_get_resource_exhausted(stub, case: str) -> None:
+@pytest.mark.parametrize("code, table, case", REFUSED, ids=[f"{code.name}-{case}" for code, _, case in REFUSED])
+def test_bad_requests_get_their_status_and_the_server_keeps_serving(stub, code: grpc.StatusCode, table: dict,
+                                                                    case: str) -> None:
+    """Invalid requests get INVALID_ARGUMENT, oversized batches RESOURCE_EXHAUSTED; each with its reason."""
     channel, client = stub
-    request, text = TOO_LARGE[case]
+    request, text = table[case]
     with pytest.raises(grpc.RpcError) as info:
         client.Infer(request, timeout=10)
-    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert info.value.code() == code
     assert text in info.value.details()
     _assert_still_serving(channel, client)
 

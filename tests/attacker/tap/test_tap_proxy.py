@@ -139,6 +139,15 @@ def test_unary_methods_sent_zero_or_two_messages_are_answered_as_the_cloud_answe
     assert (stats["recorded"], stats["rejected_upstream"], stats["unparsable"]) == (3, 0, 0)
 
 
+def _start_fake_cloud(handlers: dict[str, grpc.RpcMethodHandler]) -> tuple[grpc.Server, int]:
+    """A real grpcio server on 127.0.0.1 serving ``handlers`` as SplitInference methods: the tap's upstream."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("cem.split.v1.SplitInference", handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
+
+
 def _echo_behaviour(request: bytes, context: grpc.ServicerContext) -> bytes:
     """A real upstream that shows what reached it: metadata back as trailers, a status chosen by the caller."""
     received = dict(context.invocation_metadata())
@@ -150,12 +159,7 @@ def _echo_behaviour(request: bytes, context: grpc.ServicerContext) -> bytes:
 
 
 def test_metadata_and_status_details_relayed(tmp_path: Path, channels) -> None:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "cem.split.v1.SplitInference", {"Infer": grpc.unary_unary_rpc_method_handler(_echo_behaviour)}
-    ),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    server, port = _start_fake_cloud({"Infer": grpc.unary_unary_rpc_method_handler(_echo_behaviour)})
     proxy = start_tap(f"127.0.0.1:{port}", tmp_path / "captures", tmp_path / "tap.log")
     try:
         call = channels(proxy.address).unary_unary(INFER)
@@ -197,13 +201,10 @@ def test_cancellation_and_deadline_reach_the_upstream(tmp_path: Path, channels) 
         hang("InferStream", context)
         yield b""
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("cem.split.v1.SplitInference", {
+    server, port = _start_fake_cloud({
         "Infer": grpc.unary_unary_rpc_method_handler(unary),
         "InferStream": grpc.stream_stream_rpc_method_handler(stream),
-    }),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    })
     proxy = start_tap(f"127.0.0.1:{port}", tmp_path / "captures", tmp_path / "tap.log")
     try:
         channel = channels(proxy.address)
@@ -239,12 +240,7 @@ def test_upstream_errors_on_streams_and_unknown_methods_keep_their_code(tmp_path
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad message")
         yield b""
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "cem.split.v1.SplitInference", {"InferStream": grpc.stream_stream_rpc_method_handler(refuse_after_one)}
-    ),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    server, port = _start_fake_cloud({"InferStream": grpc.stream_stream_rpc_method_handler(refuse_after_one)})
     proxy = start_tap(f"127.0.0.1:{port}", tmp_path / "captures", tmp_path / "tap.log")
     try:
         channel = channels(proxy.address)
