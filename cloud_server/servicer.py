@@ -30,7 +30,7 @@ from cloud_server.batcher import MicroBatcher
 from cloud_server.errors import InvalidRequestError, ServiceUnavailableError, abort_with
 from cloud_server.runtime import DecoderRuntime
 from cloud_server.settings import ServerSettings
-from cloud_server.stages import StageClock
+from cloud_server.stages import UNTIMED, StageClock
 from cloud_server.validation import RequestLimits, decode_request
 from protos import cem_split_pb2 as pb
 
@@ -81,8 +81,8 @@ class SplitInferenceServicer:
 
     def Infer(self, payload: bytes, context: grpc.ServicerContext) -> bytes:
         """The serialised answer, so that its serialisation is timed with the rest (``cloud_server.stages``)."""
-        clock = StageClock()
         self.last_call_at = time.monotonic()
+        clock = StageClock(enabled=any(key == TIMING_REQUEST_KEY for key, _ in context.invocation_metadata()))
         try:
             request = parse_message(pb.InferRequest, payload)
             clock.mark("parse")
@@ -90,7 +90,7 @@ class SplitInferenceServicer:
             clock.mark("respond")
         except Exception as exc:  # noqa: BLE001 - the one place every error becomes a status (unmapped: INTERNAL)
             abort_with(context, exc)
-        if any(key == TIMING_REQUEST_KEY for key, _ in context.invocation_metadata()):
+        if clock.enabled:
             context.set_trailing_metadata(((SERVER_TIMING_KEY, clock.header()),))
         return answer
 
@@ -99,7 +99,7 @@ class SplitInferenceServicer:
         self.last_call_at = time.monotonic()
         try:
             for payload in payloads:
-                yield self._infer_one(parse_message(pb.InferRequest, payload), StageClock())
+                yield self._infer_one(parse_message(pb.InferRequest, payload), UNTIMED)
         except Exception as exc:  # noqa: BLE001 - as in Infer: every error becomes a status
             if context.is_active():  # a stream the client cancelled needs no status
                 abort_with(context, exc)

@@ -27,15 +27,22 @@ STAGES: tuple[str, ...] = ("parse", "validate", "queue", "decoder", "resume", "r
 
 
 class StageClock:
-    """Durations between consecutive marks; ``mark(stage)`` closes ``stage`` now or at ``at_ns``."""
+    """Durations between consecutive marks; ``mark(stage)`` closes ``stage`` now or at ``at_ns``.
 
-    __slots__ = ("_last_ns", "durations_ns")
+    A clock built with ``enabled=False`` (a call that did not ask for timing, or
+    a stream message) records nothing, so untimed requests do not pay for it.
+    """
 
-    def __init__(self) -> None:
-        self._last_ns = time.perf_counter_ns()
+    __slots__ = ("_last_ns", "durations_ns", "enabled")
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._last_ns = time.perf_counter_ns() if enabled else 0
         self.durations_ns: list[tuple[str, int]] = []
 
     def mark(self, stage: str, at_ns: int | None = None) -> None:
+        if not self.enabled:
+            return
         now = time.perf_counter_ns() if at_ns is None else at_ns
         self.durations_ns.append((stage, now - self._last_ns))
         self._last_ns = now
@@ -43,3 +50,6 @@ class StageClock:
     def header(self) -> str:
         """The ``cem-server-timing`` value: milliseconds per stage."""
         return format_server_timing((name, ns / 1e6) for name, ns in self.durations_ns)
+
+
+UNTIMED = StageClock(enabled=False)  # shared: a disabled clock keeps no state
