@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
@@ -28,8 +29,8 @@ def answer_at_once(payload: bytes, context: grpc.ServicerContext) -> bytes:
     return b""
 
 
-def answer_each(payloads: object, context: grpc.ServicerContext) -> object:
-    for _ in payloads:  # type: ignore[attr-defined]
+def answer_each(payloads: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+    for _ in payloads:
         yield b""
 
 
