@@ -9,6 +9,11 @@ sample id names an image of the audited data set: test-split ids with the
 ``train``-protocol network, train-split ids with the ``infer``-protocol network,
 so no captured image was ever in the scoring network's training data.
 
+``AuditSpec.network_channels``/``network_blocks`` size the attacker's decoding
+network (None: ``DecoderAttackConfig``'s, the paper's S.3 network; the GAN's
+generator is pre-trained as that decoder); the result's ``details["network"]``
+records the size used.
+
 The bound is built by ``cem.bounds.privacy_bound`` from what the trainer recorded
 in ``manifest.metrics``: ξ with its ``kind`` (``estimate`` or ``relative``, never
 silently called a floor) and a check of every ξ against the mean-image guess and
@@ -18,6 +23,7 @@ bound; a bundle without one (σ = 0) reports ``null``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +35,7 @@ import torch
 from attacker.attacks import (
     MODES,
     AttackCancelled,
+    DecoderAttackConfig,
     GridGroup,
     ProgressMonitor,
     build_attack_split,
@@ -65,6 +72,8 @@ class AuditSpec:
     epochs: int | None = None
     seed: int = 0
     device: str = "auto"
+    network_channels: int | None = None  # the decoding network's width; None: DecoderAttackConfig's (paper S.3)
+    network_blocks: int | None = None  # its residual blocks; None: DecoderAttackConfig's (paper S.3)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bundle_dir", Path(self.bundle_dir))
@@ -73,8 +82,21 @@ class AuditSpec:
         check_attack_name(self.attack)
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"expected epochs >= 1 or None, got {self.epochs}")
+        for name, least in (("network_channels", 1), ("network_blocks", 0)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise ConfigError(
+                    f"expected {name} to be an integer >= {least} or None (the paper's decoding network),"
+                    f" got {value!r}"
+                )
         if self.device not in DEVICE_CHOICES:
             raise ConfigError(f"expected device in {DEVICE_CHOICES}, got {self.device!r}")
+
+    @property
+    def decoder_config(self) -> DecoderAttackConfig:
+        """The decoder attack's settings with this spec's network size (also the GAN generator's pre-training)."""
+        sizes = {"channels": self.network_channels, "num_blocks": self.network_blocks}
+        return dataclasses.replace(DecoderAttackConfig(), **{k: v for k, v in sizes.items() if v is not None})
 
 
 @dataclass
@@ -223,13 +245,17 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
     networks: dict[str, torch.nn.Module] = {}
     metrics: dict[str, dict[str, float]] = {}
     groups: list[GridGroup] = []
+    decoder_config = spec.decoder_config
     details: dict[str, Any] = {}
+    used: dict[str, int] = {}
     for mode, split in splits.items():
         share = span * len(split.fit) / total_fit
         trained = run_attack(
-            spec.attack, split, obfuscation, epochs=spec.epochs, seed=spec.seed, monitor=monitor.child(start, share)
+            spec.attack, split, obfuscation, epochs=spec.epochs, seed=spec.seed, monitor=monitor.child(start, share),
+            decoder_config=decoder_config,
         )
         start += share
+        used = {"channels": trained.network.config.channels, "blocks": trained.network.config.num_blocks}
         evaluation = evaluate_attack(trained.network, split.eval, obfuscation, seed=spec.seed + EVAL_SEED_OFFSET,
                                      native_size=native_size_of(manifest))
         networks[mode], metrics[mode] = trained.network, evaluation.metrics
@@ -272,6 +298,7 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
         defenses=manifest.defenses,
         seed=spec.seed,
         device=str(device),
+        network=used,  # the size of the attacker's decoding network (and the GAN's generator)
         captured_known=int(metrics.get("captured", {}).get("n", 0)),
     )
     monitor.report(1.0, "done")

@@ -1,6 +1,7 @@
 """``cem-attack``: run one inversion attack on a bundle and write its metrics and a PNG grid.
 
     cem-attack --bundle runs/digits --attack decoder --out runs/attack [--epochs 50] [--json]
+               [--network-channels C] [--network-blocks B]
 
 Writes ``OUT/metrics.json`` (the full audit result) and ``OUT/reconstructions.png``
 (originals above reconstructions: the ``train`` block, then the ``infer`` block).
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from attacker.attacks import ATTACKS
+from attacker.attacks import ATTACKS, DecoderAttackConfig
 from attacker.audit import AuditSpec, run_audit
 from cem.cli import run_cli
 from cem.data import available_datasets
@@ -34,6 +35,7 @@ logger = logging.getLogger("attacker.cli")
 METRICS_FILE = "metrics.json"
 GRID_FILE = "reconstructions.png"
 PROGRESS_STEPS = 100
+PAPER_NETWORK = DecoderAttackConfig()  # the decoding network of paper S.3: the attack's default size
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -47,6 +49,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", type=Path, default=AuditSpec.data_dir, help="where file-based data sets live")
     parser.add_argument("--epochs", type=int, default=AuditSpec.epochs,
                         help="default: 50 (decoder) or 150 (gan, after ceil(epochs/3) decoder epochs)")
+    parser.add_argument("--network-channels", type=int, default=AuditSpec.network_channels, metavar="C",
+                        help="width of the attacker's decoding network, >= 1 (default: "
+                             f"{PAPER_NETWORK.channels}, the paper's decoding network)")
+    parser.add_argument("--network-blocks", type=int, default=AuditSpec.network_blocks, metavar="B",
+                        help="residual blocks of the attacker's decoding network, >= 0 (default: "
+                             f"{PAPER_NETWORK.num_blocks}, the paper's decoding network)")
     parser.add_argument("--seed", type=int, default=AuditSpec.seed)
     parser.add_argument("--device", choices=DEVICE_CHOICES, default=AuditSpec.device)
     parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
@@ -61,6 +69,7 @@ def build_spec(args: argparse.Namespace) -> AuditSpec:
     return AuditSpec(
         bundle_dir=args.bundle, attack=args.attack, dataset=args.dataset, data_dir=args.data_dir,
         epochs=args.epochs, seed=args.seed, device=args.device,
+        network_channels=args.network_channels, network_blocks=args.network_blocks,
     )
 
 

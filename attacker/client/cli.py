@@ -3,6 +3,7 @@
     export CEM_AUDIT_URL=http://127.0.0.1:8000 CEM_AUDIT_TOKEN=...
     cem-audit-client bundles
     cem-audit-client submit --bundle sigma-cem --attack decoder --epochs 5 --wait --png out.png --report out.html
+    cem-audit-client submit --bundle sigma-cem --network-channels 32 --network-blocks 4   # a smaller attacker
     cem-audit-client status <id> | wait <id> | cancel <id> | list | captures
     cem-audit-client png <id> -o grid.png ; cem-audit-client report <id> -o report.html
 
@@ -54,6 +55,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     submit.add_argument("--bundle", required=True, help="bundle folder name or model id")
     submit.add_argument("--attack", choices=ATTACKS, default=AttackName.DECODER.value)
     submit.add_argument("--epochs", type=int)
+    paper = "the paper's decoding network"
+    submit.add_argument("--network-channels", type=int, metavar="C",
+                        help=f"width of the attacker's decoding network (default: {paper})")
+    submit.add_argument("--network-blocks", type=int, metavar="B",
+                        help=f"residual blocks of the attacker's decoding network (default: {paper})")
     submit.add_argument("--dataset")
     submit.add_argument("--seed", type=int, default=0)
     submit.add_argument("--no-captures", action="store_true", help="ignore captured traffic")
@@ -110,6 +116,8 @@ def describe(audit: dict[str, Any]) -> str:
         (
             f"audit {audit['id']}: {audit['status']} ({100 * audit['progress']:.0f}%) "
             f"bundle {audit['bundle']} attack {audit['attack']}"
+            + "".join(f" network {key} {audit[f'network_{key}']}" for key in ("channels", "blocks")
+                      if audit.get(f"network_{key}") is not None)
         )
     ]
     for split, values in (audit.get("metrics") or {}).items():
@@ -164,6 +172,8 @@ def run(args: argparse.Namespace, client: AuditClient) -> tuple[Any, int]:
             dataset=args.dataset,
             use_captures=not args.no_captures,
             seed=args.seed,
+            network_channels=args.network_channels,
+            network_blocks=args.network_blocks,
         )
         if not args.wait:
             return as_json(accepted), 0

@@ -132,11 +132,15 @@ class AuditClient:
         dataset: str | None = None,
         use_captures: bool = True,
         seed: int = 0,
+        network_channels: int | None = None,
+        network_blocks: int | None = None,
     ) -> AuditAccepted:
-        """Queue an audit; returns its id and status (queued)."""
+        """Queue an audit; returns its id and status (queued).
+
+        ``network_channels``/``network_blocks`` size the attacker's decoding network (None: the paper's)."""
         body: dict[str, Any] = {"bundle": bundle, "attack": attack, "use_captures": use_captures, "seed": seed}
-        if epochs is not None:
-            body["epochs"] = epochs
+        optional = {"epochs": epochs, "network_channels": network_channels, "network_blocks": network_blocks}
+        body.update({name: value for name, value in optional.items() if value is not None})
         if dataset is not None:
             body["dataset"] = dataset
         return self._receive(AuditAccepted, "POST", "/v1/audits", json=body)

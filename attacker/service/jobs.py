@@ -62,6 +62,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     bundle_dir TEXT NOT NULL,
     attack TEXT NOT NULL,
     epochs INTEGER,
+    network_channels INTEGER,
+    network_blocks INTEGER,
     dataset TEXT,
     use_captures INTEGER NOT NULL,
     seed INTEGER NOT NULL,
@@ -80,6 +82,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status, created_at);
 """
+# Columns added to ``jobs`` after databases already existed: ``JobStore`` adds those a database lacks.
+ADDED_COLUMNS = (("network_channels", "INTEGER"), ("network_blocks", "INTEGER"))
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,8 @@ class JobRequest:
     dataset: str | None
     use_captures: bool
     seed: int = 0
+    network_channels: int | None = None  # the attacker's decoding network; None: the attack's default
+    network_blocks: int | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,8 @@ class Job:
                 dataset=row["dataset"],
                 use_captures=bool(row["use_captures"]),
                 seed=row["seed"],
+                network_channels=row["network_channels"],
+                network_blocks=row["network_blocks"],
             ),
             progress=row["progress"],
             message=row["message"],
@@ -157,6 +165,16 @@ class JobStore:
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Bring a database created before ``ADDED_COLUMNS`` up to date (under the write lock: the API and its
+        workers open the store at the same time, and only one of them may add a column)."""
+        with self._transaction() as conn:
+            present = {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}
+            for name, declaration in ADDED_COLUMNS:
+                if name not in present:
+                    conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -182,11 +200,13 @@ class JobStore:
         job_id = uuid.uuid4().hex
         with self._transaction() as conn:
             conn.execute(
-                "INSERT INTO jobs(id, status, bundle, model_id, bundle_dir, attack, epochs, dataset, use_captures,"
-                " seed, created_at) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs(id, status, bundle, model_id, bundle_dir, attack, epochs, network_channels,"
+                " network_blocks, dataset, use_captures, seed, created_at)"
+                " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id, request.bundle, request.model_id, request.bundle_dir, request.attack, request.epochs,
-                    request.dataset, int(request.use_captures), request.seed, time.time(),
+                    request.network_channels, request.network_blocks, request.dataset, int(request.use_captures),
+                    request.seed, time.time(),
                 ),
             )
         return self._require(job_id)

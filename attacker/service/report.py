@@ -69,6 +69,13 @@ def _time(value: float | None) -> str:
     return datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="seconds") if value else "–"
 
 
+def _requested(value: int | None, used: Any = None) -> str:
+    """A requested setting; None: "default", with the value the audit used when its result records one."""
+    if value is not None:
+        return str(value)
+    return f"default ({used})" if isinstance(used, int) and not isinstance(used, bool) else "default"
+
+
 def _rows(pairs: list[tuple[str, str]]) -> str:
     return "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in pairs)
 
@@ -98,6 +105,9 @@ def render_report(job: Job, png: bytes | None) -> str:
     """The report page for a succeeded job (``job.result`` is its ``AuditResult.to_dict()``)."""
     result = job.result or {}
     request = job.request
+    details = result.get("details")
+    network = details.get("network") if isinstance(details, dict) else None
+    network = network if isinstance(network, dict) else {}  # absent in results older than the field
     summary = _rows(
         [
             ("audit", job.id),
@@ -105,7 +115,9 @@ def render_report(job: Job, png: bytes | None) -> str:
             ("bundle", request.bundle),
             ("model id", request.model_id),
             ("attack", str(result.get("attack", request.attack))),
-            ("epochs", "default" if request.epochs is None else str(request.epochs)),
+            ("epochs", _requested(request.epochs)),
+            ("attack network channels", _requested(request.network_channels, network.get("channels"))),
+            ("attack network blocks", _requested(request.network_blocks, network.get("blocks"))),
             ("dataset", request.dataset or "the bundle's"),
             ("captured samples reconstructed", str(result.get("captured_reconstructions", 0))),
             ("started", _time(job.started_at)),

@@ -77,7 +77,8 @@ class AuditWorker:
         started = time.monotonic()
         request = job.request
         logger.info(
-            "audit %s started: bundle %s, attack %s, epochs %s", job.id, request.bundle, request.attack, request.epochs
+            "audit %s started: bundle %s, attack %s, epochs %s, network channels %s, blocks %s", job.id,
+            request.bundle, request.attack, request.epochs, request.network_channels, request.network_blocks,
         )
         try:
             spec, captured = self._prepare(job)
@@ -122,6 +123,8 @@ class AuditWorker:
             epochs=job.request.epochs,
             seed=job.request.seed,
             device=self.settings.device,
+            network_channels=job.request.network_channels,
+            network_blocks=job.request.network_blocks,
         )
         captured = None
         if job.request.use_captures and self.settings.max_captured_samples > 0:

@@ -9,8 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from service_helpers import CAPTURED_SAMPLES, AuditService, start_service, wait_status
+from service_helpers import (
+    CAPTURED_SAMPLES,
+    SUCCEEDED_AUDIT_NETWORK,
+    TOKEN,
+    AuditService,
+    start_service,
+    wait_status,
+)
 
+from attacker.client import AuditClient
 from cem.bundle import load_encoder
 from cem.captures.records import CaptureRecord
 from cem.captures.store import CaptureWriter
@@ -63,7 +71,10 @@ def service(bundles_dir: Path, captures_dir: Path, tmp_path_factory: pytest.Temp
 
 @pytest.fixture(scope="session")
 def succeeded_audit(service: AuditService) -> dict:
-    """One real one-epoch decoder audit (with the captures) run to completion on the shared service."""
+    """One real one-epoch decoder audit (with the captures) run to completion on the shared service,
+    submitted by ``AuditClient`` with a small attack network."""
+    with AuditClient(service.url, TOKEN) as client:
+        audit_id = client.submit("digits-tiny", epochs=1, seed=3, network_channels=SUCCEEDED_AUDIT_NETWORK["channels"],
+                                 network_blocks=SUCCEEDED_AUDIT_NETWORK["blocks"]).id
     with service.client() as http:
-        audit_id = http.post("/v1/audits", json={"bundle": "digits-tiny", "epochs": 1, "seed": 3}).json()["id"]
         return wait_status(http, audit_id, {"succeeded", "failed", "cancelled", "interrupted"})

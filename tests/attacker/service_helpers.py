@@ -17,6 +17,7 @@ from cem.processes import ServiceProcess
 
 TOKEN = "test-token-0123456789abcdef"
 CAPTURED_SAMPLES = 12  # the conftest captures: digits test images 0..11, sample ids included
+SUCCEEDED_AUDIT_NETWORK = {"channels": 8, "blocks": 1}  # the conftest's succeeded audit: a small attacker
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -10,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from attacker.attacks import compute_feature_set, load_images
+from attacker.attacks import DecoderAttackConfig, compute_feature_set, load_images
 from attacker.audit import AuditCancelled, AuditResult, AuditSpec, run_audit
+from attacker.cli import build_spec, get_args_parser
 from attacker.cli import main as attack_main
 from cem.bundle import load_encoder
 from cem.captures.reader import CapturedFeatures
@@ -54,6 +56,8 @@ def test_run_audit_scores_captured_features_with_known_ids(
     assert result.metrics["train"]["n"] == len(load_images("digits", "test"))
     assert result.captured_reconstructions == 7  # every capture is reconstructed, id or not
     assert result.details["captured_known"] == 4
+    paper = DecoderAttackConfig()  # no size asked for: the paper's decoding network attacked
+    assert result.details["network"] == {"channels": paper.channels, "blocks": paper.num_blocks}
     for mode in ("train", "infer"):  # the validation curve is kept, one value per epoch, to judge convergence by
         run = result.details[mode]
         assert len(run["val_mse"]) == run["epochs"] and run["val_mse"][run["best_epoch"] - 1] == min(run["val_mse"])
@@ -96,6 +100,10 @@ def test_bad_specs_and_captures_are_rejected(untrained_bundle: Path) -> None:
         AuditSpec(bundle_dir=untrained_bundle, attack="optimisation")
     with pytest.raises(ConfigError, match="epochs"):
         AuditSpec(bundle_dir=untrained_bundle, epochs=0)
+    for name, value in (("network_channels", 0), ("network_blocks", -1), ("network_channels", 8.0),
+                        ("network_blocks", True)):
+        with pytest.raises(ConfigError, match=f"expected {name} to be an integer >= [01] or None .*, got {value!r}$"):
+            AuditSpec(bundle_dir=untrained_bundle, **{name: value})
     with pytest.raises(ConfigError, match="sample ids"):
         CapturedFeatures(features=torch.rand(2, 8, 8, 8), sample_ids=[None])
     wrong_shape = CapturedFeatures(features=torch.rand(2, 8, 4, 4), sample_ids=[None, None])
@@ -109,7 +117,8 @@ def test_cli_writes_metrics_and_grid_and_prints_documented_json(
 ) -> None:
     out = tmp_path / "attack"
     code = attack_main(["--bundle", str(untrained_bundle), "--attack", "decoder", "--dataset", "digits",
-                        "--epochs", "1", "--seed", "0", "--device", "cpu", "--out", str(out), "--json"])
+                        "--epochs", "1", "--seed", "0", "--device", "cpu", "--out", str(out), "--json",
+                        "--network-channels", "8", "--network-blocks", "1"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["attack"] == "decoder"
@@ -119,6 +128,7 @@ def test_cli_writes_metrics_and_grid_and_prints_documented_json(
     assert summary["bound"]["kind"] == "relative" and summary["bound"]["xi"] == 0.0042
     stored = json.loads((out / "metrics.json").read_text())
     assert stored["metrics"]["train"] == summary["train"]
+    assert stored["details"]["network"] == {"channels": 8, "blocks": 1}  # the size asked for is the one attacked
     assert Image.open(out / "reconstructions.png").format == "PNG"
 
 
@@ -128,4 +138,28 @@ def test_cli_reports_a_missing_bundle_as_an_error(
     code = attack_main(["--bundle", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--device", "cpu"])
     assert code == 2
     assert "expected a bundle manifest" in caplog.text + capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_attack_network_defaults_to_the_papers_and_can_be_sized(tmp_path: Path) -> None:
+    paper = DecoderAttackConfig()
+    assert AuditSpec(bundle_dir=tmp_path).decoder_config == paper
+    assert AuditSpec(bundle_dir=tmp_path, network_blocks=0).decoder_config == dataclasses.replace(paper, num_blocks=0)
+    sized = AuditSpec(bundle_dir=tmp_path, network_channels=16, network_blocks=2).decoder_config
+    assert sized == dataclasses.replace(paper, channels=16, num_blocks=2)
+    base = ["--bundle", str(tmp_path), "--out", str(tmp_path / "o")]
+    args = get_args_parser().parse_args([*base, "--network-channels", "16", "--network-blocks", "2"])
+    assert build_spec(args) == AuditSpec(bundle_dir=tmp_path, network_channels=16, network_blocks=2)
+    helps = {a.dest: a.help or "" for a in get_args_parser()._actions}
+    assert f"default: {paper.channels}, the paper's" in helps["network_channels"]
+    assert f"default: {paper.num_blocks}, the paper's" in helps["network_blocks"]
+
+
+def test_cli_refuses_a_bad_network_size(
+    untrained_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    code = attack_main(["--bundle", str(untrained_bundle), "--out", str(tmp_path / "o"), "--device", "cpu",
+                        "--network-channels", "0"])
+    assert code == 2
+    assert "expected network_channels to be an integer >= 1" in caplog.text + capsys.readouterr().err
     assert not (tmp_path / "o").exists()

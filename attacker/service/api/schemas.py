@@ -19,6 +19,9 @@ from attacker.service.jobs import AuditStatus
 
 BoundKind = Literal["floor", "estimate", "relative"]  # = cem.bounds.BOUND_KINDS (checked by a test)
 MAX_EPOCHS = 1000
+MAX_NETWORK_CHANNELS = 512
+MAX_NETWORK_BLOCKS = 32
+NETWORK_DEFAULT = "default: the paper's decoding network"  # DecoderAttackConfig (not imported: it needs torch)
 
 
 class AuditCreate(BaseModel):
@@ -30,6 +33,14 @@ class AuditCreate(BaseModel):
     )
     epochs: int | None = Field(
         None, ge=1, le=MAX_EPOCHS, description="attack training epochs (default: the attack's own)"
+    )
+    network_channels: int | None = Field(
+        None, ge=1, le=MAX_NETWORK_CHANNELS,
+        description=f"width of the attacker's decoding network, also the GAN's generator ({NETWORK_DEFAULT})",
+    )
+    network_blocks: int | None = Field(
+        None, ge=0, le=MAX_NETWORK_BLOCKS,
+        description=f"residual blocks of the attacker's decoding network, also the GAN's generator ({NETWORK_DEFAULT})",
     )
     dataset: str | None = Field(None, description="data set the attacker trains on (default: the bundle's)")
     use_captures: bool = Field(True, description="also reconstruct the features the tap captured for this model")
@@ -119,6 +130,8 @@ class AuditView(BaseModel):
     model_id: str
     attack: AttackName
     epochs: int | None
+    network_channels: int | None = Field(None, description="as requested; None: the paper's decoding network")
+    network_blocks: int | None = Field(None, description="as requested; None: the paper's decoding network")
     dataset: str | None
     use_captures: bool
     seed: int

@@ -40,6 +40,10 @@ def test_client_reads_results_and_maps_errors(service: AuditService, succeeded_a
         assert (caught.value.status_code, caught.value.detail) == (404, DETAIL_BUNDLE_NOT_FOUND)
         with pytest.raises(AuditClientError, match=r"epochs: Input should be greater than or equal to 1"):
             client.submit("digits-tiny", epochs=0)
+        with pytest.raises(AuditClientError, match=r"network_channels: Input should be greater than or equal to 1"):
+            client.submit("digits-tiny", network_channels=0)
+        with pytest.raises(AuditClientError, match=r"network_blocks: Input should be less than or equal to 32"):
+            client.submit("digits-tiny", network_blocks=33)
     with AuditClient(service.url, "wrong-token-0123456789") as client, pytest.raises(AuditClientError) as caught:
         client.list_audits()
     assert (caught.value.status_code, caught.value.detail) == (401, DETAIL_UNAUTHORIZED)
@@ -75,5 +79,8 @@ def test_cli_status_downloads_and_errors(service: AuditService, succeeded_audit:
     assert code == 0 and audit_id in [a["id"] for a in result["audits"]]
     code, result = run_cli(capsys, service, "submit", "--bundle", "nope")
     assert code == 2 and result["status_code"] == 404
+    for option, field in (("--network-channels", "network_channels"), ("--network-blocks", "network_blocks")):
+        code, result = run_cli(capsys, service, "submit", "--bundle", "digits-tiny", option, "999")
+        assert code == 2 and result["status_code"] == 422 and field in result["error"]  # sent, and refused
     code, result = run_cli(capsys, service, "bundles", token="wrong-token-0123456789")
     assert code == 2 and result["status_code"] == 401

@@ -58,6 +58,11 @@ def test_openapi_schema_is_valid(service: AuditService) -> None:
     assert create["required"] == ["bundle"] and create["properties"]["attack"]["default"] == "decoder"
     assert create["properties"]["attack"]["$ref"] == "#/components/schemas/AttackName"
     assert components["AttackName"]["enum"] == ["decoder", "gan"]
+    for field, bounds in (("network_channels", (1, 512)), ("network_blocks", (0, 32))):
+        [as_int] = [t for t in create["properties"][field]["anyOf"] if t.get("type") == "integer"]
+        assert (as_int["minimum"], as_int["maximum"]) == bounds
+        assert "the paper's decoding network" in create["properties"][field]["description"]
+        assert field in components["AuditView"]["properties"]
     assert components["AuditView"]["properties"]["status"]["$ref"] == "#/components/schemas/AuditStatus"
     assert components["AuditStatus"]["enum"] == ["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
     assert "202" in schema["paths"]["/v1/audits"]["post"]["responses"]
@@ -88,6 +93,16 @@ def test_ready_bundles_and_captures(service: AuditService) -> None:
         ({"bundle": "digits-tiny", "dataset": "mnist"}, "dataset", "expected one of cifar10"),
         ({"bundle": "digits-tiny", "use_captures": "yes"}, "use_captures", "Input should be a valid boolean"),
         ({"bundle": "digits-tiny", "epoch": 3}, "epoch", "Extra inputs are not permitted"),
+        ({"bundle": "digits-tiny", "network_channels": 0}, "network_channels", "greater than or equal to 1"),
+        ({"bundle": "digits-tiny", "network_channels": 513}, "network_channels", "less than or equal to 512"),
+        ({"bundle": "digits-tiny", "network_channels": "64"}, "network_channels", "Input should be a valid integer"),
+        ({"bundle": "digits-tiny", "network_channels": 8.0}, "network_channels", "Input should be a valid integer"),
+        ({"bundle": "digits-tiny", "network_channels": True}, "network_channels", "Input should be a valid integer"),
+        ({"bundle": "digits-tiny", "network_blocks": -1}, "network_blocks", "greater than or equal to 0"),
+        ({"bundle": "digits-tiny", "network_blocks": 33}, "network_blocks", "less than or equal to 32"),
+        ({"bundle": "digits-tiny", "network_blocks": 1.5}, "network_blocks", "Input should be a valid integer"),
+        ({"bundle": "digits-tiny", "network_blocks": [8]}, "network_blocks", "Input should be a valid integer"),
+        ({"bundle": "digits-tiny", "network_width": 8}, "network_width", "Extra inputs are not permitted"),
     ],
 )
 def test_bad_bodies_get_422_naming_the_field(service: AuditService, body: dict, field: str, message: str) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import pytest
 from PIL import Image
-from service_helpers import CAPTURED_SAMPLES, AuditService, wait_status
+from service_helpers import CAPTURED_SAMPLES, SUCCEEDED_AUDIT_NETWORK, AuditService, wait_status
 
 from attacker.service.errors import DETAIL_AUDIT_FINISHED, DETAIL_AUDIT_NOT_FINISHED
 from cem.captures.reader import CaptureStore
@@ -32,6 +33,12 @@ def test_lifecycle_to_succeeded_with_metrics_png_and_report(service: AuditServic
     for column in ("train", "infer"):  # one epoch: the kept weights are epoch 1's, with nothing to judge progress by
         assert audit["training"][column] == {"epochs": 1, "best_epoch": 1, "still_improving": False}
     audit_id = audit["id"]
+    # the attack network asked for by AuditClient.submit: echoed, stored with the job, and the one that was trained
+    network = SUCCEEDED_AUDIT_NETWORK
+    assert (audit["network_channels"], audit["network_blocks"]) == (network["channels"], network["blocks"])
+    row = service.job_row(audit_id)
+    assert (row["network_channels"], row["network_blocks"]) == (network["channels"], network["blocks"])
+    assert json.loads(row["result"])["details"]["network"] == network
     with service.client() as http:
         png = http.get(f"/v1/audits/{audit_id}/reconstructions.png")
         assert png.status_code == 200 and png.headers["content-type"] == "image/png"
@@ -46,6 +53,8 @@ def test_lifecycle_to_succeeded_with_metrics_png_and_report(service: AuditServic
         assert f"{metrics['train']['mse']:.4g}" in html and "captured traffic" in html
         assert "SSIM (reference, zero-padded)" in html and f"{metrics['train']['ssim_ref']:.4g}" in html
         assert f"data:image/png;base64,{base64.b64encode(png.content).decode()}" in html
+        for label, value in (("channels", network["channels"]), ("blocks", network["blocks"])):
+            assert f"<tr><th>attack network {label}</th><td>{value}</td></tr>" in html
 
         listed = http.get("/v1/audits", params={"status": "succeeded"}).json()["audits"]
         assert audit_id in [a["id"] for a in listed]

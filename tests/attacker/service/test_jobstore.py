@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from attacker.attack_names import AttackName
 from attacker.service.jobs import INTERRUPTED_ERROR, AuditStatus, JobRequest, JobStore
+
+# The ``jobs`` table as databases created before the attack-network columns hold it (typed out, not derived).
+OLD_SCHEMA = """
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY, status TEXT NOT NULL, bundle TEXT NOT NULL, model_id TEXT NOT NULL,
+    bundle_dir TEXT NOT NULL, attack TEXT NOT NULL, epochs INTEGER, dataset TEXT, use_captures INTEGER NOT NULL,
+    seed INTEGER NOT NULL, progress REAL NOT NULL DEFAULT 0, message TEXT, created_at REAL NOT NULL,
+    started_at REAL, finished_at REAL, cancel_requested INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0, worker_pid INTEGER, lease TEXT, result TEXT, png_path TEXT, error TEXT
+);
+CREATE INDEX jobs_by_status ON jobs(status, created_at);
+"""
 
 
 def request(**overrides: object) -> JobRequest:
@@ -84,3 +97,48 @@ def test_recovery_never_leaves_a_job_running(tmp_path: Path, policy: str, status
     assert not store.finish(mine.id, old_lease, AuditStatus.SUCCEEDED)  # the old worker cannot overwrite it
     if policy == "requeue":
         assert store.claim_next(worker_pid=10).attempts == 2
+
+
+def _columns(path: Path) -> dict[str, tuple[str, int]]:
+    conn = sqlite3.connect(path)
+    try:
+        return {row[1]: (row[2], row[3]) for row in conn.execute("PRAGMA table_info(jobs)")}  # name: (type, notnull)
+    finally:
+        conn.close()
+
+
+def test_the_attack_network_round_trips(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.db")
+    sized, default = store.create(request(network_channels=8, network_blocks=0)), store.create(request())
+    assert store.get(sized.id).request == request(network_channels=8, network_blocks=0)
+    assert (default.request.network_channels, default.request.network_blocks) == (None, None)
+    claimed = store.claim_next(worker_pid=1)
+    assert claimed is not None and (claimed.request.network_channels, claimed.request.network_blocks) == (8, 0)
+
+
+def test_a_database_from_before_the_network_columns_still_works(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(OLD_SCHEMA)
+    conn.execute(
+        "INSERT INTO jobs(id, status, bundle, model_id, bundle_dir, attack, epochs, dataset, use_captures, seed,"
+        " created_at, result) VALUES ('old', 'succeeded', 'b', 'm', '/b', 'gan', 3, NULL, 1, 5, 1.0, '{}')"
+    )
+    conn.commit()
+    conn.close()
+
+    store = JobStore(path)
+    old = store.get("old")
+    assert old is not None and old.status is AuditStatus.SUCCEEDED
+    assert old.request == JobRequest(bundle="b", model_id="m", bundle_dir="/b", attack=AttackName.GAN, epochs=3,
+                                     dataset=None, use_captures=True, seed=5)  # the network: the attack's default
+    new = store.create(request(network_channels=16, network_blocks=2))
+    claimed = store.claim_next(worker_pid=3)
+    assert claimed is not None and claimed.id == new.id
+    assert (claimed.request.network_channels, claimed.request.network_blocks) == (16, 2)
+    assert [job.id for job in store.list_jobs()] == [new.id, "old"]
+    assert JobStore(path).get(new.id) == store.get(new.id)  # opening it again changes nothing
+    fresh = tmp_path / "fresh.db"
+    JobStore(fresh)
+    assert _columns(path) == _columns(fresh)  # the same columns as a database created today, nullable alike
+    assert _columns(path)["network_channels"] == _columns(path)["network_blocks"] == ("INTEGER", 0)
