@@ -95,8 +95,12 @@ class AuditSpec:
     @property
     def decoder_config(self) -> DecoderAttackConfig:
         """The decoder attack's settings with this spec's network size (also the GAN generator's pre-training)."""
-        sizes = {"channels": self.network_channels, "num_blocks": self.network_blocks}
-        return dataclasses.replace(DecoderAttackConfig(), **{k: v for k, v in sizes.items() if v is not None})
+        default = DecoderAttackConfig()
+        return dataclasses.replace(
+            default,
+            channels=default.channels if self.network_channels is None else self.network_channels,
+            num_blocks=default.num_blocks if self.network_blocks is None else self.network_blocks,
+        )
 
 
 @dataclass
@@ -267,6 +271,7 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
             "epochs": len(trained.history),
             "best_epoch": trained.best_epoch,
             "still_improving": trained.still_improving(),
+            "doubling_gain": None if trained.half_budget is None else trained.half_budget.gain,
             "val_mse": [row.get("val_mse") for row in trained.history],  # per epoch: judge convergence yourself
         }
         logger.info(

@@ -9,8 +9,11 @@ all the parts.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
 import logging
+import re
 import secrets
 import subprocess
 import sys
@@ -35,6 +38,10 @@ AUDIT_WORKERS = 2
 # each keeps either's OpenMP team from spinning on the core the other needs (cem.threads), and the digits
 # models are small enough that more would not pay.
 SERVICE_THREADS = 1
+# The models train side by side, one torch thread each: on two cores that beat one after the other with both.
+TRAIN_THREADS = 1
+PROGRESS_INTERVAL_S = 5.0
+EPOCH_COUNT = re.compile(r"(\d+)/(\d+) \[")  # tqdm's "7/20 [00:10<..." in a progress bar update
 
 
 @dataclass(frozen=True)
@@ -79,13 +86,16 @@ class DemoError(CEMError):
     """A step of the demo failed; the message says which and where its log is."""
 
 
-def _run_json(argv: list[str], log_path: Path, what: str) -> dict[str, Any]:
-    """Run a one-shot CLI with ``--json``; its progress bar shows on our stderr, its JSON comes back."""
+def _run_json(argv: list[str], log_path: Path, what: str, progress_path: Path | None = None) -> dict[str, Any]:
+    """Run a one-shot CLI with ``--json``; its JSON comes back. Its progress bar shows on our stderr, or goes
+    to ``progress_path`` (runs side by side would draw over each other)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=None, text=True)
+    with open(progress_path, "w") if progress_path else contextlib.nullcontext() as progress:
+        result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=progress, text=True)
     log_path.write_text(result.stdout)
     if result.returncode != 0:
-        raise DemoError(f"{what} failed with exit code {result.returncode}; output in {log_path}")
+        where = f"{log_path}" + (f" and {progress_path}" if progress_path else "")
+        raise DemoError(f"{what} failed with exit code {result.returncode}; output in {where}")
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     try:
         return json.loads(lines[-1])
@@ -94,23 +104,46 @@ def _run_json(argv: list[str], log_path: Path, what: str) -> dict[str, Any]:
 
 
 def train_models(config: DemoConfig, profile: DemoProfile, say: Callable[[str], None]) -> list[dict[str, Any]]:
-    models = []
+    """Train every model of MODELS at once, one torch thread each (the demo's machine may have two cores)."""
+    logs = config.out_dir / "logs"
+    runs = []
     for name, lam in MODELS:
-        say(f"training {name} (σ = {config.noise_std}{'' if lam == 0 else ', CEM at its default λ'}) ...")
         argv = [entry_point("cem-train"), "--dataset", "digits", "--noise-std", str(config.noise_std),
-                "--seed", str(config.seed), "--out", str(config.out_dir / "bundles" / name), "--json"]
+                "--seed", str(config.seed), "--out", str(config.out_dir / "bundles" / name),
+                "--threads", str(TRAIN_THREADS), "--json"]
         if lam is not None:
             argv += ["--cem-lambda", str(lam)]
         if profile.train_epochs is not None:
             argv += ["--epochs", str(profile.train_epochs)]
         if profile.train_width is not None:
             argv += ["--width", str(profile.train_width)]
-        summary = _run_json(argv, config.out_dir / "logs" / f"train-{name}.json", f"training {name}")
+        runs.append((name, lam, argv, logs / f"train-{name}.progress"))
+    say("training " + " and ".join(
+        f"{name} (σ = {config.noise_std}{'' if lam == 0 else ', CEM at its default λ'})" for name, lam, _, _ in runs
+    ) + " side by side ...")
+    with concurrent.futures.ThreadPoolExecutor(len(runs)) as pool:
+        futures = {name: pool.submit(_run_json, argv, logs / f"train-{name}.json", f"training {name}", progress)
+                   for name, _, argv, progress in runs}
+        while concurrent.futures.wait(futures.values(), timeout=PROGRESS_INTERVAL_S).not_done:
+            say("  " + ", ".join(f"{name} {_epochs_done(progress)}" for name, _, _, progress in runs))
+    models = []
+    for name, _, _, _ in runs:
+        summary = futures[name].result()
         say(f"  {name}: test accuracy {summary['accuracy']:.4f} (noise on), model {summary['model_id']}")
         models.append({"name": name, "bundle": summary["bundle"], "model_id": summary["model_id"],
                        "accuracy": summary["accuracy"], "cem_lambda": summary.get("cem_lambda"),
                        "audits": {}})
     return models
+
+
+def _epochs_done(progress_path: Path) -> str:
+    """"k/n epochs" from the last update of a cem-train progress bar written to ``progress_path``."""
+    try:
+        text = progress_path.read_text(errors="replace")
+    except OSError:
+        text = ""
+    counts = EPOCH_COUNT.findall(text)
+    return f"{counts[-1][0]}/{counts[-1][1]} epochs" if counts else "starting"
 
 
 def serve_and_send(config: DemoConfig, profile: DemoProfile, group: ServiceGroup, models: list[dict[str, Any]],
@@ -156,7 +189,9 @@ def run_audits(config: DemoConfig, profile: DemoProfile, group: ServiceGroup, mo
     report_dir.mkdir(parents=True, exist_ok=True)
     with AuditClient(url, token, timeout_s=60) as client:
         jobs = [(model, attack, client.submit(Path(model["bundle"]).name, attack=attack, epochs=epochs[attack],
-                                              use_captures=True, seed=config.seed))
+                                              use_captures=True, seed=config.seed,
+                                              network_channels=profile.network_channels,
+                                              network_blocks=profile.network_blocks))
                 for model in models for attack in map(AttackName, config.attack_names)]
         for model, attack, job in jobs:
             label = f"{model['name']}/{attack}"

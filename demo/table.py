@@ -27,6 +27,11 @@ def _bound_cell(bound: dict[str, Any] | None) -> str:
     return f"{bound['xi']:.1e} {kind}{beaten}"
 
 
+def _doubling(run: dict[str, Any]) -> str:
+    gain = run.get("doubling_gain")
+    return "" if gain is None else f" (MSE {-100 * gain:+.1f}% against half the epochs)"
+
+
 def convergence_lines(models: list[dict[str, Any]], attacks: list[str]) -> list[str]:
     """Per model and attack, the epoch each column's attack kept, and a flag where it was still improving:
     an attack stopped early makes the defense look better than it is."""
@@ -34,7 +39,7 @@ def convergence_lines(models: list[dict[str, Any]], attacks: list[str]) -> list[
     for model in models:
         for attack in attacks:
             runs = (model.get("training") or {}).get(attack) or {}
-            cells = [f"{column} {run['best_epoch']}/{run['epochs']}"
+            cells = [f"{column} {run['best_epoch']}/{run['epochs']}" + _doubling(run)
                      + (" STILL IMPROVING (stopped early)" if run["still_improving"] else "")
                      for column, run in runs.items() if run]
             lines.append(f"  {model['name']}/{attack}: " + (", ".join(cells) if cells else "—"))

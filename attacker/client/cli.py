@@ -127,7 +127,11 @@ def describe(audit: dict[str, Any]) -> str:
     for column, run in (audit.get("training") or {}).items():
         if run:
             flag = "  STILL IMPROVING: stopped early, the MSE overstates privacy" if run["still_improving"] else ""
-            lines.append(f"  {column:>8}: attack trained {run['epochs']} epochs, best epoch {run['best_epoch']}{flag}")
+            gain = run.get("doubling_gain")
+            check = "" if gain is None else f", validation MSE {-100 * gain:+.1f}% against half the epochs"
+            lines.append(
+                f"  {column:>8}: attack trained {run['epochs']} epochs, best epoch {run['best_epoch']}{check}{flag}"
+            )
     bound = audit.get("bound")
     if bound:
         values = [bound] + ([bound["relative"]] if bound.get("relative") else [])

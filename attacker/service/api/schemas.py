@@ -113,8 +113,13 @@ class AttackTraining(BaseModel):
     epochs: int = Field(description="epochs run")
     best_epoch: int = Field(description="the epoch whose weights were kept (lowest validation MSE); 0: none")
     still_improving: bool = Field(
-        description="validation MSE still falling over the last epochs: the attack stopped early, so its MSE "
-                    "makes the defense look better than it is"
+        description="more epochs would likely reconstruct better (doubling the epochs lowered the validation MSE "
+                    "by more than 2 %, or it still fell over the last epochs): the attack stopped early, so its "
+                    "MSE makes the defense look better than it is"
+    )
+    doubling_gain: float | None = Field(
+        None, description="the convergence check: how much lower (relative) the best validation MSE was with all "
+                          "the epochs than with half of them; null where the check did not run"
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -20,7 +21,7 @@ from attacker.attacks import (
     train_gan_attack,
 )
 from attacker.attacks.data import INFER_FIT_FRACTION
-from attacker.attacks.loop import TrainedAttack, effective_batch_size
+from attacker.attacks.loop import HalfBudgetCheck, TrainedAttack, effective_batch_size
 from cem.errors import ConfigError
 from cem.obfuscation import ObfuscationConfig
 
@@ -124,3 +125,34 @@ def test_still_improving_judges_the_last_tenth_of_the_run() -> None:
     falling = [0.1 * 0.9**i for i in range(20)]  # 10 % better per epoch to the very end
     assert attack(falling).still_improving()
     assert not attack([None] * 5).still_improving()
+
+
+def test_batch_size_never_shrinks_below_its_floor() -> None:
+    assert effective_batch_size(1132, 256, 64, 16) == 17
+    assert effective_batch_size(392, 256, 64, 16) == 16
+    assert effective_batch_size(10, 8, 64, 16) == 8  # never above batch_size
+
+
+
+def test_the_convergence_check_runs_half_the_epochs_and_returns_the_stronger_run(
+    digits_feature_sets: dict[str, FeatureSet],
+) -> None:
+    split = build_attack_split("infer", digits_feature_sets["train"], digits_feature_sets["test"], seed=0)
+    config = DecoderAttackConfig(epochs=4, num_blocks=0, channels=8)
+    trained = train_decoder_attack(split, ObfuscationConfig(noise_std=0.1), config, seed=0)
+    check = trained.half_budget
+    assert check is not None and check.half_epochs == 2
+    assert trained.best_val_mse() == min(check.half_val_mse, check.full_val_mse)
+    assert trained.still_improving() == (check.gain > 0.02)
+    alone = train_decoder_attack(
+        split, ObfuscationConfig(noise_std=0.1), dataclasses.replace(config, convergence_check=False), seed=0
+    )
+    assert alone.half_budget is None and alone.best_val_mse() == check.full_val_mse  # same seed, same full run
+
+
+def test_a_half_budget_check_decides_still_improving() -> None:
+    history = [{"epoch": 1, "val_mse": 0.01}, {"epoch": 2, "val_mse": 0.005}]  # the tail rule alone would flag this
+    converged = TrainedAttack(network=None, history=history, half_budget=HalfBudgetCheck(1, 0.00505, 0.005))  # type: ignore[arg-type]
+    assert not converged.still_improving()
+    improving = TrainedAttack(network=None, history=history, half_budget=HalfBudgetCheck(1, 0.006, 0.005))  # type: ignore[arg-type]
+    assert improving.still_improving() and improving.half_budget.gain == pytest.approx(0.2)

@@ -31,7 +31,8 @@ def test_lifecycle_to_succeeded_with_metrics_png_and_report(service: AuditServic
     assert audit["captured_reconstructions"] == CAPTURED_SAMPLES
     assert audit["bound"] is None  # the fixture bundle records no entropy bound
     for column in ("train", "infer"):  # one epoch: the kept weights are epoch 1's, with nothing to judge progress by
-        assert audit["training"][column] == {"epochs": 1, "best_epoch": 1, "still_improving": False}
+        assert audit["training"][column] == {"epochs": 1, "best_epoch": 1, "still_improving": False,
+                                             "doubling_gain": None}  # one epoch: no half budget to run
     audit_id = audit["id"]
     # the attack network asked for by AuditClient.submit: echoed, stored with the job, and the one that was trained
     network = SUCCEEDED_AUDIT_NETWORK

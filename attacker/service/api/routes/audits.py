@@ -83,7 +83,8 @@ def _training(details: Any) -> AttackTrainingByColumn | None:
     if not columns:
         return None
     return AttackTrainingByColumn.model_validate(
-        {column: {key: values[key] for key in ("epochs", "best_epoch", "still_improving")}
+        {column: {key: values[key] for key in ("epochs", "best_epoch", "still_improving", "doubling_gain")
+                  if key in values}
          for column, values in columns.items()}
     )
 
