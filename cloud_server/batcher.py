@@ -1,18 +1,21 @@
-"""Dynamic micro-batching: concurrent requests share one decoder call, run by one of the requests' own threads.
+"""Dynamic micro-batching: concurrent requests share one decoder call, run on one decoder thread.
 
 gRPC handler threads ``reserve`` a slot as soon as a request arrives, decode
-it, then ``run`` its features. A request that finds the decoder idle leads: it
-runs the decoder itself, on everything queued that fits in ``max_batch``
-samples, and the requests it served return with their rows. Requests that
-arrive while a decoder call runs queue up; when it ends, one of them leads the
-next call with all of them. So a lone request never changes thread (no
-hand-off to a worker and back, which cost 0.1-0.2 ms per request on a busy
-machine) and a crowd still gets batched. The leader waits up to ``max_delay``
-for more only while some reserved request is still being decoded.
+it, then ``run`` its features: the request is queued and its handler thread
+waits. One decoder thread runs the decoder on as many queued samples as fit in
+``max_batch``; it waits up to ``max_delay`` for more only while some reserved
+request is still being decoded, so a lone client never pays the delay and a
+crowd gets batched. While the decoder runs, new requests queue up and form the
+next call.
 
-The decoder therefore runs on gRPC's handler threads, one call at a time. With
-several torch intra-op threads each handler thread that leads keeps its own
-OpenMP team; idle teams sleep (the cloud's thread policy is in ``cem.threads``).
+Why one thread, not the requests' own. Running the decoder on whichever handler
+thread arrived first saved the hand-off (0.1-0.2 ms per request on a busy
+machine), but every thread that runs the decoder keeps a glibc malloc arena as
+large as the decoder's activations: on the digits model at batch 64, each new
+thread added about 20 MB of RSS for good (`MALLOC_ARENA_MAX=2`: still 8-10 MB),
+so a server with 16 handler threads grew by up to 320 MB as load moved the
+decoder from thread to thread, and the fuzz campaign's memory check failed under
+load. Memory that stays flat is worth more than 0.15 ms.
 
 Each result carries the size of the micro-batch it was computed in, which the
 service reports as ``served_batch_size``, and when that call began and ended
@@ -41,17 +44,14 @@ class BatchResult:
 
 
 class _Item:
-    __slots__ = ("error", "features", "result", "size")
+    __slots__ = ("done", "error", "features", "result", "size")
 
     def __init__(self, features: torch.Tensor) -> None:
         self.features = features  # (B, C, H, W)
         self.size = int(features.shape[0])
         self.result: BatchResult | None = None
         self.error: BaseException | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.result is not None or self.error is not None
+        self.done = threading.Event()
 
 
 class Reservation:
@@ -93,8 +93,9 @@ class MicroBatcher:
         self._queue: deque[_Item] = deque()
         self._queued_samples = 0
         self._incoming = 0
-        self._leading = False  # a request is forming or running a decoder call
         self._closed = False
+        self._thread = threading.Thread(target=self._work, name="decoder", daemon=True)
+        self._thread.start()
 
     def reserve(self) -> Reservation:
         with self._cond:
@@ -110,8 +111,7 @@ class MicroBatcher:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-            while self._queue or self._leading:
-                self._cond.wait()
+        self._thread.join()
 
     def _release(self) -> None:
         with self._cond:
@@ -132,26 +132,27 @@ class MicroBatcher:
                 )
             self._queue.append(item)
             self._queued_samples += item.size
-            self._cond.notify_all()  # a leader waiting for this request stops waiting
-            while not item.done:
-                if self._leading:
-                    self._cond.wait()
-                    continue
-                self._leading = True
-                try:
-                    batch = self._take_batch()
-                    self._cond.release()
-                    try:
-                        self._execute(batch)
-                    finally:
-                        self._cond.acquire()
-                finally:
-                    self._leading = False
-                    self._cond.notify_all()  # the served return; one of the rest leads the next call
+            self._cond.notify_all()
+        item.done.wait()
         if item.error is not None:
             raise item.error
         assert item.result is not None
         return item.result
+
+    def _work(self) -> None:
+        """The decoder thread: one call after another until closed and drained."""
+        with self._cond:
+            while True:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                batch = self._take_batch()
+                self._cond.release()
+                try:
+                    self._execute(batch)
+                finally:
+                    self._cond.acquire()
 
     def _take_batch(self) -> list[_Item]:
         """Called with the lock held and the queue non-empty: the oldest requests that fit in one call."""
@@ -173,6 +174,7 @@ class MicroBatcher:
         return batch
 
     def _execute(self, batch: list[_Item]) -> None:
+        """Decode ``batch`` in one call and wake its requests."""
         size = sum(item.size for item in batch)
         started = time.perf_counter_ns()
         try:
@@ -181,9 +183,11 @@ class MicroBatcher:
         except BaseException as exc:  # noqa: BLE001 - handed to every request of the call, mapped to a status there
             for item in batch:
                 item.error = exc
+                item.done.set()
             return
         finished = time.perf_counter_ns()
         start = 0
         for item in batch:
             item.result = BatchResult(logits[start : start + item.size], size, started, finished)
+            item.done.set()
             start += item.size

@@ -71,16 +71,22 @@ def _wait_queued(batcher: MicroBatcher, samples: int) -> None:
     wait_for(lambda: batcher._queued_samples == samples, timeout_s=10, what=f"{samples} samples queued")
 
 
-def test_a_lone_request_runs_the_decoder_on_its_own_thread() -> None:
-    """No hand-off when idle: the calling thread is the one that runs the decoder."""
+def test_every_decoder_call_runs_on_the_one_decoder_thread() -> None:
+    """Whichever threads send, one thread runs the decoder (each thread that runs it keeps a malloc arena)."""
     threads: list[threading.Thread] = []
     batcher = MicroBatcher(lambda x: (threads.append(threading.current_thread()), x)[1],
                            max_batch=4, max_delay_s=1.0, max_queue=8)
     result = batcher.run(torch.ones(2, 3))
-    assert threads == [threading.current_thread()]
     assert result.served_batch_size == 2 and torch.equal(result.logits, torch.ones(2, 3))
     assert result.started_ns <= result.finished_ns
+    senders = [threading.Thread(target=batcher.run, args=(torch.ones(1, 3),)) for _ in range(3)]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join(10)
     batcher.close()
+    assert len(threads) >= 2 and len(set(threads)) == 1
+    assert threads[0] is not threading.current_thread() and threads[0] not in senders
 
 
 def test_batcher_respects_max_batch_and_reports_the_batch_size() -> None:
@@ -94,7 +100,7 @@ def test_batcher_respects_max_batch_and_reports_the_batch_size() -> None:
         return x.flatten(1)[:, :2]
 
     batcher = MicroBatcher(predict, max_batch=5, max_delay_s=0.0, max_queue=100)
-    first = _in_thread(batcher, torch.zeros(1, 2))  # leads, and holds the decoder until the gate opens
+    first = _in_thread(batcher, torch.zeros(1, 2))  # its call holds the decoder until the gate opens
     assert entered.wait(5)
     queued = []
     for i in range(4):
@@ -133,7 +139,7 @@ def test_a_failing_decoder_call_fails_every_request_in_it_and_the_next_call_stil
         thread.join(5)
     assert calls == [1, 3]
     assert all(isinstance(outcome[0], RuntimeError) for _, outcome in failing)
-    assert batcher.run(torch.ones(2, 1)).served_batch_size == 2  # the failure left no leader behind
+    assert batcher.run(torch.ones(2, 1)).served_batch_size == 2  # the failure left the decoder thread serving
     batcher.close()
 
 
@@ -146,7 +152,7 @@ def test_batcher_refuses_work_when_full_or_closed() -> None:
         return x
 
     batcher = MicroBatcher(predict, max_batch=4, max_delay_s=0.0, max_queue=4)
-    running = _in_thread(batcher, torch.zeros(4, 1))  # leads, then blocks in the decoder
+    running = _in_thread(batcher, torch.zeros(4, 1))  # its call blocks in the decoder
     assert entered.wait(5)
     queued = _in_thread(batcher, torch.zeros(4, 1))  # fills the queue
     _wait_queued(batcher, 4)
