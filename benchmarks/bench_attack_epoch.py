@@ -10,6 +10,10 @@ over ``--epochs`` timed epochs each, after one untimed warm-up epoch.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_attack_epoch.py --epochs 4 [--threads 1] [--compile] [--json]
 
+``--channels`` and ``--blocks`` time another size of the network (the demo's
+fast attacker: ``--channels 16 --blocks 4``), ``--batch`` another batch (the
+attack's own rule gives 17 on the train column since 2026-12-01).
+
 ``--compile`` adds channels-last under ``torch.compile`` (inductor), whose
 warm-up epoch includes the compilation; its seconds are printed separately.
 """
@@ -33,11 +37,12 @@ LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channel
 
 
 def make_trainer(layout: torch.memory_format, features: torch.Tensor, images: torch.Tensor,
-                 batch: int, compiled: bool = False) -> Callable[[], None]:
+                 batch: int, compiled: bool = False, *, channels: int, blocks: int) -> Callable[[], None]:
     """One epoch of the attack's training step in ``layout`` (under ``torch.compile`` if asked), as a callable."""
     torch.manual_seed(0)
-    network = InversionNetwork(InversionConfig.for_features(tuple(features.shape[1:]), images.shape[1],
-                                                            images.shape[-1])).to(memory_format=layout)
+    config = InversionConfig.for_features(tuple(features.shape[1:]), images.shape[1], images.shape[-1],
+                                          num_blocks=blocks, channels=channels)
+    network = InversionNetwork(config).to(memory_format=layout)
     optimizer = torch.optim.Adam(network.parameters(), lr=5e-3, weight_decay=1e-4)
     inputs = features.contiguous(memory_format=layout)
     forward = torch.compile(network) if compiled else network
@@ -58,15 +63,18 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=1132)
     parser.add_argument("--batch", type=int, default=70)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--channels", type=int, default=InversionConfig.channels, help="default: the paper's")
+    parser.add_argument("--blocks", type=int, default=InversionConfig.num_blocks, help="default: the paper's")
     parser.add_argument("--compile", action="store_true", help="also time channels-last under torch.compile")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     features, images = torch.rand(args.samples, 8, 8, 8), torch.rand(args.samples, 1, 32, 32)
-    trainers = {name: make_trainer(layout, features, images, args.batch) for name, layout in LAYOUTS.items()}
+    size = {"channels": args.channels, "blocks": args.blocks}
+    trainers = {name: make_trainer(layout, features, images, args.batch, **size) for name, layout in LAYOUTS.items()}
     if args.compile:
         trainers["channels_last+compile"] = make_trainer(torch.channels_last, features, images, args.batch,
-                                                         compiled=True)
+                                                         compiled=True, **size)
     times: dict[str, list[float]] = {name: [] for name in trainers}
     warm_up: dict[str, float] = {}
     for name, epoch in trainers.items():
@@ -84,7 +92,8 @@ def main() -> int:
     rows = [{"layout": name, "median_s": statistics.median(t), "epochs_s": t, "warm_up_s": warm_up[name],
              "vs_contiguous": statistics.median(t) / base} for name, t in times.items()]
     environment = {"threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]}
-    print(f"{args.samples} samples, batch {args.batch}; {environment}")
+    print(f"{args.samples} samples, batch {args.batch}, network {args.channels} channels x {args.blocks} blocks; "
+          f"{environment}")
     print("| layout | warm-up epoch (s) | epoch median (s) | every epoch (s) | vs contiguous |")
     print("|---|---:|---:|---|---:|")
     for r in rows:
