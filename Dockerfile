@@ -28,7 +28,7 @@ COPY edge_client ./edge_client
 COPY cloud_server ./cloud_server
 COPY attacker ./attacker
 COPY demo ./demo
-RUN pip install .
+RUN pip install ".[all]"
 
 RUN useradd --create-home --uid 10001 cem \
     && mkdir -p /bundles /captures /state \
