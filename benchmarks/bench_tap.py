@@ -19,6 +19,11 @@ gives it, opaque bytes, one upstream multicallable per method, and nothing
 else (no recording, no metadata, deadline, status or cancellation relaying).
 What the tap adds over it is the price of its guarantees.
 
+A second floor, ``--tcp-relay`` (``--serve-tcp-relay UPSTREAM``, this file as
+its own process again), relays bytes between two TCP connections with asyncio
+and understands nothing: what a tap that copied the HTTP/2 bytes off the wire,
+instead of terminating gRPC, would pay on the forwarding path.
+
 ``--tap-from DIR`` runs the tap from another checkout (``PYTHONPATH=DIR``),
 e.g. a ``git worktree`` of an older commit, to measure it "before";
 ``--baseline-tap-from DIR`` times such a tap *as well*, as a fourth path in
@@ -37,6 +42,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import statistics
 import sys
 import tempfile
@@ -58,7 +64,8 @@ from protos import cem_split_pb2_grpc as pb_grpc
 from untrained_bundle import write_untrained_digits_bundle
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-DIRECT, BARE, TAP, BASELINE = "direct", "bare", "tap", "baseline_tap"
+DIRECT, BARE, TAP, BASELINE, TCP = "direct", "bare", "tap", "baseline_tap", "tcp_relay"
+RELAY_CHUNK = 65536
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -107,6 +114,35 @@ async def serve_bare_forwarder(upstream: str) -> None:
     await stop.wait()
     await server.stop(1)
     await channel.close()
+
+
+async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(RELAY_CHUNK):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+async def serve_tcp_relay(upstream: str) -> None:
+    """Relay every accepted connection to ``upstream`` byte for byte, both ways (Nagle off on both legs)."""
+    host, port = upstream.rsplit(":", 1)
+
+    async def relay(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+        for writer in (client_writer, upstream_writer):
+            writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await asyncio.gather(_copy(client_reader, upstream_writer), _copy(upstream_reader, client_writer),
+                             return_exceptions=True)
+
+    server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    print(format_listening_line("127.0.0.1", server.sockets[0].getsockname()[1]), flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -182,6 +218,8 @@ def summarise(samples: dict[str, list[float]]) -> dict[str, float]:
     row["added_mean"] = statistics.fmean(ms[TAP]) - statistics.fmean(ms[DIRECT])
     if BASELINE in ms:
         row["baseline_added_p50"] = row[f"{BASELINE}_p50"] - row[f"{DIRECT}_p50"]
+    if TCP in ms:
+        row["tcp_relay_added_p50"] = row[f"{TCP}_p50"] - row[f"{DIRECT}_p50"]
     row["n"] = len(ms[TAP])
     return row
 
@@ -206,8 +244,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="run the tap from this checkout (PYTHONPATH), e.g. a git worktree of an older commit")
     parser.add_argument("--baseline-tap-from", type=Path, default=None,
                         help="also time a second tap run from this checkout, as a fourth path in the same run")
+    parser.add_argument("--tcp-relay", action="store_true",
+                        help="also time a bare TCP relay (bytes only, no gRPC) as a second floor")
     parser.add_argument("--serve-bare-forwarder", metavar="UPSTREAM", default=None,
                         help="(internal) be the bare forwarder in front of UPSTREAM; prints LISTENING HOST:PORT")
+    parser.add_argument("--serve-tcp-relay", metavar="UPSTREAM", default=None,
+                        help="(internal) be the TCP relay in front of UPSTREAM; prints LISTENING HOST:PORT")
     parser.add_argument("--json", action="store_true")
     return parser
 
@@ -243,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_bare_forwarder is not None:
         asyncio.run(serve_bare_forwarder(args.serve_bare_forwarder))
         return 0
+    if args.serve_tcp_relay is not None:
+        asyncio.run(serve_tcp_relay(args.serve_tcp_relay))
+        return 0
     torch.set_num_threads(1)
     bin_dir = Path(sys.executable).parent
     load_before = os.getloadavg()
@@ -264,6 +309,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             processes.append(bare)
             addresses[BARE] = bare.address
+            if args.tcp_relay:
+                relay = ServiceProcess.start(
+                    [sys.executable, Path(__file__).resolve(), "--serve-tcp-relay", cloud.address],
+                    log_path=work / "tcp-relay.log", name="tcp-relay", timeout_s=120,
+                )
+                processes.append(relay)
+                addresses[TCP] = relay.address
             tap = start_tap(cloud.address, work / "captures", work / "tap.log", args.tap_from)
             processes.append(tap)
             addresses[TAP] = tap.address
@@ -303,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, paths)
     for call, row in rows.items():
         print(f"{call}: the tap adds {row['added_p50']:.3f} ms p50 over direct, {row['added_p50_over_bare']:.3f} ms "
-              f"over the bare forwarder (which adds {row['bare_added_p50']:.3f} ms)")
+              f"over the bare forwarder (which adds {row['bare_added_p50']:.3f} ms)"
+              + (f"; a bare TCP relay adds {row['tcp_relay_added_p50']:.3f} ms" if TCP in addresses else ""))
     if args.json:
         print(json.dumps({
             "batch": args.batch, "dtype": args.dtype, "requests": args.requests, "paths": paths,
