@@ -38,6 +38,14 @@ def _commands(service: dict) -> list[list[str]]:
     return [command]
 
 
+def test_the_project_name_comes_from_dotenv_for_compose_1_29(compose: dict) -> None:
+    """Debian's docker-compose 1.29 refuses a top-level ``name:``; both it and Compose v2 read ``.env``."""
+    assert "name" not in compose
+    settings = dict(line.split("=", 1) for line in (ROOT / ".env").read_text().splitlines()
+                    if line.strip() and not line.startswith("#"))
+    assert settings["COMPOSE_PROJECT_NAME"] == "cem-split"
+
+
 def test_compose_has_the_five_services_with_build_and_commands(compose: dict) -> None:
     assert set(compose["services"]) == SERVICES
     for name, service in compose["services"].items():
