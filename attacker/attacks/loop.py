@@ -51,8 +51,12 @@ class TrainedAttack:
     best_epoch: int = 0
     half_budget: HalfBudgetCheck | None = None
 
+    def val_curve(self) -> list[float]:
+        """The validation MSE of every epoch that had validation data."""
+        return [mse for row in self.history if (mse := row.get("val_mse")) is not None]
+
     def best_val_mse(self) -> float | None:
-        return min((mse for row in self.history if (mse := row.get("val_mse")) is not None), default=None)
+        return min(self.val_curve(), default=None)
 
     def still_improving(self, tail: float = CONVERGENCE_TAIL, tolerance: float = CONVERGENCE_TOLERANCE) -> bool:
         """Whether a longer run would likely reconstruct better, so that a defense scored against this
@@ -66,7 +70,7 @@ class TrainedAttack:
         """
         if self.half_budget is not None:
             return self.half_budget.gain > tolerance
-        val = [mse for row in self.history if (mse := row.get("val_mse")) is not None]
+        val = self.val_curve()
         if len(val) < 2:
             return False
         cut = len(val) - max(1, round(tail * len(val)))
