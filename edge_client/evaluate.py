@@ -20,6 +20,18 @@ from tqdm import tqdm
 
 from cem.data.sample_ids import format_sample_id
 from edge_client.client import EdgeClient, Prediction
+from edge_client.transport import RemoteCallError
+
+
+class EvaluationStoppedError(RemoteCallError):
+    """A call failed for good in the middle of an evaluation; the message says how many images had been answered,
+    so a user comparing with a tap's capture count knows which requests never reached the cloud's answer."""
+
+    def __init__(self, cause: RemoteCallError, answered: int, total: int) -> None:
+        super().__init__(cause.method, cause.code, cause.details, cause.attempts)
+        self.answered = answered
+        self.total = total
+        self.args = (f"the evaluation stopped after {answered} of {total} images were answered: {cause}",)
 
 
 @dataclass(frozen=True)
@@ -105,14 +117,17 @@ def evaluate_over_wire(
     correct = total = wire_bytes = served = 0
     latencies: list[float] = []
     with tqdm(total=len(dataset), unit="img", desc="eval", disable=not show_progress) as bar:  # type: ignore[arg-type]
-        for prediction in predictions:
-            y = batches.answered()
-            correct += int((torch.tensor(prediction.predictions) == y).sum())
-            total += int(y.shape[0])
-            wire_bytes += prediction.request_bytes
-            served += prediction.served_batch_size
-            latencies.append(prediction.latency_s)
-            bar.update(int(y.shape[0]))
+        try:
+            for prediction in predictions:
+                y = batches.answered()
+                correct += int((torch.tensor(prediction.predictions) == y).sum())
+                total += int(y.shape[0])
+                wire_bytes += prediction.request_bytes
+                served += prediction.served_batch_size
+                latencies.append(prediction.latency_s)
+                bar.update(int(y.shape[0]))
+        except RemoteCallError as exc:
+            raise EvaluationStoppedError(exc, total, len(dataset)) from exc  # type: ignore[arg-type]
     seconds = time.perf_counter() - started
     lat_ms = np.array(latencies) * 1000.0
     return EvalReport(

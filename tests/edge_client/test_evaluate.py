@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from types import SimpleNamespace
 
+import grpc
 import pytest
 import torch
 from torch.utils.data import TensorDataset
 
 from edge_client.client import Prediction
-from edge_client.evaluate import evaluate_over_wire
+from edge_client.evaluate import EvaluationStoppedError, evaluate_over_wire
+from edge_client.transport import RemoteCallError
 
 
 class RecordingClient:
@@ -75,3 +77,27 @@ def test_without_sample_ids_requests_carry_none(labelled: TensorDataset, stream:
     report = evaluate_over_wire(client, labelled, dataset_name="digits", split="test", batch_size=8,  # type: ignore[arg-type]
                                 stream=stream, show_progress=False)
     assert report.images == 23 and [ids for _, ids in client.sent] == [None, None, None]
+
+
+class FailingClient(RecordingClient):
+    """Answers ``answers`` calls, then fails every call as a cloud that went away (after its retries) does."""
+
+    def __init__(self, answers: int) -> None:
+        super().__init__()
+        self.answers = answers
+
+    def classify(self, images: torch.Tensor, *, sample_ids: Sequence[str] | None = None) -> Prediction:
+        if len(self.sent) == self.answers:
+            raise RemoteCallError("Infer", grpc.StatusCode.UNAVAILABLE, "connection refused", attempts=10)
+        return super().classify(images, sample_ids=sample_ids)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+def test_a_call_failing_mid_run_says_how_many_images_were_answered(labelled: TensorDataset, stream: bool) -> None:
+    with pytest.raises(EvaluationStoppedError) as info:
+        evaluate_over_wire(FailingClient(answers=2), labelled, dataset_name="digits", split="test",  # type: ignore[arg-type]
+                           batch_size=5, stream=stream, show_progress=False)
+    assert (info.value.answered, info.value.total) == (10, 23)
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE and info.value.attempts == 10
+    assert str(info.value) == ("the evaluation stopped after 10 of 23 images were answered: "
+                               "Infer failed with UNAVAILABLE after 10 attempts: connection refused")
