@@ -23,15 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from attacker.client import AttackName, AuditClient, AuditStatus, AuditView, check_attack_name
-from cem.errors import CEMError
+from attacker.client import AuditClient, check_attack_name
+from demo.audits import DemoError, audit_models
 from demo.processes import ServiceGroup, entry_point
-from demo.profiles import DemoProfile, get_profile
+from demo.profiles import MODELS, DemoProfile, get_profile
 from demo.table import render_table
 
 logger = logging.getLogger(__name__)
 
-MODELS = (("sigma-only", 0.0), ("sigma-cem", None))  # λ None: the trainer's default CEM λ
 # Audits run one torch thread each; two at once use both cores of a small machine.
 AUDIT_WORKERS = 2
 # The cloud and the edge run side by side on the demo's one machine, taking turns per batch: one torch thread
@@ -80,10 +79,6 @@ class DemoResult:
             "audit_url": self.audit_url,
             "duration_s": round(self.duration_s, 1),
         }
-
-
-class DemoError(CEMError):
-    """A step of the demo failed; the message says which and where its log is."""
 
 
 def _run_json(argv: list[str], log_path: Path, what: str, progress_path: Path | None = None) -> dict[str, Any]:
@@ -183,37 +178,9 @@ def run_audits(config: DemoConfig, profile: DemoProfile, group: ServiceGroup, mo
         config.out_dir / "logs" / "audit.log", env={"CEM_AUDIT_TOKEN": token})
     url = f"http://{address}"
     say(f"audit service on {url}")
-    epochs = {AttackName.DECODER: profile.decoder_epochs, AttackName.GAN: profile.gan_epochs}
-    reports: dict[str, str] = {}
-    report_dir = config.out_dir / "reports"
-    report_dir.mkdir(parents=True, exist_ok=True)
     with AuditClient(url, token, timeout_s=60) as client:
-        jobs = [(model, attack, client.submit(Path(model["bundle"]).name, attack=attack, epochs=epochs[attack],
-                                              use_captures=True, seed=config.seed,
-                                              network_channels=profile.network_channels,
-                                              network_blocks=profile.network_blocks))
-                for model in models for attack in map(AttackName, config.attack_names)]
-        for model, attack, job in jobs:
-            label = f"{model['name']}/{attack}"
-            shown: dict[str, Any] = {"status": None, "progress": -1.0}
-
-            def show(audit: AuditView, label: str = label, shown: dict[str, Any] = shown) -> None:
-                """A line when the status changes or the progress moved by a tenth since the last line."""
-                if audit.status is not shown["status"] or audit.progress - shown["progress"] >= 0.1:
-                    shown.update(status=audit.status, progress=audit.progress)
-                    say(f"  audit {label}: {audit.status} {100 * audit.progress:.0f}%")
-
-            final = client.wait(job.id, on_update=show, poll_interval_s=1.0)
-            if final.status is not AuditStatus.SUCCEEDED:
-                raise DemoError(f"audit {label} ended {final.status}: {final.error}")
-            results = final.model_dump(mode="json", include={"metrics", "bound", "training"})  # as the service sent
-            model["audits"][attack] = results["metrics"]
-            model.setdefault("bounds", {})[attack] = results["bound"]
-            model.setdefault("training", {})[attack] = results["training"]
-            html = report_dir / f"{model['name']}-{attack}.html"
-            html.write_text(client.fetch_report(job.id))
-            (report_dir / f"{model['name']}-{attack}.png").write_bytes(client.fetch_png(job.id))
-            reports[label] = str(html)
+        reports = audit_models(client, models, config.attack_names, profile, config.seed,
+                               config.out_dir / "reports", say)
     return url, token, reports
 
 

@@ -21,6 +21,10 @@ from dataclasses import dataclass
 from attacker.client import ATTACKS, AttackName
 from cem.errors import ConfigError
 
+# The demo's two models, (bundle folder name, CEM λ): σ only, and σ with CEM at the trainer's default λ (None).
+# The compose stack trains the same two under the same names.
+MODELS: tuple[tuple[str, float | None], ...] = (("sigma-only", 0.0), ("sigma-cem", None))
+
 
 @dataclass(frozen=True)
 class DemoProfile:

@@ -11,6 +11,11 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec) if isinstance(value, (int, float)) else "—"
 
 
+def _metric(metrics: dict[str, Any], column: str, name: str) -> Any:
+    """One metric of one column; None where the column was not scored (no captured traffic: the column is None)."""
+    return (metrics.get(column) or {}).get(name)
+
+
 def cem_gain_percent(baseline_mse: float | None, cem_mse: float | None) -> float | None:
     """Relative rise of the attacker's MSE with CEM; positive means CEM made inversion harder."""
     if not baseline_mse or cem_mse is None:
@@ -59,8 +64,8 @@ def render_table(models: list[dict[str, Any]], attacks: list[str]) -> str:
         for attack in attacks:
             metrics = model["audits"].get(attack, {})
             cells = " ".join(
-                f"{_fmt(metrics.get(c, {}).get('mse'), '.5f'):>12} {_fmt(metrics.get(c, {}).get('psnr'), '.2f'):>6} "
-                f"{_fmt(metrics.get(c, {}).get('ssim'), '.3f'):>6}"
+                f"{_fmt(_metric(metrics, c, 'mse'), '.5f'):>12} {_fmt(_metric(metrics, c, 'psnr'), '.2f'):>6} "
+                f"{_fmt(_metric(metrics, c, 'ssim'), '.3f'):>6}"
                 for c in COLUMNS
             )
             lines.append(
@@ -75,8 +80,8 @@ def render_table(models: list[dict[str, Any]], attacks: list[str]) -> str:
             gains = []
             for column in COLUMNS:
                 gain = cem_gain_percent(
-                    base["audits"].get(attack, {}).get(column, {}).get("mse"),
-                    cem["audits"].get(attack, {}).get(column, {}).get("mse"),
+                    _metric(base["audits"].get(attack, {}), column, "mse"),
+                    _metric(cem["audits"].get(attack, {}), column, "mse"),
                 )
                 gains.append(f"{column} {_fmt(gain, '+.1f')}%")
             lines.append(f"CEM gain in attack MSE ({attack}): " + ", ".join(gains))

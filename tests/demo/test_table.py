@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from demo.table import convergence_lines
+from demo.table import convergence_lines, render_table
 
 
 def test_an_attack_still_improving_is_flagged_and_a_missing_one_is_a_dash() -> None:
@@ -15,3 +15,13 @@ def test_an_attack_still_improving_is_flagged_and_a_missing_one_is_a_dash() -> N
     lines = convergence_lines(models, ["decoder"])
     assert "  sigma-only/decoder: train 12/12 STILL IMPROVING (stopped early), infer 7/12" in lines
     assert "  sigma-cem/decoder: —" in lines
+
+
+def test_a_column_without_captured_traffic_shows_a_dash() -> None:
+    """The service reports ``captured: null`` when the tap saw nothing of a model."""
+    metrics = {"train": {"mse": 0.01, "psnr": 20.0, "ssim": 0.5}, "infer": {"mse": 0.02, "psnr": 17.0, "ssim": 0.4},
+               "captured": None}
+    models = [{"name": name, "accuracy": 0.9, "audits": {"decoder": metrics}} for name in ("sigma-only", "sigma-cem")]
+    table = render_table(models, ["decoder"])
+    assert table.splitlines()[2].split()[-7:] == ["0.02000", "17.00", "0.400", "—", "—", "—", "—"]
+    assert "captured —%" in table
