@@ -105,7 +105,7 @@ def collect_models(client: AuditClient, names: list[str], edge_results: Path | N
     if missing:
         raise DemoError(f"the audit service has no bundle named {', '.join(missing)}; it has {sorted(bundles)}")
     captured = {model.model_id: model for model in client.captures().models}
-    models = []
+    models: list[dict[str, Any]] = []
     for name in names:
         bundle, wire = bundles[name], read_edge_result(edge_results, name)
         taps = captured.get(bundle.model_id)
