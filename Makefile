@@ -35,3 +35,29 @@ clean:
 .PHONY: demo
 demo: $(STAMP)
 	$(VENV)/bin/cem-demo $(DEMO_ARGS)
+
+# ---- the compose stack (Docker) ----
+# `docker compose` (v2) where the plugin exists, else Debian's docker-compose 1.29. Without a bridge network
+# (hosts prepared with ../shared/tools/docker-here) every container uses the host's network instead.
+# Build arguments come from the environment: BASE_IMAGE, TORCH_INDEX_URL (see Dockerfile).
+COMPOSE = $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+COMPOSE_FILES = $(shell docker network inspect bridge >/dev/null 2>&1 || echo "-f docker-compose.yml -f docker-compose.host.yml")
+
+.PHONY: compose-demo compose-down compose-test
+
+audit.env:
+	printf 'CEM_AUDIT_TOKEN=%s\n' "$$($(PYTHON) -c 'import secrets; print(secrets.token_hex(32))')" > $@
+	@echo "wrote audit.env with a random audit token"
+
+# The whole demo in containers; ends with the comparison table (also in demo-out/table.txt). The auditor stays
+# up on port 8000 until Ctrl-C; `make compose-down` removes containers and volumes.
+compose-demo: audit.env
+	mkdir -p demo-out
+	CEM_UID=$$(id -u) CEM_GID=$$(id -g) $(COMPOSE) $(COMPOSE_FILES) up --build
+
+compose-down:
+	$(COMPOSE) $(COMPOSE_FILES) down -v --remove-orphans
+
+# The container test (tests/compose): builds the images, runs the stack, kills a cloud under traffic, cleans up.
+compose-test: $(STAMP)
+	CEM_COMPOSE_TEST=1 $(PY) -m pytest -q -n 0 -m compose tests/compose $(PYTEST_ARGS)
