@@ -58,6 +58,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--insecure-no-auth", action="store_true", help="serve without a bearer token (never in production)"
     )
     parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
+    parser.add_argument("--no-access-log", action="store_true",
+                        help="no line per HTTP request (a client polling an audit writes one a second)")
     return parser
 
 
@@ -99,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise OSError(f"cannot bind {settings.host}:{settings.port}: {exc}") from exc
     app = create_app(settings, log_level=args.log_level)
-    config = uvicorn.Config(app, log_config=None, log_level=args.log_level.lower(), timeout_graceful_shutdown=10)
+    config = uvicorn.Config(app, log_config=None, log_level=args.log_level.lower(), timeout_graceful_shutdown=10,
+                            access_log=not args.no_access_log)
     print(format_listening_line(settings.host, sock.getsockname()[1]), flush=True)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
