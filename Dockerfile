@@ -2,7 +2,7 @@
 #
 #   tap, client            no torch: the channel tap (cem-tap) and the REST client / demo report
 #                          (cem-audit-client, cem-demo-report); one flattened layer on a trimmed OS
-#   edge, cloud, auditor,  torch (CPU wheels by default), shared by the four as one layer, plus the role's
+#   edge, cloud, auditor,  torch (CPU wheels by default) and the project, layers shared by the four, plus the role's
 #   trainer                extra of pyproject.toml (cem-split[edge], [cloud], [audit], [train])
 #
 #   docker build --target tap -t cem-split/tap .

@@ -23,14 +23,15 @@ class DemoError(CEMError):
 def audit_models(client: AuditClient, models: list[dict[str, Any]], attacks: tuple[str, ...], profile: DemoProfile,
                  seed: int, report_dir: Path, say: Callable[[str], None]) -> dict[str, str]:
     """Submit one audit per model (``model["bundle"]``: the bundle's folder) and attack, on the captured traffic
-    too; wait for each, narrating its progress; store metrics, bound and training in ``model``; save each
-    audit's HTML report and reconstruction grid in ``report_dir``. Returns {"model/attack": report path}."""
+    too, attack by attack (a service running two at once then runs audits of about equal length side by side);
+    wait for each, narrating its progress; store metrics, bound and training in ``model``; save each audit's HTML
+    report and reconstruction grid in ``report_dir``. Returns {"model/attack": report path}."""
     epochs = {AttackName.DECODER: profile.decoder_epochs, AttackName.GAN: profile.gan_epochs}
     report_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(model, attack, client.submit(Path(model["bundle"]).name, attack=attack, epochs=epochs[attack],
                                           use_captures=True, seed=seed, network_channels=profile.network_channels,
                                           network_blocks=profile.network_blocks))
-            for model in models for attack in map(AttackName, attacks)]
+            for attack in map(AttackName, attacks) for model in models]
     reports: dict[str, str] = {}
     for model, attack, job in jobs:
         label = f"{model['name']}/{attack}"
