@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from attacker.client import ATTACKS, AuditClient, AuditClientError
-from attacker.client.cli import TOKEN_ENV, URL_ENV
+from attacker.client import ATTACKS, TOKEN_ENV, URL_ENV, AuditClient, AuditClientError
 from cem.cli import run_cli
 from demo.audits import DemoError, audit_models
 from demo.profiles import MODELS, PROFILES, get_profile

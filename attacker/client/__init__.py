@@ -7,7 +7,7 @@ service's modules.
 """
 
 from attacker.attack_names import ATTACKS, AttackName, check_attack_name
-from attacker.client.client import AuditClient, AuditClientError
+from attacker.client.client import TOKEN_ENV, URL_ENV, AuditClient, AuditClientError
 from attacker.service.api.schemas import AuditView
 from attacker.service.jobs import AuditStatus
 
@@ -18,5 +18,7 @@ __all__ = [
     "AuditClientError",
     "AuditStatus",
     "AuditView",
+    "TOKEN_ENV",
+    "URL_ENV",
     "check_attack_name",
 ]

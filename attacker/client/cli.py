@@ -25,12 +25,9 @@ from pydantic import BaseModel
 from tqdm import tqdm
 
 from attacker.attack_names import ATTACKS, AttackName
-from attacker.client.client import AuditClient, AuditClientError
+from attacker.client.client import TOKEN_ENV, URL_ENV, AuditClient, AuditClientError
 from attacker.service.api.schemas import AuditList, AuditView, BundleList
 from attacker.service.jobs import AuditStatus
-
-URL_ENV = "CEM_AUDIT_URL"
-TOKEN_ENV = "CEM_AUDIT_TOKEN"
 
 
 def get_args_parser() -> argparse.ArgumentParser:

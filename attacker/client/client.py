@@ -32,8 +32,13 @@ from attacker.service.api.schemas import (
     Health,
     Readiness,
 )
+from attacker.service.api.token_env import TOKEN_ENV as TOKEN_ENV  # re-exported for callers
 from attacker.service.jobs import FINAL_STATUSES, AuditStatus
 from cem.errors import CEMError
+
+# Where a caller finds the service unless told otherwise (cem-audit-client, cem-demo-report); the token is read from
+# the variable the service reads it from (TOKEN_ENV, re-exported here).
+URL_ENV = "CEM_AUDIT_URL"
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 

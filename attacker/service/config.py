@@ -20,11 +20,11 @@ from typing import Literal, get_args
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
+from attacker.service.api.token_env import TOKEN_ENV
 from cem.devices import DEVICE_CHOICES
 from cem.errors import ConfigError
 from cem.logs import LOG_LEVELS
 
-TOKEN_ENV = "CEM_AUDIT_TOKEN"
 MIN_TOKEN_CHARS = 16
 # Length alone let "aaaaaaaaaaaaaaaa" or 16 spaces through. The plug-in estimate below (length x
 # Shannon entropy of the characters) is crude but catches repeats and tiny alphabets; a 32-hex-digit

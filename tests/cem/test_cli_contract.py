@@ -82,8 +82,9 @@ def test_cem_cloud_defaults_are_server_settings_defaults(tmp_path: Path) -> None
 
 
 def test_cem_audit_defaults_are_service_settings_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from attacker.service.api.token_env import TOKEN_ENV
     from attacker.service.cli import build_settings, get_args_parser
-    from attacker.service.config import TOKEN_ENV, load_settings
+    from attacker.service.config import load_settings
 
     monkeypatch.setenv(TOKEN_ENV, STRONG_TOKEN)
     paths = {"bundles_dir": tmp_path, "captures_dir": tmp_path / "c", "db_path": tmp_path / "a.db"}

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from attacker.service.api.token_env import TOKEN_ENV
 from attacker.service.cli import main
-from attacker.service.config import TOKEN_ENV, WorkerSettings, load_settings
+from attacker.service.config import WorkerSettings, load_settings
 from attacker.service.supervisor import WorkerPool
 from attacker.service.worker import main as worker_main
 from cem.errors import ConfigError
