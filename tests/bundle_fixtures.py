@@ -3,8 +3,9 @@
 Every test that needs a split model on disk uses a real bundle written here,
 never a mock: ``digits_bundle`` (trained for a few seconds, noise 0.1),
 ``untrained_bundle`` (random weights, no noise: what the attack tests invert),
-``no_defense_bundle`` (written by ``cem-train --bottleneck none`` itself) and
-``bundle_copy`` (a private copy of ``digits_bundle`` a test may damage).
+``no_defense_bundle`` (written by ``cem-train --bottleneck none`` itself),
+``bundle_copy`` (a private copy of ``digits_bundle`` a test may damage) and
+``resnet20_bundle`` (an untrained ResNet-20 split for tiny TinyImageNet files).
 The builders are importable by name (``from bundle_fixtures import ...``) for
 tests that write bundles of their own.
 """
@@ -16,16 +17,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from tinyimagenet_format import write_tinyimagenet
 from torch.utils.data import DataLoader
 
 from cem.bundle import save_bundle
-from cem.data import load_dataset
+from cem.data import DatasetInfo, load_dataset
 from cem.models import SplitModel, SplitModelConfig
 from cem.obfuscation import ObfuscationConfig, obfuscate
 
 DIGITS_WIDTH = 0.25
 TINY_NOISE_STD = 0.1
 NO_DEFENSE_WIDTH = 0.125
+RESNET20_WIDTH = 0.125
+TINYIMAGENET_WNIDS = ("n01443537", "n01629819", "n01641577")
 
 
 def build_digits_model(seed: int = 0, width: float = DIGITS_WIDTH) -> SplitModel:
@@ -106,3 +110,24 @@ def no_defense_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def bundle_copy(digits_bundle: Path, tmp_path: Path) -> Path:
     """A private copy of the digits bundle that a test may damage."""
     return Path(shutil.copytree(digits_bundle, tmp_path / "bundle"))
+
+
+def build_resnet20_model(info: DatasetInfo, seed: int = 0) -> SplitModel:
+    """An untrained ResNet-20 split at its default cut (5) for ``info``'s images, in eval mode."""
+    torch.manual_seed(seed)
+    config = SplitModelConfig(arch="resnet20", width=RESNET20_WIDTH, in_channels=info.in_channels,
+                              image_size=info.image_size, num_classes=info.num_classes, mean=info.mean, std=info.std)
+    return SplitModel(config).eval()
+
+
+@pytest.fixture(scope="session")
+def resnet20_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(data_dir, bundle): tiny TinyImageNet files in the released layout (3 classes, 6 train and 4 val images
+    each) and a real bundle of an untrained ResNet-20 split for them, with the profile's σ = 0.025."""
+    root = tmp_path_factory.mktemp("tinyimagenet")
+    data = write_tinyimagenet(root / "tiny-imagenet-200", TINYIMAGENET_WNIDS, train_per_class=6, val_per_class=4)
+    _, info = load_dataset("tinyimagenet", "train", data_dir=data)
+    out = root / "resnet20"
+    save_bundle(out, build_resnet20_model(info), noise_std=0.025, dataset=info,
+                defenses=[{"name": "noise", "std": 0.025}], training={"note": "untrained ResNet-20 test bundle"})
+    return data, out

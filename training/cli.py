@@ -20,6 +20,7 @@ from pathlib import Path
 from cem.cli import run_cli
 from cem.data import available_datasets
 from cem.devices import DEVICE_CHOICES
+from cem.models import available_archs
 from cem.threads import THREADS_HELP, apply_threads
 from training.cem_plugin import FEATURE_SOURCES, LOSS_FORMS, LR_COUPLINGS, CEMConfig
 from training.config import TrainConfig
@@ -54,9 +55,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                       help="hold out this share of the training split (a fixed permutation) and report val_accuracy; "
                            "use it to choose settings, never the test split")
     model = parser.add_argument_group("model")
-    model.add_argument("--arch", default=TrainConfig.arch)
+    model.add_argument("--arch", choices=available_archs(), default=TrainConfig.arch,
+                       help="split backbone (default: per data set, resnet20 on tinyimagenet, else vgg11_bn_sgm)")
     model.add_argument("--cut-layer", type=int, default=TrainConfig.cut_layer,
-                       help="VGG entries (convs and pools) on the edge")
+                       help="backbone entries on the edge: VGG convs and pools (1-12, default 4) or the ResNet-20 "
+                            "stem and blocks (1-9, default 5)")
     model.add_argument("--bottleneck", type=bottleneck_arg, default=TrainConfig.bottleneck,
                        help="channels of the edge bottleneck (a defense), or 'none' for the No_defense baseline")
     model.add_argument(

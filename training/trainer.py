@@ -136,8 +136,8 @@ class _Run:
 
 
 def _prepare(config: TrainConfig) -> _Run:
-    if config.width is None or config.cem is None:  # train() resolves the config before it gets here
-        raise ConfigError("expected a config filled by resolve_config, got width or cem unset")
+    if config.arch is None or config.width is None or config.cem is None:  # train() resolves the config first
+        raise ConfigError("expected a config filled by resolve_config, got arch, width or cem unset")
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     data_args: dict[str, Any] = {"data_dir": config.data_dir, "download": config.download}

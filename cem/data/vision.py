@@ -15,10 +15,20 @@ consumer (trainer, edge, attacker, sample ids) agrees on which index is which
 file. The train loader reshuffles anyway; the train split is permuted too so
 that one rule holds for both splits (a prefix such as ``cem-edge --limit`` is a
 class mix there as well).
+
+TinyImageNet also loads as released (``tiny-imagenet-200``, reference_notes §2):
+``train/<wnid>/images/*.JPEG`` is an ImageFolder tree as it is (the ``*_boxes.txt``
+files are skipped), but ``val/`` keeps its images in one ``images/`` folder with
+their classes in ``val_annotations.txt``, and ``test/`` is unlabelled. Read as an
+ImageFolder, either would be a single class named ``images``: every test label
+wrong, without an error. So when the annotations are there, the test split is
+the annotated ``val`` set (the paper's test set), with the train split's class
+indices.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +36,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
 from cem.data.registry import DataRequest, DatasetInfo, register_dataset
-from cem.errors import DatasetNotFoundError
+from cem.errors import DatasetError, DatasetNotFoundError
 
 CIFAR10_INFO = DatasetInfo(
     name="cifar10",
@@ -50,6 +60,7 @@ CIFAR100_INFO = DatasetInfo(
 FACESCRUB_STATS = ((0.5708, 0.5905, 0.4272), (0.2058, 0.2275, 0.2098), 48)
 TINYIMAGENET_STATS = ((0.5141, 0.5775, 0.3985), (0.2927, 0.2570, 0.1434), 64)
 IMAGE_FOLDER_ORDER_SEED = 20250612
+TINYIMAGENET_ANNOTATIONS = "val_annotations.txt"
 
 
 def _require_dir(request: DataRequest, dataset: str) -> Path:
@@ -125,6 +136,13 @@ def load_image_folder(
     dataset = datasets.ImageFolder(
         str(folder), transform=_image_transform(image_size, request.augment, crop=False)
     )
+    return _ordered_with_info(dataset, name, mean, std, image_size)
+
+
+def _ordered_with_info(
+    dataset: datasets.ImageFolder, name: str, mean: tuple[float, ...], std: tuple[float, ...], image_size: int
+) -> tuple[Dataset, DatasetInfo]:
+    """``dataset`` in the fixed ``IMAGE_FOLDER_ORDER_SEED`` order, with its ``DatasetInfo``."""
     _permute_image_folder(dataset)
     info = DatasetInfo(
         name=name,
@@ -149,7 +167,48 @@ def load_facescrub(request: DataRequest) -> tuple[Dataset, DatasetInfo]:
     return load_image_folder(request, "facescrub", mean, std, size)
 
 
+class TinyImageNetVal(datasets.ImageFolder):
+    """TinyImageNet's released ``val`` folder: ``images/<file>``, each file's class in ``val_annotations.txt``
+    (tab-separated file, wnid, box), indexed as ``classes`` (the train split's). The reference's prepare
+    script moves each image to ``images/<wnid>/<file>``; both places are looked up."""
+
+    def __init__(self, root: Path, classes: list[str], transform: Callable) -> None:
+        self.wnids = classes  # read by find_classes, which ImageFolder.__init__ calls
+        super().__init__(str(root), transform=transform)
+
+    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        return list(self.wnids), {wnid: index for index, wnid in enumerate(self.wnids)}
+
+    def make_dataset(  # torchvision's hook for listing samples another way; its filters do not apply here
+        self, directory: str | Path, class_to_idx: dict[str, int], **_filters: object
+    ) -> list[tuple[str, int]]:
+        folder = Path(directory)
+        samples: list[tuple[str, int]] = []
+        for line in (folder / TINYIMAGENET_ANNOTATIONS).read_text().splitlines():
+            if not line.strip():
+                continue
+            file, wnid = line.split("\t")[:2]
+            if wnid not in class_to_idx:
+                raise DatasetError(
+                    f"expected the class {wnid!r} of val image {file} to be a folder of train/, got no such folder"
+                )
+            path = next((p for p in (folder / "images" / wnid / file, folder / "images" / file) if p.is_file()), None)
+            if path is None:
+                raise DatasetNotFoundError(f"expected val image {file} in {folder / 'images'}, but it is not there")
+            samples.append((str(path), class_to_idx[wnid]))
+        return samples
+
+
 @register_dataset("tinyimagenet")
 def load_tinyimagenet(request: DataRequest) -> tuple[Dataset, DatasetInfo]:
+    """The released layout (annotated ``val`` as the test split, see the module docstring), else ImageFolder trees."""
     mean, std, size = TINYIMAGENET_STATS
-    return load_image_folder(request, "tinyimagenet", mean, std, size)
+    root = _require_dir(request, "tinyimagenet")
+    val = root / "val"
+    if request.split == "train" or not (val / TINYIMAGENET_ANNOTATIONS).is_file():
+        return load_image_folder(request, "tinyimagenet", mean, std, size)
+    if not (root / "train").is_dir():
+        raise DatasetNotFoundError(f"expected {root / 'train'} (its class folders index the val annotations)")
+    classes, _ = datasets.folder.find_classes(str(root / "train"))  # the train split's ImageFolder classes
+    dataset = TinyImageNetVal(val, classes, _image_transform(size, request.augment, crop=False))
+    return _ordered_with_info(dataset, "tinyimagenet", mean, std, size)

@@ -80,3 +80,18 @@ def test_config_round_trips_through_dict() -> None:
 def test_invalid_config_says_what_was_expected(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         SplitModelConfig(**kwargs)
+
+
+def test_vgg_weight_names_are_those_every_bundle_on_disk_uses() -> None:
+    """The arch registry moved the VGG layers; their safetensors keys must not move with them."""
+    model = SplitModel(SplitModelConfig(width=0.125))
+    bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    assert list(model.encoder.state_dict()) == [
+        "normalize.mean", "normalize.std", "features.0.weight", "features.0.bias", *(f"features.1.{k}" for k in bn),
+        "features.4.weight", "features.4.bias", *(f"features.5.{k}" for k in bn),
+        "bottleneck.weight", "bottleneck.bias",
+    ]
+    assert sorted({key.rsplit(".", 1)[0] for key in model.decoder.state_dict()}) == [
+        "classifier.1", "classifier.4", "classifier.6", "expand", *(f"features.{i}" for i in (0, 1, 10, 11, 14, 15)),
+        *(f"features.{i}" for i in (17, 18, 3, 4, 7, 8)),
+    ]

@@ -1,0 +1,115 @@
+"""``SplitModelConfig``: everything needed to rebuild either half of a split model, for any arch.
+
+It is the manifest's ``model`` record, so its JSON keys never change: bundles
+written before there was more than one arch load unchanged. Shapes that depend
+on the backbone (``feature_shape``, ``encoder_out_channels``) are asked of the
+arch's registry entry (``cem.models.archs``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cem.errors import ConfigError
+from cem.models.archs import available_archs, get_arch
+
+
+@dataclass(frozen=True)
+class SplitModelConfig:
+    """Everything needed to rebuild either half of a split model.
+
+    ``cut_layer=None`` takes the arch's default cut (vgg11_bn_sgm 4, resnet20 5); a built
+    config always holds the resolved int, which is what the manifest records. ``width``
+    multiplies every channel count (and VGG's classifier size), so small configurations
+    train in seconds on a CPU. ``bottleneck_channels=None`` removes the bottleneck
+    (No_defense baseline; serialised as JSON ``null``).
+    """
+
+    arch: str = "vgg11_bn_sgm"
+    cut_layer: int | None = None
+    bottleneck_channels: int | None = 8
+    width: float = 1.0
+    in_channels: int = 3
+    image_size: int = 32
+    num_classes: int = 10
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+
+    def __post_init__(self) -> None:
+        if self.arch not in available_archs():
+            raise ConfigError(f"expected arch in {available_archs()}, got {self.arch!r}")
+        object.__setattr__(self, "cut_layer", get_arch(self.arch).resolve_cut(self.cut_layer))
+        if self.bottleneck_channels is not None and (
+            not isinstance(self.bottleneck_channels, int) or self.bottleneck_channels < 1
+        ):
+            raise ConfigError(
+                f"expected bottleneck_channels >= 1 or None (no bottleneck), got {self.bottleneck_channels!r}"
+            )
+        if not 0 < self.width <= 4:
+            raise ConfigError(f"expected width in (0, 4], got {self.width}")
+        if self.in_channels < 1 or self.image_size < 32 or self.num_classes < 2:
+            raise ConfigError(
+                "expected in_channels >= 1, image_size >= 32 and num_classes >= 2, got "
+                f"{self.in_channels}, {self.image_size}, {self.num_classes}"
+            )
+        if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
+            raise ConfigError(f"expected {self.in_channels} normalisation values, got mean {self.mean} std {self.std}")
+        if any(s <= 0 for s in self.std):
+            raise ConfigError(f"expected positive std, got {self.std}")
+
+    def to_dict(self) -> dict:
+        return {
+            "arch": self.arch,
+            "cut_layer": self.cut_layer,
+            "bottleneck_channels": self.bottleneck_channels,
+            "width": self.width,
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+            "num_classes": self.num_classes,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SplitModelConfig:
+        """The config of ``to_dict``. Keys it does not know are ignored on purpose, so bundles that
+        carry one still load (e.g. ``"extra"``, a field this class once had and never read)."""
+        try:
+            return cls(
+                arch=data["arch"],
+                cut_layer=int(data["cut_layer"]),
+                bottleneck_channels=_optional_int(data["bottleneck_channels"]),
+                width=float(data["width"]),
+                in_channels=int(data["in_channels"]),
+                image_size=int(data["image_size"]),
+                num_classes=int(data["num_classes"]),
+                mean=tuple(float(v) for v in data["mean"]),
+                std=tuple(float(v) for v in data["std"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"expected a complete model config, got {data!r} ({exc})") from exc
+
+    def scaled(self, channels: int) -> int:
+        """A channel count of the width-1 network at this config's ``width`` (at least one)."""
+        return max(1, round(channels * self.width))
+
+    @property
+    def feature_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the tensor the edge transmits."""
+        channels, height, width = get_arch(self.arch).edge_output(self)
+        return (channels if self.bottleneck_channels is None else self.bottleneck_channels, height, width)
+
+    @property
+    def has_bottleneck(self) -> bool:
+        """False for the No_defense baseline: the edge sends the unbounded trunk output, not Sigmoid outputs."""
+        return self.bottleneck_channels is not None
+
+    @property
+    def encoder_out_channels(self) -> int:
+        """Channels of the edge trunk's output: the bottleneck conv's input, the expansion conv's output."""
+        return get_arch(self.arch).edge_output(self)[0]
+
+
+def _optional_int(value: object) -> int | None:
+    """JSON ``null`` stays ``None`` (no bottleneck); anything else must be an integer."""
+    return None if value is None else int(value)  # type: ignore[call-overload]
