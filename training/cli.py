@@ -2,6 +2,7 @@
 
     cem-train --dataset digits --out runs/digits
     cem-train --dataset digits --cem-lambda 0 --defense dropout:0.2 --json --out runs/base
+    cem-train --dataset digits --noise-std 0.1 --defense ressfl:0.3 --out runs/noise-arl
 
 With ``--json`` the last stdout line is one JSON object with at least
 ``accuracy``, ``model_id``, ``bundle`` and ``entropy_bound``. Progress goes to
@@ -73,8 +74,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="σ of Gaussian noise on the sent features, a standard deviation as in the paper "
         "(default: per data set; the paper's 0.025 on CIFAR/FaceScrub/TinyImageNet, 0.1 on digits)",
     )
-    defense.add_argument("--defense", action="append", default=[], metavar="NAME:STRENGTH",
-                         help=f"repeatable; one of {available_defenses()}, e.g. dropout:0.2 topk:0.5 distcorr:0.3")
+    defense.add_argument("--defense", action="append", default=[], metavar="NAME:STRENGTH[,FIELD=VALUE...]",
+                         help=f"repeatable; one of {available_defenses()}, e.g. dropout:0.2 topk:0.5 distcorr:0.3 "
+                              "ressfl:0.3 (ResSFL; with --noise-std > 0 the paper's Noise_ARL) or "
+                              "ressfl:0.3,ssim_threshold=0.6,pretrain_epochs=10 (docs/training.md)")
     cem = parser.add_argument_group("CEM")
     cem.add_argument("--cem-lambda", type=float, default=CEMConfig.lam,
                      help="the paper's λ (as in the authors' code: 16 is the paper's default); 0 disables "

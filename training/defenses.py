@@ -9,10 +9,14 @@ and with CEM:
   always applied through ``cem.obfuscation.obfuscate`` so the decoder trains on,
   and the edge later sends, exactly that tensor;
 * add a training loss (``distcorr``: NoPeek distance correlation between the
-  input and the clean features).
+  input and the clean features);
+* train an adversary alongside the encoder (``ressfl``: a proxy inversion network,
+  ``training.ressfl``), whose penalty joins the same single backward.
 
 Every defense writes one manifest record, e.g. ``{"name": "dropout", "p": 0.2}``.
-CLI strings ``name:strength`` map onto the defense's single strength field.
+CLI strings ``name:strength`` map onto the defense's strength field; further fields
+follow as ``,field=value`` (``ressfl:0.3,pretrain_epochs=5``), so every setting a
+record holds can be given on the command line.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from typing import Any, ClassVar
 import torch
 
 from cem.errors import ConfigError, UnknownNameError
-from cem.models import SplitModelConfig
+from cem.models import InversionConfig, SplitModelConfig
 from cem.obfuscation import ObfuscationConfig
+from training.ressfl import PROXY_BLOCKS, PROXY_CHANNELS, ProxyAdversary, ProxySetup
 
 DCOR_EPS = 1e-7
 
@@ -49,6 +54,10 @@ class Defense:
 
     def loss(self, x: torch.Tensor, z_clean: torch.Tensor) -> torch.Tensor | None:
         """Extra training loss from the images x (B, C, S, S) in [0, 1] and clean features (B, ...)."""
+        return None
+
+    def create_adversary(self, setup: ProxySetup) -> ProxyAdversary | None:
+        """A training-only adversary the encoder is trained against (``training.ressfl``), or None."""
         return None
 
 
@@ -79,21 +88,33 @@ def create_defense(name: str, **kwargs: Any) -> Defense:
         raise ConfigError(f"defense {name!r} got unexpected arguments {sorted(kwargs)}: {exc}") from exc
 
 
+def _parse_number(cls: type[Defense], field: str, text: str, where: str) -> int | float:
+    """``text`` as the dataclass field's number type (int for ``int``/``int | None``, else float)."""
+    field_type = {f.name: f.type for f in dataclasses.fields(cls)}[field]  # type: ignore[arg-type]
+    try:
+        return int(text) if field_type in (int, "int", "int | None") else float(text)
+    except ValueError as exc:
+        raise ConfigError(f"expected a number {where}, got {text!r}") from exc
+
+
 def parse_defense(spec: str) -> Defense:
-    """``"dropout:0.2"`` -> DropoutDefense(p=0.2). The strength is required."""
-    name, sep, value = spec.partition(":")
+    """``"dropout:0.2"`` -> DropoutDefense(p=0.2). The strength is required; other fields follow as
+    ``,field=value``: ``"ressfl:0.3,ssim_threshold=0.6"``."""
+    name, sep, rest = spec.partition(":")
     if name not in _DEFENSES:
         raise UnknownNameError(f"expected a defense in {available_defenses()} (as name:strength), got {spec!r}")
-    if not sep or not value:
-        field = _DEFENSES[name].strength_field
-        raise ConfigError(f"expected '{name}:<{field}>', got {spec!r}")
     cls = _DEFENSES[name]
-    field_type = {f.name: f.type for f in dataclasses.fields(cls)}[cls.strength_field]  # type: ignore[arg-type]
-    try:
-        strength = int(value) if field_type in (int, "int", "int | None") else float(value)
-    except ValueError as exc:
-        raise ConfigError(f"expected a number after '{name}:', got {value!r}") from exc
-    return create_defense(name, **{cls.strength_field: strength})
+    value, *extras = rest.split(",")
+    if not sep or not value:
+        raise ConfigError(f"expected '{name}:<{cls.strength_field}>', got {spec!r}")
+    kwargs = {cls.strength_field: _parse_number(cls, cls.strength_field, value, f"after '{name}:'")}
+    known = sorted(f.name for f in dataclasses.fields(cls) if f.name != cls.strength_field)  # type: ignore[arg-type]
+    for extra in extras:
+        field, eq, text = extra.partition("=")
+        if not eq or field not in known or field in kwargs:
+            raise ConfigError(f"expected ',field=value' once per field of {name} in {known}, got {extra!r} in {spec!r}")
+        kwargs[field] = _parse_number(cls, field, text, f"for {name}'s {field}")
+    return create_defense(name, **kwargs)
 
 
 @register_defense("noise")
@@ -184,6 +205,51 @@ class DistCorrDefense(Defense):
         return self.weight * distance_correlation(x.flatten(1), z_clean.flatten(1))
 
 
+@register_defense("ressfl")
+@dataclass(frozen=True)
+class ResSFLDefense(Defense):
+    """ResSFL: ``weight`` · max(SSIM(proxy(z_sent), x) − ``ssim_threshold``, 0) against a proxy inverter.
+
+    The proxy (``training.ressfl``: ``proxy_blocks`` residual blocks of ``proxy_channels``,
+    Adam at ``proxy_lr``) is pre-trained for ``pretrain_epochs`` epochs, then updated one
+    step per batch; it sees the features after the bundle's noise (fixing B12). With
+    ``--noise-std σ`` this is the paper's Noise_ARL. ``ssim_threshold=None`` means the data
+    set's value (``training.config``: 0.5 CIFAR/digits, 0.6 FaceScrub/TinyImageNet), filled in
+    by the trainer before the record is written. Training-only: the edge, cloud and
+    attacker ignore the record (no client transform, no weights in the bundle).
+    """
+
+    weight: float
+    ssim_threshold: float | None = None
+    pretrain_epochs: int = 30
+    proxy_blocks: int = PROXY_BLOCKS
+    proxy_channels: int = PROXY_CHANNELS
+    proxy_lr: float = 1e-3
+    strength_field: ClassVar[str] = "weight"
+
+    def __post_init__(self) -> None:
+        if not self.weight > 0:
+            raise ConfigError(f"expected ressfl weight > 0, got {self.weight}")
+        if self.ssim_threshold is not None and not 0 <= self.ssim_threshold < 1:
+            raise ConfigError(f"expected ressfl ssim_threshold in [0, 1), got {self.ssim_threshold}")
+        if self.pretrain_epochs < 0 or self.proxy_blocks < 0 or self.proxy_channels < 1:
+            raise ConfigError(
+                "expected ressfl pretrain_epochs >= 0, proxy_blocks >= 0 and proxy_channels >= 1, got "
+                f"{self.pretrain_epochs}, {self.proxy_blocks} and {self.proxy_channels}"
+            )
+        if not self.proxy_lr > 0:
+            raise ConfigError(f"expected ressfl proxy_lr > 0, got {self.proxy_lr}")
+
+    def create_adversary(self, setup: ProxySetup) -> ProxyAdversary:
+        if self.ssim_threshold is None:
+            raise ConfigError("expected a resolved ressfl ssim_threshold (a number), got None; "
+                              "see training.trainer.build_defenses")
+        proxy = InversionConfig.for_features(setup.feature_shape, setup.image_channels, setup.image_size,
+                                             num_blocks=self.proxy_blocks, channels=self.proxy_channels)
+        return ProxyAdversary(proxy, setup, weight=self.weight, ssim_threshold=self.ssim_threshold,
+                              lr=self.proxy_lr, pretrain_epochs=self.pretrain_epochs)
+
+
 def _centered_distances(samples: torch.Tensor) -> torch.Tensor:
     """(B, P) -> (B, B) double-centred Euclidean distance matrix."""
     sq = samples.pow(2).sum(dim=1)
@@ -244,6 +310,10 @@ class DefenseStack:
     def loss(self, x: torch.Tensor, z_clean: torch.Tensor) -> torch.Tensor | None:
         terms = [t for t in (d.loss(x, z_clean) for d in self.defenses) if t is not None]
         return torch.stack(terms).sum() if terms else None
+
+    def create_adversaries(self, setup: ProxySetup) -> list[ProxyAdversary]:
+        """The training-only adversaries of the stack (``ressfl``'s proxy), fresh and not yet pre-trained."""
+        return [a for a in (d.create_adversary(setup) for d in self.defenses) if a is not None]
 
     def records(self) -> list[dict[str, Any]]:
         return [d.record() for d in self.defenses]

@@ -9,7 +9,7 @@ sends. ``train_one_epoch`` takes any ``DefenseStack`` and an optional
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,7 @@ from cem.models import SplitModel
 from cem.obfuscation import ObfuscationConfig, obfuscate
 from training.cem_plugin import CEMRegularizer
 from training.defenses import DefenseStack
+from training.ressfl import ProxyAdversary, adversarial_terms
 
 
 class FeatureCache:
@@ -67,23 +68,35 @@ def train_one_epoch(
     generator: torch.Generator,
     device: torch.device,
     cache: FeatureCache | None = None,
+    adversaries: Sequence[ProxyAdversary] = (),
 ) -> dict[str, float]:
-    """One SGD pass. L_C is evaluated on the clean or noisy z as ``cem.config.evaluate_on`` says."""
+    """One SGD pass. L_C is evaluated on the clean or noisy z as ``cem.config.evaluate_on`` says.
+
+    Each adversary (ResSFL's proxy) takes one step on the batch's sent features before the
+    model's step, and its penalty joins the single backward; then the epoch's stats also hold
+    ``proxy_ssim`` and ``proxy_penalty`` (batch means).
+    """
     model.train()
     noise_only, after_noise = split_obfuscation(obfuscation)
     on_noisy = cem is not None and cem.config.evaluate_on == "noisy"
-    # task loss, L_C, correct, samples: summed on the device (no host sync per batch)
-    totals = torch.zeros(4, dtype=torch.float64, device=device)
+    # task loss, L_C, correct, samples, proxy SSIM, proxy penalty: summed on the device (no host sync per batch)
+    totals = torch.zeros(6, dtype=torch.float64, device=device)
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         z = model.encoder(x)  # (B, C, H, W) in (0, 1)
         noisy = obfuscate(z, noise_only, generator)
-        logits = model.decoder(obfuscate(noisy, after_noise, generator))
+        sent = obfuscate(noisy, after_noise, generator)  # what the decoder, the server and a tap receive
+        logits = model.decoder(sent)
         loss = F.cross_entropy(logits, y)
         total = loss
         defense_loss = defenses.loss(x, z)
         if defense_loss is not None:
             total = total + defense_loss
+        adversarial = adversarial_terms(adversaries, x, sent)
+        if adversarial is not None:
+            total = total + adversarial[0]
+            totals[4] += adversarial[1].double()
+            totals[5] += adversarial[0].detach().double()
         cem_z = noisy if on_noisy else z
         cem_loss = torch.zeros((), device=device)
         if cem is not None and cem_weight > 0:
@@ -101,11 +114,14 @@ def train_one_epoch(
         totals[3] += batch
     n_batches = max(len(loader), 1)
     totals = totals.cpu()
-    return {
+    stats = {
         "train_loss": float(totals[0] / totals[3]),
         "cem_loss": float(totals[1] / n_batches),
         "train_accuracy": float(totals[2] / totals[3]),
     }
+    if adversaries:
+        stats |= {"proxy_ssim": float(totals[4] / n_batches), "proxy_penalty": float(totals[5] / n_batches)}
+    return stats
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ client transform on), the entropy bound of the eval-mode features, the bundle.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -33,9 +34,10 @@ from cem.manifest import Manifest, MetricsRecord
 from cem.models import SplitModel, SplitModelConfig
 from cem.obfuscation import ObfuscationConfig
 from training.cem_plugin import CEMRegularizer
-from training.config import LR_DECAY, TrainConfig, resolve_config
-from training.defenses import DefenseStack, create_defense, parse_defense
+from training.config import LR_DECAY, TrainConfig, profile_for, resolve_config
+from training.defenses import DefenseStack, ResSFLDefense, create_defense, parse_defense
 from training.loops import FeatureCache, collect_features, evaluate, train_one_epoch
+from training.ressfl import ProxyAdversary, ProxySetup
 
 logger = logging.getLogger(__name__)
 
@@ -82,12 +84,18 @@ class TrainResult:
 
 
 def build_defenses(config: TrainConfig) -> DefenseStack:
-    """``--noise-std`` and ``--bottleneck`` become defenses, followed by the ``--defense`` specs."""
+    """``--noise-std`` and ``--bottleneck`` become defenses, followed by the ``--defense`` specs.
+
+    A ResSFL threshold left unset takes the data set's value here, so the manifest records the number used.
+    """
     parsed = [parse_defense(spec) for spec in config.defenses]
     for defense in parsed:
         if defense.name in FIELD_DEFENSES:
             flag = FIELD_DEFENSES[defense.name]
             raise ConfigError(f"expected {defense.name} to be set with {flag}, got --defense {defense.name}:...")
+    threshold = profile_for(config.dataset).ressfl_ssim_threshold
+    parsed = [dataclasses.replace(d, ssim_threshold=threshold)
+              if isinstance(d, ResSFLDefense) and d.ssim_threshold is None else d for d in parsed]
     fixed = [create_defense("bottleneck", channels=config.bottleneck)]
     noise_std = config.noise_std  # unset: the default resolve_config decides (σ = 0 without a bottleneck)
     if noise_std is None:
@@ -184,6 +192,20 @@ def _prepare(config: TrainConfig) -> _Run:
     )
 
 
+def _pretrained_adversaries(run: _Run) -> list[ProxyAdversary]:
+    """The stack's training-only adversaries (ResSFL's proxy), pre-trained on the initial encoder's
+    transmitted features of the training split, with their own noise generator."""
+    setup = ProxySetup(
+        feature_shape=run.model.config.feature_shape, image_channels=run.info.in_channels,
+        image_size=run.info.image_size, obfuscation=run.obfuscation,
+        milestones=tuple(run.config.milestones()), device=run.device,
+    )
+    adversaries = run.defenses.create_adversaries(setup)
+    for adversary in adversaries:
+        adversary.pretrain(run.model.encoder, run.train_loader, _seeded(run.config.seed + 7, run.device))
+    return adversaries
+
+
 def _run_epochs(run: _Run, log_path: Path) -> list[dict[str, Any]]:
     config, cem = run.config, run.cem
     optimizer = torch.optim.SGD(run.model.parameters(), lr=config.lr, momentum=config.momentum,
@@ -191,6 +213,7 @@ def _run_epochs(run: _Run, log_path: Path) -> list[dict[str, Any]]:
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=config.milestones(), gamma=LR_DECAY)
     noise_gen, mixture_gen = _seeded(config.seed + 1, run.device), _seeded(config.seed + 2, run.device)
     cache = FeatureCache(len(run.train_set)) if cem is not None else None  # type: ignore[arg-type]
+    adversaries = _pretrained_adversaries(run)
     history: list[dict[str, Any]] = []
     with (
         open(log_path, "w") as log,
@@ -204,10 +227,12 @@ def _run_epochs(run: _Run, log_path: Path) -> list[dict[str, Any]]:
                 cache.clear()
             stats = train_one_epoch(run.model, run.train_loader, optimizer, obfuscation=run.obfuscation,
                                     defenses=run.defenses, cem=cem, cem_weight=weight, generator=noise_gen,
-                                    device=run.device, cache=cache)
+                                    device=run.device, cache=cache, adversaries=adversaries)
             bound = cem.refit(*cache.tensors(), generator=mixture_gen) if cem is not None and cache is not None else {}
             seconds = time.perf_counter() - started
             scheduler.step()
+            for adversary in adversaries:
+                adversary.end_epoch()
             record = {"epoch": epoch, "lr": lr, "cem_weight": weight, **stats, "test_accuracy": run.accuracy(),
                       **run.val_accuracy(), **bound, "epoch_seconds": round(seconds, 4)}
             log.write(json.dumps(record) + "\n")
