@@ -77,7 +77,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     defense.add_argument("--defense", action="append", default=[], metavar="NAME:STRENGTH[,FIELD=VALUE...]",
                          help=f"repeatable; one of {available_defenses()}, e.g. dropout:0.2 topk:0.5 distcorr:0.3 "
                               "ressfl:0.3 (ResSFL; with --noise-std > 0 the paper's Noise_ARL) or "
-                              "ressfl:0.3,ssim_threshold=0.6,pretrain_epochs=10 (docs/training.md)")
+                              "ressfl:0.3,ssim_threshold=0.6,pretrain_epochs=10, patrol:0.3 (PATROL: ResSFL, a "
+                              "front conv and channel pruning; VGG11 only) (docs/training.md)")
     cem = parser.add_argument_group("CEM")
     cem.add_argument("--cem-lambda", type=float, default=CEMConfig.lam,
                      help="the paper's λ (as in the authors' code: 16 is the paper's default); 0 disables "

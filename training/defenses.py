@@ -11,7 +11,9 @@ and with CEM:
 * add a training loss (``distcorr``: NoPeek distance correlation between the
   input and the clean features);
 * train an adversary alongside the encoder (``ressfl``: a proxy inversion network,
-  ``training.ressfl``), whose penalty joins the same single backward.
+  ``training.ressfl``), whose penalty joins the same single backward;
+* reshape the model at the start of an epoch (``patrol``: ResSFL on an edge with an
+  extra front conv, whose channels are pruned at one epoch, ``training.patrol``).
 
 Every defense writes one manifest record, e.g. ``{"name": "dropout", "p": 0.2}``.
 CLI strings ``name:strength`` map onto the defense's strength field; further fields
@@ -29,11 +31,13 @@ from typing import Any, ClassVar
 import torch
 
 from cem.errors import ConfigError, UnknownNameError
-from cem.models import InversionConfig, SplitModelConfig
+from cem.models import InversionConfig, SplitModel, SplitModelConfig
 from cem.obfuscation import ObfuscationConfig
+from training.patrol import matching_ratio, prune_edge
 from training.ressfl import PROXY_BLOCKS, PROXY_CHANNELS, ProxyAdversary, ProxySetup
 
 DCOR_EPS = 1e-7
+PATROL_PRUNE_FRACTION = 0.75  # the reference's scripts: pruning at epoch 180 of 240
 
 
 class Defense:
@@ -59,6 +63,11 @@ class Defense:
     def create_adversary(self, setup: ProxySetup) -> ProxyAdversary | None:
         """A training-only adversary the encoder is trained against (``training.ressfl``), or None."""
         return None
+
+    def before_epoch(self, model: SplitModel, epoch: int) -> bool:
+        """Change the model at the start of ``epoch`` (1-based); True when its Parameters were replaced,
+        so the trainer must rebuild its optimiser (B10)."""
+        return False
 
 
 _DEFENSES: dict[str, type[Defense]] = {}
@@ -250,6 +259,71 @@ class ResSFLDefense(Defense):
                               lr=self.proxy_lr, pretrain_epochs=self.pretrain_epochs)
 
 
+@register_defense("patrol")
+@dataclass(frozen=True)
+class PatrolDefense(Defense):
+    """PATROL: ResSFL (``weight`` and the proxy fields, as ``ressfl``'s) on an edge with an extra front conv,
+    whose trunk channels are pruned at the start of epoch ``prune_epoch`` (``training.patrol``).
+
+    ``prune_epoch=None`` means 3/4 of the run (the reference's scripts pruned at 180 of 240 epochs) and
+    ``prune_ratio=None`` the smallest ratio that brings the encoder back to the size it has without the
+    front conv; the trainer fills both in before the record is written. The pruned channel counts are
+    in the manifest's model record (``front_conv``, ``edge_channels``), from which every party rebuilds.
+    VGG11 with a bottleneck only.
+    """
+
+    weight: float
+    prune_epoch: int | None = None
+    prune_ratio: float | None = None
+    ssim_threshold: float | None = None
+    pretrain_epochs: int = 30
+    proxy_blocks: int = PROXY_BLOCKS
+    proxy_channels: int = PROXY_CHANNELS
+    proxy_lr: float = 1e-3
+    strength_field: ClassVar[str] = "weight"
+
+    def __post_init__(self) -> None:
+        self.ressfl  # noqa: B018  # validates the ResSFL fields where ressfl does
+        if self.prune_epoch is not None and self.prune_epoch < 1:
+            raise ConfigError(f"expected patrol prune_epoch >= 1, got {self.prune_epoch}")
+        if self.prune_ratio is not None and not 0 < self.prune_ratio < 1:
+            raise ConfigError(f"expected patrol prune_ratio in (0, 1), got {self.prune_ratio}")
+
+    @property
+    def ressfl(self) -> ResSFLDefense:
+        """The ResSFL half of PATROL, with this defense's settings."""
+        return ResSFLDefense(weight=self.weight, ssim_threshold=self.ssim_threshold,
+                             pretrain_epochs=self.pretrain_epochs, proxy_blocks=self.proxy_blocks,
+                             proxy_channels=self.proxy_channels, proxy_lr=self.proxy_lr)
+
+    def resolved(self, epochs: int, model: SplitModelConfig) -> PatrolDefense:
+        """The pruning settings filled in for a run of ``epochs`` on ``model`` (the configured model, front
+        conv included): 3/4 of the run, the size-matching ratio. Refuses a pruning epoch the run never reaches."""
+        prune_epoch = max(1, round(PATROL_PRUNE_FRACTION * epochs)) if self.prune_epoch is None else self.prune_epoch
+        if prune_epoch > epochs:
+            raise ConfigError(f"expected patrol prune_epoch <= the run's {epochs} epochs, got {prune_epoch}")
+        ratio = matching_ratio(model) if self.prune_ratio is None else self.prune_ratio
+        return dataclasses.replace(self, prune_epoch=prune_epoch, prune_ratio=ratio)
+
+    def configure_model(self, config: SplitModelConfig) -> SplitModelConfig:
+        if not config.has_bottleneck:
+            raise ConfigError("expected a bottleneck with patrol (its pruning keeps the transmitted width), "
+                              "got --bottleneck none")
+        return dataclasses.replace(config, front_conv=True)
+
+    def create_adversary(self, setup: ProxySetup) -> ProxyAdversary:
+        return self.ressfl.create_adversary(setup)
+
+    def before_epoch(self, model: SplitModel, epoch: int) -> bool:
+        if self.prune_epoch is None or self.prune_ratio is None:
+            raise ConfigError("expected a resolved patrol prune_epoch and prune_ratio, got None; "
+                              "see training.trainer._prepare")
+        if epoch != self.prune_epoch:
+            return False
+        prune_edge(model, self.prune_ratio)
+        return True
+
+
 def _centered_distances(samples: torch.Tensor) -> torch.Tensor:
     """(B, P) -> (B, B) double-centred Euclidean distance matrix."""
     sq = samples.pow(2).sum(dim=1)
@@ -280,6 +354,8 @@ class DefenseStack:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ConfigError(f"expected each defense at most once, got {duplicates} more than once")
+        if {"ressfl", "patrol"} <= set(names):
+            raise ConfigError("expected ressfl or patrol, got both: patrol already trains against ResSFL's proxy")
         self._check_noise_is_bounded()
 
     def _check_noise_is_bounded(self) -> None:
@@ -311,9 +387,19 @@ class DefenseStack:
         terms = [t for t in (d.loss(x, z_clean) for d in self.defenses) if t is not None]
         return torch.stack(terms).sum() if terms else None
 
+    def resolved(self, epochs: int, model: SplitModelConfig) -> DefenseStack:
+        """The stack with every defense's run-dependent settings filled in (``PatrolDefense.resolved``)."""
+        return DefenseStack(tuple(d.resolved(epochs, model) if isinstance(d, PatrolDefense) else d
+                                  for d in self.defenses))
+
     def create_adversaries(self, setup: ProxySetup) -> list[ProxyAdversary]:
         """The training-only adversaries of the stack (``ressfl``'s proxy), fresh and not yet pre-trained."""
         return [a for a in (d.create_adversary(setup) for d in self.defenses) if a is not None]
+
+    def before_epoch(self, model: SplitModel, epoch: int) -> bool:
+        """Every defense's start-of-epoch change; True when any replaced the model's Parameters."""
+        changed = [d.before_epoch(model, epoch) for d in self.defenses]
+        return any(changed)
 
     def records(self) -> list[dict[str, Any]]:
         return [d.record() for d in self.defenses]

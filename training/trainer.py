@@ -35,8 +35,9 @@ from cem.models import SplitModel, SplitModelConfig
 from cem.obfuscation import ObfuscationConfig
 from training.cem_plugin import CEMRegularizer
 from training.config import LR_DECAY, TrainConfig, profile_for, resolve_config
-from training.defenses import DefenseStack, ResSFLDefense, create_defense, parse_defense
+from training.defenses import DefenseStack, PatrolDefense, ResSFLDefense, create_defense, parse_defense
 from training.loops import FeatureCache, collect_features, evaluate, train_one_epoch
+from training.patrol import carry_optimizer_state
 from training.ressfl import ProxyAdversary, ProxySetup
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,8 @@ class TrainResult:
 def build_defenses(config: TrainConfig) -> DefenseStack:
     """``--noise-std`` and ``--bottleneck`` become defenses, followed by the ``--defense`` specs.
 
-    A ResSFL threshold left unset takes the data set's value here, so the manifest records the number used.
+    A ResSFL (or PATROL) threshold left unset takes the data set's value here, so the manifest records the
+    number used; PATROL's pruning settings depend on the model and are filled in by ``_prepare``.
     """
     parsed = [parse_defense(spec) for spec in config.defenses]
     for defense in parsed:
@@ -95,7 +97,7 @@ def build_defenses(config: TrainConfig) -> DefenseStack:
             raise ConfigError(f"expected {defense.name} to be set with {flag}, got --defense {defense.name}:...")
     threshold = profile_for(config.dataset).ressfl_ssim_threshold
     parsed = [dataclasses.replace(d, ssim_threshold=threshold)
-              if isinstance(d, ResSFLDefense) and d.ssim_threshold is None else d for d in parsed]
+              if isinstance(d, ResSFLDefense | PatrolDefense) and d.ssim_threshold is None else d for d in parsed]
     fixed = [create_defense("bottleneck", channels=config.bottleneck)]
     noise_std = config.noise_std  # unset: the default resolve_config decides (σ = 0 without a bottleneck)
     if noise_std is None:
@@ -162,6 +164,7 @@ def _prepare(config: TrainConfig) -> _Run:
         width=float(config.width), in_channels=info.in_channels, image_size=info.image_size,
         num_classes=info.num_classes, mean=info.mean, std=info.std,
     ))
+    defenses = defenses.resolved(int(config.epochs or 0), model_config)
     obfuscation = defenses.obfuscation()
     cem = None
     if obfuscation.noise_std > 0:  # the bound needs Σ_p = σ²I; with λ = 0 it is still reported
@@ -202,15 +205,22 @@ def _pretrained_adversaries(run: _Run) -> list[ProxyAdversary]:
     )
     adversaries = run.defenses.create_adversaries(setup)
     for adversary in adversaries:
-        adversary.pretrain(run.model.encoder, run.train_loader, _seeded(run.config.seed + 7, run.device))
+        adversary.pretrain(run.model.encoder, run.train_loader, _seeded(run.config.seed + 7, run.device),
+                           show_progress=run.config.progress)
     return adversaries
+
+
+def _create_optimizer(run: _Run) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.MultiStepLR]:
+    """SGD over the model's current parameters and its lr schedule."""
+    config = run.config
+    optimizer = torch.optim.SGD(run.model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=config.milestones(), gamma=LR_DECAY)
 
 
 def _run_epochs(run: _Run, log_path: Path) -> list[dict[str, Any]]:
     config, cem = run.config, run.cem
-    optimizer = torch.optim.SGD(run.model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=config.milestones(), gamma=LR_DECAY)
+    optimizer, scheduler = _create_optimizer(run)
     noise_gen, mixture_gen = _seeded(config.seed + 1, run.device), _seeded(config.seed + 2, run.device)
     cache = FeatureCache(len(run.train_set)) if cem is not None else None  # type: ignore[arg-type]
     adversaries = _pretrained_adversaries(run)
@@ -220,6 +230,10 @@ def _run_epochs(run: _Run, log_path: Path) -> list[dict[str, Any]]:
         tqdm(total=config.epochs, desc="train", unit="epoch", disable=not config.progress) as bar,
     ):
         for epoch in range(1, int(config.epochs or 0) + 1):
+            if run.defenses.before_epoch(run.model, epoch):  # new Parameters (PATROL's pruning): a new optimiser
+                rebuilt, rescheduled = _create_optimizer(run)  # holding them, or they never change again (B10)
+                carry_optimizer_state(optimizer, scheduler, rebuilt, rescheduled)
+                optimizer, scheduler = rebuilt, rescheduled
             lr = optimizer.param_groups[0]["lr"]
             weight = cem.weight(lr) if cem is not None and cem.active(epoch) else 0.0
             started = time.perf_counter()

@@ -61,6 +61,12 @@ class SplitArch(ABC):
     def edge_output(self, config: SplitModelConfig) -> tuple[int, int, int]:
         """(C, H, W) of the edge trunk's output, before any bottleneck."""
 
+    def edge_widths(self, config: SplitModelConfig) -> tuple[int, ...]:
+        """Unpruned output channels of the edge trunk's convs at ``config.width``, in order (PATROL's
+        front conv excluded). Archs that support PATROL's front conv and channel pruning override this."""
+        raise ConfigError(f"expected an arch that supports PATROL's front conv and channel pruning "
+                          f"(vgg11_bn_sgm), got {self.name!r}")
+
     @abstractmethod
     def init_edge(self, encoder: nn.Module) -> None:
         """Initialise the whole edge half (bottleneck conv included) as the reference does."""

@@ -4,6 +4,13 @@ It is the manifest's ``model`` record, so its JSON keys never change: bundles
 written before there was more than one arch load unchanged. Shapes that depend
 on the backbone (``feature_shape``, ``encoder_out_channels``) are asked of the
 arch's registry entry (``cem.models.archs``).
+
+Two optional keys describe PATROL's edge (``training.patrol``): ``front_conv`` (an
+extra conv in front of the trunk) and ``edge_channels`` (the output channels of the
+trunk's convs after channel pruning). They are written only when set, so the
+record of every other model, and every bundle written before they existed, is
+unchanged; a reader that predates them builds the unpruned shape and the strict
+weight load refuses the bundle loudly rather than running it wrong.
 """
 
 from __future__ import annotations
@@ -23,6 +30,12 @@ class SplitModelConfig:
     multiplies every channel count (and VGG's classifier size), so small configurations
     train in seconds on a CPU. ``bottleneck_channels=None`` removes the bottleneck
     (No_defense baseline; serialised as JSON ``null``).
+
+    ``front_conv`` adds PATROL's extra conv in front of the edge trunk; ``edge_channels``
+    are the output channels of the edge trunk's convs in order (the front conv excluded),
+    as channel pruning left them (``None``: the arch's widths at ``width``). Only archs
+    that implement ``edge_widths`` accept either (VGG11). The cloud keeps the unpruned
+    width: the expansion conv maps back to ``decoder_in_channels``.
     """
 
     arch: str = "vgg11_bn_sgm"
@@ -34,6 +47,8 @@ class SplitModelConfig:
     num_classes: int = 10
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    front_conv: bool = False
+    edge_channels: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.arch not in available_archs():
@@ -56,6 +71,25 @@ class SplitModelConfig:
             raise ConfigError(f"expected {self.in_channels} normalisation values, got mean {self.mean} std {self.std}")
         if any(s <= 0 for s in self.std):
             raise ConfigError(f"expected positive std, got {self.std}")
+        self._check_edge_shape()
+
+    def _check_edge_shape(self) -> None:
+        """``front_conv``/``edge_channels`` only where the arch supports them; one positive count per trunk conv,
+        the last equal to the cloud's width when there is no bottleneck to absorb the difference."""
+        if self.edge_channels is not None:  # a list from a caller compares equal to the tuple from_dict reads
+            object.__setattr__(self, "edge_channels", tuple(self.edge_channels))
+        if not self.front_conv and self.edge_channels is None:
+            return
+        widths = get_arch(self.arch).edge_widths(self)  # refuses archs without PATROL support
+        if self.edge_channels is None:
+            return
+        channels = self.edge_channels
+        if len(channels) != len(widths) or any(not isinstance(c, int) or c < 1 for c in channels):
+            raise ConfigError(f"expected edge_channels of {len(widths)} positive ints (one per edge conv), "
+                              f"got {channels!r}")
+        if self.bottleneck_channels is None and channels[-1] != widths[-1]:
+            raise ConfigError(f"expected the last edge conv at the cloud's {widths[-1]} channels without a "
+                              f"bottleneck, got {channels[-1]}")
 
     def to_dict(self) -> dict:
         return {
@@ -68,6 +102,8 @@ class SplitModelConfig:
             "num_classes": self.num_classes,
             "mean": list(self.mean),
             "std": list(self.std),
+            **({"front_conv": True} if self.front_conv else {}),
+            **({"edge_channels": list(self.edge_channels)} if self.edge_channels is not None else {}),
         }
 
     @classmethod
@@ -85,6 +121,9 @@ class SplitModelConfig:
                 num_classes=int(data["num_classes"]),
                 mean=tuple(float(v) for v in data["mean"]),
                 std=tuple(float(v) for v in data["std"]),
+                front_conv=_strict_bool(data.get("front_conv", False)),
+                edge_channels=None if data.get("edge_channels") is None
+                else tuple(int(v) for v in data["edge_channels"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"expected a complete model config, got {data!r} ({exc})") from exc
@@ -106,8 +145,22 @@ class SplitModelConfig:
 
     @property
     def encoder_out_channels(self) -> int:
-        """Channels of the edge trunk's output: the bottleneck conv's input, the expansion conv's output."""
+        """Channels of the edge trunk's output (after any pruning): the bottleneck conv's input."""
         return get_arch(self.arch).edge_output(self)[0]
+
+    @property
+    def decoder_in_channels(self) -> int:
+        """Channels the cloud trunk takes, the expansion conv's output: the unpruned edge output width."""
+        if self.edge_channels is None:
+            return self.encoder_out_channels
+        return get_arch(self.arch).edge_widths(self)[-1]
+
+
+def _strict_bool(value: object) -> bool:
+    """A JSON boolean; anything else (``"false"``, 0) is refused rather than read by truthiness."""
+    if not isinstance(value, bool):
+        raise ValueError(f"expected a boolean front_conv, got {value!r}")
+    return value
 
 
 def _optional_int(value: object) -> int | None:

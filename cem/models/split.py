@@ -7,6 +7,10 @@ Sigmoid, so the transmitted features lie in (0, 1) and Gaussian noise of a given
 has a fixed meaning; the cloud starts with the matching linear expansion conv back
 to the trunk's width, then the arch's remaining entries and its classifier.
 
+PATROL's edge (``front_conv``, pruned ``edge_channels``) changes only the encoder:
+the expansion conv maps back to the unpruned width (``decoder_in_channels``), so the
+cloud's trunk is the same as without PATROL.
+
 ``bottleneck_channels=None`` is the paper's unprotected **No_defense** baseline:
 no bottleneck conv, no Sigmoid and no expansion conv, so the edge sends the raw,
 unbounded trunk output and the cloud starts directly with entry ``cut``.
@@ -78,7 +82,7 @@ class SplitDecoder(nn.Module):
         arch = get_arch(config.arch)
         self.expand: nn.Module = nn.Identity()
         if config.bottleneck_channels is not None:
-            self.expand = nn.Conv2d(config.bottleneck_channels, config.encoder_out_channels, kernel_size=3, padding=1)
+            self.expand = nn.Conv2d(config.bottleneck_channels, config.decoder_in_channels, kernel_size=3, padding=1)
         self.features = nn.Sequential(*arch.cloud_layers(config))
         self.classifier = arch.classifier(config)
         arch.init_cloud(self)

@@ -5,6 +5,11 @@ reference's "Cutting_layer c/13"); cut ``c`` puts entries ``0..c-1`` on the edge
 Cut 4 (conv64, M, conv128, M: 8×8 features on 32-px images) is the reference's
 split, which the paper calls "the first two convolutional layers". ``sgm`` names
 the Sigmoid after the bottleneck, which ``cem.models.split`` adds for every arch.
+
+PATROL (reference_notes §1.1, §4.6; ``training.patrol``): ``front_conv`` puts an extra
+conv ``in_channels → 16`` + BN + ReLU in front of entry 0 (which then takes 16
+channels), and ``edge_channels`` overrides the edge convs' output widths after
+channel pruning. The cloud's entries keep the unpruned widths.
 """
 
 from __future__ import annotations
@@ -16,17 +21,27 @@ from cem.models.config import SplitModelConfig
 
 VGG11_ENTRIES: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 CLASSIFIER_HIDDEN = 512
+FRONT_CONV_CHANNELS = 16  # PATROL's extra edge conv (reference_notes §1.1)
 
 
-def _vgg_layers(config: SplitModelConfig, entries: tuple[int | str, ...], in_channels: int) -> list[nn.Module]:
+def _conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
+    return [nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1), nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True)]
+
+
+def _vgg_layers(
+    config: SplitModelConfig, entries: tuple[int | str, ...], in_channels: int, widths: tuple[int, ...] | None = None
+) -> list[nn.Module]:
+    """Conv-BN-ReLU per int entry (at ``widths`` where given, one per conv, else scaled), max-pool per "M"."""
     layers: list[nn.Module] = []
     channels = in_channels
+    convs = iter(widths if widths is not None else [config.scaled(int(e)) for e in entries if e != "M"])
     for entry in entries:
         if entry == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             continue
-        out = config.scaled(int(entry))
-        layers += [nn.Conv2d(channels, out, kernel_size=3, padding=1), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+        out = next(convs)
+        layers += _conv_bn_relu(channels, out)
         channels = out
     return layers
 
@@ -39,10 +54,16 @@ class VGG11(SplitArch):
     cuts = range(1, len(VGG11_ENTRIES))
 
     def edge_layers(self, config: SplitModelConfig) -> list[nn.Module]:
-        return _vgg_layers(config, VGG11_ENTRIES[: self.resolve_cut(config.cut_layer)], config.in_channels)
+        front: list[nn.Module] = []
+        channels = config.in_channels
+        if config.front_conv:
+            channels = config.scaled(FRONT_CONV_CHANNELS)
+            front = _conv_bn_relu(config.in_channels, channels)
+        edge = VGG11_ENTRIES[: self.resolve_cut(config.cut_layer)]
+        return front + _vgg_layers(config, edge, channels, config.edge_channels)
 
     def cloud_layers(self, config: SplitModelConfig) -> list[nn.Module]:
-        return _vgg_layers(config, VGG11_ENTRIES[self.resolve_cut(config.cut_layer) :], config.encoder_out_channels)
+        return _vgg_layers(config, VGG11_ENTRIES[self.resolve_cut(config.cut_layer) :], config.decoder_in_channels)
 
     def classifier(self, config: SplitModelConfig) -> nn.Module:
         final_channels = config.scaled(int(VGG11_ENTRIES[-2]))
@@ -61,8 +82,12 @@ class VGG11(SplitArch):
     def edge_output(self, config: SplitModelConfig) -> tuple[int, int, int]:
         edge = VGG11_ENTRIES[: self.resolve_cut(config.cut_layer)]
         side = config.image_size // 2 ** edge.count("M")
-        last_conv = next(e for e in reversed(edge) if e != "M")  # entry 0 is a conv, and every cut keeps it
-        return (config.scaled(int(last_conv)), side, side)
+        widths = config.edge_channels if config.edge_channels is not None else self.edge_widths(config)
+        return (widths[-1], side, side)  # entry 0 is a conv, and every cut keeps it
+
+    def edge_widths(self, config: SplitModelConfig) -> tuple[int, ...]:
+        edge = VGG11_ENTRIES[: self.resolve_cut(config.cut_layer)]
+        return tuple(config.scaled(int(e)) for e in edge if e != "M")
 
     def init_edge(self, encoder: nn.Module) -> None:
         """Xavier-uniform conv weights and zero biases, as the reference gives its client."""

@@ -19,7 +19,7 @@ def test_public_surface_is_pinned() -> None:
         "resolve_config", "train",
     ]
     assert all(hasattr(training, name) for name in training.__all__)
-    assert training.available_defenses() == ["bottleneck", "distcorr", "dropout", "noise", "ressfl", "topk"]
+    assert training.available_defenses() == ["bottleneck", "distcorr", "dropout", "noise", "patrol", "ressfl", "topk"]
 
 
 def test_profile_fills_unset_fields_and_flags_override() -> None:
