@@ -261,9 +261,9 @@ class ResSFLDefense(Defense):
 
 @register_defense("patrol")
 @dataclass(frozen=True)
-class PatrolDefense(Defense):
-    """PATROL: ResSFL (``weight`` and the proxy fields, as ``ressfl``'s) on an edge with an extra front conv,
-    whose trunk channels are pruned at the start of epoch ``prune_epoch`` (``training.patrol``).
+class PatrolDefense(ResSFLDefense):
+    """PATROL: ResSFL (its ``weight``, threshold and proxy fields and its adversary, inherited) on an edge with an
+    extra front conv, whose trunk channels are pruned at the start of epoch ``prune_epoch`` (``training.patrol``).
 
     ``prune_epoch=None`` means 3/4 of the run (the reference's scripts pruned at 180 of 240 epochs) and
     ``prune_ratio=None`` the smallest ratio that brings the encoder back to the size it has without the
@@ -272,29 +272,15 @@ class PatrolDefense(Defense):
     VGG11 with a bottleneck only.
     """
 
-    weight: float
     prune_epoch: int | None = None
     prune_ratio: float | None = None
-    ssim_threshold: float | None = None
-    pretrain_epochs: int = 30
-    proxy_blocks: int = PROXY_BLOCKS
-    proxy_channels: int = PROXY_CHANNELS
-    proxy_lr: float = 1e-3
-    strength_field: ClassVar[str] = "weight"
 
     def __post_init__(self) -> None:
-        self.ressfl  # noqa: B018  # validates the ResSFL fields where ressfl does
+        super().__post_init__()
         if self.prune_epoch is not None and self.prune_epoch < 1:
             raise ConfigError(f"expected patrol prune_epoch >= 1, got {self.prune_epoch}")
         if self.prune_ratio is not None and not 0 < self.prune_ratio < 1:
             raise ConfigError(f"expected patrol prune_ratio in (0, 1), got {self.prune_ratio}")
-
-    @property
-    def ressfl(self) -> ResSFLDefense:
-        """The ResSFL half of PATROL, with this defense's settings."""
-        return ResSFLDefense(weight=self.weight, ssim_threshold=self.ssim_threshold,
-                             pretrain_epochs=self.pretrain_epochs, proxy_blocks=self.proxy_blocks,
-                             proxy_channels=self.proxy_channels, proxy_lr=self.proxy_lr)
 
     def resolved(self, epochs: int, model: SplitModelConfig) -> PatrolDefense:
         """The pruning settings filled in for a run of ``epochs`` on ``model`` (the configured model, front
@@ -310,9 +296,6 @@ class PatrolDefense(Defense):
             raise ConfigError("expected a bottleneck with patrol (its pruning keeps the transmitted width), "
                               "got --bottleneck none")
         return dataclasses.replace(config, front_conv=True)
-
-    def create_adversary(self, setup: ProxySetup) -> ProxyAdversary:
-        return self.ressfl.create_adversary(setup)
 
     def before_epoch(self, model: SplitModel, epoch: int) -> bool:
         if self.prune_epoch is None or self.prune_ratio is None:

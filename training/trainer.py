@@ -35,7 +35,7 @@ from cem.models import SplitModel, SplitModelConfig
 from cem.obfuscation import ObfuscationConfig
 from training.cem_plugin import CEMRegularizer
 from training.config import LR_DECAY, TrainConfig, profile_for, resolve_config
-from training.defenses import DefenseStack, PatrolDefense, ResSFLDefense, create_defense, parse_defense
+from training.defenses import DefenseStack, ResSFLDefense, create_defense, parse_defense
 from training.loops import FeatureCache, collect_features, evaluate, train_one_epoch
 from training.patrol import carry_optimizer_state
 from training.ressfl import ProxyAdversary, ProxySetup
@@ -97,7 +97,7 @@ def build_defenses(config: TrainConfig) -> DefenseStack:
             raise ConfigError(f"expected {defense.name} to be set with {flag}, got --defense {defense.name}:...")
     threshold = profile_for(config.dataset).ressfl_ssim_threshold
     parsed = [dataclasses.replace(d, ssim_threshold=threshold)
-              if isinstance(d, ResSFLDefense | PatrolDefense) and d.ssim_threshold is None else d for d in parsed]
+              if isinstance(d, ResSFLDefense) and d.ssim_threshold is None else d for d in parsed]  # patrol's too
     fixed = [create_defense("bottleneck", channels=config.bottleneck)]
     noise_std = config.noise_std  # unset: the default resolve_config decides (σ = 0 without a bottleneck)
     if noise_std is None:
