@@ -269,7 +269,7 @@ class PatrolDefense(ResSFLDefense):
     ``prune_ratio=None`` the smallest ratio that brings the encoder back to the size it has without the
     front conv; the trainer fills both in before the record is written. The pruned channel counts are
     in the manifest's model record (``front_conv``, ``edge_channels``), from which every party rebuilds.
-    VGG11 with a bottleneck only.
+    VGG11 and ResNet-20, with a bottleneck only.
     """
 
     prune_epoch: int | None = None

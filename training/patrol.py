@@ -2,22 +2,26 @@
 
 PATROL (paper ref [7], Table 1) = an extra front conv on the edge (``SplitModelConfig.front_conv``),
 ResSFL adversarial training (``training.ressfl``), and, at the start of one epoch, structured
-pruning of the edge trunk's output channels, so that the encoder, grown by the front conv, is
-no larger than the other defenses' encoders.
+pruning of the edge's channels, so that the encoder, grown by the front conv, is no larger
+than the other defenses' encoders. Which channels may go is the arch's to say
+(``SplitArch.prune_groups``): on VGG11 each trunk conv's outputs (read by the next conv), on
+ResNet-20 each edge block's inner channels (read by the block's second conv; a block's output
+is tied to its shortcut, and stays whole).
 
 * **Which channels.** ``torch.nn.utils.prune.ln_structured`` (L2 norm of each output filter,
   ``round(ratio · channels)`` pruned per conv) chooses them, on a throw-away copy of each conv.
   ``prune.remove`` would only make the zeros permanent in a tensor of the same shape, so the
   encoder would not shrink and the bundle would not say what was pruned; the kept filters are
   therefore copied into a narrower encoder rebuilt from the config (``edge_channels``), the very
-  constructor the edge, the cloud and the attacker use on the manifest. The front conv and the
-  bottleneck conv are never pruned (the reference protected both); without a bottleneck the last
-  trunk conv is kept whole too, since the cloud reads its channels. The importance is the weights'
+  constructor the edge, the cloud and the attacker use on the manifest. The front conv, the stem
+  and the bottleneck conv are never pruned (the reference protected all three); without a
+  bottleneck VGG's last trunk conv is kept whole too, since the cloud reads its channels. The importance is the weights'
   norm, not the reference's Taylor score of ``sum(encoder(random input))`` on a fixed 32×32 probe
   (B10's second point): it depends on no probe input and no image size.
 * **Ratio.** ``matching_ratio``: the smallest ratio (steps of ``RATIO_STEP``) whose pruned encoder
   has at most the parameters of the same encoder without the front conv; the reference fixed 0.05,
-  which leaves VGG11's encoder at 85,583 parameters against the others' 85,256.
+  which leaves VGG11's encoder at 85,583 parameters against the others' 85,256 (ResNet-20 at
+  cut 5: 0.02, 112,320 against 112,472).
 * **The optimiser (B10).** Pruning creates new Parameter objects. The reference kept its optimiser,
   which still held the old ones, so the encoder never changed again after the pruning epoch.
   ``carry_optimizer_state`` moves the lr, the schedule position and the momentum of the surviving
@@ -37,6 +41,7 @@ from torch.nn.utils import prune
 
 from cem.errors import ConfigError
 from cem.models import SplitEncoder, SplitModel, SplitModelConfig
+from cem.models.archs import PruneGroup, get_arch
 
 logger = logging.getLogger(__name__)
 
@@ -57,25 +62,18 @@ def channels_to_keep(conv: nn.Conv2d, ratio: float) -> torch.Tensor:
     return keep
 
 
-def _trunk_convs(encoder: SplitEncoder) -> list[nn.Conv2d]:
-    """The edge trunk's convs in order, PATROL's front conv excluded: the ones ``edge_channels`` counts."""
-    convs = [m for m in encoder.features.modules() if isinstance(m, nn.Conv2d)]
-    return convs[1:] if encoder.config.front_conv else convs
-
-
-def _prunable(encoder: SplitEncoder) -> list[nn.Conv2d]:
-    convs = _trunk_convs(encoder)
-    return convs if encoder.config.has_bottleneck else convs[:-1]
+def _groups(encoder: SplitEncoder) -> list[PruneGroup]:
+    """The edge's channel groups, in the order ``edge_channels`` counts them (the arch knows its layout)."""
+    return get_arch(encoder.config.arch).prune_groups(encoder)
 
 
 def pruned_config(config: SplitModelConfig, ratio: float) -> SplitModelConfig:
     """The config ``prune_edge`` would leave at ``ratio`` (the channel counts only depend on the widths)."""
     with torch.device("meta"):
         encoder = SplitEncoder(config)
-    prunable = {id(conv) for conv in _prunable(encoder)}
-    counts = tuple(conv.out_channels - round(ratio * conv.out_channels) if id(conv) in prunable else conv.out_channels
-                   for conv in _trunk_convs(encoder))
-    if min(counts) < 1:
+    counts = tuple(g.conv.out_channels - round(ratio * g.conv.out_channels) if g.consumer is not None
+                   else g.conv.out_channels for g in _groups(encoder))
+    if not counts or min(counts) < 1:
         raise ConfigError(f"expected a prune ratio that keeps a channel of every conv, got {ratio}")
     return dataclasses.replace(config, edge_channels=counts)
 
@@ -88,6 +86,9 @@ def encoder_parameters(config: SplitModelConfig) -> int:
 
 def matching_ratio(config: SplitModelConfig) -> float:
     """Smallest multiple of ``RATIO_STEP`` whose pruned encoder is no larger than ``config``'s without PATROL."""
+    if not get_arch(config.arch).edge_widths(config):
+        raise ConfigError(f"expected an edge with channels patrol can prune, got none in {config.arch} at cut "
+                          f"{config.cut_layer} (at cut 1 ResNet-20's edge is its stem, never pruned)")
     target = encoder_parameters(dataclasses.replace(config, front_conv=False, edge_channels=None))
     for step in range(round(1 / RATIO_STEP)):
         ratio = round(step * RATIO_STEP, 6)
@@ -101,33 +102,44 @@ def matching_ratio(config: SplitModelConfig) -> float:
 
 @torch.no_grad()
 def prune_edge(model: SplitModel, ratio: float) -> SplitModelConfig:
-    """Replace ``model.encoder`` by one whose trunk convs keep their L2-strongest filters; -> the new config.
+    """Replace ``model.encoder`` by one whose channel groups keep their L2-strongest filters; -> the new config.
 
-    The kept filters, biases and the following BN's statistics are copied, and the next conv's input
-    channels sliced to match; the decoder and its parameters are untouched. Every encoder Parameter
-    is new afterwards: rebuild the optimiser (``carry_optimizer_state``).
+    Per group, the kept filters of its conv (weights, bias), the matching entries of its BN (affine
+    and running statistics) and the matching input channels of the conv that reads it are copied;
+    every other tensor is copied whole, and the decoder is untouched. Every encoder Parameter is new
+    afterwards: rebuild the optimiser (``carry_optimizer_state``).
     """
     old = model.encoder
-    keeps = {id(conv): channels_to_keep(conv, ratio) for conv in _prunable(old)}
+    groups = _groups(old)
+    keeps = {group: channels_to_keep(group.conv, ratio) for group in groups if group.consumer is not None}
     config = dataclasses.replace(model.config, edge_channels=tuple(
-        len(keeps[id(conv)]) if id(conv) in keeps else conv.out_channels for conv in _trunk_convs(old)
+        len(keeps[group]) if group in keeps else group.conv.out_channels for group in groups
     ))
+    if not keeps:
+        raise ConfigError(f"expected an edge with channels to prune, got none at cut {config.cut_layer}")
     new = SplitEncoder(config).to(next(old.parameters()).device).train(old.training)
-    new.normalize.load_state_dict(old.normalize.state_dict())
-    channels: torch.Tensor | None = None  # kept channels of the tensor flowing into the next module; None: all
-    for before, after in zip(old.modules(), new.modules(), strict=True):  # a chain: each conv feeds the next
-        if isinstance(before, nn.Conv2d) and isinstance(after, nn.Conv2d):
-            out = keeps.get(id(before))
-            weight = before.weight if out is None else before.weight[out]  # (out, in, k, k)
-            after.weight.copy_(weight if channels is None else weight[:, channels])
-            if before.bias is not None and after.bias is not None:
-                after.bias.copy_(before.bias if out is None else before.bias[out])
-            channels = out
-        elif isinstance(before, nn.BatchNorm2d) and isinstance(after, nn.BatchNorm2d):
-            state = before.state_dict()
-            after.load_state_dict({k: v if channels is None or v.ndim == 0 else v[channels] for k, v in state.items()})
-        elif list(before.parameters(recurse=False)):
-            raise ConfigError(f"expected an edge of convs, BN and parameter-free layers, got {type(before).__name__}")
+    outputs: dict[int, torch.Tensor] = {}  # id(module) -> kept output channels (dim 0 of each of its tensors)
+    inputs: dict[int, torch.Tensor] = {}  # id(conv) -> kept input channels (dim 1 of its weight)
+    for group, keep in keeps.items():
+        outputs[id(group.conv)] = keep
+        if group.norm is not None:
+            outputs[id(group.norm)] = keep
+        inputs[id(group.consumer)] = keep
+    targets = dict(new.named_modules())
+    for name, before in old.named_modules():
+        after = targets[name]
+        kept_out, kept_in = outputs.get(id(before)), inputs.get(id(before))
+        tensors = [*before.named_parameters(recurse=False), *before.named_buffers(recurse=False)]
+        for key, value in tensors:
+            if kept_out is not None and value.ndim >= 1:
+                value = value[kept_out]
+            if kept_in is not None and value.ndim >= 2:
+                value = value[:, kept_in]
+            target = getattr(after, key)
+            if target.shape != value.shape:
+                raise ConfigError(f"expected {name}.{key} of shape {tuple(target.shape)} after pruning, "
+                                  f"got {tuple(value.shape)}")
+            target.copy_(value)
     model.encoder = new
     model.config = model.decoder.config = config
     logger.info("PATROL pruned the edge at ratio %.3f: channels %s, %d encoder parameters",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from torch import nn
@@ -23,6 +24,18 @@ from cem.errors import ConfigError, UnknownNameError
 
 if TYPE_CHECKING:
     from cem.models.config import SplitModelConfig
+    from cem.models.split import SplitEncoder
+
+
+@dataclass(frozen=True, eq=False)
+class PruneGroup:
+    """One set of edge channels PATROL's pruning may remove: the output channels of ``conv``, the BN
+    that normalises them (``norm``) and the conv that reads them (``consumer``, its input channels).
+    ``consumer=None``: the cloud reads these channels, so they are never pruned."""
+
+    conv: nn.Conv2d
+    norm: nn.BatchNorm2d | None
+    consumer: nn.Conv2d | None
 
 
 class SplitArch(ABC):
@@ -61,11 +74,14 @@ class SplitArch(ABC):
     def edge_output(self, config: SplitModelConfig) -> tuple[int, int, int]:
         """(C, H, W) of the edge trunk's output, before any bottleneck."""
 
+    @abstractmethod
     def edge_widths(self, config: SplitModelConfig) -> tuple[int, ...]:
-        """Unpruned output channels of the edge trunk's convs at ``config.width``, in order (PATROL's
-        front conv excluded). Archs that support PATROL's front conv and channel pruning override this."""
-        raise ConfigError(f"expected an arch that supports PATROL's front conv and channel pruning "
-                          f"(vgg11_bn_sgm), got {self.name!r}")
+        """Unpruned widths of the edge's prunable channel groups at ``config.width``, in order: what
+        ``config.edge_channels`` overrides for PATROL (one count per ``prune_groups`` entry)."""
+
+    @abstractmethod
+    def prune_groups(self, encoder: SplitEncoder) -> list[PruneGroup]:
+        """The channel groups of a built ``SplitEncoder``, in the order of ``edge_widths``."""
 
     @abstractmethod
     def init_edge(self, encoder: nn.Module) -> None:

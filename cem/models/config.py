@@ -6,8 +6,8 @@ on the backbone (``feature_shape``, ``encoder_out_channels``) are asked of the
 arch's registry entry (``cem.models.archs``).
 
 Two optional keys describe PATROL's edge (``training.patrol``): ``front_conv`` (an
-extra conv in front of the trunk) and ``edge_channels`` (the output channels of the
-trunk's convs after channel pruning). They are written only when set, so the
+extra conv on the edge) and ``edge_channels`` (the widths of the edge's prunable
+channel groups after channel pruning). They are written only when set, so the
 record of every other model, and every bundle written before they existed, is
 unchanged; a reader that predates them builds the unpruned shape and the strict
 weight load refuses the bundle loudly rather than running it wrong.
@@ -15,7 +15,7 @@ weight load refuses the bundle loudly rather than running it wrong.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cem.errors import ConfigError
 from cem.models.archs import available_archs, get_arch
@@ -33,9 +33,10 @@ class SplitModelConfig:
 
     ``front_conv`` adds PATROL's extra conv in front of the edge trunk; ``edge_channels``
     are the output channels of the edge trunk's convs in order (the front conv excluded),
-    as channel pruning left them (``None``: the arch's widths at ``width``). Only archs
-    that implement ``edge_widths`` accept either (VGG11). The cloud keeps the unpruned
-    width: the expansion conv maps back to ``decoder_in_channels``.
+    as channel pruning left them (``None``: the arch's widths at ``width``); VGG11 counts
+    each edge conv, ResNet-20 each edge block's inner width. Only archs that implement
+    ``edge_widths`` accept either (both). The cloud keeps the unpruned width: the
+    expansion conv maps back to ``decoder_in_channels``.
     """
 
     arch: str = "vgg11_bn_sgm"
@@ -87,9 +88,9 @@ class SplitModelConfig:
         if len(channels) != len(widths) or any(not isinstance(c, int) or c < 1 for c in channels):
             raise ConfigError(f"expected edge_channels of {len(widths)} positive ints (one per edge conv), "
                               f"got {channels!r}")
-        if self.bottleneck_channels is None and channels[-1] != widths[-1]:
-            raise ConfigError(f"expected the last edge conv at the cloud's {widths[-1]} channels without a "
-                              f"bottleneck, got {channels[-1]}")
+        if self.bottleneck_channels is None and self.encoder_out_channels != self.decoder_in_channels:
+            raise ConfigError(f"expected the edge to end at the cloud's {self.decoder_in_channels} channels "
+                              f"without a bottleneck, got {self.encoder_out_channels}")
 
     def to_dict(self) -> dict:
         return {
@@ -153,7 +154,7 @@ class SplitModelConfig:
         """Channels the cloud trunk takes, the expansion conv's output: the unpruned edge output width."""
         if self.edge_channels is None:
             return self.encoder_out_channels
-        return get_arch(self.arch).edge_widths(self)[-1]
+        return get_arch(self.arch).edge_output(replace(self, edge_channels=None))[0]
 
 
 def _strict_bool(value: object) -> bool:

@@ -23,6 +23,12 @@ bottleneck at width 1), is the reference code's split: its GAN attack builds
 "the first four convolutional layers" (cut 2, 8×32×32), which nothing in the code
 matches; ``--cut-layer`` chooses either.
 
+PATROL (reference_notes §1.2, §4.6; ``training.patrol``): ``front_conv`` puts the reference's
+extra conv 16 → 16 (3×3, no bias, and, as there, no BN or ReLU) right after the stem, and
+``edge_channels`` sets the inner width of each edge block (conv1's outputs, conv2's inputs)
+after channel pruning. Only those inner channels are pruned: a block's output is added to
+its shortcut, so its width is tied to the next block's and to the cloud's, and stays whole.
+
 The reference's own ``forward`` pooled with ``avg_pool2d(·, 8)``, right only for an 8×8
 final map; its training loop used adaptive pooling, as here, which serves any input size.
 Initialisation as the reference: He-normal conv weights, std sqrt(2 / (k·k·out)), on both
@@ -31,12 +37,17 @@ halves (bottleneck and expansion convs included); BN and the Linear keep PyTorch
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cem.models.archs import SplitArch, register_arch
+from cem.models.archs import PruneGroup, SplitArch, register_arch
 from cem.models.config import SplitModelConfig
+
+if TYPE_CHECKING:
+    from cem.models.split import SplitEncoder
 
 STEM_CHANNELS = 16
 STAGE_CHANNELS = (32, 64, 128)
@@ -60,14 +71,16 @@ class ZeroPadShortcut(nn.Module):
 class BasicBlock(nn.Module):
     """conv3×3 (stride) - BN - ReLU - conv3×3 - BN, plus the shortcut, then ReLU.
 
-    (B, in, H, W) -> (B, out, ⌈H/stride⌉, ⌈W/stride⌉).
+    (B, in, H, W) -> (B, out, ⌈H/stride⌉, ⌈W/stride⌉). ``inner_channels`` (default ``out_channels``)
+    is the width between the two convs, which PATROL's pruning narrows.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, inner_channels: int | None = None) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        inner = out_channels if inner_channels is None else inner_channels
+        self.conv1 = nn.Conv2d(in_channels, inner, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(inner)
+        self.conv2 = nn.Conv2d(inner, out_channels, kernel_size=3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
@@ -87,8 +100,8 @@ def _entry_plan(config: SplitModelConfig) -> list[tuple[int, int, int]]:
     return plan
 
 
-def _entries(config: SplitModelConfig, start: int, stop: int) -> list[nn.Module]:
-    """Entries ``start..stop-1``, in order."""
+def _entries(config: SplitModelConfig, start: int, stop: int, inner: dict[int, int] | None = None) -> list[nn.Module]:
+    """Entries ``start..stop-1``, in order; ``inner`` maps a block's entry index to its inner width."""
     entries: list[nn.Module] = []
     for index, (cin, cout, stride) in enumerate(_entry_plan(config)[start:stop], start=start):
         if index == 0:
@@ -96,7 +109,7 @@ def _entries(config: SplitModelConfig, start: int, stop: int) -> list[nn.Module]
                 nn.Conv2d(cin, cout, kernel_size=5, padding=2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
             ))
         else:
-            entries.append(BasicBlock(cin, cout, stride))
+            entries.append(BasicBlock(cin, cout, stride, (inner or {}).get(index)))
     return entries
 
 
@@ -114,7 +127,13 @@ class ResNet20(SplitArch):
     cuts = range(1, ENTRIES)
 
     def edge_layers(self, config: SplitModelConfig) -> list[nn.Module]:
-        return _entries(config, 0, self.resolve_cut(config.cut_layer))
+        cut = self.resolve_cut(config.cut_layer)
+        inner = dict(zip(range(1, cut), config.edge_channels, strict=True)) if config.edge_channels else None
+        layers = _entries(config, 0, cut, inner)
+        if config.front_conv:
+            stem = config.scaled(STEM_CHANNELS)
+            layers.insert(1, nn.Conv2d(stem, stem, kernel_size=3, padding=1, bias=False))
+        return layers
 
     def cloud_layers(self, config: SplitModelConfig) -> list[nn.Module]:
         return [*_entries(config, self.resolve_cut(config.cut_layer), ENTRIES), nn.AdaptiveAvgPool2d(1)]
@@ -128,6 +147,15 @@ class ResNet20(SplitArch):
         for _, _, stride in plan:
             side = -(-side // stride)  # a 3×3 conv with padding 1 and the kernel-1 pool both give ⌈side/stride⌉
         return (plan[-1][1], side, side)
+
+    def edge_widths(self, config: SplitModelConfig) -> tuple[int, ...]:
+        """One group per edge block: its inner width (unpruned: the block's output width)."""
+        return tuple(cout for _, cout, _ in _entry_plan(config)[1 : self.resolve_cut(config.cut_layer)])
+
+    def prune_groups(self, encoder: SplitEncoder) -> list[PruneGroup]:
+        """Each edge block's conv1 and bn1, read by its conv2."""
+        return [PruneGroup(block.conv1, block.bn1, block.conv2)
+                for block in encoder.features if isinstance(block, BasicBlock)]
 
     def init_edge(self, encoder: nn.Module) -> None:
         _he_normal_convs(encoder)

@@ -14,10 +14,15 @@ channel pruning. The cloud's entries keep the unpruned widths.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
 
-from cem.models.archs import SplitArch, register_arch
+from cem.models.archs import PruneGroup, SplitArch, register_arch
 from cem.models.config import SplitModelConfig
+
+if TYPE_CHECKING:
+    from cem.models.split import SplitEncoder
 
 VGG11_ENTRIES: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 CLASSIFIER_HIDDEN = 512
@@ -86,8 +91,20 @@ class VGG11(SplitArch):
         return (widths[-1], side, side)  # entry 0 is a conv, and every cut keeps it
 
     def edge_widths(self, config: SplitModelConfig) -> tuple[int, ...]:
+        """One group per edge conv (the front conv excluded): its output channels."""
         edge = VGG11_ENTRIES[: self.resolve_cut(config.cut_layer)]
         return tuple(config.scaled(int(e)) for e in edge if e != "M")
+
+    def prune_groups(self, encoder: SplitEncoder) -> list[PruneGroup]:
+        """Each trunk conv with the BN after it, read by the next conv or the bottleneck conv; without
+        a bottleneck the last conv's channels are the cloud's and stay whole."""
+        convs = [m for m in encoder.features.modules() if isinstance(m, nn.Conv2d)]
+        norms = [m for m in encoder.features.modules() if isinstance(m, nn.BatchNorm2d)]
+        skip = 1 if encoder.config.front_conv else 0
+        bottleneck = encoder.bottleneck if isinstance(encoder.bottleneck, nn.Conv2d) else None
+        consumers = [*convs[skip + 1:], bottleneck]
+        return [PruneGroup(conv, norm, consumer)
+                for conv, norm, consumer in zip(convs[skip:], norms[skip:], consumers, strict=True)]
 
     def init_edge(self, encoder: nn.Module) -> None:
         """Xavier-uniform conv weights and zero biases, as the reference gives its client."""

@@ -60,6 +60,17 @@ def test_front_conv_and_edge_channels_round_trip_and_build_exactly_that_edge() -
     assert tuple(model.encoder(torch.rand(2, 1, 32, 32)).shape[1:]) == config.feature_shape == (8, 8, 8)
 
 
+def test_resnet20_edge_channels_are_the_edge_blocks_inner_widths_and_round_trip() -> None:
+    config = SplitModelConfig(arch="resnet20", image_size=64, width=0.25, front_conv=True,
+                              edge_channels=(5, 6, 7, 9))
+    assert SplitModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    model = SplitModel(config)
+    convs = [(m.in_channels, m.out_channels) for m in model.encoder.features.modules() if isinstance(m, nn.Conv2d)]
+    assert convs == [(3, 4), (4, 4), (4, 5), (5, 8), (8, 6), (6, 8), (8, 7), (7, 8), (8, 9), (9, 16)]
+    assert config.encoder_out_channels == config.decoder_in_channels == 16  # the block outputs stay whole
+    assert tuple(model.encoder(torch.rand(2, 3, 64, 64)).shape[1:]) == config.feature_shape == (8, 16, 16)
+
+
 def test_patrol_encoder_sizes_match_the_reference() -> None:
     def size(**kw: object) -> int:
         return sum(p.numel() for p in SplitModel(SplitModelConfig(**kw)).encoder.parameters())  # type: ignore[arg-type]
@@ -71,10 +82,10 @@ def test_patrol_encoder_sizes_match_the_reference() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"arch": "resnet20", "front_conv": True, "image_size": 64}, "supports PATROL"),
+        ({"arch": "resnet20", "image_size": 64, "edge_channels": (32, 32, 64)}, "edge_channels of 4 positive ints"),
         ({"edge_channels": (64,)}, "edge_channels of 2 positive ints"),
         ({"edge_channels": (64, 0)}, "edge_channels of 2 positive ints"),
-        ({"edge_channels": (60, 120), "bottleneck_channels": None}, "last edge conv at the cloud's 128"),
+        ({"edge_channels": (60, 120), "bottleneck_channels": None}, "edge to end at the cloud's 128 channels"),
     ],
 )
 def test_edge_shapes_that_cannot_be_built_are_refused(kwargs: dict, message: str) -> None:

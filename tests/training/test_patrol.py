@@ -17,6 +17,7 @@ from attacker.audit import AuditSpec, run_audit
 from cem.bundle import load_decoder, load_encoder, save_bundle
 from cem.errors import ConfigError
 from cem.models import InversionNetwork, SplitModel, SplitModelConfig
+from cem.models.split_resnet import BasicBlock
 from edge_client.runtime import EncoderRuntime
 from training import TrainConfig, train
 from training.defenses import DefenseStack, PatrolDefense, parse_defense
@@ -30,13 +31,18 @@ DIGITS = {"name": "digits", "num_classes": 4, "in_channels": 1, "image_size": 32
           "class_names": [str(i) for i in range(4)]}
 
 
-def trained_model(seed: int = 0) -> SplitModel:
-    """A PATROL model whose BN statistics and biases are no longer at their initial values."""
+RESNET = {"arch": "resnet20", "image_size": 64, "width": 0.25, "num_classes": 4, "front_conv": True}
+
+
+def trained_model(seed: int = 0, **config: object) -> SplitModel:
+    """A PATROL model (``TINY`` unless ``config`` is given) whose BN statistics and biases are no longer
+    at their initial values."""
     torch.manual_seed(seed)
-    model = SplitModel(SplitModelConfig(**TINY))  # type: ignore[arg-type]
+    model = SplitModel(SplitModelConfig(**(config or TINY)))  # type: ignore[arg-type]
+    shape = (model.config.in_channels, model.config.image_size, model.config.image_size)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     for _ in range(3):
-        x, y = torch.rand(8, 1, 32, 32), torch.randint(0, 4, (8,))
+        x, y = torch.rand(8, *shape), torch.randint(0, 4, (8,))
         optimizer.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
@@ -74,6 +80,32 @@ def test_pruning_keeps_the_largest_l2_filters_and_equals_silencing_the_others() 
         assert not torch.allclose(model.encoder(x), unpruned, atol=1e-3)  # channels really went
 
 
+def test_resnet20_pruning_narrows_only_the_blocks_inner_channels_and_equals_silencing_them() -> None:
+    model = trained_model(**RESNET)
+    reference = copy.deepcopy(model.encoder)  # each block's dropped inner channels silenced: bn1 scale and shift 0
+    blocks = [m for m in reference.features if isinstance(m, BasicBlock)]
+    assert len(blocks) == 4  # cut 5: stage 1 and the first block of stage 2
+    for block in blocks:
+        dropped = torch.ones(block.conv1.out_channels, dtype=torch.bool)
+        dropped[channels_to_keep(block.conv1, 0.25)] = False
+        with torch.no_grad():
+            block.bn1.weight[dropped], block.bn1.bias[dropped] = 0.0, 0.0
+    x = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        unpruned = model.encoder(x)
+    config = prune_edge(model, 0.25)
+    assert config.edge_channels == (6, 6, 6, 12) and model.config == model.decoder.config == config
+    pruned = [m for m in model.encoder.features if isinstance(m, BasicBlock)]
+    assert [(b.conv1.out_channels, b.conv2.in_channels, b.conv2.out_channels) for b in pruned] == [
+        (6, 6, 8), (6, 6, 8), (6, 6, 8), (12, 12, 16)]  # block outputs (tied to the shortcut) stay whole
+    front = model.encoder.features[1]
+    assert isinstance(front, nn.Conv2d) and (front.in_channels, front.out_channels, front.bias) == (4, 4, None)
+    with torch.no_grad():
+        assert torch.allclose(model.encoder(x), reference(x), atol=1e-6)
+        assert not torch.allclose(model.encoder(x), unpruned, atol=1e-3)
+        assert model(x).shape == (4, 4)
+
+
 def test_the_matching_ratio_brings_the_encoder_back_to_the_others_size() -> None:
     config = SplitModelConfig(front_conv=True)
     baseline = encoder_parameters(SplitModelConfig())
@@ -83,6 +115,13 @@ def test_the_matching_ratio_brings_the_encoder_back_to_the_others_size() -> None
     assert pruned == 83_723 <= baseline == 85_256
     assert encoder_parameters(prune_config(config, ratio - 0.005)) > baseline  # the smallest such ratio
     assert encoder_parameters(prune_config(config, 0.05)) == 85_583  # the reference's fixed 0.05
+    resnet = SplitModelConfig(arch="resnet20", image_size=64, front_conv=True)
+    assert encoder_parameters(resnet) == 112_472 + 16 * 16 * 9  # the reference's front conv: 3×3, no bias, no BN
+    assert matching_ratio(resnet) == 0.02
+    assert encoder_parameters(prune_config(resnet, 0.02)) == 112_320 <= 112_472
+    assert encoder_parameters(prune_config(resnet, 0.015)) > 112_472
+    with pytest.raises(ConfigError, match="at cut 1 ResNet-20's edge is its stem"):
+        matching_ratio(SplitModelConfig(arch="resnet20", image_size=64, front_conv=True, cut_layer=1))
 
 
 def prune_config(config: SplitModelConfig, ratio: float) -> SplitModelConfig:
@@ -163,8 +202,7 @@ def test_the_spec_records_every_field_and_runs_resolve_the_pruning() -> None:
         DefenseStack((parse_defense("patrol:0.5"), parse_defense("ressfl:0.5")))
     with pytest.raises(ConfigError, match="expected a bottleneck with patrol"):
         parse_defense("patrol:0.5").configure_model(SplitModelConfig(bottleneck_channels=None))
-    with pytest.raises(ConfigError, match="supports PATROL"):
-        parse_defense("patrol:0.5").configure_model(SplitModelConfig(arch="resnet20", image_size=64))
+    assert parse_defense("patrol:0.5").configure_model(SplitModelConfig(arch="resnet20", image_size=64)).front_conv
     with pytest.raises(ConfigError, match="prune_ratio in"):
         parse_defense("patrol:0.5,prune_ratio=1")
 

@@ -72,3 +72,26 @@ def test_the_profile_with_its_noise_and_cem_trains_and_reports_the_bound(tmp_pat
     assert log[1]["cem_weight"] > 0 and math.isfinite(log[1]["cem_loss"]), "epoch 2 trains with L_C on 2048-d features"
     bound = manifest.metrics.information_bound
     assert bound is not None and math.isfinite(bound) and manifest.metrics.native_dim == 3 * 64 * 64
+
+
+def test_patrol_on_resnet20_prunes_the_inner_channels_and_every_party_rebuilds_it(
+    tmp_path: Path, tiny_imagenet: Path
+) -> None:
+    spec = "patrol:0.5,prune_epoch=2,pretrain_epochs=1,proxy_blocks=0,proxy_channels=4"
+    result = train(TrainConfig(data_dir=tiny_imagenet, out_dir=tmp_path / "run", epochs=2, noise_std=0.0,
+                               cem_lambda=0.0, defenses=(spec,), **TINY))
+    model = result.manifest.model
+    assert model.front_conv and model.edge_channels is not None and len(model.edge_channels) == 4
+    widths = (4, 4, 4, 8)  # each edge block's inner width at width 0.125, before pruning
+    assert all(c <= w for c, w in zip(model.edge_channels, widths, strict=True)) and model.edge_channels != widths
+    record = result.manifest.defenses[-1]
+    assert record["name"] == "patrol" and record["prune_epoch"] == 2 and record["ssim_threshold"] == 0.6
+    assert result.history[-1]["proxy_ssim"] > 0
+    _, full = load_bundle(result.bundle)
+    _, encoder = load_encoder(result.bundle)
+    _, decoder = load_decoder(result.bundle)
+    test, _ = load_dataset("tinyimagenet", "test", data_dir=tiny_imagenet)
+    images = next(iter(DataLoader(test, batch_size=6)))[0]
+    with torch.no_grad():
+        assert torch.equal(decoder(encoder(images)), full(images))
+    assert tuple(encoder(images).shape[1:]) == result.manifest.feature_shape == (8, 16, 16)
