@@ -14,13 +14,17 @@ from cem.errors import UnknownNameError
 
 
 class AttackName(str, enum.Enum):
-    """An inversion attack: ``decoder`` trains a decoder on the features, ``gan`` then fine-tunes it adversarially.
+    """An inversion attack: ``decoder`` trains a decoder on the features, ``gan`` then fine-tunes it adversarially;
+    ``optimize`` searches, per intercepted feature, for the image the encoder maps to it; ``decoder+optimize``
+    refines the decoder's reconstruction by that search.
 
     The values are part of the audit API and of its stored jobs: add members, never rename one.
     """
 
     DECODER = "decoder"
     GAN = "gan"
+    OPTIMIZE = "optimize"
+    HYBRID = "decoder+optimize"
 
     def __str__(self) -> str:  # the value, as StrEnum (Python >= 3.11) would: f-strings, logs and file names
         return self.value

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,20 +33,25 @@ from typing import Any
 
 import torch
 
+from attacker.attack_names import AttackName
 from attacker.attacks import (
     MODES,
     AttackCancelled,
     DecoderAttackConfig,
+    FeatureMatchingInverter,
     GridGroup,
+    OptimizeAttackConfig,
     ProgressMonitor,
+    TrainedAttack,
     build_attack_split,
     check_attack_name,
     compute_feature_set,
     evaluate_attack,
     iterate_reconstructions,
-    load_images,
+    load_labeled_images,
     render_grid_png,
     run_attack,
+    train_evaluation_classifier,
 )
 from attacker.attacks.evaluate import GRID_SAMPLES
 from cem.bounds import privacy_bound
@@ -56,7 +62,9 @@ from cem.devices import DEVICE_CHOICES, resolve_device
 from cem.errors import CEMError, ConfigError
 from cem.manifest import Manifest
 from cem.metrics import ReconstructionMeter
+from cem.models import InversionNetwork
 from cem.obfuscation import ObfuscationConfig
+from cem.worst_case import worst_case
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +82,7 @@ class AuditSpec:
     device: str = "auto"
     network_channels: int | None = None  # the decoding network's width; None: DecoderAttackConfig's (paper S.3)
     network_blocks: int | None = None  # its residual blocks; None: DecoderAttackConfig's (paper S.3)
+    optimize_steps: int | None = None  # the optimisation attacks' steps per image; None: OptimizeAttackConfig's
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bundle_dir", Path(self.bundle_dir))
@@ -82,15 +91,28 @@ class AuditSpec:
         check_attack_name(self.attack)
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"expected epochs >= 1 or None, got {self.epochs}")
-        for name, least in (("network_channels", 1), ("network_blocks", 0)):
+        if self.attack == AttackName.OPTIMIZE and self.epochs is not None:
+            raise ConfigError(f"expected no epochs for the optimize attack (its budget is optimize_steps), "
+                              f"got {self.epochs}")
+        if self.attack == AttackName.OPTIMIZE and (self.network_channels, self.network_blocks) != (None, None):
+            raise ConfigError("expected no network_channels or network_blocks for the optimize attack (it learns no "
+                              f"decoding network), got {self.network_channels} and {self.network_blocks}")
+        if self.optimize_steps is not None and self.attack not in (AttackName.OPTIMIZE, AttackName.HYBRID):
+            raise ConfigError(f"expected optimize_steps only with the optimize or decoder+optimize attack, "
+                              f"got it with {self.attack}")
+        for name, least in (("network_channels", 1), ("network_blocks", 0), ("optimize_steps", 1)):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
-                raise ConfigError(
-                    f"expected {name} to be an integer >= {least} or None (the paper's decoding network),"
-                    f" got {value!r}"
-                )
+                raise ConfigError(f"expected {name} to be an integer >= {least} or None (the attack's default), "
+                                  f"got {value!r}")
         if self.device not in DEVICE_CHOICES:
             raise ConfigError(f"expected device in {DEVICE_CHOICES}, got {self.device!r}")
+
+    @property
+    def optimize_config(self) -> OptimizeAttackConfig:
+        """The optimisation attacks' settings with this spec's step budget."""
+        default = OptimizeAttackConfig()
+        return default if self.optimize_steps is None else dataclasses.replace(default, steps=self.optimize_steps)
 
     @property
     def decoder_config(self) -> DecoderAttackConfig:
@@ -125,6 +147,14 @@ class AuditResult:
 
 class AuditCancelled(CEMError):
     """``should_stop`` returned True; the audit stopped without a result."""
+
+
+def _network_size(trained: TrainedAttack) -> dict[str, int] | None:
+    """Channels and blocks of the decoding network an attack learned (the hybrid's: the one it started from)."""
+    network = trained.started_from.network if trained.started_from is not None else trained.network
+    if not isinstance(network, InversionNetwork):
+        return None
+    return {"channels": network.config.channels, "blocks": network.config.num_blocks}
 
 
 def native_size_of(manifest: Manifest) -> int:
@@ -232,7 +262,8 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
     dataset = spec.dataset or manifest.dataset.name
     if not dataset:
         raise ConfigError("expected a dataset name in the spec or the bundle manifest, got neither")
-    images = {split: load_images(dataset, split, spec.data_dir) for split in ("train", "test")}
+    labelled = {split: load_labeled_images(dataset, split, spec.data_dir) for split in ("train", "test")}
+    images = {split: pair[0] for split, pair in labelled.items()}
     expected = (manifest.model.in_channels, manifest.model.image_size, manifest.model.image_size)
     for split_name, tensor in images.items():
         if tuple(tensor.shape[1:]) != expected:
@@ -241,7 +272,7 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
                 f" got {tuple(tensor.shape[1:])}"
             )
     monitor.check()
-    sets = {split: compute_feature_set(encoder, tensor) for split, tensor in images.items()}
+    sets = {split: compute_feature_set(encoder, tensor, labelled[split][1]) for split, tensor in images.items()}
     images = {split: s.images for split, s in sets.items()}
     splits = {mode: build_attack_split(mode, sets["train"], sets["test"], seed=spec.seed) for mode in MODES}
     total_fit = sum(len(s.fit) for s in splits.values())
@@ -251,29 +282,51 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
     groups: list[GridGroup] = []
     decoder_config = spec.decoder_config
     details: dict[str, Any] = {}
-    used: dict[str, int] = {}
+    used: dict[str, int] | None = None
+    optimizes = spec.attack in (AttackName.OPTIMIZE, AttackName.HYBRID)
     for mode, split in splits.items():
         share = span * len(split.fit) / total_fit
+        # an optimisation attack spends as long scoring (one optimisation per scored image) as choosing τ
+        attack_share = share / 2 if optimizes else share
+        classifier = train_evaluation_classifier(split.fit, split.val, manifest.model.num_classes, seed=spec.seed)
+        monitor.check()
+        started = time.perf_counter()
         trained = run_attack(
-            spec.attack, split, obfuscation, epochs=spec.epochs, seed=spec.seed, monitor=monitor.child(start, share),
-            decoder_config=decoder_config,
+            spec.attack, split, obfuscation, epochs=spec.epochs, seed=spec.seed,
+            monitor=monitor.child(start, attack_share), decoder_config=decoder_config, encoder=encoder,
+            optimize_config=spec.optimize_config,
         )
+        attack_s = time.perf_counter() - started
+        if isinstance(trained.network, FeatureMatchingInverter):
+            trained.network.monitor = monitor.child(start + attack_share, share - attack_share)
         start += share
-        used = {"channels": trained.network.config.channels, "blocks": trained.network.config.num_blocks}
+        used = _network_size(trained)
         evaluation = evaluate_attack(trained.network, split.eval, obfuscation, seed=spec.seed + EVAL_SEED_OFFSET,
-                                     native_size=native_size_of(manifest))
+                                     native_size=native_size_of(manifest), classifier=classifier)
         networks[mode], metrics[mode] = trained.network, evaluation.metrics
         groups.append(GridGroup(evaluation.originals, evaluation.reconstructions))
         details[mode] = {
             "fit": len(split.fit),
             "val": len(split.val),
             "eval": len(split.eval),
-            "epochs": len(trained.history),
+            "epochs": trained.extra.get("steps", len(trained.history)),  # optimisation attacks: steps per image
             "best_epoch": trained.best_epoch,
             "still_improving": trained.still_improving(),
             "doubling_gain": None if trained.half_budget is None else trained.half_budget.gain,
             "val_mse": [row.get("val_mse") for row in trained.history],  # per epoch: judge convergence yourself
+            "classifier_val_accuracy": classifier.val_accuracy,
+            "attack_s": round(attack_s, 3),
+            "eval_s": round(time.perf_counter() - started - attack_s, 3),
+            **({"optimize": trained.extra} if trained.extra else {}),
         }
+        if trained.started_from is not None:  # the hybrid: what the decoder alone scored, so the gain is visible
+            decoder = trained.started_from
+            alone = evaluate_attack(decoder.network, split.eval, obfuscation, seed=spec.seed + EVAL_SEED_OFFSET,
+                                    native_size=native_size_of(manifest), classifier=classifier)
+            details[mode]["decoder_alone"] = {
+                **{k: alone.metrics[k] for k in ("mse", "psnr", "ssim", "attack_accuracy")},
+                "epochs": len(decoder.history), "best_epoch": decoder.best_epoch,
+                "still_improving": decoder.still_improving()}
         logger.info(
             "%s attack, %s column: mse %.5f psnr %.2f ssim %.4f on %d images", spec.attack, mode,
             evaluation.metrics["mse"], evaluation.metrics["psnr"], evaluation.metrics["ssim"], len(split.eval),
@@ -288,10 +341,15 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
         if captured_metrics is not None:
             metrics["captured"] = captured_metrics
         groups.append(group)
+    scored = {spec.attack: {mode: m["mse"] for mode, m in metrics.items()}}
+    if all("decoder_alone" in details.get(mode, {}) for mode in MODES):  # the hybrid ran the decoder too
+        scored["decoder"] = {mode: details[mode]["decoder_alone"]["mse"] for mode in MODES}
+    details["worst_case"] = worst_case(scored)
     bound = audited_bound(manifest, metrics)
     if bound is None:
         logger.warning(
-            "bundle %s records no entropy bound (trained without noise); the bound is null", manifest.model_id
+            "bundle %s records no entropy bound (trained without noise, or by a version that recorded none); "
+            "the bound is null", manifest.model_id
         )
     else:
         for warning in bound["warnings"]:
@@ -303,7 +361,8 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
         defenses=manifest.defenses,
         seed=spec.seed,
         device=str(device),
-        network=used,  # the size of the attacker's decoding network (and the GAN's generator)
+        network=used,  # the size of the attacker's decoding network (the GAN's generator, the hybrid's start); None:
+        # the optimize attack has none
         captured_known=int(metrics.get("captured", {}).get("n", 0)),
     )
     monitor.report(1.0, "done")

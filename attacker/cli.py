@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from attacker.attacks import ATTACKS, DecoderAttackConfig
+from attacker.attacks import ATTACKS, DecoderAttackConfig, OptimizeAttackConfig
 from attacker.audit import AuditSpec, run_audit
 from cem.cli import run_cli
 from cem.data import available_datasets
@@ -48,7 +48,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="default: the bundle's data set")
     parser.add_argument("--data-dir", type=Path, default=AuditSpec.data_dir, help="where file-based data sets live")
     parser.add_argument("--epochs", type=int, default=AuditSpec.epochs,
-                        help="default: 50 (decoder) or 150 (gan, after ceil(epochs/3) decoder epochs)")
+                        help="default: 50 (decoder, decoder+optimize) or 150 (gan, after ceil(epochs/3) decoder "
+                             "epochs); not for optimize")
+    parser.add_argument("--steps", type=int, default=AuditSpec.optimize_steps,
+                        help=f"optimisation steps per image of optimize and decoder+optimize (default: "
+                             f"{OptimizeAttackConfig().steps})")
     parser.add_argument("--network-channels", type=int, default=AuditSpec.network_channels, metavar="C",
                         help="width of the attacker's decoding network, >= 1 (default: "
                              f"{PAPER_NETWORK.channels}, the paper's decoding network)")
@@ -69,7 +73,7 @@ def build_spec(args: argparse.Namespace) -> AuditSpec:
     return AuditSpec(
         bundle_dir=args.bundle, attack=args.attack, dataset=args.dataset, data_dir=args.data_dir,
         epochs=args.epochs, seed=args.seed, device=args.device,
-        network_channels=args.network_channels, network_blocks=args.network_blocks,
+        network_channels=args.network_channels, network_blocks=args.network_blocks, optimize_steps=args.steps,
     )
 
 

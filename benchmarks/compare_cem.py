@@ -1,21 +1,25 @@
-"""Table-1-style comparison: the same σ with and without CEM, attacked by both inversion attacks.
+"""Table-1-style comparison: the same σ with and without CEM, attacked by the inversion attacks.
 
 For each seed it trains two digits models with ``cem-train`` (σ only: ``--cem-lambda 0``;
 σ + CEM: the trainer's λ or ``--cem-lambda``), then attacks each bundle with the
-decoder attack and the GAN attack (the generator initialised from that decoder
-attack) under both protocols (``train``: attacker data = train split, scored on the
-test split; ``infer``: attacker data = first 90% of the test split, scored on the
-last 10%). It prints, as mean ± 95 % interval over the seeds (Student t), accuracy,
+``--attacks`` asked for (default: the decoder attack and the GAN attack, whose
+generator is initialised from that decoder attack; also ``optimize`` and
+``decoder+optimize``, which starts from that decoder attack) under both protocols
+(``train``: attacker data = train split, scored on the test split; ``infer``:
+attacker data = first 90% of the test split, scored on the last 10%). It prints,
+as mean ± 95 % interval over the seeds (Student t), accuracy,
 MSE per attack and protocol, PSNR and SSIM (train protocol, i.e. over the whole
 test split) and Theorem 1's ξ with its kind (``cem.bounds``: ``estimate`` and
 ``relative``, each checked against the strongest attack), then the CEM gain:
 paired per seed (relative change in % for MSE and ξ, points for accuracy) and
-summarised the same way. Each attack's best epoch is recorded, and an attack
+summarised the same way. The worst case is, per seed and column, the lowest MSE any
+attack reached (and which attack). Each attack's best epoch is recorded, and an attack
 whose validation MSE still fell by more than 2 % in its last tenth of epochs is
 flagged as not converged (``TrainedAttack.still_improving``).
 
     .venv/bin/python benchmarks/compare_cem.py --out runs/compare
     .venv/bin/python benchmarks/compare_cem.py --out runs/compare --decoder-epochs 10 --gan-epochs 30 --json
+    .venv/bin/python benchmarks/compare_cem.py --out runs/attacks --attacks decoder,gan,optimize,decoder+optimize
 
 Defaults are the attacks' own (decoder 50 epochs, GAN 150); see docs/attacks.md for
 how long that takes on a CPU.
@@ -39,12 +43,15 @@ from tqdm import tqdm
 from attacker.attacks import (
     MODES,
     DecoderAttackConfig,
+    OptimizeAttackConfig,
     ProgressMonitor,
+    TrainedAttack,
     build_attack_split,
     compute_feature_set,
     evaluate_attack,
     load_images,
     run_attack,
+    train_optimize_attack,
 )
 from attacker.audit import native_size_of
 from cem.bounds import privacy_bound
@@ -53,12 +60,14 @@ from cem.devices import resolve_device
 from cem.manifest import Manifest
 from cem.obfuscation import ObfuscationConfig
 from cem.stats import mean_interval
+from cem.worst_case import worst_case
 
 logger = logging.getLogger("compare_cem")
 
 VARIANTS = ("sigma", "sigma+cem")
-MSE_COLUMNS = [f"{attack}_mse_{mode}" for attack in ("decoder", "gan") for mode in MODES]
-QUALITY_COLUMNS = ["decoder_psnr", "decoder_ssim", "gan_psnr", "gan_ssim"]
+COLUMN_KEYS = {"decoder": "decoder", "gan": "gan", "optimize": "optimize", "decoder+optimize": "hybrid"}
+HEADER_NAMES = {"decoder": "Dec", "gan": "GAN", "optimize": "Opt", "decoder+optimize": "Dec+Opt"}
+WORST_COLUMNS = [f"worst_mse_{mode}" for mode in MODES]
 BOUND_COLUMNS = ["xi_estimate", "xi_relative"]
 
 
@@ -71,7 +80,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-arg", action="append", default=[], help="extra cem-train argument (repeatable)")
     parser.add_argument("--decoder-epochs", type=int, default=50)
     parser.add_argument("--gan-epochs", type=int, default=150)
-    parser.add_argument("--attacks", default="decoder,gan", help="decoder or decoder,gan")
+    parser.add_argument("--attacks", default="decoder,gan",
+                        help=f"comma-separated, among {', '.join(COLUMN_KEYS)}")
+    parser.add_argument("--optimize-steps", type=int, default=OptimizeAttackConfig().steps,
+                        help="optimisation steps per image of optimize and decoder+optimize")
     parser.add_argument("--attack-blocks", type=int, default=8, help="residual blocks of the decoding network")
     parser.add_argument("--attack-channels", type=int, default=64, help="channels of the decoding network")
     parser.add_argument("--attack-batch-size", type=int, default=256, help="decoder attack batch size")
@@ -129,15 +141,58 @@ def describe_training(manifest: Manifest) -> dict[str, Any]:
     }
 
 
+def attack_key(attack: str) -> str:
+    """The column prefix of an attack (``decoder+optimize`` is ``hybrid``, a name that reads as a key)."""
+    return COLUMN_KEYS[attack]
+
+
+def mse_columns(attacks: list[str]) -> list[str]:
+    return [f"{attack_key(attack)}_mse_{mode}" for attack in attacks for mode in MODES]
+
+
+def parse_attacks(text: str) -> list[str]:
+    attacks = [a.strip() for a in text.split(",") if a.strip()]
+    unknown = [a for a in attacks if a not in COLUMN_KEYS]
+    if unknown or not attacks:
+        raise SystemExit(f"expected attacks among {', '.join(COLUMN_KEYS)}, got {', '.join(unknown) or 'none'}")
+    return attacks
+
+
+def _record_training(row: dict[str, Any], key: str, mode: str, trained: TrainedAttack, seconds: float) -> None:
+    row[f"{key}_s_{mode}"] = seconds
+    row[f"{key}_best_epoch_{mode}"] = trained.best_epoch
+    row[f"{key}_epochs_{mode}"] = trained.extra.get("steps", len(trained.history))  # optimisation: steps
+    row[f"{key}_still_improving_{mode}"] = trained.still_improving()
+    if trained.half_budget is not None:
+        row[f"{key}_doubling_gain_{mode}"] = trained.half_budget.gain
+
+
+def convergence_note(row: dict[str, Any], attack: str, mode: str) -> str:
+    """Why an attack was flagged as not converged, in the terms of the check that flagged it."""
+    key = attack_key(attack)
+    gain = row.get(f"{key}_doubling_gain_{mode}")
+    if gain is not None:
+        return f"{attack}/{mode}: doubling its epochs lowered the validation MSE by {100 * gain:.1f} % (> 2 %)"
+    unit = "steps" if "optimize" in attack else "epochs"
+    return (f"{attack}/{mode}: validation MSE still falling at the end of its {row[f'{key}_epochs_{mode}']} "
+            f"{unit} (best {row[f'{key}_best_epoch_{mode}']}), or doubling its epochs still helped by > 2 %")
+
+
 def attack_bundle(args: argparse.Namespace, bundle: Path, seed: int, bar: tqdm) -> dict[str, Any]:
-    """Both attacks under both protocols; returns the table's columns for this bundle."""
+    """Every asked-for attack under both protocols; returns the table's columns for this bundle.
+
+    The decoder attack runs once per protocol and is shared: it initialises the GAN's generator and
+    starts the hybrid's optimisation, as ``run_attack`` would train it for them. Wall times are each
+    attack's own (the hybrid's includes its decoder's)."""
     manifest, encoder = load_encoder(bundle, resolve_device(args.device))
     obfuscation = ObfuscationConfig.from_records(manifest.noise_std, manifest.defenses)
     sets = {split: compute_feature_set(encoder, load_images(args.dataset, split)) for split in ("train", "test")}
-    attacks = args.attacks.split(",")
+    attacks = parse_attacks(args.attacks)
     network = DecoderAttackConfig(
         batch_size=args.attack_batch_size, num_blocks=args.attack_blocks, channels=args.attack_channels
     )
+    optimize = OptimizeAttackConfig(steps=args.optimize_steps)
+    native = native_size_of(manifest)
     row: dict[str, Any] = {}
     shown = [""]
 
@@ -149,43 +204,56 @@ def attack_bundle(args: argparse.Namespace, bundle: Path, seed: int, bar: tqdm) 
     for mode in MODES:
         split = build_attack_split(mode, sets["train"], sets["test"], seed=seed)
         monitor = ProgressMonitor(progress=lambda _, message, mode=mode: show(f"{bundle.name} {mode}: {message}"))
-        started = time.perf_counter()
-        decoder = run_attack("decoder", split, obfuscation, epochs=args.decoder_epochs, seed=seed, monitor=monitor,
-                             decoder_config=network)
-        row[f"decoder_s_{mode}"] = time.perf_counter() - started
-        row[f"decoder_best_epoch_{mode}"] = decoder.best_epoch
-        row[f"decoder_epochs_{mode}"] = len(decoder.history)
-        row[f"decoder_still_improving_{mode}"] = decoder.still_improving()
-        bar.update(1)
-        native = native_size_of(manifest)
-        scores = {"decoder": evaluate_attack(decoder.network, split.eval, obfuscation, seed=seed + 100,
-                                             native_size=native).metrics}
-        if "gan" in attacks:
+        trained: dict[str, TrainedAttack] = {}
+        decoder_s = 0.0
+        if {"decoder", "gan", "decoder+optimize"} & set(attacks):
             started = time.perf_counter()
-            gan = run_attack("gan", split, obfuscation, epochs=args.gan_epochs, seed=seed, monitor=monitor,
-                             init=decoder.network)
-            row[f"gan_s_{mode}"] = time.perf_counter() - started
-            row[f"gan_best_epoch_{mode}"] = gan.best_epoch
-            row[f"gan_epochs_{mode}"] = len(gan.history)
-            row[f"gan_still_improving_{mode}"] = gan.still_improving()
-            bar.update(1)
-            scores["gan"] = evaluate_attack(gan.network, split.eval, obfuscation, seed=seed + 100,
-                                            native_size=native).metrics
-        for attack, metrics in scores.items():
+            trained["decoder"] = run_attack("decoder", split, obfuscation, epochs=args.decoder_epochs, seed=seed,
+                                            monitor=monitor, decoder_config=network)
+            decoder_s = time.perf_counter() - started
+            _record_training(row, "decoder", mode, trained["decoder"], decoder_s)
+        for attack in attacks:
+            started = time.perf_counter()
+            if attack == "gan":
+                trained[attack] = run_attack("gan", split, obfuscation, epochs=args.gan_epochs, seed=seed,
+                                             monitor=monitor, init=trained["decoder"].network)
+            elif attack == "optimize":
+                trained[attack] = run_attack("optimize", split, obfuscation, seed=seed, monitor=monitor,
+                                             encoder=encoder, optimize_config=optimize)
+            elif attack == "decoder+optimize":
+                refined = train_optimize_attack(split, obfuscation, encoder, optimize, init=trained["decoder"].network,
+                                                seed=seed, monitor=monitor)
+                refined.started_from = trained["decoder"]
+                trained[attack] = refined
+            else:
+                continue
+            _record_training(row, attack_key(attack), mode, trained[attack],
+                             time.perf_counter() - started + (decoder_s if attack == "decoder+optimize" else 0.0))
+            if "tv_weight" in trained[attack].extra:
+                row[f"{attack_key(attack)}_tv_weight_{mode}"] = trained[attack].extra["tv_weight"]
+        bar.update(1)
+        for attack in attacks:
+            metrics = evaluate_attack(trained[attack].network, split.eval, obfuscation, seed=seed + 100,
+                                      native_size=native).metrics
+            key = attack_key(attack)
             logger.info("%s, %s attack, %s column: mse %.5f psnr %.2f ssim %.4f", bundle.name, attack, mode,
                         metrics["mse"], metrics["psnr"], metrics["ssim"])
-            row[f"{attack}_mse_{mode}"] = metrics["mse"]
-            row[f"{attack}_mse_native_{mode}"] = metrics.get("mse_native")
+            row[f"{key}_mse_{mode}"] = metrics["mse"]
+            row[f"{key}_mse_native_{mode}"] = metrics.get("mse_native")
             if mode == "train":
-                row[f"{attack}_psnr"], row[f"{attack}_ssim"] = metrics["psnr"], metrics["ssim"]
-                row[f"{attack}_ssim_ref"] = metrics["ssim_ref"]
-    for attack in attacks:
+                row[f"{key}_psnr"], row[f"{key}_ssim"] = metrics["psnr"], metrics["ssim"]
+                row[f"{key}_ssim_ref"] = metrics["ssim_ref"]
+    strongest = worst_case({attack: {mode: row[f"{attack_key(attack)}_mse_{mode}"] for mode in MODES}
+                            for attack in attacks})
+    for mode, entry in strongest.items():
+        row[f"worst_mse_{mode}"], row[f"worst_attack_{mode}"] = entry["mse"], entry["attack"]
+    for attack in [*(["decoder"] if "decoder" not in attacks and f"decoder_epochs_{MODES[0]}" in row else []),
+                   *attacks]:
+        key = attack_key(attack)
         for mode in MODES:
-            if row.get(f"{attack}_still_improving_{mode}"):
-                row.setdefault("not_converged", []).append(
-                    f"{attack}/{mode}: validation MSE still falling in the last tenth of "
-                    f"{row[f'{attack}_epochs_{mode}']} epochs (best epoch {row[f'{attack}_best_epoch_{mode}']})")
-    measured = [(f"{a}_mse_{m}", f"{a}_mse_native_{m}") for a in attacks for m in MODES]
+            if row.get(f"{key}_still_improving_{mode}"):
+                row.setdefault("not_converged", []).append(convergence_note(row, attack, mode))
+    measured = [(f"{attack_key(a)}_mse_{m}", f"{attack_key(a)}_mse_native_{m}") for a in attacks for m in MODES]
     bound = privacy_bound(manifest.metrics, attack_mse=min(row[k] for k, _ in measured),
                           attack_mse_native=min((row[k] for _, k in measured if row[k] is not None), default=None))
     if bound is not None:
@@ -207,16 +275,21 @@ def summarise_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {k: mean_interval(float(r[k]) for r in rows).to_dict() for k in keys}
 
 
-def compute_gain(base_rows: list[dict[str, Any]], cem_rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Paired per seed, then mean ± interval. MSE and ξ: relative change in %; accuracy: points;
-    PSNR and SSIM: absolute difference."""
+def quality_columns(attacks: list[str]) -> list[str]:
+    return [f"{attack_key(a)}_{metric}" for a in attacks for metric in ("psnr", "ssim")]
+
+
+def compute_gain(base_rows: list[dict[str, Any]], cem_rows: list[dict[str, Any]],
+                 attacks: list[str]) -> dict[str, dict[str, Any]]:
+    """Paired per seed, then mean ± interval. MSE (each attack's and the worst case's) and ξ: relative
+    change in %; accuracy: points; PSNR and SSIM: absolute difference."""
     gain: dict[str, dict[str, Any]] = {}
     pairs = list(zip(base_rows, cem_rows, strict=True))
-    for key in [*MSE_COLUMNS, *BOUND_COLUMNS]:
+    for key in [*mse_columns(attacks), *WORST_COLUMNS, *BOUND_COLUMNS]:
         values = [100.0 * (c[key] - b[key]) / b[key] for b, c in pairs if b.get(key) and c.get(key) is not None]
         if values:
             gain[key] = mean_interval(values).to_dict()
-    for key in ["accuracy", *QUALITY_COLUMNS]:
+    for key in ["accuracy", *quality_columns(attacks)]:
         values = [(c[key] - b[key]) * (100.0 if key == "accuracy" else 1.0) for b, c in pairs if key in b and key in c]
         if values:
             gain[key] = mean_interval(values).to_dict()
@@ -230,10 +303,14 @@ def _cell(entry: dict[str, Any] | None, spec: str, scale: float = 1.0, suffix: s
     return text + (f" ± {entry['ci95'] * scale:{spec.lstrip('+')}}" if entry.get("ci95") is not None else "") + suffix
 
 
-def format_table(results: dict[str, dict[str, Any]], gain: dict[str, dict[str, Any]]) -> str:
-    header = ["model", "λ", "acc %", "Dec train", "Dec infer", "GAN train", "GAN infer",
-              "Dec PSNR", "Dec SSIM", "GAN PSNR", "GAN SSIM", "ξ estimate", "ξ relative"]
-    keys = ["accuracy", *MSE_COLUMNS, *QUALITY_COLUMNS, *BOUND_COLUMNS]
+def format_table(results: dict[str, dict[str, Any]], gain: dict[str, dict[str, Any]], attacks: list[str]) -> str:
+    """One row per variant and the paired gain: accuracy, each attack's MSE per column, the worst case
+    (the lowest MSE of any attack, per seed), PSNR/SSIM of the train column, and both ξ."""
+    quality = quality_columns(attacks)
+    keys = ["accuracy", *mse_columns(attacks), *WORST_COLUMNS, *quality, *BOUND_COLUMNS]
+    header = ["model", "λ", "acc %", *(f"{HEADER_NAMES[a]} {m}" for a in attacks for m in MODES),
+              *(f"worst {m}" for m in MODES), *(f"{HEADER_NAMES[a]} {q}" for a in attacks for q in ("PSNR", "SSIM")),
+              "ξ estimate", "ξ relative"]
 
     def spec(key: str) -> tuple[str, float]:
         if key == "accuracy":
@@ -250,7 +327,7 @@ def format_table(results: dict[str, dict[str, Any]], gain: dict[str, dict[str, A
     for key in keys:
         if key == "accuracy":
             gain_cells.append(_cell(gain.get(key), "+.2f", suffix=" pt"))
-        elif key in QUALITY_COLUMNS:
+        elif key in quality:
             gain_cells.append(_cell(gain.get(key), "+.3f"))
         else:
             gain_cells.append(_cell(gain.get(key), "+.0f", suffix="%"))
@@ -265,9 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
-    per_attack = 2 if "gan" in args.attacks.split(",") else 1
+    attacks = parse_attacks(args.attacks)
     per_seed: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
-    with tqdm(total=len(seeds) * len(VARIANTS) * len(MODES) * per_attack, desc="attacks", file=sys.stderr) as bar:
+    with tqdm(total=len(seeds) * len(VARIANTS) * len(MODES), desc="columns", file=sys.stderr) as bar:
         for seed in seeds:
             first: Manifest | None = None
             for variant in VARIANTS:
@@ -277,17 +354,24 @@ def main(argv: list[str] | None = None) -> int:
                 per_seed[variant].append(row)
                 (args.out / f"{variant}-seed{seed}.json").write_text(json.dumps(row, indent=2, default=str) + "\n")
     results = {variant: summarise_rows(rows) for variant, rows in per_seed.items()}
-    gain = compute_gain(per_seed["sigma"], per_seed["sigma+cem"])
-    table = format_table(results, gain)
+    gain = compute_gain(per_seed["sigma"], per_seed["sigma+cem"], attacks)
+    table = format_table(results, gain, attacks)
     summary = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                "seeds": seeds, "results": results, "per_seed": per_seed, "gain": gain}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    gan = f", GAN {args.gan_epochs} epochs" if "gan" in args.attacks.split(",") else ""
+    gan = f", GAN {args.gan_epochs} epochs" if "gan" in attacks else ""
+    steps = f", optimisation {args.optimize_steps} steps per image" if {"optimize", "decoder+optimize"} & set(
+        attacks) else ""
     sigma = per_seed["sigma"][0].get("noise_std")
     print(f"{args.dataset}, σ = {sigma}, seeds {seeds}, decoder {args.decoder_epochs} epochs "
-          f"(batch ≤ {args.attack_batch_size}){gan}; mean ± 95 % interval (t) over seeds "
+          f"(batch ≤ {args.attack_batch_size}){gan}{steps}; mean ± 95 % interval (t) over seeds "
           "(MSE columns: held-out images; PSNR/SSIM: train column)")
     print(table)
+    for variant, rows in per_seed.items():
+        for mode in MODES:
+            names = [row.get(f"worst_attack_{mode}") for row in rows]
+            counts = ", ".join(f"{name} {names.count(name)}/{len(rows)}" for name in dict.fromkeys(names))
+            print(f"worst case: {variant} {mode}: {counts} seeds")
     for variant, rows in per_seed.items():
         for row in rows:
             for note in [*row.get("not_converged", []), *row.get("bound_warnings", [])]:

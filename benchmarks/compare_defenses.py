@@ -33,7 +33,7 @@ Cells run in ``--jobs`` worker processes of ``--threads`` torch threads each, on
 progress bar for the grid and one log per cell in ``DIR/logs``. A cell's result is
 stored in ``DIR/cells`` with the settings it was run with: a rerun (after an
 interruption, or with more seeds or rows) does only the cells that are missing or
-whose settings changed.
+whose settings changed; ``--stored-only`` prints the table of stored cells and runs nothing.
 
     .venv/bin/python benchmarks/compare_defenses.py --out runs/defenses --seeds 0,1,2 --jobs 2 --json
 """
@@ -55,10 +55,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from compare_cem import attack_bundle, describe_training
+from compare_cem import (
+    HEADER_NAMES,
+    WORST_COLUMNS,
+    attack_bundle,
+    attack_key,
+    convergence_note,
+    describe_training,
+    mse_columns,
+    parse_attacks,
+)
 from tqdm import tqdm
 
-from attacker.attacks import MODES
+from attacker.attacks import MODES, OptimizeAttackConfig
 from cem.bundle import load_manifest
 from cem.stats import mean_interval
 
@@ -140,7 +149,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="proxy fields of the ResSFL, PATROL and Noise_ARL specs (field=value,...)")
     parser.add_argument("--train-epochs", type=int, default=None, help="default: the trainer's profile")
     parser.add_argument("--train-arg", action="append", default=[], help="extra cem-train argument (repeatable)")
-    parser.add_argument("--attacks", default="decoder", help="decoder or decoder,gan")
+    parser.add_argument("--attacks", default="decoder",
+                        help="comma-separated among decoder, gan, optimize, decoder+optimize")
+    parser.add_argument("--optimize-steps", type=int, default=OptimizeAttackConfig().steps,
+                        help="optimisation steps per image of optimize and decoder+optimize")
     parser.add_argument("--decoder-epochs", type=int, default=50)
     parser.add_argument("--gan-epochs", type=int, default=150)
     parser.add_argument("--attack-blocks", type=int, default=4, help="residual blocks of the decoding network")
@@ -151,6 +163,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per cell")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--stored-only", action="store_true",
+                        help="run nothing: the table from the stored cells (an error names any cell missing)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON line (last stdout line)")
     return parser
 
@@ -171,13 +185,16 @@ def plan_cells(rows: list[DefenseRow], seeds: list[int]) -> list[Cell]:
 
 def cell_settings(args: argparse.Namespace, cell: Cell) -> dict[str, Any]:
     """Everything a cell's result depends on; a stored cell is reused only if these are equal."""
-    return {
+    settings = {
         "train_args": ROWS[cell.row].train_args(args, cell.with_cem),
         "dataset": args.dataset, "seed": cell.seed, "attacks": args.attacks,
         "decoder_epochs": args.decoder_epochs, "gan_epochs": args.gan_epochs,
         "attack_blocks": args.attack_blocks, "attack_channels": args.attack_channels,
         "attack_batch_size": args.attack_batch_size,
     }
+    if {"optimize", "decoder+optimize"} & set(parse_attacks(args.attacks)):
+        settings["optimize_steps"] = args.optimize_steps
+    return settings
 
 
 def _stored(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
@@ -246,6 +263,8 @@ def run_grid(args: argparse.Namespace, cells: list[Cell]) -> dict[str, dict[str,
         else:
             results[cell.key] = stored
     logger.info("%d cells, %d stored, %d to run", len(cells), len(results), len(todo))
+    if todo and args.stored_only:
+        raise SystemExit(f"expected every cell stored (--stored-only), missing: {', '.join(c.key for c in todo)}")
     with tqdm(total=len(cells), initial=len(results), desc="cells", unit="cell", file=sys.stderr) as bar:
         if args.jobs <= 1:
             for cell in todo:
@@ -270,10 +289,6 @@ def _estimate(values: list[float]) -> dict[str, Any] | None:
     return mean_interval(values).to_dict() if values else None
 
 
-def mse_columns(attacks: list[str]) -> list[str]:
-    return [f"{attack}_mse_{mode}" for attack in attacks for mode in MODES]
-
-
 def summarise(rows: list[DefenseRow], seeds: list[int], results: dict[str, dict[str, Any]],
               attacks: list[str]) -> dict[str, Any]:
     """Per variant: mean ± interval over seeds; per row: the paired CEM gain; the paper's average rows.
@@ -281,7 +296,8 @@ def summarise(rows: list[DefenseRow], seeds: list[int], results: dict[str, dict[
     The averages are taken per seed over the defense rows that have both variants (the paper's
     "Average w/o CEM" and "w/ CEM"), then mean ± interval over the seeds; the average gain is
     the relative change of those per-seed averages, as the paper's summary compares averages."""
-    columns = ["accuracy", *mse_columns(attacks), "epoch_cpu_s", "run_cpu_s"]
+    columns = ["accuracy", *mse_columns(attacks), *(WORST_COLUMNS if len(attacks) > 1 else []),
+               "epoch_cpu_s", "run_cpu_s"]
     variants: dict[str, dict[str, Any]] = {}
     gains: dict[str, dict[str, Any]] = {}
     for row in rows:
@@ -291,7 +307,9 @@ def summarise(rows: list[DefenseRow], seeds: list[int], results: dict[str, dict[
                 "row": row.label, "cem": with_cem, "seeds": seeds,
                 **{k: _estimate(_numeric(per_seed, k)) for k in columns},
                 "noise_std": per_seed[0].get("noise_std"), "cem_lambda": per_seed[0].get("cem_lambda"),
-                "not_converged": [f"seed {r['seed']}: {note}" for r in per_seed for note in r.get("not_converged", [])],
+                "not_converged": [f"seed {r['seed']}: {convergence_note(r, attack, mode)}" for r in per_seed
+                                  for attack in attacks for mode in MODES
+                                  if r.get(f"{attack_key(attack)}_still_improving_{mode}")],
             }
         if row.has_cem_variant:
             pairs = [(results[Cell(row.label, False, s).key], results[Cell(row.label, True, s).key]) for s in seeds]
@@ -314,7 +332,7 @@ def summarise(rows: list[DefenseRow], seeds: list[int], results: dict[str, dict[
 def paired_gain(pairs: list[tuple[dict[str, Any], dict[str, Any]]], attacks: list[str]) -> dict[str, Any]:
     """Per seed: accuracy change in points, MSE change in %; then mean ± interval."""
     gain: dict[str, Any] = {"accuracy": _estimate([100.0 * (c["accuracy"] - b["accuracy"]) for b, c in pairs])}
-    for key in mse_columns(attacks):
+    for key in [*mse_columns(attacks), *(WORST_COLUMNS if len(attacks) > 1 else [])]:
         gain[key] = _estimate([100.0 * (c[key] - b[key]) / b[key] for b, c in pairs if b.get(key) and key in c])
     return gain
 
@@ -328,9 +346,9 @@ def _cell_text(entry: dict[str, Any] | None, spec: str, scale: float = 1.0, suff
 
 def format_table(summary: dict[str, Any], attacks: list[str]) -> str:
     """Table 1's layout: rows = defenses with and without CEM, then the paper's average rows."""
-    mse = mse_columns(attacks)
-    names = {"decoder": "Dec", "gan": "GAN"}
-    header = ["method", "σ", "λ", "acc %", *(f"{names[k.split('_')[0]]} {k.rsplit('_', 1)[1]} MSE" for k in mse)]
+    mse = [*mse_columns(attacks), *(WORST_COLUMNS if len(attacks) > 1 else [])]
+    header = ["method", "σ", "λ", "acc %", *(f"{HEADER_NAMES[a]} {m} MSE" for a in attacks for m in MODES),
+              *(f"worst {m} MSE" for m in MODES if len(attacks) > 1)]
     lines = [" | ".join(header), " | ".join("---" for _ in header)]
 
     def values(entry: dict[str, Any]) -> list[str]:
@@ -378,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     rows = parse_rows(args.rows)
     seeds = [int(s) for s in args.seeds.split(",")]
-    attacks = args.attacks.split(",")
+    attacks = parse_attacks(args.attacks)
     for folder in ("cells", "logs", "bundles"):
         (args.out / folder).mkdir(parents=True, exist_ok=True)
     results = run_grid(args, plan_cells(rows, seeds))
@@ -391,9 +409,11 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(summary, attacks))
     print()
     print(format_cost(summary))
+    runs = len(seeds) * len(attacks) * len(MODES)
     for variant, entry in summary["variants"].items():
-        for note in entry["not_converged"]:
-            print(f"note: {variant} {note}")
+        if entry["not_converged"]:
+            print(f"note: {variant}: {len(entry['not_converged'])} of {runs} attack runs flagged as not converged, "
+                  f"e.g. {entry['not_converged'][0]}")
     if args.json:
         print(json.dumps(summary, default=str))
     return 0

@@ -26,11 +26,18 @@ def audit_models(client: AuditClient, models: list[dict[str, Any]], attacks: tup
     too, attack by attack (a service running two at once then runs audits of about equal length side by side);
     wait for each, narrating its progress; store metrics, bound and training in ``model``; save each audit's HTML
     report and reconstruction grid in ``report_dir``. Returns {"model/attack": report path}."""
-    epochs = {AttackName.DECODER: profile.decoder_epochs, AttackName.GAN: profile.gan_epochs}
+    # optimize has no epochs and no decoding network (the API refuses both); decoder+optimize's are its decoder's
+    epochs = {AttackName.DECODER: profile.decoder_epochs, AttackName.GAN: profile.gan_epochs,
+              AttackName.HYBRID: profile.decoder_epochs, AttackName.OPTIMIZE: None}
+
+    def learned(attack: AttackName, size: int | None) -> int | None:
+        return None if attack is AttackName.OPTIMIZE else size
+
     report_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(model, attack, client.submit(Path(model["bundle"]).name, attack=attack, epochs=epochs[attack],
-                                          use_captures=True, seed=seed, network_channels=profile.network_channels,
-                                          network_blocks=profile.network_blocks))
+                                          use_captures=True, seed=seed,
+                                          network_channels=learned(attack, profile.network_channels),
+                                          network_blocks=learned(attack, profile.network_blocks)))
             for attack in map(AttackName, attacks) for model in models]
     reports: dict[str, str] = {}
     for model, attack, job in jobs:

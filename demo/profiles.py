@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from attacker.client import ATTACKS, AttackName
+from attacker.client import AttackName
 from cem.errors import ConfigError
 
 # The demo's two models, (bundle folder name, CEM λ): σ only, and σ with CEM at the trainer's default λ (None).
@@ -34,7 +34,8 @@ class DemoProfile:
     gan_epochs: int | None
     train_width: float | None = None
     edge_limit: int | None = None  # test images the edge sends through the tap (None: all)
-    attacks: tuple[str, ...] = ATTACKS  # run unless the command line names others
+    # run unless the command line names others; optimize and decoder+optimize on request (--attack)
+    attacks: tuple[str, ...] = (AttackName.DECODER.value, AttackName.GAN.value)
     network_channels: int | None = None  # the attacker's decoding network (None: the paper's)
     network_blocks: int | None = None
 

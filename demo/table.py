@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from cem.worst_case import worst_case
+
 COLUMNS = ("train", "infer", "captured")
+LABELLED = ("train", "infer")  # the columns with ground-truth labels, where attack accuracy is measured
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -51,11 +54,43 @@ def convergence_lines(models: list[dict[str, Any]], attacks: list[str]) -> list[
     return lines
 
 
+def identity_lines(models: list[dict[str, Any]], attacks: list[str]) -> list[str]:
+    """Per model and attack, the attack accuracy of each labelled column, with the classifier's accuracy on the
+    original images (the ceiling) and chance: whether what leaked is still recognisable, beside the MSE."""
+    lines = ["", ("attack accuracy (share of reconstructions the attacker's classifier labels correctly; "
+                 "in brackets: on the originals, chance):")]
+    for model in models:
+        for attack in attacks:
+            metrics = model.get("audits", {}).get(attack, {})
+            cells = [f"{c} {_fmt(_metric(metrics, c, 'attack_accuracy'), '.3f')} "
+                     f"({_fmt(_metric(metrics, c, 'classifier_accuracy'), '.3f')}, "
+                     f"{_fmt(_metric(metrics, c, 'chance_accuracy'), '.2f')})" for c in LABELLED]
+            lines.append(f"  {model['name']}/{attack}: " + ", ".join(cells))
+    return lines
+
+
+def worst_case_lines(models: list[dict[str, Any]], attacks: list[str]) -> list[str]:
+    """Per model and column, the attack that reconstructed best (a defense is as strong as its strongest
+    attacker), and with two models the CEM gain against that worst case."""
+    strongest = [worst_case({a: {c: _metric(m.get("audits", {}).get(a, {}), c, "mse") for c in COLUMNS}
+                             for a in attacks}) for m in models]
+    lines = ["", f"worst case (the lowest MSE of the {len(attacks)} attacks, per column):"]
+    for model, entry in zip(models, strongest, strict=True):
+        lines.append(f"  {model['name']}: " + ", ".join(
+            f"{c} {e['attack']} {e['mse']:.5f}" for c, e in entry.items()))
+    if len(models) == 2:
+        gains = [f"{c} {_fmt(cem_gain_percent(strongest[0][c]['mse'], strongest[1][c]['mse']), '+.1f')}%"
+                 for c in COLUMNS if c in strongest[0] and c in strongest[1]]
+        lines.append("  CEM gain against the worst case: " + ", ".join(gains))
+    return lines
+
+
 def render_table(models: list[dict[str, Any]], attacks: list[str]) -> str:
     """``models``: [{"name", "accuracy", "wire_accuracy", "audits": {attack: {column: metrics}},
     "bounds": {attack: audit bound}}]. The ξ column shows each ξ's kind (cem.bounds)."""
     lines = []
-    header = f"{'model':<11} {'attack':<8} {'acc':>6} {'wire acc':>8} " + " ".join(
+    width = max(8, *(len(a) for a in attacks))
+    header = f"{'model':<11} {'attack':<{width}} {'acc':>6} {'wire acc':>8} " + " ".join(
         f"{c + ' MSE':>12} {'PSNR':>6} {'SSIM':>6}" for c in COLUMNS
     ) + f" {'ξ (kind)':>13}"
     lines.append(header)
@@ -69,7 +104,7 @@ def render_table(models: list[dict[str, Any]], attacks: list[str]) -> str:
                 for c in COLUMNS
             )
             lines.append(
-                f"{model['name']:<11} {attack:<8} {_fmt(model.get('accuracy'), '.4f'):>6} "
+                f"{model['name']:<11} {attack:<{width}} {_fmt(model.get('accuracy'), '.4f'):>6} "
                 f"{_fmt(model.get('wire_accuracy'), '.4f'):>8} {cells} "
                 f"{_bound_cell(model.get('bounds', {}).get(attack)):>13}"
             )
@@ -89,6 +124,9 @@ def render_table(models: list[dict[str, Any]], attacks: list[str]) -> str:
         if isinstance(base.get("accuracy"), float) and isinstance(cem.get("accuracy"), float):
             delta = 100.0 * (cem["accuracy"] - base["accuracy"])
         lines.append(f"accuracy change with CEM: {_fmt(delta, '+.2f')} points")
+    if len(attacks) > 1:
+        lines.extend(worst_case_lines(models, attacks))
+    lines.extend(identity_lines(models, attacks))
     lines.extend(convergence_lines(models, attacks))
     lines.append("ξ kinds: est = estimate (H(x) from a Gaussian fit), rel = relative (H(x) := 0); neither is a "
                  "proven floor; '!' = an attacker or the mean-image guess did better than this ξ")

@@ -2,7 +2,8 @@
 
 ``compute_feature_set`` + ``build_attack_split`` prepare the attacker's data for a
 protocol (``train`` or ``infer``), ``run_attack`` trains an attack and
-``evaluate_attack`` scores it on held-out images. ``attacker.audit.run_audit``
+``evaluate_attack`` scores it on held-out images, with ``attack_accuracy`` (identity
+leakage) when given a classifier from ``train_evaluation_classifier``. ``attacker.audit.run_audit``
 strings them together for one bundle.
 """
 
@@ -14,13 +15,16 @@ from attacker.attacks.data import (
     build_attack_split,
     compute_feature_set,
     load_images,
+    load_labeled_images,
 )
 from attacker.attacks.decoder import DecoderAttackConfig, train_decoder_attack
 from attacker.attacks.evaluate import Evaluation, evaluate_attack, iterate_reconstructions
 from attacker.attacks.gan import GanAttackConfig, train_gan_attack
 from attacker.attacks.grid import GridGroup, render_grid_png
+from attacker.attacks.identity import IdentityClassifier, IdentityMeter, train_evaluation_classifier
 from attacker.attacks.loop import TrainedAttack
 from attacker.attacks.monitor import AttackCancelled, ProgressMonitor
+from attacker.attacks.optimize import FeatureMatchingInverter, OptimizeAttackConfig, train_optimize_attack
 from attacker.attacks.runner import run_attack
 
 __all__ = [
@@ -31,9 +35,13 @@ __all__ = [
     "AttackSplit",
     "DecoderAttackConfig",
     "Evaluation",
+    "FeatureMatchingInverter",
     "FeatureSet",
     "GanAttackConfig",
     "GridGroup",
+    "IdentityClassifier",
+    "IdentityMeter",
+    "OptimizeAttackConfig",
     "ProgressMonitor",
     "TrainedAttack",
     "build_attack_split",
@@ -42,8 +50,11 @@ __all__ = [
     "evaluate_attack",
     "iterate_reconstructions",
     "load_images",
+    "load_labeled_images",
     "render_grid_png",
     "run_attack",
     "train_decoder_attack",
+    "train_evaluation_classifier",
     "train_gan_attack",
+    "train_optimize_attack",
 ]

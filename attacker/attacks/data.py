@@ -15,7 +15,8 @@ The two protocols (the paper's Table 1 columns, reference_notes §5.1):
 
 In both, a validation part is carved out of the attacker's own data (a seeded
 random ``val_fraction``) for checkpoint selection; scored images are never used
-for any choice (the reference selected on test batches, B5/B29).
+for any choice (the reference selected on test batches, B5/B29). Class labels, when
+loaded (``load_labeled_images``), travel with their images through every subset.
 """
 
 from __future__ import annotations
@@ -36,22 +37,40 @@ INFER_FIT_FRACTION = 0.9
 
 @dataclass(frozen=True)
 class FeatureSet:
-    """Images (N, C, S, S) in [0, 1] and their clean encoder features (N, *feature_shape), same device."""
+    """Images (N, C, S, S) in [0, 1], their clean encoder features (N, *feature_shape) and, when the
+    attacker knows them, their class labels (N,) int64; all on one device.
+
+    The labels are never used by the attacks; they travel with the images so that an evaluation
+    classifier can be trained on the attacker's data and reconstructions scored for identity
+    leakage (``attacker.attacks.identity``).
+    """
 
     images: torch.Tensor
     features: torch.Tensor
+    labels: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.images.shape[0] != self.features.shape[0]:
             raise ConfigError(
                 f"expected as many features as images, got {self.features.shape[0]} and {self.images.shape[0]}"
             )
+        labels = self.labels
+        if labels is None:
+            return
+        if labels.dim() != 1 or labels.shape[0] != self.images.shape[0] or labels.dtype != torch.int64:
+            raise ConfigError(
+                f"expected labels of shape ({self.images.shape[0]},) and dtype int64, got {tuple(labels.shape)} "
+                f"and {labels.dtype}"
+            )
+        if labels.device != self.images.device:
+            raise ConfigError(f"expected labels on the images' device {self.images.device}, got {labels.device}")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
     def subset(self, index: torch.Tensor | slice) -> FeatureSet:
-        return FeatureSet(self.images[index], self.features[index])
+        labels = None if self.labels is None else self.labels[index]
+        return FeatureSet(self.images[index], self.features[index], labels)
 
 
 @dataclass(frozen=True)
@@ -64,18 +83,32 @@ class AttackSplit:
     eval: FeatureSet
 
 
-def load_images(dataset: str, split: str, data_dir: str | Path | None = None, batch_size: int = 512) -> torch.Tensor:
-    """All images of one split, un-augmented, in the data set's order: (N, C, S, S) float in [0, 1]."""
+def load_labeled_images(
+    dataset: str, split: str, data_dir: str | Path | None = None, batch_size: int = 512
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images of one split, un-augmented, in the data set's order, with their class labels:
+    (N, C, S, S) float in [0, 1] and (N,) int64."""
     data, _ = load_dataset(dataset, split=split, data_dir=data_dir)
-    batches = [images for images, _ in DataLoader(data, batch_size=batch_size, shuffle=False)]
+    batches = list(DataLoader(data, batch_size=batch_size, shuffle=False))
     if not batches:
         raise ConfigError(f"expected images in the {split} split of {dataset!r}, got none")
-    return torch.cat(batches).float()
+    images = torch.cat([images for images, _ in batches]).float()
+    labels = torch.cat([torch.as_tensor(labels) for _, labels in batches]).long()
+    return images, labels
+
+
+def load_images(dataset: str, split: str, data_dir: str | Path | None = None, batch_size: int = 512) -> torch.Tensor:
+    """All images of one split, un-augmented, in the data set's order: (N, C, S, S) float in [0, 1]."""
+    images, _ = load_labeled_images(dataset, split, data_dir, batch_size)
+    return images
 
 
 @torch.no_grad()
-def compute_feature_set(encoder: nn.Module, images: torch.Tensor, batch_size: int = 256) -> FeatureSet:
-    """Clean features of ``images`` (N, C, S, S), encoder in eval mode; both kept on the encoder's device."""
+def compute_feature_set(
+    encoder: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None, *, batch_size: int = 256
+) -> FeatureSet:
+    """Clean features of ``images`` (N, C, S, S), encoder in eval mode; images, features and ``labels``
+    (N,) int64, when given, are all kept on the encoder's device."""
     device = next(encoder.parameters()).device
     images = images.to(device)
     was_training = encoder.training
@@ -84,7 +117,7 @@ def compute_feature_set(encoder: nn.Module, images: torch.Tensor, batch_size: in
         chunks = [encoder(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)]
     finally:
         encoder.train(was_training)
-    return FeatureSet(images, torch.cat(chunks))
+    return FeatureSet(images, torch.cat(chunks), None if labels is None else labels.to(device))
 
 
 def build_attack_split(

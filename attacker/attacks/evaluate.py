@@ -4,7 +4,8 @@ The network runs in eval mode under ``no_grad`` (the reference ran its "test"
 batches in train mode and let them update BN statistics, B5). Features get a
 fresh client transform per batch, drawn from a generator seeded for the
 evaluation, so a score is reproducible and every epoch's validation sees the
-same noise draws.
+same noise draws. Given an evaluation classifier (``attacker.attacks.identity``), the score also
+says whether the reconstructions are still recognisable: the attack accuracy.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 from torch import nn
 
 from attacker.attacks.data import FeatureSet
-from cem.errors import MetricInputError
+from attacker.attacks.identity import IdentityClassifier, IdentityMeter
+from cem.errors import ConfigError, MetricInputError
 from cem.metrics import ReconstructionMeter
 from cem.obfuscation import ObfuscationConfig, obfuscate
 
@@ -68,16 +70,30 @@ def measure_mse(network: nn.Module, data: FeatureSet, obfuscation: ObfuscationCo
 
 def evaluate_attack(
     network: nn.Module, data: FeatureSet, obfuscation: ObfuscationConfig, *, seed: int, samples: int = GRID_SAMPLES,
-    native_size: int | None = None,
+    native_size: int | None = None, classifier: IdentityClassifier | None = None,
 ) -> Evaluation:
     """MSE, PSNR (per image and per batch) and SSIM (ours and the reference's, ``ssim_ref``) of ``network``
-    on ``data``, plus sample images for a grid."""
+    on ``data``, plus sample images for a grid.
+
+    With an evaluation ``classifier`` (trained on the attacker's data, never on ``data``), which needs
+    ``data.labels``, the metrics also hold ``attack_accuracy``, ``classifier_accuracy`` and
+    ``chance_accuracy`` (``IdentityMeter``)."""
     meter = ReconstructionMeter(native_size)
+    identity: IdentityMeter | None = None
+    if classifier is not None:
+        if data.labels is None:
+            raise ConfigError("expected labelled scored images to measure attack accuracy, got no labels")
+        identity = IdentityMeter(classifier)
     first: torch.Tensor | None = None
     for rows, recon in iterate_reconstructions(network, data.features, obfuscation, seed=seed):
         meter.update(recon, data.images[rows])
+        if identity is not None and data.labels is not None:
+            identity.update(recon, data.images[rows], data.labels[rows])
         if first is None:
             first = recon[:samples].cpu()
     if first is None:
         raise MetricInputError("expected images to score, got none")
-    return Evaluation(meter.summary(), data.images[: first.shape[0]].cpu(), first)
+    metrics = meter.summary()
+    if identity is not None:
+        metrics.update(identity.summary())
+    return Evaluation(metrics, data.images[: first.shape[0]].cpu(), first)

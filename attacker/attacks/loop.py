@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -44,12 +45,19 @@ class TrainedAttack:
     data); ``best_epoch`` 0 means the
     initial network (a GAN generator initialised from a decoder attack) was never beaten.
     ``half_budget`` is set when the attack also ran with half its epochs to judge convergence.
+    ``network`` maps transmitted features to images: an ``InversionNetwork`` for the learned attacks, a
+    ``FeatureMatchingInverter`` for the optimisation attacks (whose "epochs" are optimisation steps).
+    ``extra`` holds attack-specific facts for the record (the optimisation's τ, steps, timings).
+    ``started_from`` is the attack this one refined (the hybrid's decoder attack): if that one had not
+    converged, neither has this one.
     """
 
-    network: InversionNetwork
+    network: torch.nn.Module
     history: list[dict[str, float | None]] = field(default_factory=list)
     best_epoch: int = 0
     half_budget: HalfBudgetCheck | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    started_from: TrainedAttack | None = None
 
     def val_curve(self) -> list[float]:
         """The validation MSE of every epoch that had validation data."""
@@ -68,6 +76,8 @@ class TrainedAttack:
         nothing (the GAN attack's); after a cosine decay to its floor every run improves in its last
         epochs, converged or not (docs/attacks.md), which is why the decoder attack runs the first.
         """
+        if self.started_from is not None and self.started_from.still_improving(tail, tolerance):
+            return True
         if self.half_budget is not None:
             return self.half_budget.gain > tolerance
         val = self.val_curve()

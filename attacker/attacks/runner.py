@@ -1,11 +1,14 @@
-"""One entry point for both attacks: ``run_attack("decoder" | "gan", split, ...)``.
+"""One entry point for every attack: ``run_attack("decoder" | "gan" | "optimize" | "decoder+optimize", split, ...)``.
 
 ``epochs`` is the knob every front end exposes (with the network's size). For the decoder attack it is
 the decoder's epoch count (default 50; with its convergence check it also
 runs half as many first, see attacker.attacks.decoder). For the GAN attack it is the adversarial
 epoch count (default 150); unless an initial generator is passed, the generator
 is first trained as a decoder attack for ``ceil(epochs / 3)`` epochs (50 at the
-default, the paper's ratio), then fine-tuned adversarially.
+default, the paper's ratio), then fine-tuned adversarially. The optimisation attack
+has no epochs (its budget is ``OptimizeAttackConfig.steps`` per image; asking for
+epochs is refused); for ``decoder+optimize`` ``epochs`` are the decoder's. Both need
+the bundle's ``encoder`` (attacker.attacks.optimize).
 """
 
 from __future__ import annotations
@@ -13,16 +16,21 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from torch import nn
+
 from attacker.attack_names import AttackName, check_attack_name
 from attacker.attacks.data import AttackSplit
 from attacker.attacks.decoder import DecoderAttackConfig, train_decoder_attack
 from attacker.attacks.gan import GanAttackConfig, train_gan_attack
 from attacker.attacks.loop import TrainedAttack
 from attacker.attacks.monitor import ProgressMonitor
+from attacker.attacks.optimize import OptimizeAttackConfig, train_optimize_attack
+from cem.errors import ConfigError
 from cem.models import InversionNetwork
 from cem.obfuscation import ObfuscationConfig
 
 GAN_PRETRAIN_RATIO = 3
+HYBRID_DECODER_SHARE = 0.7  # the hybrid's progress: its decoder attack, then the refinement
 
 
 def run_attack(
@@ -36,12 +44,29 @@ def run_attack(
     decoder_config: DecoderAttackConfig = DecoderAttackConfig(),
     gan_config: GanAttackConfig = GanAttackConfig(),
     init: InversionNetwork | None = None,
+    encoder: nn.Module | None = None,
+    optimize_config: OptimizeAttackConfig = OptimizeAttackConfig(),
 ) -> TrainedAttack:
     """Train attack ``attack`` on ``split`` and return its selected network (eval mode)."""
     name = check_attack_name(attack)
     monitor = monitor or ProgressMonitor()
+    decoder = decoder_config if epochs is None else dataclasses.replace(decoder_config, epochs=epochs)
+    if name in (AttackName.OPTIMIZE, AttackName.HYBRID):
+        if encoder is None:
+            raise ConfigError(f"expected the bundle's encoder for the {name} attack, got None")
+        if name is AttackName.OPTIMIZE:
+            if epochs is not None:
+                raise ConfigError(f"expected no epochs for the optimize attack (it runs {optimize_config.steps} "
+                                  f"optimisation steps per image), got {epochs}")
+            return train_optimize_attack(split, obfuscation, encoder, optimize_config, seed=seed, monitor=monitor)
+        learned = train_decoder_attack(split, obfuscation, decoder, seed=seed,
+                                       monitor=monitor.child(0.0, HYBRID_DECODER_SHARE))
+        refined = train_optimize_attack(split, obfuscation, encoder, optimize_config, init=learned.network, seed=seed,
+                                        monitor=monitor.child(HYBRID_DECODER_SHARE, 1.0 - HYBRID_DECODER_SHARE))
+        refined.started_from = learned
+        refined.extra["decoder_val_mse"] = learned.best_val_mse()
+        return refined
     if name is AttackName.DECODER:
-        decoder = decoder_config if epochs is None else dataclasses.replace(decoder_config, epochs=epochs)
         return train_decoder_attack(split, obfuscation, decoder, seed=seed, monitor=monitor)
     gan = gan_config if epochs is None else dataclasses.replace(gan_config, epochs=epochs)
     if init is not None:
@@ -52,6 +77,7 @@ def run_attack(
     )
     share = pretrain.epochs / (pretrain.epochs + gan.epochs)
     pretrained = train_decoder_attack(split, obfuscation, pretrain, seed=seed, monitor=monitor.child(0.0, share))
+    assert isinstance(pretrained.network, InversionNetwork)
     return train_gan_attack(
         split, obfuscation, gan, init=pretrained.network, seed=seed, monitor=monitor.child(share, 1.0 - share)
     )

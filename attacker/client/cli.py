@@ -4,6 +4,7 @@
     cem-audit-client bundles
     cem-audit-client submit --bundle sigma-cem --attack decoder --epochs 5 --wait --png out.png --report out.html
     cem-audit-client submit --bundle sigma-cem --network-channels 32 --network-blocks 4   # a smaller attacker
+    cem-audit-client submit --bundle sigma-cem --attack optimize --optimize-steps 300     # per-image optimisation
     cem-audit-client status <id> | wait <id> | cancel <id> | list | captures
     cem-audit-client png <id> -o grid.png ; cem-audit-client report <id> -o report.html
 
@@ -26,7 +27,7 @@ from tqdm import tqdm
 
 from attacker.attack_names import ATTACKS, AttackName
 from attacker.client.client import TOKEN_ENV, URL_ENV, AuditClient, AuditClientError
-from attacker.service.api.schemas import AuditList, AuditView, BundleList
+from attacker.service.api.schemas import OPTIMIZE_STEPS_DEFAULT, AuditList, AuditView, BundleList
 from attacker.service.jobs import AuditStatus
 
 
@@ -50,13 +51,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=20)
     submit = sub.add_parser("submit", help="queue an audit")
     submit.add_argument("--bundle", required=True, help="bundle folder name or model id")
-    submit.add_argument("--attack", choices=ATTACKS, default=AttackName.DECODER.value)
-    submit.add_argument("--epochs", type=int)
-    paper = "the paper's decoding network"
+    submit.add_argument("--attack", choices=ATTACKS, default=AttackName.DECODER.value,
+                        help="decoder: a trained decoding network; gan: that network fine-tuned adversarially; "
+                             "optimize: a per-image search through the encoder; decoder+optimize: the decoder's "
+                             "reconstruction refined by that search")
+    submit.add_argument("--epochs", type=int,
+                        help="training epochs (default: the attack's own); decoder+optimize: its decoder's; "
+                             "not for optimize")
+    paper = "the paper's decoding network; not for optimize, which has none"
     submit.add_argument("--network-channels", type=int, metavar="C",
                         help=f"width of the attacker's decoding network (default: {paper})")
     submit.add_argument("--network-blocks", type=int, metavar="B",
                         help=f"residual blocks of the attacker's decoding network (default: {paper})")
+    submit.add_argument("--optimize-steps", type=int, metavar="N",
+                        help=f"optimisation steps per image of optimize and decoder+optimize (default: "
+                             f"{OPTIMIZE_STEPS_DEFAULT}; not for decoder or gan)")
     submit.add_argument("--dataset")
     submit.add_argument("--seed", type=int, default=0)
     submit.add_argument("--no-captures", action="store_true", help="ignore captured traffic")
@@ -107,28 +116,74 @@ def _fmt(value: float | None, digits: int) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def describe_worst_case(audit: dict[str, Any]) -> list[str]:
+    """The strongest attack per column (an audit's ``worst_case``), the first thing a reader should see."""
+    worst = audit.get("worst_case")
+    if worst is None:
+        return []
+    entries = [(column, entry) for column, entry in worst.items() if entry]
+    if not entries:
+        return ["  strongest attack: none reached a finite MSE"]
+    lines = [f"  strongest attack ({column}): {entry['attack']} MSE {_fmt(entry['mse'], 4)} "
+             f"({entry['attacks']} attack{'s' * (entry['attacks'] != 1)} compared)" for column, entry in entries]
+    compared = [audit["attack"]]
+    if audit["attack"] == AttackName.HYBRID.value and any(entry["attacks"] > 1 for _, entry in entries):
+        compared.append(AttackName.DECODER.value)  # decoder+optimize's decoder alone
+    others = ", ".join(a for a in ATTACKS if a not in compared)
+    what = "only one attack was run" if len(compared) == 1 else f"compared {audit['attack']} with its decoder alone"
+    lines.append(f"  {what}: the worst case over attacks needs audits with the others too ({others})")
+    return lines
+
+
 def describe(audit: dict[str, Any]) -> str:
-    """An audit's JSON (an ``AuditView`` as ``run`` returns it) for a human: status, metrics, bound."""
+    """An audit's JSON (an ``AuditView`` as ``run`` returns it) for a human: status, the strongest attack, metrics
+    (with attack accuracy), how the attack ran, bound."""
     lines = [
         (
             f"audit {audit['id']}: {audit['status']} ({100 * audit['progress']:.0f}%) "
             f"bundle {audit['bundle']} attack {audit['attack']}"
             + "".join(f" network {key} {audit[f'network_{key}']}" for key in ("channels", "blocks")
                       if audit.get(f"network_{key}") is not None)
+            + (f" optimize steps {audit['optimize_steps']}" if audit.get("optimize_steps") is not None else "")
         )
     ]
+    lines.extend(describe_worst_case(audit))
     for split, values in (audit.get("metrics") or {}).items():
         if values:
             mse, psnr, ssim = (_fmt(values.get(k), digits) for k, digits in (("mse", 4), ("psnr", 2), ("ssim", 3)))
-            lines.append(f"  {split:>8}: MSE {mse}  PSNR {psnr} dB  SSIM {ssim}  (n={values['n']})")
+            identity = ""
+            if values.get("attack_accuracy") is not None:
+                identity = (f"  attack accuracy {_share(values['attack_accuracy'])} (classifier on originals "
+                            f"{_share(values.get('classifier_accuracy'))}, "
+                            f"chance {_share(values.get('chance_accuracy'))})")
+            lines.append(f"  {split:>8}: MSE {mse}  PSNR {psnr} dB  SSIM {ssim}  (n={values['n']}){identity}")
     for column, run in (audit.get("training") or {}).items():
         if run:
             flag = "  STILL IMPROVING: stopped early, the MSE overstates privacy" if run["still_improving"] else ""
             gain = run.get("doubling_gain")
             check = "" if gain is None else f", validation MSE {-100 * gain:+.1f}% against half the epochs"
-            lines.append(
-                f"  {column:>8}: attack trained {run['epochs']} epochs, best epoch {run['best_epoch']}{check}{flag}"
-            )
+            search = run.get("optimize")
+            if search:
+                tv = search.get("tv_weight")
+                what = (f"attack optimised {search.get('steps_per_image', run['epochs'])} steps per image, "
+                        f"τ {'n/a' if tv is None else f'{tv:g}'}")
+            else:
+                what = f"attack trained {run['epochs']} epochs, best epoch {run['best_epoch']}"
+            alone = run.get("decoder_alone")
+            if alone:
+                metrics = (audit.get("metrics") or {}).get(column) or {}
+                what += f", refinement: decoder alone MSE {_fmt(alone.get('mse'), 4)} → {_fmt(metrics.get('mse'), 4)}"
+                if alone.get("attack_accuracy") is not None or metrics.get("attack_accuracy") is not None:
+                    what += (f", attack accuracy {_share(alone.get('attack_accuracy'))} → "
+                             f"{_share(metrics.get('attack_accuracy'))}")
+            times = "".join(f", {label} {run[key]:.1f} s" for key, label in (("attack_s", "attack"),
+                                                                            ("eval_s", "evaluation"))
+                            if run.get(key) is not None)
+            lines.append(f"  {column:>8}: {what}{check}{times}{flag}")
     bound = audit.get("bound")
     if bound:
         values = [bound] + ([bound["relative"]] if bound.get("relative") else [])
@@ -175,6 +230,7 @@ def run(args: argparse.Namespace, client: AuditClient) -> tuple[Any, int]:
             seed=args.seed,
             network_channels=args.network_channels,
             network_blocks=args.network_blocks,
+            optimize_steps=args.optimize_steps,
         )
         if not args.wait:
             return as_json(accepted), 0

@@ -3,6 +3,8 @@
     with AuditClient("http://127.0.0.1:8000", token) as client:
         audit = client.submit("sigma-cem", attack=AttackName.DECODER, epochs=5)
         final = client.wait(audit.id, on_update=lambda a: print(a.progress))
+        final.worst_case.infer.attack, final.worst_case.infer.mse   # the strongest attack this audit ran
+        final.metrics.infer.attack_accuracy                          # identity leakage (None in older results)
         png = client.fetch_png(audit.id)
 
 Answers come back as the API's own response models (``AuditView`` and the
@@ -139,12 +141,16 @@ class AuditClient:
         seed: int = 0,
         network_channels: int | None = None,
         network_blocks: int | None = None,
+        optimize_steps: int | None = None,
     ) -> AuditAccepted:
         """Queue an audit; returns its id and status (queued).
 
-        ``network_channels``/``network_blocks`` size the attacker's decoding network (None: the paper's)."""
+        ``network_channels``/``network_blocks`` size the attacker's decoding network (None: the paper's);
+        ``optimize_steps``: the optimisation attacks' steps per image (None: their default). The service refuses
+        (422) epochs for ``optimize``, a network size for ``optimize`` and steps for ``decoder``/``gan``."""
         body: dict[str, Any] = {"bundle": bundle, "attack": attack, "use_captures": use_captures, "seed": seed}
-        optional = {"epochs": epochs, "network_channels": network_channels, "network_blocks": network_blocks}
+        optional = {"epochs": epochs, "network_channels": network_channels, "network_blocks": network_blocks,
+                    "optimize_steps": optimize_steps}
         body.update({name: value for name, value in optional.items() if value is not None})
         if dataset is not None:
             body["dataset"] = dataset

@@ -77,8 +77,9 @@ class AuditWorker:
         started = time.monotonic()
         request = job.request
         logger.info(
-            "audit %s started: bundle %s, attack %s, epochs %s, network channels %s, blocks %s", job.id,
-            request.bundle, request.attack, request.epochs, request.network_channels, request.network_blocks,
+            "audit %s started: bundle %s, attack %s, epochs %s, network channels %s, blocks %s, optimize steps %s",
+            job.id, request.bundle, request.attack, request.epochs, request.network_channels, request.network_blocks,
+            request.optimize_steps,
         )
         try:
             spec, captured = self._prepare(job)
@@ -125,6 +126,7 @@ class AuditWorker:
             device=self.settings.device,
             network_channels=job.request.network_channels,
             network_blocks=job.request.network_blocks,
+            optimize_steps=job.request.optimize_steps,
         )
         captured = None
         if job.request.use_captures and self.settings.max_captured_samples > 0:

@@ -22,6 +22,7 @@ from cem.errors import ConfigError, UnknownNameError
 from cem.obfuscation import ObfuscationConfig, obfuscate
 
 METRIC_KEYS = {"mse", "psnr", "psnr_batch", "ssim", "ssim_ref", "mse_native", "n"}
+IDENTITY_KEYS = {"attack_accuracy", "classifier_accuracy", "chance_accuracy"}  # the labelled columns only
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +51,11 @@ def test_run_audit_scores_captured_features_with_known_ids(
 ) -> None:
     result, calls = captured_audit
     assert set(result.metrics) == {"train", "infer", "captured"}
-    for metrics in result.metrics.values():
-        assert set(metrics) == METRIC_KEYS
+    for column, metrics in result.metrics.items():
+        assert set(metrics) == METRIC_KEYS | (IDENTITY_KEYS if column != "captured" else set())
+        if column != "captured":
+            assert metrics["chance_accuracy"] == 0.1 and 0 <= metrics["attack_accuracy"] <= 1
+            assert result.details[column]["classifier_val_accuracy"] > 0.5  # trained on the attacker's own images
     assert result.metrics["captured"]["n"] == 4  # the test and train images named by a usable id
     assert result.metrics["train"]["n"] == len(load_images("digits", "test"))
     assert result.captured_reconstructions == 7  # every capture is reconstructed, id or not
@@ -104,6 +108,13 @@ def test_bad_specs_and_captures_are_rejected(untrained_bundle: Path) -> None:
                         ("network_blocks", True)):
         with pytest.raises(ConfigError, match=f"expected {name} to be an integer >= [01] or None .*, got {value!r}$"):
             AuditSpec(bundle_dir=untrained_bundle, **{name: value})
+    with pytest.raises(ConfigError, match="no epochs for the optimize attack"):
+        AuditSpec(bundle_dir=untrained_bundle, attack="optimize", epochs=3)
+    with pytest.raises(ConfigError, match="optimize_steps only with the optimize or decoder\\+optimize attack, "
+                                          "got it with gan"):
+        AuditSpec(bundle_dir=untrained_bundle, attack="gan", optimize_steps=3)
+    with pytest.raises(ConfigError, match="expected optimize_steps to be an integer >= 1"):
+        AuditSpec(bundle_dir=untrained_bundle, attack="optimize", optimize_steps=0)
     with pytest.raises(ConfigError, match="sample ids"):
         CapturedFeatures(features=torch.rand(2, 8, 8, 8), sample_ids=[None])
     wrong_shape = CapturedFeatures(features=torch.rand(2, 8, 4, 4), sample_ids=[None, None])
@@ -163,3 +174,25 @@ def test_cli_refuses_a_bad_network_size(
     assert code == 2
     assert "expected network_channels to be an integer >= 1" in caplog.text + capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_optimisation_audits_record_their_settings_and_the_hybrid_its_decoder_alone(untrained_bundle: Path) -> None:
+    optimized = run_audit(AuditSpec(bundle_dir=untrained_bundle, attack="optimize", optimize_steps=3, device="cpu"))
+    assert optimized.details["network"] is None  # no decoding network was learned
+    for mode in ("train", "infer"):
+        assert set(optimized.metrics[mode]) == METRIC_KEYS | IDENTITY_KEYS and 0 < optimized.metrics[mode]["mse"] < 1
+        record = optimized.details[mode]
+        assert record["optimize"]["steps"] == 3 and record["optimize"]["tv_weight"] in (0.0, 0.3, 1.0, 3.0, 10.0)
+        assert record["epochs"] == 3 and record["attack_s"] > 0 and record["eval_s"] > 0
+    hybrid = run_audit(AuditSpec(bundle_dir=untrained_bundle, attack="decoder+optimize", epochs=1, optimize_steps=2,
+                                 network_channels=8, network_blocks=0, device="cpu"))
+    assert hybrid.details["network"] == {"channels": 8, "blocks": 0}  # the decoder it started from
+    alone = hybrid.details["infer"]["decoder_alone"]
+    assert 0 < alone["mse"] < 1 and alone["mse"] != hybrid.metrics["infer"]["mse"]
+    best = min((alone["mse"], "decoder"), (hybrid.metrics["infer"]["mse"], "decoder+optimize"))
+    assert hybrid.details["worst_case"]["infer"] == {"attack": best[1], "mse": best[0], "attacks": 2}
+    assert optimized.details["worst_case"]["train"] == {"attack": "optimize", "mse": optimized.metrics["train"]["mse"],
+                                                        "attacks": 1}
+    args = get_args_parser().parse_args(["--bundle", str(untrained_bundle), "--out", "o", "--attack", "optimize",
+                                         "--steps", "7"])
+    assert build_spec(args).optimize_config.steps == 7

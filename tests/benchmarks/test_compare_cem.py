@@ -29,14 +29,14 @@ def test_gain_is_paired_per_seed_with_an_interval(compare: ModuleType) -> None:
             {"accuracy": 0.92, "decoder_mse_infer": 0.020, "decoder_ssim": 0.70, "xi_relative": 0.02}]
     cem = [{"accuracy": 0.89, "decoder_mse_infer": 0.0125, "decoder_ssim": 0.75, "xi_relative": 0.03},
            {"accuracy": 0.90, "decoder_mse_infer": 0.030, "decoder_ssim": 0.70, "xi_relative": 0.03}]
-    gain = compare.compute_gain(base, cem)
+    gain = compare.compute_gain(base, cem, ["decoder", "gan"])
     assert gain["decoder_mse_infer"]["mean"] == pytest.approx(37.5)  # +25 % and +50 %, paired
     assert gain["decoder_mse_infer"]["ci95"] == pytest.approx(12.706 * 12.5, rel=1e-3)  # t(0.975, 1) · sem
     assert gain["xi_relative"]["mean"] == pytest.approx(50.0)
     assert gain["accuracy"]["mean"] == pytest.approx(-1.5) and gain["decoder_ssim"]["mean"] == pytest.approx(-0.025)
     assert "gan_mse_train" not in gain
     results = {"sigma": compare.summarise_rows(base), "sigma+cem": compare.summarise_rows(cem)}
-    table = compare.format_table(results, gain)
+    table = compare.format_table(results, gain, ["decoder", "gan"])
     assert "+38 ± 159%" in table and "-1.50 ± 6.35 pt" in table and "n/a" in table
 
 
@@ -58,9 +58,10 @@ def test_end_to_end_on_prepared_bundles(compare: ModuleType, tmp_path: Path,
     assert summary["results"]["sigma+cem"]["cem_lambda"]["mean"] == 2.0
     for variant in ("sigma", "sigma+cem"):
         row = summary["results"][variant]
-        assert all(0 < row[column]["mean"] < 1 and row[column]["n"] == 1 for column in compare.MSE_COLUMNS)
+        columns = compare.mse_columns(["decoder", "gan"])
+        assert all(0 < row[column]["mean"] < 1 and row[column]["n"] == 1 for column in columns)
         assert row["xi_relative"]["mean"] == 0.03 and row["xi_estimate"]["mean"] == 0.0001
         seed_row = summary["per_seed"][variant][0]
         assert seed_row["decoder_best_epoch_train"] in (0, 1) and seed_row["decoder_epochs_train"] == 1
-    assert set(summary["gain"]) >= {"accuracy", *compare.MSE_COLUMNS, "xi_relative", "xi_estimate"}
+    assert set(summary["gain"]) >= {"accuracy", *compare.mse_columns(["decoder", "gan"]), "xi_relative", "xi_estimate"}
     assert (tmp_path / "summary.json").is_file()

@@ -8,6 +8,9 @@ import pytest
 from openapi_spec_validator import validate
 from service_helpers import TOKEN, AuditService
 
+from attacker.attack_names import ATTACKS
+from attacker.attacks import OptimizeAttackConfig
+from attacker.service.api.schemas import OPTIMIZE_STEPS_DEFAULT, AuditCreate
 from attacker.service.errors import (
     DETAIL_AUDIT_NOT_FOUND,
     DETAIL_BUNDLE_NOT_FOUND,
@@ -57,12 +60,19 @@ def test_openapi_schema_is_valid(service: AuditService) -> None:
     create = components["AuditCreate"]
     assert create["required"] == ["bundle"] and create["properties"]["attack"]["default"] == "decoder"
     assert create["properties"]["attack"]["$ref"] == "#/components/schemas/AttackName"
-    assert components["AttackName"]["enum"] == ["decoder", "gan"]
-    for field, bounds in (("network_channels", (1, 512)), ("network_blocks", (0, 32))):
+    assert components["AttackName"]["enum"] == list(ATTACKS) == ["decoder", "gan", "optimize", "decoder+optimize"]
+    assert all(attack in create["properties"]["attack"]["description"] for attack in ATTACKS)
+    for field, bounds in (("network_channels", (1, 512)), ("network_blocks", (0, 32)), ("optimize_steps", (1, 100000))):
         [as_int] = [t for t in create["properties"][field]["anyOf"] if t.get("type") == "integer"]
         assert (as_int["minimum"], as_int["maximum"]) == bounds
-        assert "the paper's decoding network" in create["properties"][field]["description"]
         assert field in components["AuditView"]["properties"]
+    for field in ("network_channels", "network_blocks"):
+        assert "the paper's decoding network" in create["properties"][field]["description"]
+    assert f"default: {OptimizeAttackConfig().steps}" in create["properties"]["optimize_steps"]["description"]
+    assert OptimizeAttackConfig().steps == OPTIMIZE_STEPS_DEFAULT  # the schema cannot import it (torch)
+    training = components["AttackTraining"]["properties"]
+    assert "optimisation steps" in training["epochs"]["description"]
+    assert {"attack_s", "eval_s", "optimize", "decoder_alone"} <= set(training)
     assert components["AuditView"]["properties"]["status"]["$ref"] == "#/components/schemas/AuditStatus"
     assert components["AuditStatus"]["enum"] == ["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
     assert "202" in schema["paths"]["/v1/audits"]["post"]["responses"]
@@ -87,7 +97,8 @@ def test_ready_bundles_and_captures(service: AuditService) -> None:
     [
         ({}, "bundle", "Field required"),
         ({"bundle": ""}, "bundle", "at least 1 character"),
-        ({"bundle": "digits-tiny", "attack": "fgsm"}, "attack", "Input should be 'decoder' or 'gan'"),
+        ({"bundle": "digits-tiny", "attack": "fgsm"}, "attack",
+         "Input should be 'decoder', 'gan', 'optimize' or 'decoder+optimize'"),
         ({"bundle": "digits-tiny", "epochs": 0}, "epochs", "greater than or equal to 1"),
         ({"bundle": "digits-tiny", "epochs": "3"}, "epochs", "Input should be a valid integer"),
         ({"bundle": "digits-tiny", "dataset": "mnist"}, "dataset", "expected one of cifar10"),
@@ -103,6 +114,26 @@ def test_ready_bundles_and_captures(service: AuditService) -> None:
         ({"bundle": "digits-tiny", "network_blocks": 1.5}, "network_blocks", "Input should be a valid integer"),
         ({"bundle": "digits-tiny", "network_blocks": [8]}, "network_blocks", "Input should be a valid integer"),
         ({"bundle": "digits-tiny", "network_width": 8}, "network_width", "Extra inputs are not permitted"),
+        ({"bundle": "digits-tiny", "attack": "optimize", "optimize_steps": 0}, "optimize_steps",
+         "greater than or equal to 1"),
+        ({"bundle": "digits-tiny", "attack": "optimize", "optimize_steps": 100001}, "optimize_steps",
+         "less than or equal to 100000"),
+        ({"bundle": "digits-tiny", "attack": "optimize", "optimize_steps": "5"}, "optimize_steps",
+         "Input should be a valid integer"),
+        # settings the chosen attack would silently ignore are refused, naming the field
+        ({"bundle": "digits-tiny", "attack": "optimize", "epochs": 3}, "epochs", "the optimize attack has no epochs"),
+        ({"bundle": "digits-tiny", "attack": "optimize", "optimize_steps": 5, "epochs": 1}, "epochs",
+         "its budget is optimize_steps"),
+        ({"bundle": "digits-tiny", "optimize_steps": 5}, "optimize_steps",
+         "the decoder attack does not optimise per image"),
+        ({"bundle": "digits-tiny", "attack": "decoder", "optimize_steps": 5}, "optimize_steps",
+         "applies to optimize and decoder+optimize only"),
+        ({"bundle": "digits-tiny", "attack": "gan", "epochs": 2, "optimize_steps": 5}, "optimize_steps",
+         "the gan attack does not optimise per image"),
+        ({"bundle": "digits-tiny", "attack": "optimize", "network_channels": 8}, "network_channels",
+         "the optimize attack has no decoding network"),
+        ({"bundle": "digits-tiny", "attack": "optimize", "network_blocks": 0}, "network_blocks",
+         "the optimize attack has no decoding network"),
     ],
 )
 def test_bad_bodies_get_422_naming_the_field(service: AuditService, body: dict, field: str, message: str) -> None:
@@ -111,6 +142,21 @@ def test_bad_bodies_get_422_naming_the_field(service: AuditService, body: dict, 
     assert response.status_code == 422
     errors = response.json()["detail"]
     assert any(e["loc"] == ["body", field] and message in e["msg"] for e in errors), errors
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"attack": "optimize", "optimize_steps": 5},
+        {"attack": "optimize"},
+        {"attack": "decoder+optimize", "epochs": 1, "optimize_steps": 5, "network_channels": 8, "network_blocks": 0},
+        {"attack": "gan", "epochs": 3, "network_channels": 8},
+    ],
+)
+def test_each_attack_takes_its_own_settings(body: dict) -> None:
+    """The other side of the 422s above: the settings an attack does use are accepted (the hybrid takes all)."""
+    created = AuditCreate.model_validate({"bundle": "digits-tiny", **body})
+    assert created.model_dump(exclude_defaults=True) == {"bundle": "digits-tiny", **body}
 
 
 def test_malformed_json_is_422(service: AuditService) -> None:

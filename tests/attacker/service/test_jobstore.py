@@ -22,6 +22,9 @@ CREATE TABLE jobs (
 );
 CREATE INDEX jobs_by_status ON jobs(status, created_at);
 """
+# ... and as those created with the attack-network columns but before ``optimize_steps``.
+NETWORK_SCHEMA = OLD_SCHEMA.replace("epochs INTEGER,",
+                                    "epochs INTEGER, network_channels INTEGER, network_blocks INTEGER,")
 
 
 def request(**overrides: object) -> JobRequest:
@@ -114,6 +117,44 @@ def test_the_attack_network_round_trips(tmp_path: Path) -> None:
     assert (default.request.network_channels, default.request.network_blocks) == (None, None)
     claimed = store.claim_next(worker_pid=1)
     assert claimed is not None and (claimed.request.network_channels, claimed.request.network_blocks) == (8, 0)
+
+
+def test_the_optimize_steps_round_trip(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.db")
+    stepped = store.create(request(attack=AttackName.OPTIMIZE, epochs=None, optimize_steps=7))
+    hybrid = store.create(request(attack=AttackName.HYBRID))
+    assert store.get(stepped.id).request == request(attack=AttackName.OPTIMIZE, epochs=None, optimize_steps=7)
+    assert hybrid.request.attack is AttackName.HYBRID and hybrid.request.optimize_steps is None
+    claimed = store.claim_next(worker_pid=1)
+    assert claimed is not None and claimed.id == stepped.id and claimed.request.optimize_steps == 7
+
+
+def test_a_database_from_before_the_optimize_steps_column_still_works(tmp_path: Path) -> None:
+    path = tmp_path / "network.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(NETWORK_SCHEMA)
+    conn.execute(
+        "INSERT INTO jobs(id, status, bundle, model_id, bundle_dir, attack, epochs, network_channels, network_blocks,"
+        " dataset, use_captures, seed, created_at, result) VALUES"
+        " ('old', 'succeeded', 'b', 'm', '/b', 'decoder', 2, 8, 1, NULL, 0, 4, 1.0, '{}'),"
+        " ('queued', 'queued', 'b', 'm', '/b', 'gan', NULL, NULL, NULL, NULL, 1, 0, 2.0, NULL)"
+    )
+    conn.commit()
+    conn.close()
+    assert "optimize_steps" not in _columns(path)
+
+    store = JobStore(path)
+    assert [job.id for job in store.list_jobs()] == ["queued", "old"]
+    assert store.get("old").request == JobRequest(bundle="b", model_id="m", bundle_dir="/b", attack=AttackName.DECODER,
+                                                  epochs=2, dataset=None, use_captures=False, seed=4,
+                                                  network_channels=8, network_blocks=1)  # no steps: the default
+    claimed = store.claim_next(worker_pid=2)  # a job queued before the upgrade still runs
+    assert claimed is not None and claimed.id == "queued" and claimed.request.optimize_steps is None
+    new = store.create(request(attack=AttackName.OPTIMIZE, epochs=None, optimize_steps=3))
+    assert store.get(new.id).request.optimize_steps == 3
+    fresh = tmp_path / "fresh.db"
+    JobStore(fresh)
+    assert _columns(path) == _columns(fresh) and _columns(path)["optimize_steps"] == ("INTEGER", 0)
 
 
 def test_a_database_from_before_the_network_columns_still_works(tmp_path: Path) -> None:

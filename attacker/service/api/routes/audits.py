@@ -19,6 +19,7 @@ from attacker.service.api.schemas import (
     ErrorBody,
     OpenApiResponses,
     PrivacyBound,
+    WorstCaseByColumn,
 )
 from attacker.service.errors import (
     AuditFinishedError,
@@ -57,6 +58,7 @@ def to_view(job: Job) -> AuditView:
         epochs=request.epochs,
         network_channels=request.network_channels,
         network_blocks=request.network_blocks,
+        optimize_steps=request.optimize_steps,
         dataset=request.dataset,
         use_captures=request.use_captures,
         seed=request.seed,
@@ -66,12 +68,18 @@ def to_view(job: Job) -> AuditView:
         metrics=result.get("metrics"),
         bound=PrivacyBound.model_validate(bound) if bound is not None else None,
         training=_training(result.get("details")),
+        worst_case=_worst_case(result.get("details")),
         captured_reconstructions=result.get("captured_reconstructions"),
         error=job.error,
         created_at=_utc(job.created_at),
         started_at=_utc_or_none(job.started_at),
         finished_at=_utc_or_none(job.finished_at),
     )
+
+
+# what ``run_audit`` records per column that the view shows (not the curves)
+TRAINING_KEYS = ("epochs", "best_epoch", "still_improving", "doubling_gain", "attack_s", "eval_s", "optimize",
+                 "decoder_alone", "classifier_val_accuracy")
 
 
 def _training(details: Any) -> AttackTrainingByColumn | None:
@@ -83,10 +91,28 @@ def _training(details: Any) -> AttackTrainingByColumn | None:
     if not columns:
         return None
     return AttackTrainingByColumn.model_validate(
-        {column: {key: values[key] for key in ("epochs", "best_epoch", "still_improving", "doubling_gain")
-                  if key in values}
-         for column, values in columns.items()}
+        {column: _column_training(values) for column, values in columns.items()}
     )
+
+
+def _worst_case(details: Any) -> WorstCaseByColumn | None:
+    """Per column, the strongest attack from a stored result's details (absent in results older than the field)."""
+    worst = details.get("worst_case") if isinstance(details, dict) else None
+    if not isinstance(worst, dict):
+        return None
+    return WorstCaseByColumn.model_validate(
+        {column: worst[column] for column in ("train", "infer", "captured") if isinstance(worst.get(column), dict)}
+    )
+
+
+def _column_training(values: dict[str, Any]) -> dict[str, Any]:
+    picked = {key: values[key] for key in TRAINING_KEYS if key in values}
+    optimize = picked.get("optimize")
+    if isinstance(optimize, dict) and isinstance(optimize.get("steps"), int):
+        # the stored "epochs" count the points of the validation curve (one per tenth of the steps); an
+        # optimisation attack's epochs are its steps
+        picked["epochs"] = optimize["steps"]
+    return picked
 
 
 def _require_job(store: JobStore, audit_id: str) -> Job:
@@ -122,6 +148,7 @@ def create_audit(body: AuditCreate, store: StoreDep, catalog: CatalogDep, respon
             epochs=body.epochs,
             network_channels=body.network_channels,
             network_blocks=body.network_blocks,
+            optimize_steps=body.optimize_steps,
             dataset=body.dataset,
             use_captures=body.use_captures,
             seed=body.seed,
