@@ -49,8 +49,9 @@ from attacker.attacks import (
     build_attack_split,
     compute_feature_set,
     evaluate_attack,
-    load_images,
+    load_labeled_images,
     run_attack,
+    train_evaluation_classifier,
     train_optimize_attack,
 )
 from attacker.audit import native_size_of
@@ -186,7 +187,8 @@ def attack_bundle(args: argparse.Namespace, bundle: Path, seed: int, bar: tqdm) 
     attack's own (the hybrid's includes its decoder's)."""
     manifest, encoder = load_encoder(bundle, resolve_device(args.device))
     obfuscation = ObfuscationConfig.from_records(manifest.noise_std, manifest.defenses)
-    sets = {split: compute_feature_set(encoder, load_images(args.dataset, split)) for split in ("train", "test")}
+    sets = {split: compute_feature_set(encoder, *load_labeled_images(args.dataset, split))
+            for split in ("train", "test")}
     attacks = parse_attacks(args.attacks)
     network = DecoderAttackConfig(
         batch_size=args.attack_batch_size, num_blocks=args.attack_blocks, channels=args.attack_channels
@@ -203,6 +205,7 @@ def attack_bundle(args: argparse.Namespace, bundle: Path, seed: int, bar: tqdm) 
 
     for mode in MODES:
         split = build_attack_split(mode, sets["train"], sets["test"], seed=seed)
+        classifier = train_evaluation_classifier(split.fit, split.val, manifest.model.num_classes, seed=seed)
         monitor = ProgressMonitor(progress=lambda _, message, mode=mode: show(f"{bundle.name} {mode}: {message}"))
         trained: dict[str, TrainedAttack] = {}
         decoder_s = 0.0
@@ -234,12 +237,14 @@ def attack_bundle(args: argparse.Namespace, bundle: Path, seed: int, bar: tqdm) 
         bar.update(1)
         for attack in attacks:
             metrics = evaluate_attack(trained[attack].network, split.eval, obfuscation, seed=seed + 100,
-                                      native_size=native).metrics
+                                      native_size=native, classifier=classifier).metrics
             key = attack_key(attack)
             logger.info("%s, %s attack, %s column: mse %.5f psnr %.2f ssim %.4f", bundle.name, attack, mode,
                         metrics["mse"], metrics["psnr"], metrics["ssim"])
             row[f"{key}_mse_{mode}"] = metrics["mse"]
             row[f"{key}_mse_native_{mode}"] = metrics.get("mse_native")
+            row[f"{key}_attack_accuracy_{mode}"] = metrics["attack_accuracy"]
+            row[f"classifier_accuracy_{mode}"] = metrics["classifier_accuracy"]
             if mode == "train":
                 row[f"{key}_psnr"], row[f"{key}_ssim"] = metrics["psnr"], metrics["ssim"]
                 row[f"{key}_ssim_ref"] = metrics["ssim_ref"]
@@ -276,13 +281,15 @@ def summarise_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def quality_columns(attacks: list[str]) -> list[str]:
-    return [f"{attack_key(a)}_{metric}" for a in attacks for metric in ("psnr", "ssim")]
+    """PSNR and SSIM (train column) and attack accuracy (both columns) of each attack."""
+    return [*(f"{attack_key(a)}_{metric}" for a in attacks for metric in ("psnr", "ssim")),
+            *(f"{attack_key(a)}_attack_accuracy_{mode}" for a in attacks for mode in MODES)]
 
 
 def compute_gain(base_rows: list[dict[str, Any]], cem_rows: list[dict[str, Any]],
                  attacks: list[str]) -> dict[str, dict[str, Any]]:
     """Paired per seed, then mean ± interval. MSE (each attack's and the worst case's) and ξ: relative
-    change in %; accuracy: points; PSNR and SSIM: absolute difference."""
+    change in %; accuracy and attack accuracy: points; PSNR and SSIM: absolute difference."""
     gain: dict[str, dict[str, Any]] = {}
     pairs = list(zip(base_rows, cem_rows, strict=True))
     for key in [*mse_columns(attacks), *WORST_COLUMNS, *BOUND_COLUMNS]:
@@ -290,7 +297,8 @@ def compute_gain(base_rows: list[dict[str, Any]], cem_rows: list[dict[str, Any]]
         if values:
             gain[key] = mean_interval(values).to_dict()
     for key in ["accuracy", *quality_columns(attacks)]:
-        values = [(c[key] - b[key]) * (100.0 if key == "accuracy" else 1.0) for b, c in pairs if key in b and key in c]
+        scale = 100.0 if key == "accuracy" or "_attack_accuracy_" in key else 1.0  # accuracies in points
+        values = [(c[key] - b[key]) * scale for b, c in pairs if key in b and key in c]
         if values:
             gain[key] = mean_interval(values).to_dict()
     return gain
@@ -310,13 +318,15 @@ def format_table(results: dict[str, dict[str, Any]], gain: dict[str, dict[str, A
     keys = ["accuracy", *mse_columns(attacks), *WORST_COLUMNS, *quality, *BOUND_COLUMNS]
     header = ["model", "λ", "acc %", *(f"{HEADER_NAMES[a]} {m}" for a in attacks for m in MODES),
               *(f"worst {m}" for m in MODES), *(f"{HEADER_NAMES[a]} {q}" for a in attacks for q in ("PSNR", "SSIM")),
-              "ξ estimate", "ξ relative"]
+              *(f"{HEADER_NAMES[a]} atk acc {m}" for a in attacks for m in MODES), "ξ estimate", "ξ relative"]
 
     def spec(key: str) -> tuple[str, float]:
         if key == "accuracy":
             return ".2f", 100.0
         if key.startswith("xi"):
             return ".2e", 1.0
+        if "_attack_accuracy_" in key:
+            return ".1f", 100.0
         return (".2f" if key.endswith("psnr") else ".5f" if "_mse_" in key else ".4f"), 1.0
 
     lines = [" | ".join(header), " | ".join("---" for _ in header)]
@@ -325,7 +335,7 @@ def format_table(results: dict[str, dict[str, Any]], gain: dict[str, dict[str, A
         lines.append(" | ".join([variant, f"{lam:g}", *(_cell(row.get(k), *spec(k)) for k in keys)]))
     gain_cells = []
     for key in keys:
-        if key == "accuracy":
+        if key == "accuracy" or "_attack_accuracy_" in key:
             gain_cells.append(_cell(gain.get(key), "+.2f", suffix=" pt"))
         elif key in quality:
             gain_cells.append(_cell(gain.get(key), "+.3f"))

@@ -49,8 +49,10 @@ def test_end_to_end_on_prepared_bundles(compare: ModuleType, tmp_path: Path,
                "entropy_x_estimate": -100.0, "mean_image_mse_native": 0.04}
     write_digits_bundle(tmp_path / "sigma-seed0", 0.1, metrics=metrics)
     write_digits_bundle(tmp_path / "sigma+cem-seed0", 0.1, metrics=metrics, cem={"lam": 2.0})
+    attacks = ["decoder", "gan", "optimize", "decoder+optimize"]
     code = compare.main(["--out", str(tmp_path), "--reuse", "--decoder-epochs", "1", "--gan-epochs", "1",
-                         "--attack-blocks", "0", "--attack-channels", "8", "--device", "cpu", "--json"])
+                         "--attack-blocks", "0", "--attack-channels", "8", "--device", "cpu", "--json",
+                         "--attacks", ",".join(attacks), "--optimize-steps", "2"])
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(lines[-1])
@@ -58,10 +60,19 @@ def test_end_to_end_on_prepared_bundles(compare: ModuleType, tmp_path: Path,
     assert summary["results"]["sigma+cem"]["cem_lambda"]["mean"] == 2.0
     for variant in ("sigma", "sigma+cem"):
         row = summary["results"][variant]
-        columns = compare.mse_columns(["decoder", "gan"])
+        columns = compare.mse_columns(attacks)
         assert all(0 < row[column]["mean"] < 1 and row[column]["n"] == 1 for column in columns)
+        seed_row = summary["per_seed"][variant][0]
+        for mode in ("train", "infer"):
+            scored = {a: seed_row[f"{compare.attack_key(a)}_mse_{mode}"] for a in attacks}
+            assert seed_row[f"worst_mse_{mode}"] == min(scored.values())
+            assert scored[seed_row[f"worst_attack_{mode}"]] == min(scored.values())
+            assert all(0 <= seed_row[f"{compare.attack_key(a)}_attack_accuracy_{mode}"] <= 1 for a in attacks)
+            assert seed_row[f"optimize_epochs_{mode}"] == 2  # an optimisation's budget: its steps
         assert row["xi_relative"]["mean"] == 0.03 and row["xi_estimate"]["mean"] == 0.0001
         seed_row = summary["per_seed"][variant][0]
         assert seed_row["decoder_best_epoch_train"] in (0, 1) and seed_row["decoder_epochs_train"] == 1
-    assert set(summary["gain"]) >= {"accuracy", *compare.mse_columns(["decoder", "gan"]), "xi_relative", "xi_estimate"}
+    assert set(summary["gain"]) >= {"accuracy", *compare.mse_columns(attacks), "worst_mse_train", "xi_relative",
+                                    "xi_estimate", "hybrid_attack_accuracy_infer"}
+    assert any(line.startswith("worst case: sigma train: ") for line in lines)
     assert (tmp_path / "summary.json").is_file()
