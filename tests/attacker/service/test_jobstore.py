@@ -129,18 +129,24 @@ def test_the_optimize_steps_round_trip(tmp_path: Path) -> None:
     assert claimed is not None and claimed.id == stepped.id and claimed.request.optimize_steps == 7
 
 
-def test_a_database_from_before_the_optimize_steps_column_still_works(tmp_path: Path) -> None:
-    path = tmp_path / "network.db"
+def old_database(path: Path, schema: str, rows: str) -> Path:
+    """A jobs database as an earlier version wrote it: ``schema``, then the ``rows`` INSERT."""
     conn = sqlite3.connect(path)
-    conn.executescript(NETWORK_SCHEMA)
-    conn.execute(
+    conn.executescript(schema)
+    conn.execute(rows)
+    conn.commit()
+    conn.close()
+    return path
+
+
+def test_a_database_from_before_the_optimize_steps_column_still_works(tmp_path: Path) -> None:
+    path = old_database(
+        tmp_path / "network.db", NETWORK_SCHEMA,
         "INSERT INTO jobs(id, status, bundle, model_id, bundle_dir, attack, epochs, network_channels, network_blocks,"
         " dataset, use_captures, seed, created_at, result) VALUES"
         " ('old', 'succeeded', 'b', 'm', '/b', 'decoder', 2, 8, 1, NULL, 0, 4, 1.0, '{}'),"
-        " ('queued', 'queued', 'b', 'm', '/b', 'gan', NULL, NULL, NULL, NULL, 1, 0, 2.0, NULL)"
+        " ('queued', 'queued', 'b', 'm', '/b', 'gan', NULL, NULL, NULL, NULL, 1, 0, 2.0, NULL)",
     )
-    conn.commit()
-    conn.close()
     assert "optimize_steps" not in _columns(path)
 
     store = JobStore(path)
@@ -158,15 +164,11 @@ def test_a_database_from_before_the_optimize_steps_column_still_works(tmp_path: 
 
 
 def test_a_database_from_before_the_network_columns_still_works(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
-    conn = sqlite3.connect(path)
-    conn.executescript(OLD_SCHEMA)
-    conn.execute(
+    path = old_database(
+        tmp_path / "old.db", OLD_SCHEMA,
         "INSERT INTO jobs(id, status, bundle, model_id, bundle_dir, attack, epochs, dataset, use_captures, seed,"
-        " created_at, result) VALUES ('old', 'succeeded', 'b', 'm', '/b', 'gan', 3, NULL, 1, 5, 1.0, '{}')"
+        " created_at, result) VALUES ('old', 'succeeded', 'b', 'm', '/b', 'gan', 3, NULL, 1, 5, 1.0, '{}')",
     )
-    conn.commit()
-    conn.close()
 
     store = JobStore(path)
     old = store.get("old")
