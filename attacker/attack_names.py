@@ -31,6 +31,10 @@ class AttackName(str, enum.Enum):
 
 
 ATTACKS: tuple[str, ...] = tuple(attack.value for attack in AttackName)  # for argparse choices and messages
+# The attacks that optimise each intercepted feature (they take optimize_steps) and those that learn a
+# decoding network (they take its size); optimize is the one without.
+OPTIMIZING_ATTACKS: frozenset[AttackName] = frozenset({AttackName.OPTIMIZE, AttackName.HYBRID})
+NETWORK_ATTACKS: frozenset[AttackName] = frozenset(set(AttackName) - {AttackName.OPTIMIZE})
 
 
 def check_attack_name(attack: str) -> AttackName:

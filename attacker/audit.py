@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from attacker.attack_names import AttackName
+from attacker.attack_names import NETWORK_ATTACKS, OPTIMIZING_ATTACKS, AttackName
 from attacker.attacks import (
     MODES,
     AttackCancelled,
@@ -94,10 +94,10 @@ class AuditSpec:
         if self.attack == AttackName.OPTIMIZE and self.epochs is not None:
             raise ConfigError(f"expected no epochs for the optimize attack (its budget is optimize_steps), "
                               f"got {self.epochs}")
-        if self.attack == AttackName.OPTIMIZE and (self.network_channels, self.network_blocks) != (None, None):
+        if self.attack not in NETWORK_ATTACKS and (self.network_channels, self.network_blocks) != (None, None):
             raise ConfigError("expected no network_channels or network_blocks for the optimize attack (it learns no "
                               f"decoding network), got {self.network_channels} and {self.network_blocks}")
-        if self.optimize_steps is not None and self.attack not in (AttackName.OPTIMIZE, AttackName.HYBRID):
+        if self.optimize_steps is not None and self.attack not in OPTIMIZING_ATTACKS:
             raise ConfigError(f"expected optimize_steps only with the optimize or decoder+optimize attack, "
                               f"got it with {self.attack}")
         for name, least in (("network_channels", 1), ("network_blocks", 0), ("optimize_steps", 1)):
@@ -164,7 +164,7 @@ def native_size_of(manifest: Manifest) -> int:
 
 def audited_bound(manifest: Manifest, metrics: dict[str, dict[str, float]]) -> dict[str, Any] | None:
     """``privacy_bound`` checked against the strongest (lowest-MSE) column this audit measured."""
-    lowest = lambda key: min((m[key] for m in metrics.values() if key in m), default=None)  # noqa: E731
+    lowest = lambda key: min((m[key] for m in metrics.values() if m.get(key) is not None), default=None)  # noqa: E731
     return privacy_bound(manifest.metrics, attack_mse=lowest("mse"), attack_mse_native=lowest("mse_native"))
 
 
@@ -283,22 +283,28 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
     decoder_config = spec.decoder_config
     details: dict[str, Any] = {}
     used: dict[str, int] | None = None
-    optimizes = spec.attack in (AttackName.OPTIMIZE, AttackName.HYBRID)
+    optimizes = spec.attack in OPTIMIZING_ATTACKS
+    # the audited data set's classes (it may differ from the bundle's; only the image shape must match)
+    num_classes = max(manifest.model.num_classes, *(int(s.labels.max()) + 1 for s in sets.values()
+                                                    if s.labels is not None and len(s)))
     for mode, split in splits.items():
         share = span * len(split.fit) / total_fit
-        # an optimisation attack spends as long scoring (one optimisation per scored image) as choosing τ
-        attack_share = share / 2 if optimizes else share
-        classifier = train_evaluation_classifier(split.fit, split.val, manifest.model.num_classes, seed=spec.seed)
-        monitor.check()
+        # the evaluation classifier takes a few seconds; an optimisation attack then spends as long scoring
+        # (one optimisation per scored image) as choosing τ
+        classifier_share = 0.05 * share
+        attack_share = (share - classifier_share) / (2 if optimizes else 1)
+        classifier = train_evaluation_classifier(split.fit, split.val, num_classes, seed=spec.seed,
+                                                 monitor=monitor.child(start, classifier_share))
         started = time.perf_counter()
         trained = run_attack(
             spec.attack, split, obfuscation, epochs=spec.epochs, seed=spec.seed,
-            monitor=monitor.child(start, attack_share), decoder_config=decoder_config, encoder=encoder,
-            optimize_config=spec.optimize_config,
+            monitor=monitor.child(start + classifier_share, attack_share), decoder_config=decoder_config,
+            encoder=encoder, optimize_config=spec.optimize_config,
         )
         attack_s = time.perf_counter() - started
         if isinstance(trained.network, FeatureMatchingInverter):
-            trained.network.monitor = monitor.child(start + attack_share, share - attack_share)
+            trained.network.track(monitor.child(start + classifier_share + attack_share, attack_share),
+                                  len(split.eval))
         start += share
         used = _network_size(trained)
         evaluation = evaluate_attack(trained.network, split.eval, obfuscation, seed=spec.seed + EVAL_SEED_OFFSET,
@@ -324,7 +330,7 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
             alone = evaluate_attack(decoder.network, split.eval, obfuscation, seed=spec.seed + EVAL_SEED_OFFSET,
                                     native_size=native_size_of(manifest), classifier=classifier)
             details[mode]["decoder_alone"] = {
-                **{k: alone.metrics[k] for k in ("mse", "psnr", "ssim", "attack_accuracy")},
+                **{k: alone.metrics.get(k) for k in ("mse", "mse_native", "psnr", "ssim", "attack_accuracy")},
                 "epochs": len(decoder.history), "best_epoch": decoder.best_epoch,
                 "still_improving": decoder.still_improving()}
         logger.info(
@@ -334,6 +340,9 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
     n_captured = 0
     if captured is not None:
         monitor.report(0.98, "reconstructing captured features")
+        for network in networks.values():  # an optimisation over the captures: cancellable, no progress range
+            if isinstance(network, FeatureMatchingInverter):
+                network.track(ProgressMonitor(should_stop=monitor.should_stop), captured.features.shape[0])
         captured_metrics, group, unusable_ids = _attack_captured(captured, networks, dataset, images,
                                                                  native_size_of(manifest))
         details["captured_unusable_ids"] = unusable_ids
@@ -345,7 +354,10 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
     if all("decoder_alone" in details.get(mode, {}) for mode in MODES):  # the hybrid ran the decoder too
         scored["decoder"] = {mode: details[mode]["decoder_alone"]["mse"] for mode in MODES}
     details["worst_case"] = worst_case(scored)
-    bound = audited_bound(manifest, metrics)
+    # the bound is checked against every attack this audit scored: the hybrid's decoder alone included
+    decoder_alone = {f"{mode} (decoder alone)": details[mode]["decoder_alone"] for mode in MODES
+                     if "decoder_alone" in details.get(mode, {})}
+    bound = audited_bound(manifest, {**metrics, **decoder_alone})
     if bound is None:
         logger.warning(
             "bundle %s records no entropy bound (trained without noise, or by a version that recorded none); "

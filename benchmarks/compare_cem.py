@@ -52,7 +52,6 @@ from attacker.attacks import (
     load_labeled_images,
     run_attack,
     train_evaluation_classifier,
-    train_optimize_attack,
 )
 from attacker.audit import native_size_of
 from cem.bounds import privacy_bound
@@ -183,8 +182,9 @@ def attack_bundle(args: argparse.Namespace, bundle: Path, seed: int, bar: tqdm) 
     """Every asked-for attack under both protocols; returns the table's columns for this bundle.
 
     The decoder attack runs once per protocol and is shared: it initialises the GAN's generator and
-    starts the hybrid's optimisation, as ``run_attack`` would train it for them. Wall times are each
-    attack's own (the hybrid's includes its decoder's)."""
+    starts the hybrid's optimisation, as ``run_attack`` would train it for them. Wall times: ``_s_`` the
+    attack's training or selection (the hybrid's includes its decoder's), ``_eval_s_`` its scoring, which
+    for the optimisation attacks is an optimisation per scored image."""
     manifest, encoder = load_encoder(bundle, resolve_device(args.device))
     obfuscation = ObfuscationConfig.from_records(manifest.noise_std, manifest.defenses)
     sets = {split: compute_feature_set(encoder, *load_labeled_images(args.dataset, split))
@@ -224,10 +224,8 @@ def attack_bundle(args: argparse.Namespace, bundle: Path, seed: int, bar: tqdm) 
                 trained[attack] = run_attack("optimize", split, obfuscation, seed=seed, monitor=monitor,
                                              encoder=encoder, optimize_config=optimize)
             elif attack == "decoder+optimize":
-                refined = train_optimize_attack(split, obfuscation, encoder, optimize, init=trained["decoder"].network,
-                                                seed=seed, monitor=monitor)
-                refined.started_from = trained["decoder"]
-                trained[attack] = refined
+                trained[attack] = run_attack(attack, split, obfuscation, seed=seed, monitor=monitor, encoder=encoder,
+                                             optimize_config=optimize, decoder=trained["decoder"])
             else:
                 continue
             _record_training(row, attack_key(attack), mode, trained[attack],
@@ -236,9 +234,11 @@ def attack_bundle(args: argparse.Namespace, bundle: Path, seed: int, bar: tqdm) 
                 row[f"{attack_key(attack)}_tv_weight_{mode}"] = trained[attack].extra["tv_weight"]
         bar.update(1)
         for attack in attacks:
+            started = time.perf_counter()
             metrics = evaluate_attack(trained[attack].network, split.eval, obfuscation, seed=seed + 100,
                                       native_size=native, classifier=classifier).metrics
             key = attack_key(attack)
+            row[f"{key}_eval_s_{mode}"] = time.perf_counter() - started
             logger.info("%s, %s attack, %s column: mse %.5f psnr %.2f ssim %.4f", bundle.name, attack, mode,
                         metrics["mse"], metrics["psnr"], metrics["ssim"])
             row[f"{key}_mse_{mode}"] = metrics["mse"]

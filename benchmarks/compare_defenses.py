@@ -226,8 +226,8 @@ def run_cell(args: argparse.Namespace, cell: Cell) -> dict[str, Any]:
     logging.getLogger().setLevel(logging.INFO)
     torch.set_num_threads(args.threads)
     try:
-        trained = bundle / "cell_settings.json"
-        if not (trained.is_file() and json.loads(trained.read_text()) == settings["train_args"]):
+        trained, recipe = bundle / "cell_settings.json", {"dataset": args.dataset, "train_args": settings["train_args"]}
+        if not (trained.is_file() and json.loads(trained.read_text()) == recipe):
             command = [sys.executable, "-m", "training.cli", "--dataset", args.dataset, "--seed", str(cell.seed),
                        "--device", args.device, "--threads", str(args.threads), "--out", str(bundle),
                        *settings["train_args"]]
@@ -237,7 +237,7 @@ def run_cell(args: argparse.Namespace, cell: Cell) -> dict[str, Any]:
                                       env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
             if done.returncode != 0:
                 raise RuntimeError(f"cem-train failed for {cell.key} (exit {done.returncode}); see {log_path}")
-            trained.write_text(json.dumps(settings["train_args"]))
+            trained.write_text(json.dumps(recipe))
         manifest = load_manifest(bundle)
         with tqdm(disable=True) as quiet:
             attacked = attack_bundle(args, bundle, cell.seed, quiet)

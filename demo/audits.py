@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from attacker.client import AttackName, AuditClient, AuditStatus, AuditView
+from attacker.client import NETWORK_ATTACKS, AttackName, AuditClient, AuditStatus, AuditView
 from cem.errors import CEMError
 from demo.profiles import DemoProfile
 
@@ -31,7 +31,7 @@ def audit_models(client: AuditClient, models: list[dict[str, Any]], attacks: tup
               AttackName.HYBRID: profile.decoder_epochs, AttackName.OPTIMIZE: None}
 
     def learned(attack: AttackName, size: int | None) -> int | None:
-        return None if attack is AttackName.OPTIMIZE else size
+        return size if attack in NETWORK_ATTACKS else None
 
     report_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(model, attack, client.submit(Path(model["bundle"]).name, attack=attack, epochs=epochs[attack],

@@ -24,6 +24,7 @@ from torch import nn
 
 from attacker.attacks.data import FeatureSet
 from attacker.attacks.loop import CheckpointKeeper, count_batches, iterate_batches
+from attacker.attacks.monitor import ProgressMonitor
 from cem.errors import ConfigError, MetricInputError
 
 CLASSIFIER_STAGES = 3  # conv-BN-ReLU-pool stages; each halves the side
@@ -121,6 +122,7 @@ def train_evaluation_classifier(
     batch_size: int = 32,
     lr: float = 3e-3,
     width: int = 16,
+    monitor: ProgressMonitor | None = None,
 ) -> IdentityClassifier:
     """Train the evaluation classifier on ``fit``'s images and labels; keep the epoch with the best
     accuracy on ``val``'s (the last epoch when ``val`` is empty). Features are not used.
@@ -129,7 +131,9 @@ def train_evaluation_classifier(
     column (437 fit images, 14 batches an epoch) 6 epochs left the classifier at 78-87 % test accuracy,
     15 epochs reach 96-98 % (docs/attacks.md). Adam with a cosine decay to zero over all steps.
     Weights and batch order depend only on ``seed`` (global RNG untouched); it runs on the images' device.
+    ``monitor`` gets the progress per epoch and is polled for cancellation per batch.
     """
+    monitor = monitor or ProgressMonitor()
     if num_classes < 2:
         raise ConfigError(f"expected at least 2 classes, got {num_classes}")
     for name, value, least in (("epochs", epochs, 1), ("min_steps", min_steps, 0), ("batch_size", batch_size, 1),
@@ -167,6 +171,7 @@ def train_evaluation_classifier(
     for epoch in range(1, epochs + 1):
         network.train()
         for rows in iterate_batches(len(fit), batch_size, generator, device):
+            monitor.check()
             loss = F.cross_entropy(network(fit.images[rows]), fit_labels[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -177,6 +182,7 @@ def train_evaluation_classifier(
         else:
             classifier.val_curve.append(classifier.accuracy(val.images, val_labels))
             keeper.offer(epoch, 1.0 - classifier.val_curve[-1])
+        monitor.report(epoch / epochs, f"evaluation classifier: epoch {epoch}/{epochs}")
     keeper.restore()
     classifier.best_epoch = keeper.best_epoch
     return classifier

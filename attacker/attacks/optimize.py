@@ -37,14 +37,16 @@ of split-learning attacks do the same). The pieces:
 refines it with the same objective; the audit reports the decoder's own validation MSE
 beside the refined one, so whether refinement helped is visible per model.
 
-Convergence: the history holds the validation MSE every tenth of the steps for the chosen
-τ; an attack whose validation MSE still fell by more than 2 % in its last tenth is flagged
-as still improving (``TrainedAttack.still_improving``).
+Convergence: the chosen τ runs again on the validation images with half the steps; if the
+full budget's validation MSE is lower by more than 2 %, more steps would likely help and the
+attack is flagged as still improving (``TrainedAttack.still_improving``, the decoder attack's
+half-budget check: after a cosine decay to its floor the last steps move little, converged or
+not). The history holds the validation MSE every tenth of the steps (the mean over restarts).
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -55,7 +57,7 @@ from torch import nn
 
 from attacker.attacks.data import AttackSplit, FeatureSet
 from attacker.attacks.evaluate import iterate_reconstructions
-from attacker.attacks.loop import TrainedAttack
+from attacker.attacks.loop import HalfBudgetCheck, TrainedAttack
 from attacker.attacks.monitor import ProgressMonitor
 from cem.errors import ConfigError
 from cem.obfuscation import ObfuscationConfig, obfuscate
@@ -133,6 +135,7 @@ class FeatureMatchingInverter(nn.Module):
         super().__init__()
         self._parts = (encoder, init)  # a tuple: not registered as submodules
         self.monitor = monitor or ProgressMonitor()
+        self._plan: tuple[int, int] | None = None  # (images planned, images done) across forward calls
         self.obfuscation = obfuscation
         self.config = config
         self.tv_weight = float(tv_weight)
@@ -143,26 +146,35 @@ class FeatureMatchingInverter(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.invert(z)
 
+    def track(self, monitor: ProgressMonitor, images: int) -> None:
+        """Report to ``monitor`` one progress over the next ``images`` images, however the caller splits them
+        into ``forward`` calls (the evaluation code calls it once per chunk of features)."""
+        self.monitor, self._plan = monitor, (images, 0)
+
     def invert(self, z: torch.Tensor, *, on_step: StepCallback | None = None) -> torch.Tensor:
-        """Reconstructions of ``z``, batch by batch; ``on_step(step, x)`` after each step of each batch."""
+        """Reconstructions of ``z``, batch by batch; ``on_step(step, rows, x)`` after each step of each batch,
+        ``rows`` the batch's rows of ``z`` and ``x`` its current images."""
         encoder, _ = self._parts
-        parts = []
         config = self.config
-        total = math.ceil(z.shape[0] / config.batch_size) * config.restarts * config.steps
-        done = [0]
+        planned, offset = self._plan if self._plan is not None else (z.shape[0], 0)
+        work = max(1, planned * config.restarts * config.steps)  # one unit: one step of one image
+        done = [offset * config.restarts * config.steps]
 
         def step_done(step: int, rows: slice, x: torch.Tensor) -> None:
-            done[0] += 1
-            images = f"{rows.start + 1}-{rows.start + x.shape[0]} of {z.shape[0]}"
-            self.monitor.report(done[0] / total,
-                                f"optimize τ={self.tv_weight:g}: images {images}, step {step}/{config.steps}")
+            done[0] += x.shape[0]
+            first = offset + rows.start
+            self.monitor.report(done[0] / work, f"optimize τ={self.tv_weight:g}: images {first + 1}-"
+                                                f"{first + x.shape[0]} of {planned}, step {step}/{config.steps}")
             if on_step is not None:
                 on_step(step, rows, x)
 
+        parts = []
         with _frozen(encoder), torch.enable_grad():
             for start in range(0, z.shape[0], config.batch_size):
                 rows = slice(start, start + config.batch_size)
                 parts.append(self._invert_batch(encoder, z[rows].detach(), rows, step_done))
+        if self._plan is not None:
+            self._plan = (planned, offset + z.shape[0])
         return torch.cat(parts) if parts else z.new_zeros((0, *self.mean_image.shape))
 
     def _starts(self, z: torch.Tensor) -> list[torch.Tensor]:
@@ -255,22 +267,28 @@ def train_optimize_attack(
                                        monitor=watch)
 
     trials: dict[float, tuple[float, list[dict[str, float | None]]]] = {}
+    half_budget = None
     if len(split.val):
         generator = torch.Generator(device=split.val.features.device).manual_seed(seed)
         sent = obfuscate(split.val.features, obfuscation, generator)  # one draw of the client's transform
+        slots = len(candidates) + 1  # the τ trials, then the half-budget run (half as long)
         for i, tv in enumerate(candidates):
-            trials[tv] = _validation_run(build(tv, monitor.child(i / len(candidates), 1 / len(candidates))),
-                                         split.val, sent)
+            trials[tv] = _validation_run(build(tv, monitor.child(i / slots, 1 / slots)), split.val, sent)
     chosen = min(trials, key=lambda tv: trials[tv][0]) if trials else candidates[0]
+    if trials and config.steps >= 2:  # would more steps help? the chosen τ again with half the steps
+        half = dataclasses.replace(config, steps=config.steps // 2)
+        inverter = FeatureMatchingInverter(encoder, obfuscation, half, chosen, mean_image, init=init, seed=seed,
+                                           monitor=monitor.child(1 - 1 / slots, 1 / slots))
+        half_budget = HalfBudgetCheck(half.steps, _validation_run(inverter, split.val, sent)[0], trials[chosen][0])
     history = trials[chosen][1] if trials else []
+    # scoring polls the same cancellation; its progress is the caller's to place (run_audit gives it a range)
+    scoring = ProgressMonitor(should_stop=monitor.should_stop)
+    final = build(chosen, scoring)
     extra: dict[str, object] = {
         "tv_weight": chosen, "steps": config.steps, "restarts": config.restarts, "lr": config.lr,
-        "steps_per_image": config.steps * config.restarts,
-        "sigma": obfuscation.noise_std if obfuscation.noise_std > 0 else config.sigma_floor,
+        "steps_per_image": config.steps * config.restarts, "sigma": final.sigma,
         "val_mse_by_tv_weight": {str(tv): mse for tv, (mse, _) in trials.items()},
         "selection_s": round(time.perf_counter() - started, 3),
     }
     monitor.report(1.0, f"optimize: τ = {chosen:g}")
-    # scoring polls the same cancellation; its progress is the caller's to place (run_audit gives it a range)
-    scoring = ProgressMonitor(should_stop=monitor.should_stop)
-    return TrainedAttack(build(chosen, scoring), history, best_epoch=config.steps, extra=extra)
+    return TrainedAttack(final, history, best_epoch=config.steps, half_budget=half_budget, extra=extra)

@@ -18,7 +18,7 @@ import math
 
 from torch import nn
 
-from attacker.attack_names import AttackName, check_attack_name
+from attacker.attack_names import OPTIMIZING_ATTACKS, AttackName, check_attack_name
 from attacker.attacks.data import AttackSplit
 from attacker.attacks.decoder import DecoderAttackConfig, train_decoder_attack
 from attacker.attacks.gan import GanAttackConfig, train_gan_attack
@@ -46,12 +46,16 @@ def run_attack(
     init: InversionNetwork | None = None,
     encoder: nn.Module | None = None,
     optimize_config: OptimizeAttackConfig = OptimizeAttackConfig(),
+    decoder: TrainedAttack | None = None,
 ) -> TrainedAttack:
-    """Train attack ``attack`` on ``split`` and return its selected network (eval mode)."""
+    """Train attack ``attack`` on ``split`` and return its selected network (eval mode).
+
+    ``decoder``: for ``decoder+optimize``, a decoder attack already trained on this split to start from
+    (a benchmark that also runs the decoder attack then trains it once); else it is trained here."""
     name = check_attack_name(attack)
     monitor = monitor or ProgressMonitor()
-    decoder = decoder_config if epochs is None else dataclasses.replace(decoder_config, epochs=epochs)
-    if name in (AttackName.OPTIMIZE, AttackName.HYBRID):
+    learned_config = decoder_config if epochs is None else dataclasses.replace(decoder_config, epochs=epochs)
+    if name in OPTIMIZING_ATTACKS:
         if encoder is None:
             raise ConfigError(f"expected the bundle's encoder for the {name} attack, got None")
         if name is AttackName.OPTIMIZE:
@@ -59,15 +63,15 @@ def run_attack(
                 raise ConfigError(f"expected no epochs for the optimize attack (it runs {optimize_config.steps} "
                                   f"optimisation steps per image), got {epochs}")
             return train_optimize_attack(split, obfuscation, encoder, optimize_config, seed=seed, monitor=monitor)
-        learned = train_decoder_attack(split, obfuscation, decoder, seed=seed,
-                                       monitor=monitor.child(0.0, HYBRID_DECODER_SHARE))
+        learned = decoder or train_decoder_attack(split, obfuscation, learned_config, seed=seed,
+                                                  monitor=monitor.child(0.0, HYBRID_DECODER_SHARE))
         refined = train_optimize_attack(split, obfuscation, encoder, optimize_config, init=learned.network, seed=seed,
                                         monitor=monitor.child(HYBRID_DECODER_SHARE, 1.0 - HYBRID_DECODER_SHARE))
         refined.started_from = learned
         refined.extra["decoder_val_mse"] = learned.best_val_mse()
         return refined
     if name is AttackName.DECODER:
-        return train_decoder_attack(split, obfuscation, decoder, seed=seed, monitor=monitor)
+        return train_decoder_attack(split, obfuscation, learned_config, seed=seed, monitor=monitor)
     gan = gan_config if epochs is None else dataclasses.replace(gan_config, epochs=epochs)
     if init is not None:
         return train_gan_attack(split, obfuscation, gan, init=init, seed=seed, monitor=monitor)

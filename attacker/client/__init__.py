@@ -6,7 +6,7 @@ outside the attacker app (the demo) imports this one package and none of the
 service's modules.
 """
 
-from attacker.attack_names import ATTACKS, AttackName, check_attack_name
+from attacker.attack_names import ATTACKS, NETWORK_ATTACKS, OPTIMIZING_ATTACKS, AttackName, check_attack_name
 from attacker.client.client import TOKEN_ENV, URL_ENV, AuditClient, AuditClientError
 from attacker.service.api.schemas import AuditView
 from attacker.service.jobs import AuditStatus
@@ -18,6 +18,8 @@ __all__ = [
     "AuditClientError",
     "AuditStatus",
     "AuditView",
+    "NETWORK_ATTACKS",
+    "OPTIMIZING_ATTACKS",
     "TOKEN_ENV",
     "URL_ENV",
     "check_attack_name",

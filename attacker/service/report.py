@@ -16,7 +16,7 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
-from attacker.attack_names import ATTACKS, AttackName
+from attacker.attack_names import ATTACKS, OPTIMIZING_ATTACKS, AttackName
 from attacker.service.jobs import Job
 from cem.bounds import BOUND_LABELS, stored_bound
 
@@ -26,7 +26,7 @@ SPLITS = (
     ("captured", "captured traffic (ground truth known)"),
 )
 COLUMNS = SPLITS[:2]  # the protocols an attack is trained and scored under
-OPTIMIZING = (AttackName.OPTIMIZE.value, AttackName.HYBRID.value)  # the attacks that optimise each image
+OPTIMIZING = tuple(sorted(a.value for a in OPTIMIZING_ATTACKS))
 NO_NETWORK = "none: the optimize attack has no decoding network"
 BOUND_HEADER = ("<tr><th>kind</th><th>ξ</th><th>H(x|z) bound (nats)</th><th>mean-image MSE</th>"
                 "<th>best attack MSE</th><th>what it means</th></tr>")

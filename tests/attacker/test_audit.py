@@ -189,6 +189,10 @@ def test_optimisation_audits_record_their_settings_and_the_hybrid_its_decoder_al
     assert hybrid.details["network"] == {"channels": 8, "blocks": 0}  # the decoder it started from
     alone = hybrid.details["infer"]["decoder_alone"]
     assert 0 < alone["mse"] < 1 and alone["mse"] != hybrid.metrics["infer"]["mse"]
+    every = [hybrid.metrics[m]["mse"] for m in ("train", "infer")] + [hybrid.details[m]["decoder_alone"]["mse"]
+                                                                      for m in ("train", "infer")]
+    bound = hybrid.bound["relative"] if hybrid.bound["kind"] == "estimate" else hybrid.bound
+    assert bound["attack_mse"] == min(every)  # the bound is checked against the decoder alone too
     best = min((alone["mse"], "decoder"), (hybrid.metrics["infer"]["mse"], "decoder+optimize"))
     assert hybrid.details["worst_case"]["infer"] == {"attack": best[1], "mse": best[0], "attacks": 2}
     assert optimized.details["worst_case"]["train"] == {"attack": "optimize", "mse": optimized.metrics["train"]["mse"],

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from attacker.attack_names import ATTACKS, AttackName
+from attacker.attack_names import ATTACKS, NETWORK_ATTACKS, OPTIMIZING_ATTACKS, AttackName
 from attacker.service.jobs import AuditStatus
 
 BoundKind = Literal["floor", "estimate", "relative"]  # = cem.bounds.BOUND_KINDS (checked by a test)
@@ -24,8 +24,6 @@ MAX_NETWORK_BLOCKS = 32
 MAX_OPTIMIZE_STEPS = 100_000
 NETWORK_DEFAULT = "default: the paper's decoding network"  # DecoderAttackConfig (not imported: it needs torch)
 OPTIMIZE_STEPS_DEFAULT = 300  # = OptimizeAttackConfig.steps (not imported: it needs torch; checked by a test)
-OPTIMIZATION_ATTACKS = (AttackName.OPTIMIZE, AttackName.HYBRID)  # the attacks that take optimize_steps
-NETWORK_ATTACKS = tuple(a for a in AttackName if a is not AttackName.OPTIMIZE)  # those with a decoding network
 ATTACK_DESCRIPTION = (
     f"inversion attack, one of {', '.join(ATTACKS)}: decoder trains a decoding network on features, gan fine-tunes "
     "it adversarially, optimize searches per intercepted feature for the image the encoder maps to it (no "
@@ -83,9 +81,9 @@ class AuditCreate(BaseModel):
     @classmethod
     def _steps_fit_the_attack(cls, value: int | None, info: ValidationInfo) -> int | None:
         attack = info.data.get("attack")
-        if value is not None and attack is not None and attack not in OPTIMIZATION_ATTACKS:
+        if value is not None and attack is not None and attack not in OPTIMIZING_ATTACKS:
             raise ValueError(f"the {attack} attack does not optimise per image: optimize_steps applies to "
-                             f"{' and '.join(OPTIMIZATION_ATTACKS)} only")
+                             f"{' and '.join(a for a in AttackName if a in OPTIMIZING_ATTACKS)} only")
         return value
 
     @field_validator("dataset")

@@ -117,7 +117,8 @@ def test_the_attack_chooses_tv_on_validation_and_records_its_curve_and_settings(
     assert extra["tv_weight"] == float(min(extra["val_mse_by_tv_weight"], key=extra["val_mse_by_tv_weight"].get))
     assert extra["steps_per_image"] == 20 and extra["sigma"] == 0.1
     assert [row["epoch"] for row in trained.history] == [2.0 * i for i in range(1, 11)]
-    assert trained.best_epoch == 20 and isinstance(trained.still_improving(), bool)
+    assert trained.best_epoch == 20 and trained.half_budget is not None and trained.half_budget.half_epochs == 10
+    assert trained.still_improving() == (trained.half_budget.gain > 0.02)  # judged by the half-budget run
     scored = evaluate_attack(trained.network, split.eval, obfuscation, seed=100)
     assert 0 < scored.metrics["mse"] < 0.2 and scored.metrics["n"] == len(split.eval)
 
@@ -163,3 +164,17 @@ def test_restarts_keep_per_image_the_start_with_the_lowest_objective(digits: tor
         single, best = one(z), three(z)
         assert (three._objective(encoder, best, z, kept) <= one._objective(encoder, single, z, kept) + 1e-3).all()
 
+
+
+def test_progress_is_one_monotone_fraction_over_the_chunks_the_evaluation_sends(digits: torch.Tensor) -> None:
+    encoder = Unshuffle()
+    seen: list[tuple[float, str]] = []
+    inverter = FeatureMatchingInverter(encoder, ObfuscationConfig(), OptimizeAttackConfig(steps=3, batch_size=5),
+                                       0.0, digits[0])
+    inverter.track(ProgressMonitor(progress=lambda fraction, message: seen.append((fraction, message))), 24)
+    z = encoder(digits).detach()
+    for chunk in (z[:16], z[16:]):  # as the evaluation code calls it, chunk by chunk
+        inverter(chunk)
+    fractions = [fraction for fraction, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    assert seen[-1][1] == "optimize τ=0: images 22-24 of 24, step 3/3"  # chunk 17-24 in batches of 5

@@ -106,13 +106,7 @@ def _worst_case(details: Any) -> WorstCaseByColumn | None:
 
 
 def _column_training(values: dict[str, Any]) -> dict[str, Any]:
-    picked = {key: values[key] for key in TRAINING_KEYS if key in values}
-    optimize = picked.get("optimize")
-    if isinstance(optimize, dict) and isinstance(optimize.get("steps"), int):
-        # the stored "epochs" count the points of the validation curve (one per tenth of the steps); an
-        # optimisation attack's epochs are its steps
-        picked["epochs"] = optimize["steps"]
-    return picked
+    return {key: values[key] for key in TRAINING_KEYS if key in values}
 
 
 def _require_job(store: JobStore, audit_id: str) -> Job:
