@@ -289,6 +289,13 @@ def _estimate(values: list[float]) -> dict[str, Any] | None:
     return mean_interval(values).to_dict() if values else None
 
 
+def detail_columns(attacks: list[str]) -> list[str]:
+    """Per attack: PSNR and SSIM (train column), attack accuracy and wall times (fit, scoring) per column."""
+    return [f"{attack_key(a)}_{name}" for a in attacks
+            for name in ("psnr", "ssim", *(f"{metric}_{m}" for metric in ("attack_accuracy", "s", "eval_s")
+                                           for m in MODES))]
+
+
 def summarise(rows: list[DefenseRow], seeds: list[int], results: dict[str, dict[str, Any]],
               attacks: list[str]) -> dict[str, Any]:
     """Per variant: mean ± interval over seeds; per row: the paired CEM gain; the paper's average rows.
@@ -305,8 +312,10 @@ def summarise(rows: list[DefenseRow], seeds: list[int], results: dict[str, dict[
             per_seed = [results[Cell(row.label, with_cem, s).key] for s in seeds]
             variants[Cell(row.label, with_cem, 0).variant] = {
                 "row": row.label, "cem": with_cem, "seeds": seeds,
-                **{k: _estimate(_numeric(per_seed, k)) for k in columns},
+                **{k: _estimate(_numeric(per_seed, k)) for k in [*columns, *detail_columns(attacks)]},
                 "noise_std": per_seed[0].get("noise_std"), "cem_lambda": per_seed[0].get("cem_lambda"),
+                "flagged": {attack: sum(bool(r.get(f"{attack_key(attack)}_still_improving_{mode}"))
+                                        for r in per_seed for mode in MODES) for attack in attacks},
                 "not_converged": [f"seed {r['seed']}: {convergence_note(r, attack, mode)}" for r in per_seed
                                   for attack in attacks for mode in MODES
                                   if r.get(f"{attack_key(attack)}_still_improving_{mode}")],
@@ -372,6 +381,26 @@ def format_table(summary: dict[str, Any], attacks: list[str]) -> str:
     return "\n".join(lines)
 
 
+def format_attack_table(summary: dict[str, Any], attacks: list[str]) -> str:
+    """Per variant and attack: MSE per column, PSNR and SSIM (train column), attack accuracy per column, the
+    wall time of fitting and scoring both columns (mean over seeds), and how many runs were flagged."""
+    header = ["method", "attack", *(f"{m} MSE" for m in MODES), "PSNR", "SSIM",
+              *(f"attack acc {m} %" for m in MODES), "wall s", "not converged"]
+    lines = [" | ".join(header), " | ".join("---" for _ in header)]
+    for variant, entry in summary["variants"].items():
+        runs = len(entry["seeds"]) * len(MODES)
+        for attack in attacks:
+            key = attack_key(attack)
+            seconds = [entry[f"{key}_{kind}_{m}"]["mean"] for kind in ("s", "eval_s") for m in MODES
+                       if entry.get(f"{key}_{kind}_{m}")]
+            lines.append(" | ".join([
+                variant, attack, *(_cell_text(entry.get(f"{key}_mse_{m}"), ".5f") for m in MODES),
+                _cell_text(entry.get(f"{key}_psnr"), ".2f"), _cell_text(entry.get(f"{key}_ssim"), ".3f"),
+                *(_cell_text(entry.get(f"{key}_attack_accuracy_{m}"), ".1f", 100.0) for m in MODES),
+                f"{sum(seconds):.0f}" if seconds else "n/a", f"{entry['flagged'][attack]}/{runs}"]))
+    return "\n".join(lines)
+
+
 def format_cost(summary: dict[str, Any]) -> str:
     """CPU seconds of one training epoch and of the whole run, with and without CEM."""
     header = ["row", "epoch CPU s", "epoch CPU s +CEM", "ratio", "run CPU s", "run CPU s +CEM"]
@@ -407,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
           f"({args.attack_channels} channels, {args.attack_blocks} blocks); mean ± 95 % interval (t) over seeds; "
           "MSE on held-out images")
     print(format_table(summary, attacks))
+    if len(attacks) > 1:
+        print()
+        print(format_attack_table(summary, attacks))
     print()
     print(format_cost(summary))
     runs = len(seeds) * len(attacks) * len(MODES)
