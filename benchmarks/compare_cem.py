@@ -304,7 +304,8 @@ def compute_gain(base_rows: list[dict[str, Any]], cem_rows: list[dict[str, Any]]
     return gain
 
 
-def _cell(entry: dict[str, Any] | None, spec: str, scale: float = 1.0, suffix: str = "") -> str:
+def format_estimate(entry: dict[str, Any] | None, spec: str, scale: float = 1.0, suffix: str = "") -> str:
+    """``mean ± ci95`` of a ``mean_interval`` dict, times ``scale``, formatted with ``spec``; ``n/a`` for None."""
     if entry is None:
         return "n/a"
     text = f"{entry['mean'] * scale:{spec}}"
@@ -332,15 +333,15 @@ def format_table(results: dict[str, dict[str, Any]], gain: dict[str, dict[str, A
     lines = [" | ".join(header), " | ".join("---" for _ in header)]
     for variant, row in results.items():
         lam = row.get("cem_lambda", {}).get("mean", 0.0)
-        lines.append(" | ".join([variant, f"{lam:g}", *(_cell(row.get(k), *spec(k)) for k in keys)]))
+        lines.append(" | ".join([variant, f"{lam:g}", *(format_estimate(row.get(k), *spec(k)) for k in keys)]))
     gain_cells = []
     for key in keys:
         if key == "accuracy" or "_attack_accuracy_" in key:
-            gain_cells.append(_cell(gain.get(key), "+.2f", suffix=" pt"))
+            gain_cells.append(format_estimate(gain.get(key), "+.2f", suffix=" pt"))
         elif key in quality:
-            gain_cells.append(_cell(gain.get(key), "+.3f"))
+            gain_cells.append(format_estimate(gain.get(key), "+.3f"))
         else:
-            gain_cells.append(_cell(gain.get(key), "+.0f", suffix="%"))
+            gain_cells.append(format_estimate(gain.get(key), "+.0f", suffix="%"))
     lines.append(" | ".join(["CEM gain (paired)", "", *gain_cells]))
     return "\n".join(lines)
 

@@ -60,8 +60,10 @@ from compare_cem import (
     WORST_COLUMNS,
     attack_bundle,
     attack_key,
+    compute_gain,
     convergence_note,
     describe_training,
+    format_estimate,
     mse_columns,
     parse_attacks,
 )
@@ -321,8 +323,8 @@ def summarise(rows: list[DefenseRow], seeds: list[int], results: dict[str, dict[
                                   if r.get(f"{attack_key(attack)}_still_improving_{mode}")],
             }
         if row.has_cem_variant:
-            pairs = [(results[Cell(row.label, False, s).key], results[Cell(row.label, True, s).key]) for s in seeds]
-            gains[row.label] = paired_gain(pairs, attacks)
+            gains[row.label] = compute_gain([results[Cell(row.label, False, s).key] for s in seeds],
+                                            [results[Cell(row.label, True, s).key] for s in seeds], attacks)
     defense_rows = [row for row in rows if row.has_cem_variant]
     averages: dict[str, Any] = {}
     if defense_rows:
@@ -332,25 +334,10 @@ def summarise(rows: list[DefenseRow], seeds: list[int], results: dict[str, dict[
         averages = {
             "without_cem": {k: _estimate([a[k] for a in averaged[False]]) for k in columns[:-2]},
             "with_cem": {k: _estimate([a[k] for a in averaged[True]]) for k in columns[:-2]},
-            "gain": paired_gain(list(zip(averaged[False], averaged[True], strict=True)), attacks),
+            "gain": compute_gain(averaged[False], averaged[True], attacks),
             "rows": [row.label for row in defense_rows],
         }
     return {"variants": variants, "gain": gains, "average": averages}
-
-
-def paired_gain(pairs: list[tuple[dict[str, Any], dict[str, Any]]], attacks: list[str]) -> dict[str, Any]:
-    """Per seed: accuracy change in points, MSE change in %; then mean ± interval."""
-    gain: dict[str, Any] = {"accuracy": _estimate([100.0 * (c["accuracy"] - b["accuracy"]) for b, c in pairs])}
-    for key in [*mse_columns(attacks), *(WORST_COLUMNS if len(attacks) > 1 else [])]:
-        gain[key] = _estimate([100.0 * (c[key] - b[key]) / b[key] for b, c in pairs if b.get(key) and key in c])
-    return gain
-
-
-def _cell_text(entry: dict[str, Any] | None, spec: str, scale: float = 1.0, suffix: str = "") -> str:
-    if entry is None:
-        return "n/a"
-    half = f" ± {entry['ci95'] * scale:{spec.lstrip('+')}}" if entry.get("ci95") is not None else ""
-    return f"{entry['mean'] * scale:{spec}}{half}{suffix}"
 
 
 def format_table(summary: dict[str, Any], attacks: list[str]) -> str:
@@ -361,11 +348,12 @@ def format_table(summary: dict[str, Any], attacks: list[str]) -> str:
     lines = [" | ".join(header), " | ".join("---" for _ in header)]
 
     def values(entry: dict[str, Any]) -> list[str]:
-        return [_cell_text(entry.get("accuracy"), ".2f", 100.0), *(_cell_text(entry.get(k), ".5f") for k in mse)]
+        return [format_estimate(entry.get("accuracy"), ".2f", 100.0),
+                *(format_estimate(entry.get(k), ".5f") for k in mse)]
 
     def gain_values(gain: dict[str, Any]) -> list[str]:
-        return [_cell_text(gain.get("accuracy"), "+.2f", suffix=" pt"),
-                *(_cell_text(gain.get(k), "+.0f", suffix=" %") for k in mse)]
+        return [format_estimate(gain.get("accuracy"), "+.2f", suffix=" pt"),
+                *(format_estimate(gain.get(k), "+.0f", suffix=" %") for k in mse)]
 
     for variant, entry in summary["variants"].items():
         lines.append(" | ".join([variant, f"{entry['noise_std'] or 0:g}", f"{entry['cem_lambda'] or 0:g}",
@@ -394,9 +382,9 @@ def format_attack_table(summary: dict[str, Any], attacks: list[str]) -> str:
             seconds = [entry[f"{key}_{kind}_{m}"]["mean"] for kind in ("s", "eval_s") for m in MODES
                        if entry.get(f"{key}_{kind}_{m}")]
             lines.append(" | ".join([
-                variant, attack, *(_cell_text(entry.get(f"{key}_mse_{m}"), ".5f") for m in MODES),
-                _cell_text(entry.get(f"{key}_psnr"), ".2f"), _cell_text(entry.get(f"{key}_ssim"), ".3f"),
-                *(_cell_text(entry.get(f"{key}_attack_accuracy_{m}"), ".1f", 100.0) for m in MODES),
+                variant, attack, *(format_estimate(entry.get(f"{key}_mse_{m}"), ".5f") for m in MODES),
+                format_estimate(entry.get(f"{key}_psnr"), ".2f"), format_estimate(entry.get(f"{key}_ssim"), ".3f"),
+                *(format_estimate(entry.get(f"{key}_attack_accuracy_{m}"), ".1f", 100.0) for m in MODES),
                 f"{sum(seconds):.0f}" if seconds else "n/a", f"{entry['flagged'][attack]}/{runs}"]))
     return "\n".join(lines)
 
@@ -413,10 +401,10 @@ def format_cost(summary: dict[str, Any]) -> str:
         base = entry["epoch_cpu_s"]["mean"] if entry.get("epoch_cpu_s") else None
         cem = with_cem["epoch_cpu_s"]["mean"] if with_cem and with_cem.get("epoch_cpu_s") else None
         ratio = f"{cem / base:.2f}×" if base and cem else "—"
-        lines.append(" | ".join([variant, _cell_text(entry.get("epoch_cpu_s"), ".2f"),
-                                 _cell_text(with_cem.get("epoch_cpu_s"), ".2f") if with_cem else "—", ratio,
-                                 _cell_text(entry.get("run_cpu_s"), ".0f"),
-                                 _cell_text(with_cem.get("run_cpu_s"), ".0f") if with_cem else "—"]))
+        lines.append(" | ".join([variant, format_estimate(entry.get("epoch_cpu_s"), ".2f"),
+                                 format_estimate(with_cem.get("epoch_cpu_s"), ".2f") if with_cem else "—", ratio,
+                                 format_estimate(entry.get("run_cpu_s"), ".0f"),
+                                 format_estimate(with_cem.get("run_cpu_s"), ".0f") if with_cem else "—"]))
     return "\n".join(lines)
 
 
