@@ -285,8 +285,8 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
     used: dict[str, int] | None = None
     optimizes = spec.attack in OPTIMIZING_ATTACKS
     # the audited data set's classes (it may differ from the bundle's; only the image shape must match)
-    num_classes = max(manifest.model.num_classes, *(int(s.labels.max()) + 1 for s in sets.values()
-                                                    if s.labels is not None and len(s)))
+    num_classes = max([manifest.model.num_classes, *(int(s.labels.max()) + 1 for s in sets.values()
+                                                     if s.labels is not None and len(s))])
     for mode, split in splits.items():
         share = span * len(split.fit) / total_fit
         # the evaluation classifier takes a few seconds; an optimisation attack then spends as long scoring
