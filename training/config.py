@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from cem.data.mnist5k import MNIST5K_VALIDATION_FRACTION
 from cem.errors import ConfigError
 from cem.models import get_arch
 from training.cem_plugin import CEMConfig
@@ -39,6 +40,8 @@ class DatasetProfile:
     cem_lambda: float
     arch: str = "vgg11_bn_sgm"
     ressfl_ssim_threshold: float = 0.5
+    # The share of the training split a defaults sweep holds out (benchmarks/sweep_cem.py).
+    validation_fraction: float = 0.2
 
 
 # λ is the paper's λ (cem.units.LAMBDA_UNITS), so the paper's defaults apply as
@@ -50,6 +53,10 @@ PAPER_NOISE_STD = 0.025
 PAPER_CEM_LAMBDA = 16.0
 PROFILES: dict[str, DatasetProfile] = {
     "digits": DatasetProfile(width=0.25, epochs=20, augment=False, noise_std=0.1, cem_lambda=2.0),
+    "mnist5k": DatasetProfile(
+        width=0.25, epochs=20, augment=False, noise_std=0.1, cem_lambda=2.0,
+        validation_fraction=MNIST5K_VALIDATION_FRACTION,
+    ),
     "cifar10": DatasetProfile(
         width=1.0, epochs=240, augment=True, noise_std=PAPER_NOISE_STD, cem_lambda=PAPER_CEM_LAMBDA
     ),

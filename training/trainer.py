@@ -26,7 +26,7 @@ from tqdm import tqdm
 from cem.bounds import data_statistics, native_view, training_bound_metrics
 from cem.bundle import save_bundle
 from cem.data import DatasetInfo, load_dataset
-from cem.data.validation import VALIDATION_SPLIT_SEED, validation_indices
+from cem.data.validation import carve_validation, describe_carve
 from cem.devices import resolve_device
 from cem.entropy import PixelMoments
 from cem.errors import ConfigError
@@ -155,7 +155,7 @@ def _prepare(config: TrainConfig) -> _Run:
     test_set, _ = load_dataset(config.dataset, "test", **data_args)
     val_set = None
     if config.validation_fraction > 0:
-        fit_idx, val_idx = validation_indices(len(train_set), config.validation_fraction)  # type: ignore[arg-type]
+        fit_idx, val_idx = carve_validation(config.dataset, len(train_set), config.validation_fraction)  # type: ignore[arg-type]
         plain, _ = load_dataset(config.dataset, "train", **data_args)
         train_set, val_set = Subset(train_set, fit_idx.tolist()), Subset(plain, val_idx.tolist())
     defenses = build_defenses(config)
@@ -267,7 +267,8 @@ def _final_bound(run: _Run) -> dict[str, float]:
     noise = ObfuscationConfig(noise_std=run.obfuscation.noise_std) if run.cem.config.evaluate_on == "noisy" else None
     plain, _ = load_dataset(config.dataset, "train", data_dir=config.data_dir, download=config.download)
     if config.validation_fraction > 0:  # the mixture describes the images the model was trained on
-        plain = Subset(plain, validation_indices(len(plain), config.validation_fraction)[0].tolist())  # type: ignore[arg-type]
+        fit_idx = carve_validation(config.dataset, len(plain), config.validation_fraction)[0]  # type: ignore[arg-type]
+        plain = Subset(plain, fit_idx.tolist())
     loader = DataLoader(plain, batch_size=config.batch_size, shuffle=False, num_workers=config.workers)
     at_model, at_native = PixelMoments(), PixelMoments()
     native = run.info.native_resolution
@@ -308,7 +309,7 @@ def train(config: TrainConfig) -> TrainResult:
             "epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr, "momentum": config.momentum,
             "weight_decay": config.weight_decay, "milestones": config.milestones(), "lr_decay": LR_DECAY,
             "seed": config.seed, "device": str(run.device), "augment": config.augment, "width": config.width,
-            "validation": {"fraction": config.validation_fraction, "split_seed": VALIDATION_SPLIT_SEED,
+            "validation": {"fraction": config.validation_fraction, **describe_carve(config.dataset),
                            "size": len(run.val_loader.dataset)} if run.val_loader is not None else None,  # type: ignore[arg-type]
             "duration_s": round(duration, 3), "cpu_s": round(cpu_seconds, 3), "torch": torch.__version__,
             "log_file": LOG_FILE, "entropy_convention": ENTROPY_CONVENTION,

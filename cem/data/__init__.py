@@ -1,6 +1,6 @@
 """Data sets by name: ``load_dataset("digits", split="test")`` -> (dataset, info)."""
 
-from cem.data import digits, vision  # noqa: F401  (registers the loaders)
+from cem.data import digits, mnist5k, vision  # noqa: F401  (registers the loaders)
 from cem.data.registry import (
     DataRequest,
     DatasetInfo,

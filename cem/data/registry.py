@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 from torch.utils.data import Dataset
 
 from cem.errors import ConfigError, UnknownNameError
@@ -95,17 +96,36 @@ class DatasetLoader(Protocol):
     def __call__(self, request: DataRequest) -> tuple[Dataset, DatasetInfo]: ...
 
 
+class ValidationCarve(Protocol):
+    """A data set's own validation part: ``fraction`` -> (fit, validation) indices into its training split."""
+
+    def __call__(self, fraction: float) -> tuple[np.ndarray, np.ndarray]: ...
+
+
 _LOADERS: dict[str, DatasetLoader] = {}
+_VALIDATION_CARVES: dict[str, ValidationCarve] = {}
 
 
-def register_dataset(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
-    """Decorator that makes a loader available to every CLI under ``name``."""
+def register_dataset(
+    name: str, validation: ValidationCarve | None = None
+) -> Callable[[DatasetLoader], DatasetLoader]:
+    """Decorator that makes a loader available to every CLI under ``name``.
+
+    ``validation``: the data set's own carve of its training split (mnist5k's is stratified);
+    without one, ``cem.data.validation`` carves a fixed permutation."""
 
     def decorate(loader: DatasetLoader) -> DatasetLoader:
         _LOADERS[name] = loader
+        if validation is not None:
+            _VALIDATION_CARVES[name] = validation
         return loader
 
     return decorate
+
+
+def validation_carve(name: str) -> ValidationCarve | None:
+    """The data set's own validation carve, or None when the generic permutation applies."""
+    return _VALIDATION_CARVES.get(name)
 
 
 def available_datasets() -> list[str]:
