@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torchvision.utils import save_image
 from tqdm import tqdm
 
 from attacker.attacks import (
@@ -93,6 +94,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reuse", action="store_true", help="reuse bundles already in --out instead of retraining")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--json", action="store_true", help="print the results as one JSON line (last stdout line)")
+    parser.add_argument("--grid", type=Path, default=None,
+                        help="write DIR/<attack>-<column>.png: the first seed's scored originals above their "
+                             "reconstructions without and with CEM")
     return parser
 
 
@@ -178,8 +182,15 @@ def convergence_note(row: dict[str, Any], attack: str, mode: str) -> str:
             f"{unit} (best {row[f'{key}_best_epoch_{mode}']}), or doubling its epochs still helped by > 2 %")
 
 
-def attack_bundle(args: argparse.Namespace, bundle: Path, seed: int, bar: tqdm) -> dict[str, Any]:
+Samples = dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]
+
+
+def attack_bundle(args: argparse.Namespace, bundle: Path, seed: int, bar: tqdm,
+                  samples: Samples | None = None) -> dict[str, Any]:
     """Every asked-for attack under both protocols; returns the table's columns for this bundle.
+
+    ``samples``, when given, receives per (attack, column) the first scored originals and their
+    reconstructions (``evaluate_attack``'s grid samples), for ``--grid``.
 
     The decoder attack runs once per protocol and is shared: it initialises the GAN's generator and
     starts the hybrid's optimisation, as ``run_attack`` would train it for them. Wall times: ``_s_`` the
@@ -235,8 +246,11 @@ def attack_bundle(args: argparse.Namespace, bundle: Path, seed: int, bar: tqdm) 
         bar.update(1)
         for attack in attacks:
             started = time.perf_counter()
-            metrics = evaluate_attack(trained[attack].network, split.eval, obfuscation, seed=seed + 100,
-                                      native_size=native, classifier=classifier).metrics
+            evaluation = evaluate_attack(trained[attack].network, split.eval, obfuscation, seed=seed + 100,
+                                         native_size=native, classifier=classifier)
+            metrics = evaluation.metrics
+            if samples is not None:
+                samples[(attack, mode)] = (evaluation.originals, evaluation.reconstructions)
             key = attack_key(attack)
             row[f"{key}_eval_s_{mode}"] = time.perf_counter() - started
             logger.info("%s, %s attack, %s column: mse %.5f psnr %.2f ssim %.4f", bundle.name, attack, mode,
@@ -346,6 +360,19 @@ def format_table(results: dict[str, dict[str, Any]], gain: dict[str, dict[str, A
     return "\n".join(lines)
 
 
+def write_grids(directory: Path, samples: dict[str, Samples]) -> list[Path]:
+    """One PNG per (attack, column): a row of originals, then one row of reconstructions per variant."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for attack, mode in samples[VARIANTS[0]]:
+        originals = samples[VARIANTS[0]][(attack, mode)][0]
+        rows = [originals, *(samples[variant][(attack, mode)][1] for variant in VARIANTS)]
+        path = directory / f"{attack_key(attack)}-{mode}.png"
+        save_image(torch.cat(rows).clamp(0, 1), path, nrow=len(originals), padding=2, pad_value=1.0)
+        written.append(path)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -355,13 +382,15 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     attacks = parse_attacks(args.attacks)
     per_seed: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+    samples: dict[str, Samples] = {v: {} for v in VARIANTS}
     with tqdm(total=len(seeds) * len(VARIANTS) * len(MODES), desc="columns", file=sys.stderr) as bar:
         for seed in seeds:
             first: Manifest | None = None
             for variant in VARIANTS:
                 bundle, manifest = train_variant(args, variant, seed, like=first)
                 first = first or manifest
-                row = {**describe_training(manifest), **attack_bundle(args, bundle, seed, bar), "seed": seed}
+                kept = samples[variant] if args.grid is not None and seed == seeds[0] else None
+                row = {**describe_training(manifest), **attack_bundle(args, bundle, seed, bar, kept), "seed": seed}
                 per_seed[variant].append(row)
                 (args.out / f"{variant}-seed{seed}.json").write_text(json.dumps(row, indent=2, default=str) + "\n")
     results = {variant: summarise_rows(rows) for variant, rows in per_seed.items()}
@@ -387,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
         for row in rows:
             for note in [*row.get("not_converged", []), *row.get("bound_warnings", [])]:
                 print(f"note: {variant} seed {row['seed']}: {note}")
+    if args.grid is not None:
+        for path in write_grids(args.grid, samples):
+            print(f"grid: {path} (seed {seeds[0]}; rows: originals, {', '.join(VARIANTS)})")
     if args.json:
         print(json.dumps(summary, default=str))
     return 0

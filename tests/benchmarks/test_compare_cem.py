@@ -10,6 +10,7 @@ from types import ModuleType
 
 import pytest
 from bundle_fixtures import write_digits_bundle
+from PIL import Image
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "compare_cem.py"
 
@@ -52,7 +53,7 @@ def test_end_to_end_on_prepared_bundles(compare: ModuleType, tmp_path: Path,
     attacks = ["decoder", "gan", "optimize", "decoder+optimize"]
     code = compare.main(["--out", str(tmp_path), "--reuse", "--decoder-epochs", "1", "--gan-epochs", "1",
                          "--attack-blocks", "0", "--attack-channels", "8", "--device", "cpu", "--json",
-                         "--attacks", ",".join(attacks), "--optimize-steps", "2"])
+                         "--attacks", ",".join(attacks), "--optimize-steps", "2", "--grid", str(tmp_path / "grids")])
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(lines[-1])
@@ -76,3 +77,7 @@ def test_end_to_end_on_prepared_bundles(compare: ModuleType, tmp_path: Path,
                                     "xi_estimate", "hybrid_attack_accuracy_infer"}
     assert any(line.startswith("worst case: sigma train: ") for line in lines)
     assert (tmp_path / "summary.json").is_file()
+    with Image.open(tmp_path / "grids" / "decoder-infer.png") as grid:  # originals, σ only, σ + CEM; 8 columns
+        assert grid.size == (8 * 34 + 2, 3 * 34 + 2)
+    assert sorted(p.name for p in (tmp_path / "grids").iterdir()) == sorted(
+        f"{compare.attack_key(a)}-{m}.png" for a in attacks for m in ("train", "infer"))
