@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from attacker.client import AuditClient, check_attack_name
+from cem.errors import ConfigError
 from demo.audits import DemoError, audit_models
 from demo.processes import ServiceGroup, entry_point
-from demo.profiles import MODELS, DemoProfile, get_profile
+from demo.profiles import DEMO_DATASETS, MODELS, DemoProfile, get_profile
 from demo.table import render_table
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ EPOCH_COUNT = re.compile(r"(\d+)/(\d+) \[")  # tqdm's "7/20 [00:10<..." in a pro
 class DemoConfig:
     out_dir: Path = Path("demo-out")
     profile: str = "fast"
+    dataset: str = "digits"  # one of DEMO_DATASETS
     seed: int = 0
     noise_std: float = 0.1
     attacks: tuple[str, ...] | None = None  # None: the profile's
@@ -54,6 +56,8 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         get_profile(self.profile)
+        if self.dataset not in DEMO_DATASETS:
+            raise ConfigError(f"expected an embedded data set in {DEMO_DATASETS}, got {self.dataset!r}")
         for attack in self.attacks or ():
             check_attack_name(attack)
 
@@ -103,7 +107,7 @@ def train_models(config: DemoConfig, profile: DemoProfile, say: Callable[[str], 
     logs = config.out_dir / "logs"
     runs = []
     for name, lam in MODELS:
-        argv = [entry_point("cem-train"), "--dataset", "digits", "--noise-std", str(config.noise_std),
+        argv = [entry_point("cem-train"), "--dataset", config.dataset, "--noise-std", str(config.noise_std),
                 "--seed", str(config.seed), "--out", str(config.out_dir / "bundles" / name),
                 "--threads", str(TRAIN_THREADS), "--json"]
         if lam is not None:
@@ -156,9 +160,9 @@ def serve_and_send(config: DemoConfig, profile: DemoProfile, group: ServiceGroup
             entry_point("cem-tap"), "--listen", "127.0.0.1:0", "--upstream", cloud, "--captures", str(captures)],
             logs / f"tap-{name}.log")
         say(f"{name}: cloud on {cloud}, tap on {tap}; the edge sends the test split through the tap ...")
-        argv = [entry_point("cem-edge"), "eval", "--server", tap, "--bundle", model["bundle"], "--dataset", "digits",
-                "--split", "test", "--sample-ids", "--seed", str(config.seed), "--threads", str(SERVICE_THREADS),
-                "--json"]
+        argv = [entry_point("cem-edge"), "eval", "--server", tap, "--bundle", model["bundle"],
+                "--dataset", config.dataset, "--split", "test", "--sample-ids", "--seed", str(config.seed),
+                "--threads", str(SERVICE_THREADS), "--json"]
         if profile.edge_limit is not None:
             argv += ["--limit", str(profile.edge_limit)]
         wire = _run_json(argv, logs / f"edge-{name}.json", f"the edge client for {name}")

@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from attacker.client import AttackName
 from cem.errors import ConfigError
 
+# The data sets the demo can run: those shipped inside installed packages (cem.data), needing no files or network.
+DEMO_DATASETS = ("digits", "mnist5k")
+
 # The demo's two models, (bundle folder name, CEM λ): σ only, and σ with CEM at the trainer's default λ (None).
 # The compose stack trains the same two under the same names.
 MODELS: tuple[tuple[str, float | None], ...] = (("sigma-only", 0.0), ("sigma-cem", None))

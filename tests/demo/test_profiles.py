@@ -17,3 +17,15 @@ def test_the_fast_profile_runs_the_decoder_attack_and_the_paper_profile_both() -
 def test_an_unknown_attack_is_refused_before_anything_runs() -> None:
     with pytest.raises(CEMError, match="expected an attack in"):
         DemoConfig(attacks=("nope",))
+
+
+def test_the_demo_runs_only_embedded_data_sets() -> None:
+    from cem.data import available_datasets, load_dataset
+    from demo.profiles import DEMO_DATASETS
+
+    assert DemoConfig().dataset == "digits" and set(DEMO_DATASETS) <= set(available_datasets())
+    for name in DEMO_DATASETS:  # no --data-dir, no download: shipped inside installed packages
+        test, info = load_dataset(name, "test")
+        assert len(test) > 0 and info.image_size == 32
+    with pytest.raises(CEMError, match="expected an embedded data set"):
+        DemoConfig(dataset="cifar10")
