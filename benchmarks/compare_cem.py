@@ -360,14 +360,16 @@ def format_table(results: dict[str, dict[str, Any]], gain: dict[str, dict[str, A
     return "\n".join(lines)
 
 
-def write_grids(directory: Path, samples: dict[str, Samples]) -> list[Path]:
-    """One PNG per (attack, column): a row of originals, then one row of reconstructions per variant."""
+def write_grids(directory: Path, samples: dict[str, Samples], prefix: str = "") -> list[Path]:
+    """One PNG per (attack, column), ``<prefix><attack>-<column>.png``: a row of originals, then one row of
+    reconstructions per variant (in ``samples``' order; every variant scored the same images)."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for attack, mode in samples[VARIANTS[0]]:
-        originals = samples[VARIANTS[0]][(attack, mode)][0]
-        rows = [originals, *(samples[variant][(attack, mode)][1] for variant in VARIANTS)]
-        path = directory / f"{attack_key(attack)}-{mode}.png"
+    variants = list(samples)
+    for attack, mode in samples[variants[0]]:
+        originals = samples[variants[0]][(attack, mode)][0]
+        rows = [originals, *(samples[variant][(attack, mode)][1] for variant in variants)]
+        path = directory / f"{prefix}{attack_key(attack)}-{mode}.png"
         save_image(torch.cat(rows).clamp(0, 1), path, nrow=len(originals), padding=2, pad_value=1.0)
         written.append(path)
     return written

@@ -58,6 +58,7 @@ import torch
 from compare_cem import (
     HEADER_NAMES,
     WORST_COLUMNS,
+    Samples,
     attack_bundle,
     attack_key,
     compute_gain,
@@ -66,7 +67,9 @@ from compare_cem import (
     format_estimate,
     mse_columns,
     parse_attacks,
+    write_grids,
 )
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from attacker.attacks import MODES, OptimizeAttackConfig
@@ -168,6 +171,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stored-only", action="store_true",
                         help="run nothing: the table from the stored cells (an error names any cell missing)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON line (last stdout line)")
+    parser.add_argument("--grid", type=Path, default=None,
+                        help="write DIR/<row>-<attack>-<column>.png per row: the first seed's scored originals "
+                             "above their reconstructions without and with CEM (from the stored cells)")
     return parser
 
 
@@ -241,8 +247,10 @@ def run_cell(args: argparse.Namespace, cell: Cell) -> dict[str, Any]:
                 raise RuntimeError(f"cem-train failed for {cell.key} (exit {done.returncode}); see {log_path}")
             trained.write_text(json.dumps(recipe))
         manifest = load_manifest(bundle)
+        samples: Samples = {}
         with tqdm(disable=True) as quiet:
-            attacked = attack_bundle(args, bundle, cell.seed, quiet)
+            attacked = attack_bundle(args, bundle, cell.seed, quiet, samples)
+        save_samples(args.out / "samples" / f"{cell.key}.safetensors", samples)
         result = {"row": cell.row, "cem": cell.with_cem, "seed": cell.seed, "settings": settings,
                   **describe_training(manifest), **training_cost(bundle, manifest.training), **attacked}
         stored = args.out / "cells" / f"{cell.key}.json"
@@ -252,6 +260,36 @@ def run_cell(args: argparse.Namespace, cell: Cell) -> dict[str, Any]:
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
+
+
+def save_samples(path: Path, samples: Samples) -> None:
+    """A cell's grid samples (the first scored originals and reconstructions per attack and column)."""
+    save_file({f"{attack}|{mode}|{part}": tensor.contiguous() for (attack, mode), pair in samples.items()
+               for part, tensor in zip(("originals", "reconstructions"), pair, strict=True)}, str(path))
+
+
+def load_samples(path: Path) -> Samples:
+    tensors = load_file(str(path))
+    keys = {tuple(name.split("|")[:2]) for name in tensors}
+    return {(attack, mode): (tensors[f"{attack}|{mode}|originals"], tensors[f"{attack}|{mode}|reconstructions"])
+            for attack, mode in sorted(keys)}
+
+
+def write_row_grids(args: argparse.Namespace, rows: list[DefenseRow], seed: int) -> list[Path]:
+    """Per row with a CEM variant: ``<row>-<attack>-<column>.png``, the seed's originals above its
+    reconstructions without and with CEM, from the stored cells' samples."""
+    written = []
+    for row in rows:
+        if not row.has_cem_variant:
+            continue
+        cells = {Cell(row.label, with_cem, seed).variant: Cell(row.label, with_cem, seed) for with_cem in (False, True)}
+        paths = {variant: args.out / "samples" / f"{cell.key}.safetensors" for variant, cell in cells.items()}
+        if not all(path.is_file() for path in paths.values()):
+            logger.warning("no grid for %s: the cells of seed %d stored no samples", row.label, seed)
+            continue
+        samples = {variant: load_samples(path) for variant, path in paths.items()}
+        written += write_grids(args.grid, samples, prefix=f"{row.label.lower()}-")
+    return written
 
 
 def run_grid(args: argparse.Namespace, cells: list[Cell]) -> dict[str, dict[str, Any]]:
@@ -414,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = parse_rows(args.rows)
     seeds = [int(s) for s in args.seeds.split(",")]
     attacks = parse_attacks(args.attacks)
-    for folder in ("cells", "logs", "bundles"):
+    for folder in ("cells", "logs", "bundles", "samples"):
         (args.out / folder).mkdir(parents=True, exist_ok=True)
     results = run_grid(args, plan_cells(rows, seeds))
     summary = summarise(rows, seeds, results, attacks)
@@ -434,6 +472,15 @@ def main(argv: list[str] | None = None) -> int:
         if entry["not_converged"]:
             print(f"note: {variant}: {len(entry['not_converged'])} of {runs} attack runs flagged as not converged, "
                   f"e.g. {entry['not_converged'][0]}")
+    if len(attacks) > 1:
+        for variant, entry in summary["variants"].items():
+            for mode in MODES:
+                names = [results[Cell(entry["row"], entry["cem"], s).key].get(f"worst_attack_{mode}") for s in seeds]
+                counts = ", ".join(f"{name} {names.count(name)}/{len(seeds)}" for name in dict.fromkeys(names))
+                print(f"worst case: {variant} {mode}: {counts} seeds")
+    if args.grid is not None:
+        for path in write_row_grids(args, rows, seeds[0]):
+            print(f"grid: {path} (seed {seeds[0]}; rows: originals, without CEM, with CEM)")
     if args.json:
         print(json.dumps(summary, default=str))
     return 0

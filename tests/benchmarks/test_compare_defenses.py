@@ -9,6 +9,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from PIL import Image
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -112,7 +113,12 @@ def test_a_tiny_grid_runs_in_workers_and_a_rerun_runs_nothing(
     assert len(stored) == 3 and all((tmp_path / "logs" / f"{Path(n).stem}.log").is_file() for n in stored)
     assert first["variants"]["Bottleneck"]["epoch_cpu_s"]["mean"] > 0
 
-    assert grid.main([*base, "--stored-only"]) == 0  # everything stored: nothing runs, the same table
+    grids = tmp_path / "grids"
+    assert grid.main([*base, "--stored-only", "--grid", str(grids)]) == 0  # everything stored: nothing runs
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["variants"] == first["variants"]
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cells").iterdir()} == stored
+    # the grids come from the cells' stored samples: originals, without CEM, with CEM (No_defense has no +CEM row)
+    assert sorted(p.name for p in grids.iterdir()) == ["bottleneck-decoder-infer.png", "bottleneck-decoder-train.png"]
+    with Image.open(grids / "bottleneck-decoder-infer.png") as image:
+        assert image.size == (8 * 34 + 2, 3 * 34 + 2)
