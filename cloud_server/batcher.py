@@ -19,20 +19,27 @@ load. Memory that stays flat is worth more than 0.15 ms.
 
 Each result carries the size of the micro-batch it was computed in, which the
 service reports as ``served_batch_size``, and when that call began and ended
-(``cloud_server.stages``).
+(``cloud_server.stages``). An ``observer`` (the Prometheus metrics) is told of
+each successful call with those same timestamps, before its requests are woken,
+so a request is counted by the time its caller has the answer; the server sets
+it after the warm-up, whose calls are not served batches.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from cloud_server.errors import ServiceUnavailableError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,12 +50,18 @@ class BatchResult:
     finished_ns: int  # ... and when it returned
 
 
+class BatchObserver(Protocol):
+    def observe_batch(self, size: int, started_ns: int, finished_ns: int, enqueued_ns: Sequence[int]) -> None:
+        """A decoder call of ``size`` samples ran; ``enqueued_ns``: when each of its requests was queued."""
+
+
 class _Item:
-    __slots__ = ("done", "error", "features", "result", "size")
+    __slots__ = ("done", "enqueued_ns", "error", "features", "result", "size")
 
     def __init__(self, features: torch.Tensor) -> None:
         self.features = features  # (B, C, H, W)
         self.size = int(features.shape[0])
+        self.enqueued_ns = time.perf_counter_ns()  # the start of its queue wait (as the ``queue`` stage counts it)
         self.result: BatchResult | None = None
         self.error: BaseException | None = None
         self.done = threading.Event()
@@ -94,6 +107,7 @@ class MicroBatcher:
         self._queued_samples = 0
         self._incoming = 0
         self._closed = False
+        self.observer: BatchObserver | None = None
         self._thread = threading.Thread(target=self._work, name="decoder", daemon=True)
         self._thread.start()
 
@@ -186,6 +200,12 @@ class MicroBatcher:
                 item.done.set()
             return
         finished = time.perf_counter_ns()
+        observer = self.observer
+        if observer is not None:
+            try:
+                observer.observe_batch(size, started, finished, [item.enqueued_ns for item in batch])
+            except Exception:  # metrics must never stop the decoder thread: every request would hang
+                logger.exception("the batch observer failed; serving goes on")
         start = 0
         for item in batch:
             item.result = BatchResult(logits[start : start + item.size], size, started, finished)

@@ -2,7 +2,9 @@
 
 Once the model is loaded, warmed up and SERVING, stdout gets exactly one line
 ``LISTENING <host>:<port>`` (flushed), with the real port when ``--port 0`` was
-asked for; scripts and tests read the port from it. Logs go to stderr.
+asked for; scripts and tests read the port from it. With ``--metrics-listen``
+the line ``METRICS <host>:<port>`` of the Prometheus endpoint comes just before
+it (the same convention as ``cem-tap``). Logs go to stderr.
 SIGTERM or SIGINT: health NOT_SERVING at once, keep serving until no call has
 arrived for ``--drain-s``, close the port, let in-flight calls finish
 (``--grace-s`` in all), exit 0.
@@ -66,6 +68,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tls-client-ca", type=Path, help="CA (PEM) that client certificates must chain to; enables mTLS"
     )
+    parser.add_argument("--metrics-listen", default=None,
+                        help="HOST:PORT for a Prometheus /metrics endpoint (port 0: any free port); off by default")
     parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
     return parser
 
@@ -86,6 +90,7 @@ def build_settings(args: argparse.Namespace) -> ServerSettings:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
+        metrics_listen=args.metrics_listen,
     )
 
 
@@ -108,6 +113,9 @@ def run(args: argparse.Namespace) -> int:
             return 0
         server.stop(0).wait()
         raise ServiceUnavailableError("the warm-up inference failed or timed out; see the log")
+    if server.metrics_port is not None:
+        metrics_host = args.metrics_listen.rpartition(":")[0]
+        print(f"METRICS {metrics_host}:{server.metrics_port}", flush=True)
     print(format_listening_line(args.host, port), flush=True)
     while not server.wait_for_termination(0.5):  # short waits keep the main thread responsive to signals
         pass

@@ -57,9 +57,14 @@ _STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
 )
 
 
+def code_for(exc: BaseException) -> grpc.StatusCode:
+    """The status ``exc`` maps to, with no side effect (the metrics count it before ``abort_with`` answers)."""
+    return next((code for error_type, code in _STATUS_TABLE if isinstance(exc, error_type)), grpc.StatusCode.INTERNAL)
+
+
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """(code, message) for any exception; INTERNAL ones are logged with their traceback, their message withheld."""
-    code = next((code for error_type, code in _STATUS_TABLE if isinstance(exc, error_type)), grpc.StatusCode.INTERNAL)
+    code = code_for(exc)
     if code is grpc.StatusCode.INTERNAL:
         logger.error("unexpected error while serving a request", exc_info=exc)
         return code, f"internal error ({type(exc).__name__}); see the server log"

@@ -15,7 +15,12 @@ health to SERVING and the servicer to accepting.
    handed over; under load those are requests the client sent before SIGTERM,
    and an immediate stop would answer them CANCELLED;
 3. the port closes (new calls get UNAVAILABLE), calls in flight get the rest of
-   ``grace_s`` to finish, then the batcher empties its queue and stops.
+   ``grace_s`` to finish, then the batcher empties its queue and stops, and so
+   does the metrics endpoint.
+
+With ``settings.metrics_listen`` the Prometheus endpoint (``cloud_server.metrics``)
+is bound in ``create_server`` too, beside the gRPC port, and answers from then on
+(during the warm-up as well); ``metrics_port`` is its real port.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import threading
 import time
 from concurrent import futures
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -35,6 +41,11 @@ from cloud_server.batcher import MicroBatcher
 from cloud_server.runtime import DecoderRuntime
 from cloud_server.servicer import SplitInferenceServicer, add_to_server
 from cloud_server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from cloud_server.metrics import CloudMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +62,12 @@ class CloudServer:
             max_delay_s=settings.max_delay_s,
             max_queue=settings.max_queue,
         )
-        self._servicer = SplitInferenceServicer(runtime, self._batcher, settings)
+        self._metrics: CloudMetrics | None = None
+        if settings.metrics_listen is not None:
+            from cloud_server.metrics import CloudMetrics  # prometheus_client: loaded only by a server that serves it
+
+            self._metrics = CloudMetrics(runtime.manifest, max_batch=settings.max_batch)
+        self._servicer = SplitInferenceServicer(runtime, self._batcher, settings, self._metrics)
         self._health = health.HealthServicer()
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._grpc = grpc.server(
@@ -62,6 +78,15 @@ class CloudServer:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc)
         self.port = _bind(self._grpc, settings)
+        self.metrics_port: int | None = None
+        self._metrics_http: WSGIServer | None = None
+        if self._metrics is not None:
+            try:
+                self.metrics_port, self._metrics_http = _serve_metrics(self._metrics, settings)
+            except BaseException:
+                self._grpc.stop(None)
+                self._batcher.close()
+                raise
         self._serving = threading.Event()
         self._warm_up_done = threading.Event()
         self._stopped = threading.Event()
@@ -106,6 +131,7 @@ class CloudServer:
     def _warm_up(self) -> None:
         try:
             self.runtime.warm_up(self._batcher.run)
+            self._batcher.observer = self._metrics  # from now on decoder calls are served batches
             with self._stop_lock:
                 if not self._stopping:
                     self._servicer.start_accepting()
@@ -130,6 +156,9 @@ class CloudServer:
         logger.info("closing the port; in-flight calls have %.1f s to finish", remaining)
         self._grpc.stop(remaining).wait()
         self._batcher.close()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
         logger.info("server stopped")
         self._stopped.set()
 
@@ -155,6 +184,21 @@ def _bind(server: grpc.Server, settings: ServerSettings) -> int:
     if port == 0:
         raise OSError(f"could not bind {settings.address} (already in use?)")
     return port
+
+
+def _serve_metrics(metrics: CloudMetrics, settings: ServerSettings) -> tuple[int, WSGIServer]:
+    """Bind the /metrics endpoint; a taken port is an OSError (exit 1), as for the gRPC port."""
+    from cloud_server.metrics import serve_metrics
+
+    address = settings.metrics_address
+    assert address is not None
+    host, port = address
+    try:
+        bound, server = serve_metrics(metrics.registry, host, port)
+    except OSError as exc:
+        raise OSError(f"could not bind the metrics endpoint {settings.metrics_listen}: {exc}") from exc
+    logger.info("Prometheus metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host, bound)
+    return bound, server
 
 
 def create_server(settings: ServerSettings) -> tuple[CloudServer, int]:

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -27,16 +27,20 @@ from google.protobuf.message import DecodeError, Message
 from cem.codec import WIRE_DTYPES, dtype_to_enum, encode_array
 from cem.wire import SERVER_TIMING_KEY, SERVICE_NAME, TIMING_REQUEST_KEY
 from cloud_server.batcher import MicroBatcher
-from cloud_server.errors import InvalidRequestError, ServiceUnavailableError, abort_with
+from cloud_server.errors import InvalidRequestError, ServiceUnavailableError, abort_with, code_for
 from cloud_server.runtime import DecoderRuntime
 from cloud_server.settings import ServerSettings
 from cloud_server.stages import UNTIMED, StageClock
 from cloud_server.validation import RequestLimits, decode_request
 from protos import cem_split_pb2 as pb
 
+if TYPE_CHECKING:  # prometheus_client is imported only when metrics are on (``CloudServer``)
+    from cloud_server.metrics import CloudMetrics
+
 logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
+LOGITS_WIRE_DTYPE = "float32"
 
 
 def parse_message(message_type: type[M], payload: bytes) -> M:
@@ -52,9 +56,10 @@ def parse_message(message_type: type[M], payload: bytes) -> M:
 def add_to_server(servicer: SplitInferenceServicer, server: grpc.Server) -> None:
     """Register the service with byte-level handlers (see the module docstring)."""
     handlers = {
-        "Infer": grpc.unary_unary_rpc_method_handler(servicer.Infer),  # answers serialised bytes (stage timing)
-        "InferStream": grpc.stream_stream_rpc_method_handler(
-            servicer.InferStream, response_serializer=pb.InferResponse.SerializeToString),
+        # The inference methods answer serialised bytes: their serialisation is timed (``cloud_server.stages``)
+        # and the metrics count the bytes sent without serialising twice.
+        "Infer": grpc.unary_unary_rpc_method_handler(servicer.Infer),
+        "InferStream": grpc.stream_stream_rpc_method_handler(servicer.InferStream),
         "GetModelInfo": grpc.unary_unary_rpc_method_handler(
             servicer.GetModelInfo, response_serializer=pb.ModelInfo.SerializeToString),
     }
@@ -62,10 +67,17 @@ def add_to_server(servicer: SplitInferenceServicer, server: grpc.Server) -> None
 
 
 class SplitInferenceServicer:
-    def __init__(self, runtime: DecoderRuntime, batcher: MicroBatcher, settings: ServerSettings) -> None:
+    def __init__(
+        self,
+        runtime: DecoderRuntime,
+        batcher: MicroBatcher,
+        settings: ServerSettings,
+        metrics: CloudMetrics | None = None,
+    ) -> None:
         self._runtime = runtime
         self._batcher = batcher
         self._settings = settings
+        self._metrics = metrics
         self._limits = RequestLimits(
             model_id=runtime.model_id,
             feature_shape=runtime.feature_shape,
@@ -82,35 +94,59 @@ class SplitInferenceServicer:
     def Infer(self, payload: bytes, context: grpc.ServicerContext) -> bytes:
         """The serialised answer, so that its serialisation is timed with the rest (``cloud_server.stages``)."""
         self.last_call_at = time.monotonic()
+        call = self._metrics.start_call("Infer", len(payload)) if self._metrics is not None else None
         clock = StageClock(enabled=any(key == TIMING_REQUEST_KEY for key, _ in context.invocation_metadata()))
         try:
             request = parse_message(pb.InferRequest, payload)
+            if call is not None:
+                call.parsed(request)
             clock.mark("parse")
             answer = self._infer_one(request, clock).SerializeToString()
             clock.mark("respond")
         except Exception as exc:  # noqa: BLE001 - the one place every error becomes a status (unmapped: INTERNAL)
+            if call is not None:
+                call.finish(code_for(exc))
             abort_with(context, exc)
+        if call is not None:
+            call.finish(grpc.StatusCode.OK, len(answer), LOGITS_WIRE_DTYPE)
         if clock.enabled:
             context.set_trailing_metadata(((SERVER_TIMING_KEY, clock.header()),))
         return answer
 
-    def InferStream(self, payloads: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[pb.InferResponse]:
-        """One response per request, in order; a bad request ends the stream with its status."""
+    def InferStream(self, payloads: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        """One serialised response per request, in order; a bad request ends the stream with its status."""
         self.last_call_at = time.monotonic()
+        call = None  # the message being handled, for the metrics
         try:
             for payload in payloads:
-                yield self._infer_one(parse_message(pb.InferRequest, payload), UNTIMED)
+                call = self._metrics.start_call("InferStream", len(payload)) if self._metrics is not None else None
+                request = parse_message(pb.InferRequest, payload)
+                if call is not None:
+                    call.parsed(request)
+                answer = self._infer_one(request, UNTIMED).SerializeToString()
+                if call is not None:
+                    call.finish(grpc.StatusCode.OK, len(answer), LOGITS_WIRE_DTYPE)
+                    call = None
+                yield answer
         except Exception as exc:  # noqa: BLE001 - as in Infer: every error becomes a status
+            if call is not None:
+                call.finish(code_for(exc))
             if context.is_active():  # a stream the client cancelled needs no status
                 abort_with(context, exc)
 
     def GetModelInfo(self, payload: bytes, context: grpc.ServicerContext) -> pb.ModelInfo:
         self.last_call_at = time.monotonic()
+        call = self._metrics.start_call("GetModelInfo") if self._metrics is not None else None
         try:
             parse_message(pb.ModelInfoRequest, payload)
-            return self._model_info()
+            info = self._model_info()
         except Exception as exc:  # noqa: BLE001 - the one place every error becomes a status (unmapped: INTERNAL)
+            if call is not None:
+                call.finish(code_for(exc))
             abort_with(context, exc)
+        if call is not None:
+            call.finish(grpc.StatusCode.OK)
+        return info
 
     def _model_info(self) -> pb.ModelInfo:
         manifest = self._runtime.manifest
@@ -141,7 +177,7 @@ class SplitInferenceServicer:
         return pb.InferResponse(
             model_id=self._runtime.model_id,
             request_id=request.request_id or uuid.uuid4().hex,
-            logits=encode_array(logits, "float32"),
+            logits=encode_array(logits, LOGITS_WIRE_DTYPE),
             predictions=logits.argmax(axis=1).tolist(),
             served_batch_size=result.served_batch_size,
         )

@@ -15,6 +15,14 @@ from cem.errors import ConfigError
 from cem.wire import DEFAULT_MAX_MESSAGE_BYTES
 
 
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (an IPv6 host in brackets) -> (host without brackets, port); ConfigError otherwise."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"expected --metrics-listen HOST:PORT with a port in 0..65535, got {listen!r}")
+    return host.strip("[]"), int(port)
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """How to serve one bundle.
@@ -25,6 +33,8 @@ class ServerSettings:
     are refused with UNAVAILABLE. After SIGTERM the server keeps serving until no
     call has arrived for ``drain_s`` (at most ``grace_s / 2``), then closes the
     port; in-flight requests may take the rest of ``grace_s`` to finish.
+    ``metrics_listen`` (``HOST:PORT``, port 0 picks one; None: off) serves
+    Prometheus metrics over HTTP (``cloud_server.metrics``).
     """
 
     bundle_dir: Path
@@ -41,6 +51,7 @@ class ServerSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    metrics_listen: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -65,6 +76,8 @@ class ServerSettings:
             raise ConfigError("expected --tls-cert and --tls-key together, got only one of them")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ConfigError("expected --tls-cert/--tls-key with --tls-client-ca (mTLS needs server TLS)")
+        if self.metrics_listen is not None:
+            parse_listen(self.metrics_listen)
         for name in ("tls_cert", "tls_key", "tls_client_ca"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
@@ -73,6 +86,11 @@ class ServerSettings:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """``metrics_listen`` as (host without IPv6 brackets, port), or None when metrics are off."""
+        return None if self.metrics_listen is None else parse_listen(self.metrics_listen)
 
     @property
     def uses_tls(self) -> bool:

@@ -4,7 +4,8 @@ The lifespan opens the job store, gives back jobs a previous run left
 "running" (interrupted, or queued again), then starts the worker pool; on
 shutdown it stops the workers, which hand their running jobs back the same way.
 Every route but ``/healthz`` requires the bearer token, the OpenAPI schema
-(``/openapi.json``) included.
+(``/openapi.json``) and the Prometheus metrics (``/metrics``) included; the
+metrics registry is this app's own, read from its job store.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 
 from attacker.service.api.deps import require_token
-from attacker.service.api.routes import audits, catalog, health
+from attacker.service.api.routes import audits, catalog, health, metrics
 from attacker.service.api.schemas import ErrorBody, OpenApiResponses
 from attacker.service.config import ServiceSettings
 from attacker.service.errors import install_error_handlers
 from attacker.service.guard import RequestGuard
 from attacker.service.jobs import JobStore
+from attacker.service.metrics import create_registry
 from attacker.service.supervisor import WorkerPool
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ def create_app(settings: ServiceSettings, *, start_workers: bool = True, log_lev
         settings.resolved_results_dir.mkdir(parents=True, exist_ok=True)
         pool = WorkerPool(settings, store, log_level=log_level) if start_workers else None
         app.state.settings, app.state.store, app.state.pool = settings, store, pool
+        app.state.metrics = create_registry(store)
         if pool is not None:
             pool.start()
         logger.info(
@@ -77,4 +80,5 @@ def create_app(settings: ServiceSettings, *, start_workers: bool = True, log_lev
     protected = [Depends(require_token)]
     app.include_router(catalog.router, dependencies=protected, responses=UNAUTHORIZED)
     app.include_router(audits.router, dependencies=protected, responses=UNAUTHORIZED)
+    app.include_router(metrics.router, dependencies=protected)
     return app

@@ -239,6 +239,38 @@ class JobStore:
         with self._connect() as conn:
             return conn.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status,)).fetchone()[0]
 
+    def count_by_status(self) -> dict[AuditStatus, int]:
+        """How many jobs are in each status (statuses without jobs are absent)."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetchall()
+        return {AuditStatus(row["status"]): row["n"] for row in rows}
+
+    def run_durations(self) -> list[tuple[str, AuditStatus, float]]:
+        """(attack, final status, seconds) of every finished job that ran: from its last claim to its end.
+
+        A job cancelled before it started never ran and is left out; one given back as interrupted ends
+        when the service noticed.
+        """
+        final = tuple(str(status) for status in FINAL_STATUSES)
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT attack, status, MAX(finished_at - started_at, 0) AS seconds FROM jobs"
+                f" WHERE status IN ({', '.join('?' * len(final))})"
+                " AND started_at IS NOT NULL AND finished_at IS NOT NULL",
+                final,
+            ).fetchall()
+        return [(row["attack"], AuditStatus(row["status"]), float(row["seconds"])) for row in rows]
+
+    def latest_succeeded(self) -> list[Job]:
+        """Per (model id, attack), the job that succeeded last (by ``finished_at``)."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY model_id, attack"
+                " ORDER BY finished_at DESC, rowid DESC) AS recency FROM jobs WHERE status = 'succeeded')"
+                " WHERE recency = 1 ORDER BY model_id, attack"
+            ).fetchall()
+        return [Job.from_row(row) for row in rows]
+
     def claim_next(self, worker_pid: int) -> Job | None:
         """Atomically move the oldest queued job to running under a new lease."""
         lease = uuid.uuid4().hex

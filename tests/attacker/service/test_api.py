@@ -28,6 +28,7 @@ PROTECTED = [
     ("DELETE", "/v1/audits/0123"),
     ("GET", "/v1/audits/0123/reconstructions.png"),
     ("GET", "/v1/audits/0123/report"),
+    ("GET", "/metrics"),  # Prometheus text; not in the OpenAPI schema
 ]
 
 
