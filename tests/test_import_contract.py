@@ -1,6 +1,6 @@
 """Import direction over every module: the apps meet only in the kernel.
 
-The apps (training, edge_client, cloud_server, attacker, demo) import the shared
+The apps (training, edge_client, cloud_server, attacker, demo, experiment) import the shared
 kernel ``cem``, the wire stubs ``protos``, themselves and third-party code, never
 each other; ``cem`` and ``protos`` import no app. Every import statement counts,
 those inside functions and ``TYPE_CHECKING`` blocks included, as do
@@ -20,7 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 KERNEL = ("cem", "protos")
-APPS = ("training", "edge_client", "cloud_server", "attacker", "demo")
+APPS = ("training", "edge_client", "cloud_server", "attacker", "demo", "experiment")
 # Importable first-party code that is not a package of the project: never imported by it.
 OTHER_FIRST_PARTY = ("benchmarks", "tests")
 FIRST_PARTY = (*KERNEL, *APPS, *OTHER_FIRST_PARTY)

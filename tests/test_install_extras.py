@@ -26,7 +26,7 @@ def extras() -> dict[str, list[str]]:
 
 def test_every_role_has_an_extra_and_all_holds_them() -> None:
     declared = extras()
-    roles = {"tap", "client", "edge", "cloud", "audit", "train"}
+    roles = {"tap", "client", "edge", "cloud", "audit", "train", "experiment"}
     assert roles <= set(declared)
     assert declared["all"] == [f"cem-split[{','.join(sorted(roles, key=list(declared).index))}]"]
     assert not any("scikit-image" in requirement for role in roles for requirement in declared[role])

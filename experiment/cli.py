@@ -1,0 +1,168 @@
+"""``cem-experiment``: run a grid of trainings and attacks from a TOML spec, and report it as the paper's Table 1.
+
+    cem-experiment run experiments/smoke.toml --out runs/smoke [--jobs 2] [--threads 1] [--device cpu]
+    cem-experiment run experiments/digits-table1.toml --out runs/t1 --dry-run
+    cem-experiment report runs/smoke [--json]
+
+``run`` checks the whole spec first (data sets, archs, and, in a probe process,
+every defense and attack setting as cem-train and cem-attack parse them) and
+exits 2 naming what it refuses, before any cell runs. It then runs only the cells
+not stored in DIR yet (an interrupted or changed run resumes), each through the
+real CLI in a child process, and exits 1 if any cell failed (its log is named).
+``--dry-run`` lists every cell with its key and whether it is stored, and runs
+nothing. ``report`` writes DIR/report/ (table1.md/.csv/.json, the plots as PNG and
+SVG, index.html) from the stored cells only. docs/experiments.md has the spec's
+keys and the cell key rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from cem.cli import run_cli
+from cem.errors import CEMError
+from experiment.cells import AttackCell, Plan, TrainCell, expand_plan
+from experiment.probe import run_probe
+from experiment.runner import DEVICE_CHOICES, GridRunner, RunSummary, resolve_options
+from experiment.spec import load_spec
+from experiment.store import CellStore
+
+logger = logging.getLogger("experiment.cli")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cem-experiment", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the cells of a spec that are not stored yet")
+    run.add_argument("spec", type=Path, help="the experiment's TOML spec (docs/experiments.md)")
+    run.add_argument("--out", type=Path, required=True, help="output folder (cells, bundles, attacks, logs)")
+    run.add_argument("--jobs", type=int, default=None,
+                     help="cells at once, each a child process (default: 1 on CPU, one per visible GPU on CUDA)")
+    run.add_argument("--dry-run", action="store_true", help="list every cell, its key and whether it is stored")
+    run.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
+                     help="the cells' device; on CUDA each job gets one GPU through CUDA_VISIBLE_DEVICES")
+    run.add_argument("--threads", type=int, default=None,
+                     help="torch threads per cell (default: OMP_NUM_THREADS, else the idle CPUs shared by the jobs)")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    run.add_argument("-v", "--verbose", action="store_true", help="log what the runner does")
+    report = commands.add_parser("report", help="Table 1, plots and an HTML page from the stored cells")
+    report.add_argument("dir", type=Path, help="the output folder of `cem-experiment run`")
+    report.add_argument("--json", action="store_true", help="print table1.json as one JSON line at the end")
+    report.add_argument("-v", "--verbose", action="store_true", help="log what the report does")
+    return parser
+
+
+def _trains_by_key(plan: Plan) -> dict[str, TrainCell]:
+    return {cell.key: cell for cell in plan.train}
+
+
+def print_dry_run(plan: Plan, store: CellStore) -> None:
+    """One line per distinct cell: kind, key, ``cached`` or ``to-run``, and what it is."""
+    trains = _trains_by_key(plan)
+    cached = 0
+    cells = plan.runnable()
+    for cell in cells:
+        stored = store.load(cell.kind, cell.key) is not None
+        cached += stored
+        what = (f"{cell.attack} on {trains[cell.train_key].describe()}" if isinstance(cell, AttackCell)
+                else cell.describe())
+        print(f"{cell.kind:<6} {cell.key}  {'cached' if stored else 'to-run'}  {what}")
+    print(f"{len(cells)} cells: {cached} cached, {len(cells) - cached} to run ({plan.name}; nothing was run)")
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops the run like Ctrl-C: children stopped, nothing half-done recorded."""
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _report_failures(summary: RunSummary) -> None:
+    if summary.failed:
+        listed = "; ".join(f"{cell.kind} {cell.key} ({cell.describe()}): {why}" for cell, why in summary.failed)
+        skipped = f"; {len(summary.skipped)} attack cells skipped" if summary.skipped else ""
+        raise CEMError(f"{len(summary.failed)} cells failed, rerun to retry them: {listed}{skipped}")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    plan = expand_plan(spec, run_probe)
+    store = CellStore(args.out)
+    if args.dry_run:
+        print_dry_run(plan, store)
+        return 0
+    options = resolve_options(args.device, args.jobs, args.threads, progress=not args.no_progress)
+    _stop_on_sigterm()
+    with store.lock():
+        store.create()
+        swept = store.sweep_tmp()
+        if swept:
+            logger.info("deleted %d unfinished cell folders of an interrupted run", swept)
+        store.write_plan(plan)
+        summary = GridRunner(plan, store, options).run()
+    total = len(plan.runnable())
+    print(f"{plan.name}: {total} cells, {summary.cached} were stored, {len(summary.ran)} ran now, "
+          f"{len(summary.failed)} failed, {len(summary.skipped)} skipped; report: cem-experiment report {args.out}")
+    _report_failures(summary)
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    # Imported here: matplotlib, Jinja2 and scipy take seconds to load, which `run` never needs.
+    from experiment.html import render_html, write_html
+    from experiment.plots import plot_galleries, plot_mse_vs_entropy, plot_pareto
+    from experiment.report import build_table1, collect, convergence_flags
+    from experiment.tables import summary_line, write_tables
+
+    store = CellStore(args.dir)
+    plan = store.read_plan()
+    collected = collect(plan, store)
+    table = build_table1(collected.observations, plan.rows, plan.attacks)
+    flags = convergence_flags(collected.observations)
+    directory = store.report_dir
+    extra = {"name": plan.name, "convergence": flags, "missing": collected.missing,
+             "observations": len(collected.observations)}
+    paths = write_tables(table, directory, plan.name, extra)
+    figures = [("Accuracy vs attack MSE (Fig. 4)", plot_pareto(collected.observations, plan.attacks, directory)[0]),
+               ("Attack MSE vs conditional entropy (Fig. 3)",
+                plot_mse_vs_entropy(collected.observations, plan.attacks, directory)[0])]
+    galleries = [(title, written[0]) for title, written in
+                 plot_galleries(collected.observations, plan.attacks, store, directory)]
+    stored = sum(store.load(c.kind, c.key) is not None for c in plan.runnable())
+    page = render_html(name=plan.name, table=table, figures=figures, galleries=galleries, flags=flags,
+                       missing=collected.missing, stored=stored, spec_text=plan.spec_text)
+    index = write_html(directory / "index.html", page)
+    print(paths["md"].read_text(encoding="utf-8"))
+    for line in summary_line(table):
+        print(f"CEM gain of the averages, {line}")
+    if flags:
+        print(f"note: {len(flags)} attack columns did not converge (table1.json 'convergence', index.html)")
+    if collected.missing:
+        print(f"note: {len(collected.missing)} cells of the plan are not stored yet; the report covers the others")
+    print(f"wrote {directory}: table1.md, table1.csv, table1.json, pareto/mse_vs_entropy (.png, .svg), "
+          f"{len(galleries)} galleries, {index.name}")
+    if args.json:
+        print(json.dumps(json.loads(paths["json"].read_text(encoding="utf-8"))))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    body = run_command if args.command == "run" else report_command
+    return run_cli(parser.prog, lambda: body(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""The report as one self-contained HTML page: the tables, the figures and galleries inlined as data URIs.
+
+One file that works alone (mail it, open it from an archive): every image is
+embedded as a base64 ``data:image/png`` URI, nothing is fetched. The page is the
+Jinja2 template ``templates/report.html`` (package data), autoescaped, so labels
+and notes from the spec cannot inject markup.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from experiment.report import Table1
+from experiment.tables import header, table_lines
+
+TEMPLATE = "report.html"
+
+
+def data_uri(path: Path) -> str:
+    """``path`` (a PNG) as a ``data:`` URI."""
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _row_kind(first_cell: str) -> str:
+    if first_cell.startswith(("Average", "CEM gain of")):
+        return "average"
+    return "gain" if first_cell.startswith("CEM gain") else "variant"
+
+
+def render_html(*, name: str, table: Table1, figures: Sequence[tuple[str, Path]],
+                galleries: Sequence[tuple[str, Path]], flags: Sequence[Mapping[str, Any]], missing: Sequence[str],
+                stored: int, spec_text: str) -> str:
+    """The page; ``figures`` and ``galleries`` are (title, PNG path) pairs."""
+    environment = Environment(loader=PackageLoader("experiment", "templates"), autoescape=select_autoescape(["html"]))
+    tables = [{"group": group, "header": header(table),
+               "rows": [{"kind": _row_kind(cells[0]), "cells": cells} for cells in table_lines(table, group)]}
+              for group in table.groups]
+    return environment.get_template(TEMPLATE).render(
+        name=name,
+        generated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        stored=stored,
+        tables=tables,
+        figures=[{"title": title, "uri": data_uri(path)} for title, path in figures],
+        galleries=[{"title": title, "uri": data_uri(path)} for title, path in galleries],
+        flags=list(flags),
+        missing=list(missing),
+        spec_text=spec_text,
+    )
+
+
+def write_html(path: Path, page: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path

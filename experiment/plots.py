@@ -1,0 +1,180 @@
+"""The report's figures, from stored cells: the paper's Fig. 4 (accuracy vs attack MSE), Fig. 3 (attack MSE vs the
+conditional-entropy measure) and a reconstruction gallery per row.
+
+Figures are drawn with matplotlib's object API (``Figure``, no pyplot state, the
+Agg canvas), each saved as PNG and SVG. One panel per (table group, attack,
+column). Without CEM (λ = 0) is a grey circle, with CEM a coloured triangle per
+λ; points of one row at one λ are joined in σ order, so a σ sweep reads as the
+paper's trade-off curve.
+
+* ``pareto``: per variant, mean accuracy (%) against mean attack MSE over seeds,
+  with the 95 % intervals as error bars where there are several seeds.
+* ``mse_vs_entropy``: every trained model, its attack MSE (log scale) against the
+  ``entropy_bound`` its bundle's manifest records (the relative H(x|z) lower bound
+  of Eq. 3 in nats, H(x) := 0); models trained without noise record none and are
+  left out (counted in the panel title).
+* ``gallery-<group>-<row>``: the first seed's ``reconstructions.png`` of every
+  variant of the row (rows) and attack (columns), as ``cem-attack`` drew them:
+  originals above reconstructions, the ``train`` column's images then ``infer``'s.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.image import imread
+
+from cem.stats import mean_interval
+from experiment.records import COLUMNS
+from experiment.report import ACCURACY, Observation, mse_metric
+from experiment.spec import slugify
+from experiment.store import CellStore
+
+WITHOUT_CEM = ("0.45", "o")  # (colour, marker)
+PALETTE = ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:cyan")
+PANEL_SIZE = (4.2, 3.2)
+GRID_FILE = "reconstructions.png"  # what cem-attack draws into its --out folder
+GALLERY_WIDTH = 5.5  # inches per attack column
+
+
+def _lambda_style(lam: float, lambdas: Sequence[float]) -> tuple[str, str]:
+    """(colour, marker): grey circles without CEM, a coloured triangle per λ > 0."""
+    if lam == 0:
+        return WITHOUT_CEM
+    positive = [v for v in lambdas if v > 0]
+    return PALETTE[positive.index(lam) % len(PALETTE)], "^"
+
+
+def _panels(observations: Sequence[Observation], attacks: Sequence[str]) -> list[tuple[str, str, str]]:
+    groups = list(dict.fromkeys(o.group for o in observations))
+    return [(group, attack, column) for group in groups for attack in attacks for column in COLUMNS]
+
+
+def _figure(count: int, size: tuple[float, float]) -> tuple[Figure, list[Axes]]:
+    columns = len(COLUMNS) if count >= len(COLUMNS) else 1
+    rows = max(1, math.ceil(count / columns))
+    figure = Figure(figsize=(size[0] * columns, size[1] * rows), layout="constrained")
+    axes = [figure.add_subplot(rows, columns, i + 1) for i in range(max(count, 1))]
+    return figure, axes
+
+
+def _save(figure: Figure, directory: Path, stem: str) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [directory / f"{stem}.png", directory / f"{stem}.svg"]
+    for path in paths:
+        figure.savefig(path, dpi=120)
+    return paths
+
+
+def _legend(axes: Axes, lambdas: Sequence[float]) -> None:
+    for lam in lambdas:
+        color, marker = _lambda_style(lam, lambdas)
+        axes.scatter([], [], color=color, marker=marker, label="w/o CEM (λ=0)" if lam == 0 else f"w/ CEM, λ={lam:g}")
+    axes.legend(fontsize=7, loc="best")
+
+
+def plot_pareto(observations: Sequence[Observation], attacks: Sequence[str], directory: Path) -> list[Path]:
+    """Fig. 4: accuracy against attack MSE, one marker per (row, σ, λ)."""
+    panels = _panels(observations, attacks)
+    figure, axes = _figure(len(panels), PANEL_SIZE)
+    lambdas = sorted({o.cem_lambda for o in observations})
+    for ax, (group, attack, column) in zip(axes, panels, strict=False):
+        metric = mse_metric(attack, column)
+        variants: dict[tuple[str, float, float], list[Observation]] = {}
+        for o in observations:
+            if o.group == group and metric in o.values and ACCURACY in o.values:
+                variants.setdefault((o.row, o.cem_lambda, o.sigma), []).append(o)
+        curves: dict[tuple[str, float], list[tuple[float, float]]] = {}
+        for (row, lam, sigma), seen in sorted(variants.items()):
+            x, y = mean_interval(o.values[metric] for o in seen), mean_interval(100 * o.values[ACCURACY] for o in seen)
+            color, marker = _lambda_style(lam, lambdas)
+            ax.errorbar(x.mean, y.mean, xerr=None if math.isnan(x.half_width) else x.half_width,
+                        yerr=None if math.isnan(y.half_width) else y.half_width, linestyle="none",
+                        markersize=6, elinewidth=0.8, capsize=2, color=color, marker=marker)
+            ax.annotate(f"{row} σ={sigma:g}", (x.mean, y.mean), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            curves.setdefault((row, lam), []).append((x.mean, y.mean))
+        for (_, lam), points in curves.items():
+            if len(points) > 1:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, linewidth=0.7, alpha=0.6, color=_lambda_style(lam, lambdas)[0])
+        ax.set_title(f"{group}\n{attack}, {column} column", fontsize=8)
+        ax.set_xlabel(f"{attack} attack MSE ({column}) ↑ more private")
+        ax.set_ylabel("test accuracy % ↑")
+        ax.grid(alpha=0.3)
+        _legend(ax, lambdas)
+    if not panels:
+        axes[0].text(0.5, 0.5, "no stored cells yet", ha="center", va="center")
+    figure.suptitle("Accuracy vs attack MSE (paper Fig. 4)")
+    return _save(figure, directory, "pareto")
+
+
+def plot_mse_vs_entropy(observations: Sequence[Observation], attacks: Sequence[str], directory: Path) -> list[Path]:
+    """Fig. 3: each model's attack MSE against its recorded conditional-entropy bound."""
+    panels = _panels(observations, attacks)
+    figure, axes = _figure(len(panels), PANEL_SIZE)
+    lambdas = sorted({o.cem_lambda for o in observations})
+    for ax, (group, attack, column) in zip(axes, panels, strict=False):
+        metric = mse_metric(attack, column)
+        seen = [o for o in observations if o.group == group and metric in o.values]
+        bounded = [(o.entropy_bound, o) for o in seen if o.entropy_bound is not None and o.values[metric] > 0]
+        for lam in lambdas:
+            points = [(bound, o.values[metric]) for bound, o in bounded if o.cem_lambda == lam]
+            if points:
+                color, marker = _lambda_style(lam, lambdas)
+                ax.scatter([x for x, _ in points], [y for _, y in points], s=18, color=color, marker=marker)
+        if bounded:
+            ax.set_yscale("log")
+        left_out = len(seen) - len(bounded)
+        note = f" ({left_out} without a bound left out)" if left_out else ""
+        ax.set_title(f"{group}\n{attack}, {column} column{note}", fontsize=8)
+        ax.set_xlabel("entropy_bound: relative H(x|z) lower bound (nats)")
+        ax.set_ylabel(f"{attack} attack MSE ({column})")
+        ax.grid(alpha=0.3, which="both")
+        _legend(ax, lambdas)
+    if not panels:
+        axes[0].text(0.5, 0.5, "no stored cells yet", ha="center", va="center")
+    figure.suptitle("Attack MSE vs conditional entropy (paper Fig. 3)")
+    return _save(figure, directory, "mse_vs_entropy")
+
+
+def plot_galleries(observations: Sequence[Observation], attacks: Sequence[str], store: CellStore,
+                   directory: Path) -> list[tuple[str, list[Path]]]:
+    """Per (group, row): the first seed's reconstruction grid of each variant and attack; (title, paths) each."""
+    written = []
+    keys = list(dict.fromkeys((o.group, o.row) for o in observations))
+    for group, row in keys:
+        seen = [o for o in observations if o.group == group and o.row == row]
+        seed = min(o.seed for o in seen)
+        variants = sorted((o for o in seen if o.seed == seed), key=lambda o: (o.sigma, o.cem_lambda))
+        cells = [(o, attack) for o in variants for attack in attacks
+                 if attack in o.attack_keys
+                 and (store.output_dir("attack", o.attack_keys[attack]) / GRID_FILE).is_file()]
+        if not cells:
+            continue
+        images = {(o.train_key, attack): imread(store.output_dir("attack", o.attack_keys[attack]) / GRID_FILE)
+                  for o, attack in cells}
+        height, width = next(iter(images.values())).shape[:2]
+        columns = len(attacks)
+        panel_height = GALLERY_WIDTH * height / width + 0.3  # the image at the panel's width, and its title
+        figure = Figure(figsize=(GALLERY_WIDTH * columns, panel_height * len(variants) + 0.5), layout="constrained")
+        for index, o in enumerate(variants):
+            for position, attack in enumerate(attacks):
+                ax = figure.add_subplot(len(variants), columns, index * columns + position + 1)
+                ax.set_axis_off()
+                image = images.get((o.train_key, attack))
+                if image is None:
+                    ax.text(0.5, 0.5, f"{attack}: not stored", ha="center", va="center", fontsize=7)
+                    continue
+                ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest")
+                ax.set_title(f"σ={o.sigma:g} λ={o.cem_lambda:g} · {attack} (MSE train "
+                             f"{o.values.get(mse_metric(attack, 'train'), float('nan')):.4f}, infer "
+                             f"{o.values.get(mse_metric(attack, 'infer'), float('nan')):.4f})", fontsize=7)
+        figure.suptitle(f"{row} · {group}, seed {seed}\noriginals above reconstructions: train column (left), "
+                        "infer column (right)", fontsize=8)
+        stem = f"gallery-{slugify(group)}-{slugify(row)}"
+        written.append((f"{row} · {group}", _save(figure, directory, stem)))
+    return written

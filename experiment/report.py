@@ -1,0 +1,251 @@
+"""Table 1 from stored cells: mean ± 95 % interval over seeds, the paired CEM gain per row, the paper's averages.
+
+Reads only what ``cem-experiment run`` stored (never trains). Per *variant* (one
+table group = data set, arch and cut; one row; one σ; one λ) every metric is
+the mean over the seeds with Student's t interval (``cem.stats.mean_interval``;
+one seed: no interval). Metrics: the test accuracy and, per attack, the MSE of
+the ``train`` and ``infer`` columns.
+
+The CEM gain of a row is paired per seed against the same row at the same σ with
+λ = 0: MSE as relative change in %, accuracy as a difference in points; then mean
+± interval over the seeds. The paper's summary rows average, per λ > 0, over the
+(row, σ) pairs that have both λ = 0 and that λ (so the No_defense baseline, which
+has no CEM variant, is left out): per seed the mean over those pairs, then mean ±
+interval over the seeds. Their gain is the paper's: the relative change of the two
+averages, 100·(avg_with − avg_without)/avg_without in %, accuracy in points.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cem.stats import Estimate, mean_interval
+from experiment.cells import Plan
+from experiment.records import COLUMNS
+from experiment.store import CellStore
+
+ACCURACY = "accuracy"
+
+
+def mse_metric(attack: str, column: str) -> str:
+    return f"{attack}_mse_{column}"
+
+
+def metric_names(attacks: Sequence[str]) -> list[str]:
+    """Accuracy, then each attack's MSE in the ``train`` and ``infer`` columns: Table 1's columns."""
+    return [ACCURACY, *(mse_metric(attack, column) for attack in attacks for column in COLUMNS)]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One trained model (one seed of one variant) and what its attacks scored; ``values`` maps a metric name to
+    its number, ``flags`` a metric to why its attack did not converge."""
+
+    group: str
+    row: str
+    sigma: float
+    cem_lambda: float
+    seed: int
+    train_key: str
+    values: Mapping[str, float]
+    entropy_bound: float | None = None
+    flags: Mapping[str, str] = field(default_factory=dict)
+    attack_keys: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def variant(self) -> tuple[str, str, float, float]:
+        return self.group, self.row, self.sigma, self.cem_lambda
+
+
+@dataclass(frozen=True)
+class Collected:
+    """The observations of a plan's stored cells, and the cells still missing (described)."""
+
+    observations: list[Observation]
+    missing: list[str]
+
+
+def collect(plan: Plan, store: CellStore) -> Collected:
+    """Join every grid point's stored train cell with its stored attack cells."""
+    attacks = {(cell.train_key, cell.attack): cell for cell in plan.attack}
+    observations, missing = [], []
+    for point in plan.train:
+        record = store.load("train", point.key)
+        if record is None:
+            missing.append(f"train {point.key}: {point.describe()}")
+            missing += [f"attack {attacks[(point.key, a)].key}: {a} on {point.describe()}" for a in plan.attacks
+                        if (point.key, a) in attacks]
+            continue
+        values: dict[str, float] = {}
+        if isinstance(record.get("accuracy"), (int, float)):
+            values[ACCURACY] = float(record["accuracy"])
+        flags: dict[str, str] = {}
+        keys: dict[str, str] = {}
+        for attack in plan.attacks:
+            cell = attacks.get((point.key, attack))
+            stored = store.load("attack", cell.key) if cell is not None else None
+            if cell is None or stored is None:
+                missing.append(f"attack {cell.key if cell else '?'}: {attack} on {point.describe()}")
+                continue
+            keys[attack] = cell.key
+            for column in COLUMNS:
+                metric = mse_metric(attack, column)
+                values[metric] = float(stored["metrics"][column]["mse"])
+                note = (stored.get("columns", {}).get(column) or {}).get("not_converged")
+                if note:
+                    flags[metric] = note
+        bound = (record.get("metrics") or {}).get("entropy_bound")
+        observations.append(Observation(
+            group=point.group, row=point.row, sigma=point.sigma, cem_lambda=point.cem_lambda, seed=point.seed,
+            train_key=point.key, values=values, entropy_bound=float(bound) if bound is not None else None,
+            flags=flags, attack_keys=keys))
+    return Collected(observations, list(dict.fromkeys(missing)))
+
+
+@dataclass(frozen=True)
+class VariantLine:
+    """One line of Table 1: a row at one σ and λ, each metric over its seeds, and how many seeds were flagged."""
+
+    group: str
+    row: str
+    sigma: float
+    cem_lambda: float
+    seeds: tuple[int, ...]
+    estimates: Mapping[str, Estimate | None]
+    not_converged: Mapping[str, int]
+
+    @property
+    def label(self) -> str:
+        return f"{self.row}+CEM" if self.cem_lambda > 0 else self.row
+
+
+@dataclass(frozen=True)
+class GainLine:
+    """A row's CEM gain at one σ and λ > 0, paired per seed with λ = 0 (MSE in %, accuracy in points)."""
+
+    group: str
+    row: str
+    sigma: float
+    cem_lambda: float
+    seeds: tuple[int, ...]
+    estimates: Mapping[str, Estimate | None]
+
+
+@dataclass(frozen=True)
+class AverageBlock:
+    """The paper's summary rows for one group and λ > 0: the averages over the (row, σ) pairs with both variants,
+    and the relative change of those averages (``gain``: MSE in %, accuracy in points)."""
+
+    group: str
+    cem_lambda: float
+    pairs: tuple[tuple[str, float], ...]
+    without_cem: Mapping[str, Estimate | None]
+    with_cem: Mapping[str, Estimate | None]
+    gain: Mapping[str, float | None]
+    not_converged: Mapping[str, int] = field(default_factory=dict)  # flagged models among those averaged
+
+
+@dataclass(frozen=True)
+class Table1:
+    attacks: tuple[str, ...]
+    metrics: tuple[str, ...]
+    groups: tuple[str, ...]
+    variants: tuple[VariantLine, ...]
+    gains: tuple[GainLine, ...]
+    averages: tuple[AverageBlock, ...]
+
+
+def _estimate(values: Iterable[float]) -> Estimate | None:
+    data = list(values)
+    return mean_interval(data) if data else None
+
+
+def _per_seed(observations: Iterable[Observation], metric: str) -> dict[int, float]:
+    return {o.seed: o.values[metric] for o in observations if metric in o.values}
+
+
+def paired_change(metric: str, without: float, with_cem: float) -> float | None:
+    """CEM's gain on one metric: accuracy in points, anything else (MSE) as relative change in %."""
+    if metric == ACCURACY:
+        return 100.0 * (with_cem - without)
+    return 100.0 * (with_cem - without) / without if without else None
+
+
+def _ordered_variants(observations: Sequence[Observation], rows: Sequence[str]) -> list[tuple[str, str, float, float]]:
+    groups = list(dict.fromkeys(o.group for o in observations))
+    rank = {row: i for i, row in enumerate(rows)}
+    return sorted({o.variant for o in observations},
+                  key=lambda v: (groups.index(v[0]), rank.get(v[1], len(rank)), v[1], v[2], v[3]))
+
+
+def build_table1(observations: Sequence[Observation], rows: Sequence[str], attacks: Sequence[str]) -> Table1:
+    """Table 1 of ``observations`` (rows in ``rows``' order, then σ and λ ascending)."""
+    metrics = metric_names(attacks)
+    by_variant: dict[tuple[str, str, float, float], list[Observation]] = {}
+    for o in observations:
+        by_variant.setdefault(o.variant, []).append(o)
+    order = _ordered_variants(observations, rows)
+    variants, gains = [], []
+    for variant in order:
+        seen = sorted(by_variant[variant], key=lambda o: o.seed)
+        variants.append(VariantLine(*variant, seeds=tuple(o.seed for o in seen),
+                                    estimates={m: _estimate(_per_seed(seen, m).values()) for m in metrics},
+                                    not_converged={m: sum(m in o.flags for o in seen) for m in metrics}))
+        group, row, sigma, lam = variant
+        base = by_variant.get((group, row, sigma, 0.0))
+        if lam > 0 and base:
+            estimates: dict[str, Estimate | None] = {}
+            paired_seeds: set[int] = set()
+            for m in metrics:
+                before, after = _per_seed(base, m), _per_seed(seen, m)
+                changes = [paired_change(m, before[s], after[s]) for s in sorted(set(before) & set(after))]
+                estimates[m] = _estimate(c for c in changes if c is not None)
+                paired_seeds |= set(before) & set(after)
+            gains.append(GainLine(group, row, sigma, lam, tuple(sorted(paired_seeds)), estimates))
+    groups = tuple(dict.fromkeys(v[0] for v in order))
+    averages = [block for group in groups for block in _averages(group, order, by_variant, metrics)]
+    return Table1(tuple(attacks), tuple(metrics), groups, tuple(variants), tuple(gains), tuple(averages))
+
+
+def _averages(group: str, order: Sequence[tuple[str, str, float, float]],
+              by_variant: Mapping[tuple[str, str, float, float], list[Observation]],
+              metrics: Sequence[str]) -> list[AverageBlock]:
+    blocks = []
+    lambdas = sorted({v[3] for v in order if v[0] == group and v[3] > 0})
+    for lam in lambdas:
+        pairs = [(v[1], v[2]) for v in order
+                 if v[0] == group and v[3] == lam and (group, v[1], v[2], 0.0) in by_variant]
+        if not pairs:
+            continue
+        without: dict[str, Estimate | None] = {}
+        with_cem: dict[str, Estimate | None] = {}
+        gain: dict[str, float | None] = {}
+        flagged: dict[str, int] = {}
+        for m in metrics:
+            before = [_per_seed(by_variant[(group, row, sigma, 0.0)], m) for row, sigma in pairs]
+            after = [_per_seed(by_variant[(group, row, sigma, lam)], m) for row, sigma in pairs]
+            # seeds every pair has in both variants: the per-seed averages then cover the same models
+            seeds = sorted(set.intersection(*(set(s) for s in before + after)))
+            without[m] = _estimate(statistics.fmean(b[s] for b in before) for s in seeds)
+            with_cem[m] = _estimate(statistics.fmean(a[s] for a in after) for s in seeds)
+            base, cem = without[m], with_cem[m]
+            gain[m] = paired_change(m, base.mean, cem.mean) if base is not None and cem is not None else None
+            flagged[m] = sum(m in o.flags for row, sigma in pairs for variant_lambda in (0.0, lam)
+                             for o in by_variant[(group, row, sigma, variant_lambda)] if o.seed in seeds)
+        blocks.append(AverageBlock(group, lam, tuple(pairs), without, with_cem, gain, flagged))
+    return blocks
+
+
+def convergence_flags(observations: Sequence[Observation]) -> list[dict[str, Any]]:
+    """Every (model, attack, column) whose attack did not converge, with why."""
+    flags = []
+    for o in observations:
+        for metric, note in sorted(o.flags.items()):
+            attack, column = metric.rsplit("_mse_", 1)
+            flags.append({"group": o.group, "row": o.row, "sigma": o.sigma, "cem_lambda": o.cem_lambda,
+                          "seed": o.seed, "attack": attack, "column": column, "note": note,
+                          "attack_key": o.attack_keys.get(attack)})
+    return flags

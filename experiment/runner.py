@@ -1,0 +1,290 @@
+"""Run the missing cells of a plan: the real ``cem-train`` and ``cem-attack`` as child processes, ``--jobs`` at once.
+
+Each cell is one child process of the project's own CLI (``python -m training.cli``,
+``python -m attacker.cli``), started from a worker thread that only waits for it,
+so cells run in parallel processes while this process keeps the one progress bar
+(stderr) for the whole grid. A child writes into a temporary folder; when it
+exits 0 the folder is renamed to the cell's key and the cell's record is written
+last (``experiment.store``). A failed cell is reported and retried by the next
+run; the attacks of a failed train cell are skipped. Each cell's command line and
+its child's output go to ``DIR/logs/<kind>-<key>.log``.
+
+On CUDA (``--device cuda``, or ``auto`` where torch sees a GPU) the worker slots
+take the visible GPUs in turn through ``CUDA_VISIBLE_DEVICES`` (``--jobs``
+defaults to one per GPU). On Ctrl-C or SIGTERM the children are stopped, nothing
+half-done is recorded, and a rerun picks up the same cells.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm import tqdm
+
+from cem.errors import CEMError, ConfigError
+from experiment.cells import AttackCell, Cell, Plan, TrainCell
+from experiment.records import attack_record, train_record
+from experiment.store import CellStore
+
+logger = logging.getLogger(__name__)
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+STOP_GRACE_S = 10.0
+TRAIN_MODULE = "training.cli"
+ATTACK_MODULE = "attacker.cli"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How cells run (never part of a cell's key): parallel slots, the children's device and threads, and the
+    GPU each slot gets (``gpu_ids[slot % len]``; empty on CPU)."""
+
+    jobs: int = 1
+    device: str = "cpu"
+    threads: int = 1
+    gpu_ids: tuple[str, ...] = ()
+    progress: bool = True
+    python: str = sys.executable
+
+    def __post_init__(self) -> None:
+        if self.jobs < 1 or self.threads < 1:
+            raise ConfigError(f"expected --jobs and --threads >= 1, got {self.jobs} and {self.threads}")
+
+    def slot_env(self, slot: int) -> dict[str, str]:
+        env = dict(os.environ, OMP_NUM_THREADS=str(self.threads))
+        if self.gpu_ids:
+            env["CUDA_VISIBLE_DEVICES"] = self.gpu_ids[slot % len(self.gpu_ids)]
+        return env
+
+
+def visible_gpus() -> tuple[str, ...]:
+    """The CUDA devices a child may use, as ``CUDA_VISIBLE_DEVICES`` entries (empty without CUDA)."""
+    import torch  # only asked when the device may be CUDA: a CPU run and the report never load torch here
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        return ()
+    listed = [entry.strip() for entry in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if entry.strip()]
+    return tuple(listed[:count]) if listed else tuple(str(i) for i in range(count))
+
+
+def _default_threads(jobs: int) -> int:
+    """``OMP_NUM_THREADS`` when set, else the idle CPUs shared among the jobs (``cem.threads``' rule)."""
+    configured = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if configured.isdigit() and int(configured) >= 1:
+        return int(configured)
+    from cem.threads import idle_cpus  # loads torch: only for a run that did not say
+
+    return max(1, idle_cpus() // jobs)
+
+
+def resolve_options(device: str, jobs: int | None, threads: int | None, progress: bool = True) -> RunOptions:
+    """``--device``, ``--jobs`` and ``--threads`` as the runner uses them."""
+    if device not in DEVICE_CHOICES:
+        raise ConfigError(f"expected --device in {DEVICE_CHOICES}, got {device!r}")
+    gpu_ids = visible_gpus() if device != "cpu" else ()
+    if device == "cuda" and not gpu_ids:
+        raise ConfigError("expected a CUDA device for --device cuda, but torch sees none")
+    jobs = jobs if jobs is not None else max(1, len(gpu_ids))
+    if jobs < 1:
+        raise ConfigError(f"expected --jobs >= 1, got {jobs}")
+    threads = threads if threads is not None else _default_threads(jobs)
+    return RunOptions(jobs=jobs, device="cuda" if gpu_ids else "cpu", threads=threads, gpu_ids=gpu_ids,
+                      progress=progress)
+
+
+class CellFailed(CEMError):
+    """A cell's child exited with an error, or its outputs could not be read."""
+
+
+class _Children:
+    """The running child processes, so that an interrupt can stop every one of them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen[str]] = set()
+        self.stopping = threading.Event()
+
+    def run(self, argv: Sequence[str], env: dict[str, str], log_path: os.PathLike[str]) -> tuple[int, str]:
+        """Run ``argv`` to its end; its stderr (progress, logs) and stdout go to ``log_path``. (exit status, stdout)"""
+        started = time.perf_counter()
+        with open(log_path, "a", encoding="utf-8") as log:
+            stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            log.write(f"# {stamp} {shlex.join(argv)}\n")
+            log.flush()
+            with self._lock:
+                if self.stopping.is_set():
+                    raise CellFailed("interrupted before it started")
+                child = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+                                         env=env, text=True)
+                self._running.add(child)
+            try:
+                stdout, _ = child.communicate()
+            finally:
+                with self._lock:
+                    self._running.discard(child)
+            log.write(stdout)
+            log.write(f"# exit {child.returncode} after {time.perf_counter() - started:.1f} s\n")
+        return child.returncode, stdout
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGTERM every child, SIGKILL those still alive after ``grace_s``; no new child starts after this."""
+        with self._lock:
+            self.stopping.set()
+            children = list(self._running)
+        for child in children:
+            child.terminate()
+        deadline = time.monotonic() + grace_s
+        for child in children:
+            try:
+                child.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def _last_json(stdout: str) -> dict[str, Any] | None:
+    """The ``--json`` summary a CLI prints as its last stdout line, or None."""
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    if not lines:
+        return None
+    try:
+        value = json.loads(lines[-1])
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+@dataclass
+class RunSummary:
+    """What one ``run`` did: cells run now, found stored, failed (with why) and skipped (their bundle failed)."""
+
+    ran: list[Cell] = field(default_factory=list)
+    cached: int = 0
+    failed: list[tuple[Cell, str]] = field(default_factory=list)
+    skipped: list[Cell] = field(default_factory=list)
+
+
+class GridRunner:
+    """Runs a plan's missing cells into a ``CellStore``."""
+
+    def __init__(self, plan: Plan, store: CellStore, options: RunOptions) -> None:
+        self.plan = plan
+        self.store = store
+        self.options = options
+        self.children = _Children()
+
+    def stored(self) -> set[tuple[str, str]]:
+        """(kind, key) of every cell of the plan already stored."""
+        return {(cell.kind, cell.key) for cell in self.plan.runnable()
+                if self.store.load(cell.kind, cell.key) is not None}
+
+    def _command(self, cell: Cell, out: os.PathLike[str]) -> list[str]:
+        o = self.options
+        run = ["--device", o.device, "--threads", str(o.threads), "--out", os.fspath(out), "--json"]
+        if isinstance(cell, TrainCell):
+            data_dir = self.plan.data_dir_for(cell.dataset)
+            data = ["--data-dir", data_dir] if data_dir else []
+            return [o.python, "-m", TRAIN_MODULE, *cell.args, *data, *run, "--no-progress"]
+        train = next(t for t in self.plan.train if t.key == cell.train_key)
+        data_dir = self.plan.data_dir_for(train.dataset)
+        data = ["--data-dir", data_dir] if data_dir else []
+        bundle = self.store.output_dir("train", cell.train_key)
+        return [o.python, "-m", ATTACK_MODULE, "--bundle", os.fspath(bundle), *cell.args, *data, *run]
+
+    def execute(self, cell: Cell, slot: int) -> None:
+        """Run one cell in a child process and store its record; ``CellFailed`` when it did not finish."""
+        from cem.bundle import load_manifest  # loads torch; the report never needs it
+
+        tmp = self.store.new_tmp_dir(cell.kind, cell.key)
+        command = self._command(cell, tmp)
+        log = self.store.log_path(cell.kind, cell.key)
+        started = time.perf_counter()
+        try:
+            code, stdout = self.children.run(command, self.options.slot_env(slot), log)
+            if code != 0:
+                raise CellFailed(f"{'cem-train' if cell.kind == 'train' else 'cem-attack'} exited with status {code}; "
+                                 f"see {log}")
+            final = self.store.commit_dir(tmp, cell.kind, cell.key)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        wall_s = time.perf_counter() - started
+        shown = shlex.join(command[1:])
+        try:
+            if isinstance(cell, TrainCell):
+                record = train_record(cell, load_manifest(final), _last_json(stdout), wall_s=wall_s, command=shown)
+            else:
+                result = json.loads((final / "metrics.json").read_text(encoding="utf-8"))
+                record = attack_record(cell, result, wall_s=wall_s, command=shown)
+        except (CEMError, OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise CellFailed(f"cannot read the outputs of {cell.kind} cell {cell.key} in {final}: {exc}") from exc
+        self.store.save(record)
+
+    def run(self) -> RunSummary:
+        """Run every missing cell, ``jobs`` at a time, attacks as soon as their bundle exists."""
+        order = self.plan.runnable()
+        done = self.stored()
+        summary = RunSummary(cached=len(done))
+        pending = [cell for cell in order if (cell.kind, cell.key) not in done]
+        failed_trains: set[str] = set()
+        free = list(range(self.options.jobs))
+        running: dict[Future[None], tuple[Cell, int]] = {}
+        bar = tqdm(total=len(order), initial=len(done), desc=self.plan.name, unit="cell", file=sys.stderr,
+                   disable=not self.options.progress, dynamic_ncols=True)
+        pool = ThreadPoolExecutor(max_workers=self.options.jobs, thread_name_prefix="cell")
+        try:
+            while pending or running:
+                for cell in list(pending):
+                    if not free:
+                        break
+                    if isinstance(cell, AttackCell):
+                        if cell.train_key in failed_trains:
+                            pending.remove(cell)
+                            summary.skipped.append(cell)
+                            continue
+                        if ("train", cell.train_key) not in done:
+                            continue
+                    pending.remove(cell)
+                    slot = free.pop(0)
+                    running[pool.submit(self.execute, cell, slot)] = (cell, slot)
+                if not running:  # only attacks whose training never ran are left: nothing can start them
+                    summary.skipped += pending
+                    break
+                bar.set_postfix_str(f"running {', '.join(f'{c.kind} {c.key}' for c, _ in running.values())}")
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    cell, slot = running.pop(future)
+                    free.append(slot)
+                    free.sort()
+                    try:
+                        future.result()
+                    except CellFailed as exc:
+                        logger.warning("%s cell %s (%s) failed: %s", cell.kind, cell.key, cell.describe(), exc)
+                        summary.failed.append((cell, str(exc)))
+                        if isinstance(cell, TrainCell):
+                            failed_trains.add(cell.key)
+                        continue
+                    done.add((cell.kind, cell.key))
+                    summary.ran.append(cell)
+                    bar.update(1)
+        except BaseException:
+            self.children.stop()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        finally:
+            bar.close()
+        pool.shutdown(wait=True)
+        return summary

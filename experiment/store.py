@@ -1,0 +1,142 @@
+"""The output folder of a run: cells stored atomically under their keys, and nothing else counts as done.
+
+    DIR/experiment.json          the expanded grid of the last run (the report lays cells out by it)
+    DIR/cells/train-<key>.json   one record per finished cell, written last (tmp + fsync + rename)
+    DIR/cells/attack-<key>.json
+    DIR/bundles/<key>/           the train cell's bundle (manifest, weights, train log)
+    DIR/attacks/<key>/           the attack cell's metrics.json and reconstructions.png
+    DIR/logs/<kind>-<key>.log    the cell's command line and its child's output, one file per cell
+    DIR/report/                  what ``cem-experiment report`` writes
+
+A cell is done exactly when its record exists, parses, names its own key, and its
+outputs are still there; a cell killed half-way leaves only a ``.tmp-`` folder,
+which the next run deletes. Children write into a temporary folder that is
+renamed into place when they succeed, so a bundle or attack folder under its key
+is always complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from cem.durable import TMP_PREFIX, write_durably
+from cem.errors import CEMError, ConfigError
+from experiment.cells import Plan
+
+logger = logging.getLogger(__name__)
+
+PLAN_FILE = "experiment.json"
+LOCK_FILE = ".lock"
+FOLDERS = ("cells", "bundles", "attacks", "logs")
+# The file whose presence makes an output folder usable.
+OUTPUT_MARKERS = {"train": "manifest.json", "attack": "metrics.json"}
+
+
+class CellStore:
+    """Paths, atomic writes and lookups of one output folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def cell_path(self, kind: str, key: str) -> Path:
+        return self.root / "cells" / f"{kind}-{key}.json"
+
+    def output_dir(self, kind: str, key: str) -> Path:
+        """The bundle folder of a train cell, the results folder of an attack cell."""
+        return self.root / ("bundles" if kind == "train" else "attacks") / key
+
+    def log_path(self, kind: str, key: str) -> Path:
+        return self.root / "logs" / f"{kind}-{key}.log"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    def create(self) -> None:
+        for folder in FOLDERS:
+            (self.root / folder).mkdir(parents=True, exist_ok=True)
+
+    def load(self, kind: str, key: str) -> dict[str, Any] | None:
+        """The stored record of a finished cell, or None: absent, unreadable, another cell's, or its outputs gone."""
+        path = self.cell_path(kind, key)
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            logger.warning("ignoring unreadable cell %s (it will be rerun): %s", path, exc)
+            return None
+        if not isinstance(record, dict) or record.get("kind") != kind or record.get("key") != key:
+            logger.warning("ignoring %s: it does not record cell %s-%s (it will be rerun)", path, kind, key)
+            return None
+        if not (self.output_dir(kind, key) / OUTPUT_MARKERS[kind]).is_file():
+            logger.warning("ignoring %s: its outputs in %s are gone (it will be rerun)", path,
+                           self.output_dir(kind, key))
+            return None
+        return record
+
+    def save(self, record: dict[str, Any]) -> Path:
+        """Store a finished cell's record; the last step of a cell."""
+        path = self.cell_path(str(record["kind"]), str(record["key"]))
+        write_durably(path, (json.dumps(record, indent=2, sort_keys=True, default=str) + "\n").encode())
+        return path
+
+    def new_tmp_dir(self, kind: str, key: str) -> Path:
+        """A fresh folder beside the cell's final output folder, for the child to write into."""
+        parent = self.output_dir(kind, key).parent
+        parent.mkdir(parents=True, exist_ok=True)
+        return parent / f"{TMP_PREFIX}{key}-{uuid.uuid4().hex[:8]}"
+
+    def commit_dir(self, tmp: Path, kind: str, key: str) -> Path:
+        """Move a finished child's folder into place (replacing a leftover of an earlier, unrecorded attempt)."""
+        final = self.output_dir(kind, key)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        return final
+
+    def sweep_tmp(self) -> int:
+        """Delete the temporary folders of cells that never finished (a killed run); how many there were."""
+        swept = 0
+        for folder in ("bundles", "attacks"):
+            parent = self.root / folder
+            if parent.is_dir():
+                for leftover in parent.glob(f"{TMP_PREFIX}*"):
+                    shutil.rmtree(leftover, ignore_errors=True)
+                    swept += 1
+        return swept
+
+    def write_plan(self, plan: Plan) -> None:
+        write_durably(self.root / PLAN_FILE, (json.dumps(plan.to_dict(), indent=2) + "\n").encode())
+
+    def read_plan(self) -> Plan:
+        path = self.root / PLAN_FILE
+        if not path.is_file():
+            raise ConfigError(f"expected {path}, written by `cem-experiment run`, but it does not exist")
+        try:
+            return Plan.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"expected the experiment plan in {path}, got an unreadable file: {exc}") from exc
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder for one run: two runs writing the same cells would undo each other's temporaries."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK_FILE, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise CEMError(f"another cem-experiment run is using {self.root}; wait for it or stop it") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)

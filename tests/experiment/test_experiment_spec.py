@@ -1,0 +1,126 @@
+"""The spec's schema and the grid's cell keys (with a stand-in for the probe), and every shipped spec accepted by
+the real trainer and attacker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from experiment_helpers import BASE, fake_prober
+
+from cem.errors import ConfigError
+from experiment.cells import AttackCell, attack_args, expand_plan, grid_points
+from experiment.probe import run_probe
+from experiment.spec import load_spec, parse_spec
+
+REPO = Path(__file__).resolve().parents[2]
+SPECS = sorted((REPO / "experiments").glob("*.toml"))
+
+
+def test_the_smoke_spec_is_two_rows_with_and_without_cem_one_seed_one_attack() -> None:
+    spec = load_spec(REPO / "experiments" / "smoke.toml")
+    assert spec.datasets == ("digits",) and spec.seeds == (0,)
+    assert [(r.label, r.defenses, r.sigmas, r.cem_lambdas) for r in spec.rows] == [
+        ("Bottleneck", (), (0.1,), (0.0, 2.0)), ("Dropout", ("dropout:0.2",), (0.1,), (0.0, 2.0))]
+    assert [(a.name, a.epochs, a.network_channels, a.network_blocks) for a in spec.attacks] == [("decoder", 1, 8, 0)]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (("epochs = 3", "epoch = 3"), "unknown key 'epoch' in [attacks.decoder]"),
+    (("sigma = 0.1", "sigma = 0.1\nwidht = 0.5"), "unknown key 'widht' in [train]"),
+    (('label = "Dropout"', 'label = "Bottleneck"'), "distinct values in the rows' labels, got Bottleneck"),
+    (("cem_lambdas = [0, 2]", ""), "expected cem_lambdas in [train] or in rows 'Bottleneck'"),
+    (("sigma = 0.1", "sigma = -0.1"), "expected rows 'Bottleneck'.sigma to be a number >= 0, got -0.1"),
+    (("seeds = [0, 1]", "seeds = [0, 0]"), "distinct values in experiment.seeds"),
+    (("sigma = 0.1", 'sigma = 0.1\nextra_args = ["--epochs=3"]'), "without --epochs (the spec sets it"),
+    (('name = "unit"', 'name = "unit"\ndata_dir = "/nonexistent/cifar"'), "'/nonexistent/cifar', which is not a"),
+    (("[attacks.decoder]\nepochs = 3", ""), "at least one [attacks.<name>] table"),
+    (("[[rows]]", "[[rowz]]"), "unknown key 'rowz' in [top level]"),
+])
+def test_a_spec_error_names_the_bad_key_or_value(change: tuple[str, str], message: str) -> None:
+    assert BASE.count(change[0]) >= 1
+    with pytest.raises(ConfigError) as error:
+        parse_spec(BASE.replace(change[0], change[1], 1))
+    assert message in str(error.value)
+
+
+def test_cells_are_seed_major_and_each_attack_follows_its_bundle() -> None:
+    plan = expand_plan(parse_spec(BASE), fake_prober)
+    assert [(c.seed, c.row, c.cem_lambda) for c in plan.train] == [
+        (s, row, lam) for s in (0, 1) for row in ("Bottleneck", "Dropout") for lam in (0.0, 2.0)]
+    order = plan.runnable()
+    assert len(order) == 16
+    for index, cell in enumerate(order):
+        if isinstance(cell, AttackCell):
+            assert order[index - 1].key == cell.train_key
+    assert len({c.key for c in order}) == 16
+    assert expand_plan(parse_spec(BASE), fake_prober) == plan  # keys do not depend on anything but the settings
+
+
+def test_changing_one_sigma_changes_only_the_keys_of_its_cells() -> None:
+    before = expand_plan(parse_spec(BASE), fake_prober)
+    changed = BASE.replace('defenses = ["dropout:0.2"]', 'defenses = ["dropout:0.2"]\nsigma = 0.2')
+    after = expand_plan(parse_spec(changed), fake_prober)
+    for old, new in zip(before.train, after.train, strict=True):
+        assert (old.key == new.key) == (old.row == "Bottleneck")
+    old_attacks = {(c.train_key, c.attack): c.key for c in before.attack}
+    kept = [c for c in after.attack if (c.train_key, c.attack) in old_attacks]
+    assert len(kept) == 4 and all(old_attacks[(c.train_key, c.attack)] == c.key for c in kept)
+    assert {c.key for c in after.attack} & set(old_attacks.values()) == {c.key for c in kept}
+
+
+def test_an_attack_key_follows_its_bundle_and_its_own_settings() -> None:
+    plan = expand_plan(parse_spec(BASE), fake_prober)
+    longer = expand_plan(parse_spec(BASE.replace("epochs = 3", "epochs = 4")), fake_prober)
+    assert [c.key for c in plan.train] == [c.key for c in longer.train]
+    assert not {c.key for c in plan.attack} & {c.key for c in longer.attack}
+    assert attack_args(parse_spec(BASE).attacks[0], 1) == ("--attack", "decoder", "--seed", "1", "--epochs", "3")
+
+
+def test_rows_with_the_same_settings_share_their_cells() -> None:
+    twin = BASE + '\n[[rows]]\nlabel = "Bottleneck again"\n'
+    plan = expand_plan(parse_spec(twin), fake_prober)
+    assert {c.key for c in plan.train if c.row == "Bottleneck"} == \
+        {c.key for c in plan.train if c.row == "Bottleneck again"}
+    assert len(plan.train) == 12 and len({c.key for c in plan.train}) == 8  # 12 grid points, 8 distinct trainings
+    assert len(plan.runnable()) == 16  # each run once, with its attack
+
+
+def test_names_the_probe_does_not_know_are_all_reported_before_anything_runs() -> None:
+    bad = (BASE.replace('"digits"', '"digitz"').replace("dropout:0.2", "dropoot:0.2")
+           .replace("[attacks.decoder]", "[attacks.decodr]").replace("[[rows]]\nlabel = \"Bottleneck\"",
+                                                                      "[[rows]]\nlabel = \"Bottleneck\"\ndefenses = "
+                                                                      "[\"noise:0.3\"]"))
+    with pytest.raises(ConfigError) as error:
+        expand_plan(parse_spec(bad), fake_prober)
+    text = str(error.value)
+    for part in ("unknown data set 'digitz'", "unknown defense 'dropoot' in row 'Dropout'",
+                 "unknown attack 'decodr' in [attacks.decodr]",
+                 "defense 'noise' in row 'Bottleneck' is set by the row's 'sigma' key"):
+        assert part in text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_every_shipped_spec_is_accepted_by_the_real_trainer_and_attacker() -> None:
+    specs = [load_spec(path) for path in SPECS]
+    assert {path.name for path in SPECS} >= {"smoke.toml", "digits-table1.toml", "mnist5k-table1.toml",
+                                             "cifar10-table1.toml", "tinyimagenet-table1.toml",
+                                             "facescrub-table1.toml"}
+    trains = [point.args for spec in specs for point in grid_points(spec)]
+    attacks = [attack_args(a, seed) for spec in specs for a in spec.attacks for seed in spec.seeds]
+    probe = run_probe(trains, attacks)  # one child for every spec: the real parsers, configs and registries
+    for spec in specs:
+        plan = expand_plan(spec, lambda train, attack: probe)
+        assert plan.train and plan.attack
+    by_name = {spec.name: expand_plan(spec, lambda train, attack: probe) for spec in specs}
+    table1 = by_name["digits-table1"]
+    assert table1.rows == ("No_defense", "Bottleneck", "DistCorr", "Dropout", "PATROL", "ResSFL", "Noise_Nopeek",
+                           "Noise_ARL")
+    assert len({c.key for c in table1.train}) == 45 and len(table1.attack) == 90  # 15 variants x 3 seeds x 2 attacks
+    noise_rows = {(c.row, c.sigma) for c in table1.train if c.row.startswith("Noise_")}
+    assert noise_rows == {("Noise_Nopeek", 0.2), ("Noise_ARL", 0.2)}
+    cifar = by_name["cifar10-table1"]
+    assert {(c.sigma, c.cem_lambda) for c in cifar.train if c.row == "Bottleneck"} == {(0.025, 0.0), (0.025, 16.0)}
+    assert {c.config["epochs"] for c in cifar.train} == {240}
+    assert {(c.arch, c.cut_layer) for c in by_name["tinyimagenet-table1"].train} == {("resnet20", 5)}
