@@ -3,11 +3,15 @@
     cem-train --dataset digits --out runs/digits
     cem-train --dataset digits --cem-lambda 0 --defense dropout:0.2 --json --out runs/base
     cem-train --dataset digits --noise-std 0.1 --defense ressfl:0.3 --out runs/noise-arl
+    cem-train --dataset digits --nproc 2 --threads 1 --out runs/ddp      # DistributedDataParallel, 2 processes
+    torchrun --nproc_per_node 2 $(which cem-train) --dataset digits --out runs/ddp   # the same, launched by hand
 
 With ``--json`` the last stdout line is one JSON object with at least
 ``accuracy``, ``model_id``, ``bundle`` and ``entropy_bound``. Progress goes to
 stderr. Exit status 2 means a configuration or data error, 1 a failure while
-running (message on stderr; ``cem.cli`` holds the convention).
+running (message on stderr; ``cem.cli`` holds the convention). Under torchrun
+only rank 0 prints, logs and writes; ``--batch-size`` is the global batch
+(``training.data_parallel``).
 """
 
 from __future__ import annotations
@@ -24,9 +28,12 @@ from cem.devices import DEVICE_CHOICES
 from cem.models import available_archs
 from cem.threads import THREADS_HELP, apply_threads
 from training.cem_plugin import FEATURE_SOURCES, LOSS_FORMS, LR_COUPLINGS, CEMConfig
-from training.config import TrainConfig
+from training.config import TrainConfig, resolve_config
+from training.data_parallel import check_data_parallel
 from training.defenses import available_defenses
-from training.trainer import train
+from training.distributed import launch_env_rank
+from training.launch import check_nproc, needs_relaunch, relaunch
+from training.trainer import build_defenses, train
 
 logger = logging.getLogger("training.cli")
 
@@ -94,14 +101,18 @@ def get_args_parser() -> argparse.ArgumentParser:
                      help="epochs without L_C before the first mixture")
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="default: per data set")
-    optim.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    optim.add_argument("--batch-size", type=int, default=TrainConfig.batch_size,
+                       help="the global batch: with N processes each takes batch-size / N per step")
     optim.add_argument("--lr", type=float, default=TrainConfig.lr)
     optim.add_argument("--momentum", type=float, default=TrainConfig.momentum)
     optim.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
     run = parser.add_argument_group("run")
     run.add_argument("--seed", type=int, default=TrainConfig.seed)
     run.add_argument("--device", choices=DEVICE_CHOICES, default=TrainConfig.device)
-    run.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    run.add_argument("--threads", type=int, default=None, help=THREADS_HELP + "; per process")
+    run.add_argument("--nproc", type=int, default=1,
+                     help="train with DistributedDataParallel on this many local processes (re-launches itself "
+                          "through torchrun; gloo on CPU, NCCL with one GPU per process)")
     run.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     run.add_argument("--json", action="store_true", help="print the result as one JSON line (last stdout line)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -144,6 +155,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
     summary = train(config_from_args(args)).to_dict()
+    if launch_env_rank() != 0:  # every rank returns rank 0's result; one prints it
+        return 0
     if args.json:
         print(json.dumps(summary))
     else:
@@ -152,12 +165,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def launch(args: argparse.Namespace, argv: list[str]) -> int:
+    """``--nproc N``: check the configuration once here, then run N workers through torchrun."""
+    config = resolve_config(config_from_args(args))
+    check_data_parallel(config.batch_size, build_defenses(config), args.nproc)
+    return relaunch(args.nproc, argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+    verbose = args.verbose and launch_env_rank() == 0  # ranks > 0 keep to warnings and errors
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run_cli(parser.prog, lambda: run(args))
+
+    def body() -> int:
+        check_nproc(args.nproc)
+        if needs_relaunch(args.nproc):
+            return launch(args, list(sys.argv[1:] if argv is None else argv))
+        return run(args)
+
+    return run_cli(parser.prog, body)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,8 @@ class Defense:
 
     name: ClassVar[str]
     strength_field: ClassVar[str]
+    # Why the defense cannot train under DistributedDataParallel (``training.data_parallel``), or None when it can.
+    data_parallel_refusal: ClassVar[str | None] = None
 
     def record(self) -> dict[str, Any]:
         """The manifest entry: the name plus the dataclass fields."""
@@ -235,6 +237,9 @@ class ResSFLDefense(Defense):
     proxy_channels: int = PROXY_CHANNELS
     proxy_lr: float = 1e-3
     strength_field: ClassVar[str] = "weight"
+    data_parallel_refusal: ClassVar[str | None] = (
+        "its proxy inverter is a second network with its own optimiser, which each process would pre-train and "
+        "update on its own shard, so the ranks would penalise the encoder against different attackers")
 
     def __post_init__(self) -> None:
         if not self.weight > 0:
@@ -274,6 +279,9 @@ class PatrolDefense(ResSFLDefense):
 
     prune_epoch: int | None = None
     prune_ratio: float | None = None
+    data_parallel_refusal: ClassVar[str | None] = (
+        "it trains against ResSFL's per-process proxy inverter, and its pruning replaces the encoder's Parameters "
+        "mid-run, which DistributedDataParallel, holding the old ones, would never synchronise again")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -365,6 +373,12 @@ class DefenseStack:
         for defense in self.defenses:
             config = defense.configure_obfuscation(config)
         return config
+
+    @property
+    def has_loss(self) -> bool:
+        """Whether any defense adds a training loss (overrides ``Defense.loss``): under data parallelism
+        the trainer then gathers the global batch's images for it."""
+        return any(type(d).loss is not Defense.loss for d in self.defenses)
 
     def loss(self, x: torch.Tensor, z_clean: torch.Tensor) -> torch.Tensor | None:
         terms = [t for t in (d.loss(x, z_clean) for d in self.defenses) if t is not None]

@@ -7,10 +7,17 @@ the mixture refit on that epoch's cached features (no extra forward pass), the
 test accuracy with the client transform on, and one JSON line in
 ``<out>/train_log.jsonl``. At the end: the final accuracy (noise and every
 client transform on), the entropy bound of the eval-mode features, the bundle.
+
+Under ``torchrun`` (``training.distributed``, ``training.data_parallel``) every rank
+runs the same loop on its shard of each epoch; rank 0 alone evaluates (on the full
+test split, with the single-process noise seeds), computes the final bound, logs,
+shows progress and writes the bundle, whose manifest records the world size and
+backend; ``train`` returns rank 0's result on every rank.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -20,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
 from cem.bounds import data_statistics, native_view, training_bound_metrics
@@ -35,8 +43,10 @@ from cem.models import SplitModel, SplitModelConfig
 from cem.obfuscation import ObfuscationConfig
 from training.cem_plugin import CEMRegularizer
 from training.config import LR_DECAY, TrainConfig, profile_for, resolve_config
+from training.data_parallel import check_data_parallel, per_process_batch, refit_shared, shard_sampler, wrap_step
 from training.defenses import DefenseStack, ResSFLDefense, create_defense, parse_defense
-from training.loops import FeatureCache, collect_features, evaluate, train_one_epoch
+from training.distributed import DistributedContext, broadcast_object, process_group
+from training.loops import FeatureCache, SplitStep, collect_features, evaluate, train_one_epoch
 from training.patrol import carry_optimizer_state
 from training.ressfl import ProxyAdversary, ProxySetup
 
@@ -126,6 +136,9 @@ class _Run:
     train_loader: DataLoader
     test_loader: DataLoader
     val_loader: DataLoader | None
+    distributed: DistributedContext
+    step: nn.Module  # SplitStep(model), wrapped in DDP when several processes train
+    train_sampler: DistributedSampler | None  # this rank's shard; None on one process (the loader shuffles)
 
     @property
     def image_dim(self) -> int:
@@ -145,10 +158,9 @@ class _Run:
         return {"val_accuracy": evaluate(self.model, self.val_loader, self.obfuscation, generator, self.device)}
 
 
-def _prepare(config: TrainConfig) -> _Run:
+def _prepare(config: TrainConfig, distributed: DistributedContext, device: torch.device) -> _Run:
     if config.arch is None or config.width is None or config.cem is None:  # train() resolves the config first
         raise ConfigError("expected a config filled by resolve_config, got arch, width or cem unset")
-    device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     data_args: dict[str, Any] = {"data_dir": config.data_dir, "download": config.download}
     train_set, info = load_dataset(config.dataset, "train", augment=bool(config.augment), **data_args)
@@ -159,6 +171,7 @@ def _prepare(config: TrainConfig) -> _Run:
         plain, _ = load_dataset(config.dataset, "train", **data_args)
         train_set, val_set = Subset(train_set, fit_idx.tolist()), Subset(plain, val_idx.tolist())
     defenses = build_defenses(config)
+    check_data_parallel(config.batch_size, defenses, distributed.world_size)
     model_config = defenses.configure_model(SplitModelConfig(
         arch=config.arch, cut_layer=config.cut_layer, bottleneck_channels=config.bottleneck,
         width=float(config.width), in_channels=info.in_channels, image_size=info.image_size,
@@ -175,23 +188,33 @@ def _prepare(config: TrainConfig) -> _Run:
             dataset_size=len(train_set),  # type: ignore[arg-type]  # map-style data sets are Sized
             image_dim=info.in_channels * info.image_size**2,  # d of Theorem 1
         )
+    model = SplitModel(model_config).to(device)
+    if distributed.rank > 0:  # DDP gives every rank rank 0's weights; the dropout masks should differ
+        torch.manual_seed(distributed.seed(config.seed))
     loader_args: dict[str, Any] = {
         "batch_size": config.batch_size, "num_workers": config.workers, "pin_memory": device.type == "cuda"
     }
+    sampler = shard_sampler(train_set, distributed, config.seed)
+    train_loader = DataLoader(
+        train_set, shuffle=True, generator=torch.Generator().manual_seed(config.seed), **loader_args
+    ) if sampler is None else DataLoader(
+        train_set, sampler=sampler, **{**loader_args, "batch_size": per_process_batch(config.batch_size, distributed)}
+    )
     return _Run(
         config=config,
         device=device,
         info=info,
         train_set=train_set,
-        model=SplitModel(model_config).to(device),
+        model=model,
         defenses=defenses,
         obfuscation=obfuscation,
         cem=cem,
-        train_loader=DataLoader(
-            train_set, shuffle=True, generator=torch.Generator().manual_seed(config.seed), **loader_args
-        ),
+        train_loader=train_loader,
         test_loader=DataLoader(test_set, shuffle=False, **loader_args),
         val_loader=DataLoader(val_set, shuffle=False, **loader_args) if val_set is not None else None,
+        distributed=distributed,
+        step=wrap_step(SplitStep(model, obfuscation), distributed),
+        train_sampler=sampler,
     )
 
 
@@ -219,17 +242,22 @@ def _create_optimizer(run: _Run) -> tuple[torch.optim.SGD, torch.optim.lr_schedu
 
 
 def _run_epochs(run: _Run, log_path: Path) -> list[dict[str, Any]]:
-    config, cem = run.config, run.cem
+    """Train every epoch; on rank 0 also evaluate and log -> rank 0's per-epoch records ([] on other ranks)."""
+    config, cem, main = run.config, run.cem, run.distributed.is_main
     optimizer, scheduler = _create_optimizer(run)
-    noise_gen, mixture_gen = _seeded(config.seed + 1, run.device), _seeded(config.seed + 2, run.device)
+    # The noise differs per rank (rank 0 keeps seed + 1); the mixture generator is shared, so every rank fits alike.
+    noise_gen = _seeded(run.distributed.seed(config.seed + 1), run.device)
+    mixture_gen = _seeded(config.seed + 2, run.device)
     cache = FeatureCache(len(run.train_set)) if cem is not None else None  # type: ignore[arg-type]
     adversaries = _pretrained_adversaries(run)
     history: list[dict[str, Any]] = []
-    with (
-        open(log_path, "w") as log,
-        tqdm(total=config.epochs, desc="train", unit="epoch", disable=not config.progress) as bar,
-    ):
+    with contextlib.ExitStack() as stack:
+        log = stack.enter_context(open(log_path, "w")) if main else None
+        bar = stack.enter_context(tqdm(total=config.epochs, desc="train", unit="epoch",
+                                       disable=not (config.progress and main)))
         for epoch in range(1, int(config.epochs or 0) + 1):
+            if run.train_sampler is not None:
+                run.train_sampler.set_epoch(epoch)  # a new shared permutation each epoch
             if run.defenses.before_epoch(run.model, epoch):  # new Parameters (PATROL's pruning): a new optimiser
                 rebuilt, rescheduled = _create_optimizer(run)  # holding them, or they never change again (B10)
                 carry_optimizer_state(optimizer, scheduler, rebuilt, rescheduled)
@@ -241,12 +269,15 @@ def _run_epochs(run: _Run, log_path: Path) -> list[dict[str, Any]]:
                 cache.clear()
             stats = train_one_epoch(run.model, run.train_loader, optimizer, obfuscation=run.obfuscation,
                                     defenses=run.defenses, cem=cem, cem_weight=weight, generator=noise_gen,
-                                    device=run.device, cache=cache, adversaries=adversaries)
-            bound = cem.refit(*cache.tensors(), generator=mixture_gen) if cem is not None and cache is not None else {}
+                                    device=run.device, cache=cache, adversaries=adversaries, step=run.step,
+                                    distributed=run.distributed)
+            bound = {} if cem is None or cache is None else refit_shared(cem, cache, mixture_gen, run.distributed)
             seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
             scheduler.step()
             for adversary in adversaries:
                 adversary.end_epoch()
+            if log is None:  # not rank 0: nothing to evaluate, log or show
+                continue
             record = {"epoch": epoch, "lr": lr, "cem_weight": weight, **stats, "test_accuracy": run.accuracy(),
                       **run.val_accuracy(), **bound, "epoch_seconds": round(seconds, 4),
                       "epoch_cpu_seconds": round(cpu_seconds, 4)}
@@ -286,15 +317,28 @@ def _final_bound(run: _Run) -> dict[str, float]:
 
 
 def train(config: TrainConfig) -> TrainResult:
-    """Train, evaluate with the client transform on, and write the bundle to ``config.out_dir``."""
+    """Train, evaluate with the client transform on, and write the bundle to ``config.out_dir``.
+
+    Under torchrun every rank calls this; rank 0 writes, and all return rank 0's result.
+    """
     config = resolve_config(config)
     started, started_cpu = time.perf_counter(), time.process_time()
-    run = _prepare(config)
-    out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    logger.info("training %s: %s, defenses %s, cem %s", config.dataset, run.model.config.to_dict(),
-                run.defenses.records(), config.cem)
-    history = _run_epochs(run, out / LOG_FILE)
+    with process_group(resolve_device(config.device)) as (distributed, device):
+        run = _prepare(config, distributed, device)
+        out = Path(config.out_dir)
+        if distributed.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            logger.info("training %s: %s, defenses %s, cem %s, processes %d (%s)", config.dataset,
+                        run.model.config.to_dict(), run.defenses.records(), config.cem, distributed.world_size,
+                        distributed.backend or "no process group")
+        history = _run_epochs(run, out / LOG_FILE)
+        result = _finish(run, history, out, started, started_cpu) if distributed.is_main else None
+        return broadcast_object(result, distributed)  # type: ignore[return-value]  # rank 0's is never None
+
+
+def _finish(run: _Run, history: list[dict[str, Any]], out: Path, started: float, started_cpu: float) -> TrainResult:
+    """Rank 0's end of a run: final accuracy and bound, the bundle."""
+    config = run.config
     accuracy = run.accuracy()
     metrics = {"accuracy": accuracy, "train_accuracy": history[-1]["train_accuracy"], **run.val_accuracy(),
                **_final_bound(run)}
@@ -311,6 +355,8 @@ def train(config: TrainConfig) -> TrainResult:
             "seed": config.seed, "device": str(run.device), "augment": config.augment, "width": config.width,
             "validation": {"fraction": config.validation_fraction, **describe_carve(config.dataset),
                            "size": len(run.val_loader.dataset)} if run.val_loader is not None else None,  # type: ignore[arg-type]
+            "distributed": {**run.distributed.to_dict(),
+                            "batch_size_per_process": per_process_batch(config.batch_size, run.distributed)},
             "duration_s": round(duration, 3), "cpu_s": round(cpu_seconds, 3), "torch": torch.__version__,
             "log_file": LOG_FILE, "entropy_convention": ENTROPY_CONVENTION,
         },

@@ -59,6 +59,7 @@ def test_bundle_records_everything_the_other_parts_need(runs: dict[str, TrainRes
         assert isinstance(value, float)
     assert metrics.entropy_bound == pytest.approx(-metrics.information_bound)  # type: ignore[operator]
     assert manifest.training["seed"] == 3 and manifest.training["epochs"] == 2
+    assert manifest.training["distributed"] == {"world_size": 1, "backend": None, "batch_size_per_process": 128}
     assert (manifest.dataset.name, manifest.dataset.native_size, manifest.feature_shape) == ("digits", 8, (8, 8, 8))
     test_set, _ = load_dataset("digits", "test")
     config = ObfuscationConfig.from_records(manifest.noise_std, manifest.defenses)
