@@ -5,10 +5,13 @@ an *attack* cell is one ``cem-attack`` run of one attack on one train cell's
 bundle. The key of a train cell is the first 12 hex digits of the sha256 of its
 resolved training configuration (``experiment.probe``: what the trainer would
 run, profile defaults filled in, defenses as the records the manifest gets);
-that of an attack cell hashes the attack's resolved settings *and its train
-cell's key*, so retraining a bundle re-attacks it. Where a cell runs (device,
-threads, data folder, output folder) is not part of its key. Labels are not
-either: two rows with the same settings share their cells.
+a data set given a data folder adds that folder (``train_key``). The key of an
+attack cell hashes the attack's resolved settings and its train cell's key; a
+bundle retrained under the same key (its record lost, its folder deleted) is
+re-attacked because each attack record names the model it attacked and a
+record of another model does not count as stored (``experiment.store``). Where a
+cell runs (device, threads, output folder) is not part of its key. Labels are
+not either: two rows with the same settings share their cells.
 
 The expansion is seed-major (every row of seed 0, then of seed 1), so an
 interrupted grid holds whole seeds rather than whole rows.
@@ -239,6 +242,35 @@ def _raise_problems(problems: list[str], spec: ExperimentSpec) -> None:
         raise ConfigError(f"invalid experiment spec{where}: " + "; ".join(shown) + more)
 
 
+def overridden_settings(point: _Point, spec: ExperimentSpec, resolved: Mapping[str, Any]) -> list[str]:
+    """The settings the spec gave a grid point that its resolved configuration does not hold: ``extra_args``
+    overrode them (the parse is cem-train's own, so a spelling ``experiment.spec`` does not know still shows
+    here). Such a cell would run with another seed, σ or λ than its key and its report line say."""
+    expected: dict[str, Any] = {"dataset": point.dataset, "seed": point.seed, "cem_lambda": point.cem_lambda}
+    if point.sigma is not None:
+        expected["noise_std"] = point.sigma
+    if point.cut_layer is not None:
+        expected["cut_layer"] = point.cut_layer
+    if spec.arch is not None:
+        expected["arch"] = spec.arch
+    if spec.epochs is not None:
+        expected["epochs"] = spec.epochs
+    if spec.width is not None:
+        expected["width"] = spec.width
+    if point.row.bottleneck is not None:
+        expected["bottleneck"] = None if point.row.bottleneck == NO_BOTTLENECK else point.row.bottleneck
+    return [f"{name}={resolved[name]!r} where the spec sets {value!r}" for name, value in expected.items()
+            if name in resolved and resolved[name] != value]
+
+
+def train_key(resolved: Mapping[str, Any], data_dir: str | None) -> str:
+    """The key of a train cell: its resolved configuration and, when the spec gives its data set one, the data
+    folder (resolved, absolute). For a folder-based data set (cifar10, facescrub, tinyimagenet, imagefolder, …)
+    the folder *is* the data: another folder is another experiment. Data sets that read no folder (digits,
+    mnist5k) get none in the shipped specs, so their keys are the configuration's alone."""
+    return cell_key("train", {"config": resolved, **({"data_dir": data_dir} if data_dir else {})})
+
+
 def expand_plan(spec: ExperimentSpec, prober: Prober) -> Plan:
     """Every cell of ``spec`` with its key; a ``ConfigError`` naming every refused value before anything runs."""
     points = grid_points(spec)
@@ -258,12 +290,19 @@ def expand_plan(spec: ExperimentSpec, prober: Prober) -> Plan:
         error = probe.attack[argv].error
         if error is not None:
             problems.append(f"cem-attack refuses [attacks.{name}]: {error}")
+    for point in points:
+        resolved = probe.train[point.args].resolved
+        overridden = overridden_settings(point, spec, resolved) if resolved is not None else []
+        if overridden:
+            problems.append(f"train.extra_args override what the spec sets for row {point.row.label!r} on "
+                            f"{point.dataset} (seed {point.seed}): {', '.join(overridden)}")
     _raise_problems(problems, spec)
     train_cells = []
     for point in points:
         resolved = probe.train[point.args].resolved or {}
         train_cells.append(TrainCell(
-            key=cell_key("train", {"config": resolved}), dataset=point.dataset, arch=str(resolved["arch"]),
+            key=train_key(resolved, spec.data_dir_for(point.dataset)), dataset=point.dataset,
+            arch=str(resolved["arch"]),
             cut_layer=int(resolved["cut_layer"]), row=point.row.label, sigma=float(resolved["noise_std"]),
             cem_lambda=float(resolved["cem_lambda"]), seed=point.seed, args=point.args, config=resolved))
     attack_cells: dict[str, AttackCell] = {}

@@ -13,6 +13,10 @@ real CLI in a child process, and exits 1 if any cell failed (its log is named).
 nothing. ``report`` writes DIR/report/ (table1.md/.csv/.json, the plots as PNG and
 SVG, index.html) from the stored cells only. docs/experiments.md has the spec's
 keys and the cell key rule.
+
+Exit statuses are ``cem.cli``'s (0, 1, 2; 130 after Ctrl-C), and 143 (128 +
+SIGTERM, as shells report a terminated process) after a SIGTERM, so a scheduler
+that stopped the run can tell it from an interrupt by hand.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 from types import FrameType
 
 from cem.cli import run_cli
-from cem.errors import CEMError
+from cem.errors import CEMError, ConfigError
 from experiment.cells import AttackCell, Plan, TrainCell, expand_plan
 from experiment.probe import run_probe
 from experiment.runner import DEVICE_CHOICES, GridRunner, RunSummary, resolve_options
@@ -34,6 +38,8 @@ from experiment.spec import load_spec
 from experiment.store import CellStore
 
 logger = logging.getLogger("experiment.cli")
+
+EXIT_TERMINATED = 128 + int(signal.SIGTERM)  # cem.cli has 130 for Ctrl-C; the same shell convention for SIGTERM
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -77,13 +83,27 @@ def print_dry_run(plan: Plan, store: CellStore) -> None:
     print(f"{len(cells)} cells: {cached} cached, {len(cells) - cached} to run ({plan.name}; nothing was run)")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: a KeyboardInterrupt, so everything that stops the run on Ctrl-C stops it the same way
+    (children stopped, nothing half-done recorded), told apart only for the exit status."""
+
+
 def _stop_on_sigterm() -> None:
-    """SIGTERM stops the run like Ctrl-C: children stopped, nothing half-done recorded."""
+    """SIGTERM stops the run like Ctrl-C (``Terminated``)."""
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
+        raise Terminated
 
     signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def check_device_for_plan(plan: Plan, device: str) -> None:
+    """A cell trained with ``--nproc N > 1`` (``train.extra_args``) on CUDA needs N GPUs, but each job slot gets
+    one (``CUDA_VISIBLE_DEVICES``): refuse it before anything runs rather than fail every such cell."""
+    several = sorted({int(c.config.get("nproc", 1)) for c in plan.train if int(c.config.get("nproc", 1)) > 1})
+    if several and device == "cuda":
+        raise ConfigError(f"expected --nproc 1 in train.extra_args on CUDA (each job gets one GPU), got --nproc "
+                          f"{several[0]}; run with --device cpu, or drop --nproc and use --jobs")
 
 
 def _report_failures(summary: RunSummary) -> None:
@@ -101,14 +121,15 @@ def run_command(args: argparse.Namespace) -> int:
         print_dry_run(plan, store)
         return 0
     options = resolve_options(args.device, args.jobs, args.threads, progress=not args.no_progress)
+    check_device_for_plan(plan, options.device)
     _stop_on_sigterm()
-    with store.lock():
+    with store.lock() as lock_fd:
         store.create()
         swept = store.sweep_tmp()
         if swept:
-            logger.info("deleted %d unfinished cell folders of an interrupted run", swept)
+            logger.info("deleted %d unfinished cell folders or records of an interrupted run", swept)
         store.write_plan(plan)
-        summary = GridRunner(plan, store, options).run()
+        summary = GridRunner(plan, store, options, inherit_fds=(lock_fd,)).run()
     total = len(plan.runnable())
     print(f"{plan.name}: {total} cells, {summary.cached} were stored, {len(summary.ran)} ran now, "
           f"{len(summary.failed)} failed, {len(summary.skipped)} skipped; report: cem-experiment report {args.out}")
@@ -120,17 +141,18 @@ def report_command(args: argparse.Namespace) -> int:
     # Imported here: matplotlib, Jinja2 and scipy take seconds to load, which `run` never needs.
     from experiment.html import render_html, write_html
     from experiment.plots import plot_galleries, plot_mse_vs_entropy, plot_pareto
-    from experiment.report import build_table1, collect, convergence_flags
-    from experiment.tables import summary_line, write_tables
+    from experiment.report import build_table1, collect, convergence_flags, unjudged_columns
+    from experiment.tables import flag_notes, summary_line, write_tables
 
     store = CellStore(args.dir)
     plan = store.read_plan()
     collected = collect(plan, store)
     table = build_table1(collected.observations, plan.rows, plan.attacks)
     flags = convergence_flags(collected.observations)
+    unjudged = unjudged_columns(collected.observations)
     directory = store.report_dir
-    extra = {"name": plan.name, "convergence": flags, "missing": collected.missing,
-             "observations": len(collected.observations)}
+    extra = {"name": plan.name, "convergence": flags, "unjudged": unjudged, "nonfinite": collected.nonfinite,
+             "missing": collected.missing, "observations": len(collected.observations)}
     paths = write_tables(table, directory, plan.name, extra)
     figures = [("Accuracy vs attack MSE (Fig. 4)", plot_pareto(collected.observations, plan.attacks, directory)[0]),
                ("Attack MSE vs conditional entropy (Fig. 3)",
@@ -139,13 +161,16 @@ def report_command(args: argparse.Namespace) -> int:
                  plot_galleries(collected.observations, plan.attacks, store, directory)]
     stored = sum(store.load(c.kind, c.key) is not None for c in plan.runnable())
     page = render_html(name=plan.name, table=table, figures=figures, galleries=galleries, flags=flags,
-                       missing=collected.missing, stored=stored, spec_text=plan.spec_text)
+                       missing=collected.missing, stored=stored, spec_text=plan.spec_text, unjudged=unjudged,
+                       nonfinite=collected.nonfinite)
     index = write_html(directory / "index.html", page)
     print(paths["md"].read_text(encoding="utf-8"))
     for line in summary_line(table):
         print(f"CEM gain of the averages, {line}")
     if flags:
         print(f"note: {len(flags)} attack columns did not converge (table1.json 'convergence', index.html)")
+    for note in flag_notes(collected.nonfinite, unjudged):
+        print(f"note: {note}")
     if collected.missing:
         print(f"note: {len(collected.missing)} cells of the plan are not stored yet; the report covers the others")
     print(f"wrote {directory}: table1.md, table1.csv, table1.json, pareto/mse_vs_entropy (.png, .svg), "
@@ -161,7 +186,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     body = run_command if args.command == "run" else report_command
-    return run_cli(parser.prog, lambda: body(args))
+
+    def guarded() -> int:
+        try:
+            return body(args)
+        except Terminated:
+            print(f"{parser.prog}: terminated", file=sys.stderr)
+            return EXIT_TERMINATED
+
+    return run_cli(parser.prog, guarded)
 
 
 if __name__ == "__main__":

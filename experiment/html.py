@@ -17,7 +17,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from experiment.report import Table1
-from experiment.tables import header, table_lines
+from experiment.tables import flag_notes, header, table_lines, table_notes
 
 TEMPLATE = "report.html"
 
@@ -35,11 +35,14 @@ def _row_kind(first_cell: str) -> str:
 
 def render_html(*, name: str, table: Table1, figures: Sequence[tuple[str, Path]],
                 galleries: Sequence[tuple[str, Path]], flags: Sequence[Mapping[str, Any]], missing: Sequence[str],
-                stored: int, spec_text: str) -> str:
-    """The page; ``figures`` and ``galleries`` are (title, PNG path) pairs."""
+                stored: int, spec_text: str, unjudged: Sequence[Mapping[str, Any]] = (),
+                nonfinite: Sequence[Mapping[str, Any]] = ()) -> str:
+    """The page; ``figures`` and ``galleries`` are (title, PNG path) pairs; ``flags``, ``unjudged`` and
+    ``nonfinite`` the report's not-converged columns, unjudged columns and values left out as not finite."""
     environment = Environment(loader=PackageLoader("experiment", "templates"), autoescape=select_autoescape(["html"]))
     tables = [{"group": group, "header": header(table),
-               "rows": [{"kind": _row_kind(cells[0]), "cells": cells} for cells in table_lines(table, group)]}
+               "rows": [{"kind": _row_kind(cells[0]), "cells": cells} for cells in table_lines(table, group)],
+               "notes": table_notes(table, group)}
               for group in table.groups]
     return environment.get_template(TEMPLATE).render(
         name=name,
@@ -49,6 +52,8 @@ def render_html(*, name: str, table: Table1, figures: Sequence[tuple[str, Path]]
         figures=[{"title": title, "uri": data_uri(path)} for title, path in figures],
         galleries=[{"title": title, "uri": data_uri(path)} for title, path in galleries],
         flags=list(flags),
+        unjudged=list(unjudged),
+        nonfinite=flag_notes(nonfinite, ()),  # the same sentences as table1.md's notes
         missing=list(missing),
         spec_text=spec_text,
     )

@@ -16,9 +16,12 @@ read there too: they load torch, which this process then never needs for a dry
 run or a refused spec.
 
 The resolved configuration is also what a cell's key hashes (``experiment.cells``):
-a setting left to the trainer's per-data-set profile (epochs, width, σ) enters the
-key as the value the trainer would use, so a changed default reruns the cells it
-changes instead of returning stale ones.
+a setting left to the trainer's per-data-set profile (epochs, width, σ) or to an
+attack's own config (the GAN's ``GanAttackConfig``: epochs, learning rates,
+``n_critic``, …) enters the key as the value the app would use, so a changed
+default reruns the cells it changes instead of returning stale ones. The attack's
+configs are rebuilt here the way ``attacker.attacks.runner.run_attack`` builds
+them from the ``AuditSpec`` (it takes no GAN settings but ``epochs``).
 """
 
 from __future__ import annotations
@@ -62,11 +65,14 @@ def failed(exc):
     return {"error": " ".join(str(exc).split()) or type(exc).__name__}
 
 
+import training.cli as train_cli
 from training.cli import config_from_args, get_args_parser as train_parser
 from training.config import resolve_config
 from training.defenses import available_defenses
 from training.trainer import FIELD_DEFENSES, build_defenses
 from attacker.attack_names import ATTACKS, NETWORK_ATTACKS, OPTIMIZING_ATTACKS, AttackName
+from attacker.attacks.gan import GanAttackConfig
+from attacker.attacks.runner import GAN_PRETRAIN_RATIO
 from attacker.cli import build_spec, get_args_parser as attack_parser
 from cem.data import available_datasets
 from cem.errors import CEMError
@@ -77,15 +83,26 @@ def resolve_train(argv):
     args, error = parse(train_parser(), argv)
     if error:
         return {"error": error}
+    # --nproc N (DistributedDataParallel) is not in TrainConfig but changes what trains (per-process batch
+    # statistics, data order): it enters the key when it is not 1, so the keys of one-process cells stay as they were
+    nproc = getattr(args, "nproc", 1)
     try:
         config = resolve_config(config_from_args(args))
-        records = [defense.record() for defense in build_defenses(config).defenses]
+        defenses = build_defenses(config)
+        records = [defense.record() for defense in defenses.defenses]
+        if nproc < 1:
+            raise ValueError(f"expected --nproc >= 1, got {nproc}")
+        check_data_parallel = getattr(train_cli, "check_data_parallel", None)
+        if nproc > 1 and check_data_parallel is not None:
+            check_data_parallel(config.batch_size, defenses, nproc)
     except (CEMError, ValueError, KeyError, TypeError) as exc:  # what the CLI would report as a usage error
         return failed(exc)
     resolved = dataclasses.asdict(config)
     for name in EXECUTION_ONLY:
         resolved.pop(name, None)
     resolved["defenses"] = records
+    if nproc != 1:
+        resolved["nproc"] = nproc
     return {"resolved": resolved}
 
 
@@ -98,11 +115,16 @@ def resolve_attack(argv):
         name = AttackName(spec.attack)
     except (CEMError, ValueError, KeyError, TypeError) as exc:
         return failed(exc)
-    return {"resolved": {
+    resolved = {
         "attack": spec.attack, "epochs": spec.epochs, "seed": spec.seed, "dataset": spec.dataset,
         "network": dataclasses.asdict(spec.decoder_config) if name in NETWORK_ATTACKS else None,
         "optimize": dataclasses.asdict(spec.optimize_config) if name in OPTIMIZING_ATTACKS else None,
-    }}
+    }
+    if name is AttackName.GAN:  # what attacker.attacks.runner.run_attack trains: its own config, defaults filled
+        gan = GanAttackConfig() if spec.epochs is None else dataclasses.replace(GanAttackConfig(), epochs=spec.epochs)
+        resolved["gan"] = dataclasses.asdict(gan)
+        resolved["gan_pretrain_epochs"] = -(-gan.epochs // GAN_PRETRAIN_RATIO)
+    return {"resolved": resolved}
 
 
 print(json.dumps({

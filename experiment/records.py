@@ -7,12 +7,30 @@ SSIM, attack accuracy) and, per column, how the attack trained: its epochs, best
 epoch, validation curve, whether it was still improving, and its wall times.
 
 Convergence is part of the record because an attack stopped too early makes a
-defense look stronger than it is. A column is flagged *not converged* when the
-attack says it was still improving (its validation MSE still falling at the end,
-or doubling its epochs still helped by more than 2 %: ``TrainedAttack.still_improving``)
-or when its best epoch is its last one (a longer run might have done better).
-The optimisation attacks report their step budget as their best "epoch", so
-only the first test applies to them.
+defense look stronger than it is. The attacks judge it themselves
+(``TrainedAttack.still_improving`` in ``attacker.attacks.loop``), and the record
+follows their judgment:
+
+* *not converged* when the attack says it was still improving: with its
+  half-budget run (the decoder attack, the optimisation attacks; ``doubling_gain``
+  set), doubling its epochs lowered the best validation MSE by more than 2 %;
+  without one, the best fell by more than 2 % in the last tenth of the epochs;
+* *converged* when the half-budget run says doubling did not help, whatever the
+  best epoch: those attacks decay their learning rate to a floor, so their last
+  epoch is nearly always their best, converged or not (the attacker's own reason
+  for the half-budget test);
+* without a half-budget result, *not converged* also when the best epoch is the
+  last one (a longer run might have done better; the GAN attack, whose learning
+  rate does not decay to a floor, and runs too short for the half-budget test);
+* *unjudged* when the attack had no validation images: nothing to judge by, so
+  the column is reported apart instead of passing as converged.
+
+The optimisation attacks report their step budget as their best "epoch", so the
+best-is-last test never applies to them.
+
+Each attack record also names the model it attacked (``model_id``, the bundle's
+weight hash from ``metrics.json``), so an attack of an earlier bundle under the
+same train key is not taken as this bundle's (``experiment.store``).
 """
 
 from __future__ import annotations
@@ -56,17 +74,35 @@ def train_record(cell: TrainCell, manifest: Manifest, summary: Mapping[str, Any]
     }
 
 
+def has_validation(detail: Mapping[str, Any]) -> bool:
+    """Whether the attack had validation images to judge its training by."""
+    if detail.get("val") == 0:
+        return False
+    curve = detail.get("val_mse")
+    return not isinstance(curve, list) or any(value is not None for value in curve)
+
+
 def column_convergence(detail: Mapping[str, Any]) -> str | None:
-    """Why one column's attack counts as not converged, or None when it converged (see the module docstring)."""
+    """Why one column's attack counts as not converged, or None (converged, or unjudged: ``column_unjudged``);
+    the rules are the module docstring's."""
     epochs, best = detail.get("epochs"), detail.get("best_epoch")
+    gain = detail.get("doubling_gain")
     if detail.get("still_improving"):
-        gain = detail.get("doubling_gain")
         if gain is not None:
             return f"still improving: doubling its epochs lowered the validation MSE by {100 * gain:.1f} %"
         return f"still improving: validation MSE still falling at the end of its {epochs} epochs (best {best})"
+    if gain is not None or not has_validation(detail):
+        return None
     if "optimize" not in detail and isinstance(epochs, int) and isinstance(best, int) and epochs > 0 \
             and best >= epochs:
-        return f"best epoch is its last ({best} of {epochs})"
+        return f"best epoch is its last ({best} of {epochs}) and no half-budget run judged it"
+    return None
+
+
+def column_unjudged(detail: Mapping[str, Any]) -> str | None:
+    """Why one column's convergence could not be judged (no validation images), or None."""
+    if column_convergence(detail) is None and not has_validation(detail):
+        return "no validation images: its convergence was not judged"
     return None
 
 
@@ -80,10 +116,12 @@ def attack_record(cell: AttackCell, result: Mapping[str, Any], *, wall_s: float,
         if "optimize" in detail:
             entry["optimize"] = detail["optimize"]
         entry["not_converged"] = column_convergence(detail)
+        entry["unjudged"] = column_unjudged(detail)
         columns[column] = entry
     return {
         "kind": "attack", "key": cell.key, "format": RECORD_FORMAT, "finished_at": _now(),
-        "train_key": cell.train_key, "attack": cell.attack, "seed": cell.seed, "config": dict(cell.config),
+        "train_key": cell.train_key, "model_id": details.get("model_id"), "attack": cell.attack, "seed": cell.seed,
+        "config": dict(cell.config),
         "args": list(cell.args), "command": command, "wall_s": round(wall_s, 3),
         "outputs": f"attacks/{cell.key}",
         "metrics": {column: result["metrics"][column] for column in COLUMNS},

@@ -11,12 +11,24 @@ The CEM gain of a row is paired per seed against the same row at the same σ wit
 ± interval over the seeds. The paper's summary rows average, per λ > 0, over the
 (row, σ) pairs that have both λ = 0 and that λ (so the No_defense baseline, which
 has no CEM variant, is left out): per seed the mean over those pairs, then mean ±
-interval over the seeds. Their gain is the paper's: the relative change of the two
-averages, 100·(avg_with − avg_without)/avg_without in %, accuracy in points.
+interval over the seeds. Their gain is the relative change of the two averages,
+100·(avg_with − avg_without)/avg_without in %, accuracy in points, per attack and
+column; the paper's headline numbers ("an average increase in reconstruction MSE
+of 24.0 % for training data and 12.9 % for inference data") are the mean of those
+per-attack gains over the attacks, per column (``AverageBlock.attack_mean_gain``).
+
+Every gain carries how many of the models behind it had an attack that did not
+converge (both variants counted): a non-converged attack over-states one side's
+MSE and so can make or break a gain. A value that is not finite (an attack that
+diverged to NaN or inf) is left out of every mean and listed
+(``Collected.nonfinite``) instead of failing the report; a seed whose λ = 0 MSE is
+0 has no relative change and is left out of its paired gain, counted per line
+(``GainLine.zero_baseline``).
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +54,8 @@ def metric_names(attacks: Sequence[str]) -> list[str]:
 @dataclass(frozen=True)
 class Observation:
     """One trained model (one seed of one variant) and what its attacks scored; ``values`` maps a metric name to
-    its number, ``flags`` a metric to why its attack did not converge."""
+    its (finite) number, ``flags`` a metric to why its attack did not converge, ``unjudged`` a metric to why its
+    convergence could not be judged."""
 
     group: str
     row: str
@@ -54,6 +67,7 @@ class Observation:
     entropy_bound: float | None = None
     flags: Mapping[str, str] = field(default_factory=dict)
     attack_keys: Mapping[str, str] = field(default_factory=dict)
+    unjudged: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def variant(self) -> tuple[str, str, float, float]:
@@ -62,16 +76,25 @@ class Observation:
 
 @dataclass(frozen=True)
 class Collected:
-    """The observations of a plan's stored cells, and the cells still missing (described)."""
+    """The observations of a plan's stored cells, the cells still missing (described), and the stored values
+    left out because they are not finite (one dict per value: the model, the metric and the value as text)."""
 
     observations: list[Observation]
     missing: list[str]
+    nonfinite: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def collect(plan: Plan, store: CellStore) -> Collected:
     """Join every grid point's stored train cell with its stored attack cells."""
     attacks = {(cell.train_key, cell.attack): cell for cell in plan.attack}
-    observations, missing = [], []
+    observations, missing, nonfinite = [], [], []
     for point in plan.train:
         record = store.load("train", point.key)
         if record is None:
@@ -79,10 +102,16 @@ def collect(plan: Plan, store: CellStore) -> Collected:
             missing += [f"attack {attacks[(point.key, a)].key}: {a} on {point.describe()}" for a in plan.attacks
                         if (point.key, a) in attacks]
             continue
+        where = {"group": point.group, "row": point.row, "sigma": point.sigma, "cem_lambda": point.cem_lambda,
+                 "seed": point.seed, "train_key": point.key}
         values: dict[str, float] = {}
-        if isinstance(record.get("accuracy"), (int, float)):
-            values[ACCURACY] = float(record["accuracy"])
+        accuracy = record.get("accuracy")
+        if (finite := _finite(accuracy)) is not None:
+            values[ACCURACY] = finite
+        elif accuracy is not None:
+            nonfinite.append({**where, "metric": ACCURACY, "attack": None, "column": None, "value": str(accuracy)})
         flags: dict[str, str] = {}
+        unjudged: dict[str, str] = {}
         keys: dict[str, str] = {}
         for attack in plan.attacks:
             cell = attacks.get((point.key, attack))
@@ -93,16 +122,23 @@ def collect(plan: Plan, store: CellStore) -> Collected:
             keys[attack] = cell.key
             for column in COLUMNS:
                 metric = mse_metric(attack, column)
-                values[metric] = float(stored["metrics"][column]["mse"])
-                note = (stored.get("columns", {}).get(column) or {}).get("not_converged")
-                if note:
-                    flags[metric] = note
-        bound = (record.get("metrics") or {}).get("entropy_bound")
+                mse = stored["metrics"][column]["mse"]
+                if (value := _finite(mse)) is None:  # a diverged attack: listed, never averaged (mean_interval refuses)
+                    nonfinite.append({**where, "metric": metric, "attack": attack, "column": column,
+                                      "value": str(mse), "attack_key": cell.key})
+                    continue
+                values[metric] = value
+                detail = stored.get("columns", {}).get(column) or {}
+                if detail.get("not_converged"):
+                    flags[metric] = detail["not_converged"]
+                if detail.get("unjudged"):
+                    unjudged[metric] = detail["unjudged"]
+        bound = _finite((record.get("metrics") or {}).get("entropy_bound"))
         observations.append(Observation(
             group=point.group, row=point.row, sigma=point.sigma, cem_lambda=point.cem_lambda, seed=point.seed,
-            train_key=point.key, values=values, entropy_bound=float(bound) if bound is not None else None,
-            flags=flags, attack_keys=keys))
-    return Collected(observations, list(dict.fromkeys(missing)))
+            train_key=point.key, values=values, entropy_bound=bound, flags=flags, attack_keys=keys,
+            unjudged=unjudged))
+    return Collected(observations, list(dict.fromkeys(missing)), nonfinite)
 
 
 @dataclass(frozen=True)
@@ -124,7 +160,10 @@ class VariantLine:
 
 @dataclass(frozen=True)
 class GainLine:
-    """A row's CEM gain at one σ and λ > 0, paired per seed with λ = 0 (MSE in %, accuracy in points)."""
+    """A row's CEM gain at one σ and λ > 0, paired per seed with λ = 0 (MSE in %, accuracy in points).
+
+    ``not_converged``: per metric, the models behind the gain (both variants of the paired seeds) whose attack
+    did not converge; ``zero_baseline``: per metric, the paired seeds left out because their λ = 0 MSE is 0."""
 
     group: str
     row: str
@@ -132,6 +171,8 @@ class GainLine:
     cem_lambda: float
     seeds: tuple[int, ...]
     estimates: Mapping[str, Estimate | None]
+    not_converged: Mapping[str, int] = field(default_factory=dict)
+    zero_baseline: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -146,6 +187,10 @@ class AverageBlock:
     with_cem: Mapping[str, Estimate | None]
     gain: Mapping[str, float | None]
     not_converged: Mapping[str, int] = field(default_factory=dict)  # flagged models among those averaged
+    # per column (train, infer): the mean over the attacks of their MSE gains, the paper's headline number
+    # (None unless every attack has its gain), and the flagged models behind it
+    attack_mean_gain: Mapping[str, float | None] = field(default_factory=dict)
+    attack_mean_not_converged: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -198,21 +243,26 @@ def build_table1(observations: Sequence[Observation], rows: Sequence[str], attac
         base = by_variant.get((group, row, sigma, 0.0))
         if lam > 0 and base:
             estimates: dict[str, Estimate | None] = {}
+            flagged: dict[str, int] = {}
+            zero: dict[str, int] = {}
             paired_seeds: set[int] = set()
             for m in metrics:
                 before, after = _per_seed(base, m), _per_seed(seen, m)
-                changes = [paired_change(m, before[s], after[s]) for s in sorted(set(before) & set(after))]
+                common = set(before) & set(after)
+                changes = [paired_change(m, before[s], after[s]) for s in sorted(common)]
                 estimates[m] = _estimate(c for c in changes if c is not None)
-                paired_seeds |= set(before) & set(after)
-            gains.append(GainLine(group, row, sigma, lam, tuple(sorted(paired_seeds)), estimates))
+                flagged[m] = sum(m in o.flags for o in (*base, *seen) if o.seed in common)
+                zero[m] = sum(c is None for c in changes)
+                paired_seeds |= common
+            gains.append(GainLine(group, row, sigma, lam, tuple(sorted(paired_seeds)), estimates, flagged, zero))
     groups = tuple(dict.fromkeys(v[0] for v in order))
-    averages = [block for group in groups for block in _averages(group, order, by_variant, metrics)]
+    averages = [block for group in groups for block in _averages(group, order, by_variant, metrics, attacks)]
     return Table1(tuple(attacks), tuple(metrics), groups, tuple(variants), tuple(gains), tuple(averages))
 
 
 def _averages(group: str, order: Sequence[tuple[str, str, float, float]],
               by_variant: Mapping[tuple[str, str, float, float], list[Observation]],
-              metrics: Sequence[str]) -> list[AverageBlock]:
+              metrics: Sequence[str], attacks: Sequence[str]) -> list[AverageBlock]:
     blocks = []
     lambdas = sorted({v[3] for v in order if v[0] == group and v[3] > 0})
     for lam in lambdas:
@@ -235,17 +285,34 @@ def _averages(group: str, order: Sequence[tuple[str, str, float, float]],
             gain[m] = paired_change(m, base.mean, cem.mean) if base is not None and cem is not None else None
             flagged[m] = sum(m in o.flags for row, sigma in pairs for variant_lambda in (0.0, lam)
                              for o in by_variant[(group, row, sigma, variant_lambda)] if o.seed in seeds)
-        blocks.append(AverageBlock(group, lam, tuple(pairs), without, with_cem, gain, flagged))
+        mean_gain: dict[str, float | None] = {}
+        mean_flagged: dict[str, int] = {}
+        for column in COLUMNS:
+            per_attack = [gain.get(mse_metric(attack, column)) for attack in attacks]
+            present = [g for g in per_attack if g is not None]
+            mean_gain[column] = statistics.fmean(present) if present and len(present) == len(per_attack) else None
+            mean_flagged[column] = sum(flagged.get(mse_metric(attack, column), 0) for attack in attacks)
+        blocks.append(AverageBlock(group, lam, tuple(pairs), without, with_cem, gain, flagged, mean_gain,
+                                   mean_flagged))
     return blocks
+
+
+def _column_notes(observations: Sequence[Observation], unjudged: bool) -> list[dict[str, Any]]:
+    notes = []
+    for o in observations:
+        for metric, note in sorted((o.unjudged if unjudged else o.flags).items()):
+            attack, column = metric.rsplit("_mse_", 1)
+            notes.append({"group": o.group, "row": o.row, "sigma": o.sigma, "cem_lambda": o.cem_lambda,
+                          "seed": o.seed, "attack": attack, "column": column, "note": note,
+                          "attack_key": o.attack_keys.get(attack)})
+    return notes
 
 
 def convergence_flags(observations: Sequence[Observation]) -> list[dict[str, Any]]:
     """Every (model, attack, column) whose attack did not converge, with why."""
-    flags = []
-    for o in observations:
-        for metric, note in sorted(o.flags.items()):
-            attack, column = metric.rsplit("_mse_", 1)
-            flags.append({"group": o.group, "row": o.row, "sigma": o.sigma, "cem_lambda": o.cem_lambda,
-                          "seed": o.seed, "attack": attack, "column": column, "note": note,
-                          "attack_key": o.attack_keys.get(attack)})
-    return flags
+    return _column_notes(observations, unjudged=False)
+
+
+def unjudged_columns(observations: Sequence[Observation]) -> list[dict[str, Any]]:
+    """Every (model, attack, column) whose attack had no validation images, so its convergence is unknown."""
+    return _column_notes(observations, unjudged=True)

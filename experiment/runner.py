@@ -13,21 +13,35 @@ On CUDA (``--device cuda``, or ``auto`` where torch sees a GPU) the worker slots
 take the visible GPUs in turn through ``CUDA_VISIBLE_DEVICES`` (``--jobs``
 defaults to one per GPU). On Ctrl-C or SIGTERM the children are stopped, nothing
 half-done is recorded, and a rerun picks up the same cells.
+
+If this process dies without stopping them (SIGKILL, the OOM killer), its
+children must not run on as orphans: a rerun would sweep their live temporary
+folders and start the same cells again beside them. So on Linux each child asks
+the kernel for SIGTERM when the thread that started it dies
+(``prctl(PR_SET_PDEATHSIG)``, ``_die_with_parent``), and every child holds the
+run's lock file open (``pass_fds``), so no rerun can take the folder while one
+lives. A child's stdout goes to an anonymous temporary file, not a pipe: a
+grandchild that keeps the pipe open (torchrun's workers under ``--nproc``) could
+otherwise hold ``communicate()`` long after the child exited.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import datetime
 import json
 import logging
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,6 +120,33 @@ def resolve_options(device: str, jobs: int | None, threads: int | None, progress
                       progress=progress)
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _parent_death_hook() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child receive SIGTERM when the thread that started it dies (Linux), or
+    None where there is no ``prctl`` (other systems: children then outlive a killed runner, held off by the
+    lock alone). The starting thread is the worker that waits for the child, so it dies only with the runner.
+    libc is loaded here, in the parent, so the child only makes one system call between fork and exec (a
+    ``preexec_fn`` must not take locks other threads may hold)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    term = int(signal.SIGTERM)
+
+    def die_with_parent() -> None:
+        prctl(PR_SET_PDEATHSIG, term, 0, 0, 0)
+
+    return die_with_parent
+
+
+_die_with_parent = _parent_death_hook()
+
+
 class CellFailed(CEMError):
     """A cell's child exited with an error, or its outputs could not be read."""
 
@@ -113,29 +154,32 @@ class CellFailed(CEMError):
 class _Children:
     """The running child processes, so that an interrupt can stop every one of them."""
 
-    def __init__(self) -> None:
+    def __init__(self, inherit_fds: Sequence[int] = ()) -> None:
         self._lock = threading.Lock()
-        self._running: set[subprocess.Popen[str]] = set()
+        self._running: set[subprocess.Popen[bytes]] = set()
         self.stopping = threading.Event()
+        self.inherit_fds = tuple(inherit_fds)  # the run lock's descriptor (module docstring)
 
     def run(self, argv: Sequence[str], env: dict[str, str], log_path: os.PathLike[str]) -> tuple[int, str]:
         """Run ``argv`` to its end; its stderr (progress, logs) and stdout go to ``log_path``. (exit status, stdout)"""
         started = time.perf_counter()
-        with open(log_path, "a", encoding="utf-8") as log:
+        with open(log_path, "a", encoding="utf-8") as log, tempfile.TemporaryFile() as out:
             stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             log.write(f"# {stamp} {shlex.join(argv)}\n")
             log.flush()
             with self._lock:
                 if self.stopping.is_set():
                     raise CellFailed("interrupted before it started")
-                child = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-                                         env=env, text=True)
+                child = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=log, env=env,
+                                         pass_fds=self.inherit_fds, preexec_fn=_die_with_parent)
                 self._running.add(child)
             try:
-                stdout, _ = child.communicate()
+                child.wait()
             finally:
                 with self._lock:
                     self._running.discard(child)
+            out.seek(0)
+            stdout = out.read().decode("utf-8", errors="replace")
             log.write(stdout)
             log.write(f"# exit {child.returncode} after {time.perf_counter() - started:.1f} s\n")
         return child.returncode, stdout
@@ -180,11 +224,12 @@ class RunSummary:
 class GridRunner:
     """Runs a plan's missing cells into a ``CellStore``."""
 
-    def __init__(self, plan: Plan, store: CellStore, options: RunOptions) -> None:
+    def __init__(self, plan: Plan, store: CellStore, options: RunOptions, inherit_fds: Sequence[int] = ()) -> None:
+        """``inherit_fds``: descriptors every child keeps open, the run lock's (``CellStore.lock``)."""
         self.plan = plan
         self.store = store
         self.options = options
-        self.children = _Children()
+        self.children = _Children(inherit_fds)
 
     def stored(self) -> set[tuple[str, str]]:
         """(kind, key) of every cell of the plan already stored."""

@@ -224,12 +224,23 @@ def _parse_data_dirs(value: Any) -> dict[str, str]:
     return folders
 
 
+def managed_flag(arg: str) -> str | None:
+    """The managed cem-train flag ``arg`` would set, or None. argparse takes any unambiguous prefix of a long
+    flag for the flag itself (``--se 7`` is ``--seed 7``), so a prefix counts as the flag: otherwise
+    ``extra_args`` could override a value the spec sets, and every seed would share one key."""
+    if not arg.startswith("--") or arg == "--":
+        return None
+    flag = arg.split("=", 1)[0]
+    return next((managed for managed in MANAGED_TRAIN_FLAGS if managed.startswith(flag)), None)
+
+
 def _extra_args(value: Any) -> tuple[str, ...]:
     args = _strings(value, "train.extra_args")
     for arg in args:
-        flag = arg.split("=", 1)[0]
-        if flag in MANAGED_TRAIN_FLAGS:
-            raise ConfigError(f"expected train.extra_args without {flag} (the spec sets it through its own keys), "
+        managed = managed_flag(arg)
+        if managed is not None:
+            shown = managed if arg.split("=", 1)[0] == managed else f"{managed} (as its abbreviation)"
+            raise ConfigError(f"expected train.extra_args without {shown} (the spec or the runner sets it), "
                               f"got {arg!r}")
     return args
 

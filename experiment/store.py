@@ -9,10 +9,14 @@
     DIR/report/                  what ``cem-experiment report`` writes
 
 A cell is done exactly when its record exists, parses, names its own key, and its
-outputs are still there; a cell killed half-way leaves only a ``.tmp-`` folder,
-which the next run deletes. Children write into a temporary folder that is
-renamed into place when they succeed, so a bundle or attack folder under its key
-is always complete.
+outputs are still there; an attack cell also needs its train cell done and the
+model it attacked (``model_id``) to be the one that train cell's bundle holds now:
+a bundle retrained under the same key (its record was unreadable, or its folder
+was deleted to force a retrain) is a new model, and an old attack's MSE must not
+be paired with the new accuracy. A cell killed half-way leaves only a ``.tmp-``
+folder (or a ``cells/.tmp-`` record), which the next run deletes. Children write
+into a temporary folder that is renamed into place when they succeed, so a
+bundle or attack folder under its key is always complete.
 """
 
 from __future__ import annotations
@@ -82,7 +86,33 @@ class CellStore:
             logger.warning("ignoring %s: its outputs in %s are gone (it will be rerun)", path,
                            self.output_dir(kind, key))
             return None
+        if kind == "attack" and not self._attacks_current_bundle(record, key):
+            return None
         return record
+
+    def _attacks_current_bundle(self, record: dict[str, Any], key: str) -> bool:
+        """Whether an attack record attacked the model its train cell holds now (see the module docstring)."""
+        train = self.load("train", str(record.get("train_key")))
+        if train is None:
+            logger.info("ignoring attack %s: its train cell %s is not stored (both will be rerun)", key,
+                        record.get("train_key"))
+            return False
+        attacked = record.get("model_id") or self._attacked_model(key)
+        if attacked != train.get("model_id"):
+            logger.warning("ignoring attack %s: it attacked model %s, but train cell %s now holds model %s (it will "
+                           "be rerun)", key, attacked, record.get("train_key"), train.get("model_id"))
+            return False
+        return True
+
+    def _attacked_model(self, key: str) -> str | None:
+        """The model id cem-attack recorded in the cell's ``metrics.json`` (records before ``model_id`` lack it)."""
+        try:
+            result = json.loads((self.output_dir("attack", key) / OUTPUT_MARKERS["attack"]).read_text("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        details = result.get("details") if isinstance(result, dict) else None
+        model_id = details.get("model_id") if isinstance(details, dict) else None
+        return str(model_id) if model_id is not None else None
 
     def save(self, record: dict[str, Any]) -> Path:
         """Store a finished cell's record; the last step of a cell."""
@@ -105,14 +135,20 @@ class CellStore:
         return final
 
     def sweep_tmp(self) -> int:
-        """Delete the temporary folders of cells that never finished (a killed run); how many there were."""
+        """Delete the temporary folders of cells that never finished and the temporary records of a crash in the
+        middle of a record's write (a killed run); how many there were. Only under the run lock: a live run's
+        children write into such folders."""
         swept = 0
-        for folder in ("bundles", "attacks"):
+        for folder in ("bundles", "attacks", "cells"):
             parent = self.root / folder
             if parent.is_dir():
                 for leftover in parent.glob(f"{TMP_PREFIX}*"):
-                    shutil.rmtree(leftover, ignore_errors=True)
+                    if leftover.is_dir():
+                        shutil.rmtree(leftover, ignore_errors=True)
+                    else:
+                        leftover.unlink(missing_ok=True)
                     swept += 1
+        (self.root / f"{TMP_PREFIX}{PLAN_FILE}").unlink(missing_ok=True)
         return swept
 
     def write_plan(self, plan: Plan) -> None:
@@ -128,15 +164,21 @@ class CellStore:
             raise ConfigError(f"expected the experiment plan in {path}, got an unreadable file: {exc}") from exc
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold the folder for one run: two runs writing the same cells would undo each other's temporaries."""
+    def lock(self) -> Iterator[int]:
+        """Hold the folder for one run: two runs writing the same cells would undo each other's temporaries.
+
+        Yields the lock file's descriptor: the runner hands it to every child (``pass_fds``), and an flock
+        belongs to the open file, not the process, so the lock stays held while any child lives, even when
+        this process was SIGKILLed; a rerun then refuses the folder instead of sweeping a live child's
+        temporary folder and starting its cell a second time."""
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / LOCK_FILE, "a+") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise CEMError(f"another cem-experiment run is using {self.root}; wait for it or stop it") from None
+                raise CEMError(f"another cem-experiment run (or a cell it started) is using {self.root}; wait for "
+                               "it or stop it") from None
             try:
-                yield
+                yield handle.fileno()
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)

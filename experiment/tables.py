@@ -4,8 +4,15 @@ The layout is the paper's: per table group, each row without CEM then with CEM
 (λ > 0 at the same σ), the row's paired CEM gain under it, and at the end the
 "Average w/o CEM" / "Average w/ CEM" rows and the gain of the averages. Accuracy
 in %, MSE as measured; "±" is the 95 % interval over seeds (none for one seed);
-"†" marks an MSE for which at least one seed's attack did not converge (in an average row: any of the models
-it averages).
+"(n=k)" after a value says it stands on k models where the line's "seeds" says
+otherwise (a missing attack cell, a value left out as not finite). "†" marks a
+value for which at least one model's attack did not converge: on a variant line
+its seeds, on a gain line or in an average block any model behind it, of either
+variant, because a non-converged attack on either side can make or break a gain.
+The CSV and JSON give the count (``<metric>_not_converged``). Under each table:
+the paper's headline (the gain of the averages, meaned over the attacks) and the
+seeds a paired gain left out; at the end, values left out as not finite and
+columns whose convergence was not judged.
 """
 
 from __future__ import annotations
@@ -30,10 +37,21 @@ def header(table: Table1) -> list[str]:
             *(f"{ATTACK_TITLES.get(a, a)} {c} MSE" for a in table.attacks for c in COLUMNS)]
 
 
-def _value(metric: str, estimate: Estimate | None) -> str:
+def _mark(count: int | None) -> str:
+    return NOT_CONVERGED_MARK if count else ""
+
+
+def _count(estimate: Estimate | None, seeds: int) -> str:
+    """The " (n=k)" suffix of a value that stands on another number of models than its line's "seeds" column
+    says (a missing attack cell, a value left out as not finite): a mean over fewer models is less sure."""
+    return f" (n={estimate.n})" if estimate is not None and estimate.n != seeds else ""
+
+
+def _value(metric: str, estimate: Estimate | None, seeds: int | None = None) -> str:
     if estimate is None:
         return "n/a"
-    return estimate.format(".2f", 100.0) if metric == ACCURACY else estimate.format(".5f")
+    text = estimate.format(".2f", 100.0) if metric == ACCURACY else estimate.format(".5f")
+    return text + (_count(estimate, seeds) if seeds is not None else "")
 
 
 def _gain(metric: str, value: float | None, half_width: float | None = None) -> str:
@@ -44,16 +62,22 @@ def _gain(metric: str, value: float | None, half_width: float | None = None) -> 
     return f"{value:{spec}}{interval}{unit}"
 
 
-def _gain_estimate(metric: str, estimate: Estimate | None) -> str:
+def _gain_estimate(metric: str, estimate: Estimate | None, seeds: int | None = None) -> str:
     if estimate is None:
         return "n/a"
     half = estimate.to_dict()["ci95"]
-    return _gain(metric, estimate.mean, float(half) if half is not None else None)
+    return _gain(metric, estimate.mean, float(half) if half is not None else None) + (
+        _count(estimate, seeds) if seeds is not None else "")
 
 
 def _variant_cells(table: Table1, line: VariantLine) -> list[str]:
-    return [_value(m, line.estimates.get(m)) + (NOT_CONVERGED_MARK if line.not_converged.get(m) else "")
+    return [_value(m, line.estimates.get(m), len(line.seeds)) + _mark(line.not_converged.get(m))
             for m in table.metrics]
+
+
+def _block_seeds(values: Mapping[str, Estimate | None]) -> int:
+    """An average row's "seeds": the most models any of its values stands on (accuracy's, as a rule)."""
+    return max((e.n for e in values.values() if e is not None), default=0)
 
 
 def table_lines(table: Table1, group: str) -> list[list[str]]:
@@ -66,24 +90,61 @@ def table_lines(table: Table1, group: str) -> list[list[str]]:
         gain = gains.get((line.row, line.sigma, line.cem_lambda))
         if gain is not None:
             lines.append([f"CEM gain, {line.row} (paired)", f"{gain.sigma:g}", f"{gain.cem_lambda:g}",
-                          str(len(gain.seeds)), *(_gain_estimate(m, gain.estimates.get(m)) for m in table.metrics)])
+                          str(len(gain.seeds)),
+                          *(_gain_estimate(m, gain.estimates.get(m), len(gain.seeds)) + _mark(gain.not_converged.get(m))
+                            for m in table.metrics)])
     for block in (b for b in table.averages if b.group == group):
-        seeds = next((e.n for e in block.without_cem.values() if e is not None), 0)
-        mark = {m: NOT_CONVERGED_MARK if block.not_converged.get(m) else "" for m in table.metrics}
+        seeds = _block_seeds(block.without_cem)
+        mark = {m: _mark(block.not_converged.get(m)) for m in table.metrics}
         lines.append(["Average w/o CEM", "", "0", str(seeds),
-                      *(_value(m, block.without_cem.get(m)) + mark[m] for m in table.metrics)])
+                      *(_value(m, block.without_cem.get(m), seeds) + mark[m] for m in table.metrics)])
         lines.append(["Average w/ CEM", "", f"{block.cem_lambda:g}", str(seeds),
-                      *(_value(m, block.with_cem.get(m)) + mark[m] for m in table.metrics)])
+                      *(_value(m, block.with_cem.get(m), seeds) + mark[m] for m in table.metrics)])
         lines.append(["CEM gain of the averages", "", f"{block.cem_lambda:g}", "",
-                      *(_gain(m, block.gain.get(m)) for m in table.metrics)])
+                      *(_gain(m, block.gain.get(m)) + mark[m] for m in table.metrics)])
     return lines
 
 
-def render_markdown(table: Table1, title: str) -> str:
-    legend = ("Mean ± 95 % interval (Student t) over seeds; MSE of each attack on the `train` and `infer` columns. "
+def _headline(table: Table1, block: AverageBlock) -> str:
+    parts = [f"{column} {_gain('mse', block.attack_mean_gain.get(column))}"
+             f"{_mark(block.attack_mean_not_converged.get(column))}" for column in COLUMNS]
+    return f"λ={block.cem_lambda:g}: " + ", ".join(parts)
+
+
+def table_notes(table: Table1, group: str) -> list[str]:
+    """The sentences under one group's table (Markdown and the HTML page share them): the paper's headline gain
+    (with several attacks) and the paired gains' seeds left out for a zero λ = 0 MSE."""
+    notes = []
+    if len(table.attacks) > 1:
+        notes += [f"CEM gain of the averages, mean over the attacks (the paper's headline), {_headline(table, b)}"
+                  for b in table.averages if b.group == group]
+    for gain in (g for g in table.gains if g.group == group):
+        for metric, dropped in gain.zero_baseline.items():
+            if dropped:
+                notes.append(f"CEM gain, {gain.row} σ={gain.sigma:g} λ={gain.cem_lambda:g}: {dropped} seed(s) left "
+                             f"out of {metric} (their λ = 0 MSE is 0, so there is no relative change)")
+    return notes
+
+
+def flag_notes(nonfinite: Sequence[Mapping[str, Any]], unjudged: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The report-wide notes: each value left out as not finite, and the count of unjudged attack columns."""
+    notes = [f"non-finite {'MSE' if n.get('attack') else n['metric']} ({n['value']}), left out: "
+             f"{n['group']} | {n['row']} σ={n['sigma']:g} λ={n['cem_lambda']:g} seed {n['seed']}"
+             + (f" / {n['attack']} / {n['column']}" if n.get("attack") else "") for n in nonfinite]
+    if unjudged:
+        notes.append(f"{len(unjudged)} attack column(s) had no validation images, so their convergence was not "
+                     "judged (table1.json 'unjudged')")
+    return notes
+
+
+def render_markdown(table: Table1, title: str, nonfinite: Sequence[Mapping[str, Any]] = (),
+                    unjudged: Sequence[Mapping[str, Any]] = ()) -> str:
+    legend = ("Mean ± 95 % interval (Student t) over seeds; MSE of each attack on the `train` and `infer` columns; "
+              "(n=k): the value stands on k models. "
               "CEM gain (paired): per seed against λ = 0 at the same σ, MSE in %, accuracy in points. "
               "Averages: over the rows with both variants (the paper's summary rows); their gain is the relative "
-              f"change of the averages.{NOT_CONVERGED_MARK}: at least one seed's attack did not converge.")
+              f"change of the averages, per attack.{NOT_CONVERGED_MARK}: at least one model's attack behind the "
+              "value did not converge (on a gain: of either variant).")
     parts = [f"# {title}: Table 1", "", legend]
     for group in table.groups:
         head = header(table)
@@ -91,16 +152,24 @@ def render_markdown(table: Table1, title: str) -> str:
         parts += ["", f"## {group}", "", " | ".join(head), " | ".join("---" for _ in head)]
         parts += [" | ".join(f"**{c}**" if i == 0 and r[0].startswith(("Average", "CEM gain of")) else c
                              for i, c in enumerate(r)) for r in rows]
+        notes = table_notes(table, group)
+        if notes:
+            parts += ["", *(f"* {note}" for note in notes)]
+    flags = flag_notes(nonfinite, unjudged)
+    if flags:
+        parts += ["", "## Notes", "", *(f"* {note}" for note in flags)]
     return "\n".join(parts) + "\n"
 
 
 def _numbers(prefix: str, metric: str, estimate: Estimate | None) -> dict[str, Any]:
     data = estimate.to_dict() if estimate is not None else {"mean": None, "ci95": None, "n": 0}
-    return {f"{prefix}{metric}_mean": data["mean"], f"{prefix}{metric}_ci95": data["ci95"]}
+    return {f"{prefix}{metric}_mean": data["mean"], f"{prefix}{metric}_ci95": data["ci95"],
+            f"{prefix}{metric}_n": data["n"]}
 
 
 def csv_records(table: Table1) -> list[dict[str, Any]]:
-    """One record per table line: its kind, labels and, per metric, mean and interval half-width (empty: none)."""
+    """One record per table line: its kind, labels and, per metric, mean, interval half-width (empty: none), the
+    models it stands on and how many of those had an attack that did not converge."""
     records: list[dict[str, Any]] = []
     for v in table.variants:
         record = {"group": v.group, "line": "variant", "method": v.label, "row": v.row, "sigma": v.sigma,
@@ -114,19 +183,30 @@ def csv_records(table: Table1) -> list[dict[str, Any]]:
                   "sigma": g.sigma, "cem_lambda": g.cem_lambda, "seeds": len(g.seeds)}
         for m in table.metrics:
             record.update(_numbers("", m, g.estimates.get(m)))
+            record[f"{m}_not_converged"] = g.not_converged.get(m, 0)
+            record[f"{m}_zero_baseline"] = g.zero_baseline.get(m, 0)
         records.append(record)
     for b in table.averages:
         for line, values in (("average_without_cem", b.without_cem), ("average_with_cem", b.with_cem)):
             record = {"group": b.group, "line": line, "method": line.replace("_", " "), "row": "",
                       "sigma": "", "cem_lambda": 0.0 if line == "average_without_cem" else b.cem_lambda,
-                      "seeds": next((e.n for e in values.values() if e is not None), 0)}
+                      "seeds": _block_seeds(values)}
             for m in table.metrics:
                 record.update(_numbers("", m, values.get(m)))
+                record[f"{m}_not_converged"] = b.not_converged.get(m, 0)
             records.append(record)
         record = {"group": b.group, "line": "average_gain", "method": "CEM gain of the averages", "row": "",
                   "sigma": "", "cem_lambda": b.cem_lambda, "seeds": ""}
         for m in table.metrics:
             record[f"{m}_mean"], record[f"{m}_ci95"] = b.gain.get(m), None
+            record[f"{m}_not_converged"] = b.not_converged.get(m, 0)
+        records.append(record)
+        record = {"group": b.group, "line": "average_gain_mean_over_attacks",
+                  "method": "CEM gain of the averages, mean over the attacks", "row": "", "sigma": "",
+                  "cem_lambda": b.cem_lambda, "seeds": ""}
+        for column in COLUMNS:
+            record[f"mse_{column}_mean"] = b.attack_mean_gain.get(column)
+            record[f"mse_{column}_not_converged"] = b.attack_mean_not_converged.get(column, 0)
         records.append(record)
     return records
 
@@ -154,13 +234,16 @@ def table_json(table: Table1, extra: Mapping[str, Any]) -> dict[str, Any]:
     def gain(g: GainLine) -> dict[str, Any]:
         return {"row": g.row, "sigma": g.sigma, "cem_lambda": g.cem_lambda, "seeds": list(g.seeds),
                 "metrics": _estimates(g.estimates), "units": {m: "points" if m == ACCURACY else "percent"
-                                                               for m in g.estimates}}
+                                                               for m in g.estimates},
+                "not_converged": dict(g.not_converged), "zero_baseline": dict(g.zero_baseline)}
 
     def average(b: AverageBlock) -> dict[str, Any]:
         return {"cem_lambda": b.cem_lambda, "pairs": [{"row": r, "sigma": s} for r, s in b.pairs],
                 "without_cem": _estimates(b.without_cem), "with_cem": _estimates(b.with_cem),
                 "gain": dict(b.gain), "gain_units": {m: "points" if m == ACCURACY else "percent" for m in b.gain},
-                "not_converged": dict(b.not_converged)}
+                "not_converged": dict(b.not_converged),
+                "attack_mean_gain": dict(b.attack_mean_gain),  # percent, per column: the paper's headline
+                "attack_mean_not_converged": dict(b.attack_mean_not_converged)}
 
     return {
         **extra,
@@ -180,13 +263,27 @@ def write_tables(table: Table1, directory: Path, title: str, extra: Mapping[str,
     """``table1.md``, ``table1.csv`` and ``table1.json`` in ``directory``; their paths by format."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = {"md": directory / "table1.md", "csv": directory / "table1.csv", "json": directory / "table1.json"}
-    paths["md"].write_text(render_markdown(table, title), encoding="utf-8")
+    paths["md"].write_text(render_markdown(table, title, extra.get("nonfinite", ()), extra.get("unjudged", ())),
+                           encoding="utf-8")
     paths["csv"].write_text(render_csv(table), encoding="utf-8")
     paths["json"].write_text(json.dumps(table_json(table, extra), indent=2) + "\n", encoding="utf-8")
     return paths
 
 
 def summary_line(table: Table1) -> Sequence[str]:
-    """One line per average block, for the terminal."""
-    return [f"{b.group}, λ={b.cem_lambda:g}: " + ", ".join(f"{m} {_gain(m, b.gain.get(m))}" for m in table.metrics)
-            for b in table.averages]
+    """One line per average block, for the terminal: each gain with the count of models behind it whose attack
+    did not converge, and with several attacks the mean over them (the paper's headline)."""
+
+    def flagged(count: int | None) -> str:
+        return f" ({count} not converged{NOT_CONVERGED_MARK})" if count else ""
+
+    lines = []
+    for b in table.averages:
+        line = f"{b.group}, λ={b.cem_lambda:g}: " + ", ".join(
+            f"{m} {_gain(m, b.gain.get(m))}{flagged(b.not_converged.get(m))}" for m in table.metrics)
+        if len(table.attacks) > 1:
+            line += "; mean over the attacks: " + ", ".join(
+                f"{column} {_gain('mse', b.attack_mean_gain.get(column))}"
+                f"{flagged(b.attack_mean_not_converged.get(column))}" for column in COLUMNS)
+        lines.append(line)
+    return lines

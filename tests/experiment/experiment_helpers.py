@@ -33,10 +33,13 @@ def _resolve_train(argv: Sequence[str]) -> Resolution:
     flags: dict[str, list[str]] = {}
     for flag, value in zip(argv[::2], argv[1::2], strict=False):
         flags.setdefault(flag, []).append(value)
-    return Resolution({"dataset": flags["--dataset"][0], "seed": int(flags["--seed"][0]), "arch": "vgg11_bn_sgm",
-                       "cut_layer": int(flags.get("--cut-layer", ["4"])[0]),
-                       "noise_std": float(flags.get("--noise-std", ["0.1"])[0]),
-                       "cem_lambda": float(flags["--cem-lambda"][0]), "defenses": flags.get("--defense", [])}, None)
+    resolved: dict[str, object] = {
+        "dataset": flags["--dataset"][0], "seed": int(flags["--seed"][0]), "arch": "vgg11_bn_sgm",
+        "cut_layer": int(flags.get("--cut-layer", ["4"])[0]), "noise_std": float(flags.get("--noise-std", ["0.1"])[0]),
+        "cem_lambda": float(flags["--cem-lambda"][0]), "defenses": flags.get("--defense", [])}
+    if "--nproc" in flags:  # the real probe keys --nproc when it is not 1
+        resolved["nproc"] = int(flags["--nproc"][0])
+    return Resolution(resolved, None)
 
 
 def fake_prober(train: Sequence[Argv], attack: Sequence[Argv]) -> ProbeResult:

@@ -13,9 +13,9 @@ from PIL import Image
 from experiment.cells import AttackCell, Plan, TrainCell
 from experiment.html import render_html
 from experiment.plots import plot_galleries, plot_mse_vs_entropy, plot_pareto
-from experiment.report import build_table1, collect, convergence_flags
+from experiment.report import Observation, build_table1, collect, convergence_flags, unjudged_columns
 from experiment.store import CellStore
-from experiment.tables import render_markdown, write_tables
+from experiment.tables import render_markdown, summary_line, write_tables
 
 T_975_1 = 12.706204736174698  # Student t quantile, 1 degree of freedom (two seeds)
 ROWS = ("No_defense", "Bottleneck", "DistCorr")
@@ -34,30 +34,40 @@ def key(row: str, lam: float, seed: int) -> str:
     return f"{row.lower()}{int(lam)}s{seed}"
 
 
-def make_store(root: Path, skip_attack: tuple[str, float, float, int] | None = None) -> tuple[Plan, CellStore]:
-    """A plan of three rows x two seeds with every cell stored as the runner stores it (``skip_attack``: one not)."""
+Model = tuple[str, float, float, int]
+
+
+def make_store(root: Path, skip_attack: Model | None = None, flagged: Model | None = FLAGGED,
+               train_mse: dict[Model, float] | None = None,
+               unjudged: Model | None = None) -> tuple[Plan, CellStore]:
+    """A plan of three rows x two seeds with every cell stored as the runner stores it (``skip_attack``: one not;
+    ``flagged``: the model whose train column did not converge; ``train_mse``: train-column MSEs to store instead;
+    ``unjudged``: the model whose infer column had no validation images)."""
     store = CellStore(root)
     store.create()
     trains, attacks = [], []
-    for (row, sigma, lam, seed), (accuracy, mse_train, mse_infer) in NUMBERS.items():
+    for model, (accuracy, mse_train, mse_infer) in NUMBERS.items():
+        row, sigma, lam, seed = model
         train = TrainCell(key(row, lam, seed), "digits", "vgg11_bn_sgm", 4, row, sigma, lam, seed, (), {})
         attack = AttackCell(f"a{train.key}", train.key, "decoder", seed, (), {})
         trains.append(train)
         attacks.append(attack)
         store.output_dir("train", train.key).mkdir(parents=True)
         (store.output_dir("train", train.key) / "manifest.json").write_text("{}")
-        store.save({"kind": "train", "key": train.key, "accuracy": accuracy,
+        store.save({"kind": "train", "key": train.key, "accuracy": accuracy, "model_id": f"model-{train.key}",
                     "metrics": {"entropy_bound": None if sigma == 0 else -20.0 - 5 * lam - seed}})
-        if (row, sigma, lam, seed) == skip_attack:
+        if model == skip_attack:
             continue
         outputs = store.output_dir("attack", attack.key)
         outputs.mkdir(parents=True)
         (outputs / "metrics.json").write_text("{}")
         Image.new("L", (60, 30), color=128).save(outputs / "reconstructions.png")
-        note = "best epoch is its last (5 of 5)" if (row, sigma, lam, seed) == FLAGGED else None
-        store.save({"kind": "attack", "key": attack.key,
-                    "metrics": {"train": {"mse": mse_train}, "infer": {"mse": mse_infer}},
-                    "columns": {"train": {"not_converged": note}, "infer": {"not_converged": None}}})
+        note = "best epoch is its last (5 of 5)" if model == flagged else None
+        why = "no validation images: its convergence was not judged" if model == unjudged else None
+        store.save({"kind": "attack", "key": attack.key, "train_key": train.key, "model_id": f"model-{train.key}",
+                    "metrics": {"train": {"mse": (train_mse or {}).get(model, mse_train)},
+                                "infer": {"mse": mse_infer}},
+                    "columns": {"train": {"not_converged": note}, "infer": {"not_converged": None, "unjudged": why}}})
     plan = Plan("hand-made", ROWS, ("decoder",), tuple(trains), tuple(attacks), {})
     store.write_plan(plan)
     return plan, store
@@ -102,7 +112,14 @@ def test_means_intervals_paired_gains_and_the_paper_averages_match_a_hand_comput
     assert "CEM gain, Bottleneck (paired) | 0.1 | 2 | 2 | -0.50 ± 6.35 pt | +75.0 ± 317.7 %" in markdown
     assert "**Average w/o CEM** |  | 0 | 2 | 94.50 ± 12.71 | 0.00215 ± 0.00191 † | 0.00300 ± 0.00000\n" in markdown
     assert average.not_converged == {"accuracy": 0, "decoder_mse_train": 1, "decoder_mse_infer": 0}
-    assert "**CEM gain of the averages** |  | 2 |  | -0.25 pt | +32.6 % | +23.3 %" in markdown
+    # the flagged model is behind the Bottleneck gain and the average gain: both marked, not only its variant line
+    assert "CEM gain, Bottleneck (paired) | 0.1 | 2 | 2 | -0.50 ± 6.35 pt | +75.0 ± 317.7 % † | " in markdown
+    assert "CEM gain, DistCorr (paired) | 0.1 | 2 | 2 | +0.00 ± 12.71 pt | +18.8 ± 14.9 % | +17.8 ± 92.0 %\n" \
+        in markdown
+    assert "**CEM gain of the averages** |  | 2 |  | -0.25 pt | +32.6 % † | +23.3 %\n" in markdown
+    assert gains["Bottleneck"].not_converged == {"accuracy": 0, "decoder_mse_train": 1, "decoder_mse_infer": 0}
+    (line,) = summary_line(table)
+    assert "decoder_mse_train +32.6 % (1 not converged †), decoder_mse_infer +23.3 %" in line
 
 
 def test_the_averages_cover_only_seeds_every_row_has(tmp_path: Path) -> None:
@@ -115,6 +132,104 @@ def test_the_averages_cover_only_seeds_every_row_has(tmp_path: Path) -> None:
     assert without is not None and without.n == 1 and without.mean == pytest.approx(0.0020)  # seed 0 only
     accuracy = average.without_cem["accuracy"]
     assert accuracy is not None and accuracy.n == 2  # every model has its accuracy
+    markdown = render_markdown(build_table1(collected.observations, plan.rows, plan.attacks), "hand-made")
+    # the "seeds" column counts models; a value standing on fewer says so
+    assert "DistCorr+CEM | 0.1 | 2 | 2 | 93.00 ± 25.41 | 0.00360 (n=1) | 0.00500 (n=1)\n" in markdown
+    assert "**Average w/o CEM** |  | 0 | 2 | 94.50 ± 12.71 | 0.00200 (n=1) | 0.00300 (n=1)\n" in markdown
+
+
+def test_a_flag_on_the_baseline_side_marks_the_gain_and_is_counted_in_csv_and_json(tmp_path: Path) -> None:
+    plan, store = make_store(tmp_path, flagged=("DistCorr", 0.1, 0.0, 0))  # the λ = 0 model, not the CEM one
+    collected = collect(plan, store)
+    table = build_table1(collected.observations, plan.rows, plan.attacks)
+    markdown = render_markdown(table, "hand-made")
+    assert "DistCorr+CEM | 0.1 | 2 | 2 | 93.00 ± 25.41 | 0.00380 ± 0.00254 | " in markdown  # its own line is clean
+    assert "CEM gain, DistCorr (paired) | 0.1 | 2 | 2 | +0.00 ± 12.71 pt | +18.8 ± 14.9 % † | " in markdown
+    paths = write_tables(table, store.report_dir, plan.name, {"name": plan.name})
+    with open(paths["csv"], newline="") as handle:
+        records = {(r["line"], r["row"]): r for r in csv.DictReader(handle)}
+    assert records[("paired_gain", "DistCorr")]["decoder_mse_train_not_converged"] == "1"
+    assert records[("paired_gain", "Bottleneck")]["decoder_mse_train_not_converged"] == "0"
+    assert records[("average_gain", "")]["decoder_mse_train_not_converged"] == "1"
+    assert records[("average_gain", "")]["decoder_mse_infer_not_converged"] == "0"
+    data = json.loads(paths["json"].read_text())
+    gains = {g["row"]: g for g in data["groups"][0]["paired_gains"]}
+    assert gains["DistCorr"]["not_converged"]["decoder_mse_train"] == 1
+    assert data["groups"][0]["averages"][0]["not_converged"]["decoder_mse_train"] == 1
+
+
+def test_a_non_finite_mse_is_left_out_and_listed_instead_of_failing_the_report(tmp_path: Path) -> None:
+    diverged = ("DistCorr", 0.1, 2.0, 1)
+    plan, store = make_store(tmp_path, train_mse={diverged: float("nan")})
+    collected = collect(plan, store)
+    assert [(n["row"], n["seed"], n["metric"], n["value"]) for n in collected.nonfinite] == [
+        ("DistCorr", 1, "decoder_mse_train", "nan")]
+    table = build_table1(collected.observations, plan.rows, plan.attacks)  # mean_interval refuses NaN
+    variant = next(v for v in table.variants if v.label == "DistCorr+CEM")
+    estimate = variant.estimates["decoder_mse_train"]
+    assert estimate is not None and estimate.n == 1 and estimate.mean == pytest.approx(0.0036)
+    extra = {"name": plan.name, "nonfinite": collected.nonfinite}
+    paths = write_tables(table, store.report_dir, plan.name, extra)
+    note = "non-finite MSE (nan), left out: digits · vgg11_bn_sgm cut 4 | DistCorr σ=0.1 λ=2 seed 1 / decoder / train"
+    assert note in paths["md"].read_text()
+    assert json.loads(paths["json"].read_text())["nonfinite"][0]["value"] == "nan"
+    page = render_html(name=plan.name, table=table, figures=[], galleries=[], flags=[], missing=[], stored=20,
+                       spec_text="", nonfinite=collected.nonfinite)
+    assert "non-finite MSE (nan)" in page and "DistCorr σ=0.1 λ=2 seed 1" in page
+
+
+def test_unjudged_columns_are_listed_apart_from_converged_ones(tmp_path: Path) -> None:
+    plan, store = make_store(tmp_path, unjudged=("Bottleneck", 0.1, 0.0, 0))
+    collected = collect(plan, store)
+    unjudged = unjudged_columns(collected.observations)
+    assert [(u["row"], u["seed"], u["column"]) for u in unjudged] == [("Bottleneck", 0, "infer")]
+    table = build_table1(collected.observations, plan.rows, plan.attacks)
+    markdown = render_markdown(table, "hand-made", unjudged=unjudged)
+    assert "1 attack column(s) had no validation images, so their convergence was not judged" in markdown
+    page = render_html(name=plan.name, table=table, figures=[], galleries=[], flags=[], missing=[], stored=20,
+                       spec_text="", unjudged=unjudged)
+    assert "1 attack column(s) had no validation images" in page
+
+
+def test_a_seed_with_a_zero_baseline_mse_is_left_out_of_its_paired_gain_and_said_so(tmp_path: Path) -> None:
+    plan, store = make_store(tmp_path, train_mse={("Bottleneck", 0.1, 0.0, 1): 0.0})
+    collected = collect(plan, store)
+    table = build_table1(collected.observations, plan.rows, plan.attacks)
+    gain = next(g for g in table.gains if g.row == "Bottleneck")
+    estimate = gain.estimates["decoder_mse_train"]
+    assert estimate is not None and estimate.n == 1 and gain.zero_baseline["decoder_mse_train"] == 1
+    markdown = render_markdown(table, "hand-made")
+    assert "+100.0 % (n=1) †" in markdown
+    assert ("CEM gain, Bottleneck σ=0.1 λ=2: 1 seed(s) left out of decoder_mse_train (their λ = 0 MSE is 0, so there "
+            "is no relative change)") in markdown
+
+
+def observation(row: str, lam: float, seed: int, values: dict[str, float], flags: dict[str, str] | None = None
+                ) -> Observation:
+    return Observation("g", row, 0.1, lam, seed, f"{row}{lam}{seed}", values, flags=flags or {})
+
+
+def test_the_paper_headline_is_the_gain_of_the_averages_meaned_over_the_attacks(tmp_path: Path) -> None:
+    # one row, two attacks, one seed: decoder train MSE 0.010 -> 0.012 (+20 %), GAN 0.010 -> 0.015 (+50 %)
+    base = {"accuracy": 0.9, "decoder_mse_train": 0.010, "decoder_mse_infer": 0.02, "gan_mse_train": 0.010,
+            "gan_mse_infer": 0.02}
+    cem = {"accuracy": 0.9, "decoder_mse_train": 0.012, "decoder_mse_infer": 0.02, "gan_mse_train": 0.015,
+           "gan_mse_infer": 0.03}
+    observations = [observation("Bottleneck", 0.0, 0, base),
+                    observation("Bottleneck", 2.0, 0, cem, {"gan_mse_train": "best epoch is its last"})]
+    table = build_table1(observations, ("Bottleneck",), ("decoder", "gan"))
+    (block,) = table.averages
+    assert block.gain["decoder_mse_train"] == pytest.approx(20.0) and block.gain["gan_mse_train"] == pytest.approx(50)
+    assert block.attack_mean_gain["train"] == pytest.approx(35.0)  # the paper's "average increase" per column
+    assert block.attack_mean_gain["infer"] == pytest.approx(25.0)
+    assert block.attack_mean_not_converged == {"train": 1, "infer": 0}
+    assert "mean over the attacks (the paper's headline), λ=2: train +35.0 % †, infer +25.0 %" in \
+        render_markdown(table, "two attacks")
+    paths = write_tables(table, tmp_path, "two attacks", {})
+    with open(paths["csv"], newline="") as handle:
+        (headline,) = [r for r in csv.DictReader(handle) if r["line"] == "average_gain_mean_over_attacks"]
+    assert float(headline["mse_train_mean"]) == pytest.approx(35.0) and headline["mse_train_not_converged"] == "1"
+    assert "; mean over the attacks: train +35.0 % (1 not converged †), infer +25.0 %" in summary_line(table)[0]
 
 
 def test_tables_plots_and_page_are_written_from_the_store(tmp_path: Path) -> None:

@@ -3,19 +3,27 @@ cells run at once, a failed training skips its attacks, a rerun runs only what i
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 from experiment_helpers import BASE, fake_prober
+from polling import wait_for
 
-from cem.errors import ConfigError
+from cem.errors import CEMError, ConfigError
+from experiment import cli as cli_module
 from experiment import runner as runner_module
 from experiment.cells import AttackCell, Cell, Plan, expand_plan
-from experiment.runner import CellFailed, GridRunner, RunOptions, resolve_options
+from experiment.runner import CellFailed, GridRunner, RunOptions, _Children, resolve_options
 from experiment.spec import parse_spec
 from experiment.store import OUTPUT_MARKERS, CellStore
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 class FakeCells(GridRunner):
@@ -45,7 +53,8 @@ class FakeCells(GridRunner):
             outputs = self.store.output_dir(cell.kind, cell.key)
             outputs.mkdir(parents=True)
             (outputs / OUTPUT_MARKERS[cell.kind]).write_text("{}")
-            self.store.save({"kind": cell.kind, "key": cell.key})
+            link = {"train_key": cell.train_key} if isinstance(cell, AttackCell) else {}
+            self.store.save({"kind": cell.kind, "key": cell.key, **link})
         finally:
             with self.lock:
                 self.active -= 1
@@ -94,3 +103,112 @@ def test_device_jobs_and_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_options("cpu", 2, 1).gpu_ids == ()  # --device cpu never hands out GPUs
     with pytest.raises(ConfigError, match="--jobs"):
         resolve_options("cpu", 0, 1)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its new parent to reap it does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_a_grandchild_holding_stdout_open_does_not_hold_the_cell(tmp_path: Path) -> None:
+    # the child prints its summary and exits, leaving a background grandchild that inherited its stdout
+    script = 'sleep 60 & echo $!; echo \'{"ok": true}\''
+    started = time.monotonic()
+    code, stdout = _Children().run(["sh", "-c", script], dict(os.environ), tmp_path / "cell.log")
+    grandchild = int(stdout.split()[0])
+    try:
+        assert code == 0 and runner_module._last_json(stdout) == {"ok": True}
+        assert time.monotonic() - started < 30  # a pipe read to its end would wait for the grandchild's 60 s
+        assert '{"ok": true}' in (tmp_path / "cell.log").read_text()
+    finally:
+        os.kill(grandchild, signal.SIGKILL)
+
+
+# A runner process that starts one cell (a sleeping child that writes its pid) under the run lock, as run_command
+# does; argv[2] == "no-pdeathsig" leaves the lock as the only guard.
+RUNNER = """
+import os, sys, time
+from pathlib import Path
+from experiment import runner
+from experiment.store import CellStore
+
+root = Path(sys.argv[1])
+if sys.argv[2] == "no-pdeathsig":
+    runner._die_with_parent = None
+child = ("import os, sys, time; from pathlib import Path; "
+         "Path(sys.argv[1]).write_text(str(os.getpid())); time.sleep(120)")
+with CellStore(root).lock() as fd:
+    runner._Children((fd,)).run([sys.executable, "-c", child, str(root / "child.pid")], dict(os.environ),
+                                root / "cell.log")
+"""
+
+
+def start_runner(root: Path, mode: str) -> tuple[subprocess.Popen[bytes], int]:
+    root.mkdir()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    runner = subprocess.Popen([sys.executable, "-c", RUNNER, str(root), mode], cwd=REPO, env=env)
+    pid_file = root / "child.pid"
+    pid = int(wait_for(lambda: pid_file.is_file() and pid_file.read_text(), 60, "the cell's child to start"))
+    return runner, pid
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_sigkilled_runner_takes_its_children_with_it(tmp_path: Path) -> None:
+    runner, child = start_runner(tmp_path / "run", "pdeathsig")
+    try:
+        runner.kill()
+        runner.wait(timeout=30)
+        wait_for(lambda: not alive(child), 30, "the orphaned child to get SIGTERM")
+    finally:
+        if alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_a_rerun_cannot_take_the_folder_while_a_child_of_a_killed_run_lives(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    runner, child = start_runner(root, "no-pdeathsig")
+    try:
+        runner.kill()
+        runner.wait(timeout=30)
+        assert alive(child)
+        with pytest.raises(CEMError, match="another cem-experiment run"), CellStore(root).lock():
+            pass  # a rerun would sweep the live child's temporary folder and start its cell again
+    finally:
+        os.kill(child, signal.SIGKILL)
+    wait_for(lambda: not alive(child), 30, "the child to die")
+    with CellStore(root).lock():
+        pass  # the last holder gone, the folder is free
+
+
+@pytest.mark.parametrize(("raised", "status"), [(cli_module.Terminated, 143), (KeyboardInterrupt, 130)])
+def test_sigterm_exits_143_and_ctrl_c_130(monkeypatch: pytest.MonkeyPatch, raised: type[BaseException],
+                                          status: int) -> None:
+    def interrupted(args: object) -> int:
+        raise raised
+
+    monkeypatch.setattr(cli_module, "run_command", interrupted)
+    assert cli_module.main(["run", "spec.toml", "--out", "out"]) == status
+
+
+def test_the_sigterm_handler_raises_terminated() -> None:
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        cli_module._stop_on_sigterm()
+        with pytest.raises(cli_module.Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs at the next bytecode boundary
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_plan_with_nproc_is_refused_on_cuda_where_each_job_gets_one_gpu() -> None:
+    spec = parse_spec(BASE.replace("cem_lambdas = [0, 2]", 'cem_lambdas = [0, 2]\nextra_args = ["--nproc", "2"]'))
+    plan = expand_plan(spec, fake_prober)
+    assert {c.config["nproc"] for c in plan.train} == {2}
+    cli_module.check_device_for_plan(plan, "cpu")
+    with pytest.raises(ConfigError, match="expected --nproc 1 in train.extra_args on CUDA"):
+        cli_module.check_device_for_plan(plan, "cuda")

@@ -9,8 +9,8 @@ import pytest
 from experiment_helpers import BASE, fake_prober
 
 from cem.errors import ConfigError
-from experiment.cells import AttackCell, attack_args, expand_plan, grid_points
-from experiment.probe import run_probe
+from experiment.cells import AttackCell, attack_args, cell_key, expand_plan, grid_points
+from experiment.probe import Argv, ProbeResult, Resolution, run_probe
 from experiment.spec import load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,7 +32,11 @@ def test_the_smoke_spec_is_two_rows_with_and_without_cem_one_seed_one_attack() -
     (("cem_lambdas = [0, 2]", ""), "expected cem_lambdas in [train] or in rows 'Bottleneck'"),
     (("sigma = 0.1", "sigma = -0.1"), "expected rows 'Bottleneck'.sigma to be a number >= 0, got -0.1"),
     (("seeds = [0, 1]", "seeds = [0, 0]"), "distinct values in experiment.seeds"),
-    (("sigma = 0.1", 'sigma = 0.1\nextra_args = ["--epochs=3"]'), "without --epochs (the spec sets it"),
+    (("sigma = 0.1", 'sigma = 0.1\nextra_args = ["--epochs=3"]'), "without --epochs (the spec or the runner"),
+    # argparse takes an unambiguous prefix for the flag: --se 7 would give every seed's cell seed 7
+    (("sigma = 0.1", 'sigma = 0.1\nextra_args = ["--se", "7"]'), "without --seed (as its abbreviation)"),
+    (("sigma = 0.1", 'sigma = 0.1\nextra_args = ["--cem-la=4"]'), "without --cem-lambda (as its abbreviation)"),
+    (("sigma = 0.1", 'sigma = 0.1\nextra_args = ["--noise", "0"]'), "without --noise-std (as its abbreviation)"),
     (('name = "unit"', 'name = "unit"\ndata_dir = "/nonexistent/cifar"'), "'/nonexistent/cifar', which is not a"),
     (("[attacks.decoder]\nepochs = 3", ""), "at least one [attacks.<name>] table"),
     (("[[rows]]", "[[rowz]]"), "unknown key 'rowz' in [top level]"),
@@ -98,6 +102,55 @@ def test_names_the_probe_does_not_know_are_all_reported_before_anything_runs() -
                  "unknown attack 'decodr' in [attacks.decodr]",
                  "defense 'noise' in row 'Bottleneck' is set by the row's 'sigma' key"):
         assert part in text
+
+
+def test_the_data_folder_is_part_of_the_key_of_a_data_set_given_one(tmp_path: Path) -> None:
+    plain = expand_plan(parse_spec(BASE), fake_prober)
+    # without a data folder the key is the resolved configuration's alone, as before: digits keys do not move
+    assert [c.key for c in plain.train] == [cell_key("train", {"config": c.config}) for c in plain.train]
+    keys = {}
+    for name in ("faces-a", "faces-b"):
+        (tmp_path / name).mkdir()
+        spec = parse_spec(BASE.replace('name = "unit"', f'name = "unit"\ndata_dir = "{tmp_path / name}"'))
+        keys[name] = [c.key for c in expand_plan(spec, fake_prober).train]
+    assert not set(keys["faces-a"]) & set(keys["faces-b"])  # another folder is other data: other cells
+    assert not set(keys["faces-a"]) & {c.key for c in plain.train}
+
+
+def test_settings_that_extra_args_override_in_the_real_parse_are_refused() -> None:
+    """However extra_args spell it (a flag spelling the spec check does not know), a parse that resolves another
+    seed than the spec set would put every seed under one key: refused, per the probe's own parse."""
+
+    def overriding(train: list[Argv], attack: list[Argv]) -> ProbeResult:
+        probe = fake_prober(train, attack)
+        resolved = {argv: Resolution({**(r.resolved or {}), "seed": 7}, None) for argv, r in probe.train.items()}
+        return ProbeResult(probe.datasets, probe.archs, probe.defenses, probe.field_defenses, probe.attacks,
+                           resolved, probe.attack)
+
+    with pytest.raises(ConfigError, match=r"train.extra_args override what the spec sets for row 'Bottleneck' on "
+                                          r"digits \(seed 0\): seed=7 where the spec sets 0"):
+        expand_plan(parse_spec(BASE), overriding)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_real_probe_keys_the_gan_config_and_nproc_and_sees_abbreviated_overrides() -> None:
+    gan = ("--attack", "gan", "--seed", "0")
+    base = ("--dataset", "digits", "--seed", "0", "--noise-std", "0.1", "--cem-lambda", "0")
+    probe = run_probe([base, (*base, "--nproc", "2"), (*base, "--nproc", "3"), (*base, "--se", "7")],
+                      [gan, (*gan, "--epochs", "30")])
+    default = probe.attack[gan].resolved
+    assert default is not None and default["gan"]["epochs"] == 150  # the attack's own default, not None
+    assert {"generator_lr", "critic_lr", "n_critic", "mse_weight"} <= set(default["gan"])
+    assert default["gan_pretrain_epochs"] == 50
+    shorter = probe.attack[(*gan, "--epochs", "30")].resolved
+    assert shorter is not None and (shorter["gan"]["epochs"], shorter["gan_pretrain_epochs"]) == (30, 10)
+    one, two = probe.train[base].resolved, probe.train[(*base, "--nproc", "2")].resolved
+    assert one is not None and two is not None and "nproc" not in one and two["nproc"] == 2
+    assert cell_key("train", {"config": one}) != cell_key("train", {"config": two})
+    assert probe.train[(*base, "--nproc", "3")].error  # cem-train's own check: batch 128 over 3 processes
+    abbreviated = probe.train[(*base, "--se", "7")].resolved
+    assert abbreviated is not None and abbreviated["seed"] == 7  # what the spec check and the plan refuse
 
 
 @pytest.mark.slow
