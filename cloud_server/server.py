@@ -38,6 +38,7 @@ from grpc_reflection.v1alpha import reflection
 
 from cem.wire import SERVICE_NAME, grpc_message_options
 from cloud_server.batcher import MicroBatcher
+from cloud_server.health import HealthServicer
 from cloud_server.runtime import DecoderRuntime
 from cloud_server.servicer import SplitInferenceServicer, add_to_server
 from cloud_server.settings import ServerSettings
@@ -68,7 +69,7 @@ class CloudServer:
 
             self._metrics = CloudMetrics(runtime.manifest, max_batch=settings.max_batch)
         self._servicer = SplitInferenceServicer(runtime, self._batcher, settings, self._metrics)
-        self._health = health.HealthServicer()
+        self._health = HealthServicer()  # not grpc_health's: it deadlocks when a Watch closes (cloud_server.health)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="grpc"),

@@ -1,11 +1,13 @@
 """``cem-edge``: classify images or evaluate a data set through the cloud decoder.
 
-    cem-edge classify --server HOST:PORT --bundle DIR IMAGE... [--top-k 3] [--json]
-    cem-edge eval --server HOST:PORT --bundle DIR --dataset NAME [--split test] [--batch-size 32]
+    cem-edge classify --server TARGET --bundle DIR IMAGE... [--top-k 3] [--json]
+    cem-edge eval --server TARGET --bundle DIR --dataset NAME [--split test] [--batch-size 32]
                   [--wire-dtype float32|float16|int8] [--stream] [--sample-ids] [--limit N] [--json]
 
 Only the encoder is loaded; images never leave this process, only noisy
-features do. With ``--json`` the last stdout line is one JSON object.
+features do. TARGET is any gRPC target (``cem.targets``): ``HOST:PORT``, a
+``dns:`` name, or ``ipv4:IP:PORT,IP:PORT`` for several cloud replicas, which
+get the requests round robin. With ``--json`` the last stdout line is one JSON object.
 Exit status 2 for a missing or corrupt bundle, an unknown data set or a bad flag value,
 1 for an unreadable image or a remote error; the reason goes to stderr (``cem.cli``).
 """
@@ -24,10 +26,12 @@ from cem.data import load_dataset
 from cem.devices import DEVICE_CHOICES
 from cem.errors import ConfigError
 from cem.logs import LOG_LEVELS
+from cem.targets import TARGET_HELP
 from cem.threads import THREADS_HELP, apply_threads
 from edge_client.client import EdgeClient
 from edge_client.evaluate import evaluate_over_wire
 from edge_client.settings import ClientSettings, RetryPolicy, TlsOptions
+from edge_client.transport import check_target
 
 # The library's ``ClientSettings.seed`` is None (seeded by the OS); the command seeds by default so
 # that two runs of ``cem-edge eval`` send the same noisy features and report the same accuracy.
@@ -35,7 +39,7 @@ CLI_SEED = 0
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", required=True, help="HOST:PORT of cem-cloud")
+    parser.add_argument("--server", required=True, help=f"cem-cloud's {TARGET_HELP}")
     parser.add_argument(
         "--bundle", type=Path, required=True, help="bundle folder (manifest.json + encoder.safetensors)"
     )
@@ -128,8 +132,10 @@ def run_eval(client: EdgeClient, args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    settings = build_settings(args)
+    check_target(args.server, settings, "--server")  # named after the flag, before any thread or model is set up
     apply_threads(args.threads)
-    with EdgeClient(args.bundle, args.server, build_settings(args)) as client:
+    with EdgeClient(args.bundle, args.server, settings) as client:
         result = run_classify(client, args) if args.command == "classify" else run_eval(client, args)
     if args.json:
         print(json.dumps(result), flush=True)

@@ -28,7 +28,7 @@ from cem.manifest import Manifest
 from edge_client.preprocess import ImageInput, prepare_images
 from edge_client.runtime import EncoderRuntime
 from edge_client.settings import ClientSettings
-from edge_client.transport import call_with_retry, create_channel, to_remote_error
+from edge_client.transport import call_with_retry, check_target, create_channel, to_remote_error
 from protos import cem_split_pb2 as pb
 from protos import cem_split_pb2_grpc as pb_grpc
 
@@ -67,6 +67,7 @@ class EdgeClient:
     def __init__(self, bundle_dir: str | Path, target: str, settings: ClientSettings | None = None) -> None:
         self.settings = settings or ClientSettings()
         self.target = target
+        check_target(target, self.settings)  # a malformed target fails before the encoder is loaded
         self._encoder = EncoderRuntime(bundle_dir, self.settings.device, self.settings.seed)
         self._channel = create_channel(target, self.settings)
         self._stub = pb_grpc.SplitInferenceStub(self._channel)

@@ -24,7 +24,8 @@ from typing import TypeVar
 
 import grpc
 
-from cem.errors import CEMError
+from cem.errors import CEMError, ConfigError
+from cem.targets import GrpcTarget, balancing_options, parse_target
 from cem.wire import grpc_message_options
 from edge_client.settings import ClientSettings, RetryPolicy
 
@@ -69,13 +70,35 @@ def reconnect_options(policy: RetryPolicy) -> list[tuple[str, int]]:
     return [("grpc.initial_reconnect_backoff_ms", initial_ms), ("grpc.max_reconnect_backoff_ms", max_ms)]
 
 
-def create_channel(target: str, settings: ClientSettings) -> grpc.Channel:
-    """An insecure channel, or a TLS/mTLS one when ``settings.tls`` is set.
+def check_target(target: str, settings: ClientSettings, flag: str = "the target") -> GrpcTarget:
+    """``target`` checked (``cem.targets``), and checked against ``settings.tls``; ConfigError otherwise.
 
-    Both carry the shared message limit and re-dial as often as ``settings.retry`` retries.
+    TLS checks one host name against every replica, and a list of addresses
+    (``ipv4:A:P,B:P``) gives gRPC none to check: it would refuse every handshake
+    with "Hostname Verification Check failed", so such a target needs
+    ``TlsOptions.server_name``.
     """
+    checked = parse_target(target, flag)
+    if settings.tls is not None and checked.lists_several_addresses and not settings.tls.server_name:
+        raise ConfigError(
+            f"expected a TLS server name (--tls-server-name, TlsOptions.server_name: the name in the replicas' "
+            f"certificates) with TLS to a list of addresses, got {target!r} and none"
+        )
+    return checked
+
+
+def create_channel(target: str, settings: ClientSettings) -> grpc.Channel:
+    """An insecure channel, or a TLS/mTLS one when ``settings.tls`` is set, to any target ``check_target`` accepts.
+
+    Both carry the shared message limit, re-dial as often as ``settings.retry``
+    retries, and spread calls round robin over the healthy replicas the target
+    resolves to (``cem.targets.balancing_options``). Only this module's retry loop
+    retries; the service config adds no retry policy of gRPC's own.
+    """
+    check_target(target, settings)
     options: list[tuple[str, str | int]] = list(grpc_message_options(settings.max_message_bytes))
     options += reconnect_options(settings.retry)
+    options += balancing_options()
     tls = settings.tls
     if tls is None:
         return grpc.insecure_channel(target, options=options)

@@ -2,6 +2,7 @@
 
 - ``proxy``: ``TapServer`` forwards every call as opaque bytes (grpc.aio).
 - ``relay``: carrying one call faithfully (metadata and deadline up, the upstream's status down).
+- ``health_watch``: a relayed health Watch ends when its replica of a replicated upstream stops serving.
 - ``recorder``: ``CaptureRecorder``, the bounded queue and writer thread off the forwarding path.
 - ``metrics``: the recorder's counters as Prometheus metrics.
 - ``cli``: ``cem-tap``.

@@ -1,6 +1,10 @@
 """``cem-tap``: sit between the edge and the cloud, forward everything, record the features.
 
     cem-tap --listen 127.0.0.1:50052 --upstream 127.0.0.1:50051 --captures runs/captures
+    cem-tap --listen 127.0.0.1:50052 --upstream ipv4:127.0.0.1:50051,127.0.0.1:50053 --captures runs/captures
+
+``--upstream`` is any gRPC target (``cem.targets``); calls are spread round robin
+over the healthy replicas it names, as the edge spreads its own.
 
 Once bound it prints ``LISTENING HOST:PORT`` on stdout (with port 0 the port is
 the one the OS picked); with ``--metrics-listen`` it first prints
@@ -26,6 +30,7 @@ from attacker.tap.recorder import STORE_FAILURE_MODES, CaptureRecorder, Recorder
 from cem.cli import run_cli
 from cem.errors import ConfigError
 from cem.logs import LOG_LEVELS, configure_logging
+from cem.targets import TARGET_HELP, parse_target
 from cem.wire import DEFAULT_MAX_MESSAGE_BYTES, format_listening_line
 
 logger = logging.getLogger("attacker.tap")
@@ -36,7 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         prog="cem-tap", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--listen", required=True, help="HOST:PORT to accept the edge on (port 0: any free port)")
-    parser.add_argument("--upstream", required=True, help="HOST:PORT of the real cloud service")
+    parser.add_argument("--upstream", required=True, help=f"the real cloud service's {TARGET_HELP}")
     parser.add_argument("--captures", required=True, help="capture directory (created if missing)")
     parser.add_argument("--max-queue", type=int, default=RecorderConfig.max_queue,
                         help="captures waiting for the disk before new ones are dropped")
@@ -68,6 +73,7 @@ def listen_host(listen: str) -> str:
 
 async def serve(args: argparse.Namespace) -> RecorderStats:
     host = listen_host(args.listen)
+    parse_target(args.upstream, "--upstream")  # a malformed target is a bad flag (exit 2), not a dead upstream
     metrics_host = None if args.metrics_listen is None else listen_host(args.metrics_listen)
     config = RecorderConfig(
         max_queue=args.max_queue, batch_records=args.batch_records, flush_interval_s=args.flush_interval,

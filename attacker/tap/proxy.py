@@ -38,7 +38,10 @@ grpc's own client side keep memory per distinct name (10-27 MB per 5,000 names).
 
 The tap answers one health check itself: service ``cem.tap`` is SERVING while
 captures are being written and NOT_SERVING while they are not. Every other
-health check goes to the upstream.
+health check goes to the upstream. The upstream may be several replicas
+(``cem.targets``): calls are spread round robin over those that report SERVING,
+and a relayed health ``Watch`` ends once its replica stops serving
+(``attacker.tap.health_watch``).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 import grpc
 import grpc.aio
@@ -55,9 +58,11 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
+from attacker.tap.health_watch import HEALTH_WATCH_METHOD, end_watch_when_replica_stops
 from attacker.tap.recorder import CaptureRecorder
 from attacker.tap.relay import FirstStatus, forwardable_metadata, relay_failure, remaining_timeout
 from cem.captures.records import CAPTURED_METHODS
+from cem.targets import balancing_options, parse_target
 from cem.wire import DEFAULT_MAX_MESSAGE_BYTES, grpc_message_options
 from protos import cem_split_pb2 as pb
 
@@ -85,7 +90,7 @@ KNOWN_METHODS = frozenset(METHOD_SHAPES)
 UNKNOWN_METHOD_DETAILS = "Method not found!"  # grpc's own wording, as the cloud answers
 
 UnaryBehaviour = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], Awaitable[bytes]]
-StreamBehaviour = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], AsyncIterator[bytes]]
+StreamBehaviour = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], AsyncGenerator[bytes, None]]
 
 
 def tap_health_answer(request: bytes, recorder: CaptureRecorder | None) -> bytes | None:
@@ -113,6 +118,10 @@ class TapProxy(grpc.GenericRpcHandler):
             else grpc.stream_stream_rpc_method_handler(self._stream_behaviour(method))
             for method, shape in METHOD_SHAPES.items()
         }
+        # A Watch stays with one replica of a replicated upstream: ended when that replica stops serving.
+        self._handlers[HEALTH_WATCH_METHOD] = grpc.stream_stream_rpc_method_handler(
+            end_watch_when_replica_stops(self._stream_behaviour(HEALTH_WATCH_METHOD))
+        )
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         return self._handlers.get(handler_call_details.method, _UNKNOWN_METHOD_HANDLER)
@@ -174,7 +183,7 @@ class TapProxy(grpc.GenericRpcHandler):
 
         async def forward(
             request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[bytes]:
+        ) -> AsyncGenerator[bytes, None]:
             if recorder is not None and not recorder.accepting():
                 await _refuse(recorder, context)
             call = upstream(timeout=remaining_timeout(context), metadata=forwardable_metadata(context))
@@ -262,12 +271,13 @@ async def _stop_pump(pump: asyncio.Future[None]) -> None:
 
 
 class TapServer:
-    """The proxy bound to ``listen`` and forwarding to ``upstream``; start/stop inside an event loop."""
+    """The proxy bound to ``listen`` and forwarding to ``upstream`` (any ``cem.targets`` form: one cloud or
+    several replicas); start/stop inside an event loop."""
 
     def __init__(self, listen: str, upstream: str, recorder: CaptureRecorder | None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.listen = listen
-        self.upstream = upstream
+        self.upstream = parse_target(upstream, "the upstream").text
         self.recorder = recorder
         # The cloud's limit, enforced before a byte is buffered or recorded: without it a 200 MiB
         # request raised the tap's RSS from 61 MB to 1.17 GB and wrote a 200 MB shard that the
@@ -280,7 +290,8 @@ class TapServer:
     async def start(self) -> int:
         """Bind and start serving; returns the bound port (useful with port 0)."""
         limits = grpc_message_options(self.max_message_bytes)
-        self._channel = grpc.aio.insecure_channel(self.upstream, options=limits)
+        # The edge's service config: round robin over the healthy replicas the upstream target names.
+        self._channel = grpc.aio.insecure_channel(self.upstream, options=[*limits, *balancing_options()])
         self._server = grpc.aio.server(options=[*limits, ("grpc.so_reuseport", 0)])
         self._server.add_generic_rpc_handlers((TapProxy(self._channel, self.recorder),))
         try:
