@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 from grpc_health.v1 import health_pb2
 from prometheus_client.parser import text_string_to_metric_families
+from server_fixtures import serving_clouds
 
 from cem.wire import SERVICE_NAME
-from cloud_server import CloudServer, ServerSettings, create_server
+from cloud_server import CloudServer
 from edge_client import EdgeClient, RemoteCallError
 
 StartReplica = Callable[..., CloudServer]
@@ -30,20 +31,7 @@ def replicas_of(digits_bundle: Path) -> Iterator[StartReplica]:
     """The body of a ``start_replica`` fixture (a test file yields from it):
     ``start_replica(host="127.0.0.1", port=0, **settings)`` is an in-process cloud with a metrics endpoint,
     SERVING when returned; every one is stopped at teardown."""
-    servers: list[CloudServer] = []
-
-    def start(host: str = "127.0.0.1", port: int = 0, **overrides: object) -> CloudServer:
-        settings = ServerSettings(bundle_dir=digits_bundle, host=host, port=port, device="cpu", max_delay_ms=1,
-                                  metrics_listen="127.0.0.1:0", **overrides)  # type: ignore[arg-type]
-        server, _ = create_server(settings)
-        servers.append(server)
-        server.start()
-        assert server.wait_until_serving(30), "replica did not reach SERVING"
-        return server
-
-    yield start
-    for server in servers:
-        server.stop(0).wait(10)
+    yield from serving_clouds(digits_bundle, max_delay_ms=1, metrics_listen="127.0.0.1:0")
 
 
 def address_list(servers: list[CloudServer], host: str = "127.0.0.1") -> str:

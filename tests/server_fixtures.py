@@ -13,14 +13,15 @@ from cloud_server import CloudServer, ServerSettings, create_server
 StartServer = Callable[..., CloudServer]
 
 
-@pytest.fixture
-def start_server(digits_bundle: Path) -> Iterator[StartServer]:
-    """Start in-process cloud servers (``start_server(max_batch=..., ...)``), all stopped at teardown."""
+def serving_clouds(default_bundle: Path, **defaults: object) -> Iterator[StartServer]:
+    """The body of a fixture that starts in-process cloud servers (a fixture yields from it):
+    ``start(bundle_dir=None, **settings)`` serves ``bundle_dir`` or ``default_bundle`` on 127.0.0.1 port 0
+    with ``defaults`` and ``settings`` (the latter win), SERVING when returned; all stopped at teardown."""
     servers: list[CloudServer] = []
 
     def start(bundle_dir: Path | None = None, **overrides: object) -> CloudServer:
-        settings = ServerSettings(bundle_dir=bundle_dir or digits_bundle, host="127.0.0.1", port=0, device="cpu",
-                                  **overrides)  # type: ignore[arg-type]
+        chosen: dict[str, object] = {"host": "127.0.0.1", "port": 0, "device": "cpu", **defaults, **overrides}
+        settings = ServerSettings(bundle_dir=bundle_dir or default_bundle, **chosen)  # type: ignore[arg-type]
         server, _ = create_server(settings)
         servers.append(server)
         server.start()
@@ -30,4 +31,10 @@ def start_server(digits_bundle: Path) -> Iterator[StartServer]:
     yield start
     for server in servers:
         server.stop(0).wait(10)
+
+
+@pytest.fixture
+def start_server(digits_bundle: Path) -> Iterator[StartServer]:
+    """Start in-process cloud servers (``start_server(max_batch=..., ...)``), all stopped at teardown."""
+    yield from serving_clouds(digits_bundle)
 

@@ -6,7 +6,6 @@ import socket
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import httpx
@@ -15,6 +14,7 @@ import torch
 from bundle_fixtures import build_digits_model, write_digits_bundle
 from grpc_helpers import open_stub
 from prometheus_client.parser import text_string_to_metric_families
+from server_fixtures import serving_clouds
 
 from cem.bounds import privacy_bound
 from cem.bundle import load_manifest
@@ -61,19 +61,7 @@ def plain_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def start_server(cem_bundle: Path) -> Iterator[Callable[..., CloudServer]]:
     """``server_fixtures.start_server`` with this module's bundle as the default, so no test here waits for the
     session's trained digits bundle."""
-    servers: list[CloudServer] = []
-
-    def start(bundle_dir: Path | None = None, **overrides: Any) -> CloudServer:
-        settings = ServerSettings(bundle_dir=bundle_dir or cem_bundle, port=0, device="cpu", **overrides)
-        server, _ = create_server(settings)
-        servers.append(server)
-        server.start()
-        assert server.wait_until_serving(30), "server did not reach SERVING"
-        return server
-
-    yield start
-    for server in servers:
-        server.stop(0, 0).wait(10)
+    yield from serving_clouds(cem_bundle)
 
 
 def scrape(server: CloudServer) -> Samples:
