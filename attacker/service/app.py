@@ -3,9 +3,11 @@
 The lifespan opens the job store, gives back jobs a previous run left
 "running" (interrupted, or queued again), then starts the worker pool; on
 shutdown it stops the workers, which hand their running jobs back the same way.
-Every route but ``/healthz`` requires the bearer token, the OpenAPI schema
-(``/openapi.json``) and the Prometheus metrics (``/metrics``) included; the
-metrics registry is this app's own, read from its job store.
+Every route but ``/healthz`` and the console requires the bearer token, the
+OpenAPI schema (``/openapi.json``) and the Prometheus metrics (``/metrics``)
+included; the metrics registry is this app's own, read from its job store. The
+console (``/console``, a browser's view of the same service) logs in with the
+token once and then holds a session cookie (``attacker.service.console``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from attacker.service.api.deps import require_token
 from attacker.service.api.routes import audits, catalog, health, metrics
 from attacker.service.api.schemas import ErrorBody, OpenApiResponses
 from attacker.service.config import ServiceSettings
+from attacker.service.console.router import router as console_router
+from attacker.service.console.session import SessionKeys
 from attacker.service.errors import install_error_handlers
 from attacker.service.guard import RequestGuard
 from attacker.service.jobs import JobStore
@@ -81,4 +85,6 @@ def create_app(settings: ServiceSettings, *, start_workers: bool = True, log_lev
     app.include_router(catalog.router, dependencies=protected, responses=UNAUTHORIZED)
     app.include_router(audits.router, dependencies=protected, responses=UNAUTHORIZED)
     app.include_router(metrics.router, dependencies=protected)
+    app.state.console_keys = SessionKeys.from_token(settings.token)
+    app.include_router(console_router)
     return app

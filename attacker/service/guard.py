@@ -1,5 +1,8 @@
 """The audit service's outer gate: the token and a body-size cap, checked before any body is read.
 
+The console's pages (``/console``) are the exception to the token: they check
+their own session cookie (``attacker.service.console.web``).
+
 FastAPI reads and parses a request body before it runs route dependencies, so the
 bearer-token dependency alone let an unauthenticated client make the service read
 (and hold) a body of any size: a 200 MB POST cost 12 s and ~610 MB of memory, and
@@ -27,6 +30,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PUBLIC_PATHS = frozenset({"/healthz"})
+# The audit console (attacker.service.console) authenticates its own requests with a session cookie
+# derived from the same token; the body cap below still applies to it.
+COOKIE_AUTH_PREFIX = "/console"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024  # an audit request is a few hundred bytes of JSON
 DETAIL_BODY_TOO_LARGE = "request body too large"
 DETAIL_LENGTH_REQUIRED = "a request body needs a Content-Length"
@@ -45,7 +51,8 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        if scope["path"] not in PUBLIC_PATHS and not self._authorised(headers.get(b"authorization", b"")):
+        if not _cookie_authenticated(scope["path"]) and scope["path"] not in PUBLIC_PATHS \
+                and not self._authorised(headers.get(b"authorization", b"")):
             await _respond(send, 401, DETAIL_UNAUTHORIZED, [(b"www-authenticate", b"Bearer")])
             return
         declared = headers.get(b"content-length")
@@ -63,6 +70,10 @@ class RequestGuard:
             return True
         scheme, _, presented = header.partition(b" ")
         return scheme.lower() == b"bearer" and hmac.compare_digest(presented.strip(), self.expected)
+
+
+def _cookie_authenticated(path: str) -> bool:
+    return path == COOKIE_AUTH_PREFIX or path.startswith(COOKIE_AUTH_PREFIX + "/")
 
 
 async def _respond(send: Send, status: int, detail: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:

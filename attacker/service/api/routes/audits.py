@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import HTMLResponse
 
+from attacker.service import audit_actions
 from attacker.service.api.deps import CatalogDep, StoreDep
 from attacker.service.api.schemas import (
     AttackTrainingByColumn,
@@ -21,13 +21,8 @@ from attacker.service.api.schemas import (
     PrivacyBound,
     WorstCaseByColumn,
 )
-from attacker.service.errors import (
-    AuditFinishedError,
-    AuditNotFinishedError,
-    AuditNotFoundError,
-    BundleNotFoundHTTPError,
-)
-from attacker.service.jobs import AuditStatus, Job, JobRequest, JobStore
+from attacker.service.audit_actions import require_job, require_png, submit_audit
+from attacker.service.jobs import AuditStatus, Job
 from attacker.service.report import render_report
 from cem.bounds import stored_bound
 
@@ -109,19 +104,6 @@ def _column_training(values: dict[str, Any]) -> dict[str, Any]:
     return {key: values[key] for key in TRAINING_KEYS if key in values}
 
 
-def _require_job(store: JobStore, audit_id: str) -> Job:
-    job = store.get(audit_id)
-    if job is None:
-        raise AuditNotFoundError()
-    return job
-
-
-def _require_png(job: Job) -> bytes:
-    if job.status is not AuditStatus.SUCCEEDED or not job.png_path or not Path(job.png_path).is_file():
-        raise AuditNotFinishedError()
-    return Path(job.png_path).read_bytes()
-
-
 @router.post(
     "",
     status_code=202,
@@ -130,24 +112,7 @@ def _require_png(job: Job) -> bytes:
     summary="Queue an inversion audit of a bundle",
 )
 def create_audit(body: AuditCreate, store: StoreDep, catalog: CatalogDep, response: Response) -> AuditAccepted:
-    entry = catalog.resolve(body.bundle)
-    if entry is None:
-        raise BundleNotFoundHTTPError()
-    job = store.create(
-        JobRequest(
-            bundle=entry.name,
-            model_id=entry.manifest.model_id,
-            bundle_dir=str(entry.path.resolve()),
-            attack=body.attack,
-            epochs=body.epochs,
-            network_channels=body.network_channels,
-            network_blocks=body.network_blocks,
-            optimize_steps=body.optimize_steps,
-            dataset=body.dataset,
-            use_captures=body.use_captures,
-            seed=body.seed,
-        )
-    )
+    job = submit_audit(store, catalog, body)
     response.headers["Location"] = f"{router.prefix}/{job.id}"
     return AuditAccepted(id=job.id, status=job.status)
 
@@ -163,7 +128,7 @@ def list_audits(
 
 @router.get("/{audit_id}", response_model=AuditView, responses=NOT_FOUND, summary="Status, progress and results")
 def get_audit(audit_id: str, store: StoreDep) -> AuditView:
-    return to_view(_require_job(store, audit_id))
+    return to_view(require_job(store, audit_id))
 
 
 @router.delete(
@@ -174,12 +139,7 @@ def get_audit(audit_id: str, store: StoreDep) -> AuditView:
     summary="Cancel a queued or running audit",
 )
 def cancel_audit(audit_id: str, store: StoreDep) -> AuditAccepted:
-    _require_job(store, audit_id)
-    job = store.request_cancel(audit_id)
-    if job is None:
-        raise AuditNotFoundError()
-    if job.status is not AuditStatus.CANCELLED and not (job.status is AuditStatus.RUNNING and job.cancel_requested):
-        raise AuditFinishedError()
+    job = audit_actions.cancel_audit(store, audit_id)
     return AuditAccepted(id=job.id, status=job.status)
 
 
@@ -190,7 +150,7 @@ def cancel_audit(audit_id: str, store: StoreDep) -> AuditAccepted:
     summary="The grid of originals above reconstructions",
 )
 def get_reconstructions(audit_id: str, store: StoreDep) -> Response:
-    png = _require_png(_require_job(store, audit_id))
+    png = require_png(require_job(store, audit_id))
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
@@ -201,6 +161,6 @@ def get_reconstructions(audit_id: str, store: StoreDep) -> Response:
     summary="A self-contained HTML report: metrics, bound and the image grid",
 )
 def get_report(audit_id: str, store: StoreDep) -> HTMLResponse:
-    job = _require_job(store, audit_id)
-    png = _require_png(job)
+    job = require_job(store, audit_id)
+    png = require_png(job)
     return HTMLResponse(render_report(job, png), headers={"Cache-Control": "no-store"})
