@@ -32,6 +32,14 @@ test-fast: $(STAMP)
 clean:
 	rm -rf $(VENV) runs .pytest_cache
 
+# The headless browser of the console's browser tests: Debian's chromium and chromedriver (root, or sudo).
+# Without it those tests skip with the reason. Nothing is downloaded outside the package manager.
+.PHONY: browser
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then echo "chromium and chromedriver present"; \
+	else SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; fi
+
 .PHONY: demo
 demo: $(STAMP)
 	$(VENV)/bin/cem-demo $(DEMO_ARGS)

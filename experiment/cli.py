@@ -151,14 +151,19 @@ def report_command(args: argparse.Namespace) -> int:
     flags = convergence_flags(collected.observations)
     unjudged = unjudged_columns(collected.observations)
     directory = store.report_dir
-    extra = {"name": plan.name, "convergence": flags, "unjudged": unjudged, "nonfinite": collected.nonfinite,
-             "missing": collected.missing, "observations": len(collected.observations)}
-    paths = write_tables(table, directory, plan.name, extra)
-    figures = [("Accuracy vs attack MSE (Fig. 4)", plot_pareto(collected.observations, plan.attacks, directory)[0]),
+    plotted = [("Accuracy vs attack MSE (Fig. 4)", plot_pareto(collected.observations, plan.attacks, directory)),
                ("Attack MSE vs conditional entropy (Fig. 3)",
-                plot_mse_vs_entropy(collected.observations, plan.attacks, directory)[0])]
-    galleries = [(title, written[0]) for title, written in
-                 plot_galleries(collected.observations, plan.attacks, store, directory)]
+                plot_mse_vs_entropy(collected.observations, plan.attacks, directory))]
+    plotted_galleries = plot_galleries(collected.observations, plan.attacks, store, directory)
+    figures = [(title, written[0]) for title, written in plotted]
+    galleries = [(title, written[0]) for title, written in plotted_galleries]
+    extra = {"name": plan.name, "convergence": flags, "unjudged": unjudged, "nonfinite": collected.nonfinite,
+             "missing": collected.missing, "observations": len(collected.observations),
+             # each figure's title and files (PNG first), for readers of table1.json such as the audit console
+             "figures": [{"kind": kind, "title": title, "files": [path.name for path in written]}
+                         for kind, entries in (("plot", plotted), ("gallery", plotted_galleries))
+                         for title, written in entries]}
+    paths = write_tables(table, directory, plan.name, extra)
     stored = sum(store.load(c.kind, c.key) is not None for c in plan.runnable())
     page = render_html(name=plan.name, table=table, figures=figures, galleries=galleries, flags=flags,
                        missing=collected.missing, stored=stored, spec_text=plan.spec_text, unjudged=unjudged,

@@ -17,7 +17,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from experiment.report import Table1
-from experiment.tables import flag_notes, header, table_lines, table_notes
+from experiment.tables import flag_notes, rendered_groups
 
 TEMPLATE = "report.html"
 
@@ -27,12 +27,6 @@ def data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _row_kind(first_cell: str) -> str:
-    if first_cell.startswith(("Average", "CEM gain of")):
-        return "average"
-    return "gain" if first_cell.startswith("CEM gain") else "variant"
-
-
 def render_html(*, name: str, table: Table1, figures: Sequence[tuple[str, Path]],
                 galleries: Sequence[tuple[str, Path]], flags: Sequence[Mapping[str, Any]], missing: Sequence[str],
                 stored: int, spec_text: str, unjudged: Sequence[Mapping[str, Any]] = (),
@@ -40,15 +34,11 @@ def render_html(*, name: str, table: Table1, figures: Sequence[tuple[str, Path]]
     """The page; ``figures`` and ``galleries`` are (title, PNG path) pairs; ``flags``, ``unjudged`` and
     ``nonfinite`` the report's not-converged columns, unjudged columns and values left out as not finite."""
     environment = Environment(loader=PackageLoader("experiment", "templates"), autoescape=select_autoescape(["html"]))
-    tables = [{"group": group, "header": header(table),
-               "rows": [{"kind": _row_kind(cells[0]), "cells": cells} for cells in table_lines(table, group)],
-               "notes": table_notes(table, group)}
-              for group in table.groups]
     return environment.get_template(TEMPLATE).render(
         name=name,
         generated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         stored=stored,
-        tables=tables,
+        tables=rendered_groups(table),
         figures=[{"title": title, "uri": data_uri(path)} for title, path in figures],
         galleries=[{"title": title, "uri": data_uri(path)} for title, path in galleries],
         flags=list(flags),

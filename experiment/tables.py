@@ -30,6 +30,12 @@ from experiment.report import ACCURACY, AverageBlock, GainLine, Table1, VariantL
 
 ATTACK_TITLES = {"decoder": "Dec.", "gan": "GAN", "optimize": "Opt.", "decoder+optimize": "Dec.+Opt."}
 NOT_CONVERGED_MARK = " †"
+LEGEND = ("Mean ± 95 % interval (Student t) over seeds; MSE of each attack on the `train` and `infer` columns; "
+          "(n=k): the value stands on k models. "
+          "CEM gain (paired): per seed against λ = 0 at the same σ, MSE in %, accuracy in points. "
+          "Averages: over the rows with both variants (the paper's summary rows); their gain is the relative "
+          f"change of the averages, per attack.{NOT_CONVERGED_MARK}: at least one model's attack behind the "
+          "value did not converge (on a gain: of either variant).")
 
 
 def header(table: Table1) -> list[str]:
@@ -105,6 +111,23 @@ def table_lines(table: Table1, group: str) -> list[list[str]]:
     return lines
 
 
+def row_kind(first_cell: str) -> str:
+    """A body row's kind from its first cell: "variant", "gain" (paired) or "average" (the summary rows)."""
+    if first_cell.startswith(("Average", "CEM gain of")):
+        return "average"
+    return "gain" if first_cell.startswith("CEM gain") else "variant"
+
+
+def rendered_groups(table: Table1) -> list[dict[str, Any]]:
+    """Per group: its header, its rows as text cells with their kind, and its notes, exactly as ``table1.md``
+    shows them; the HTML page and ``table1.json`` (for readers that must not import this package, such as the
+    audit console) carry the same cells."""
+    return [{"group": group, "header": header(table),
+             "rows": [{"kind": row_kind(cells[0]), "cells": cells} for cells in table_lines(table, group)],
+             "notes": table_notes(table, group)}
+            for group in table.groups]
+
+
 def _headline(table: Table1, block: AverageBlock) -> str:
     parts = [f"{column} {_gain('mse', block.attack_mean_gain.get(column))}"
              f"{_mark(block.attack_mean_not_converged.get(column))}" for column in COLUMNS]
@@ -139,13 +162,7 @@ def flag_notes(nonfinite: Sequence[Mapping[str, Any]], unjudged: Sequence[Mappin
 
 def render_markdown(table: Table1, title: str, nonfinite: Sequence[Mapping[str, Any]] = (),
                     unjudged: Sequence[Mapping[str, Any]] = ()) -> str:
-    legend = ("Mean ± 95 % interval (Student t) over seeds; MSE of each attack on the `train` and `infer` columns; "
-              "(n=k): the value stands on k models. "
-              "CEM gain (paired): per seed against λ = 0 at the same σ, MSE in %, accuracy in points. "
-              "Averages: over the rows with both variants (the paper's summary rows); their gain is the relative "
-              f"change of the averages, per attack.{NOT_CONVERGED_MARK}: at least one model's attack behind the "
-              "value did not converge (on a gain: of either variant).")
-    parts = [f"# {title}: Table 1", "", legend]
+    parts = [f"# {title}: Table 1", "", LEGEND]
     for group in table.groups:
         head = header(table)
         rows = table_lines(table, group)
@@ -247,6 +264,8 @@ def table_json(table: Table1, extra: Mapping[str, Any]) -> dict[str, Any]:
 
     return {
         **extra,
+        "rendered": {"legend": LEGEND, "groups": rendered_groups(table),
+                     "notes": flag_notes(extra.get("nonfinite", ()), extra.get("unjudged", ()))},
         "attacks": list(table.attacks),
         "columns": list(COLUMNS),
         "metrics": list(table.metrics),

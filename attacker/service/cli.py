@@ -43,6 +43,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--db", type=Path, required=True, help="SQLite file for the jobs (created if missing)")
     parser.add_argument("--results", type=Path, default=ServiceSettings.results_dir,
                         help="folder for reconstruction PNGs (default: beside --db)")
+    parser.add_argument("--experiments", type=Path, default=ServiceSettings.experiments_dir, metavar="DIR",
+                        help="folder of cem-experiment output folders (each with report/ written by "
+                             "`cem-experiment report`) the console shows")
     parser.add_argument("--max-jobs", type=int, default=ServiceSettings.max_jobs,
                         help="audits running at once (one worker process each)")
     parser.add_argument("--on-restart", choices=RECOVERY_POLICIES, default=ServiceSettings.on_restart,
@@ -78,6 +81,7 @@ def build_settings(args: argparse.Namespace) -> ServiceSettings:
         data_dir=args.data_dir,
         worker_threads=args.worker_threads,
         max_captured_samples=args.max_captured,
+        experiments_dir=args.experiments,
     )
 
 

@@ -68,6 +68,7 @@ class ServiceSettings:
     max_captured_samples: int = 256  # captured samples an audit reconstructs at most
     insecure_no_auth: bool = False
     poll_interval_s: float = 0.2  # how often an idle worker looks for queued jobs
+    experiments_dir: Path | None = None  # cem-experiment output folders the console shows; None: no such page
 
     def __post_init__(self) -> None:
         if self.token is None and not self.insecure_no_auth:
@@ -88,6 +89,8 @@ class ServiceSettings:
                 )
         if not self.bundles_dir.is_dir():
             raise ConfigError(f"expected --bundles to be a directory, got {self.bundles_dir}")
+        if self.experiments_dir is not None and not self.experiments_dir.is_dir():
+            raise ConfigError(f"expected --experiments to be a directory, got {self.experiments_dir}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"expected a port in [0, 65535], got {self.port}")
         if self.max_jobs < 1:

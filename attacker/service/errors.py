@@ -28,6 +28,10 @@ DETAIL_AUDIT_NOT_FINISHED = "audit has no results: it has not succeeded"
 DETAIL_AUDIT_FINISHED = "audit already finished: nothing to cancel"
 DETAIL_CAPTURES_UNREADABLE = "capture store unreadable"
 DETAIL_NOT_READY = "no audit worker is running"
+DETAIL_EXPERIMENT_NOT_FOUND = "experiment not found: no folder of that name with report/table1.json under --experiments"
+DETAIL_FIGURE_NOT_FOUND = "figure not found: no PNG or SVG of that name in the experiment's report folder"
+DETAIL_REPORT_UNREADABLE = ("experiment report unreadable: report/table1.json is not what this version of "
+                            "`cem-experiment report` writes (run `cem-experiment report DIR` again)")
 
 
 class ServiceError(CEMError):
@@ -70,6 +74,21 @@ class CapturesUnreadableError(ServiceError):
 class NotReadyError(ServiceError):
     status_code = 503
     detail = DETAIL_NOT_READY
+
+
+class ExperimentNotFoundError(ServiceError):
+    status_code = 404
+    detail = DETAIL_EXPERIMENT_NOT_FOUND
+
+
+class FigureNotFoundError(ServiceError):
+    status_code = 404
+    detail = DETAIL_FIGURE_NOT_FOUND
+
+
+class ReportUnreadableError(ServiceError):
+    status_code = 503
+    detail = DETAIL_REPORT_UNREADABLE
 
 
 def to_service_error(exc: CEMError) -> ServiceError:

@@ -12,5 +12,8 @@ from service_helpers import AuditService
 
 @pytest.fixture()
 def console(service: AuditService) -> Iterator[httpx.Client]:
-    with console_client(service) as client:
+    client = console_client(service)
+    try:
         yield client
+    finally:
+        client.close()
