@@ -37,7 +37,7 @@ clean:
 .PHONY: browser
 browser:
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then echo "chromium and chromedriver present"; \
-	else SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	else SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo -n); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; fi
 
 .PHONY: demo

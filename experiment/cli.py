@@ -28,6 +28,7 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from cem.cli import run_cli
 from cem.errors import CEMError, ConfigError
@@ -151,18 +152,20 @@ def report_command(args: argparse.Namespace) -> int:
     flags = convergence_flags(collected.observations)
     unjudged = unjudged_columns(collected.observations)
     directory = store.report_dir
+    extra: dict[str, Any] = {
+        "name": plan.name, "convergence": flags, "unjudged": unjudged, "nonfinite": collected.nonfinite,
+        "missing": collected.missing, "observations": len(collected.observations)}
+    write_tables(table, directory, plan.name, extra)  # first: the tables stand even if a figure cannot be drawn
     plotted = [("Accuracy vs attack MSE (Fig. 4)", plot_pareto(collected.observations, plan.attacks, directory)),
                ("Attack MSE vs conditional entropy (Fig. 3)",
                 plot_mse_vs_entropy(collected.observations, plan.attacks, directory))]
     plotted_galleries = plot_galleries(collected.observations, plan.attacks, store, directory)
     figures = [(title, written[0]) for title, written in plotted]
     galleries = [(title, written[0]) for title, written in plotted_galleries]
-    extra = {"name": plan.name, "convergence": flags, "unjudged": unjudged, "nonfinite": collected.nonfinite,
-             "missing": collected.missing, "observations": len(collected.observations),
-             # each figure's title and files (PNG first), for readers of table1.json such as the audit console
-             "figures": [{"kind": kind, "title": title, "files": [path.name for path in written]}
-                         for kind, entries in (("plot", plotted), ("gallery", plotted_galleries))
-                         for title, written in entries]}
+    # each figure's title and files (PNG first), for readers of table1.json such as the audit console
+    extra["figures"] = [{"kind": kind, "title": title, "files": [path.name for path in written]}
+                        for kind, entries in (("plot", plotted), ("gallery", plotted_galleries))
+                        for title, written in entries]
     paths = write_tables(table, directory, plan.name, extra)
     stored = sum(store.load(c.kind, c.key) is not None for c in plan.runnable())
     page = render_html(name=plan.name, table=table, figures=figures, galleries=galleries, flags=flags,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -282,11 +283,18 @@ def write_tables(table: Table1, directory: Path, title: str, extra: Mapping[str,
     """``table1.md``, ``table1.csv`` and ``table1.json`` in ``directory``; their paths by format."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = {"md": directory / "table1.md", "csv": directory / "table1.csv", "json": directory / "table1.json"}
-    paths["md"].write_text(render_markdown(table, title, extra.get("nonfinite", ()), extra.get("unjudged", ())),
-                           encoding="utf-8")
-    paths["csv"].write_text(render_csv(table), encoding="utf-8")
-    paths["json"].write_text(json.dumps(table_json(table, extra), indent=2) + "\n", encoding="utf-8")
+    texts = {"md": render_markdown(table, title, extra.get("nonfinite", ()), extra.get("unjudged", ())),
+             "csv": render_csv(table), "json": json.dumps(table_json(table, extra), indent=2) + "\n"}
+    for kind, path in paths.items():
+        _write_atomically(path, texts[kind])
     return paths
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write through a temporary file and a rename, so a reader (the audit console) never sees half a file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
 
 
 def summary_line(table: Table1) -> Sequence[str]:

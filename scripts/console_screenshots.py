@@ -57,7 +57,8 @@ def open_browser(width: int, height: int) -> webdriver.Chrome:
 
 
 def save_full_page(browser: webdriver.Chrome, url: str, path: Path, width: int) -> None:
-    """Load ``url``, wait for its images, and save the whole page (the window grown to the page's height)."""
+    """Load ``url`` at ``width``, wait for its images, and save the whole page (the window fitted to its height)."""
+    browser.set_window_size(width, 800)  # measure the page at this width, from a short window
     browser.get(url)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not browser.execute_script(
@@ -67,6 +68,15 @@ def save_full_page(browser: webdriver.Chrome, url: str, path: Path, width: int) 
     browser.set_window_size(width, max(height, 400))
     browser.save_screenshot(str(path))
     print(f"wrote {path}")
+
+
+def comparison_pair(audits: list[dict]) -> list[dict]:
+    """The oldest two succeeded audits of one attack on two different bundles (the demo's σ-only and σ+CEM)."""
+    for first in reversed(audits):
+        for second in reversed(audits):
+            if second["attack"] == first["attack"] and second["bundle"] != first["bundle"]:
+                return sorted((first, second), key=lambda a: a["bundle"])
+    return list(reversed(audits[:2]))
 
 
 def log_in(browser: webdriver.Chrome, base: str, token: str) -> None:
@@ -93,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                 audits = [a for a in api.get("/v1/audits").json()["audits"] if a["status"] == "succeeded"]
             if len(audits) < 2:
                 parser.error(f"expected at least two succeeded audits in {args.demo_out}/audit.db")
-            ids = "&".join(f"ids={a['id']}" for a in reversed(audits[:2]))
+            ids = "&".join(f"ids={a['id']}" for a in comparison_pair(audits))
             pages = [("audits", "/console/audits"), ("audit", f"/console/audits/{audits[0]['id']}"),
                      ("compare", f"/console/compare?{ids}"), ("models", "/console/models"),
                      ("captures", "/console/captures")]

@@ -225,12 +225,12 @@ class JobStore:
             raise KeyError(job_id)
         return job
 
-    def list_jobs(self, status: AuditStatus | None = None, limit: int = 100) -> list[Job]:
-        """Newest first."""
-        sql = "SELECT * FROM jobs"
-        params: tuple[str, ...] = ()
-        if status is not None:
-            sql, params = sql + " WHERE status = ?", (status,)
+    def list_jobs(self, status: AuditStatus | None = None, limit: int = 100, *, bundle: str | None = None) -> list[Job]:
+        """Newest first; ``status`` and ``bundle`` (the folder name) narrow the list when given."""
+        given = (("status", status), ("bundle", bundle))
+        conditions = [(column, value) for column, value in given if value is not None]
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(f"{c} = ?" for c, _ in conditions) if conditions else "")
+        params = tuple(str(value) for _, value in conditions)
         with self._connect() as conn:
             rows = conn.execute(sql + " ORDER BY created_at DESC, rowid DESC LIMIT ?", (*params, limit)).fetchall()
         return [Job.from_row(r) for r in rows]

@@ -67,11 +67,14 @@ td.text {{ text-align: left; }}
 """
 
 
-def _number(value: Any, digits: int = 4) -> str:
+def format_number(value: Any, digits: int = 4) -> str:
+    """A metric for display (the report and the console): 4 significant digits, "–" for missing or NaN, "∞"."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "–"
     if isinstance(value, int):
         return str(value)
+    if math.isnan(value):
+        return "–"
     return "∞" if math.isinf(value) else f"{value:.{digits}g}"
 
 
@@ -92,8 +95,8 @@ def _rows(pairs: list[tuple[str, str]]) -> str:
 
 def _bound_row(value: dict[str, Any]) -> str:
     kind = str(value.get("kind", "relative"))
-    cells = [kind, _number(value.get("xi")), _number(value.get("entropy_bound")), _number(value.get("mean_image_mse")),
-             _number(value.get("attack_mse")), str(value.get("label") or BOUND_LABELS[kind])]
+    cells = [kind, *(format_number(value.get(key)) for key in ("xi", "entropy_bound", "mean_image_mse", "attack_mse")),
+             str(value.get("label") or BOUND_LABELS[kind])]
     return "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
 
 
@@ -142,6 +145,18 @@ def compared_attacks(attack: str, details: dict[str, Any]) -> list[str]:
     return [attack] + ([AttackName.DECODER.value] if alone else [])
 
 
+def strongest_note(attack: str, details: dict[str, Any]) -> str:
+    """What an audit's strongest-attack table covers: one attack's own MSE, or the hybrid against its decoder alone
+    (the report and the console say it in the same words)."""
+    compared = compared_attacks(attack, details)
+    others = ", ".join(a for a in ATTACKS if a not in compared)
+    if len(compared) == 1:
+        return (f"Only one attack was run ({attack}): each MSE is its own, not a worst case over attacks. "
+                f"The worst case needs audits with the others too ({others}).")
+    return (f"This audit compared {attack} with its decoder alone (listed as {AttackName.DECODER.value}) where "
+            f"both were scored. The worst case over all attacks needs audits with the others too ({others}).")
+
+
 def _strongest_html(attack: str, details: dict[str, Any]) -> str:
     """Per column, the attack with the lowest MSE among those the audit ran, and what that comparison covers."""
     worst = details.get("worst_case")
@@ -153,18 +168,12 @@ def _strongest_html(attack: str, details: dict[str, Any]) -> str:
         entry = worst.get(key)
         if not isinstance(entry, dict):
             continue
-        cells = [label, str(entry.get("attack", "–")), _number(entry.get("mse")), _number(entry.get("attacks"))]
+        cells = [label, str(entry.get("attack", "–")), format_number(entry.get("mse")),
+                 format_number(entry.get("attacks"))]
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     if not rows:
         return '<p class="muted">No attack reached a finite MSE on any column.</p>'
-    compared = compared_attacks(attack, details)
-    others = ", ".join(a for a in ATTACKS if a not in compared)
-    if len(compared) == 1:
-        note = (f"Only one attack was run ({attack}): each MSE above is its own, not a worst case over attacks. "
-                f"The worst case needs audits with the others too ({others}).")
-    else:
-        note = (f"This audit compared {attack} with its decoder alone (listed as {AttackName.DECODER.value}) where "
-                f"both were scored. The worst case over all attacks needs audits with the others too ({others}).")
+    note = strongest_note(attack, details)
     head = "<tr><th>split</th><th>strongest attack</th><th>its MSE</th><th>attacks compared</th></tr>"
     intro = ('<p class="muted">A defense is only as strong as the strongest attack against it: per column, the '
              "attack with the lowest MSE.</p>")
@@ -188,15 +197,15 @@ def _runs_html(attack: str, details: dict[str, Any], metrics: dict[str, Any]) ->
     for label, values, scores in columns:
         run = _optimize(values)
         if optimizing:
-            cells = [label, _number(run.get("tv_weight")), _number(run.get("steps_per_image"))]
+            cells = [label, format_number(run.get("tv_weight")), format_number(run.get("steps_per_image"))]
         else:
-            cells = [label, _number(values.get("epochs")), _number(values.get("best_epoch"))]
+            cells = [label, format_number(values.get("epochs")), format_number(values.get("best_epoch"))]
         cells += ["yes" if values.get("still_improving") else "no", _seconds(values.get("attack_s")),
                   _seconds(values.get("eval_s"))]
         if hybrid:
             alone = values.get("decoder_alone")
             alone_mse = alone.get("mse") if isinstance(alone, dict) else None
-            refinement = f"decoder alone {_number(alone_mse)} → refined {_number(scores.get('mse'))}"
+            refinement = f"decoder alone {format_number(alone_mse)} → refined {format_number(scores.get('mse'))}"
             alone_accuracy = alone.get("attack_accuracy") if isinstance(alone, dict) else None
             if alone_accuracy is not None or scores.get("attack_accuracy") is not None:
                 refinement += (f"; attack accuracy {_share(alone_accuracy)} → "
@@ -253,7 +262,7 @@ def render_report(job: Job, png: bytes | None) -> str:
         values = metrics.get(key)
         if not values:
             continue
-        cells = "".join(f"<td>{_number(values.get(m))}</td>" for m in ("n", "mse", "psnr", "ssim", "ssim_ref"))
+        cells = "".join(f"<td>{format_number(values.get(m))}</td>" for m in ("n", "mse", "psnr", "ssim", "ssim_ref"))
         metric_rows.append(f"<tr><td>{html.escape(label)}</td>{cells}</tr>")
         if values.get("attack_accuracy") is not None:  # labelled columns of results that record identity leakage
             metric_rows.append(f'<tr><td>{html.escape(label)}</td><td colspan="5" class="text">'

@@ -92,12 +92,13 @@ class Verdict:
 
 
 def _mapping(value: Any) -> dict[str, Any]:
-    """A dict, a pydantic model (``AuditMetrics``, ``MetricSet``, ``WorstCase``...) or None, as a plain dict."""
+    """A dict, a pydantic model (``AuditMetrics``, ``MetricSet``, ``WorstCase``...) or None, as a plain dict whose
+    absent entries are left out (a model's unset optional fields would otherwise read as None entries)."""
     if value is None:
         return {}
     if hasattr(value, "model_dump"):
-        return dict(value.model_dump())
-    return dict(value) if isinstance(value, Mapping) else {}
+        return dict(value.model_dump(exclude_none=True))
+    return {k: v for k, v in value.items() if v is not None} if isinstance(value, Mapping) else {}
 
 
 def _finite(value: Any) -> float | None:

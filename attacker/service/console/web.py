@@ -10,7 +10,7 @@ status and detail. Every console response also carries the security headers
 
 from __future__ import annotations
 
-import math
+import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,7 +27,10 @@ from pydantic import ValidationError
 
 from attacker.service.console.session import COOKIE_NAME, SessionKeys
 from attacker.service.errors import ServiceError, to_service_error
+from attacker.service.report import format_number
 from cem.errors import CEMError
+
+logger = logging.getLogger(__name__)
 
 PREFIX = "/console"
 TEMPLATES_DIR = Path(__file__).with_name("templates")
@@ -53,17 +56,6 @@ class FormRefused(Exception):
     """A state-changing request without this session's CSRF token, or from another origin."""
 
 
-def _number(value: Any, digits: int = 4) -> str:
-    """A metric for display: 4 significant digits, "–" for missing, "∞" for infinite."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return "–"
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "–"
-    return "∞" if math.isinf(value) else f"{value:.{digits}g}"
-
-
 def _when(value: Any) -> str:
     if isinstance(value, datetime):
         return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -82,7 +74,7 @@ templates = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-templates.filters.update(number=_number, when=_when, percent=_percent)
+templates.filters.update(number=format_number, when=_when, percent=_percent)
 
 
 def keys(request: Request) -> SessionKeys:
@@ -132,8 +124,18 @@ def require_session(request: Request) -> Page:
     return Page(request, session_keys, value)
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(scheme: str, host: str | None, port: int | None) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the host lowercased and the scheme's default port made explicit."""
+    scheme = scheme.lower()
+    return scheme, (host or "").lower(), port if port is not None else DEFAULT_PORTS.get(scheme)
+
+
 def same_origin(request: Request) -> bool:
-    """False when the browser says the request comes from another origin (``Origin``, else ``Referer``).
+    """False when the browser says the request comes from another origin (``Origin``, else ``Referer``) than the
+    one it was sent to (the ``Host`` the service sees: behind a proxy, the proxy must pass the public ``Host`` on).
 
     A missing header passes here: the CSRF token is the check that always applies.
     """
@@ -141,7 +143,12 @@ def same_origin(request: Request) -> bool:
     if not claimed:
         return True
     parts = urlsplit(claimed)  # an opaque origin ("null") has no scheme or host, so it never matches
-    return f"{parts.scheme}://{parts.netloc}" == f"{request.url.scheme}://{request.url.netloc}"
+    try:
+        claimed_port = parts.port
+    except ValueError:  # a port that is not a number
+        return False
+    return _origin(parts.scheme, parts.hostname, claimed_port) == _origin(
+        request.url.scheme, request.url.hostname, request.url.port)
 
 
 def check_form(page: Page, csrf_token: str | None) -> None:
@@ -154,7 +161,13 @@ ConsolePage = Annotated[Page, Depends(require_session)]
 
 
 def _login_redirect(request: Request) -> RedirectResponse:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    """To the login form, then back: to this page for a GET; after a form (a session that expired meanwhile), to the
+    console page the form was on, since the form's own URL may take no GET; nothing was changed either way."""
+    if request.method == "GET":
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    else:
+        referer = urlsplit(request.headers.get("referer", ""))
+        target = referer.path if same_origin(request) and referer.path.startswith(PREFIX) else f"{PREFIX}/audits"
     return RedirectResponse(f"{PREFIX}/login?next={quote(target, safe='')}", status_code=303)
 
 
@@ -191,6 +204,8 @@ class ConsoleRoute(APIRoute):
                 response = _error_page(request, 422, "Invalid input", _validation_text(exc))
             except CEMError as exc:
                 error: ServiceError = to_service_error(exc)
+                if error.status_code >= 500:
+                    logger.warning("%s %s -> %d: %s", request.method, request.url.path, error.status_code, exc)
                 response = _error_page(request, error.status_code, "Not possible", error.detail)
             for name, value in SECURITY_HEADERS.items():
                 response.headers.setdefault(name, value)

@@ -252,3 +252,10 @@ def test_pages_and_status_need_a_session(service: AuditService, succeeded_audit:
             response = anonymous.get(path)
             assert response.status_code == 303 and response.headers["location"].startswith("/console/login?next=")
         assert anonymous.post("/console/audits", data=TINY_FORM).status_code == 303  # to the login, not a job
+
+
+def test_the_list_narrows_to_one_bundle(console: httpx.Client, succeeded_audit: dict) -> None:
+    page = console.get("/console/audits", params={"bundle": "digits-tiny"}).text
+    assert f'data-audit-id="{succeeded_audit["id"]}"' in page and 'id="bundle-filter"' in page
+    other = console.get("/console/audits", params={"bundle": "no-such-bundle"}).text
+    assert "data-audit-id=" not in other and "of bundle no-such-bundle" in other

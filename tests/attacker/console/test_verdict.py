@@ -148,3 +148,13 @@ def test_no_usable_metrics_gives_no_verdict(metrics: Any) -> None:
 def test_captured_column_has_no_identity_to_miss() -> None:
     result = verdict({"captured": scores(12.0, 0.1)})
     assert result.level == "protected" and result.evidence[0].unused == ()
+
+
+def test_one_attack_caveat_with_the_api_models_and_no_captured_column() -> None:
+    """The audit view's models leave ``captured`` unset when nothing was captured: the caveat still applies."""
+    metrics = AuditMetrics.model_validate({"train": scores(13.0, 0.2, 0.1), "infer": scores(14.0, 0.2, 0.1)})
+    worst = WorstCaseByColumn.model_validate({column: {"attack": "decoder", "mse": metrics_mse, "attacks": 1}
+                                              for column, metrics_mse in (("train", 0.05), ("infer", 0.04))})
+    result = verdict(metrics, worst, attack="decoder")
+    assert result.level == "protected"
+    assert any("Only one attack was run" in reason for reason in result.reasons)

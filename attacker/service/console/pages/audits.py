@@ -12,11 +12,12 @@ import hashlib
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from attacker.attack_names import ATTACKS, OPTIMIZING_ATTACKS, AttackName
+from attacker.service.api.deps import get_catalog, get_settings, get_store
 from attacker.service.api.routes.audits import to_view
 from attacker.service.api.schemas import (
     MAX_EPOCHS,
@@ -27,11 +28,10 @@ from attacker.service.api.schemas import (
     AuditView,
 )
 from attacker.service.audit_actions import cancel_audit, require_job, require_png, submit_audit
-from attacker.service.bundles import BundleCatalog
 from attacker.service.console.verdict import Verdict, verdict
 from attacker.service.console.web import PREFIX, ConsolePage, ConsoleRoute, check_form
-from attacker.service.jobs import FINAL_STATUSES, AuditStatus, Job, JobStore
-from attacker.service.report import SPLITS, compared_attacks, render_report
+from attacker.service.jobs import FINAL_STATUSES, AuditStatus, Job
+from attacker.service.report import SPLITS, render_report, strongest_note
 
 router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)
 
@@ -46,14 +46,6 @@ NUMBER_FIELDS: dict[str, tuple[str, int, int]] = {
     "seed": ("Seed", 0, 2**31 - 1),
 }
 NumberField = Annotated[str, Form(max_length=32)]
-
-
-def job_store(request: Request) -> JobStore:
-    return request.app.state.store
-
-
-def bundle_catalog(request: Request) -> BundleCatalog:
-    return BundleCatalog(request.app.state.settings.bundles_dir)
 
 
 def audit_url(audit_id: str, suffix: str = "") -> str:
@@ -106,18 +98,6 @@ def audit_row(job: Job) -> dict[str, Any]:
     return {"audit": view, "final": job.finished, "verdict": judged, "headline": headline_metric(view, judged)}
 
 
-def strongest_note(view: AuditView, job: Job) -> str:
-    """What the strongest-attack table covers: one attack's own MSE, or the hybrid against its decoder alone."""
-    attack = str(view.attack)
-    compared = compared_attacks(attack, _details(job))
-    others = ", ".join(a for a in ATTACKS if a not in compared)
-    if len(compared) == 1:
-        return (f"Only one attack was run ({attack}): each MSE is its own, not a worst case over attacks. "
-                f"The worst case needs audits with the others too ({others}).")
-    return (f"This audit compared {attack} with its decoder alone (listed as decoder). The worst case over all "
-            f"attacks needs audits with the others too ({others}).")
-
-
 def audit_detail(job: Job) -> dict[str, Any]:
     """Everything the audit page shows; the results only for a succeeded audit."""
     view = to_view(job)
@@ -127,7 +107,8 @@ def audit_detail(job: Job) -> dict[str, Any]:
     }
     if job.status is AuditStatus.SUCCEEDED:
         context.update(
-            verdict=verdict_of(view), strongest_note=strongest_note(view, job), gallery_alt=gallery_alt(view),
+            verdict=verdict_of(view), strongest_note=strongest_note(str(view.attack), _details(job)),
+            gallery_alt=gallery_alt(view),
             training_columns=[(column, label, getattr(view.training, column)) for column, label in SPLITS[:2]
                               if view.training is not None and getattr(view.training, column) is not None],
         )
@@ -157,7 +138,8 @@ def audit_create(bundle: str, attack: str, numbers: dict[str, str], use_captures
 
 
 @router.get("/audits")
-def list_audits(page: ConsolePage, status: str = "") -> HTMLResponse:
+def list_audits(page: ConsolePage, status: str = "",
+                bundle: Annotated[str, Query(max_length=200)] = "") -> HTMLResponse:
     wanted = None
     if status:
         try:
@@ -165,10 +147,11 @@ def list_audits(page: ConsolePage, status: str = "") -> HTMLResponse:
         except ValueError:
             raise RequestValidationError([{"loc": ("query", "status"), "type": "enum", "msg": (
                 f"expected one of {', '.join(s.value for s in AuditStatus)}, got {status[:32]!r}")}]) from None
-    jobs = job_store(page.request).list_jobs(wanted, LIST_LIMIT)
+    jobs = get_store(page.request).list_jobs(wanted, LIST_LIMIT, bundle=bundle or None)
     return page.render(
         "audits.html", title="Audits", rows=[audit_row(job) for job in jobs], status_filter=status,
-        statuses=[s.value for s in AuditStatus], bundles=bundle_catalog(page.request).list_bundles(),
+        bundle_filter=bundle,
+        statuses=[s.value for s in AuditStatus], bundles=get_catalog(get_settings(page.request)).list_bundles(),
         attacks=ATTACKS, number_fields=NUMBER_FIELDS, limit=LIST_LIMIT,
     )
 
@@ -190,20 +173,20 @@ def start_audit(
     numbers = {"epochs": epochs, "network_channels": network_channels, "network_blocks": network_blocks,
                "optimize_steps": optimize_steps, "seed": seed}
     body = audit_create(bundle, attack, numbers, use_captures=bool(use_captures))
-    job = submit_audit(job_store(page.request), bundle_catalog(page.request), body)
+    job = submit_audit(get_store(page.request), get_catalog(get_settings(page.request)), body)
     return RedirectResponse(audit_url(job.id), status_code=303)
 
 
 @router.get("/audits/{audit_id}/status")
 def audit_status(page: ConsolePage, audit_id: str) -> JSONResponse:
     """What console.js polls: the status, progress and message of one audit."""
-    job = require_job(job_store(page.request), audit_id)
+    job = require_job(get_store(page.request), audit_id)
     return JSONResponse({"id": job.id, "status": job.status.value, "progress": job.progress, "message": job.message})
 
 
 @router.get("/audits/{audit_id}")
 def audit_page(page: ConsolePage, audit_id: str) -> HTMLResponse:
-    job = require_job(job_store(page.request), audit_id)
+    job = require_job(get_store(page.request), audit_id)
     return page.render("audit.html", title=f"Audit {job.id[:8]}", final_statuses=FINAL_STATUSES,
                        **audit_detail(job))
 
@@ -212,13 +195,13 @@ def audit_page(page: ConsolePage, audit_id: str) -> HTMLResponse:
 def cancel(page: ConsolePage, audit_id: str,
            csrf_token: Annotated[str, Form(max_length=128)] = "") -> RedirectResponse:
     check_form(page, csrf_token)
-    job = cancel_audit(job_store(page.request), audit_id)
+    job = cancel_audit(get_store(page.request), audit_id)
     return RedirectResponse(audit_url(job.id), status_code=303)
 
 
 @router.get("/audits/{audit_id}/reconstructions.png")
 def reconstructions(page: ConsolePage, audit_id: str) -> Response:
-    return Response(require_png(require_job(job_store(page.request), audit_id)), media_type="image/png")
+    return Response(require_png(require_job(get_store(page.request), audit_id)), media_type="image/png")
 
 
 def _report_policy(report: str) -> str:
@@ -234,7 +217,7 @@ def _report_policy(report: str) -> str:
 @router.get("/audits/{audit_id}/report")
 def report(page: ConsolePage, audit_id: str) -> HTMLResponse:
     """The API's self-contained report behind the console's session, to read or save as one file."""
-    job = require_job(job_store(page.request), audit_id)
+    job = require_job(get_store(page.request), audit_id)
     html = render_report(job, require_png(job))
     return HTMLResponse(html, headers={
         "Content-Security-Policy": _report_policy(html),

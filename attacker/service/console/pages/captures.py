@@ -10,10 +10,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
+from attacker.service.api.deps import get_captures, get_catalog, get_settings
 from attacker.service.bundles import BundleCatalog
-from attacker.service.config import ServiceSettings
 from attacker.service.console.web import PREFIX, ConsolePage, ConsoleRoute
-from cem.captures.reader import CaptureStore
 
 router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)
 
@@ -28,7 +27,7 @@ def bundles_by_model_id(catalog: BundleCatalog) -> dict[str, str]:
 
 @router.get("/captures")
 def captures_page(page: ConsolePage) -> HTMLResponse:
-    settings: ServiceSettings = page.request.app.state.settings
-    summary = CaptureStore(settings.captures_dir).summary()
+    settings = get_settings(page.request)
+    summary = get_captures(settings).summary()
     return page.render("captures.html", title="Captures", summary=summary, captures_dir=str(settings.captures_dir),
-                       bundles=bundles_by_model_id(BundleCatalog(settings.bundles_dir)))
+                       bundles=bundles_by_model_id(get_catalog(settings)))

@@ -16,11 +16,12 @@ from fastapi import APIRouter, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
 
+from attacker.service.api.deps import get_catalog, get_settings, get_store
 from attacker.service.api.routes.audits import to_view
 from attacker.service.api.schemas import AuditView
 from attacker.service.audit_actions import require_job
 from attacker.service.bundles import BundleEntry
-from attacker.service.console.pages.audits import bundle_catalog, job_store, verdict_of
+from attacker.service.console.pages.audits import verdict_of
 from attacker.service.console.verdict import Evidence, Verdict
 from attacker.service.console.web import PREFIX, ConsolePage, ConsoleRoute
 from attacker.service.jobs import AuditStatus, Job
@@ -139,9 +140,9 @@ def _chosen(ids: list[str]) -> list[str]:
 @router.get("/compare")
 def compare(page: ConsolePage, ids: Annotated[list[str] | None, Query()] = None) -> HTMLResponse:
     chosen = _chosen(ids or [])
-    store = job_store(page.request)
+    store = get_store(page.request)
     jobs = [require_job(store, audit_id) for audit_id in chosen]
-    entries = {entry.name: entry for entry in bundle_catalog(page.request).list_bundles()}
+    entries = {entry.name: entry for entry in get_catalog(get_settings(page.request)).list_bundles()}
     columns = [compared(job, entries) for job in jobs]
     return page.render("compare.html", title="Compare audits", columns=columns, rows=comparison_rows(columns),
                        first_succeeded=columns[0].verdict is not None)

@@ -28,7 +28,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from attacker.service.config import ServiceSettings
+from attacker.service.api.deps import get_settings
 from attacker.service.console.web import PREFIX, ConsolePage, ConsoleRoute
 from attacker.service.errors import ExperimentNotFoundError, FigureNotFoundError, ReportUnreadableError
 
@@ -176,16 +176,20 @@ def planned_cells(plan: Mapping[str, Any]) -> int | None:
     return len({c.get("key") for c in train if isinstance(c, dict)}) + len(attack)
 
 
-def summarize(experiment: Experiment) -> Summary:
-    try:
-        table = read_table(experiment)
-    except ReportUnreadableError as exc:
-        return Summary(experiment, title=experiment.name, error=exc.detail)
+def summarize(experiment: Experiment, table: TableRecord | None = None,
+              plan: Mapping[str, Any] | None = None) -> Summary:
+    """The list's line for one experiment (``table`` and ``plan``: already read, else read here)."""
+    if table is None:
+        try:
+            table = read_table(experiment)
+        except ReportUnreadableError as exc:
+            return Summary(experiment, title=experiment.name, error=exc.detail)
     written_at = (experiment.report_dir / TABLE_FILE).stat().st_mtime
+    plots, galleries = figures(table, list_figures(experiment.report_dir))
     return Summary(experiment, title=table.name or experiment.name, observations=table.observations,
                    missing=len(table.missing), not_converged=len(table.convergence), nonfinite=len(table.nonfinite),
-                   planned=planned_cells(read_plan(experiment)), written_at=written_at,
-                   figures=len({path.stem for path in list_figures(experiment.report_dir).values()}))
+                   planned=planned_cells(read_plan(experiment) if plan is None else plan), written_at=written_at,
+                   figures=len(plots) + len(galleries))
 
 
 def figures(table: TableRecord, present: Mapping[str, Path]) -> tuple[list[Figure], list[Figure]]:
@@ -202,7 +206,7 @@ def figures(table: TableRecord, present: Mapping[str, Path]) -> tuple[list[Figur
 
 
 def _root(page: ConsolePage) -> Path | None:
-    settings: ServiceSettings = page.request.app.state.settings
+    settings = get_settings(page.request)
     return settings.experiments_dir
 
 
@@ -222,7 +226,7 @@ def experiment_page(page: ConsolePage, name: str) -> HTMLResponse:
     plots, galleries = figures(table, list_figures(experiment.report_dir))
     return page.render(
         "experiment.html", title=table.name or experiment.name, experiment=experiment, table=table,
-        groups=table.rendered.groups, summary=summarize(experiment), plots=plots, galleries=galleries,
+        groups=table.rendered.groups, summary=summarize(experiment, table, plan), plots=plots, galleries=galleries,
         spec_text=plan.get("spec_text") if isinstance(plan.get("spec_text"), str) else None,
     )
 

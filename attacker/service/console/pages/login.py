@@ -52,7 +52,7 @@ def login(
         raise FormRefused()
     if not session_keys.auth_required:
         return RedirectResponse(safe_next(next_path), status_code=303)
-    if not session_keys.token_matches(token):
+    if not session_keys.token_matches(token.strip()):  # a pasted token's stray space, as the bearer guard allows
         return _login_form(request, next_path, status_code=401, failed=True)
     response = RedirectResponse(safe_next(next_path), status_code=303)
     response.set_cookie(

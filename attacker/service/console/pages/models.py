@@ -14,8 +14,8 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
-from attacker.service.bundles import BundleCatalog, BundleEntry
-from attacker.service.config import ServiceSettings
+from attacker.service.api.deps import get_catalog, get_settings
+from attacker.service.bundles import BundleEntry
 from attacker.service.console.web import PREFIX, ConsolePage, ConsoleRoute
 from cem.bounds import BOUND_LABELS
 
@@ -78,8 +78,8 @@ def model_row(entry: BundleEntry) -> ModelRow:
 
 @router.get("/models")
 def models_page(page: ConsolePage) -> HTMLResponse:
-    settings: ServiceSettings = page.request.app.state.settings
-    rows = [model_row(entry) for entry in BundleCatalog(settings.bundles_dir).list_bundles()]
+    settings = get_settings(page.request)
+    rows = [model_row(entry) for entry in get_catalog(settings).list_bundles()]
     kinds = sorted({row.bound["kind"] for row in rows if row.bound is not None}
                    | {"relative" for row in rows if row.bound is not None and row.bound.get("relative")})
     return page.render("models.html", title="Models", rows=rows, bundles_dir=str(settings.bundles_dir),
