@@ -31,7 +31,7 @@ from selenium.webdriver.common.by import By
 
 from cem.processes import ServiceProcess
 
-DESKTOP = (1280, 900)
+DESKTOP = (1440, 900)
 PHONE = (390, 844)
 
 
@@ -70,12 +70,13 @@ def save_full_page(browser: webdriver.Chrome, url: str, path: Path, width: int) 
     print(f"wrote {path}")
 
 
-def comparison_pair(audits: list[dict]) -> list[dict]:
-    """The oldest two succeeded audits of one attack on two different bundles (the demo's σ-only and σ+CEM)."""
+def comparison_pair(audits: list[dict], cem_bundles: set[str]) -> list[dict]:
+    """The oldest two succeeded audits of one attack on two different bundles (the demo's σ-only and σ+CEM), the
+    model without CEM first: the baseline the comparison's changes are read against."""
     for first in reversed(audits):
         for second in reversed(audits):
             if second["attack"] == first["attack"] and second["bundle"] != first["bundle"]:
-                return sorted((first, second), key=lambda a: a["bundle"])
+                return sorted((first, second), key=lambda a: a["bundle"] in cem_bundles)
     return list(reversed(audits[:2]))
 
 
@@ -101,9 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}) as api:
                 audits = [a for a in api.get("/v1/audits").json()["audits"] if a["status"] == "succeeded"]
+                cem_bundles = {b["name"] for b in api.get("/v1/bundles").json()["bundles"] if b.get("cem")}
             if len(audits) < 2:
                 parser.error(f"expected at least two succeeded audits in {args.demo_out}/audit.db")
-            ids = "&".join(f"ids={a['id']}" for a in comparison_pair(audits))
+            ids = "&".join(f"ids={a['id']}" for a in comparison_pair(audits, cem_bundles))
             pages = [("audits", "/console/audits"), ("audit", f"/console/audits/{audits[0]['id']}"),
                      ("compare", f"/console/compare?{ids}"), ("models", "/console/models"),
                      ("captures", "/console/captures")]
