@@ -6,14 +6,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from console_helpers import console_client
+from console_helpers import console_session
 from service_helpers import AuditService
 
 
 @pytest.fixture()
 def console(service: AuditService) -> Iterator[httpx.Client]:
-    client = console_client(service)
-    try:
+    with console_session(service) as client:
         yield client
-    finally:
-        client.close()

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 from service_helpers import TOKEN, AuditService
@@ -18,6 +20,16 @@ def console_client(service: AuditService, token: str = TOKEN) -> httpx.Client:
     assert response.status_code == 303, response.text
     assert "cem_console_session" in client.cookies
     return client
+
+
+@contextmanager
+def console_session(service: AuditService) -> Iterator[httpx.Client]:
+    """``console_client`` closed at the end (the client is already open: it logged in, so no ``with`` on it)."""
+    client = console_client(service)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def csrf_token(page_html: str) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from bundle_fixtures import build_digits_model
-from console_helpers import console_client
+from console_helpers import console_client, console_session
 from service_helpers import CAPTURED_SAMPLES, AuditService, start_service
 
 from cem.bundle import load_manifest, save_bundle
@@ -68,9 +68,8 @@ def bare_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditServ
 
 @pytest.fixture()
 def browser(catalog_service: AuditService) -> Iterator[httpx.Client]:
-    client = console_client(catalog_service)  # already open: it logged in
-    yield client
-    client.close()
+    with console_session(catalog_service) as client:
+        yield client
 
 
 def row_of(page: str, attribute: str, value: str) -> str:

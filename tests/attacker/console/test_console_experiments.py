@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from console_helpers import console_client
+from console_helpers import console_session
 from PIL import Image
 from service_helpers import AuditService, start_service
 
@@ -98,9 +98,8 @@ def experiments_service(experiments_root: Path, bundles_dir: Path, captures_dir:
 
 @pytest.fixture()
 def browser(experiments_service: AuditService) -> Iterator[httpx.Client]:
-    client = console_client(experiments_service)  # already open: it logged in
-    yield client
-    client.close()
+    with console_session(experiments_service) as client:
+        yield client
 
 
 class _Page(HTMLParser):
