@@ -263,8 +263,11 @@ def run_cell(args: argparse.Namespace, cell: Cell) -> dict[str, Any]:
 
 
 def save_samples(path: Path, samples: Samples) -> None:
-    """A cell's grid samples (the first scored originals and reconstructions per attack and column)."""
-    save_file({f"{attack}|{mode}|{part}": tensor.contiguous() for (attack, mode), pair in samples.items()
+    """A cell's grid samples (the first scored originals and reconstructions per attack and column). Every attack of
+    a column scores the same originals, often one shared tensor, which safetensors refuses to store twice: each
+    entry is written from its own copy."""
+    save_file({f"{attack}|{mode}|{part}": tensor.detach().clone().contiguous()
+               for (attack, mode), pair in samples.items()
                for part, tensor in zip(("originals", "reconstructions"), pair, strict=True)}, str(path))
 
 

@@ -7,7 +7,7 @@ It serves what a finished ``make demo`` left in ``--demo-out`` (bundles, capture
 the audit database with its audits) with a fresh ``cem-audit`` on a free loopback
 port, logs in through the form like a user, and saves full-page PNGs of the login,
 audits, one audit, the comparison of the σ-only and σ+CEM audits, the models, the
-captures and, with ``--experiments``, the experiments pages; the audits page is
+captures and, with ``--experiments``, the experiments list and the first report; the audits page is
 taken again at phone width. Run ``make demo`` first (``cem-demo --out DIR`` for
 another folder). Needs Debian's chromium and chromedriver (``make browser``) and
 selenium (the test extra).
@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
                      ("captures", "/console/captures")]
             if args.experiments is not None:
                 pages.append(("experiments", "/console/experiments"))
+                reported = sorted(p.name for p in args.experiments.iterdir() if (p / "report/table1.json").is_file())
+                if reported:
+                    pages.append(("experiment", f"/console/experiments/{reported[0]}"))
             browser = open_browser(*DESKTOP)
             try:
                 save_full_page(browser, base + "/console/login", args.out / "login.png", DESKTOP[0])

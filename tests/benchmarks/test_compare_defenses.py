@@ -122,3 +122,15 @@ def test_a_tiny_grid_runs_in_workers_and_a_rerun_runs_nothing(
     assert sorted(p.name for p in grids.iterdir()) == ["bottleneck-decoder-infer.png", "bottleneck-decoder-train.png"]
     with Image.open(grids / "bottleneck-decoder-infer.png") as image:
         assert image.size == (8 * 34 + 2, 3 * 34 + 2)
+
+
+def test_stored_samples_round_trip_when_the_attacks_share_the_originals(grid: ModuleType, tmp_path: Path) -> None:
+    import torch
+
+    originals = torch.rand(4, 1, 32, 32)  # every attack of a column scores the same tensor
+    samples = {(attack, "train"): (originals, torch.rand(4, 1, 32, 32)) for attack in ("decoder", "gan", "optimize")}
+    grid.save_samples(tmp_path / "cell.safetensors", samples)
+    loaded = grid.load_samples(tmp_path / "cell.safetensors")
+    assert set(loaded) == set(samples)
+    for key, (stored, reconstructions) in loaded.items():
+        assert torch.equal(stored, originals) and torch.equal(reconstructions, samples[key][1])
