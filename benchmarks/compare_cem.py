@@ -44,6 +44,7 @@ from tqdm import tqdm
 from attacker.attacks import (
     MODES,
     DecoderAttackConfig,
+    GanAttackConfig,
     OptimizeAttackConfig,
     ProgressMonitor,
     TrainedAttack,
@@ -81,6 +82,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-arg", action="append", default=[], help="extra cem-train argument (repeatable)")
     parser.add_argument("--decoder-epochs", type=int, default=50)
     parser.add_argument("--gan-epochs", type=int, default=150)
+    parser.add_argument("--gan-critic-dim", type=int, default=GanAttackConfig().critic_dim,
+                        help="width of the GAN attack's critic (its first conv; default: the paper's DGWGAN32)")
     parser.add_argument("--attacks", default="decoder,gan",
                         help=f"comma-separated, among {', '.join(COLUMN_KEYS)}")
     parser.add_argument("--optimize-steps", type=int, default=OptimizeAttackConfig().steps,
@@ -230,7 +233,8 @@ def attack_bundle(args: argparse.Namespace, bundle: Path, seed: int, bar: tqdm,
             started = time.perf_counter()
             if attack == "gan":
                 trained[attack] = run_attack("gan", split, obfuscation, epochs=args.gan_epochs, seed=seed,
-                                             monitor=monitor, init=trained["decoder"].network)
+                                             monitor=monitor, init=trained["decoder"].network,
+                                             gan_config=GanAttackConfig(critic_dim=args.gan_critic_dim))
             elif attack == "optimize":
                 trained[attack] = run_attack("optimize", split, obfuscation, seed=seed, monitor=monitor,
                                              encoder=encoder, optimize_config=optimize)
@@ -401,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                "seeds": seeds, "results": results, "per_seed": per_seed, "gain": gain}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    gan = f", GAN {args.gan_epochs} epochs" if "gan" in attacks else ""
+    critic = "" if args.gan_critic_dim == GanAttackConfig().critic_dim else f", critic width {args.gan_critic_dim}"
+    gan = f", GAN {args.gan_epochs} epochs{critic}" if "gan" in attacks else ""
     steps = f", optimisation {args.optimize_steps} steps per image" if {"optimize", "decoder+optimize"} & set(
         attacks) else ""
     sigma = per_seed["sigma"][0].get("noise_std")

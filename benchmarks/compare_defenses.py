@@ -72,7 +72,7 @@ from compare_cem import (
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from attacker.attacks import MODES, OptimizeAttackConfig
+from attacker.attacks import MODES, GanAttackConfig, OptimizeAttackConfig
 from cem.bundle import load_manifest
 from cem.stats import mean_interval
 
@@ -160,6 +160,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="optimisation steps per image of optimize and decoder+optimize")
     parser.add_argument("--decoder-epochs", type=int, default=50)
     parser.add_argument("--gan-epochs", type=int, default=150)
+    parser.add_argument("--gan-critic-dim", type=int, default=GanAttackConfig().critic_dim,
+                        help="width of the GAN attack's critic (its first conv; default: the paper's DGWGAN32)")
     parser.add_argument("--attack-blocks", type=int, default=4, help="residual blocks of the decoding network")
     parser.add_argument("--attack-channels", type=int, default=16, help="channels of the decoding network")
     parser.add_argument("--attack-batch-size", type=int, default=256, help="decoder attack batch size (upper bound)")
@@ -202,6 +204,8 @@ def cell_settings(args: argparse.Namespace, cell: Cell) -> dict[str, Any]:
     }
     if {"optimize", "decoder+optimize"} & set(parse_attacks(args.attacks)):
         settings["optimize_steps"] = args.optimize_steps
+    if args.gan_critic_dim != GanAttackConfig().critic_dim:  # only when changed: earlier stored cells stay valid
+        settings["gan_critic_dim"] = args.gan_critic_dim
     return settings
 
 

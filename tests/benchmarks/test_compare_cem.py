@@ -51,13 +51,16 @@ def test_end_to_end_on_prepared_bundles(compare: ModuleType, tmp_path: Path,
     write_digits_bundle(tmp_path / "sigma-seed0", 0.1, metrics=metrics)
     write_digits_bundle(tmp_path / "sigma+cem-seed0", 0.1, metrics=metrics, cem={"lam": 2.0})
     attacks = ["decoder", "gan", "optimize", "decoder+optimize"]
+    # a narrow GAN critic: at the paper's width its one epoch cost half of this test's CPU time
     code = compare.main(["--out", str(tmp_path), "--reuse", "--decoder-epochs", "1", "--gan-epochs", "1",
-                         "--attack-blocks", "0", "--attack-channels", "8", "--device", "cpu", "--json",
-                         "--attacks", ",".join(attacks), "--optimize-steps", "2", "--grid", str(tmp_path / "grids")])
+                         "--gan-critic-dim", "8", "--attack-blocks", "0", "--attack-channels", "8", "--device", "cpu",
+                         "--json", "--attacks", ",".join(attacks), "--optimize-steps", "2",
+                         "--grid", str(tmp_path / "grids")])
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(lines[-1])
     assert any(line.startswith("CEM gain") for line in lines)
+    assert any("GAN 1 epochs, critic width 8, " in line for line in lines)  # a narrowed critic is said so
     assert summary["results"]["sigma+cem"]["cem_lambda"]["mean"] == 2.0
     for variant in ("sigma", "sigma+cem"):
         row = summary["results"][variant]

@@ -62,6 +62,8 @@ def test_cells_are_planned_seed_major_and_reused_only_with_equal_settings(grid: 
     assert grid._stored(stored, settings) == {"settings": settings, "accuracy": 0.9}
     assert grid._stored(stored, grid.cell_settings(args(grid, "--decoder-epochs", "7"), cells[1])) is None
     assert "optimize_steps" in grid.cell_settings(args(grid, "--attacks", "decoder,optimize"), cells[1])
+    assert "gan_critic_dim" not in settings  # recorded only when changed, so cells stored before it stay valid
+    assert grid._stored(stored, grid.cell_settings(args(grid, "--gan-critic-dim", "8"), cells[1])) is None
     stored.write_text("{not json")
     assert grid._stored(stored, settings) is None
 
