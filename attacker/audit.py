@@ -19,6 +19,14 @@ in ``manifest.metrics``: ξ with its ``kind`` (``estimate`` or ``relative``, nev
 silently called a floor) and a check of every ξ against the mean-image guess and
 against the lowest MSE this audit's attacks reached. The audit never invents a
 bound; a bundle without one (σ = 0) reports ``null``.
+
+Data-parallel (``distributed``, under ``cem-attack --nproc N`` or torchrun; never in the
+audit service, whose workers are single processes): every rank loads the bundle and the
+data, builds the same splits and trains the attack together (attacker.attacks.parallel);
+rank 0 alone trains the identity classifier, scores, renders the grid and checks the
+bound, the others taking part only in an optimisation attack's inversions of the scored
+images; every rank returns rank 0's result. Captured traffic is refused there (only the
+service passes it). ``details["distributed"]`` records the world size and backend.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from attacker.attacks import (
     AttackCancelled,
     DecoderAttackConfig,
     FeatureMatchingInverter,
+    FeatureSet,
     GridGroup,
     OptimizeAttackConfig,
     ProgressMonitor,
@@ -59,6 +68,7 @@ from cem.bundle import load_encoder
 from cem.captures.reader import CapturedFeatures
 from cem.data.sample_ids import parse_sample_id
 from cem.devices import DEVICE_CHOICES, resolve_device
+from cem.distributed import SINGLE_PROCESS, DistributedContext, broadcast_object, rank_device
 from cem.errors import CEMError, ConfigError
 from cem.manifest import Manifest
 from cem.metrics import ReconstructionMeter
@@ -237,25 +247,45 @@ def run_audit(
     captured: CapturedFeatures | None = None,
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    distributed: DistributedContext = SINGLE_PROCESS,
 ) -> AuditResult:
     """Train ``spec.attack`` on the bundle's features under both protocols and score it.
 
     ``progress(fraction, message)`` is called at least once per batch; ``should_stop()`` is
-    polled once per batch and, when True, ``AuditCancelled`` is raised.
+    polled once per batch and, when True, ``AuditCancelled`` is raised. ``distributed``: the
+    process group's context when every rank of a launcher calls this (module docstring); on CUDA
+    rank r uses ``cuda:LOCAL_RANK``. Every rank returns rank 0's result.
     """
     monitor = ProgressMonitor(progress, should_stop)
     try:
-        return _run_audit(spec, captured, monitor)
+        return _run_audit(spec, captured, monitor, distributed)
     except AttackCancelled as exc:
         raise AuditCancelled(f"audit of {spec.bundle_dir} was cancelled") from exc
 
 
-def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: ProgressMonitor) -> AuditResult:
+def _take_part_in_scoring(network: torch.nn.Module, data: FeatureSet, obfuscation: ObfuscationConfig, *,
+                          seed: int) -> None:
+    """What a rank other than 0 does while rank 0 scores (``evaluate_attack``): an optimisation attack inverts
+    the scored images split over the ranks, so this rank makes the same inverter calls on the same batches
+    and drops the results; a learned network needs nothing from it."""
+    if isinstance(network, FeatureMatchingInverter):
+        for _ in iterate_reconstructions(network, data.features, obfuscation, seed=seed):
+            pass
+
+
+def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: ProgressMonitor,
+               distributed: DistributedContext) -> AuditResult:
     monitor.report(0.0, "loading bundle and data")
     device = resolve_device(spec.device)
+    if distributed.enabled:
+        device = rank_device(device, distributed.local_rank)
     manifest, encoder = load_encoder(spec.bundle_dir, device)
     if captured is not None and captured.features.shape[0] == 0:
         captured = None
+    if captured is not None and distributed.enabled:
+        raise ConfigError(f"expected no captured features in a data-parallel audit (the audit service, which "
+                          f"passes them, runs each audit in one process), got {captured.features.shape[0]} "
+                          f"with {distributed.world_size} processes")
     if captured is not None:
         _check_captured(captured, manifest.feature_shape)
     obfuscation = ObfuscationConfig.from_records(manifest.noise_std, manifest.defenses)
@@ -287,6 +317,7 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
     # the audited data set's classes (it may differ from the bundle's; only the image shape must match)
     num_classes = max([manifest.model.num_classes, *(int(s.labels.max()) + 1 for s in sets.values()
                                                      if s.labels is not None and len(s))])
+    main = distributed.is_main
     for mode, split in splits.items():
         share = span * len(split.fit) / total_fit
         # the evaluation classifier takes a few seconds; an optimisation attack then spends as long scoring
@@ -294,18 +325,21 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
         classifier_share = 0.05 * share
         attack_share = (share - classifier_share) / (2 if optimizes else 1)
         classifier = train_evaluation_classifier(split.fit, split.val, num_classes, seed=spec.seed,
-                                                 monitor=monitor.child(start, classifier_share))
+                                                 monitor=monitor.child(start, classifier_share)) if main else None
         started = time.perf_counter()
         trained = run_attack(
             spec.attack, split, obfuscation, epochs=spec.epochs, seed=spec.seed,
             monitor=monitor.child(start + classifier_share, attack_share), decoder_config=decoder_config,
-            encoder=encoder, optimize_config=spec.optimize_config,
+            encoder=encoder, optimize_config=spec.optimize_config, distributed=distributed,
         )
         attack_s = time.perf_counter() - started
         if isinstance(trained.network, FeatureMatchingInverter):
             trained.network.track(monitor.child(start + classifier_share + attack_share, attack_share),
                                   len(split.eval))
         start += share
+        if classifier is None:  # not rank 0: scoring is rank 0's
+            _take_part_in_scoring(trained.network, split.eval, obfuscation, seed=spec.seed + EVAL_SEED_OFFSET)
+            continue
         used = _network_size(trained)
         evaluation = evaluate_attack(trained.network, split.eval, obfuscation, seed=spec.seed + EVAL_SEED_OFFSET,
                                      native_size=native_size_of(manifest), classifier=classifier)
@@ -337,6 +371,8 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
             "%s attack, %s column: mse %.5f psnr %.2f ssim %.4f on %d images", spec.attack, mode,
             evaluation.metrics["mse"], evaluation.metrics["psnr"], evaluation.metrics["ssim"], len(split.eval),
         )
+    if not main:
+        return broadcast_object(None, distributed)  # type: ignore[return-value]  # rank 0's is never None
     n_captured = 0
     if captured is not None:
         monitor.report(0.98, "reconstructing captured features")
@@ -376,6 +412,8 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
         network=used,  # the size of the attacker's decoding network (the GAN's generator, the hybrid's start); None:
         # the optimize attack has none
         captured_known=int(metrics.get("captured", {}).get("n", 0)),
+        distributed=distributed.to_dict(),
     )
     monitor.report(1.0, "done")
-    return AuditResult(spec.attack, metrics, bound, render_grid_png(groups), n_captured, details)
+    result = AuditResult(spec.attack, metrics, bound, render_grid_png(groups), n_captured, details)
+    return broadcast_object(result, distributed)

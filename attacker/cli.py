@@ -2,6 +2,8 @@
 
     cem-attack --bundle runs/digits --attack decoder --out runs/attack [--epochs 50] [--json]
                [--network-channels C] [--network-blocks B]
+    cem-attack --nproc 2 --threads 1 --bundle runs/digits --attack decoder --out runs/attack   # 2 processes
+    torchrun --nproc_per_node 2 $(which cem-attack) --bundle runs/digits --out runs/attack       # the same, by hand
 
 Writes ``OUT/metrics.json`` (the full audit result) and ``OUT/reconstructions.png``
 (originals above reconstructions: the ``train`` block, then the ``infer`` block).
@@ -10,7 +12,9 @@ Progress goes to stderr; with ``--json`` the last stdout line is
 "bound": {"kind", "xi", "entropy_bound", ..., "relative": {...}, "warnings": [...]}, "metrics_path", "grid_path"}``
 (``bound.kind`` is ``estimate`` or ``relative``, see ``cem.bounds``); a bound the bundle does not record is ``null``.
 Exit status 2 for a missing or corrupt bundle or a wrong data set, 1 when the results
-cannot be written (``cem.cli``).
+cannot be written (``cem.cli``). Under torchrun (or ``--nproc N``) the attack trains
+data-parallel (``attacker.attacks.parallel``) and only rank 0 shows progress, logs,
+writes and prints.
 """
 
 from __future__ import annotations
@@ -25,9 +29,12 @@ from tqdm import tqdm
 
 from attacker.attacks import ATTACKS, DecoderAttackConfig, OptimizeAttackConfig
 from attacker.audit import AuditSpec, run_audit
+from cem.bundle import load_manifest
 from cem.cli import run_cli
 from cem.data import available_datasets
-from cem.devices import DEVICE_CHOICES
+from cem.devices import DEVICE_CHOICES, resolve_device
+from cem.distributed import launch_env_rank, process_group
+from cem.launch import check_devices, check_nproc, needs_relaunch, relaunch
 from cem.threads import THREADS_HELP, apply_threads
 
 logger = logging.getLogger("attacker.cli")
@@ -36,6 +43,7 @@ METRICS_FILE = "metrics.json"
 GRID_FILE = "reconstructions.png"
 PROGRESS_STEPS = 100
 PAPER_NETWORK = DecoderAttackConfig()  # the decoding network of paper S.3: the attack's default size
+WORKER_MODULE = "attacker.cli"  # what ``--nproc N`` starts N of, through torchrun (``cem.launch``)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -61,7 +69,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                              f"{PAPER_NETWORK.num_blocks}, the paper's decoding network)")
     parser.add_argument("--seed", type=int, default=AuditSpec.seed)
     parser.add_argument("--device", choices=DEVICE_CHOICES, default=AuditSpec.device)
-    parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP + "; per process")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="run the attack data-parallel on this many local processes (re-launches itself through "
+                             "torchrun; gloo on CPU, NCCL with one GPU per process); the batch sizes stay global")
     parser.add_argument(
         "--out", required=True, type=Path, help="output folder for metrics.json and reconstructions.png"
     )
@@ -80,13 +91,18 @@ def build_spec(args: argparse.Namespace) -> AuditSpec:
 def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
     spec = build_spec(args)
-    with tqdm(total=PROGRESS_STEPS, desc=f"{args.attack} attack", file=sys.stderr, unit="%") as bar:
+    with process_group(resolve_device(spec.device)) as (distributed, _):
+        main = distributed.is_main
+        with tqdm(total=PROGRESS_STEPS, desc=f"{args.attack} attack", file=sys.stderr, unit="%",
+                  disable=not main) as bar:
 
-        def show(fraction: float, message: str) -> None:
-            bar.set_postfix_str(message, refresh=False)
-            bar.update(max(0, round(fraction * PROGRESS_STEPS) - bar.n))
+            def show(fraction: float, message: str) -> None:
+                bar.set_postfix_str(message, refresh=False)
+                bar.update(max(0, round(fraction * PROGRESS_STEPS) - bar.n))
 
-        result = run_audit(spec, progress=show)
+            result = run_audit(spec, progress=show if main else None, distributed=distributed)
+    if not main:  # every rank holds rank 0's result; one writes and prints it
+        return 0
     metrics_path, grid_path = args.out / METRICS_FILE, args.out / GRID_FILE
     try:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -114,11 +130,28 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def launch(args: argparse.Namespace, argv: list[str]) -> int:
+    """``--nproc N``: check the arguments (and that the bundle has a manifest) once here, then run N workers
+    through torchrun."""
+    spec = build_spec(args)
+    load_manifest(spec.bundle_dir)
+    check_devices(args.nproc, resolve_device(spec.device))
+    return relaunch(args.nproc, argv, WORKER_MODULE)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    return run_cli(parser.prog, lambda: run(args))
+    level = logging.INFO if launch_env_rank() == 0 else logging.WARNING  # ranks > 0: warnings and errors only
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+    def body() -> int:
+        check_nproc(args.nproc)
+        if needs_relaunch(args.nproc):
+            return launch(args, list(sys.argv[1:] if argv is None else argv))
+        return run(args)
+
+    return run_cli(parser.prog, body)
 
 
 if __name__ == "__main__":

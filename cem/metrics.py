@@ -30,7 +30,6 @@
 from __future__ import annotations
 
 import torch
-from torchmetrics.functional.image import structural_similarity_index_measure
 
 from cem.bounds import native_view
 from cem.errors import MetricInputError
@@ -82,6 +81,10 @@ def ssim_per_image(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise MetricInputError(
             f"expected images of at least {SSIM_WINDOW}x{SSIM_WINDOW} for SSIM, got {tuple(recon.shape[-2:])}"
         )
+    # Imported here: torchmetrics' image package pulls in scipy and torchvision, seconds of start-up that every
+    # process importing this module (the trainer, the attacker) would otherwise pay before it scores anything.
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     _, ssim_map = structural_similarity_index_measure(
         recon.float(),
         target.float(),

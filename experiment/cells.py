@@ -199,14 +199,15 @@ def train_args(spec: ExperimentSpec, dataset: str, cut_layer: int | None, row: R
 
 
 def attack_args(attack: AttackSpec, seed: int) -> Argv:
-    """The cem-attack arguments of one attack (the attack's seed is its bundle's training seed)."""
+    """The cem-attack arguments of one attack (the attack's seed is its bundle's training seed), its
+    ``extra_args`` last."""
     args = ["--attack", attack.name, "--seed", str(seed)]
     for flag, value in (("--epochs", attack.epochs), ("--steps", attack.steps),
                         ("--network-channels", attack.network_channels),
                         ("--network-blocks", attack.network_blocks)):
         if value is not None:
             args += [flag, str(value)]
-    return tuple(args)
+    return (*args, *attack.extra_args)
 
 
 def grid_points(spec: ExperimentSpec) -> list[_Point]:

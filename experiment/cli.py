@@ -99,12 +99,18 @@ def _stop_on_sigterm() -> None:
 
 
 def check_device_for_plan(plan: Plan, device: str) -> None:
-    """A cell trained with ``--nproc N > 1`` (``train.extra_args``) on CUDA needs N GPUs, but each job slot gets
-    one (``CUDA_VISIBLE_DEVICES``): refuse it before anything runs rather than fail every such cell."""
-    several = sorted({int(c.config.get("nproc", 1)) for c in plan.train if int(c.config.get("nproc", 1)) > 1})
-    if several and device == "cuda":
-        raise ConfigError(f"expected --nproc 1 in train.extra_args on CUDA (each job gets one GPU), got --nproc "
-                          f"{several[0]}; run with --device cpu, or drop --nproc and use --jobs")
+    """A cell run with ``--nproc N > 1`` (``train.extra_args``, an attack's ``extra_args``) on CUDA needs N GPUs,
+    but each job slot gets one (``CUDA_VISIBLE_DEVICES``): refuse it before anything runs rather than fail every
+    such cell."""
+    if device != "cuda":
+        return
+    cells: list[tuple[str, TrainCell | AttackCell]] = [("train.extra_args", c) for c in plan.train]
+    cells += [(f"attacks.{c.attack}.extra_args", c) for c in plan.attack]
+    for where, cell in cells:
+        nproc = int(cell.config.get("nproc", 1))
+        if nproc > 1:
+            raise ConfigError(f"expected --nproc 1 in {where} on CUDA (each job gets one GPU), got --nproc "
+                              f"{nproc}; run with --device cpu, or drop --nproc and use --jobs")
 
 
 def _report_failures(summary: RunSummary) -> None:

@@ -110,9 +110,14 @@ def resolve_attack(argv):
     args, error = parse(attack_parser(), argv)
     if error:
         return {"error": error}
+    # --nproc N (a data-parallel attack) is not in AuditSpec but changes what trains (per-process BatchNorm
+    # statistics, noise draws): it enters the key when it is not 1, as cem-train's does
+    nproc = getattr(args, "nproc", 1)
     try:
         spec = build_spec(args)
         name = AttackName(spec.attack)
+        if nproc < 1:
+            raise ValueError(f"expected --nproc >= 1, got {nproc}")
     except (CEMError, ValueError, KeyError, TypeError) as exc:
         return failed(exc)
     resolved = {
@@ -124,6 +129,8 @@ def resolve_attack(argv):
         gan = GanAttackConfig() if spec.epochs is None else dataclasses.replace(GanAttackConfig(), epochs=spec.epochs)
         resolved["gan"] = dataclasses.asdict(gan)
         resolved["gan_pretrain_epochs"] = -(-gan.epochs // GAN_PRETRAIN_RATIO)
+    if nproc != 1:
+        resolved["nproc"] = nproc
     return {"resolved": resolved}
 
 

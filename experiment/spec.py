@@ -26,12 +26,17 @@ from cem.errors import ConfigError
 EXPERIMENT_KEYS = ("name", "datasets", "seeds", "arch", "cut_layers", "data_dir")
 TRAIN_KEYS = ("epochs", "width", "bottleneck", "sigma", "cem_lambdas", "extra_args")
 ROW_KEYS = ("label", "defenses", "sigma", "cem_lambdas", "bottleneck")
-ATTACK_KEYS = ("epochs", "steps", "network_channels", "network_blocks")
+ATTACK_KEYS = ("epochs", "steps", "network_channels", "network_blocks", "extra_args")
 TOP_KEYS = ("experiment", "train", "rows", "attacks")
 # cem-train flags the runner sets from the spec or per run; ``extra_args`` may not repeat them.
 MANAGED_TRAIN_FLAGS = (
     "--dataset", "--data-dir", "--download", "--arch", "--cut-layer", "--bottleneck", "--width", "--noise-std",
     "--defense", "--cem-lambda", "--epochs", "--seed", "--device", "--threads", "--out", "--json", "--no-progress",
+)
+# cem-attack flags the runner sets from the spec or per run; an attack's ``extra_args`` may not repeat them.
+MANAGED_ATTACK_FLAGS = (
+    "--bundle", "--attack", "--data-dir", "--epochs", "--steps", "--network-channels", "--network-blocks", "--seed",
+    "--device", "--threads", "--out", "--json",
 )
 NO_BOTTLENECK = "none"
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\- ]*$")
@@ -57,13 +62,15 @@ class RowSpec:
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """One attack and its settings (``cem-attack`` flags; None: the attack's default)."""
+    """One attack and its settings (``cem-attack`` flags; None: the attack's default); ``extra_args``: other
+    cem-attack flags, verbatim (``--nproc N``)."""
 
     name: str
     epochs: int | None = None
     steps: int | None = None
     network_channels: int | None = None
     network_blocks: int | None = None
+    extra_args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -200,8 +207,9 @@ def _parse_attacks(data: Any) -> tuple[AttackSpec, ...]:
         settings = _table(raw, table)
         _check_keys(settings, ATTACK_KEYS, table)
         least = {"epochs": 1, "steps": 1, "network_channels": 1, "network_blocks": 0}
-        values = {key: _integer(settings[key], f"{table}.{key}", least[key]) for key in ATTACK_KEYS if key in settings}
-        parsed.append(AttackSpec(name=name, **values))
+        values = {key: _integer(settings[key], f"{table}.{key}", least[key]) for key in least if key in settings}
+        extra = _extra_args(settings.get("extra_args", []), f"{table}.extra_args", MANAGED_ATTACK_FLAGS)
+        parsed.append(AttackSpec(name=name, **values, extra_args=extra))
     return tuple(parsed)
 
 
@@ -224,24 +232,24 @@ def _parse_data_dirs(value: Any) -> dict[str, str]:
     return folders
 
 
-def managed_flag(arg: str) -> str | None:
-    """The managed cem-train flag ``arg`` would set, or None. argparse takes any unambiguous prefix of a long
-    flag for the flag itself (``--se 7`` is ``--seed 7``), so a prefix counts as the flag: otherwise
-    ``extra_args`` could override a value the spec sets, and every seed would share one key."""
+def managed_flag(arg: str, managed_flags: Sequence[str] = MANAGED_TRAIN_FLAGS) -> str | None:
+    """The managed flag (cem-train's by default) ``arg`` would set, or None. argparse takes any unambiguous
+    prefix of a long flag for the flag itself (``--se 7`` is ``--seed 7``), so a prefix counts as the flag:
+    otherwise ``extra_args`` could override a value the spec sets, and every seed would share one key."""
     if not arg.startswith("--") or arg == "--":
         return None
     flag = arg.split("=", 1)[0]
-    return next((managed for managed in MANAGED_TRAIN_FLAGS if managed.startswith(flag)), None)
+    return next((managed for managed in managed_flags if managed.startswith(flag)), None)
 
 
-def _extra_args(value: Any) -> tuple[str, ...]:
-    args = _strings(value, "train.extra_args")
+def _extra_args(value: Any, where: str = "train.extra_args",
+                managed_flags: Sequence[str] = MANAGED_TRAIN_FLAGS) -> tuple[str, ...]:
+    args = _strings(value, where)
     for arg in args:
-        managed = managed_flag(arg)
+        managed = managed_flag(arg, managed_flags)
         if managed is not None:
             shown = managed if arg.split("=", 1)[0] == managed else f"{managed} (as its abbreviation)"
-            raise ConfigError(f"expected train.extra_args without {shown} (the spec or the runner sets it), "
-                              f"got {arg!r}")
+            raise ConfigError(f"expected {where} without {shown} (the spec or the runner sets it), got {arg!r}")
     return args
 
 

@@ -24,18 +24,20 @@ from pathlib import Path
 
 from cem.cli import run_cli
 from cem.data import available_datasets
-from cem.devices import DEVICE_CHOICES
+from cem.devices import DEVICE_CHOICES, resolve_device
+from cem.distributed import launch_env_rank
+from cem.launch import check_devices, check_nproc, needs_relaunch, relaunch
 from cem.models import available_archs
 from cem.threads import THREADS_HELP, apply_threads
 from training.cem_plugin import FEATURE_SOURCES, LOSS_FORMS, LR_COUPLINGS, CEMConfig
 from training.config import TrainConfig, resolve_config
 from training.data_parallel import check_data_parallel
 from training.defenses import available_defenses
-from training.distributed import launch_env_rank
-from training.launch import check_nproc, needs_relaunch, relaunch
 from training.trainer import build_defenses, train
 
 logger = logging.getLogger("training.cli")
+
+WORKER_MODULE = "training.cli"  # what ``--nproc N`` starts N of, through torchrun (``cem.launch``)
 
 
 def bottleneck_arg(value: str) -> int | None:
@@ -169,7 +171,8 @@ def launch(args: argparse.Namespace, argv: list[str]) -> int:
     """``--nproc N``: check the configuration once here, then run N workers through torchrun."""
     config = resolve_config(config_from_args(args))
     check_data_parallel(config.batch_size, build_defenses(config), args.nproc)
-    return relaunch(args.nproc, argv)
+    check_devices(args.nproc, resolve_device(config.device))
+    return relaunch(args.nproc, argv, WORKER_MODULE)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,8 @@ B / W samples per step (B must divide evenly), so one optimiser step still
 averages the gradient of B samples and the paper's recipe (B = 128, lr 0.05,
 its milestones) applies unchanged: no learning-rate scaling with W. CEM's
 Eq. 5-6 statistics and NoPeek's distance correlation are computed on the
-gathered global batch of B rows (``training.distributed``). What does differ from
+gathered global batch of B rows (``training.distributed``; process groups and ranks are
+``cem.distributed``'s). What does differ from
 one process: BatchNorm normalises with each process's B / W samples (plain DDP;
 ``SyncBatchNorm`` runs on GPUs only), and the running statistics kept are rank 0's
 (DDP broadcasts buffers before every forward).
@@ -36,10 +37,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler
 
+from cem.distributed import DistributedContext
 from cem.errors import ConfigError
 from training.cem_plugin import CEMRegularizer
 from training.defenses import DefenseStack
-from training.distributed import DistributedContext, broadcast_mixture
+from training.distributed import broadcast_mixture
 from training.loops import FeatureCache
 
 

@@ -22,12 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from cem.distributed import SINGLE_PROCESS, DistributedContext, all_reduce_sum
 from cem.errors import ConfigError
 from cem.models import SplitModel
 from cem.obfuscation import ObfuscationConfig, obfuscate
 from training.cem_plugin import CEMRegularizer
 from training.defenses import DefenseStack
-from training.distributed import SINGLE_PROCESS, DistributedContext, EpochCursor, all_reduce_sum
+from training.distributed import EpochCursor
 from training.ressfl import ProxyAdversary, adversarial_terms
 
 

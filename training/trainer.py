@@ -8,7 +8,7 @@ test accuracy with the client transform on, and one JSON line in
 ``<out>/train_log.jsonl``. At the end: the final accuracy (noise and every
 client transform on), the entropy bound of the eval-mode features, the bundle.
 
-Under ``torchrun`` (``training.distributed``, ``training.data_parallel``) every rank
+Under ``torchrun`` (``cem.distributed``, ``training.distributed``, ``training.data_parallel``) every rank
 runs the same loop on its shard of each epoch; rank 0 alone evaluates (on the full
 test split, with the single-process noise seeds), computes the final bound, logs,
 shows progress and writes the bundle, whose manifest records the world size and
@@ -36,6 +36,7 @@ from cem.bundle import save_bundle
 from cem.data import DatasetInfo, load_dataset
 from cem.data.validation import carve_validation, describe_carve
 from cem.devices import resolve_device
+from cem.distributed import DistributedContext, broadcast_object, process_group
 from cem.entropy import PixelMoments
 from cem.errors import ConfigError
 from cem.manifest import Manifest, MetricsRecord
@@ -45,7 +46,6 @@ from training.cem_plugin import CEMRegularizer
 from training.config import LR_DECAY, TrainConfig, profile_for, resolve_config
 from training.data_parallel import check_data_parallel, per_process_batch, refit_shared, shard_sampler, wrap_step
 from training.defenses import DefenseStack, ResSFLDefense, create_defense, parse_defense
-from training.distributed import DistributedContext, broadcast_object, process_group
 from training.loops import FeatureCache, SplitStep, collect_features, evaluate, train_one_epoch
 from training.patrol import carry_optimizer_state
 from training.ressfl import ProxyAdversary, ProxySetup

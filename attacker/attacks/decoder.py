@@ -24,11 +24,17 @@ still improving (``TrainedAttack.still_improving``). It costs half a run more;
 it is there because after a decay to the floor every run's last epochs improve,
 so the curve of one run cannot say whether more epochs would help. The stronger
 of the two runs on validation is returned.
+
+Data-parallel (``distributed``, under ``cem-attack --nproc N`` or torchrun): the batch
+size is the global batch and every rank trains on its slice of it, the gradients
+averaged over the ranks (``attacker.attacks.parallel``); the learning rate and
+schedule are unchanged.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 
 import torch
@@ -48,7 +54,16 @@ from attacker.attacks.loop import (
     iterate_batches,
 )
 from attacker.attacks.monitor import ProgressMonitor
+from attacker.attacks.parallel import shard_rows, shard_weight
 from attacker.attacks.schedule import warmup_cosine
+from cem.distributed import (
+    SINGLE_PROCESS,
+    DistributedContext,
+    all_reduce_sum,
+    average_gradients,
+    broadcast_buffers,
+    broadcast_module,
+)
 from cem.errors import ConfigError
 from cem.obfuscation import ObfuscationConfig, obfuscate
 
@@ -90,20 +105,24 @@ def train_decoder_attack(
     *,
     seed: int = 0,
     monitor: ProgressMonitor | None = None,
+    distributed: DistributedContext = SINGLE_PROCESS,
 ) -> TrainedAttack:
     """Train a decoding network on ``split.fit``; keep the epoch with the lowest ``split.val`` MSE.
 
     With ``config.convergence_check`` (and validation data and at least two epochs) the attack runs twice,
     with half the epochs and with all of them; the stronger on validation is returned, carrying the
-    comparison (``TrainedAttack.half_budget``).
+    comparison (``TrainedAttack.half_budget``). ``distributed``: data-parallel over its ranks (module docstring);
+    every rank returns the same network.
     """
     monitor = monitor or ProgressMonitor()
     if not (config.convergence_check and config.epochs >= 2 and len(split.val)):
-        return _train_once(split, obfuscation, config, seed, monitor, "decoder attack")
+        return _train_once(split, obfuscation, config, seed, monitor, "decoder attack", distributed)
     half = dataclasses.replace(config, epochs=config.epochs // 2)
     share = half.epochs / (half.epochs + config.epochs)
-    shorter = _train_once(split, obfuscation, half, seed, monitor.child(0.0, share), "decoder attack, half budget")
-    full = _train_once(split, obfuscation, config, seed, monitor.child(share, 1.0 - share), "decoder attack")
+    shorter = _train_once(split, obfuscation, half, seed, monitor.child(0.0, share), "decoder attack, half budget",
+                          distributed)
+    full = _train_once(split, obfuscation, config, seed, monitor.child(share, 1.0 - share), "decoder attack",
+                       distributed)
     half_mse, full_mse = shorter.best_val_mse(), full.best_val_mse()
     assert half_mse is not None and full_mse is not None  # both ran with validation data
     stronger = full if full_mse <= half_mse else shorter
@@ -118,13 +137,15 @@ def _train_once(
     seed: int,
     monitor: ProgressMonitor,
     label: str,
+    distributed: DistributedContext,
 ) -> TrainedAttack:
     device = split.fit.features.device
     network = create_seeded_network(
         inversion_config_for(split, num_blocks=config.num_blocks, channels=config.channels), seed, device
     )
+    broadcast_module(network, distributed)  # the same seed built the same weights; DDP's start, made sure of
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    noise = torch.Generator(device=device).manual_seed(seed + 1)
+    noise = torch.Generator(device=device).manual_seed(distributed.seed(seed + 1))  # rank 0: seed + 1
     shuffle = torch.Generator().manual_seed(seed + 2)
     keeper = CheckpointKeeper(network)
     result = TrainedAttack(network)
@@ -138,25 +159,33 @@ def _train_once(
         min_lr=config.min_lr,
     )
     for epoch in range(1, config.epochs + 1):
+        started = time.perf_counter()
         network.train()
-        loss_sum = torch.zeros((), device=device)
-        for b, rows in enumerate(iterate_batches(len(split.fit), batch_size, shuffle, device)):
+        loss_sum = torch.zeros((), device=device)  # this rank's sum of per-image MSE
+        for b, rows in enumerate(iterate_batches(len(split.fit), batch_size, shuffle, device)):  # global batches
             monitor.check()
-            z = in_attack_layout(obfuscate(split.fit.features[rows], obfuscation, noise))
-            loss = F.mse_loss(network(z), split.fit.images[rows])
+            mine = shard_rows(rows, distributed)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if mine.numel():  # a last batch smaller than the world leaves some ranks without rows
+                z = in_attack_layout(obfuscate(split.fit.features[mine], obfuscation, noise))
+                weight = shard_weight(mine.numel(), rows.numel(), distributed)
+                loss = F.mse_loss(network(z), split.fit.images[mine]) * weight
+                loss.backward()
+                loss_sum += loss.detach() * (rows.numel() / distributed.world_size)
+            average_gradients(network, distributed)
             optimizer.step()
+            broadcast_buffers(network, distributed)
             scheduler.step()
-            loss_sum += loss.detach() * rows.numel()
             monitor.report(
                 (epoch - 1 + (b + 1) / n_batches) / config.epochs, f"{label}: epoch {epoch}/{config.epochs}"
             )
-        val_mse = measure_mse(network, split.val, obfuscation, seed=seed + 3) if len(split.val) else None
+        val_mse = (measure_mse(network, split.val, obfuscation, seed=seed + 3, distributed=distributed)
+                   if len(split.val) else None)
         keeper.offer(epoch, val_mse)
-        result.history.append(
-            {"epoch": epoch, "train_mse": float(loss_sum) / len(split.fit), "val_mse": val_mse}
-        )
+        result.history.append({
+            "epoch": epoch, "train_mse": float(all_reduce_sum(loss_sum, distributed)) / len(split.fit),
+            "val_mse": val_mse, "epoch_s": time.perf_counter() - started,
+        })
     keeper.restore()
     result.best_epoch = keeper.best_epoch
     return result

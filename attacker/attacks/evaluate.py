@@ -18,6 +18,7 @@ from torch import nn
 
 from attacker.attacks.data import FeatureSet
 from attacker.attacks.identity import IdentityClassifier, IdentityMeter
+from cem.distributed import SINGLE_PROCESS, DistributedContext, all_reduce_sum, shard_range
 from cem.errors import ConfigError, MetricInputError
 from cem.metrics import ReconstructionMeter
 from cem.obfuscation import ObfuscationConfig, obfuscate
@@ -43,9 +44,14 @@ def iterate_reconstructions(
     *,
     seed: int,
     batch_size: int = EVAL_BATCH_SIZE,
+    distributed: DistributedContext = SINGLE_PROCESS,
 ) -> Iterator[tuple[slice, torch.Tensor]]:
     """Yield (rows, reconstructions) per batch; ``features`` are clean (obfuscated here) or, with
-    ``obfuscation=None``, already exactly as transmitted. Restores the network's mode afterwards."""
+    ``obfuscation=None``, already exactly as transmitted. Restores the network's mode afterwards.
+
+    With ``distributed`` enabled each rank reconstructs only its contiguous part of every batch
+    (``shard_range``; ``rows`` says which), after drawing the client transform for the whole batch, so
+    the noise every image gets is the one a single process gives it."""
     was_training = network.training
     network.eval()
     generator = torch.Generator(device=features.device).manual_seed(seed)
@@ -55,17 +61,25 @@ def iterate_reconstructions(
             z = features[rows]
             if obfuscation is not None and not obfuscation.is_identity:
                 z = obfuscate(z, obfuscation, generator)
+            if distributed.enabled:
+                lo, hi = shard_range(z.shape[0], distributed)
+                rows, z = slice(start + lo, start + hi), z[lo:hi]
+                if hi == lo:
+                    continue
             yield rows, network(z)
     finally:
         network.train(was_training)
 
 
-def measure_mse(network: nn.Module, data: FeatureSet, obfuscation: ObfuscationConfig, *, seed: int) -> float:
-    """Mean per-pixel MSE of ``network`` on ``data`` (for checkpoint selection)."""
+def measure_mse(network: nn.Module, data: FeatureSet, obfuscation: ObfuscationConfig, *, seed: int,
+                distributed: DistributedContext = SINGLE_PROCESS) -> float:
+    """Mean per-pixel MSE of ``network`` on ``data`` (for checkpoint selection); with ``distributed``, the ranks
+    share each batch and sum their errors, and every rank returns the same value."""
     total = torch.zeros((), device=data.images.device)
-    for rows, recon in iterate_reconstructions(network, data.features, obfuscation, seed=seed):
+    for rows, recon in iterate_reconstructions(network, data.features, obfuscation, seed=seed,
+                                               distributed=distributed):
         total += (recon - data.images[rows]).pow(2).flatten(1).mean(dim=1).sum()
-    return float(total) / max(1, len(data))
+    return float(all_reduce_sum(total, distributed)) / max(1, len(data))
 
 
 def evaluate_attack(

@@ -20,11 +20,17 @@ On digits an epoch has 16-17 batches, so at n_critic 10 the generator gets about
 generator is the epoch (0 = the initial network) with the lowest MSE on the
 attacker's validation images, so the GAN attack can never score worse on
 validation than the decoder attack it starts from.
+
+Data-parallel (``distributed``): the batch is the global batch; each rank runs the
+critic and the generator on its slice and the gradients of both are averaged over the
+ranks after each backward (``attacker.attacks.parallel`` says why by hand rather than
+under DistributedDataParallel).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +49,15 @@ from attacker.attacks.loop import (
     iterate_batches,
 )
 from attacker.attacks.monitor import ProgressMonitor
+from attacker.attacks.parallel import shard_rows, shard_weight
+from cem.distributed import (
+    SINGLE_PROCESS,
+    DistributedContext,
+    all_reduce_sum,
+    average_gradients,
+    broadcast_buffers,
+    broadcast_module,
+)
 from cem.errors import ConfigError
 from cem.models import CriticConfig, InversionNetwork, WassersteinCritic
 from cem.obfuscation import ObfuscationConfig, obfuscate
@@ -93,31 +108,46 @@ def gradient_penalty(
 
 def critic_step(
     critic: WassersteinCritic, optimizer: torch.optim.Optimizer, real: torch.Tensor, fake: torch.Tensor,
-    config: GanAttackConfig, generator: torch.Generator,
+    config: GanAttackConfig, generator: torch.Generator, *, weight: float = 1.0,
+    distributed: DistributedContext = SINGLE_PROCESS,
 ) -> torch.Tensor:
-    """One critic update on a batch; ``fake`` is detached. Returns the (detached) critic loss."""
+    """One critic update on a batch; ``fake`` is detached. Returns the (detached) critic loss, times ``weight``.
+
+    Data-parallel: ``real``/``fake`` are this rank's slice, ``weight`` its ``shard_weight``, and the critic's
+    gradients are averaged over the ranks before the step (an empty slice adds a zero gradient)."""
     critic.requires_grad_(True)
-    loss = (
-        critic(fake).mean() - critic(real).mean() + config.gp_weight * gradient_penalty(critic, real, fake, generator)
-    )
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss = torch.zeros((), device=real.device)
+    if real.shape[0]:
+        loss = weight * (
+            critic(fake).mean() - critic(real).mean()
+            + config.gp_weight * gradient_penalty(critic, real, fake, generator)
+        )
+        loss.backward()
+    average_gradients(critic, distributed)
     optimizer.step()
     return loss.detach()
 
 
 def generator_step(
     network: InversionNetwork, critic: WassersteinCritic, optimizer: torch.optim.Optimizer, z: torch.Tensor,
-    real: torch.Tensor, config: GanAttackConfig,
+    real: torch.Tensor, config: GanAttackConfig, *, weight: float = 1.0,
+    distributed: DistributedContext = SINGLE_PROCESS,
 ) -> torch.Tensor:
-    """One generator update (train mode, critic frozen). Returns the (detached) generator loss."""
+    """One generator update (train mode, critic frozen). Returns the (detached) generator loss, times ``weight``.
+
+    Data-parallel as ``critic_step``; afterwards every rank holds rank 0's BatchNorm statistics."""
     network.train()
     critic.requires_grad_(False)
-    fake = network(z)
-    loss = -critic(fake).mean() + config.mse_weight * F.mse_loss(fake, real)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss = torch.zeros((), device=real.device)
+    if z.shape[0]:
+        fake = network(z)
+        loss = weight * (-critic(fake).mean() + config.mse_weight * F.mse_loss(fake, real))
+        loss.backward()
+    average_gradients(network, distributed)
     optimizer.step()
+    broadcast_buffers(network, distributed)
     return loss.detach()
 
 
@@ -129,8 +159,10 @@ def train_gan_attack(
     init: InversionNetwork | None = None,
     seed: int = 0,
     monitor: ProgressMonitor | None = None,
+    distributed: DistributedContext = SINGLE_PROCESS,
 ) -> TrainedAttack:
-    """Fine-tune ``init`` (a copy; or a fresh network) adversarially on ``split.fit``."""
+    """Fine-tune ``init`` (a copy; or a fresh network) adversarially on ``split.fit``; ``distributed``:
+    data-parallel over its ranks (module docstring), every rank returning the same generator."""
     monitor = monitor or ProgressMonitor()
     device = split.fit.features.device
     fresh = inversion_config_for(split, num_blocks=config.num_blocks, channels=config.channels)
@@ -142,34 +174,41 @@ def train_gan_attack(
         torch.manual_seed(seed + 4)
         critic_config = CriticConfig(int(images.shape[1]), int(images.shape[-1]), config.critic_dim)
         critic = WassersteinCritic(critic_config).to(device)
+    broadcast_module(generator, distributed)  # seeded alike on every rank; DDP's start, made sure of
+    broadcast_module(critic, distributed)
     betas = (config.beta1, config.beta2)
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.generator_lr, betas=betas)
     opt_d = torch.optim.Adam(critic.parameters(), lr=config.critic_lr, betas=betas)
     period = max(1, round(config.lr_period_factor * config.epochs))
-    noise = torch.Generator(device=device).manual_seed(seed + 1)
+    noise = torch.Generator(device=device).manual_seed(distributed.seed(seed + 1))  # rank 0: seed + 1
     shuffle = torch.Generator().manual_seed(seed + 2)
     val_seed = seed + 3
     keeper = CheckpointKeeper(generator)
     has_val = len(split.val) > 0
     if init is not None:
-        keeper.offer(0, measure_mse(generator, split.val, obfuscation, seed=val_seed) if has_val else None)
+        keeper.offer(0, measure_mse(generator, split.val, obfuscation, seed=val_seed, distributed=distributed)
+                     if has_val else None)
     result = TrainedAttack(generator)
     batch_size = effective_batch_size(len(split.fit), config.batch_size, config.min_steps_per_epoch)
     n_batches = count_batches(len(split.fit), batch_size)
     step = 0
     for epoch in range(1, config.epochs + 1):
+        started = time.perf_counter()
         sums = torch.zeros(3, device=device)  # critic loss, generator loss, generator steps
-        for b, rows in enumerate(iterate_batches(len(split.fit), batch_size, shuffle, device)):
+        for b, rows in enumerate(iterate_batches(len(split.fit), batch_size, shuffle, device)):  # global batches
             monitor.check()
-            real = images[rows]
-            z = in_attack_layout(obfuscate(split.fit.features[rows], obfuscation, noise))
+            mine = shard_rows(rows, distributed)
+            weight = shard_weight(mine.numel(), rows.numel(), distributed)
+            real = images[mine]
+            z = in_attack_layout(obfuscate(split.fit.features[mine], obfuscation, noise))
             generator.eval()
             with torch.no_grad():
                 fake = generator(z)
-            sums[0] += critic_step(critic, opt_d, real, fake, config, noise)
+            sums[0] += critic_step(critic, opt_d, real, fake, config, noise, weight=weight, distributed=distributed)
             step += 1
             if step % config.n_critic == 0:
-                sums[1] += generator_step(generator, critic, opt_g, z, real, config)
+                sums[1] += generator_step(generator, critic, opt_g, z, real, config, weight=weight,
+                                          distributed=distributed)
                 sums[2] += 1
             monitor.report(
                 (epoch - 1 + (b + 1) / n_batches) / config.epochs, f"GAN attack: epoch {epoch}/{config.epochs}"
@@ -180,8 +219,11 @@ def train_gan_attack(
         for optimizer, lr in ((opt_g, config.generator_lr), (opt_d, config.critic_lr)):
             for group in optimizer.param_groups:
                 group["lr"] = lr * decay
-        val_mse = measure_mse(generator, split.val, obfuscation, seed=val_seed) if has_val else None
+        val_mse = (measure_mse(generator, split.val, obfuscation, seed=val_seed, distributed=distributed)
+                   if has_val else None)
         keeper.offer(epoch, val_mse)
+        if distributed.enabled:  # the ranks' weighted losses add up to W times the global batches' losses
+            all_reduce_sum(sums[:2], distributed).div_(distributed.world_size)
         critic_loss_mean, gen_loss_sum, gen_steps = (float(v) for v in sums)
         result.history.append({
             "epoch": epoch,
@@ -189,6 +231,7 @@ def train_gan_attack(
             "generator_loss": gen_loss_sum / gen_steps if gen_steps else None,
             "generator_steps": gen_steps,
             "val_mse": val_mse,
+            "epoch_s": time.perf_counter() - started,
         })
     keeper.restore()
     result.best_epoch = keeper.best_epoch

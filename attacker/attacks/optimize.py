@@ -26,9 +26,10 @@ of split-learning attacks do the same). The pieces:
   ``lr`` (0.1) with a cosine decay to ``lr``/100 over ``steps`` (300) steps, images in
   batches of ``batch_size``, each image's objective independent of the batch (summed, not
   averaged). ``restarts``: the first start is the attacker's mean training image (or, in
-  the hybrid, the decoder attack's reconstruction); further starts are seeded uniform
-  images; each image keeps the start with the lowest final objective (no ground truth is
-  used to choose).
+  the hybrid, the decoder attack's reconstruction); further starts are uniform images seeded
+  by the attack's seed and the image's index (not its place in a batch, so how the images
+  are batched or split over processes does not change them); each image keeps the start
+  with the lowest final objective (no ground truth is used to choose).
 * **Gradients reach only x.** The encoder runs in eval mode with its parameters frozen
   for the attack's duration (restored afterwards), under ``torch.enable_grad`` (the
   evaluation code calls inversion networks under ``no_grad``).
@@ -42,6 +43,13 @@ full budget's validation MSE is lower by more than 2 %, more steps would likely 
 attack is flagged as still improving (``TrainedAttack.still_improving``, the decoder attack's
 half-budget check: after a cosine decay to its floor the last steps move little, converged or
 not). The history holds the validation MSE every tenth of the steps (the mean over restarts).
+
+Data-parallel (``distributed``): every image's optimisation is independent of the others,
+so each rank inverts a contiguous share of the images of every ``invert`` call (the
+validation images of each τ, the scored images) and the reconstructions are gathered on
+every rank (``cem.distributed.all_gather_rows``): N processes invert N times the images
+per unit of time, and give one process's reconstructions, image for image (up to the
+float rounding of batches of other sizes), so τ is chosen alike on every rank.
 """
 
 from __future__ import annotations
@@ -59,6 +67,7 @@ from attacker.attacks.data import AttackSplit, FeatureSet
 from attacker.attacks.evaluate import iterate_reconstructions
 from attacker.attacks.loop import HalfBudgetCheck, TrainedAttack
 from attacker.attacks.monitor import ProgressMonitor
+from cem.distributed import SINGLE_PROCESS, DistributedContext, all_gather_rows, all_reduce_sum, shard_range
 from cem.errors import ConfigError
 from cem.obfuscation import ObfuscationConfig, obfuscate
 
@@ -68,6 +77,12 @@ TV_WEIGHTS = (0.0, 0.3, 1.0, 3.0, 10.0)  # τ candidates, chosen on the attacker
 CURVE_POINTS = 10  # validation MSE recorded every tenth of the steps
 LR_FLOOR_RATIO = 0.01
 _LOGIT_EPS = 1e-3
+_SEED_MASK = 2**64 - 1
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The seed of image ``index``'s random starts: distinct per (seed, index) for indices below 2**32."""
+    return (seed * 2**32 + index) & _SEED_MASK
 
 
 @dataclass(frozen=True)
@@ -125,13 +140,15 @@ class FeatureMatchingInverter(nn.Module):
     ``init`` (a trained decoder, or None) gives the first start; otherwise it is ``mean_image``. The encoder
     and ``init`` are held outside the module tree, so ``train()``/``eval()`` and ``state_dict`` never touch them.
     ``monitor`` is polled at every step, so an audit can be cancelled in the middle of an optimisation.
+    ``distributed``: each ``invert`` call is split over its ranks and gathered (module docstring); every rank
+    must make the same calls.
     """
 
     mean_image: torch.Tensor  # (C, S, S) buffer: the first start without ``init``
 
     def __init__(self, encoder: nn.Module, obfuscation: ObfuscationConfig, config: OptimizeAttackConfig,
                  tv_weight: float, mean_image: torch.Tensor, *, init: nn.Module | None = None, seed: int = 0,
-                 monitor: ProgressMonitor | None = None) -> None:
+                 monitor: ProgressMonitor | None = None, distributed: DistributedContext = SINGLE_PROCESS) -> None:
         super().__init__()
         self._parts = (encoder, init)  # a tuple: not registered as submodules
         self.monitor = monitor or ProgressMonitor()
@@ -142,6 +159,7 @@ class FeatureMatchingInverter(nn.Module):
         self.sigma = obfuscation.noise_std if obfuscation.noise_std > 0 else config.sigma_floor
         self.register_buffer("mean_image", mean_image.detach().clone())
         self.seed = seed
+        self.distributed = distributed
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.invert(z)
@@ -153,51 +171,61 @@ class FeatureMatchingInverter(nn.Module):
 
     def invert(self, z: torch.Tensor, *, on_step: StepCallback | None = None) -> torch.Tensor:
         """Reconstructions of ``z``, batch by batch; ``on_step(step, rows, x)`` after each step of each batch,
-        ``rows`` the batch's rows of ``z`` and ``x`` its current images."""
+        ``rows`` the batch's rows of ``z`` and ``x`` its current images. With ``distributed`` this rank inverts
+        only its ``shard_range`` of ``z`` (``on_step`` sees those rows) and returns every rank's images."""
         encoder, _ = self._parts
         config = self.config
         planned, offset = self._plan if self._plan is not None else (z.shape[0], 0)
         work = max(1, planned * config.restarts * config.steps)  # one unit: one step of one image
         done = [offset * config.restarts * config.steps]
+        ranks = self.distributed.world_size  # each rank does about 1/ranks of the work: progress counts it all
 
         def step_done(step: int, rows: slice, x: torch.Tensor) -> None:
-            done[0] += x.shape[0]
+            done[0] += x.shape[0] * ranks
             first = offset + rows.start
             self.monitor.report(done[0] / work, f"optimize τ={self.tv_weight:g}: images {first + 1}-"
                                                 f"{first + x.shape[0]} of {planned}, step {step}/{config.steps}")
             if on_step is not None:
                 on_step(step, rows, x)
 
+        lo, hi = shard_range(z.shape[0], self.distributed)
         parts = []
         with _frozen(encoder), torch.enable_grad():
-            for start in range(0, z.shape[0], config.batch_size):
-                rows = slice(start, start + config.batch_size)
-                parts.append(self._invert_batch(encoder, z[rows].detach(), rows, step_done))
+            for start in range(lo, hi, config.batch_size):
+                rows = slice(start, min(start + config.batch_size, hi))
+                parts.append(self._invert_batch(encoder, z[rows].detach(), rows, offset + start, step_done))
         if self._plan is not None:
             self._plan = (planned, offset + z.shape[0])
-        return torch.cat(parts) if parts else z.new_zeros((0, *self.mean_image.shape))
+        mine = torch.cat(parts) if parts else z.new_zeros((0, *self.mean_image.shape))
+        return all_gather_rows(mine, z.shape[0], self.distributed)
 
-    def _starts(self, z: torch.Tensor) -> list[torch.Tensor]:
-        """Initial images of each restart (B, C, S, S) in (0, 1)."""
+    def _starts(self, z: torch.Tensor, first_index: int) -> list[torch.Tensor]:
+        """Initial images of each restart (B, C, S, S) in (0, 1); ``first_index``: the index of z's first image
+        among the images inverted so far (``track``), which seeds each image's random starts."""
         _, init = self._parts
         if init is not None:
             first = torch.cat([r for _, r in iterate_reconstructions(init, z, None, seed=self.seed)])
         else:
             first = self.mean_image.expand(z.shape[0], *self.mean_image.shape)
-        generator = torch.Generator(device=z.device).manual_seed(self.seed)
-        shape = (z.shape[0], *self.mean_image.shape)
-        return [first, *(torch.rand(shape, generator=generator, device=z.device) for _ in
-                         range(self.config.restarts - 1))]
+        extra = self.config.restarts - 1
+        if extra == 0:
+            return [first]
+        per_image = [torch.rand((extra, *self.mean_image.shape), device=z.device,
+                                generator=torch.Generator(device=z.device).manual_seed(
+                                    image_seed(self.seed, first_index + i)))
+                     for i in range(z.shape[0])]
+        return [first, *torch.stack(per_image, dim=1).unbind(0)]  # restart k: (B, C, S, S)
 
     def _objective(self, encoder: nn.Module, x: torch.Tensor, z: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
         """(B,) the per-image objective L(x) of the module docstring."""
         misfit = ((encoder(x) - z) * kept).pow(2).flatten(1).sum(1) / (2 * self.sigma**2)
         return misfit + self.tv_weight * total_variation(x)
 
-    def _invert_batch(self, encoder: nn.Module, z: torch.Tensor, rows: slice, on_step: StepCallback) -> torch.Tensor:
+    def _invert_batch(self, encoder: nn.Module, z: torch.Tensor, rows: slice, first_index: int,
+                      on_step: StepCallback) -> torch.Tensor:
         kept = kept_entries(z, self.obfuscation)
         best = best_loss = None
-        for start in self._starts(z):
+        for start in self._starts(z, first_index):
             u = torch.logit(start.clamp(_LOGIT_EPS, 1 - _LOGIT_EPS)).detach().requires_grad_(True)
             optimizer = torch.optim.Adam([u], lr=self.config.lr)
             schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.config.steps,
@@ -233,7 +261,10 @@ def _validation_run(inverter: FeatureMatchingInverter, val: FeatureSet, sent: to
         if step in marks:
             squared[step] += float((x - val.images[rows]).pow(2).flatten(1).mean(1).sum())
 
-    final = inverter.invert(sent, on_step=on_step)
+    final = inverter.invert(sent, on_step=on_step)  # every rank's images, on every rank
+    if inverter.distributed.enabled:  # on_step saw this rank's images only
+        sums = torch.tensor([squared[step] for step in sorted(marks)], dtype=torch.float64, device=final.device)
+        squared.update(zip(sorted(marks), all_reduce_sum(sums, inverter.distributed).tolist(), strict=True))
     mse = float((final - val.images).pow(2).flatten(1).mean(1).mean())
     # each mark is hit once per restart: the curve is the mean over the restarts' current images
     curve: list[dict[str, float | None]] = [
@@ -250,11 +281,13 @@ def train_optimize_attack(
     init: nn.Module | None = None,
     seed: int = 0,
     monitor: ProgressMonitor | None = None,
+    distributed: DistributedContext = SINGLE_PROCESS,
 ) -> TrainedAttack:
     """Choose τ on ``split.val`` (unless ``config.tv_weight`` is set) and return the inverter with it.
 
     ``init``: a trained decoder whose reconstruction is the first start (the hybrid). Without validation
-    images τ falls back to the middle of ``TV_WEIGHTS`` and nothing is judged."""
+    images τ falls back to the middle of ``TV_WEIGHTS`` and nothing is judged. ``distributed``: the validation
+    images are split over the ranks, and so are the images the returned inverter is later given."""
     monitor = monitor or ProgressMonitor()
     started = time.perf_counter()
     mean_image = split.fit.images.float().mean(0).clamp(_LOGIT_EPS, 1 - _LOGIT_EPS)
@@ -264,7 +297,7 @@ def train_optimize_attack(
 
     def build(tv: float, watch: ProgressMonitor) -> FeatureMatchingInverter:
         return FeatureMatchingInverter(encoder, obfuscation, config, tv, mean_image, init=init, seed=seed,
-                                       monitor=watch)
+                                       monitor=watch, distributed=distributed)
 
     trials: dict[float, tuple[float, list[dict[str, float | None]]]] = {}
     half_budget = None
@@ -278,7 +311,7 @@ def train_optimize_attack(
     if trials and config.steps >= 2:  # would more steps help? the chosen τ again with half the steps
         half = dataclasses.replace(config, steps=config.steps // 2)
         inverter = FeatureMatchingInverter(encoder, obfuscation, half, chosen, mean_image, init=init, seed=seed,
-                                           monitor=monitor.child(1 - 1 / slots, 1 / slots))
+                                           monitor=monitor.child(1 - 1 / slots, 1 / slots), distributed=distributed)
         half_budget = HalfBudgetCheck(half.steps, _validation_run(inverter, split.val, sent)[0], trials[chosen][0])
     history = trials[chosen][1] if trials else []
     # scoring polls the same cancellation; its progress is the caller's to place (run_audit gives it a range)

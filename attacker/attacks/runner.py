@@ -9,6 +9,10 @@ default, the paper's ratio), then fine-tuned adversarially. The optimisation att
 has no epochs (its budget is ``OptimizeAttackConfig.steps`` per image; asking for
 epochs is refused); for ``decoder+optimize`` ``epochs`` are the decoder's. Both need
 the bundle's ``encoder`` (attacker.attacks.optimize).
+
+``distributed`` runs any of them data-parallel over the ranks of a process group
+(attacker.attacks.parallel); every rank must call ``run_attack`` alike, and all return
+the same network.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from attacker.attacks.gan import GanAttackConfig, train_gan_attack
 from attacker.attacks.loop import TrainedAttack
 from attacker.attacks.monitor import ProgressMonitor
 from attacker.attacks.optimize import OptimizeAttackConfig, train_optimize_attack
+from cem.distributed import SINGLE_PROCESS, DistributedContext
 from cem.errors import ConfigError
 from cem.models import InversionNetwork
 from cem.obfuscation import ObfuscationConfig
@@ -47,6 +52,7 @@ def run_attack(
     encoder: nn.Module | None = None,
     optimize_config: OptimizeAttackConfig = OptimizeAttackConfig(),
     decoder: TrainedAttack | None = None,
+    distributed: DistributedContext = SINGLE_PROCESS,
 ) -> TrainedAttack:
     """Train attack ``attack`` on ``split`` and return its selected network (eval mode).
 
@@ -62,26 +68,33 @@ def run_attack(
             if epochs is not None:
                 raise ConfigError(f"expected no epochs for the optimize attack (it runs {optimize_config.steps} "
                                   f"optimisation steps per image), got {epochs}")
-            return train_optimize_attack(split, obfuscation, encoder, optimize_config, seed=seed, monitor=monitor)
+            return train_optimize_attack(split, obfuscation, encoder, optimize_config, seed=seed, monitor=monitor,
+                                         distributed=distributed)
         learned = decoder or train_decoder_attack(split, obfuscation, learned_config, seed=seed,
-                                                  monitor=monitor.child(0.0, HYBRID_DECODER_SHARE))
+                                                  monitor=monitor.child(0.0, HYBRID_DECODER_SHARE),
+                                                  distributed=distributed)
         refined = train_optimize_attack(split, obfuscation, encoder, optimize_config, init=learned.network, seed=seed,
-                                        monitor=monitor.child(HYBRID_DECODER_SHARE, 1.0 - HYBRID_DECODER_SHARE))
+                                        monitor=monitor.child(HYBRID_DECODER_SHARE, 1.0 - HYBRID_DECODER_SHARE),
+                                        distributed=distributed)
         refined.started_from = learned
         refined.extra["decoder_val_mse"] = learned.best_val_mse()
         return refined
     if name is AttackName.DECODER:
-        return train_decoder_attack(split, obfuscation, learned_config, seed=seed, monitor=monitor)
+        return train_decoder_attack(split, obfuscation, learned_config, seed=seed, monitor=monitor,
+                                    distributed=distributed)
     gan = gan_config if epochs is None else dataclasses.replace(gan_config, epochs=epochs)
     if init is not None:
-        return train_gan_attack(split, obfuscation, gan, init=init, seed=seed, monitor=monitor)
+        return train_gan_attack(split, obfuscation, gan, init=init, seed=seed, monitor=monitor,
+                                distributed=distributed)
     # The GAN run is judged on its own curve; checking the pre-training's convergence would cost half of it again.
     pretrain = dataclasses.replace(
         decoder_config, epochs=math.ceil(gan.epochs / GAN_PRETRAIN_RATIO), convergence_check=False
     )
     share = pretrain.epochs / (pretrain.epochs + gan.epochs)
-    pretrained = train_decoder_attack(split, obfuscation, pretrain, seed=seed, monitor=monitor.child(0.0, share))
+    pretrained = train_decoder_attack(split, obfuscation, pretrain, seed=seed, monitor=monitor.child(0.0, share),
+                                      distributed=distributed)
     assert isinstance(pretrained.network, InversionNetwork)
     return train_gan_attack(
-        split, obfuscation, gan, init=pretrained.network, seed=seed, monitor=monitor.child(share, 1.0 - share)
+        split, obfuscation, gan, init=pretrained.network, seed=seed, monitor=monitor.child(share, 1.0 - share),
+        distributed=distributed,
     )

@@ -8,6 +8,9 @@ The socket is bound before uvicorn starts, then ``LISTENING HOST:PORT`` is
 printed on stdout (with ``--port 0``, the port the OS picked). SIGTERM or
 Ctrl-C stops it gracefully; running audits are marked interrupted (or queued
 again with ``--on-restart requeue``) and picked up as such on the next start.
+It runs as one process: under a launcher (torchrun, WORLD_SIZE > 1) it refuses to
+start, since each audit runs in a single-process worker; ``cem-attack --nproc N``
+runs one attack data-parallel.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from attacker.service.app import create_app
 from attacker.service.config import RECOVERY_POLICIES, ServiceSettings, load_settings
 from cem.cli import run_cli
 from cem.devices import DEVICE_CHOICES
+from cem.distributed import launch_env_world_size
+from cem.errors import ConfigError
 from cem.logs import LOG_LEVELS, configure_logging
 from cem.wire import format_listening_line
 
@@ -95,8 +100,18 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def check_single_process() -> None:
+    """Refuse to serve as one of several launched processes: N copies would each bind the port and run audits."""
+    world_size = launch_env_world_size()
+    if world_size > 1:
+        raise ConfigError(f"expected cem-audit to run as one process (each audit runs in a single-process worker; "
+                          f"cem-attack --nproc N runs one attack data-parallel), got WORLD_SIZE={world_size} "
+                          "from a launcher")
+
+
 def run(args: argparse.Namespace) -> int:
     """Bind, print the LISTENING line, serve until SIGTERM or Ctrl-C; errors are left to ``run_cli``."""
+    check_single_process()
     settings = build_settings(args)
     if not settings.auth_required:
         logger.warning("authentication is OFF (--insecure-no-auth): anyone who can reach the port can run audits")

@@ -24,19 +24,28 @@ ImageFolder, either would be a single class named ``images``: every test label
 wrong, without an error. So when the annotations are there, the test split is
 the annotated ``val`` set (the paper's test set), with the train split's class
 indices.
+
+torchvision is imported where a loader runs, never at import time: every process
+that reads a manifest imports this registry, and most of them (the cloud, the edge,
+the audit workers on digits) never open an image file, while importing torchvision
+costs seconds of start-up.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch.utils.data import Dataset
-from torchvision import datasets, transforms
 
 from cem.data.registry import DataRequest, DatasetInfo, register_dataset
 from cem.errors import DatasetError, DatasetNotFoundError
+
+if TYPE_CHECKING:
+    from torchvision import datasets, transforms
 
 CIFAR10_INFO = DatasetInfo(
     name="cifar10",
@@ -71,6 +80,8 @@ def _require_dir(request: DataRequest, dataset: str) -> Path:
 
 def _image_transform(size: int, augment: bool, crop: bool) -> transforms.Compose:
     """Resize to (size, size) first (a no-op for CIFAR), then the training augmentations."""
+    from torchvision import transforms
+
     steps: list = [transforms.Resize((size, size))]
     if augment:
         if crop:
@@ -88,10 +99,13 @@ def _permute_image_folder(dataset: datasets.ImageFolder) -> None:
     dataset.targets = [target for _, target in dataset.samples]
 
 
-def _cifar(request: DataRequest, cls: type, info: DatasetInfo, folder: str) -> tuple[Dataset, DatasetInfo]:
+def _cifar(request: DataRequest, reader: str, info: DatasetInfo, folder: str) -> tuple[Dataset, DatasetInfo]:
+    """``reader``: the torchvision data set class by name (CIFAR10, CIFAR100)."""
+    from torchvision import datasets
+
     root = _require_dir(request, info.name)
     try:
-        dataset = cls(
+        dataset = getattr(datasets, reader)(
             root=str(root),
             train=request.split == "train",
             download=request.download,
@@ -109,12 +123,12 @@ def _cifar(request: DataRequest, cls: type, info: DatasetInfo, folder: str) -> t
 
 @register_dataset("cifar10")
 def load_cifar10(request: DataRequest) -> tuple[Dataset, DatasetInfo]:
-    return _cifar(request, datasets.CIFAR10, CIFAR10_INFO, "cifar-10-batches-py")
+    return _cifar(request, "CIFAR10", CIFAR10_INFO, "cifar-10-batches-py")
 
 
 @register_dataset("cifar100")
 def load_cifar100(request: DataRequest) -> tuple[Dataset, DatasetInfo]:
-    return _cifar(request, datasets.CIFAR100, CIFAR100_INFO, "cifar-100-python")
+    return _cifar(request, "CIFAR100", CIFAR100_INFO, "cifar-100-python")
 
 
 def load_image_folder(
@@ -127,6 +141,8 @@ def load_image_folder(
 ) -> tuple[Dataset, DatasetInfo]:
     """``<data_dir>/train/<class>/*`` and ``<data_dir>/{test,val,validate}/<class>/*``, in the fixed
     ``IMAGE_FOLDER_ORDER_SEED`` permutation (see the module docstring), not sorted by class."""
+    from torchvision import datasets
+
     root = _require_dir(request, name)
     candidates = ("train",) if request.split == "train" else test_folders
     folder = next((root / c for c in candidates if (root / c).is_dir()), None)
@@ -167,36 +183,44 @@ def load_facescrub(request: DataRequest) -> tuple[Dataset, DatasetInfo]:
     return load_image_folder(request, "facescrub", mean, std, size)
 
 
-class TinyImageNetVal(datasets.ImageFolder):
-    """TinyImageNet's released ``val`` folder: ``images/<file>``, each file's class in ``val_annotations.txt``
-    (tab-separated file, wnid, box), indexed as ``classes`` (the train split's). The reference's prepare
-    script moves each image to ``images/<wnid>/<file>``; both places are looked up."""
+@functools.cache
+def tinyimagenet_val_class() -> Any:
+    """``TinyImageNetVal`` (below), built on first use: it subclasses torchvision's ImageFolder."""
+    from torchvision import datasets
 
-    def __init__(self, root: Path, classes: list[str], transform: Callable) -> None:
-        self.wnids = classes  # read by find_classes, which ImageFolder.__init__ calls
-        super().__init__(str(root), transform=transform)
+    class TinyImageNetVal(datasets.ImageFolder):
+        """TinyImageNet's released ``val`` folder: ``images/<file>``, each file's class in ``val_annotations.txt``
+        (tab-separated file, wnid, box), indexed as ``classes`` (the train split's). The reference's prepare
+        script moves each image to ``images/<wnid>/<file>``; both places are looked up."""
 
-    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
-        return list(self.wnids), {wnid: index for index, wnid in enumerate(self.wnids)}
+        def __init__(self, root: Path, classes: list[str], transform: Callable) -> None:
+            self.wnids = classes  # read by find_classes, which ImageFolder.__init__ calls
+            super().__init__(str(root), transform=transform)
 
-    def make_dataset(  # torchvision's hook for listing samples another way; its filters do not apply here
-        self, directory: str | Path, class_to_idx: dict[str, int], **_filters: object
-    ) -> list[tuple[str, int]]:
-        folder = Path(directory)
-        samples: list[tuple[str, int]] = []
-        for line in (folder / TINYIMAGENET_ANNOTATIONS).read_text().splitlines():
-            if not line.strip():
-                continue
-            file, wnid = line.split("\t")[:2]
-            if wnid not in class_to_idx:
-                raise DatasetError(
-                    f"expected the class {wnid!r} of val image {file} to be a folder of train/, got no such folder"
-                )
-            path = next((p for p in (folder / "images" / wnid / file, folder / "images" / file) if p.is_file()), None)
-            if path is None:
-                raise DatasetNotFoundError(f"expected val image {file} in {folder / 'images'}, but it is not there")
-            samples.append((str(path), class_to_idx[wnid]))
-        return samples
+        def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+            return list(self.wnids), {wnid: index for index, wnid in enumerate(self.wnids)}
+
+        def make_dataset(  # torchvision's hook for listing samples another way; its filters do not apply here
+            self, directory: str | Path, class_to_idx: dict[str, int], **_filters: object
+        ) -> list[tuple[str, int]]:
+            folder = Path(directory)
+            samples: list[tuple[str, int]] = []
+            for line in (folder / TINYIMAGENET_ANNOTATIONS).read_text().splitlines():
+                if not line.strip():
+                    continue
+                file, wnid = line.split("\t")[:2]
+                if wnid not in class_to_idx:
+                    raise DatasetError(
+                        f"expected the class {wnid!r} of val image {file} to be a folder of train/, got no such folder"
+                    )
+                places = (folder / "images" / wnid / file, folder / "images" / file)
+                path = next((p for p in places if p.is_file()), None)
+                if path is None:
+                    raise DatasetNotFoundError(f"expected val image {file} in {folder / 'images'}, but it is not there")
+                samples.append((str(path), class_to_idx[wnid]))
+            return samples
+
+    return TinyImageNetVal
 
 
 @register_dataset("tinyimagenet")
@@ -209,6 +233,8 @@ def load_tinyimagenet(request: DataRequest) -> tuple[Dataset, DatasetInfo]:
         return load_image_folder(request, "tinyimagenet", mean, std, size)
     if not (root / "train").is_dir():
         raise DatasetNotFoundError(f"expected {root / 'train'} (its class folders index the val annotations)")
+    from torchvision import datasets
+
     classes, _ = datasets.folder.find_classes(str(root / "train"))  # the train split's ImageFolder classes
-    dataset = TinyImageNetVal(val, classes, _image_transform(size, request.augment, crop=False))
+    dataset = tinyimagenet_val_class()(val, classes, _image_transform(size, request.augment, crop=False))
     return _ordered_with_info(dataset, "tinyimagenet", mean, std, size)

@@ -42,10 +42,17 @@ def _resolve_train(argv: Sequence[str]) -> Resolution:
     return Resolution(resolved, None)
 
 
+def _resolve_attack(argv: Sequence[str]) -> Resolution:
+    resolved: dict[str, object] = {"args": list(argv)}
+    if "--nproc" in argv:  # the real probe keys --nproc when it is not 1
+        resolved["nproc"] = int(argv[list(argv).index("--nproc") + 1])
+    return Resolution(resolved, None)
+
+
 def fake_prober(train: Sequence[Argv], attack: Sequence[Argv]) -> ProbeResult:
     return ProbeResult(
         datasets=("digits", "mnist5k"), archs=("resnet20", "vgg11_bn_sgm"),
         defenses=("bottleneck", "distcorr", "dropout", "noise", "ressfl"), field_defenses=("bottleneck", "noise"),
         attacks=("decoder", "gan"),
         train={argv: _resolve_train(argv) for argv in train},
-        attack={argv: Resolution({"args": list(argv)}, None) for argv in attack})
+        attack={argv: _resolve_attack(argv) for argv in attack})

@@ -212,3 +212,16 @@ def test_a_plan_with_nproc_is_refused_on_cuda_where_each_job_gets_one_gpu() -> N
     cli_module.check_device_for_plan(plan, "cpu")
     with pytest.raises(ConfigError, match="expected --nproc 1 in train.extra_args on CUDA"):
         cli_module.check_device_for_plan(plan, "cuda")
+
+
+def test_an_attack_with_nproc_is_keyed_apart_and_refused_on_cuda() -> None:
+    spec = parse_spec(BASE.replace("epochs = 3", 'epochs = 3\nextra_args = ["--nproc", "2"]'))
+    plan = expand_plan(spec, fake_prober)
+    assert {c.config["nproc"] for c in plan.attack} == {2} and all("nproc" not in c.config for c in plan.train)
+    assert all(c.args[-2:] == ("--nproc", "2") for c in plan.attack)  # handed to cem-attack verbatim
+    one_process = expand_plan(parse_spec(BASE), fake_prober)
+    assert {c.key for c in plan.attack}.isdisjoint(c.key for c in one_process.attack)
+    cli_module.check_device_for_plan(plan, "cpu")
+    with pytest.raises(ConfigError, match=r"expected --nproc 1 in attacks.decoder.extra_args on CUDA \(each job "
+                                          r"gets one GPU\), got --nproc 2"):
+        cli_module.check_device_for_plan(plan, "cuda")

@@ -37,6 +37,11 @@ def test_the_smoke_spec_is_two_rows_with_and_without_cem_one_seed_one_attack() -
     (("sigma = 0.1", 'sigma = 0.1\nextra_args = ["--se", "7"]'), "without --seed (as its abbreviation)"),
     (("sigma = 0.1", 'sigma = 0.1\nextra_args = ["--cem-la=4"]'), "without --cem-lambda (as its abbreviation)"),
     (("sigma = 0.1", 'sigma = 0.1\nextra_args = ["--noise", "0"]'), "without --noise-std (as its abbreviation)"),
+    # an attack's extra_args (--nproc N) may not set what the spec or the runner sets either
+    (("epochs = 3", 'epochs = 3\nextra_args = ["--se", "7"]'),
+     "expected attacks.decoder.extra_args without --seed (as its abbreviation)"),
+    (("epochs = 3", 'epochs = 3\nextra_args = ["--out=x"]'), "attacks.decoder.extra_args without --out (the spec"),
+    (("epochs = 3", 'epochs = 3\nextra_args = "--nproc 2"'), "expected attacks.decoder.extra_args to be a list"),
     (('name = "unit"', 'name = "unit"\ndata_dir = "/nonexistent/cifar"'), "'/nonexistent/cifar', which is not a"),
     (("[attacks.decoder]\nepochs = 3", ""), "at least one [attacks.<name>] table"),
     (("[[rows]]", "[[rowz]]"), "unknown key 'rowz' in [top level]"),
@@ -138,7 +143,7 @@ def test_the_real_probe_keys_the_gan_config_and_nproc_and_sees_abbreviated_overr
     gan = ("--attack", "gan", "--seed", "0")
     base = ("--dataset", "digits", "--seed", "0", "--noise-std", "0.1", "--cem-lambda", "0")
     probe = run_probe([base, (*base, "--nproc", "2"), (*base, "--nproc", "3"), (*base, "--se", "7")],
-                      [gan, (*gan, "--epochs", "30")])
+                      [gan, (*gan, "--epochs", "30"), (*gan, "--nproc", "2"), (*gan, "--nproc", "0")])
     default = probe.attack[gan].resolved
     assert default is not None and default["gan"]["epochs"] == 150  # the attack's own default, not None
     assert {"generator_lr", "critic_lr", "n_critic", "mse_weight"} <= set(default["gan"])
@@ -151,6 +156,9 @@ def test_the_real_probe_keys_the_gan_config_and_nproc_and_sees_abbreviated_overr
     assert probe.train[(*base, "--nproc", "3")].error  # cem-train's own check: batch 128 over 3 processes
     abbreviated = probe.train[(*base, "--se", "7")].resolved
     assert abbreviated is not None and abbreviated["seed"] == 7  # what the spec check and the plan refuse
+    parallel = probe.attack[(*gan, "--nproc", "2")].resolved  # a data-parallel attack: keyed apart
+    assert parallel is not None and "nproc" not in default and parallel == {**default, "nproc": 2}
+    assert probe.attack[(*gan, "--nproc", "0")].error == "expected --nproc >= 1, got 0"
 
 
 @pytest.mark.slow

@@ -1,4 +1,6 @@
-"""Data-parallel rules that need no second process: refusals, the batch split, padding, the launcher's checks."""
+"""Data-parallel rules of the trainer that need no second process: refusals, the batch split, padding, the CLI.
+
+The kernel's process-group, seed and launcher helpers it builds on are tested in tests/cem/test_distributed.py."""
 
 from __future__ import annotations
 
@@ -7,18 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from cem.distributed import SINGLE_PROCESS, DistributedContext
 from cem.errors import ConfigError
-from training.cli import main
+from cem.launch import torchrun_args
+from training.cli import WORKER_MODULE, main
 from training.data_parallel import check_data_parallel, per_process_batch
 from training.defenses import DefenseStack, parse_defense
-from training.distributed import (
-    RANK_SEED_STRIDE,
-    SINGLE_PROCESS,
-    DistributedContext,
-    EpochCursor,
-    process_group,
-)
-from training.launch import check_nproc, needs_relaunch, torchrun_args
+from training.distributed import EpochCursor
 
 TWO_RANKS = DistributedContext(rank=1, world_size=2, local_rank=1, backend="gloo")
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -59,43 +56,6 @@ def test_single_process_gather_is_the_identity_and_keeps_the_tensor() -> None:
     assert EpochCursor(SINGLE_PROCESS, 5).next_batch(5).gather(local) is local
 
 
-def test_ranks_draw_different_noise_and_rank_0_keeps_the_single_process_seed() -> None:
-    assert SINGLE_PROCESS.seed(7) == DistributedContext(rank=0, world_size=2).seed(7) == 7
-    assert TWO_RANKS.seed(7) == 7 + RANK_SEED_STRIDE
-
-
-def test_without_a_launcher_no_process_group_is_created(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in LAUNCH_VARS:
-        monkeypatch.delenv(name, raising=False)
-    with process_group(torch.device("cpu")) as (distributed, device):
-        assert distributed is SINGLE_PROCESS and device == torch.device("cpu")
-        assert not torch.distributed.is_initialized()
-
-
-def test_incomplete_launcher_environment_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(name, raising=False)
-    expected = r"expected torchrun's environment with WORLD_SIZE=2, got \['RANK'"
-    with pytest.raises(ConfigError, match=expected), process_group(torch.device("cpu")):
-        pass
-
-
-def test_nproc_relaunches_outside_torchrun_and_must_match_it_inside(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in LAUNCH_VARS:
-        monkeypatch.delenv(name, raising=False)
-    assert needs_relaunch(2) and not needs_relaunch(1)
-    assert torchrun_args(2) == ["--standalone", "--nproc-per-node=2", "--module", "training.cli"]
-    with pytest.raises(ConfigError, match="expected --nproc >= 1, got 0"):
-        check_nproc(0)
-    monkeypatch.setenv("LOCAL_RANK", "0")
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert not needs_relaunch(2)  # a worker: trains
-    check_nproc(2)
-    with pytest.raises(ConfigError, match="expected --nproc equal to the launcher's WORLD_SIZE=2.*got 4"):
-        check_nproc(4)
-
-
 def test_cli_refuses_ressfl_with_nproc_before_starting_workers(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -106,3 +66,7 @@ def test_cli_refuses_ressfl_with_nproc_before_starting_workers(
     assert code == 2
     assert "cem-train: error: expected one process with the ressfl defense, got 2" in capsys.readouterr().err
     assert not out.exists()  # refused here, before torchrun
+
+
+def test_cli_starts_the_training_module_as_its_workers() -> None:
+    assert torchrun_args(2, WORKER_MODULE) == ["--standalone", "--nproc-per-node=2", "--module", "training.cli"]

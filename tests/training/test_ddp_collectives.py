@@ -18,10 +18,11 @@ from torch import nn
 from torch.multiprocessing.spawn import spawn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from cem.distributed import SINGLE_PROCESS, DistributedContext, current_context
 from training.cem_plugin import CEMConfig, CEMRegularizer
 from training.data_parallel import refit_shared, shard_sampler, wrap_step
 from training.defenses import DefenseStack, create_defense
-from training.distributed import SINGLE_PROCESS, DistributedContext, EpochCursor, current_context
+from training.distributed import EpochCursor
 from training.loops import FeatureCache
 
 WORLD = 2

@@ -99,3 +99,15 @@ def test_worker_exits_2_on_settings_it_cannot_use(capsys: pytest.CaptureFixture[
     assert worker_main(["not json"]) == 2
     expected = "python -m attacker.service.worker: error: expected WorkerSettings as JSON"
     assert capsys.readouterr().err.startswith(expected)
+
+
+def test_cli_refuses_to_start_under_a_launcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Audits run in single-process workers: data parallelism is cem-attack's (--nproc), not the service's."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code = main(["--port", "0", "--bundles", str(tmp_path), "--captures", str(tmp_path / "c"),
+                 "--db", str(tmp_path / "a.db"), "--insecure-no-auth"])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert "cem-audit: error: expected cem-audit to run as one process" in err
+    assert "got WORLD_SIZE=2 from a launcher" in err
+    assert "LISTENING" not in out and not (tmp_path / "a.db").exists()
