@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from cem.errors import ConfigError
@@ -148,6 +148,23 @@ class Plan:
 
     def data_dir_for(self, dataset: str) -> str | None:
         return self.data_dirs.get(dataset, self.data_dirs.get("*"))
+
+    def selected(self, *, rows: Sequence[str] = (), attacks: Sequence[str] = (),
+                 seeds: Sequence[int] = ()) -> Plan:
+        """The part of the grid a ``run --rows/--attacks/--seeds`` does now (an empty filter keeps everything).
+        Keys do not change, so the cells it stores are the full grid's: a long grid can be run a slice at a
+        time, and a slice that names no cell of the plan is refused by name rather than running nothing."""
+        unknown = ([f"row {r!r}" for r in rows if r not in self.rows]
+                   + [f"attack {a!r}" for a in attacks if a not in self.attacks]
+                   + [f"seed {s}" for s in seeds if s not in {t.seed for t in self.train}])
+        if unknown:
+            raise ConfigError(f"the plan has no {', '.join(unknown)}; it has rows {', '.join(self.rows)}, attacks "
+                              f"{', '.join(self.attacks) or 'none'} and seeds "
+                              f"{', '.join(str(s) for s in sorted({t.seed for t in self.train}))}")
+        train = tuple(t for t in self.train if (not rows or t.row in rows) and (not seeds or t.seed in seeds))
+        kept = {t.key for t in train}
+        attack = tuple(a for a in self.attack if a.train_key in kept and (not attacks or a.attack in attacks))
+        return replace(self, train=train, attack=attack)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": KEY_FORMAT, "name": self.name, "rows": list(self.rows), "attacks": list(self.attacks),

@@ -2,6 +2,7 @@
 
     cem-experiment run experiments/smoke.toml --out runs/smoke [--jobs 2] [--threads 1] [--device cpu]
     cem-experiment run experiments/digits-table1.toml --out runs/t1 --dry-run
+    cem-experiment run experiments/digits-table1.toml --out runs/t1 --rows Bottleneck --attacks decoder
     cem-experiment report runs/smoke [--json]
 
 ``run`` checks the whole spec first (data sets, archs, and, in a probe process,
@@ -10,9 +11,11 @@ exits 2 naming what it refuses, before any cell runs. It then runs only the cell
 not stored in DIR yet (an interrupted or changed run resumes), each through the
 real CLI in a child process, and exits 1 if any cell failed (its log is named).
 ``--dry-run`` lists every cell with its key and whether it is stored, and runs
-nothing. ``report`` writes DIR/report/ (table1.md/.csv/.json, the plots as PNG and
-SVG, index.html) from the stored cells only. docs/experiments.md has the spec's
-keys and the cell key rule.
+nothing. ``--rows``, ``--attacks`` and ``--seeds`` run a slice of the grid now (the
+keys are the full grid's, so the slices add up to it). ``report`` writes
+DIR/report/ (table1.md/.csv/.json, the plots as PNG and SVG, index.html) from
+the stored cells only. docs/experiments.md has the spec's keys and the cell key
+rule.
 
 Exit statuses are ``cem.cli``'s (0, 1, 2; 130 after Ctrl-C), and 143 (128 +
 SIGTERM, as shells report a terminated process) after a SIGTERM, so a scheduler
@@ -53,6 +56,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--jobs", type=int, default=None,
                      help="cells at once, each a child process (default: 1 on CPU, one per visible GPU on CUDA)")
     run.add_argument("--dry-run", action="store_true", help="list every cell, its key and whether it is stored")
+    run.add_argument("--rows", type=_names, default=(), metavar="LABEL,...",
+                     help="run only these rows' cells now (the report still lays out the whole spec)")
+    run.add_argument("--attacks", type=_names, default=(), metavar="NAME,...",
+                     help="run only these attacks (and the trainings they need) now")
+    run.add_argument("--seeds", type=_seeds, default=(), metavar="N,...", help="run only these seeds' cells now")
     run.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                      help="the cells' device; on CUDA each job gets one GPU through CUDA_VISIBLE_DEVICES")
     run.add_argument("--threads", type=int, default=None,
@@ -64,6 +72,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true", help="print table1.json as one JSON line at the end")
     report.add_argument("-v", "--verbose", action="store_true", help="log what the report does")
     return parser
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected one or more comma-separated names")
+    return names
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(seed) for seed in _names(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _trains_by_key(plan: Plan) -> dict[str, TrainCell]:
@@ -123,9 +145,10 @@ def _report_failures(summary: RunSummary) -> None:
 def run_command(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     plan = expand_plan(spec, run_probe)
+    now = plan.selected(rows=args.rows, attacks=args.attacks, seeds=args.seeds)
     store = CellStore(args.out)
     if args.dry_run:
-        print_dry_run(plan, store)
+        print_dry_run(now, store)
         return 0
     options = resolve_options(args.device, args.jobs, args.threads, progress=not args.no_progress)
     check_device_for_plan(plan, options.device)
@@ -135,10 +158,11 @@ def run_command(args: argparse.Namespace) -> int:
         swept = store.sweep_tmp()
         if swept:
             logger.info("deleted %d unfinished cell folders or records of an interrupted run", swept)
-        store.write_plan(plan)
-        summary = GridRunner(plan, store, options, inherit_fds=(lock_fd,)).run()
-    total = len(plan.runnable())
-    print(f"{plan.name}: {total} cells, {summary.cached} were stored, {len(summary.ran)} ran now, "
+        store.write_plan(plan)  # the whole grid: the report lays out every cell, stored or not
+        summary = GridRunner(now, store, options, inherit_fds=(lock_fd,)).run()
+    total = len(now.runnable())
+    selection = f" (of the plan's {len(plan.runnable())})" if now != plan else ""
+    print(f"{plan.name}: {total} cells{selection}, {summary.cached} were stored, {len(summary.ran)} ran now, "
           f"{len(summary.failed)} failed, {len(summary.skipped)} skipped; report: cem-experiment report {args.out}")
     _report_failures(summary)
     return 0

@@ -95,6 +95,20 @@ def test_rows_with_the_same_settings_share_their_cells() -> None:
     assert len(plan.runnable()) == 16  # each run once, with its attack
 
 
+def test_a_slice_of_the_grid_keeps_the_full_grids_keys_and_refuses_names_it_lacks() -> None:
+    plan = expand_plan(parse_spec(BASE + "\n[attacks.gan]\nepochs = 2\n"), fake_prober)
+    part = plan.selected(rows=("Dropout",), attacks=("gan",), seeds=(1,))
+    assert [(c.row, c.seed, c.cem_lambda) for c in part.train] == [("Dropout", 1, 0.0), ("Dropout", 1, 2.0)]
+    assert {c.attack for c in part.attack} == {"gan"} and len(part.attack) == 2
+    assert {c.key for c in part.runnable()} < {c.key for c in plan.runnable()}
+    assert {c.train_key for c in part.attack} == {c.key for c in part.train}
+    assert plan.selected() == plan
+    with pytest.raises(ConfigError) as error:
+        plan.selected(rows=("Dropuot",), attacks=("optimize",), seeds=(7,))
+    refusal = "the plan has no row 'Dropuot', attack 'optimize', seed 7; it has rows Bottleneck, Dropout, attacks"
+    assert refusal in str(error.value)
+
+
 def test_names_the_probe_does_not_know_are_all_reported_before_anything_runs() -> None:
     bad = (BASE.replace('"digits"', '"digitz"').replace("dropout:0.2", "dropoot:0.2")
            .replace("[attacks.decoder]", "[attacks.decodr]").replace("[[rows]]\nlabel = \"Bottleneck\"",
