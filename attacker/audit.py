@@ -56,11 +56,11 @@ from attacker.attacks import (
     check_attack_name,
     compute_feature_set,
     evaluate_attack,
+    evaluation_classifier,
     iterate_reconstructions,
     load_labeled_images,
     render_grid_png,
     run_attack,
-    train_evaluation_classifier,
 )
 from attacker.attacks.evaluate import GRID_SAMPLES
 from cem.bounds import privacy_bound
@@ -324,8 +324,8 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
         # (one optimisation per scored image) as choosing τ
         classifier_share = 0.05 * share
         attack_share = (share - classifier_share) / (2 if optimizes else 1)
-        classifier = train_evaluation_classifier(split.fit, split.val, num_classes, seed=spec.seed,
-                                                 monitor=monitor.child(start, classifier_share)) if main else None
+        classifier = evaluation_classifier(split.fit, split.val, num_classes, seed=spec.seed,
+                                           monitor=monitor.child(start, classifier_share)) if main else None
         started = time.perf_counter()
         trained = run_attack(
             spec.attack, split, obfuscation, epochs=spec.epochs, seed=spec.seed,

@@ -51,9 +51,9 @@ from attacker.attacks import (
     build_attack_split,
     compute_feature_set,
     evaluate_attack,
+    evaluation_classifier,
     load_labeled_images,
     run_attack,
-    train_evaluation_classifier,
 )
 from attacker.audit import native_size_of
 from cem.bounds import privacy_bound
@@ -219,7 +219,7 @@ def attack_bundle(args: argparse.Namespace, bundle: Path, seed: int, bar: tqdm,
 
     for mode in MODES:
         split = build_attack_split(mode, sets["train"], sets["test"], seed=seed)
-        classifier = train_evaluation_classifier(split.fit, split.val, manifest.model.num_classes, seed=seed)
+        classifier = evaluation_classifier(split.fit, split.val, manifest.model.num_classes, seed=seed)
         monitor = ProgressMonitor(progress=lambda _, message, mode=mode: show(f"{bundle.name} {mode}: {message}"))
         trained: dict[str, TrainedAttack] = {}
         decoder_s = 0.0

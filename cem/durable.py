@@ -3,11 +3,15 @@
 One home for the write-to-temporary, fsync, rename, fsync-the-directory sequence,
 used by the capture store, model bundles and the audit service's result files.
 Readers that sweep a directory after a crash delete leftover ``TMP_PREFIX`` files.
+Each write has its own temporary name, so two processes writing the same file
+(a shared cache) never write into each other's temporary: the last rename wins,
+whole.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 TMP_PREFIX = ".tmp-"
@@ -15,8 +19,8 @@ TMP_PREFIX = ".tmp-"
 
 def write_durably(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that after a crash either the whole file exists or none of it."""
-    tmp = path.with_name(TMP_PREFIX + path.name)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}-{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
         try:
             view = memoryview(data)

@@ -148,7 +148,8 @@ class CellStore:
                     else:
                         leftover.unlink(missing_ok=True)
                     swept += 1
-        (self.root / f"{TMP_PREFIX}{PLAN_FILE}").unlink(missing_ok=True)
+        for leftover in self.root.glob(f"{TMP_PREFIX}{PLAN_FILE}*"):
+            leftover.unlink(missing_ok=True)
         return swept
 
     def write_plan(self, plan: Plan) -> None:

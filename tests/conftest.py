@@ -1,4 +1,4 @@
-"""What every test area shares: one thread policy, and the fixture plugins.
+"""What every test area shares: one thread policy, one classifier cache, and the fixture plugins.
 
 Layout: ``tests/<package>/`` mirrors the project's packages (``tests/cem``,
 ``tests/cloud_server``, ``tests/edge_client``, ``tests/attacker/{tap,service,
@@ -23,6 +23,7 @@ pipeline, the demo or several cooperating service processes end to end;
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,6 +56,20 @@ def one_cpu_thread_per_process() -> Iterator[None]:
             yield
         finally:
             torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_classifier_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One evaluation-classifier cache (``CEM_CACHE_DIR``) for the session, its xdist workers and the processes
+    they start, never the user's ``~/.cache``. Its entries are keyed by their data and settings
+    (``attacker.attacks.classifier_cache``), so sharing one between tests changes no result: the audits of the
+    digits split stop training the same classifiers again, one of the suite's larger fixed costs."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "cem-cache"
+    folder.mkdir(exist_ok=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CEM_CACHE_DIR", str(folder))
+        yield folder
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

