@@ -301,7 +301,7 @@ def _final_bound(run: _Run) -> dict[str, float]:
         fit_idx = carve_validation(config.dataset, len(plain), config.validation_fraction)[0]  # type: ignore[arg-type]
         plain = Subset(plain, fit_idx.tolist())
     loader = DataLoader(plain, batch_size=config.batch_size, shuffle=False, num_workers=config.workers)
-    at_model, at_native = PixelMoments(), PixelMoments()
+    at_model, at_native = PixelMoments(covariance=False), PixelMoments()  # only the native entropy needs Σ
     native = run.info.native_resolution
 
     def observe(images: torch.Tensor) -> None:

@@ -14,6 +14,7 @@ import torch
 from attacker.service.api.schemas import BoundKind, PrivacyBound
 from cem.bounds import BOUND_KINDS, BOUND_LABELS, native_view, privacy_bound, stored_bound, training_bound_metrics
 from cem.entropy import PixelMoments, mse_lower_bound
+from cem.errors import ConfigError
 from cem.manifest import MetricsRecord
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,6 +32,25 @@ def test_gaussian_entropy_equals_a_float64_closed_form_and_streams() -> None:
         moments.update(torch.from_numpy(chunk))
     assert moments.gaussian_entropy(step) == pytest.approx(expected, rel=1e-10)
     assert moments.mean_image_mse() == pytest.approx(float(samples.var(axis=0).mean()), rel=1e-10)
+
+
+@pytest.mark.parametrize("n", [3, 20, 50, 51, 90])
+def test_fewer_samples_than_dimensions_give_the_same_entropy_through_the_gram_matrix(n: int) -> None:
+    rng = np.random.default_rng(n)
+    samples = rng.integers(0, 17, size=(n, 50)) / 16.0  # d = 50: n <= d uses the n x n Gram matrix, n > d the sums
+    step = 1 / 16
+    covariance = np.cov(samples, rowvar=False) + np.eye(50) * step**2 / 12
+    expected = 0.5 * np.linalg.slogdet(2 * np.pi * np.e * covariance)[1]
+    moments, variances = PixelMoments(), PixelMoments(covariance=False)
+    for chunk in np.array_split(samples, 3):
+        moments.update(torch.from_numpy(chunk))
+        variances.update(torch.from_numpy(chunk))
+    assert moments.gaussian_entropy(step) == pytest.approx(expected, rel=1e-9)
+    assert np.allclose(moments.covariance().numpy(), np.cov(samples, rowvar=False), atol=1e-12)
+    for mse in (moments.mean_image_mse(), variances.mean_image_mse()):
+        assert mse == pytest.approx(float(samples.var(axis=0).mean()), rel=1e-9)
+    with pytest.raises(ConfigError, match="covariance=True"):
+        variances.gaussian_entropy(step)
 
 
 def test_native_view_pools_to_the_native_side() -> None:

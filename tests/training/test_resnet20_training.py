@@ -63,9 +63,7 @@ def test_one_epoch_on_released_tinyimagenet_files_writes_a_resnet20_bundle(tmp_p
     assert tuple(model(images).shape) == (6, 3)
 
 
-@pytest.mark.slow
 def test_the_profile_with_its_noise_and_cem_trains_and_reports_the_bound(tmp_path: Path, tiny_imagenet: Path) -> None:
-    # the 18 images in one batch: the bound's two 12288² pixel moments take about a second per batch to update
     settings = {**TINY, "batch_size": 18}
     result = train(TrainConfig(data_dir=tiny_imagenet, out_dir=tmp_path / "run", epochs=2, **settings))
     manifest = result.manifest
