@@ -34,7 +34,7 @@ from cem.cli import run_cli
 from cem.data import available_datasets
 from cem.devices import DEVICE_CHOICES, resolve_device
 from cem.distributed import launch_env_rank, process_group
-from cem.launch import check_devices, check_nproc, needs_relaunch, relaunch
+from cem.launch import check_devices, relaunch, run_or_relaunch
 from cem.threads import THREADS_HELP, apply_threads
 
 logger = logging.getLogger("attacker.cli")
@@ -145,13 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.INFO if launch_env_rank() == 0 else logging.WARNING  # ranks > 0: warnings and errors only
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
-    def body() -> int:
-        check_nproc(args.nproc)
-        if needs_relaunch(args.nproc):
-            return launch(args, list(sys.argv[1:] if argv is None else argv))
-        return run(args)
-
-    return run_cli(parser.prog, body)
+    return run_cli(parser.prog, lambda: run_or_relaunch(args.nproc, argv, run=lambda: run(args),
+                                                        launch=lambda command: launch(args, command)))
 
 
 if __name__ == "__main__":

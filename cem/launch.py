@@ -12,6 +12,8 @@ as ``cem.cli`` says). For several machines, call torchrun directly with its rend
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 
 import torch
 
@@ -68,3 +70,13 @@ def relaunch(nproc: int, argv: list[str], module: str) -> int:
         _, failure = exc.get_first_failure()
         return failure.exitcode if failure.exitcode > 0 else 1
     return 0
+
+
+def run_or_relaunch(nproc: int, argv: list[str] | None, *, run: Callable[[], int],
+                    launch: Callable[[list[str]], int]) -> int:
+    """The body of a data-parallel CLI: check ``--nproc``, then start the workers with this command's arguments
+    (``argv``, else ``sys.argv[1:]``) when ``needs_relaunch``, else ``run`` this process's part."""
+    check_nproc(nproc)
+    if needs_relaunch(nproc):
+        return launch(list(sys.argv[1:] if argv is None else argv))
+    return run()
