@@ -119,11 +119,13 @@ def test_a_grandchild_holding_stdout_open_does_not_hold_the_cell(tmp_path: Path)
     script = 'sleep 60 & echo $!; echo \'{"ok": true}\''
     started = time.monotonic()
     code, stdout = _Children().run(["sh", "-c", script], dict(os.environ), tmp_path / "cell.log")
+    log = (tmp_path / "cell.log").read_text()
+    assert code == 0 and stdout.split(), f"exit {code}, stdout {stdout!r}, log {log!r}"
     grandchild = int(stdout.split()[0])
     try:
-        assert code == 0 and runner_module._last_json(stdout) == {"ok": True}
+        assert runner_module._last_json(stdout) == {"ok": True}
         assert time.monotonic() - started < 30  # a pipe read to its end would wait for the grandchild's 60 s
-        assert '{"ok": true}' in (tmp_path / "cell.log").read_text()
+        assert '{"ok": true}' in log
     finally:
         os.kill(grandchild, signal.SIGKILL)
 
