@@ -145,8 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.INFO if launch_env_rank() == 0 else logging.WARNING  # ranks > 0: warnings and errors only
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
-    return run_cli(parser.prog, lambda: run_or_relaunch(args.nproc, argv, run=lambda: run(args),
-                                                        launch=lambda command: launch(args, command)))
+    def body() -> int:
+        return run_or_relaunch(args.nproc, argv, run=lambda: run(args), launch=lambda workers: launch(args, workers))
+
+    return run_cli(parser.prog, body)
 
 
 if __name__ == "__main__":

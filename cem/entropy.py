@@ -89,10 +89,11 @@ class PixelMoments:
     Feeds the two data statistics a bound is checked against without holding a data
     set in memory (CIFAR's 50,000 x 3,072 covariance is accumulated batch by batch).
     While there are no more samples than dimensions the samples themselves are kept
-    (never more values than the d x d matrix they replace) and the entropy comes from
+    (never more values than the d x d sum they stand in for) and the entropy comes from
     their n x n Gram matrix, exactly (Sylvester's determinant identity): 64x64 RGB
     images (d = 12,288) seen a few hundred at a time cost a 12,288² log-determinant
-    (a minute on one core, 1.2 GB) otherwise. ``covariance=False`` keeps the per-value
+    (a minute on one core) otherwise. Past d samples the kept rows are folded into
+    the d x d sum batch by batch, in place. ``covariance=False`` keeps the per-value
     variances only, all ``mean_image_mse`` needs.
     """
 
@@ -116,10 +117,13 @@ class PixelMoments:
         if self._rows is not None:
             self._rows.append(data)
             if self.count > data.shape[1]:  # more samples than dimensions: the d x d sum is now the smaller
-                rows = torch.cat(self._rows)
-                self._outer, self._rows = rows.T @ rows, None
+                self._outer = torch.zeros(data.shape[1], data.shape[1], dtype=torch.float64)
+                rows, self._rows = self._rows, None
+                while rows:  # batch by batch: no concatenated copy beside the sum
+                    kept = rows.pop()
+                    self._outer.addmm_(kept.T, kept)
         elif self._outer is not None:
-            self._outer += data.T @ data
+            self._outer.addmm_(data.T, data)
 
     def _check_count(self) -> None:
         if self._sum is None or self.count < 2:

@@ -149,9 +149,11 @@ def run_command(args: argparse.Namespace) -> int:
     store = CellStore(args.out)
     if args.dry_run:
         print_dry_run(now, store)
+        if now != plan:
+            print(f"(a slice: {len(now.runnable())} of the plan's {len(plan.runnable())} cells)")
         return 0
     options = resolve_options(args.device, args.jobs, args.threads, progress=not args.no_progress)
-    check_device_for_plan(plan, options.device)
+    check_device_for_plan(now, options.device)  # only the cells this run starts
     _stop_on_sigterm()
     with store.lock() as lock_fd:
         store.create()

@@ -182,8 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    return run_cli(parser.prog, lambda: run_or_relaunch(args.nproc, argv, run=lambda: run(args),
-                                                        launch=lambda command: launch(args, command)))
+    def body() -> int:
+        return run_or_relaunch(args.nproc, argv, run=lambda: run(args), launch=lambda workers: launch(args, workers))
+
+    return run_cli(parser.prog, body)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,8 @@
 ``compute_feature_set`` + ``build_attack_split`` prepare the attacker's data for a
 protocol (``train`` or ``infer``), ``run_attack`` trains an attack and
 ``evaluate_attack`` scores it on held-out images, with ``attack_accuracy`` (identity
-leakage) when given a classifier from ``evaluation_classifier`` (``train_evaluation_classifier`` behind a
-disk cache). ``attacker.audit.run_audit``
-strings them together for one bundle.
+leakage) when given a classifier from ``evaluation_classifier`` (``train_evaluation_classifier``
+behind a disk cache). ``attacker.audit.run_audit`` strings them together for one bundle.
 """
 
 from attacker.attack_names import ATTACKS, AttackName, check_attack_name

@@ -2,29 +2,35 @@
 
 The evaluation classifier (``attacker.attacks.identity``) depends only on the
 attacker's own images and labels, the seed and its training settings, never on
-the audited model: every audit of a data set trains the same one twice (one per
+the audited model: every audit of a data set trains the same two (one per
 column), seconds each on CPU that an auditor comparing ten models pays ten
 times. The cache keys a classifier by a SHA-256 of those inputs (the image and
-label bytes, the settings, the torch version and the device type), so a hit is
-the classifier these inputs trained before, bit for bit, and any change of data,
-seed or settings is a miss rather than a stale answer.
+label bytes, the settings, the source of the code that trains it, the torch
+version and the device type), so any change of data, seed, settings or training
+code is a miss rather than a stale answer. A hit is the classifier these inputs
+trained before, bit for bit; a retraining on another thread count or CPU may
+differ from it in the last bits, as two trainings there would.
 
 Files are safetensors (no pickle) under ``CACHE_ENV`` (``CEM_CACHE_DIR``; an
 empty value turns the cache off), else ``$XDG_CACHE_HOME/cem``, else
 ``~/.cache/cem``, in ``evaluation-classifiers/``; each is about 100 kB and the
 folder can be deleted at any time. Writes are atomic with a per-writer temporary
 name (``cem.durable``), so concurrent audits may race to store the same entry
-and the last whole file wins. A cache that cannot be read or written is logged
-and skipped: it never fails an audit.
+and the last whole file wins; a writer killed mid-write leaves a ``.tmp-`` file
+that the next store sweeps once it is an hour old. A cache that cannot be read
+or written is logged and skipped: it never fails an audit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
 import logging
 import os
+import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -32,34 +38,53 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
+from attacker.attacks import identity, loop
 from attacker.attacks.data import FeatureSet
 from attacker.attacks.identity import IdentityClassifier, build_classifier_network, train_evaluation_classifier
 from attacker.attacks.monitor import ProgressMonitor
-from cem.durable import write_durably
+from cem.durable import TMP_PREFIX, write_durably
 
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "CEM_CACHE_DIR"
-CACHE_FORMAT = "1"  # bump when the network, its training or this file layout changes
+CACHE_FORMAT = "1"  # bump when this file layout changes; the training code is keyed by its source
+STALE_TMP_S = 3600.0  # a temporary file this old belongs to a writer that died
 CLASSIFIER_FOLDER = "evaluation-classifiers"
 
 
 def default_cache_dir() -> Path | None:
-    """The cache root: ``$CEM_CACHE_DIR`` (empty: no cache), else ``$XDG_CACHE_HOME/cem``, else ``~/.cache/cem``."""
+    """The cache root: ``$CEM_CACHE_DIR`` (empty: no cache), else ``$XDG_CACHE_HOME/cem``, else ``~/.cache/cem``;
+    None (no cache, logged) when there is no home folder to put it in."""
     configured = os.environ.get(CACHE_ENV)
     if configured is not None:
         return Path(configured).expanduser() if configured.strip() else None
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except RuntimeError:  # no HOME and no passwd entry (an arbitrary container uid)
+            logger.warning("no home folder for the evaluation-classifier cache; set %s to use one", CACHE_ENV)
+            return None
     return Path(base) / "cem"
 
 
-def classifier_key(fit: FeatureSet, val: FeatureSet, num_classes: int, settings: dict[str, Any]) -> str:
-    """SHA-256 over the cache format, torch's version, the device type, the settings and the images' and labels'
-    shapes, dtypes and bytes: what decides the trained weights."""
+@lru_cache(maxsize=1)
+def _training_code_digest() -> str:
+    """SHA-256 of the modules whose code decides the classifier's weights (its network, training loop and the
+    batching and checkpoint helpers it shares with the attacks): editing them invalidates every entry."""
     digest = hashlib.sha256()
-    header = {"format": CACHE_FORMAT, "torch": torch.__version__, "device": fit.images.device.type,
-              "num_classes": num_classes, "settings": settings}
-    digest.update(json.dumps(header, sort_keys=True).encode())
+    for module in (identity, loop):
+        digest.update(Path(inspect.getfile(module)).read_bytes())
+    return digest.hexdigest()
+
+
+def classifier_key(fit: FeatureSet, val: FeatureSet, num_classes: int, settings: dict[str, Any]) -> str:
+    """SHA-256 over the cache format, the training code, torch's version, the device type, the settings and the
+    images' and labels' shapes, dtypes and bytes: what decides the trained weights."""
+    digest = hashlib.sha256()
+    header = {"format": CACHE_FORMAT, "code": _training_code_digest(), "torch": torch.__version__,
+              "device": fit.images.device.type, "num_classes": num_classes, "settings": settings}
+    digest.update(json.dumps(header, sort_keys=True, default=str).encode())
     for part in (fit, val):
         for tensor in (part.images, part.labels):
             if tensor is None:
@@ -67,11 +92,13 @@ def classifier_key(fit: FeatureSet, val: FeatureSet, num_classes: int, settings:
                 continue
             data = tensor.detach().to("cpu").contiguous()
             digest.update(f"{tuple(data.shape)}{data.dtype}".encode())
-            digest.update(data.numpy().tobytes())
+            digest.update(data.view(torch.uint8).numpy().data)  # the bytes, without another copy
     return digest.hexdigest()
 
 
-def _load(path: Path, device: torch.device) -> IdentityClassifier:
+def _load(path: Path) -> IdentityClassifier:
+    """The classifier stored at ``path``, on the CPU; ValueError, KeyError, TypeError or a safetensors or
+    load_state_dict error when the file is not a whole entry of this format."""
     with safe_open(str(path), framework="pt") as file:
         metadata = file.metadata() or {}
         state = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118 (safe_open is not iterable)
@@ -81,7 +108,6 @@ def _load(path: Path, device: torch.device) -> IdentityClassifier:
     num_classes = int(metadata["num_classes"])
     network = build_classifier_network(c, num_classes, int(metadata["width"]))
     network.load_state_dict(state, strict=True)
-    network.to(device)
     return IdentityClassifier(network, num_classes, (c, h, w), best_epoch=int(metadata["best_epoch"]),
                               val_curve=[float(v) for v in json.loads(metadata["val_curve"])])
 
@@ -92,6 +118,11 @@ def _store(path: Path, classifier: IdentityClassifier, width: int) -> None:
                 "image_shape": json.dumps(list(classifier.image_shape)), "best_epoch": str(classifier.best_epoch),
                 "val_curve": json.dumps(classifier.val_curve)}
     path.parent.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for leftover in path.parent.glob(f"{TMP_PREFIX}*"):
+        with contextlib.suppress(OSError):  # another writer may finish or sweep it first
+            if now - leftover.stat().st_mtime > STALE_TMP_S:
+                leftover.unlink()
     write_durably(path, safetensors_bytes(state, metadata=metadata))
 
 
@@ -103,24 +134,24 @@ def evaluation_classifier(
     seed: int,
     monitor: ProgressMonitor | None = None,
     cache_dir: Path | None = None,
-    use_cache: bool = True,
     **settings: Any,
 ) -> IdentityClassifier:
     """``train_evaluation_classifier(fit, val, num_classes, seed=seed, **settings)``, or the classifier those same
-    inputs trained before, from ``cache_dir`` (default ``default_cache_dir()``; ``use_cache=False`` or no cache
-    root: always train). Settings not given take ``train_evaluation_classifier``'s defaults, in the key too."""
+    inputs trained before, from ``cache_dir`` (default ``default_cache_dir()``; None there: always train).
+    Settings not given take ``train_evaluation_classifier``'s defaults, in the key too."""
     monitor = monitor or ProgressMonitor()
-    root = (cache_dir if cache_dir is not None else default_cache_dir()) if use_cache else None
+    root = cache_dir if cache_dir is not None else default_cache_dir()
     if root is None:
         return train_evaluation_classifier(fit, val, num_classes, seed=seed, monitor=monitor, **settings)
     resolved = {**_training_defaults(), **settings, "seed": seed}
     path = root / CLASSIFIER_FOLDER / f"{classifier_key(fit, val, num_classes, resolved)}.safetensors"
     if path.is_file():
         try:
-            classifier = _load(path, fit.images.device)
-        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+            classifier = _load(path)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
             logger.warning("retraining the evaluation classifier: its cache entry %s is unreadable (%s)", path, exc)
         else:
+            classifier.network.to(fit.images.device)  # outside the guard: a device error is not a bad entry
             monitor.report(1.0, "evaluation classifier: cached")
             return classifier
     classifier = train_evaluation_classifier(fit, val, num_classes, seed=seed, monitor=monitor, **settings)

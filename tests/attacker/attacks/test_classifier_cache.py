@@ -5,14 +5,17 @@ turns it off."""
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-from attacker.attacks import FeatureSet, IdentityClassifier, ProgressMonitor, evaluation_classifier
-from attacker.attacks.classifier_cache import CACHE_ENV, CLASSIFIER_FOLDER, default_cache_dir
+from attacker.attacks import FeatureSet, IdentityClassifier, ProgressMonitor, classifier_cache, evaluation_classifier
+from attacker.attacks.classifier_cache import CACHE_ENV, CLASSIFIER_FOLDER, STALE_TMP_S, default_cache_dir
+from cem.durable import TMP_PREFIX
 
 QUICK = {"epochs": 2, "min_steps": 0, "width": 4}
 
@@ -56,6 +59,23 @@ def test_a_hit_is_the_trained_classifier_and_any_changed_input_is_a_miss(tmp_pat
         evaluation_classifier(fit, val, 3, cache_dir=tmp_path, **call)
     evaluation_classifier(FeatureSet(changed, changed, fit.labels), val, 3, seed=0, cache_dir=tmp_path, **QUICK)
     assert len(list((tmp_path / CLASSIFIER_FOLDER).iterdir())) == 4
+
+
+def test_edited_training_code_is_a_miss_and_a_dead_writers_temporary_is_swept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fit, val = tiny_sets()
+    evaluation_classifier(fit, val, 3, seed=0, cache_dir=tmp_path, **QUICK)
+    folder = tmp_path / CLASSIFIER_FOLDER
+    dead, live = folder / f"{TMP_PREFIX}a.safetensors.1-aa", folder / f"{TMP_PREFIX}b.safetensors.2-bb"
+    for leftover in (dead, live):
+        leftover.write_bytes(b"half a file")
+    os.utime(dead, (time.time() - 2 * STALE_TMP_S,) * 2)
+    monkeypatch.setattr(classifier_cache, "_training_code_digest", lambda: "edited identity.py")
+    _, seen = messages_of(lambda m: evaluation_classifier(fit, val, 3, seed=0, monitor=m, cache_dir=tmp_path,
+                                                          **QUICK))
+    assert "evaluation classifier: cached" not in seen  # the same data and settings, other code: trained again
+    assert len(list(folder.glob("*.safetensors"))) == 2 and not dead.exists() and live.exists()
 
 
 def test_a_corrupt_entry_is_retrained_and_rewritten(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
