@@ -12,7 +12,10 @@ so no captured image was ever in the scoring network's training data.
 ``AuditSpec.network_channels``/``network_blocks`` size the attacker's decoding
 network (None: ``DecoderAttackConfig``'s, the paper's S.3 network; the GAN's
 generator is pre-trained as that decoder); the result's ``details["network"]``
-records the size used.
+records the size used. ``AuditSpec.min_steps`` raises that decoder's epochs until
+its run takes at least that many optimizer steps (None: ``DecoderAttackConfig``'s,
+no minimum; attacker.attacks.decoder), recorded in ``details["min_steps"]``; each
+column's ``epochs`` detail is what it ran.
 
 The bound is built by ``cem.bounds.privacy_bound`` from what the trainer recorded
 in ``manifest.metrics``: ξ with its ``kind`` (``estimate`` or ``relative``, never
@@ -93,6 +96,7 @@ class AuditSpec:
     network_channels: int | None = None  # the decoding network's width; None: DecoderAttackConfig's (paper S.3)
     network_blocks: int | None = None  # its residual blocks; None: DecoderAttackConfig's (paper S.3)
     optimize_steps: int | None = None  # the optimisation attacks' steps per image; None: OptimizeAttackConfig's
+    min_steps: int | None = None  # the decoder's least optimizer steps; None: DecoderAttackConfig's
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bundle_dir", Path(self.bundle_dir))
@@ -107,10 +111,13 @@ class AuditSpec:
         if self.attack not in NETWORK_ATTACKS and (self.network_channels, self.network_blocks) != (None, None):
             raise ConfigError("expected no network_channels or network_blocks for the optimize attack (it learns no "
                               f"decoding network), got {self.network_channels} and {self.network_blocks}")
+        if self.attack not in NETWORK_ATTACKS and self.min_steps is not None:
+            raise ConfigError(f"expected no min_steps for the optimize attack (it trains no decoding network), "
+                              f"got {self.min_steps}")
         if self.optimize_steps is not None and self.attack not in OPTIMIZING_ATTACKS:
             raise ConfigError(f"expected optimize_steps only with the optimize or decoder+optimize attack, "
                               f"got it with {self.attack}")
-        for name, least in (("network_channels", 1), ("network_blocks", 0), ("optimize_steps", 1)):
+        for name, least in (("network_channels", 1), ("network_blocks", 0), ("optimize_steps", 1), ("min_steps", 0)):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
                 raise ConfigError(f"expected {name} to be an integer >= {least} or None (the attack's default), "
@@ -126,12 +133,14 @@ class AuditSpec:
 
     @property
     def decoder_config(self) -> DecoderAttackConfig:
-        """The decoder attack's settings with this spec's network size (also the GAN generator's pre-training)."""
+        """The decoder attack's settings with this spec's network size and least steps (also the GAN generator's
+        pre-training and decoder+optimize's decoder)."""
         default = DecoderAttackConfig()
         return dataclasses.replace(
             default,
             channels=default.channels if self.network_channels is None else self.network_channels,
             num_blocks=default.num_blocks if self.network_blocks is None else self.network_blocks,
+            min_steps=default.min_steps if self.min_steps is None else self.min_steps,
         )
 
 
@@ -411,6 +420,7 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
         device=str(device),
         network=used,  # the size of the attacker's decoding network (the GAN's generator, the hybrid's start); None:
         # the optimize attack has none
+        min_steps=decoder_config.min_steps if spec.attack in NETWORK_ATTACKS else None,  # its decoder's; None: none
         captured_known=int(metrics.get("captured", {}).get("n", 0)),
         distributed=distributed.to_dict(),
     )

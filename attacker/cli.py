@@ -1,7 +1,7 @@
 """``cem-attack``: run one inversion attack on a bundle and write its metrics and a PNG grid.
 
     cem-attack --bundle runs/digits --attack decoder --out runs/attack [--epochs 50] [--json]
-               [--network-channels C] [--network-blocks B]
+               [--network-channels C] [--network-blocks B] [--min-steps N]
     cem-attack --nproc 2 --threads 1 --bundle runs/digits --attack decoder --out runs/attack   # 2 processes
     torchrun --nproc_per_node 2 $(which cem-attack) --bundle runs/digits --out runs/attack       # the same, by hand
 
@@ -42,7 +42,7 @@ logger = logging.getLogger("attacker.cli")
 METRICS_FILE = "metrics.json"
 GRID_FILE = "reconstructions.png"
 PROGRESS_STEPS = 100
-PAPER_NETWORK = DecoderAttackConfig()  # the decoding network of paper S.3: the attack's default size
+PAPER_NETWORK = DecoderAttackConfig()  # the decoding network of paper S.3: the attack's defaults
 WORKER_MODULE = "attacker.cli"  # what ``--nproc N`` starts N of, through torchrun (``cem.launch``)
 
 
@@ -67,6 +67,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--network-blocks", type=int, default=AuditSpec.network_blocks, metavar="B",
                         help="residual blocks of the attacker's decoding network, >= 0 (default: "
                              f"{PAPER_NETWORK.num_blocks}, the paper's decoding network)")
+    parser.add_argument("--min-steps", type=int, default=AuditSpec.min_steps, metavar="N",
+                        help="raise the decoder's epochs until its run takes at least N optimizer steps (small "
+                             "attacker sets have few steps an epoch); also decoder+optimize's decoder and the gan's "
+                             f"decoder pre-training; not for optimize (default: {PAPER_NETWORK.min_steps}, the epochs "
+                             "as given)")
     parser.add_argument("--seed", type=int, default=AuditSpec.seed)
     parser.add_argument("--device", choices=DEVICE_CHOICES, default=AuditSpec.device)
     parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP + "; per process")
@@ -85,6 +90,7 @@ def build_spec(args: argparse.Namespace) -> AuditSpec:
         bundle_dir=args.bundle, attack=args.attack, dataset=args.dataset, data_dir=args.data_dir,
         epochs=args.epochs, seed=args.seed, device=args.device,
         network_channels=args.network_channels, network_blocks=args.network_blocks, optimize_steps=args.steps,
+        min_steps=args.min_steps,
     )
 
 

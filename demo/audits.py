@@ -29,6 +29,8 @@ def audit_models(client: AuditClient, models: list[dict[str, Any]], attacks: tup
     # optimize has no epochs and no decoding network (the API refuses both); decoder+optimize's are its decoder's
     epochs = {AttackName.DECODER: profile.decoder_epochs, AttackName.GAN: profile.gan_epochs,
               AttackName.HYBRID: profile.decoder_epochs, AttackName.OPTIMIZE: None}
+    # the decoder's least steps go where decoder_epochs go; the GAN's pre-training is sized by gan_epochs alone
+    min_steps = {AttackName.DECODER: profile.decoder_min_steps, AttackName.HYBRID: profile.decoder_min_steps}
 
     def learned(attack: AttackName, size: int | None) -> int | None:
         return size if attack in NETWORK_ATTACKS else None
@@ -37,7 +39,8 @@ def audit_models(client: AuditClient, models: list[dict[str, Any]], attacks: tup
     jobs = [(model, attack, client.submit(Path(model["bundle"]).name, attack=attack, epochs=epochs[attack],
                                           use_captures=True, seed=seed,
                                           network_channels=learned(attack, profile.network_channels),
-                                          network_blocks=learned(attack, profile.network_blocks)))
+                                          network_blocks=learned(attack, profile.network_blocks),
+                                          min_steps=min_steps.get(attack)))
             for attack in map(AttackName, attacks) for model in models]
     reports: dict[str, str] = {}
     for model, attack, job in jobs:

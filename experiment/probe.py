@@ -106,6 +106,15 @@ def resolve_train(argv):
     return {"resolved": resolved}
 
 
+def decoder_settings(spec):
+    # min_steps 0 (no minimum) trains what a spec without the key trained: it stays out of the key, so those
+    # cells keep their keys; any other value enters it
+    settings = dataclasses.asdict(spec.decoder_config)
+    if settings["min_steps"] == 0:
+        del settings["min_steps"]
+    return settings
+
+
 def resolve_attack(argv):
     args, error = parse(attack_parser(), argv)
     if error:
@@ -122,7 +131,7 @@ def resolve_attack(argv):
         return failed(exc)
     resolved = {
         "attack": spec.attack, "epochs": spec.epochs, "seed": spec.seed, "dataset": spec.dataset,
-        "network": dataclasses.asdict(spec.decoder_config) if name in NETWORK_ATTACKS else None,
+        "network": decoder_settings(spec) if name in NETWORK_ATTACKS else None,
         "optimize": dataclasses.asdict(spec.optimize_config) if name in OPTIMIZING_ATTACKS else None,
     }
     if name is AttackName.GAN:  # what attacker.attacks.runner.run_attack trains: its own config, defaults filled

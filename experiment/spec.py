@@ -26,7 +26,7 @@ from cem.errors import ConfigError
 EXPERIMENT_KEYS = ("name", "datasets", "seeds", "arch", "cut_layers", "data_dir")
 TRAIN_KEYS = ("epochs", "width", "bottleneck", "sigma", "cem_lambdas", "extra_args")
 ROW_KEYS = ("label", "defenses", "sigma", "cem_lambdas", "bottleneck")
-ATTACK_KEYS = ("epochs", "steps", "network_channels", "network_blocks", "extra_args")
+ATTACK_KEYS = ("epochs", "steps", "network_channels", "network_blocks", "min_steps", "extra_args")
 TOP_KEYS = ("experiment", "train", "rows", "attacks")
 # cem-train flags the runner sets from the spec or per run; ``extra_args`` may not repeat them.
 MANAGED_TRAIN_FLAGS = (
@@ -35,8 +35,8 @@ MANAGED_TRAIN_FLAGS = (
 )
 # cem-attack flags the runner sets from the spec or per run; an attack's ``extra_args`` may not repeat them.
 MANAGED_ATTACK_FLAGS = (
-    "--bundle", "--attack", "--data-dir", "--epochs", "--steps", "--network-channels", "--network-blocks", "--seed",
-    "--device", "--threads", "--out", "--json",
+    "--bundle", "--attack", "--data-dir", "--epochs", "--steps", "--network-channels", "--network-blocks",
+    "--min-steps", "--seed", "--device", "--threads", "--out", "--json",
 )
 NO_BOTTLENECK = "none"
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\- ]*$")
@@ -70,6 +70,7 @@ class AttackSpec:
     steps: int | None = None
     network_channels: int | None = None
     network_blocks: int | None = None
+    min_steps: int | None = None
     extra_args: tuple[str, ...] = ()
 
 
@@ -206,7 +207,7 @@ def _parse_attacks(data: Any) -> tuple[AttackSpec, ...]:
         table = f"attacks.{name}"
         settings = _table(raw, table)
         _check_keys(settings, ATTACK_KEYS, table)
-        least = {"epochs": 1, "steps": 1, "network_channels": 1, "network_blocks": 0}
+        least = {"epochs": 1, "steps": 1, "network_channels": 1, "network_blocks": 0, "min_steps": 0}
         values = {key: _integer(settings[key], f"{table}.{key}", least[key]) for key in least if key in settings}
         extra = _extra_args(settings.get("extra_args", []), f"{table}.extra_args", MANAGED_ATTACK_FLAGS)
         parsed.append(AttackSpec(name=name, **values, extra_args=extra))

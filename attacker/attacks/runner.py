@@ -10,6 +10,11 @@ has no epochs (its budget is ``OptimizeAttackConfig.steps`` per image; asking fo
 epochs is refused); for ``decoder+optimize`` ``epochs`` are the decoder's. Both need
 the bundle's ``encoder`` (attacker.attacks.optimize).
 
+``decoder_config.min_steps`` applies wherever the decoder config trains a decoder: the
+decoder attack, ``decoder+optimize``'s decoder and the GAN's decoder pre-training (its
+``ceil(epochs / 3)`` epochs are raised to that many steps, its adversarial epochs are
+not); ``train_decoder_attack`` raises the epochs once, the configs here only carry it.
+
 ``distributed`` runs any of them data-parallel over the ranks of a process group
 (attacker.attacks.parallel); every rank must call ``run_attack`` alike, and all return
 the same network.
@@ -24,7 +29,7 @@ from torch import nn
 
 from attacker.attack_names import OPTIMIZING_ATTACKS, AttackName, check_attack_name
 from attacker.attacks.data import AttackSplit
-from attacker.attacks.decoder import DecoderAttackConfig, train_decoder_attack
+from attacker.attacks.decoder import DecoderAttackConfig, resolved_epochs, train_decoder_attack
 from attacker.attacks.gan import GanAttackConfig, train_gan_attack
 from attacker.attacks.loop import TrainedAttack
 from attacker.attacks.monitor import ProgressMonitor
@@ -90,7 +95,8 @@ def run_attack(
     pretrain = dataclasses.replace(
         decoder_config, epochs=math.ceil(gan.epochs / GAN_PRETRAIN_RATIO), convergence_check=False
     )
-    share = pretrain.epochs / (pretrain.epochs + gan.epochs)
+    pretrain_epochs = resolved_epochs(len(split.fit), pretrain)  # what it will run: the progress share
+    share = pretrain_epochs / (pretrain_epochs + gan.epochs)
     pretrained = train_decoder_attack(split, obfuscation, pretrain, seed=seed, monitor=monitor.child(0.0, share),
                                       distributed=distributed)
     assert isinstance(pretrained.network, InversionNetwork)

@@ -4,6 +4,7 @@
     cem-audit-client bundles
     cem-audit-client submit --bundle sigma-cem --attack decoder --epochs 5 --wait --png out.png --report out.html
     cem-audit-client submit --bundle sigma-cem --network-channels 32 --network-blocks 4   # a smaller attacker
+    cem-audit-client submit --bundle sigma-cem --epochs 100 --min-steps 5600    # epochs raised to 5,600 steps
     cem-audit-client submit --bundle sigma-cem --attack optimize --optimize-steps 300     # per-image optimisation
     cem-audit-client status <id> | wait <id> | cancel <id> | list | captures
     cem-audit-client png <id> -o grid.png ; cem-audit-client report <id> -o report.html
@@ -27,7 +28,14 @@ from tqdm import tqdm
 
 from attacker.attack_names import ATTACKS, AttackName
 from attacker.client.client import TOKEN_ENV, URL_ENV, AuditClient, AuditClientError
-from attacker.service.api.schemas import OPTIMIZE_STEPS_DEFAULT, AuditList, AuditView, BundleList
+from attacker.service.api.schemas import (
+    MIN_STEPS_DEFAULT,
+    MIN_STEPS_HELP,
+    OPTIMIZE_STEPS_DEFAULT,
+    AuditList,
+    AuditView,
+    BundleList,
+)
 from attacker.service.jobs import AuditStatus
 
 
@@ -63,6 +71,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help=f"width of the attacker's decoding network (default: {paper})")
     submit.add_argument("--network-blocks", type=int, metavar="B",
                         help=f"residual blocks of the attacker's decoding network (default: {paper})")
+    submit.add_argument("--min-steps", type=int, metavar="N",
+                        help=f"{MIN_STEPS_HELP} (default: {MIN_STEPS_DEFAULT}, the epochs as given; not for optimize)")
     submit.add_argument("--optimize-steps", type=int, metavar="N",
                         help=f"optimisation steps per image of optimize and decoder+optimize (default: "
                              f"{OPTIMIZE_STEPS_DEFAULT}; not for decoder or gan)")
@@ -148,6 +158,7 @@ def describe(audit: dict[str, Any]) -> str:
             f"bundle {audit['bundle']} attack {audit['attack']}"
             + "".join(f" network {key} {audit[f'network_{key}']}" for key in ("channels", "blocks")
                       if audit.get(f"network_{key}") is not None)
+            + (f" min steps {audit['min_steps']}" if audit.get("min_steps") is not None else "")
             + (f" optimize steps {audit['optimize_steps']}" if audit.get("optimize_steps") is not None else "")
         )
     ]
@@ -231,6 +242,7 @@ def run(args: argparse.Namespace, client: AuditClient) -> tuple[Any, int]:
             network_channels=args.network_channels,
             network_blocks=args.network_blocks,
             optimize_steps=args.optimize_steps,
+            min_steps=args.min_steps,
         )
         if not args.wait:
             return as_json(accepted), 0

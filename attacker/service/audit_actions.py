@@ -35,6 +35,7 @@ def submit_audit(store: JobStore, catalog: BundleCatalog, body: AuditCreate) -> 
             network_channels=body.network_channels,
             network_blocks=body.network_blocks,
             optimize_steps=body.optimize_steps,
+            min_steps=body.min_steps,
             dataset=body.dataset,
             use_captures=body.use_captures,
             seed=body.seed,

@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     network_channels INTEGER,
     network_blocks INTEGER,
     optimize_steps INTEGER,
+    min_steps INTEGER,
     dataset TEXT,
     use_captures INTEGER NOT NULL,
     seed INTEGER NOT NULL,
@@ -84,7 +85,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status, created_at);
 """
 # Columns added to ``jobs`` after databases already existed: ``JobStore`` adds those a database lacks.
-ADDED_COLUMNS = (("network_channels", "INTEGER"), ("network_blocks", "INTEGER"), ("optimize_steps", "INTEGER"))
+ADDED_COLUMNS = (("network_channels", "INTEGER"), ("network_blocks", "INTEGER"), ("optimize_steps", "INTEGER"),
+                 ("min_steps", "INTEGER"))
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class JobRequest:
     network_channels: int | None = None  # the attacker's decoding network; None: the attack's default
     network_blocks: int | None = None
     optimize_steps: int | None = None  # the optimisation attacks' steps per image; None: the attack's default
+    min_steps: int | None = None  # the decoder's least optimizer steps; None: the attack's default
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,7 @@ class Job:
                 network_channels=row["network_channels"],
                 network_blocks=row["network_blocks"],
                 optimize_steps=row["optimize_steps"],
+                min_steps=row["min_steps"],
             ),
             progress=row["progress"],
             message=row["message"],
@@ -204,12 +208,12 @@ class JobStore:
         with self._transaction() as conn:
             conn.execute(
                 "INSERT INTO jobs(id, status, bundle, model_id, bundle_dir, attack, epochs, network_channels,"
-                " network_blocks, optimize_steps, dataset, use_captures, seed, created_at)"
-                " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " network_blocks, optimize_steps, min_steps, dataset, use_captures, seed, created_at)"
+                " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id, request.bundle, request.model_id, request.bundle_dir, request.attack, request.epochs,
-                    request.network_channels, request.network_blocks, request.optimize_steps, request.dataset,
-                    int(request.use_captures), request.seed, time.time(),
+                    request.network_channels, request.network_blocks, request.optimize_steps, request.min_steps,
+                    request.dataset, int(request.use_captures), request.seed, time.time(),
                 ),
             )
         return self._require(job_id)

@@ -230,11 +230,12 @@ def render_report(job: Job, png: bytes | None) -> str:
     network = network if isinstance(network, dict) else {}  # absent in results older than the field
     if attack == AttackName.OPTIMIZE.value:
         epochs = "none: the optimize attack optimises each image (steps below)"
-        channels = blocks = NO_NETWORK
+        channels = blocks = min_steps = NO_NETWORK
     else:
         epochs = _requested(request.epochs) + (" (its decoder's)" if attack == AttackName.HYBRID.value else "")
         channels = _requested(request.network_channels, network.get("channels"))
         blocks = _requested(request.network_blocks, network.get("blocks"))
+        min_steps = _requested(request.min_steps, details.get("min_steps"))
     steps = []
     if attack in OPTIMIZING:
         used = _optimize(_column(details, "train")).get("steps")
@@ -250,6 +251,7 @@ def render_report(job: Job, png: bytes | None) -> str:
             *steps,
             ("attack network channels", channels),
             ("attack network blocks", blocks),
+            ("decoder's least optimizer steps", min_steps),
             ("dataset", request.dataset or "the bundle's"),
             ("captured samples reconstructed", str(result.get("captured_reconstructions", 0))),
             ("started", _time(job.started_at)),

@@ -18,6 +18,8 @@ from cem.processes import ServiceProcess
 TOKEN = "test-token-0123456789abcdef"
 CAPTURED_SAMPLES = 12  # the conftest captures: digits test images 0..11, sample ids included
 SUCCEEDED_AUDIT_NETWORK = {"channels": 8, "blocks": 1}  # the conftest's succeeded audit: a small attacker
+# ... and its decoder's least steps: one epoch already takes more (digits: 67 and 28 steps), so it trains as without
+SUCCEEDED_AUDIT_MIN_STEPS = 10
 
 
 @dataclass

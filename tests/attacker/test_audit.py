@@ -200,3 +200,40 @@ def test_optimisation_audits_record_their_settings_and_the_hybrid_its_decoder_al
     args = get_args_parser().parse_args(["--bundle", str(untrained_bundle), "--out", "o", "--attack", "optimize",
                                          "--steps", "7"])
     assert build_spec(args).optimize_config.steps == 7
+
+
+def test_min_steps_reach_the_decoder_config_from_the_spec_and_the_cli(tmp_path: Path) -> None:
+    paper = DecoderAttackConfig()
+    assert AuditSpec(bundle_dir=tmp_path).decoder_config.min_steps == paper.min_steps == 0  # epochs as given
+    for attack in ("decoder", "gan", "decoder+optimize"):  # every attack that trains a decoder takes it
+        assert AuditSpec(bundle_dir=tmp_path, attack=attack, min_steps=500).decoder_config.min_steps == 500
+    args = get_args_parser().parse_args(["--bundle", str(tmp_path), "--out", "o", "--min-steps", "500"])
+    assert build_spec(args) == AuditSpec(bundle_dir=tmp_path, min_steps=500)
+    helps = {a.dest: a.help or "" for a in get_args_parser()._actions}
+    assert f"default: {paper.min_steps}, the epochs as given" in helps["min_steps"]
+
+
+def test_bad_min_steps_are_refused_by_the_spec_and_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    for value in (-1, 2.0, True):
+        with pytest.raises(ConfigError, match=f"expected min_steps to be an integer >= 0 or None .*, got {value!r}$"):
+            AuditSpec(bundle_dir=tmp_path, min_steps=value)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="expected no min_steps for the optimize attack"):
+        AuditSpec(bundle_dir=tmp_path, attack="optimize", min_steps=0)
+    code = attack_main(["--bundle", str(tmp_path), "--out", str(tmp_path / "o"), "--device", "cpu",
+                        "--attack", "optimize", "--min-steps", "100"])
+    assert code == 2
+    assert "expected no min_steps for the optimize attack" in caplog.text + capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_audit_raises_each_columns_epochs_to_the_minimum_and_records_it(untrained_bundle: Path) -> None:
+    """One epoch and at least 60 steps: ``train`` (67 steps an epoch) keeps its one epoch, so no half-budget check
+    runs; ``infer`` (28 steps an epoch) is raised to 3 epochs, which the check halves to 1."""
+    result = run_audit(AuditSpec(bundle_dir=untrained_bundle, epochs=1, min_steps=60, network_channels=4,
+                                 network_blocks=0, device="cpu"))
+    assert result.details["min_steps"] == 60
+    train, infer = result.details["train"], result.details["infer"]
+    assert (train["epochs"], train["doubling_gain"]) == (1, None)
+    assert infer["epochs"] in (1, 3) and infer["doubling_gain"] is not None  # the kept run of the two

@@ -43,7 +43,10 @@ def _resolve_train(argv: Sequence[str]) -> Resolution:
 
 
 def _resolve_attack(argv: Sequence[str]) -> Resolution:
-    resolved: dict[str, object] = {"args": list(argv)}
+    args = list(argv)
+    if "--min-steps" in args and args[args.index("--min-steps") + 1] == "0":  # the real probe keys min_steps 0 as
+        del args[args.index("--min-steps"):args.index("--min-steps") + 2]  # no minimum: out of the key
+    resolved: dict[str, object] = {"args": args}
     if "--nproc" in argv:  # the real probe keys --nproc when it is not 1
         resolved["nproc"] = int(argv[list(argv).index("--nproc") + 1])
     return Resolution(resolved, None)

@@ -42,6 +42,9 @@ def test_the_smoke_spec_is_two_rows_with_and_without_cem_one_seed_one_attack() -
      "expected attacks.decoder.extra_args without --seed (as its abbreviation)"),
     (("epochs = 3", 'epochs = 3\nextra_args = ["--out=x"]'), "attacks.decoder.extra_args without --out (the spec"),
     (("epochs = 3", 'epochs = 3\nextra_args = "--nproc 2"'), "expected attacks.decoder.extra_args to be a list"),
+    (("epochs = 3", "epochs = 3\nmin_steps = -1"), "expected attacks.decoder.min_steps to be an integer >= 0, got -1"),
+    (("epochs = 3", 'epochs = 3\nextra_args = ["--min", "9"]'),
+     "expected attacks.decoder.extra_args without --min-steps (as its abbreviation)"),
     (('name = "unit"', 'name = "unit"\ndata_dir = "/nonexistent/cifar"'), "'/nonexistent/cifar', which is not a"),
     (("[attacks.decoder]\nepochs = 3", ""), "at least one [attacks.<name>] table"),
     (("[[rows]]", "[[rowz]]"), "unknown key 'rowz' in [top level]"),
@@ -84,6 +87,18 @@ def test_an_attack_key_follows_its_bundle_and_its_own_settings() -> None:
     assert [c.key for c in plan.train] == [c.key for c in longer.train]
     assert not {c.key for c in plan.attack} & {c.key for c in longer.attack}
     assert attack_args(parse_spec(BASE).attacks[0], 1) == ("--attack", "decoder", "--seed", "1", "--epochs", "3")
+
+
+def test_an_attacks_min_steps_enter_its_key_unless_they_ask_for_no_minimum() -> None:
+    plan = expand_plan(parse_spec(BASE), fake_prober)
+    raised_spec = parse_spec(BASE.replace("epochs = 3", "epochs = 3\nmin_steps = 5600"))
+    assert raised_spec.attacks[0].min_steps == 5600
+    assert attack_args(raised_spec.attacks[0], 1)[-2:] == ("--min-steps", "5600")
+    raised = expand_plan(raised_spec, fake_prober)
+    assert [c.key for c in plan.train] == [c.key for c in raised.train]
+    assert not {c.key for c in plan.attack} & {c.key for c in raised.attack}
+    none = expand_plan(parse_spec(BASE.replace("epochs = 3", "epochs = 3\nmin_steps = 0")), fake_prober)
+    assert [c.key for c in none.attack] == [c.key for c in plan.attack]  # 0 trains what omitting it trained
 
 
 def test_rows_with_the_same_settings_share_their_cells() -> None:
@@ -173,6 +188,21 @@ def test_the_real_probe_keys_the_gan_config_and_nproc_and_sees_abbreviated_overr
     parallel = probe.attack[(*gan, "--nproc", "2")].resolved  # a data-parallel attack: keyed apart
     assert parallel is not None and "nproc" not in default and parallel == {**default, "nproc": 2}
     assert probe.attack[(*gan, "--nproc", "0")].error == "expected --nproc >= 1, got 0"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_real_probe_keys_min_steps_only_when_they_ask_for_a_minimum() -> None:
+    decoder = ("--attack", "decoder", "--seed", "0")
+    probe = run_probe([], [decoder, (*decoder, "--min-steps", "0"), (*decoder, "--min-steps", "5600"),
+                           ("--attack", "optimize", "--seed", "0", "--min-steps", "5")])
+    plain = probe.attack[decoder].resolved
+    assert plain is not None and "min_steps" not in plain["network"]  # the keys of cells before the setting
+    assert probe.attack[(*decoder, "--min-steps", "0")].resolved == plain
+    raised = probe.attack[(*decoder, "--min-steps", "5600")].resolved
+    assert raised is not None and raised["network"] == {**plain["network"], "min_steps": 5600}
+    refused = probe.attack[("--attack", "optimize", "--seed", "0", "--min-steps", "5")].error
+    assert refused is not None and "expected no min_steps for the optimize attack" in refused
 
 
 @pytest.mark.slow

@@ -24,6 +24,12 @@ MAX_NETWORK_BLOCKS = 32
 MAX_OPTIMIZE_STEPS = 100_000
 NETWORK_DEFAULT = "default: the paper's decoding network"  # DecoderAttackConfig (not imported: it needs torch)
 OPTIMIZE_STEPS_DEFAULT = 300  # = OptimizeAttackConfig.steps (not imported: it needs torch; checked by a test)
+MAX_MIN_STEPS = 100_000
+MIN_STEPS_DEFAULT = 0  # = DecoderAttackConfig.min_steps (not imported: it needs torch; checked by a test)
+MIN_STEPS_HELP = (
+    "least optimizer steps of the decoder's training: its epochs are raised until the run takes this many (small "
+    "attacker sets have few steps an epoch); also decoder+optimize's decoder and the gan's decoder pre-training"
+)
 ATTACK_DESCRIPTION = (
     f"inversion attack, one of {', '.join(ATTACKS)}: decoder trains a decoding network on features, gan fine-tunes "
     "it adversarially, optimize searches per intercepted feature for the image the encoder maps to it (no "
@@ -51,6 +57,11 @@ class AuditCreate(BaseModel):
         description=f"residual blocks of the attacker's decoding network, also the GAN's generator and "
                     f"decoder+optimize's decoder ({NETWORK_DEFAULT}); refused for optimize, which has none",
     )
+    min_steps: int | None = Field(
+        None, ge=0, le=MAX_MIN_STEPS,
+        description=f"{MIN_STEPS_HELP} (default: {MIN_STEPS_DEFAULT}, the epochs as given); refused for optimize, "
+                    f"which trains no decoding network",
+    )
     optimize_steps: int | None = Field(
         None, ge=1, le=MAX_OPTIMIZE_STEPS,
         description=f"optimisation steps per image (and restart) of optimize and decoder+optimize (default: "
@@ -69,12 +80,12 @@ class AuditCreate(BaseModel):
             raise ValueError("the optimize attack has no epochs: its budget is optimize_steps, per image")
         return value
 
-    @field_validator("network_channels", "network_blocks")
+    @field_validator("network_channels", "network_blocks", "min_steps")
     @classmethod
     def _network_fits_the_attack(cls, value: int | None, info: ValidationInfo) -> int | None:
         attack = info.data.get("attack")
         if value is not None and attack is not None and attack not in NETWORK_ATTACKS:
-            raise ValueError(f"the {attack} attack has no decoding network to size")
+            raise ValueError(f"the {attack} attack has no decoding network to size or train")
         return value
 
     @field_validator("optimize_steps")
@@ -266,6 +277,9 @@ class AuditView(BaseModel):
     epochs: int | None
     network_channels: int | None = Field(None, description="as requested; None: the paper's decoding network")
     network_blocks: int | None = Field(None, description="as requested; None: the paper's decoding network")
+    min_steps: int | None = Field(
+        None, description=f"as requested; None: the decoder's default ({MIN_STEPS_DEFAULT}, the epochs as given)"
+    )
     optimize_steps: int | None = Field(
         None, description=f"as requested; None: the optimisation attacks' default ({OPTIMIZE_STEPS_DEFAULT})"
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_helpers import TOKEN, AuditService
+from service_helpers import SUCCEEDED_AUDIT_MIN_STEPS, TOKEN, AuditService
 
 from attacker.attack_names import ATTACKS, AttackName
 from attacker.client import AuditClient, AuditClientError
@@ -37,6 +37,7 @@ def test_client_reads_results_and_maps_errors(service: AuditService, succeeded_a
         assert (audit.worst_case.infer.attack, audit.worst_case.infer.mse) == ("decoder", audit.metrics.infer.mse)
         assert audit.metrics.infer.attack_accuracy is not None and audit.metrics.infer.chance_accuracy == 0.1
         text = describe(succeeded_audit)
+        assert f" min steps {SUCCEEDED_AUDIT_MIN_STEPS}" in text.splitlines()[0]  # the first line: what was asked
         assert f"strongest attack (infer): decoder MSE {audit.metrics.infer.mse:.4f} (1 attack compared)" in text
         assert f"attack accuracy {audit.metrics.infer.attack_accuracy:.2f} (classifier on originals" in text
         assert audit.id in [a.id for a in client.list_audits(AuditStatus.SUCCEEDED)]
@@ -53,6 +54,8 @@ def test_client_reads_results_and_maps_errors(service: AuditService, succeeded_a
             client.submit("digits-tiny", network_blocks=33)
         with pytest.raises(AuditClientError, match=r"optimize_steps: .*the decoder attack does not optimise"):
             client.submit("digits-tiny", optimize_steps=5)
+        with pytest.raises(AuditClientError, match=r"min_steps: .*the optimize attack has no decoding network"):
+            client.submit("digits-tiny", attack=AttackName.OPTIMIZE, min_steps=100)
         with pytest.raises(AuditClientError, match=r"epochs: .*the optimize attack has no epochs"):
             client.submit("digits-tiny", attack=AttackName.OPTIMIZE, epochs=2, optimize_steps=5)
     with AuditClient(service.url, "wrong-token-0123456789") as client, pytest.raises(AuditClientError) as caught:
@@ -145,8 +148,9 @@ def test_cli_status_downloads_and_errors(service: AuditService, succeeded_audit:
     assert code == 0 and audit_id in [a["id"] for a in result["audits"]]
     code, result = run_cli(capsys, service, "submit", "--bundle", "nope")
     assert code == 2 and result["status_code"] == 404
-    for option, field in (("--network-channels", "network_channels"), ("--network-blocks", "network_blocks")):
-        code, result = run_cli(capsys, service, "submit", "--bundle", "digits-tiny", option, "999")
+    for option, field, value in (("--network-channels", "network_channels", "999"),
+                                 ("--network-blocks", "network_blocks", "999"), ("--min-steps", "min_steps", "-1")):
+        code, result = run_cli(capsys, service, "submit", "--bundle", "digits-tiny", option, value)
         assert code == 2 and result["status_code"] == 422 and field in result["error"]  # sent, and refused
     for argv, field in ((("--attack", "optimize", "--epochs", "2"), "epochs"),
                         (("--attack", "gan", "--optimize-steps", "5"), "optimize_steps"),

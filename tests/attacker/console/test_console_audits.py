@@ -12,7 +12,13 @@ import pytest
 from console_helpers import console_client, csrf_token
 from PIL import Image
 from polling import wait_for
-from service_helpers import CAPTURED_SAMPLES, SUCCEEDED_AUDIT_NETWORK, AuditService, wait_status
+from service_helpers import (
+    CAPTURED_SAMPLES,
+    SUCCEEDED_AUDIT_MIN_STEPS,
+    SUCCEEDED_AUDIT_NETWORK,
+    AuditService,
+    wait_status,
+)
 
 from attacker.attack_names import ATTACKS
 from attacker.attacks.evaluate import GRID_SAMPLES
@@ -25,9 +31,11 @@ FINAL = {"succeeded", "failed", "cancelled", "interrupted"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY_FORM = {"bundle": "digits-tiny", "attack": "decoder", "epochs": "1",
              "network_channels": str(SUCCEEDED_AUDIT_NETWORK["channels"]),
-             "network_blocks": str(SUCCEEDED_AUDIT_NETWORK["blocks"]), "optimize_steps": "", "seed": "7",
+             "network_blocks": str(SUCCEEDED_AUDIT_NETWORK["blocks"]), "min_steps": "", "optimize_steps": "",
+             "seed": "7",
              "use_captures": "on"}
 LONG_FORM = {**TINY_FORM, "epochs": "500", "use_captures": ""}  # runs for minutes unless cancelled
+LEAST_STEPS_ROW = '<tr><th scope="row">Least decoder steps</th><td class="text">'
 
 
 def _token(console: httpx.Client) -> str:
@@ -66,7 +74,7 @@ def test_start_form_lists_bundles_attacks_and_defaults(console: httpx.Client) ->
     assert "not-a-bundle" not in html  # a folder that is no bundle is not offered
     assert re.findall(r'<option value="([^"]*)"(?: selected)?>[^<]*</option>', html.split('id="start-attack"')[1]
                       .split("</select>")[0]) == list(ATTACKS)
-    for name in ("epochs", "network_channels", "network_blocks", "optimize_steps"):
+    for name in ("epochs", "network_channels", "network_blocks", "min_steps", "optimize_steps"):
         assert re.search(rf'<input id="start-{name}" name="{name}" type="number"[^>]*placeholder="default">', html)
     assert re.search(r'name="seed" type="number"[^>]*value="0"', html)
     assert re.search(r'<input id="start-use-captures" name="use_captures" type="checkbox" value="on" checked>', html)
@@ -108,6 +116,7 @@ def test_start_an_audit_through_the_form_and_follow_it_to_its_verdict(service: A
     assert page.status_code == 200
     html = page.text
     assert "data-poll" not in html and f'action="/console/audits/{audit_id}/cancel"' not in html
+    assert f'{LEAST_STEPS_ROW}default (0)</td></tr>' in html  # left empty: the decoder's own, as the audit used
     # the verdict leads the results, with its rule and the numbers it used
     match = re.search(r'<section id="verdict" class="verdict (leaks|partial|protected)"', html)
     assert match is not None
@@ -203,6 +212,9 @@ def test_start_forms_without_the_right_token_or_origin_are_refused(service: Audi
     ({"epochs": "abc"}, "epochs", "expected a whole number, got &#39;abc&#39;"),
     ({"seed": "1.5"}, "seed", "expected a whole number"),
     ({"network_blocks": "-1"}, "network_blocks", "greater than or equal to 0"),
+    ({"min_steps": "-1"}, "min_steps", "greater than or equal to 0"),
+    ({"attack": "optimize", "epochs": "", "network_channels": "", "network_blocks": "", "min_steps": "100"},
+     "min_steps", "the optimize attack has no decoding network"),
     ({"epochs": "100000"}, "epochs", "less than or equal to 1000"),
     ({"optimize_steps": "5"}, "optimize_steps", "the decoder attack does not optimise per image"),
     ({"attack": "optimize", "optimize_steps": "5"}, "epochs", "the optimize attack has no epochs"),
@@ -229,6 +241,11 @@ def test_unknown_bundle_audit_and_status_are_404_pages(service: AuditService, co
         assert _alert(response.text) == "audit not found"
     unknown = console.post(f"/console/audits/{'0' * 32}/cancel", data={"csrf_token": _token(console)})
     assert unknown.status_code == 404
+
+
+def test_the_audit_page_shows_the_least_decoder_steps_asked_for(console: httpx.Client, succeeded_audit: dict) -> None:
+    html = console.get(f"/console/audits/{succeeded_audit['id']}").text
+    assert f"{LEAST_STEPS_ROW}{SUCCEEDED_AUDIT_MIN_STEPS}</td></tr>" in html
 
 
 def test_list_filters_by_status(console: httpx.Client, succeeded_audit: dict) -> None:

@@ -9,8 +9,8 @@ from openapi_spec_validator import validate
 from service_helpers import TOKEN, AuditService
 
 from attacker.attack_names import ATTACKS
-from attacker.attacks import OptimizeAttackConfig
-from attacker.service.api.schemas import OPTIMIZE_STEPS_DEFAULT, AuditCreate
+from attacker.attacks import DecoderAttackConfig, OptimizeAttackConfig
+from attacker.service.api.schemas import MIN_STEPS_DEFAULT, OPTIMIZE_STEPS_DEFAULT, AuditCreate
 from attacker.service.errors import (
     DETAIL_AUDIT_NOT_FOUND,
     DETAIL_BUNDLE_NOT_FOUND,
@@ -63,7 +63,8 @@ def test_openapi_schema_is_valid(service: AuditService) -> None:
     assert create["properties"]["attack"]["$ref"] == "#/components/schemas/AttackName"
     assert components["AttackName"]["enum"] == list(ATTACKS) == ["decoder", "gan", "optimize", "decoder+optimize"]
     assert all(attack in create["properties"]["attack"]["description"] for attack in ATTACKS)
-    for field, bounds in (("network_channels", (1, 512)), ("network_blocks", (0, 32)), ("optimize_steps", (1, 100000))):
+    for field, bounds in (("network_channels", (1, 512)), ("network_blocks", (0, 32)), ("optimize_steps", (1, 100000)),
+                          ("min_steps", (0, 100000))):
         [as_int] = [t for t in create["properties"][field]["anyOf"] if t.get("type") == "integer"]
         assert (as_int["minimum"], as_int["maximum"]) == bounds
         assert field in components["AuditView"]["properties"]
@@ -71,6 +72,8 @@ def test_openapi_schema_is_valid(service: AuditService) -> None:
         assert "the paper's decoding network" in create["properties"][field]["description"]
     assert f"default: {OptimizeAttackConfig().steps}" in create["properties"]["optimize_steps"]["description"]
     assert OptimizeAttackConfig().steps == OPTIMIZE_STEPS_DEFAULT  # the schema cannot import it (torch)
+    assert f"default: {DecoderAttackConfig().min_steps}, the epochs" in create["properties"]["min_steps"]["description"]
+    assert DecoderAttackConfig().min_steps == MIN_STEPS_DEFAULT  # nor this one
     training = components["AttackTraining"]["properties"]
     assert "optimisation steps" in training["epochs"]["description"]
     assert {"attack_s", "eval_s", "optimize", "decoder_alone"} <= set(training)
@@ -135,6 +138,11 @@ def test_ready_bundles_and_captures(service: AuditService) -> None:
          "the optimize attack has no decoding network"),
         ({"bundle": "digits-tiny", "attack": "optimize", "network_blocks": 0}, "network_blocks",
          "the optimize attack has no decoding network"),
+        ({"bundle": "digits-tiny", "min_steps": -1}, "min_steps", "greater than or equal to 0"),
+        ({"bundle": "digits-tiny", "min_steps": 100001}, "min_steps", "less than or equal to 100000"),
+        ({"bundle": "digits-tiny", "min_steps": "5600"}, "min_steps", "Input should be a valid integer"),
+        ({"bundle": "digits-tiny", "attack": "optimize", "min_steps": 0}, "min_steps",
+         "the optimize attack has no decoding network to size or train"),
     ],
 )
 def test_bad_bodies_get_422_naming_the_field(service: AuditService, body: dict, field: str, message: str) -> None:
@@ -150,8 +158,10 @@ def test_bad_bodies_get_422_naming_the_field(service: AuditService, body: dict, 
     [
         {"attack": "optimize", "optimize_steps": 5},
         {"attack": "optimize"},
-        {"attack": "decoder+optimize", "epochs": 1, "optimize_steps": 5, "network_channels": 8, "network_blocks": 0},
-        {"attack": "gan", "epochs": 3, "network_channels": 8},
+        {"attack": "decoder+optimize", "epochs": 1, "optimize_steps": 5, "network_channels": 8, "network_blocks": 0,
+         "min_steps": 100},
+        {"attack": "gan", "epochs": 3, "network_channels": 8, "min_steps": 100},
+        {"min_steps": 0},  # the decoder (default attack), its minimum written out
     ],
 )
 def test_each_attack_takes_its_own_settings(body: dict) -> None:

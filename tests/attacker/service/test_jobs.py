@@ -9,7 +9,14 @@ import re
 
 import pytest
 from PIL import Image
-from service_helpers import CAPTURED_SAMPLES, SUCCEEDED_AUDIT_NETWORK, TOKEN, AuditService, wait_status
+from service_helpers import (
+    CAPTURED_SAMPLES,
+    SUCCEEDED_AUDIT_MIN_STEPS,
+    SUCCEEDED_AUDIT_NETWORK,
+    TOKEN,
+    AuditService,
+    wait_status,
+)
 
 from attacker.attack_names import AttackName
 from attacker.attacks.optimize import TV_WEIGHTS
@@ -58,6 +65,8 @@ def test_lifecycle_to_succeeded_with_metrics_png_and_report(service: AuditServic
     assert (row["network_channels"], row["network_blocks"]) == (network["channels"], network["blocks"])
     stored = json.loads(row["result"])["details"]
     assert stored["network"] == network and stored["worst_case"] == audit["worst_case"]
+    # the decoder's least steps: echoed, stored, handed to the attack and recorded with its result
+    assert audit["min_steps"] == row["min_steps"] == stored["min_steps"] == SUCCEEDED_AUDIT_MIN_STEPS
     with service.client() as http:
         png = http.get(f"/v1/audits/{audit_id}/reconstructions.png")
         assert png.status_code == 200 and png.headers["content-type"] == "image/png"
@@ -74,6 +83,7 @@ def test_lifecycle_to_succeeded_with_metrics_png_and_report(service: AuditServic
         assert f"data:image/png;base64,{base64.b64encode(png.content).decode()}" in html
         for label, value in (("channels", network["channels"]), ("blocks", network["blocks"])):
             assert f"<tr><th>attack network {label}</th><td>{value}</td></tr>" in html
+        assert f"<tr><th>decoder&#x27;s least optimizer steps</th><td>{SUCCEEDED_AUDIT_MIN_STEPS}</td></tr>" in html
         assert "<h2>Attack runs</h2>" in html and "<tr><td>held-out inference split</td><td>1</td><td>1</td>" in html
         assert "optimisation steps" not in html
         strongest, table = html.index("<h2>Strongest attack</h2>"), html.index("<h2>Reconstruction quality</h2>")

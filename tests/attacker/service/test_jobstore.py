@@ -25,6 +25,8 @@ CREATE INDEX jobs_by_status ON jobs(status, created_at);
 # ... and as those created with the attack-network columns but before ``optimize_steps``.
 NETWORK_SCHEMA = OLD_SCHEMA.replace("epochs INTEGER,",
                                     "epochs INTEGER, network_channels INTEGER, network_blocks INTEGER,")
+# ... and as those created with ``optimize_steps`` but before ``min_steps``.
+STEPS_SCHEMA = NETWORK_SCHEMA.replace("network_blocks INTEGER,", "network_blocks INTEGER, optimize_steps INTEGER,")
 
 
 def request(**overrides: object) -> JobRequest:
@@ -127,6 +129,32 @@ def test_the_optimize_steps_round_trip(tmp_path: Path) -> None:
     assert hybrid.request.attack is AttackName.HYBRID and hybrid.request.optimize_steps is None
     claimed = store.claim_next(worker_pid=1)
     assert claimed is not None and claimed.id == stepped.id and claimed.request.optimize_steps == 7
+
+
+def test_the_decoders_min_steps_round_trip(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.db")
+    raised, default = store.create(request(attack=AttackName.GAN, min_steps=5600)), store.create(request())
+    assert store.get(raised.id).request == request(attack=AttackName.GAN, min_steps=5600)
+    assert default.request.min_steps is None  # the attack's default
+    claimed = store.claim_next(worker_pid=1)
+    assert claimed is not None and claimed.id == raised.id and claimed.request.min_steps == 5600
+
+
+def test_a_database_from_before_the_min_steps_column_still_works(tmp_path: Path) -> None:
+    path = old_database(
+        tmp_path / "steps.db", STEPS_SCHEMA,
+        "INSERT INTO jobs(id, status, bundle, model_id, bundle_dir, attack, epochs, network_channels, network_blocks,"
+        " optimize_steps, dataset, use_captures, seed, created_at) VALUES"
+        " ('queued', 'queued', 'b', 'm', '/b', 'decoder', 4, 8, 1, NULL, NULL, 1, 0, 1.0)",
+    )
+    assert "min_steps" not in _columns(path)
+    store = JobStore(path)
+    claimed = store.claim_next(worker_pid=2)  # queued before the upgrade: it runs with the decoder's default
+    assert claimed is not None and claimed.id == "queued" and claimed.request.min_steps is None
+    assert store.get(store.create(request(min_steps=7)).id).request.min_steps == 7
+    fresh = tmp_path / "fresh.db"
+    JobStore(fresh)
+    assert _columns(path) == _columns(fresh) and _columns(path)["min_steps"] == ("INTEGER", 0)
 
 
 def old_database(path: Path, schema: str, rows: str) -> Path:

@@ -53,6 +53,17 @@ def test_report_shows_the_attack_network(requested: tuple, details: dict | None,
         assert f"<tr><th>attack network {label}</th><td>{value}</td></tr>" in page
 
 
+def test_report_shows_the_decoders_least_steps() -> None:
+    label = "<tr><th>decoder&#x27;s least optimizer steps</th><td>{}</td></tr>"
+    assert label.format("default (0)") in render_report(job_with(None, details={"min_steps": 0}), None)  # as used
+    assert label.format("default") in render_report(job_with(None, details={}), None)  # a result older than it
+    asked = job_with(None, details={"min_steps": 5600})
+    asked = dataclasses.replace(asked, request=dataclasses.replace(asked.request, min_steps=5600))
+    assert label.format("5600") in render_report(asked, None)
+    optimize = optimisation_job(AttackName.OPTIMIZE, steps=5, details={"network": None, "min_steps": None})
+    assert label.format(NO_NETWORK) in render_report(optimize, None)  # it trains no decoder
+
+
 def search_details(tv_weight: float, steps: int) -> dict:
     """What ``run_audit`` records per column for an optimisation attack (attacker.attacks.optimize)."""
     return {"tv_weight": tv_weight, "steps": steps, "restarts": 1, "lr": 0.1, "steps_per_image": steps, "sigma": 0.1,

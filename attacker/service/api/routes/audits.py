@@ -53,6 +53,7 @@ def to_view(job: Job) -> AuditView:
         epochs=request.epochs,
         network_channels=request.network_channels,
         network_blocks=request.network_blocks,
+        min_steps=request.min_steps,
         optimize_steps=request.optimize_steps,
         dataset=request.dataset,
         use_captures=request.use_captures,

@@ -21,6 +21,7 @@ from attacker.service.api.deps import get_catalog, get_settings, get_store
 from attacker.service.api.routes.audits import to_view
 from attacker.service.api.schemas import (
     MAX_EPOCHS,
+    MAX_MIN_STEPS,
     MAX_NETWORK_BLOCKS,
     MAX_NETWORK_CHANNELS,
     MAX_OPTIMIZE_STEPS,
@@ -42,6 +43,7 @@ NUMBER_FIELDS: dict[str, tuple[str, int, int]] = {
     "epochs": ("Epochs", 1, MAX_EPOCHS),
     "network_channels": ("Network channels", 1, MAX_NETWORK_CHANNELS),
     "network_blocks": ("Network blocks", 0, MAX_NETWORK_BLOCKS),
+    "min_steps": ("Least decoder steps", 0, MAX_MIN_STEPS),
     "optimize_steps": ("Optimisation steps", 1, MAX_OPTIMIZE_STEPS),
     "seed": ("Seed", 0, 2**31 - 1),
 }
@@ -104,6 +106,7 @@ def audit_detail(job: Job) -> dict[str, Any]:
     context: dict[str, Any] = {
         "audit": view, "final": job.finished, "optimizing": view.attack in OPTIMIZING_ATTACKS,
         "hybrid": view.attack is AttackName.HYBRID, "splits": SPLITS, "network": _details(job).get("network"),
+        "min_steps": _details(job).get("min_steps"),  # what the audit used (absent in older results)
     }
     if job.status is AuditStatus.SUCCEEDED:
         context.update(
@@ -165,13 +168,14 @@ def start_audit(
     epochs: NumberField = "",
     network_channels: NumberField = "",
     network_blocks: NumberField = "",
+    min_steps: NumberField = "",
     optimize_steps: NumberField = "",
     seed: NumberField = "",
     use_captures: Annotated[str, Form(max_length=8)] = "",
 ) -> RedirectResponse:
     check_form(page, csrf_token)
     numbers = {"epochs": epochs, "network_channels": network_channels, "network_blocks": network_blocks,
-               "optimize_steps": optimize_steps, "seed": seed}
+               "min_steps": min_steps, "optimize_steps": optimize_steps, "seed": seed}
     body = audit_create(bundle, attack, numbers, use_captures=bool(use_captures))
     job = submit_audit(get_store(page.request), get_catalog(get_settings(page.request)), body)
     return RedirectResponse(audit_url(job.id), status_code=303)
