@@ -58,6 +58,7 @@ from attacker.attacks import (
 from attacker.audit import native_size_of
 from cem.bounds import privacy_bound
 from cem.bundle import load_encoder, load_manifest
+from cem.convergence import doubling_note
 from cem.devices import resolve_device
 from cem.manifest import Manifest
 from cem.obfuscation import ObfuscationConfig
@@ -179,7 +180,7 @@ def convergence_note(row: dict[str, Any], attack: str, mode: str) -> str:
     key = attack_key(attack)
     gain = row.get(f"{key}_doubling_gain_{mode}")
     if gain is not None:
-        return f"{attack}/{mode}: doubling its epochs lowered the validation MSE by {100 * gain:.1f} % (> 2 %)"
+        return f"{attack}/{mode}: {doubling_note(gain)}"
     unit = "steps" if "optimize" in attack else "epochs"
     return (f"{attack}/{mode}: validation MSE still falling at the end of its {row[f'{key}_epochs_{mode}']} "
             f"{unit} (best {row[f'{key}_best_epoch_{mode}']}), or doubling its epochs still helped by > 2 %")

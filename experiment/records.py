@@ -39,6 +39,7 @@ import datetime
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from cem.convergence import doubling_note
 from experiment.cells import AttackCell, TrainCell
 
 if TYPE_CHECKING:  # cem.manifest loads torch; the report reads records without it
@@ -89,7 +90,7 @@ def column_convergence(detail: Mapping[str, Any]) -> str | None:
     gain = detail.get("doubling_gain")
     if detail.get("still_improving"):
         if gain is not None:
-            return f"still improving: doubling its epochs lowered the validation MSE by {100 * gain:.1f} %"
+            return f"still improving: {doubling_note(gain)}"
         return f"still improving: validation MSE still falling at the end of its {epochs} epochs (best {best})"
     if gain is not None or not has_validation(detail):
         return None

@@ -10,10 +10,9 @@ from typing import Any
 import torch
 
 from attacker.attacks.data import AttackSplit
+from cem.convergence import CONVERGENCE_TAIL, CONVERGENCE_TOLERANCE
 from cem.models import InversionConfig, InversionNetwork
 
-CONVERGENCE_TAIL = 0.1  # judge convergence on the last tenth of the epochs
-CONVERGENCE_TOLERANCE = 0.02  # more than 2 % better there, or from half the epochs to all: still improving
 # The decoding networks and each batch of features they train on are kept channels-last: an epoch of the
 # decoder attack's step took 0.80x the time on CPU (benchmarks/bench_attack_epoch.py, docs/benchmarks.md).
 ATTACK_MEMORY_FORMAT = torch.channels_last
