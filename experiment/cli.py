@@ -12,7 +12,8 @@ not stored in DIR yet (an interrupted or changed run resumes), each through the
 real CLI in a child process, and exits 1 if any cell failed (its log is named).
 ``--dry-run`` lists every cell with its key and whether it is stored, and runs
 nothing. ``--rows``, ``--attacks`` and ``--seeds`` run a slice of the grid now (the
-keys are the full grid's, so the slices add up to it). ``report`` writes
+keys are the full grid's, so the slices add up to it); ``--reuse-from DIR`` copies
+the cells another run already stored under the same keys. ``report`` writes
 DIR/report/ (table1.md/.csv/.json, the plots as PNG and SVG, index.html) from
 the stored cells only. docs/experiments.md has the spec's keys and the cell key
 rule.
@@ -61,6 +62,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--attacks", type=_names, default=(), metavar="NAME,...",
                      help="run only these attacks (and the trainings they need) now")
     run.add_argument("--seeds", type=_seeds, default=(), metavar="N,...", help="run only these seeds' cells now")
+    run.add_argument("--reuse-from", type=Path, action="append", default=[], metavar="DIR",
+                     help="copy cells this run needs from another run's folder instead of running them (same key: "
+                          "the same settings); repeatable")
     run.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                      help="the cells' device; on CUDA each job gets one GPU through CUDA_VISIBLE_DEVICES")
     run.add_argument("--threads", type=int, default=None,
@@ -86,6 +90,15 @@ def _seeds(text: str) -> tuple[int, ...]:
         return tuple(int(seed) for seed in _names(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def adopt_cells(plan: Plan, store: CellStore, sources: list[CellStore]) -> int:
+    """Copy every cell of ``plan`` that ``store`` lacks and one of ``sources`` holds; how many were copied."""
+    adopted = 0
+    for cell in plan.runnable():  # a train cell before its attacks: an attack is adopted only onto its bundle
+        if store.load(cell.kind, cell.key) is None:
+            adopted += any(store.adopt(source, cell.kind, cell.key) for source in sources)
+    return adopted
 
 
 def _trains_by_key(plan: Plan) -> dict[str, TrainCell]:
@@ -161,6 +174,9 @@ def run_command(args: argparse.Namespace) -> int:
         if swept:
             logger.info("deleted %d unfinished cell folders or records of an interrupted run", swept)
         store.write_plan(plan)  # the whole grid: the report lays out every cell, stored or not
+        adopted = adopt_cells(now, store, [CellStore(folder) for folder in args.reuse_from])
+        if adopted:
+            print(f"copied {adopted} stored cells from {', '.join(map(str, args.reuse_from))}")
         summary = GridRunner(now, store, options, inherit_fds=(lock_fd,)).run()
     total = len(now.runnable())
     selection = f" (of the plan's {len(plan.runnable())})" if now != plan else ""

@@ -120,6 +120,27 @@ class CellStore:
         write_durably(path, (json.dumps(record, indent=2, sort_keys=True, default=str) + "\n").encode())
         return path
 
+    def adopt(self, source: CellStore, kind: str, key: str) -> bool:
+        """Copy a finished cell from another output folder: its outputs, its log, then its record (last, as a
+        cell's own run writes it). Keys are the resolved configuration's, so the same key there is the same
+        cell. False when ``source`` does not hold it (``load``'s checks), or for an attack whose bundle this
+        folder does not hold as ``source`` does: a train cell is adopted before its attacks."""
+        record = source.load(kind, key)
+        if record is None:
+            return False
+        if kind == "attack":
+            train_key = str(record.get("train_key"))
+            ours, theirs = self.load("train", train_key), source.load("train", train_key)
+            if ours is None or theirs is None or ours.get("model_id") != theirs.get("model_id"):
+                return False
+        tmp = self.new_tmp_dir(kind, key)
+        shutil.copytree(source.output_dir(kind, key), tmp, symlinks=True)
+        self.commit_dir(tmp, kind, key)
+        if source.log_path(kind, key).is_file():
+            shutil.copy2(source.log_path(kind, key), self.log_path(kind, key))
+        self.save(record)
+        return True
+
     def new_tmp_dir(self, kind: str, key: str) -> Path:
         """A fresh folder beside the cell's final output folder, for the child to write into."""
         parent = self.output_dir(kind, key).parent

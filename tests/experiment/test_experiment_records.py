@@ -25,8 +25,8 @@ DECODER = {"epochs": 50, "best_epoch": 50, "still_improving": False, "doubling_g
      "still improving: doubling its epochs lowered the validation MSE by 8.0 % (> 2 %)"),
     # the hybrid: its refinement got worse with more steps, but the decoder it started from was still improving
     ({"still_improving": True, "doubling_gain": -0.097},
-     "still improving: it started from a decoder attack that was still improving (its own doubling changed the "
-     "validation MSE by +9.7 %)"),
+     ("still improving: it started from a decoder attack that was still improving (its own doubling changed the "
+      "validation MSE by +9.7 %)")),
     ({"doubling_gain": None}, "best epoch is its last (50 of 50) and no half-budget run judged it"),  # the GAN's case
     ({"doubling_gain": None, "best_epoch": 41}, None),
     ({"doubling_gain": None, "still_improving": True},
@@ -85,6 +85,20 @@ def test_an_attack_whose_train_cell_is_not_stored_is_rerun(tmp_path: Path) -> No
     store = stored_cells(tmp_path / "deleted", "m-1", "m-1")
     (store.output_dir("train", "t1") / "manifest.json").unlink()  # the bundle deleted to force a retrain
     assert store.load("attack", "a1") is None
+
+
+def test_a_cell_another_run_stored_is_copied_whole_and_only_onto_its_bundle(tmp_path: Path) -> None:
+    source = stored_cells(tmp_path / "earlier", "m-1", "m-1")
+    source.log_path("train", "t1").write_text("# the earlier run's log\n")
+    target = CellStore(tmp_path / "now")
+    target.create()
+    assert not target.adopt(source, "attack", "a1")  # its bundle is not in the target yet: not an orphan attack
+    assert target.adopt(source, "train", "t1") and target.adopt(source, "attack", "a1")
+    assert target.load("train", "t1") == source.load("train", "t1")
+    assert target.load("attack", "a1") == source.load("attack", "a1")
+    assert (target.output_dir("attack", "a1") / "metrics.json").is_file()
+    assert target.log_path("train", "t1").read_text() == "# the earlier run's log\n"
+    assert not target.adopt(source, "train", "t-unknown")
 
 
 def test_a_crash_in_the_middle_of_a_record_write_leaves_nothing_after_the_next_sweep(tmp_path: Path) -> None:

@@ -225,6 +225,10 @@ def test_every_shipped_spec_is_accepted_by_the_real_trainer_and_attacker() -> No
     assert len({c.key for c in table1.train}) == 45 and len(table1.attack) == 90  # 15 variants x 3 seeds x 2 attacks
     noise_rows = {(c.row, c.sigma) for c in table1.train if c.row.startswith("Noise_")}
     assert noise_rows == {("Noise_Nopeek", 0.2), ("Noise_ARL", 0.2)}
+    sweep, mnist = by_name["mnist5k-sigma-sweep"], by_name["mnist5k-table1"]
+    assert {(c.sigma, c.cem_lambda) for c in sweep.train} == {(s, lam) for s in (0.05, 0.1, 0.2) for lam in (0.0, 2.0)}
+    shared = {c.key for c in sweep.runnable()} & {c.key for c in mnist.runnable()}
+    assert len(shared) == 12  # the σ = 0.1 Bottleneck trainings and decoder attacks, 3 seeds: --reuse-from copies them
     cifar = by_name["cifar10-table1"]
     assert {(c.sigma, c.cem_lambda) for c in cifar.train if c.row == "Bottleneck"} == {(0.025, 0.0), (0.025, 16.0)}
     assert {c.config["epochs"] for c in cifar.train} == {240}
