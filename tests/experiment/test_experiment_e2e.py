@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -153,10 +152,10 @@ def test_two_seeds_give_intervals_from_the_stored_numbers(smoke: SmokeRun, tmp_p
     spec.write_text(text.replace(dropout, "").replace("seeds = [0]\n", "seeds = [0, 1]\n")
                     .replace("cem_lambdas = [0, 2]\n", "cem_lambdas = [0]\n"))
     out = tmp_path / "out"
-    shutil.copytree(smoke.out, out)
     done = run("run", str(spec), "--out", str(out), "--jobs", "2", "--threads", "1", "--device", "cpu",
-               "--no-progress")
+               "--no-progress", "--reuse-from", str(smoke.out))
     assert done.returncode == 0, done.stderr[-3000:]
+    assert f"copied 2 stored cells from {smoke.out}" in done.stdout  # seed 0's training and attack, same keys
     assert "4 cells, 2 were stored, 2 ran now, 0 failed" in done.stdout  # only seed 1 trained and attacked
     reported = run("report", str(out), "--json", timeout_s=180)
     assert reported.returncode == 0, reported.stderr[-3000:]
