@@ -49,9 +49,13 @@ def _lambda_style(lam: float, lambdas: Sequence[float]) -> tuple[str, str]:
     return PALETTE[positive.index(lam) % len(PALETTE)], "^"
 
 
-def _panels(observations: Sequence[Observation], attacks: Sequence[str]) -> list[tuple[str, str, str]]:
+def plot_panels(observations: Sequence[Observation], attacks: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(group, attack, column) for every attack with a stored score in the group: a partial grid (an attack not
+    run yet) draws no empty panels."""
     groups = list(dict.fromkeys(o.group for o in observations))
-    return [(group, attack, column) for group in groups for attack in attacks for column in COLUMNS]
+    return [(group, attack, column) for group in groups for attack in attacks
+            if any(o.group == group and mse_metric(attack, c) in o.values for o in observations for c in COLUMNS)
+            for column in COLUMNS]
 
 
 def _figure(count: int, size: tuple[float, float]) -> tuple[Figure, list[Axes]]:
@@ -79,7 +83,7 @@ def _legend(axes: Axes, lambdas: Sequence[float]) -> None:
 
 def plot_pareto(observations: Sequence[Observation], attacks: Sequence[str], directory: Path) -> list[Path]:
     """Fig. 4: accuracy against attack MSE, one marker per (row, σ, λ)."""
-    panels = _panels(observations, attacks)
+    panels = plot_panels(observations, attacks)
     figure, axes = _figure(len(panels), PANEL_SIZE)
     lambdas = sorted({o.cem_lambda for o in observations})
     for ax, (group, attack, column) in zip(axes, panels, strict=False):
@@ -114,7 +118,7 @@ def plot_pareto(observations: Sequence[Observation], attacks: Sequence[str], dir
 
 def plot_mse_vs_entropy(observations: Sequence[Observation], attacks: Sequence[str], directory: Path) -> list[Path]:
     """Fig. 3: each model's attack MSE against its recorded conditional-entropy bound."""
-    panels = _panels(observations, attacks)
+    panels = plot_panels(observations, attacks)
     figure, axes = _figure(len(panels), PANEL_SIZE)
     lambdas = sorted({o.cem_lambda for o in observations})
     for ax, (group, attack, column) in zip(axes, panels, strict=False):
@@ -158,11 +162,12 @@ def plot_galleries(observations: Sequence[Observation], attacks: Sequence[str], 
         images = {(o.train_key, attack): imread(store.output_dir("attack", o.attack_keys[attack]) / GRID_FILE)
                   for o, attack in cells}
         height, width = next(iter(images.values())).shape[:2]
-        columns = len(attacks)
+        shown = [attack for attack in attacks if any(stored == attack for _, stored in cells)]  # none not run yet
+        columns = len(shown)
         panel_height = GALLERY_WIDTH * height / width + 0.3  # the image at the panel's width, and its title
         figure = Figure(figsize=(GALLERY_WIDTH * columns, panel_height * len(variants) + 0.5), layout="constrained")
         for index, o in enumerate(variants):
-            for position, attack in enumerate(attacks):
+            for position, attack in enumerate(shown):
                 ax = figure.add_subplot(len(variants), columns, index * columns + position + 1)
                 ax.set_axis_off()
                 image = images.get((o.train_key, attack))

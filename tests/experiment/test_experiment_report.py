@@ -12,7 +12,7 @@ from PIL import Image
 
 from experiment.cells import AttackCell, Plan, TrainCell
 from experiment.html import render_html
-from experiment.plots import plot_galleries, plot_mse_vs_entropy, plot_pareto
+from experiment.plots import plot_galleries, plot_mse_vs_entropy, plot_panels, plot_pareto
 from experiment.report import Observation, build_table1, collect, convergence_flags, unjudged_columns
 from experiment.store import CellStore
 from experiment.tables import render_markdown, summary_line, write_tables
@@ -252,6 +252,10 @@ def test_tables_plots_and_page_are_written_from_the_store(tmp_path: Path) -> Non
     assert [title for title, _ in galleries] == [f"{row} · digits · vgg11_bn_sgm cut 4" for row in ROWS]
     for written in [*figures, *(paths for _, paths in galleries)]:
         assert [p.suffix for p in written] == [".png", ".svg"] and all(p.stat().st_size > 1000 for p in written)
+    # an attack of the plan with nothing stored yet (a partial grid) draws no empty panel and no gallery column
+    panels = plot_panels(collected.observations, plan.attacks)
+    assert plot_panels(collected.observations, (*plan.attacks, "gan")) == panels
+    assert len(panels) == 2  # the decoder's train and infer columns
     page = render_html(name=plan.name, table=table, figures=[("pareto", figures[0][0])],
                        galleries=[(t, p[0]) for t, p in galleries], flags=convergence_flags(collected.observations),
                        missing=[], stored=20, spec_text="<script>alert(1)</script>")
