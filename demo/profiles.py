@@ -7,14 +7,12 @@ decoder, a number that says nothing about the defense. Its attacker is a
 smaller decoding network (16 channels, 4 blocks), chosen on the attacker's own
 validation images of the demo's sigma-only model: at 50 epochs it came within
 4 % of the paper's network (validation MSE 0.00074 against 0.00071) at a quarter
-of the time per epoch (docs/attacks.md). It trains 100 epochs and at least 8,400
-optimizer steps (``decoder_min_steps``), judged by the half-budget convergence
-check on digits, one thread: 100 epochs converged the ``train`` column (1,132
-images, 67 steps an epoch, 6,700 steps; doubling gain 0.8-1.2 %, both demo
-models) but not ``infer`` (437 images, 28 steps an epoch; gain 14.7 % on the
-σ-only model). 200 epochs (5,600 steps) converged the σ-only model's ``infer``
-(gain 0.9 %) but left the σ + CEM model's at 2.3 % in a fresh-clone demo; 300
-epochs (8,400 steps) gained nothing over 150 there (-2.8 %). The
+of the time per epoch (docs/attacks.md). It trains 100 epochs and at least 5,600
+optimizer steps (``decoder_min_steps``), measured on the Bottleneck σ 0.1 λ 0
+seed-0 digits bundle, one thread, by the half-budget convergence check: 100
+epochs converged the ``train`` column (1,132 images, 67 steps an epoch, 6,700
+steps; doubling gain 0.8-1.2 %) but not ``infer`` (437 images, 28 steps an
+epoch; gain 14.7 %), which 200 epochs (5,600 steps) converged (gain 0.9 %). The
 minimum applies to the attacks ``decoder_epochs`` sizes (decoder, and
 decoder+optimize's decoder), not to the GAN's pre-training, which ``gan_epochs``
 sizes. ``paper`` uses every default (the trainer's digits profile, the paper's
@@ -55,7 +53,7 @@ class DemoProfile:
 PROFILES: dict[str, DemoProfile] = {
     "fast": DemoProfile("fast", train_epochs=None, decoder_epochs=100, gan_epochs=12,
                         attacks=(AttackName.DECODER.value,), network_channels=16, network_blocks=4,
-                        decoder_min_steps=8400),
+                        decoder_min_steps=5600),
     "paper": DemoProfile("paper", train_epochs=None, decoder_epochs=None, gan_epochs=None),
     "tiny": DemoProfile("tiny", train_epochs=2, decoder_epochs=1, gan_epochs=1, train_width=0.25, edge_limit=64,
                         network_channels=8, network_blocks=1),
