@@ -3,15 +3,13 @@ attacks use, the last in two spawned gloo ranks (FileStore) against what one pro
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
+from gloo_ranks import run_on_gloo_ranks
 from torch import nn
-from torch.multiprocessing.spawn import spawn
 
 from cem.distributed import (
     RANK_SEED_STRIDE,
@@ -21,7 +19,6 @@ from cem.distributed import (
     average_gradients,
     broadcast_buffers,
     broadcast_module,
-    current_context,
     process_group,
     shard_range,
 )
@@ -136,33 +133,25 @@ def _weighted_gradients(distributed: DistributedContext) -> list[list[torch.Tens
     return grads
 
 
-def _worker(rank: int, store: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
-    try:
-        torch.set_num_threads(1)
-        distributed = current_context()
-        norm = nn.BatchNorm1d(3)
-        norm(torch.randn(6, 3, generator=torch.Generator().manual_seed(rank)))  # statistics differ per rank
-        broadcast_buffers(norm, distributed)
-        torch.manual_seed(rank)  # weights differ per rank until rank 0's are broadcast
-        linear = nn.Linear(3, 3)
-        broadcast_module(linear, distributed)
-        gathered = {}
-        for n in (5, 1, 0):
-            start, stop = shard_range(n, distributed)
-            local = torch.arange(start, stop, dtype=torch.float32).unsqueeze(1).repeat(1, 2)  # (rows, 2)
-            gathered[n] = all_gather_rows(local, n, distributed)
-        torch.save({"grads": _weighted_gradients(distributed), "buffers": [b.clone() for b in norm.buffers()],
-                    "linear": linear.state_dict(), "gathered": gathered}, Path(out) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _rank(rank: int, distributed: DistributedContext) -> dict[str, Any]:
+    norm = nn.BatchNorm1d(3)
+    norm(torch.randn(6, 3, generator=torch.Generator().manual_seed(rank)))  # statistics differ per rank
+    broadcast_buffers(norm, distributed)
+    torch.manual_seed(rank)  # weights differ per rank until rank 0's are broadcast
+    linear = nn.Linear(3, 3)
+    broadcast_module(linear, distributed)
+    gathered = {}
+    for n in (5, 1, 0):
+        start, stop = shard_range(n, distributed)
+        local = torch.arange(start, stop, dtype=torch.float32).unsqueeze(1).repeat(1, 2)  # (rows, 2)
+        gathered[n] = all_gather_rows(local, n, distributed)
+    return {"grads": _weighted_gradients(distributed), "buffers": [b.clone() for b in norm.buffers()],
+            "linear": linear.state_dict(), "gathered": gathered}
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    root = tmp_path_factory.mktemp("collectives")
-    spawn(_worker, args=(str(root / "store"), str(root)), nprocs=WORLD, join=True)
-    return [torch.load(root / f"rank{r}.pt") for r in range(WORLD)]
+    return run_on_gloo_ranks(_rank, tmp_path_factory.mktemp("collectives"), WORLD)
 
 
 @pytest.mark.e2e

@@ -4,15 +4,13 @@ test encoder (the ``infer`` protocol: 437 images to fit, 48 to validate, 54 to s
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
 from bundle_fixtures import build_digits_model
+from gloo_ranks import run_on_gloo_ranks
 from torch import nn
-from torch.multiprocessing.spawn import spawn
 
 from attacker.attacks import (
     AttackSplit,
@@ -28,7 +26,7 @@ from attacker.attacks import (
     train_optimize_attack,
 )
 from attacker.attacks.parallel import shard_rows, shard_weight
-from cem.distributed import SINGLE_PROCESS, DistributedContext, current_context
+from cem.distributed import SINGLE_PROCESS, DistributedContext
 from cem.models import InversionNetwork
 from cem.obfuscation import ObfuscationConfig
 
@@ -59,29 +57,21 @@ def _optimize(split: AttackSplit, encoder: nn.Module, distributed: DistributedCo
             "curve": [row["val_mse"] for row in trained.history], "recon": torch.cat(parts)}
 
 
-def _worker(rank: int, store: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
-    try:
-        torch.set_num_threads(1)
-        distributed = current_context()
-        split, encoder = _split()
-        decoder = train_decoder_attack(split, NOISE, DECODER, seed=0, distributed=distributed)
-        assert isinstance(decoder.network, InversionNetwork)
-        gan = train_gan_attack(split, NOISE, GAN, init=decoder.network, seed=0, distributed=distributed)
-        torch.save({
-            "decoder": decoder.network.state_dict(), "decoder_val": decoder.val_curve(),
-            "gan": gan.network.state_dict(), "gan_val": gan.val_curve(), "gan_best": gan.best_epoch,
-            "gan_history": gan.history, "optimize": _optimize(split, encoder, distributed),
-        }, Path(out) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _rank(rank: int, distributed: DistributedContext) -> dict[str, Any]:
+    split, encoder = _split()
+    decoder = train_decoder_attack(split, NOISE, DECODER, seed=0, distributed=distributed)
+    assert isinstance(decoder.network, InversionNetwork)
+    gan = train_gan_attack(split, NOISE, GAN, init=decoder.network, seed=0, distributed=distributed)
+    return {
+        "decoder": decoder.network.state_dict(), "decoder_val": decoder.val_curve(),
+        "gan": gan.network.state_dict(), "gan_val": gan.val_curve(), "gan_best": gan.best_epoch,
+        "gan_history": gan.history, "optimize": _optimize(split, encoder, distributed),
+    }
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    root = tmp_path_factory.mktemp("attacks-ddp")
-    spawn(_worker, args=(str(root / "store"), str(root)), nprocs=WORLD, join=True)
-    return [torch.load(root / f"rank{r}.pt") for r in range(WORLD)]
+    return run_on_gloo_ranks(_rank, tmp_path_factory.mktemp("attacks-ddp"), WORLD)
 
 
 def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
