@@ -14,15 +14,13 @@ single-process runs are measured numbers, not rerun here (a second CLI run would
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 import torch.distributed as dist
+from nproc_cli import LAUNCH_VARS, rank0_summary, run_with_two_ranks
 from torch.multiprocessing.spawn import spawn
 
 from attacker.audit import AuditSpec, run_audit
@@ -32,7 +30,6 @@ from cem.distributed import DistributedContext
 from cem.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
-LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 DECODER_ARGS = ["--attack", "decoder", "--epochs", "2", "--network-channels", "8", "--network-blocks", "1",
                 "--seed", "0", "--device", "cpu", "--threads", "1", "--json"]
 SINGLE_PROCESS_MEAN = {"train": 0.00452, "infer": 0.00912}  # seeds 0-4, above
@@ -51,18 +48,7 @@ def no_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
 def decoder_run(digits_bundle: Path, tmp_path_factory: pytest.TempPathFactory
                 ) -> tuple[subprocess.CompletedProcess[str], Path]:
     out = tmp_path_factory.mktemp("attack-nproc") / "attack"
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
-    proc = subprocess.run([sys.executable, "-m", "attacker.cli", "--bundle", str(digits_bundle), *DECODER_ARGS,
-                           "--nproc", "2", "--out", str(out)], cwd=REPO, capture_output=True, text=True,
-                          timeout=280, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc, out
-
-
-def _summary(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert len(lines) == 1, proc.stdout  # rank 1 prints nothing
-    return json.loads(lines[0])
+    return run_with_two_ranks("attacker.cli", "--bundle", str(digits_bundle), *DECODER_ARGS, "--out", str(out)), out
 
 
 @pytest.mark.e2e
@@ -72,7 +58,7 @@ def test_two_processes_write_once_and_reach_the_single_process_band(
     decoder_run: tuple[subprocess.CompletedProcess[str], Path],
 ) -> None:
     proc, out = decoder_run
-    summary = _summary(proc)
+    summary = rank0_summary(proc)
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "reconstructions.png"]
     assert proc.stderr.count("INFO attacker.cli: train: mse") == 1  # rank 1 logs warnings and errors only
     details = json.loads((out / "metrics.json").read_text())["details"]

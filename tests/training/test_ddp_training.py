@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
+from nproc_cli import rank0_summary, run_with_two_ranks
 
 from cem.bundle import load_bundle
 from training.trainer import LOG_FILE
@@ -38,23 +37,14 @@ BAND = 0.05
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
     out = tmp_path_factory.mktemp("ddp") / "bundle"
-    proc = subprocess.run([sys.executable, "-m", "training.cli", *ARGS, "--nproc", "2", "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=280)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc, out
-
-
-def _summary(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert len(lines) == 1, proc.stdout  # rank 1 prints nothing
-    return json.loads(lines[0])
+    return run_with_two_ranks("training.cli", *ARGS, "--out", str(out)), out
 
 
 def test_only_rank_0_writes_the_bundle_and_one_log_line_per_epoch(
     ddp_run: tuple[subprocess.CompletedProcess[str], Path],
 ) -> None:
     proc, out = ddp_run
-    assert _summary(proc)["bundle"] == str(out)
+    assert rank0_summary(proc)["bundle"] == str(out)
     assert sorted(p.name for p in out.iterdir()) == ["decoder.safetensors", "encoder.safetensors", "manifest.json",
                                                      LOG_FILE]
     records = [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines()]
@@ -74,7 +64,7 @@ def test_manifest_records_world_size_backend_and_the_global_batch(
 def test_two_processes_reach_the_single_process_accuracy_band(
     ddp_run: tuple[subprocess.CompletedProcess[str], Path],
 ) -> None:
-    ddp = _summary(ddp_run[0])
+    ddp = rank0_summary(ddp_run[0])
     assert ddp["accuracy"] >= ACCURACY_FLOOR
     assert abs(ddp["accuracy"] - SINGLE_PROCESS_MEAN) <= BAND
     assert ddp["entropy_bound"] is not None  # the final bound, computed by rank 0 over the whole split
