@@ -38,7 +38,7 @@ from cem.cli import run_cli
 from cem.errors import CEMError, ConfigError
 from experiment.cells import AttackCell, Plan, TrainCell, expand_plan
 from experiment.probe import run_probe
-from experiment.runner import DEVICE_CHOICES, GridRunner, RunSummary, resolve_options
+from experiment.runner import DEVICE_CHOICES, GridRunner, RunOptions, RunSummary, resolve_options
 from experiment.spec import load_spec
 from experiment.store import CellStore
 
@@ -106,16 +106,19 @@ def _trains_by_key(plan: Plan) -> dict[str, TrainCell]:
 
 
 def print_dry_run(plan: Plan, store: CellStore) -> None:
-    """One line per distinct cell: kind, key, ``cached`` or ``to-run``, and what it is."""
+    """One line per distinct cell: kind, key, ``cached``, ``to-run`` or ``rebuild`` (its record is stored, its
+    bundle is not and an attack to run needs it), and what it is."""
     trains = _trains_by_key(plan)
+    done = GridRunner(plan, store, RunOptions(progress=False)).stored()
     cached = 0
     cells = plan.runnable()
     for cell in cells:
-        stored = store.load(cell.kind, cell.key) is not None
+        stored = (cell.kind, cell.key) in done
         cached += stored
+        state = "cached" if stored else "rebuild" if store.load(cell.kind, cell.key) is not None else "to-run"
         what = (f"{cell.attack} on {trains[cell.train_key].describe()}" if isinstance(cell, AttackCell)
                 else cell.describe())
-        print(f"{cell.kind:<6} {cell.key}  {'cached' if stored else 'to-run'}  {what}")
+        print(f"{cell.kind:<6} {cell.key}  {state:<7} {what}")
     print(f"{len(cells)} cells: {cached} cached, {len(cells) - cached} to run ({plan.name}; nothing was run)")
 
 

@@ -232,9 +232,24 @@ class GridRunner:
         self.children = _Children(inherit_fds)
 
     def stored(self) -> set[tuple[str, str]]:
-        """(kind, key) of every cell of the plan already stored."""
-        return {(cell.kind, cell.key) for cell in self.plan.runnable()
-                if self.store.load(cell.kind, cell.key) is not None}
+        """(kind, key) of every cell of the plan already stored and not to run now.
+
+        A train cell whose record is stored without its bundle (a folder kept in git, ``experiment.store``) is
+        not counted when an attack still to run needs that bundle: it runs again to rebuild it."""
+        stored = {(cell.kind, cell.key) for cell in self.plan.runnable()
+                  if self.store.load(cell.kind, cell.key) is not None}
+        return stored - {("train", key) for key in self.bundles_to_rebuild(stored)}
+
+    def bundles_to_rebuild(self, stored: set[tuple[str, str]]) -> set[str]:
+        """Keys of stored train cells whose bundle is gone while an attack on it is not in ``stored``."""
+        needed = {cell.train_key for cell in self.plan.attack if ("attack", cell.key) not in stored}
+        return {key for key in needed
+                if ("train", key) in stored and not self.store.has_outputs("train", key)}
+
+    def _stale_attacks(self, train_key: str, done: set[tuple[str, str]]) -> list[AttackCell]:
+        """The stored attacks a (re)trained bundle invalidated: they attacked another model than it holds now."""
+        return [cell for cell in self.plan.runnable() if isinstance(cell, AttackCell) and cell.train_key == train_key
+                and ("attack", cell.key) in done and self.store.load("attack", cell.key) is None]
 
     def _command(self, cell: Cell, out: os.PathLike[str]) -> list[str]:
         o = self.options
@@ -282,6 +297,11 @@ class GridRunner:
         """Run every missing cell, ``jobs`` at a time, attacks as soon as their bundle exists."""
         order = self.plan.runnable()
         done = self.stored()
+        rebuilding = sum(1 for cell in order if isinstance(cell, TrainCell) and (cell.kind, cell.key) not in done
+                         and self.store.load(cell.kind, cell.key) is not None)
+        if rebuilding:
+            logger.info("retraining %d bundle(s) the output folder holds records of but not weights: attacks still "
+                        "to run need them", rebuilding)
         summary = RunSummary(cached=len(done))
         pending = [cell for cell in order if (cell.kind, cell.key) not in done]
         failed_trains: set[str] = set()
@@ -325,6 +345,14 @@ class GridRunner:
                     done.add((cell.kind, cell.key))
                     summary.ran.append(cell)
                     bar.update(1)
+                    if isinstance(cell, TrainCell):
+                        for stale in self._stale_attacks(cell.key, done):
+                            logger.warning("train cell %s now holds another model than attack %s attacked: "
+                                           "attacking it again", cell.key, stale.key)
+                            done.discard(("attack", stale.key))
+                            pending.append(stale)
+                            summary.cached -= 1
+                            bar.update(-1)
         except BaseException:
             self.children.stop()
             pool.shutdown(wait=True, cancel_futures=True)

@@ -8,12 +8,20 @@
     DIR/logs/<kind>-<key>.log    the cell's command line and its child's output, one file per cell
     DIR/report/                  what ``cem-experiment report`` writes
 
-A cell is done exactly when its record exists, parses, names its own key, and its
-outputs are still there; an attack cell also needs its train cell done and the
-model it attacked (``model_id``) to be the one that train cell's bundle holds now:
-a bundle retrained under the same key (its record was unreadable, or its folder
-was deleted to force a retrain) is a new model, and an old attack's MSE must not
-be paired with the new accuracy. A cell killed half-way leaves only a ``.tmp-``
+A train cell is done exactly when its record exists, parses and names its own
+key. Its bundle is not part of that: the record holds everything a report needs
+(accuracy, model id, bounds), and the weights (megabytes per model) are what a
+folder kept in git leaves out (``results/``, see docs/experiments.md). The
+runner rebuilds a missing bundle only when an attack still to run needs it;
+training is deterministic on one machine's torch build at fixed threads, so the
+rebuilt model is the same model (the same ``model_id``, the weights' hash).
+
+An attack cell is done exactly when its record exists, parses, names its own
+key, its ``metrics.json`` is still there, its train cell is done, and the model it
+attacked (``model_id``) is the one that train cell's record holds now: a bundle
+retrained into another model (on another machine, or after its record was
+deleted to force a retrain) is a new model, and an old attack's MSE must not be
+paired with the new accuracy. A cell killed half-way leaves only a ``.tmp-``
 folder (or a ``cells/.tmp-`` record), which the next run deletes. Children write
 into a temporary folder that is renamed into place when they succeed, so a
 bundle or attack folder under its key is always complete.
@@ -69,8 +77,13 @@ class CellStore:
         for folder in FOLDERS:
             (self.root / folder).mkdir(parents=True, exist_ok=True)
 
+    def has_outputs(self, kind: str, key: str) -> bool:
+        """Whether the cell's output folder is complete: a usable bundle, or an attack's results."""
+        return (self.output_dir(kind, key) / OUTPUT_MARKERS[kind]).is_file()
+
     def load(self, kind: str, key: str) -> dict[str, Any] | None:
-        """The stored record of a finished cell, or None: absent, unreadable, another cell's, or its outputs gone."""
+        """The stored record of a finished cell, or None: absent, unreadable, another cell's, an attack whose
+        results are gone or whose model is no longer its train cell's (the module docstring)."""
         path = self.cell_path(kind, key)
         if not path.is_file():
             return None
@@ -82,7 +95,7 @@ class CellStore:
         if not isinstance(record, dict) or record.get("kind") != kind or record.get("key") != key:
             logger.warning("ignoring %s: it does not record cell %s-%s (it will be rerun)", path, kind, key)
             return None
-        if not (self.output_dir(kind, key) / OUTPUT_MARKERS[kind]).is_file():
+        if kind == "attack" and not self.has_outputs(kind, key):
             logger.warning("ignoring %s: its outputs in %s are gone (it will be rerun)", path,
                            self.output_dir(kind, key))
             return None
@@ -133,9 +146,10 @@ class CellStore:
             ours, theirs = self.load("train", train_key), source.load("train", train_key)
             if ours is None or theirs is None or ours.get("model_id") != theirs.get("model_id"):
                 return False
-        tmp = self.new_tmp_dir(kind, key)
-        shutil.copytree(source.output_dir(kind, key), tmp, symlinks=True)
-        self.commit_dir(tmp, kind, key)
+        if source.has_outputs(kind, key):  # a train cell's bundle may have been left out (the module docstring)
+            tmp = self.new_tmp_dir(kind, key)
+            shutil.copytree(source.output_dir(kind, key), tmp, symlinks=True)
+            self.commit_dir(tmp, kind, key)
         if source.log_path(kind, key).is_file():
             shutil.copy2(source.log_path(kind, key), self.log_path(kind, key))
         self.save(record)

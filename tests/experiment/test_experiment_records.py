@@ -5,6 +5,7 @@ retrained under the same key is not, and a crash's temporary records are swept."
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,20 @@ def test_an_attack_whose_train_cell_is_not_stored_is_rerun(tmp_path: Path) -> No
     store.cell_path("train", "t1").write_text("{not json")  # unreadable: the train cell reruns, a new bundle
     assert store.load("attack", "a1") is None
     store = stored_cells(tmp_path / "deleted", "m-1", "m-1")
-    (store.output_dir("train", "t1") / "manifest.json").unlink()  # the bundle deleted to force a retrain
+    store.cell_path("train", "t1").unlink()  # the train record deleted to force a retrain
+    assert store.load("attack", "a1") is None
+
+
+def test_a_train_record_stands_without_its_bundle_and_a_copy_leaves_the_bundle_out(tmp_path: Path) -> None:
+    store = stored_cells(tmp_path / "kept", "m-1", "m-1")
+    shutil.rmtree(store.output_dir("train", "t1"))  # a folder kept in git: no weights
+    assert store.load("train", "t1") is not None and not store.has_outputs("train", "t1")
+    assert store.load("attack", "a1") is not None
+    copy = CellStore(tmp_path / "copy")
+    copy.create()
+    assert copy.adopt(store, "train", "t1") and copy.adopt(store, "attack", "a1")
+    assert not copy.has_outputs("train", "t1") and copy.load("attack", "a1") == store.load("attack", "a1")
+    shutil.rmtree(store.output_dir("attack", "a1"))  # an attack's results are its outputs: gone, it reruns
     assert store.load("attack", "a1") is None
 
 

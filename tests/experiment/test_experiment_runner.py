@@ -4,6 +4,7 @@ cells run at once, a failed training skips its attacks, a rerun runs only what i
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,9 +31,11 @@ class FakeCells(GridRunner):
     """Runs no child: a cell 'succeeds' by storing an empty record, or fails when its key is in ``failing``."""
 
     def __init__(self, plan: Plan, store: CellStore, options: RunOptions,
-                 failing: frozenset[str] = frozenset()) -> None:
+                 failing: frozenset[str] = frozenset(), model: str = "model-a") -> None:
+        """``model``: the model id every training of this runner produces (another one: a non-deterministic rebuild)."""
         super().__init__(plan, store, options)
         self.failing = failing
+        self.model = model
         self.lock = threading.Lock()
         self.active = self.most_active = 0
         self.started: list[str] = []
@@ -51,9 +54,14 @@ class FakeCells(GridRunner):
             if cell.key in self.failing:
                 raise CellFailed("cem-train exited with status 1")
             outputs = self.store.output_dir(cell.kind, cell.key)
-            outputs.mkdir(parents=True)
+            outputs.mkdir(parents=True, exist_ok=True)  # a rerun replaces its outputs, as commit_dir does
             (outputs / OUTPUT_MARKERS[cell.kind]).write_text("{}")
-            link = {"train_key": cell.train_key} if isinstance(cell, AttackCell) else {}
+            if isinstance(cell, AttackCell):
+                attacked = self.store.load("train", cell.train_key)
+                assert attacked is not None
+                link = {"train_key": cell.train_key, "model_id": attacked["model_id"]}
+            else:
+                link = {"model_id": self.model}
             self.store.save({"kind": cell.kind, "key": cell.key, **link})
         finally:
             with self.lock:
@@ -85,6 +93,39 @@ def test_a_failed_training_skips_its_attacks_and_the_rest_goes_on(tmp_path: Path
     assert len(summary.ran) == 14
     retry = FakeCells(plan, store, RunOptions(jobs=2, progress=False)).run()  # the next run retries only those
     assert {c.key for c in retry.ran} == {broken.key, *(c.key for c in summary.skipped)} and retry.cached == 14
+
+
+def test_bundles_left_out_of_the_folder_are_rebuilt_only_for_attacks_still_to_run(tmp_path: Path) -> None:
+    plan = expand_plan(parse_spec(BASE), fake_prober)
+    store = CellStore(tmp_path)
+    store.create()
+    FakeCells(plan, store, RunOptions(jobs=2, progress=False)).run()
+    for train in plan.train:  # a folder kept in git: the records and attack results, no weights
+        shutil.rmtree(store.output_dir("train", train.key))
+    untouched = FakeCells(plan, store, RunOptions(jobs=2, progress=False))
+    assert untouched.run().cached == 16 and not untouched.started  # every attack is stored: no bundle is needed
+    redo = plan.attack[0]
+    store.cell_path("attack", redo.key).unlink()
+    again = FakeCells(plan, store, RunOptions(jobs=2, progress=False))
+    summary = again.run()
+    assert again.started == [redo.train_key, redo.key]  # its bundle rebuilt, then the one missing attack
+    assert summary.cached == 14 and store.has_outputs("train", redo.train_key)
+
+
+def test_a_rebuilt_bundle_that_is_another_model_is_attacked_again(tmp_path: Path) -> None:
+    plan = expand_plan(parse_spec(BASE), fake_prober)
+    store = CellStore(tmp_path)
+    store.create()
+    FakeCells(plan, store, RunOptions(jobs=2, progress=False)).run()
+    redo = plan.attack[0]
+    shutil.rmtree(store.output_dir("train", redo.train_key))
+    store.cell_path("attack", redo.key).unlink()
+    runner = FakeCells(plan, store, RunOptions(jobs=1, progress=False), model="model-b")  # training not reproduced
+    summary = runner.run()
+    siblings = [c.key for c in plan.attack if c.train_key == redo.train_key]
+    assert runner.started[0] == redo.train_key and sorted(runner.started[1:]) == sorted(siblings)
+    assert summary.cached == 16 - 1 - len(siblings)
+    assert all(store.load("attack", key)["model_id"] == "model-b" for key in siblings)  # type: ignore[index]
 
 
 def test_device_jobs_and_threads(monkeypatch: pytest.MonkeyPatch) -> None:
