@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -173,3 +174,31 @@ def test_two_seeds_give_intervals_from_the_stored_numbers(smoke: SmokeRun, tmp_p
     assert variant["metrics"]["decoder_mse_infer"] == pytest.approx(mse.to_dict())
     assert mse.n == 2 and variant["metrics"]["decoder_mse_infer"]["ci95"] > 0
     assert "±" in (out / "report" / "table1.md").read_text()
+
+
+def test_a_folder_kept_without_weights_reports_the_same_and_rebuilds_one_bundle_for_a_missing_attack(
+        smoke: SmokeRun, tmp_path: Path) -> None:
+    kept = tmp_path / "kept"  # what git keeps of a results/ folder (.gitignore): no bundles, logs, report or lock
+    shutil.copytree(smoke.out, kept, ignore=shutil.ignore_patterns("bundles", "logs", "report", ".lock"))
+    tables = []
+    for folder in (smoke.out, kept):
+        done = run("report", str(folder), "--json", timeout_s=180)
+        assert done.returncode == 0, done.stderr[-3000:]
+        tables.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert tables[0]["groups"] == tables[1]["groups"] and not tables[1]["missing"]
+    cells = {p.stem: json.loads(p.read_text()) for p in (kept / "cells").glob("*.json")}
+    redo = next(r for r in cells.values() if r["kind"] == "attack")
+    (kept / "cells" / f"attack-{redo['key']}.json").unlink()
+    dry = run("run", str(SMOKE), "--out", str(kept), "--dry-run", timeout_s=180)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    states = {key: state for _, key, state, _ in (line.split(None, 3) for line in dry.stdout.splitlines()
+                                                 if line.startswith(("train ", "attack ")))}
+    assert states.pop(redo["train_key"]) == "rebuild" and states.pop(redo["key"]) == "to-run"
+    assert set(states.values()) == {"cached"}
+    done = run("run", str(SMOKE), "--out", str(kept), "--jobs", "1", "--threads", "1", "--device", "cpu",
+               "--no-progress")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "8 cells, 6 were stored, 2 ran now, 0 failed" in done.stdout  # the one bundle, then its attack
+    rebuilt = json.loads((kept / "cells" / f"train-{redo['train_key']}.json").read_text())
+    assert rebuilt["model_id"] == cells[f"train-{redo['train_key']}"]["model_id"]  # training is deterministic
+    assert json.loads((kept / "cells" / f"attack-{redo['key']}.json").read_text())["model_id"] == rebuilt["model_id"]
