@@ -5,8 +5,12 @@
 Starts a real ``cem-cloud``, a bare forwarding proxy and a real ``cem-tap``
 (recording to a temporary capture directory) as child processes on loopback;
 this process is the client. Each round sends the same request on every path
-(direct to the cloud, through the bare forwarder, through the tap), rotating the
-order from round to round, so drift in machine load hits all paths alike.
+(direct to the cloud, through the bare forwarder, through the tap) in an order
+shuffled anew every round (seeded), so drift in machine load hits all paths
+alike and each path follows every other equally often. The order used to be
+rotated, and then a path followed the same neighbour in most rounds and paid
+for that neighbour's work after its answer: the path after the proxy tap took
+about 0.3 ms more than the same path placed after the bare TCP relay.
 Reports p50/p90/p99 per path, the tap's added p50 over direct and over the bare
 forwarder, for unary ``Infer`` and for ping-pong messages on one
 ``InferStream``. The cloud runs with ``--max-delay-ms 0`` so micro-batching
@@ -23,6 +27,10 @@ A second floor, ``--tcp-relay`` (``--serve-tcp-relay UPSTREAM``, this file as
 its own process again), relays bytes between two TCP connections with asyncio
 and understands nothing: what a tap that copied the HTTP/2 bytes off the wire,
 instead of terminating gRPC, would pay on the forwarding path.
+
+``--relay-tap`` times ``cem-tap --mode relay`` as a path of its own ("tap_relay"),
+recording to its own capture directory: the tap that does exactly that. With
+``--tcp-relay`` too, one run shows it next to the floor it is built on.
 
 ``--tap-from DIR`` runs the tap from another checkout (``PYTHONPATH=DIR``),
 e.g. a ``git worktree`` of an older commit, to measure it "before";
@@ -41,6 +49,7 @@ import asyncio
 import json
 import os
 import queue
+import random
 import signal
 import socket
 import statistics
@@ -64,7 +73,7 @@ from protos import cem_split_pb2_grpc as pb_grpc
 from untrained_bundle import write_untrained_digits_bundle
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-DIRECT, BARE, TAP, BASELINE, TCP = "direct", "bare", "tap", "baseline_tap", "tcp_relay"
+DIRECT, BARE, TAP, BASELINE, TCP, RELAY_TAP = "direct", "bare", "tap", "baseline_tap", "tcp_relay", "tap_relay"
 RELAY_CHUNK = 65536
 
 
@@ -157,17 +166,21 @@ def percentile(values: list[float], q: float) -> float:
 Stubs = dict[str, pb_grpc.SplitInferenceStub]
 
 
-def rotated(names: list[str], i: int) -> list[str]:
-    """Round ``i``'s order: each path goes first, second, ... equally often."""
-    k = i % len(names)
-    return names[k:] + names[:k]
+ORDER_SEED = 0
+
+
+def round_orders(names: list[str], rounds: int) -> list[list[str]]:
+    """Each round's order, shuffled: a path goes first, second, ... and follows each other path equally often
+    on average (a fixed rotation made one neighbour's after-answer work land on the same path every round)."""
+    rng = random.Random(ORDER_SEED)
+    return [rng.sample(names, len(names)) for _ in range(rounds)]
 
 
 def time_unary(stubs: Stubs, request: pb.InferRequest, rounds: int, warmup: int) -> dict[str, list[float]]:
     samples: dict[str, list[float]] = {name: [] for name in stubs}
-    names = list(stubs)
+    orders = round_orders(list(stubs), warmup + rounds)
     for i in tqdm(range(warmup + rounds), desc="unary", file=sys.stderr):
-        for name in rotated(names, i):
+        for name in orders[i]:
             started = time.perf_counter()
             stubs[name].Infer(request, timeout=10)
             if i >= warmup:
@@ -195,9 +208,9 @@ class PingPong:
 def time_stream(stubs: Stubs, request: pb.InferRequest, rounds: int, warmup: int) -> dict[str, list[float]]:
     streams = {name: PingPong(stub) for name, stub in stubs.items()}
     samples: dict[str, list[float]] = {name: [] for name in stubs}
-    names = list(stubs)
+    orders = round_orders(list(stubs), warmup + rounds)
     for i in tqdm(range(warmup + rounds), desc="stream", file=sys.stderr):
-        for name in rotated(names, i):
+        for name in orders[i]:
             started = time.perf_counter()
             streams[name].send(request)
             if i >= warmup:
@@ -220,6 +233,10 @@ def summarise(samples: dict[str, list[float]]) -> dict[str, float]:
         row["baseline_added_p50"] = row[f"{BASELINE}_p50"] - row[f"{DIRECT}_p50"]
     if TCP in ms:
         row["tcp_relay_added_p50"] = row[f"{TCP}_p50"] - row[f"{DIRECT}_p50"]
+    if RELAY_TAP in ms:
+        row["relay_tap_added_p50"] = row[f"{RELAY_TAP}_p50"] - row[f"{DIRECT}_p50"]
+        if TCP in ms:
+            row["relay_tap_added_p50_over_tcp_relay"] = row[f"{RELAY_TAP}_p50"] - row[f"{TCP}_p50"]
     row["n"] = len(ms[TAP])
     return row
 
@@ -246,6 +263,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="also time a second tap run from this checkout, as a fourth path in the same run")
     parser.add_argument("--tcp-relay", action="store_true",
                         help="also time a bare TCP relay (bytes only, no gRPC) as a second floor")
+    parser.add_argument("--relay-tap", action="store_true",
+                        help="also time the tap in relay mode (cem-tap --mode relay) as a path of its own")
     parser.add_argument("--serve-bare-forwarder", metavar="UPSTREAM", default=None,
                         help="(internal) be the bare forwarder in front of UPSTREAM; prints LISTENING HOST:PORT")
     parser.add_argument("--serve-tcp-relay", metavar="UPSTREAM", default=None,
@@ -254,13 +273,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def start_tap(upstream: str, captures: Path, log_path: Path, checkout: Path | None) -> ServiceProcess:
+def start_tap(upstream: str, captures: Path, log_path: Path, checkout: Path | None,
+              *extra: str) -> ServiceProcess:
     env = dict(os.environ)
     if checkout is not None:
         env["PYTHONPATH"] = str(checkout.resolve())
     return ServiceProcess.start(
         [sys.executable, "-m", "attacker.tap.cli", "--listen", "127.0.0.1:0", "--upstream", upstream,
-         "--captures", captures],
+         "--captures", captures, *extra],
         log_path=log_path, name="cem-tap", env=env, cwd=checkout, timeout_s=120,
     )
 
@@ -324,6 +344,11 @@ def main(argv: list[str] | None = None) -> int:
                                      args.baseline_tap_from)
                 processes.append(baseline)
                 addresses[BASELINE] = baseline.address
+            if args.relay_tap:
+                relay_tap = start_tap(cloud.address, work / "relay-captures", work / "relay-tap.log", args.tap_from,
+                                      "--mode", "relay")
+                processes.append(relay_tap)
+                addresses[RELAY_TAP] = relay_tap.address
             channels = {name: grpc.insecure_channel(address) for name, address in addresses.items()}
             stubs = {name: pb_grpc.SplitInferenceStub(channel) for name, channel in channels.items()}
             features = torch.rand((args.batch, *manifest.feature_shape), generator=torch.Generator().manual_seed(0))
@@ -344,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = list(addresses)
     print(
         f"batch {args.batch} x {tuple(manifest.feature_shape)} {args.dtype}, {args.requests} timed requests per path, "
-        f"order rotated per round; tap from {args.tap_from or 'this checkout'}"
+        f"order shuffled per round; tap from {args.tap_from or 'this checkout'}"
         + (f", baseline tap from {args.baseline_tap_from}" if args.baseline_tap_from else "")
     )
     print(
@@ -356,7 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     for call, row in rows.items():
         print(f"{call}: the tap adds {row['added_p50']:.3f} ms p50 over direct, {row['added_p50_over_bare']:.3f} ms "
               f"over the bare forwarder (which adds {row['bare_added_p50']:.3f} ms)"
-              + (f"; a bare TCP relay adds {row['tcp_relay_added_p50']:.3f} ms" if TCP in addresses else ""))
+              + (f"; a bare TCP relay adds {row['tcp_relay_added_p50']:.3f} ms" if TCP in addresses else "")
+              + (f"; the relay tap adds {row['relay_tap_added_p50']:.3f} ms" if RELAY_TAP in addresses else "")
+              + (f" ({row['relay_tap_added_p50_over_tcp_relay']:+.3f} ms over the bare TCP relay)"
+                 if RELAY_TAP in addresses and TCP in addresses else ""))
     if args.json:
         print(json.dumps({
             "batch": args.batch, "dtype": args.dtype, "requests": args.requests, "paths": paths,

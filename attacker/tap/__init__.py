@@ -1,6 +1,9 @@
-"""The channel tap: a transparent gRPC proxy that records intercepted features.
+"""The channel tap: a transparent gRPC proxy, or a TCP byte relay, that records intercepted features.
 
-- ``proxy``: ``TapServer`` forwards every call as opaque bytes (grpc.aio).
+- ``proxy``: ``TapServer`` forwards every call as opaque bytes (grpc.aio); ``--mode proxy``, the default.
+- ``wire_relay``: ``WireRelay`` forwards the TCP bytes unchanged and reads a copy off the forwarding path;
+  ``--mode relay``.
+- ``h2_reader``: ``H2Reader``, the gRPC calls of one connection rebuilt from that copy (HTTP/2, HPACK, gRPC framing).
 - ``relay``: carrying one call faithfully (metadata and deadline up, the upstream's status down).
 - ``health_watch``: a relayed health Watch ends when its replica of a replicated upstream stops serving.
 - ``recorder``: ``CaptureRecorder``, the bounded queue and writer thread off the forwarding path.

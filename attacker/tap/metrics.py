@@ -3,12 +3,13 @@
 A custom collector (not counters incremented on the forwarding path) so the
 numbers on /metrics are exactly the ones ``--json`` prints at exit and the
 forwarding path pays nothing for them. ``cem_tap_capturing`` is the fail-open
-signal: 0 while traffic flows but is not being recorded.
+signal: 0 while traffic flows but is not being recorded. In relay mode
+(``attacker.tap.wire_relay``) the relay's counters are read the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import start_http_server
@@ -29,11 +30,22 @@ COUNTER_HELP = {
     "refused": "calls refused with UNAVAILABLE because captures could not be written (refuse mode)",
     "shards": "shard files written",
 }
+# --mode relay only: the names ``attacker.tap.cli.relay_counters`` gives WireRelay.stats()
+RELAY_COUNTER_HELP = {
+    "relay_connections": "edge connections the relay accepted",
+    "relay_upstream_failures": "edge connections closed because the upstream could not be reached",
+    "relay_dropped_chunks": "chunks the parser never saw because its queue was full (their connection not captured)",
+    "relay_lost_connections": "connections no longer captured: not HTTP/2, a protocol error, or chunks not queued",
+    "relay_streams_ignored": "feature calls not captured because their connection had too many open",
+    "relay_oversized_calls": "feature calls no longer captured: a message or their unanswered requests too large",
+    "relay_undecodable_messages": "feature-call messages in an encoding the relay cannot undo",
+}
 
 
 class RecorderCollector(Collector):
-    def __init__(self, recorder: CaptureRecorder) -> None:
+    def __init__(self, recorder: CaptureRecorder, relay_counters: Callable[[], dict[str, int]] | None = None) -> None:
         self._recorder = recorder
+        self._relay_counters = relay_counters
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         stats = self._recorder.stats().to_dict()
@@ -43,12 +55,20 @@ class RecorderCollector(Collector):
                                 "unrecorded", value=1.0 if self._recorder.capturing else 0.0)
         yield GaugeMetricFamily("cem_tap_queue_depth", "captures waiting to be written",
                                 value=self._recorder.queue_depth())
+        if self._relay_counters is not None:
+            relay = self._relay_counters()
+            for name, help_text in RELAY_COUNTER_HELP.items():
+                yield CounterMetricFamily(f"cem_tap_{name}", help_text, value=relay[name])
 
 
-def serve_metrics(recorder: CaptureRecorder, listen: str) -> tuple[int, WSGIServer]:
-    """Serve /metrics on ``listen`` (HOST:PORT, port 0 picks one); returns the bound port and the server."""
+def serve_metrics(recorder: CaptureRecorder, listen: str,
+                  relay_counters: Callable[[], dict[str, int]] | None = None) -> tuple[int, WSGIServer]:
+    """Serve /metrics on ``listen`` (HOST:PORT, port 0 picks one); returns the bound port and the server.
+
+    ``relay_counters``: in relay mode, the relay's counters (named as ``RELAY_COUNTER_HELP``).
+    """
     host, _, port = listen.rpartition(":")
     registry = CollectorRegistry()
-    registry.register(RecorderCollector(recorder))
+    registry.register(RecorderCollector(recorder, relay_counters))
     server, _thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
     return server.server_port, server

@@ -1,0 +1,369 @@
+"""``cem-tap --mode relay``: a TCP byte relay that reads the gRPC calls off a copy of the bytes it forwards.
+
+Each accepted connection gets one TCP connection to the upstream (a *pair* of
+*legs*), and the bytes move both ways unchanged (Nagle off on both legs): each
+chunk a leg receives is written on the other leg at once and then put on a
+bounded queue. One parser thread drains the queue and feeds each connection's
+``H2Reader`` (``attacker.tap.h2_reader``), which hands answered feature
+requests to the ``CaptureRecorder``. So nothing is parsed on the forwarding
+path and the relay never waits for the parser: when the queue is full a chunk
+is not queued, and that connection's capture is lost from there on (counted;
+its bytes still flow). The parser reads in batches (``PARSE_BATCH_S``):
+captures are written in batches anyway, and one wake-up per batch instead of
+per chunk nearly halves what reading costs the box.
+
+The legs are asyncio protocols rather than stream reader/writer copy loops: a
+chunk goes out from the callback that received it, with no task switch per
+chunk (with parsing switched off, 0.04-0.15 ms less per unary call than the
+benchmark's copy-loop relay in the same runs); a leg whose writes back up
+pauses reading on the other leg until they drain.
+
+Why a second mode: terminating gRPC (``--mode proxy``, grpc.aio) costs about
+1 ms per unary call on the forwarding path on the 2-core box, a byte relay
+about 0.3 ms (docs/benchmarks.md, "Channel tap overhead"). What a relay cannot
+do, by construction: refuse a call (so no ``--on-store-failure refuse``),
+answer the ``cem.tap`` health check in band (every health check reaches the
+cloud; the tap's own state is on ``--metrics-listen``), spread calls over
+replicas (it dials one ``HOST:PORT`` per edge connection), or read TLS (neither
+mode terminates it).
+
+A side that shuts its sending half has that half shut towards the other side
+while the other direction keeps flowing; a connection is closed once both
+directions are done, or at once when either side fails. An unreachable upstream
+closes the edge's connection, which the edge sees as UNAVAILABLE, as with a
+dead cloud. Stopping: no new connections, open ones get ``grace`` seconds (an
+edge's idle channel keeps its connection open, so with an edge connected a stop
+takes the whole grace), then both legs are closed and the parser drains what is
+queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import queue
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+from attacker.tap.h2_reader import CLIENT, SERVER, CallSink, H2Reader, ReaderLimits, ReaderStats
+from cem.errors import ConfigError
+from cem.targets import parse_target
+from cem.wire import DEFAULT_MAX_MESSAGE_BYTES
+
+logger = logging.getLogger(__name__)
+
+# What may wait for the parser: past either bound a chunk is not queued, and its connection's capture is lost.
+QUEUE_CHUNKS = 4096
+QUEUE_BYTES = 64 * 1024 * 1024  # a chunk is what one read returned: up to 256 KiB in asyncio
+# The parser wakes at most this often and reads everything queued. Woken for every chunk it spent 0.37 ms of
+# CPU per unary call (plus 0.22 ms in the capture writer, woken per capture), mostly on caches gone cold since
+# the last chunk; every 50 ms, 0.20 and 0.14 ms, and the relay tap's added latency fell to the bare TCP relay's.
+PARSE_BATCH_S = 0.05
+
+
+@dataclass
+class RelayStats:
+    """The relay's own counters; each is written on the event loop only."""
+
+    connections: int = 0  # edge connections accepted
+    upstream_failures: int = 0  # edge connections closed because the upstream could not be reached
+    dropped_chunks: int = 0  # chunks the parser never saw (its queue was full): their connection's capture is lost
+
+
+class _Connection:
+    """One relayed connection, as the parser thread knows it."""
+
+    __slots__ = ("capture_lost", "id", "parsed", "queued")
+
+    def __init__(self, connection_id: int) -> None:
+        self.id = connection_id
+        self.queued = 0  # chunks queued (event loop); final once ``capture_lost`` is set
+        self.capture_lost = False  # set on the event loop when a chunk could not be queued
+        self.parsed = 0  # chunks parsed (parser thread)
+
+    def gap_reached(self) -> bool:
+        """Whether every chunk before the first one not queued has been parsed (parser thread)."""
+        return self.capture_lost and self.parsed == self.queued
+
+
+_Item = tuple[_Connection, int, "bytes | None"]  # (connection, CLIENT or SERVER, a chunk; None: it closed)
+
+
+def parse_relay_upstream(upstream: str) -> tuple[str, int]:
+    """``HOST:PORT`` (or ``[IPv6]:PORT``) -> (host, port); a ConfigError for any other target form."""
+    target = parse_target(upstream, "--upstream")
+    if target.lists_several_addresses:
+        raise ConfigError(f"expected --upstream to be one HOST:PORT in relay mode, got {upstream!r}, which lists "
+                          "several replicas: use --mode proxy to spread calls over replicas")
+    if target.scheme != "dns" or target.addresses != (upstream,):
+        raise ConfigError(f"expected --upstream to be one HOST:PORT in relay mode, got {upstream!r}: "
+                          "--mode proxy takes any gRPC target")
+    host, _, port = upstream.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class _Pair:
+    """One relayed connection: the edge's leg, the upstream's leg once dialled, and the parser's view of it."""
+
+    def __init__(self, relay: WireRelay) -> None:
+        self.relay = relay
+        self.connection = _Connection(next(relay._ids))
+        self.client = _Leg(self, CLIENT)
+        self.upstream = _Leg(self, SERVER)
+        self.dial: asyncio.Task[None] | None = None
+        self.done = asyncio.get_running_loop().create_future()
+
+    def legs(self) -> tuple[_Leg, _Leg]:
+        return self.client, self.upstream
+
+
+class _Leg(asyncio.Protocol):
+    """One TCP connection of a pair. What it receives is written on the other leg at once and then handed to the
+    parser; while its own writes are backed up, the other leg stops reading (flow control both ways)."""
+
+    def __init__(self, pair: _Pair, direction: int) -> None:
+        self.pair = pair
+        self.direction = direction  # CLIENT: this leg receives what the edge sends
+        self.transport: asyncio.Transport | None = None
+        self.peer: _Leg | None = None  # set once both legs are connected
+        self.got_eof = False
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        with contextlib.suppress(OSError):  # a side that is gone already is seen as lost right after
+            transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.pair.relay._leg_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.peer is not None and self.peer.transport is not None
+        self.peer.transport.write(data)
+        self.pair.relay._hand_off(self.pair.connection, self.direction, data)  # after the write: bytes go first
+
+    def eof_received(self) -> bool:
+        """The sender shut its half: shut the same half towards the other side, keep the other direction open."""
+        self.got_eof = True
+        peer = self.peer
+        if peer is None or peer.transport is None:
+            return False
+        if peer.transport.can_write_eof() and not peer.transport.is_closing():
+            peer.transport.write_eof()
+        if peer.got_eof:  # both directions are done
+            peer.transport.close()
+            return False
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.pair.relay._leg_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+
+class WireRelay:
+    """The relay bound to ``listen`` (HOST:PORT, port 0: any free port) forwarding to ``upstream`` (HOST:PORT);
+    start/stop inside an event loop."""
+
+    def __init__(self, listen: str, upstream: str, sink: CallSink, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 queue_chunks: int = QUEUE_CHUNKS, queue_bytes: int = QUEUE_BYTES) -> None:
+        self.listen = listen
+        self.upstream = upstream
+        self._upstream_host, self._upstream_port = parse_relay_upstream(upstream)
+        self._sink = sink
+        self._limits = ReaderLimits(max_message_bytes=max_message_bytes)
+        self.relay_stats = RelayStats()
+        self.reader_stats = ReaderStats()  # written by the parser thread only
+        self.port: int | None = None
+        self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=queue_chunks)  # None: stop
+        self._queue_bytes = queue_bytes
+        # Bytes queued and bytes parsed so far, each written by one thread only: their difference is what waits.
+        self._queued_bytes = 0
+        self._parsed_bytes = 0
+        self._parser = threading.Thread(target=self._parse, name="relay-parser", daemon=True)
+        self._server: asyncio.Server | None = None
+        self._ids = itertools.count(1)
+        self._pairs: set[_Pair] = set()
+        self._closing: set[asyncio.Future[None]] = set()  # close notices waiting for room on a full queue
+
+    def stats(self) -> dict[str, int]:
+        """Every relay counter (``RelayStats`` and ``ReaderStats``), as read now."""
+        return {**asdict(self.relay_stats), **self.reader_stats.to_dict()}
+
+    async def start(self) -> int:
+        """Bind and start relaying; returns the bound port (useful with port 0)."""
+        host, _, port = self.listen.rpartition(":")
+        self._parser.start()
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(lambda: _Pair(self).client, host.strip("[]"), int(port))
+        except OSError as exc:
+            await self._stop_parser()
+            raise OSError(f"could not bind the tap to {self.listen}: {exc}") from exc
+        self.port = self._server.sockets[0].getsockname()[1]
+        logger.info("tap relaying port %d to %s", self.port, self.upstream)
+        return self.port
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop accepting, give open connections ``grace_s``, close the rest, then let the parser drain."""
+        if self._server is not None:
+            self._server.close()
+        if self._pairs:
+            await asyncio.wait({pair.done for pair in self._pairs}, timeout=grace_s)
+        for pair in list(self._pairs):
+            if pair.dial is not None:
+                pair.dial.cancel()
+            for leg in pair.legs():
+                if leg.transport is not None:
+                    leg.transport.abort()
+        if self._pairs:
+            await asyncio.wait({pair.done for pair in self._pairs})
+        if self._closing:
+            await asyncio.wait(self._closing)
+        if self._server is not None:
+            await self._server.wait_closed()
+        await self._stop_parser()
+        logger.info("tap stopped")
+
+    async def _stop_parser(self) -> None:
+        if self._parser.is_alive():
+            await asyncio.to_thread(self._queue.put, None)
+            await asyncio.to_thread(self._parser.join)
+
+    def _leg_made(self, leg: _Leg) -> None:
+        pair = leg.pair
+        if leg is pair.client:  # an edge connected: hold its bytes until the upstream is there to take them
+            assert leg.transport is not None
+            leg.transport.pause_reading()
+            self._pairs.add(pair)
+            self.relay_stats.connections += 1
+            pair.dial = asyncio.ensure_future(self._dial(pair))
+            return
+        client = pair.client
+        if client.lost or client.transport is None:  # the edge left while the upstream was being dialled
+            assert leg.transport is not None
+            leg.transport.close()
+            return
+        client.peer, leg.peer = leg, client
+        client.transport.resume_reading()
+
+    async def _dial(self, pair: _Pair) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.create_connection(lambda: pair.upstream, self._upstream_host, self._upstream_port)
+        except OSError as exc:
+            self.relay_stats.upstream_failures += 1
+            logger.warning("connection %d: the upstream %s is unreachable (%s); closing the edge's connection",
+                           pair.connection.id, self.upstream, exc)
+            if pair.client.transport is not None:
+                pair.client.transport.close()
+        except asyncio.CancelledError:
+            if pair.client.lost:  # the edge left first (or the relay is stopping): nothing else will end the pair
+                self._end(pair)
+            raise
+        finally:
+            pair.dial = None
+
+    def _leg_lost(self, leg: _Leg, exc: Exception | None) -> None:
+        """One leg closed: close the other (flushing it, unless this one failed); the pair ends with both."""
+        pair = leg.pair
+        other = pair.upstream if leg is pair.client else pair.client
+        if exc is not None:
+            logger.debug("connection %d: a leg failed: %s", pair.connection.id, exc)
+        if other.transport is not None and not other.lost:
+            if exc is None:
+                other.transport.close()
+            else:
+                other.transport.abort()
+            return
+        if leg is pair.client and pair.dial is not None:
+            pair.dial.cancel()
+            return  # the pair ends when the cancelled dial lets go of it
+        self._end(pair)
+
+    def _end(self, pair: _Pair) -> None:
+        if pair.done.done():
+            return
+        self._pairs.discard(pair)
+        pair.done.set_result(None)
+        self._hand_off_close(pair.connection)
+
+    def _hand_off(self, connection: _Connection, direction: int, data: bytes) -> None:
+        """Queue a copy of ``data`` for the parser; never waits."""
+        if connection.capture_lost:
+            self.relay_stats.dropped_chunks += 1
+            return
+        try:
+            if self._queued_bytes - self._parsed_bytes + len(data) > self._queue_bytes:
+                raise queue.Full
+            self._queue.put_nowait((connection, direction, data))
+        except queue.Full:
+            connection.capture_lost = True
+            self.relay_stats.dropped_chunks += 1
+            logger.warning("connection %d: the parser fell behind (%d chunks, %d bytes queued); this connection is no "
+                           "longer captured, its bytes still flow", connection.id, self._queue.qsize(),
+                           self._queued_bytes - self._parsed_bytes)
+            return
+        connection.queued += 1
+        self._queued_bytes += len(data)
+
+    def _hand_off_close(self, connection: _Connection) -> None:
+        """Tell the parser the connection ended, after all its chunks (waiting off the loop if the queue is full)."""
+        item: _Item = (connection, CLIENT, None)
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            notice = asyncio.ensure_future(asyncio.to_thread(self._queue.put, item))
+            self._closing.add(notice)
+            notice.add_done_callback(self._closing.discard)
+
+    def _parse(self) -> None:
+        """The parser thread: every connection's reader, fed in the order the chunks were forwarded.
+
+        It wakes at most every ``PARSE_BATCH_S`` and then reads all that is queued, handing the GIL back to the
+        forwarding loop between chunks.
+        """
+        readers: dict[int, H2Reader] = {}
+        while True:
+            batch = [self._queue.get()]
+            time.sleep(PARSE_BATCH_S)
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    batch.append(self._queue.get_nowait())
+            for item in batch:
+                if item is None:
+                    return
+                self._parse_chunk(readers, *item)
+                time.sleep(0)  # lets the forwarding loop take the GIL if it waits for it
+
+    def _parse_chunk(self, readers: dict[int, H2Reader], connection: _Connection, direction: int,
+                     data: bytes | None) -> None:
+        reader = readers.get(connection.id)
+        if reader is None:
+            reader = readers[connection.id] = H2Reader(self._sink, self._limits, self.reader_stats,
+                                                       name=f"connection {connection.id}")
+        if data is None:
+            del readers[connection.id]
+        else:
+            connection.parsed += 1
+            self._parsed_bytes += len(data)
+        try:
+            if data is not None:
+                reader.feed(direction, data)
+            if connection.gap_reached():  # what follows was not queued: the reader cannot follow any more
+                reader.lose("the parser fell behind and chunks were not queued")
+            if data is None:
+                reader.close()
+        except Exception:  # a reader bug must not end the capture of every other connection
+            logger.exception("connection %d: the reader failed", connection.id)
+            reader.lose("the reader failed")
