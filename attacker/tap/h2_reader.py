@@ -63,6 +63,7 @@ SETTINGS_HEADER_TABLE_SIZE = 0x1
 _FRAME_HEADER = struct.Struct(">HBBBI")  # a 24-bit length as 16 + 8 bits, type, flags, stream id
 _MAX_CONTROL_FRAME = 16 * 1024  # SETTINGS, RST_STREAM and GOAWAY frames are read whole; gRPC's are a few bytes
 _QUEUED_OVERHEAD = 64  # charged per held message, so empty messages cannot pile up for free
+CALL_BUDGET_MESSAGES = 4  # a followed call holds at most this many largest messages at once (ReaderLimits)
 _INFLATE_WBITS = {b"gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}  # what grpc-encoding names
 # Decoded header blocks kept per direction: gRPC repeats the same few byte-identical blocks call after call
 _CACHE_ENTRIES, _CACHE_BLOCK_BYTES, _CACHE_HEADER_BYTES = 16, 512, 4096
@@ -86,15 +87,22 @@ class CallSink(Protocol):
 
 @dataclass(frozen=True)
 class ReaderLimits:
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # per call: a message, or its unanswered requests together
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # one message, on the wire and inflated: gRPC's own rule
     max_streams: int = 1000  # captured calls followed at once per connection
     max_header_block_bytes: int = 64 * 1024  # a header block, encoded and decoded (gRPC's own hard limit: 16 KiB)
     max_header_table_bytes: int = 64 * 1024  # the HPACK dynamic table a peer may ask for (gRPC's default: 4 KiB)
+    # What one followed call may hold at once (its unanswered requests, an answer, partial messages);
+    # None: CALL_BUDGET_MESSAGES messages' worth, so a stream may run a few requests ahead of its answers.
+    max_call_bytes: int | None = None
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if value < 1:
+            if value is not None and value < 1:
                 raise ConfigError(f"expected {name} >= 1, got {value}")
+
+    @property
+    def call_budget(self) -> int:
+        return self.max_call_bytes if self.max_call_bytes is not None else CALL_BUDGET_MESSAGES * self.max_message_bytes
 
 
 @dataclass
@@ -154,7 +162,7 @@ class _Call:
                 if len(prefix) < 5:
                     return
                 length = int.from_bytes(prefix[1:5], "big")
-                if length + self.held() > limit:
+                if length > limit:
                     raise _Oversized(f"a message of {length} bytes")
                 self.flags[direction], self.need[direction] = prefix[0], length
                 prefix.clear()
@@ -421,8 +429,9 @@ class H2Reader:
             for flag, raw in call.messages(direction, data, limit):
                 message = self._inflate(call, direction, flag, raw)
                 size = _QUEUED_OVERHEAD + (0 if message is None else len(message))
-                if size + call.held() > limit:
-                    raise _Oversized(f"a message of {size} bytes with {call.held()} held")
+                if size + call.held() > self.limits.call_budget:
+                    raise _Oversized(f"a message of {size} bytes with {call.held()} held, over the call's "
+                                     f"{self.limits.call_budget}-byte budget")
                 if direction == CLIENT:
                     self._on_request(call, message, size)
                 else:
@@ -430,8 +439,8 @@ class H2Reader:
         except _Oversized as exc:
             del self._calls[stream]
             self.stats.oversized_calls += 1
-            logger.info("%s: no longer capturing a %s call: %s over the %d-byte limit", self.name, call.method, exc,
-                        limit)
+            logger.info("%s: no longer capturing a %s call: %s (messages up to %d bytes)", self.name, call.method,
+                        exc, limit)
 
     def _inflate(self, call: _Call, direction: int, flag: int, raw: bytes) -> bytes | None:
         """The message, decompressed; None when it cannot be (counted); _Oversized when it inflates too far."""

@@ -278,10 +278,21 @@ def test_a_message_over_the_cap_ends_that_call_only() -> None:
     unary(client, server, 3, b"small", b"answer")
     client.data(1, b"x" * 1405, end_stream=True)
     server.headers(1, response_headers()).data(1, message(b"a")).headers(1, trailers(), end_stream=True)
-    client.headers(5, request_headers(INFER_STREAM)).data(5, message(b"y" * 600) * 3)  # together over the cap
-    sink, reader = read([(CLIENT, client.take()), (SERVER, server.take())], ReaderLimits(max_message_bytes=1024))
+    client.headers(5, request_headers(INFER_STREAM)).data(5, message(b"y" * 600) * 3)  # over the call's budget
+    sink, reader = read([(CLIENT, client.take()), (SERVER, server.take())],
+                        ReaderLimits(max_message_bytes=1024, max_call_bytes=1500))
     assert sink.offered == [(INFER, b"small", b"answer")]
     assert (reader.stats.oversized_calls, sink.rejected, reader.lost) == (2, 0, False)
+
+
+def test_messages_up_to_the_cap_are_recorded_each_judged_alone_as_grpc_judges_them() -> None:
+    client, server = client_start(), server_start()
+    unary(client, server, 1, b"x" * 1024, b"a" * 1024)  # request and answer each exactly at the cap
+    client.headers(3, request_headers(INFER_STREAM)).data(3, message(b"y" * 1000) * 3, end_stream=True)
+    server.headers(3, response_headers()).data(3, message(b"r") * 3).headers(3, trailers(), end_stream=True)
+    sink, reader = read([(CLIENT, client.take()), (SERVER, server.take())], ReaderLimits(max_message_bytes=1024))
+    assert sink.offered == [(INFER, b"x" * 1024, b"a" * 1024), *[(INFER_STREAM, b"y" * 1000, b"r")] * 3]
+    assert reader.stats.oversized_calls == 0
 
 
 def test_a_decompression_bomb_stops_at_the_cap() -> None:
