@@ -109,13 +109,13 @@ def print_dry_run(plan: Plan, store: CellStore) -> None:
     """One line per distinct cell: kind, key, ``cached``, ``to-run`` or ``rebuild`` (its record is stored, its
     bundle is not and an attack to run needs it), and what it is."""
     trains = _trains_by_key(plan)
-    done = GridRunner(plan, store, RunOptions(progress=False)).stored()
+    done, rebuild = GridRunner(plan, store, RunOptions(progress=False)).plan_state()
     cached = 0
     cells = plan.runnable()
     for cell in cells:
         stored = (cell.kind, cell.key) in done
         cached += stored
-        state = "cached" if stored else "rebuild" if store.load(cell.kind, cell.key) is not None else "to-run"
+        state = "cached" if stored else "rebuild" if cell.kind == "train" and cell.key in rebuild else "to-run"
         what = (f"{cell.attack} on {trains[cell.train_key].describe()}" if isinstance(cell, AttackCell)
                 else cell.describe())
         print(f"{cell.kind:<6} {cell.key}  {state:<7} {what}")

@@ -232,13 +232,18 @@ class GridRunner:
         self.children = _Children(inherit_fds)
 
     def stored(self) -> set[tuple[str, str]]:
-        """(kind, key) of every cell of the plan already stored and not to run now.
+        """(kind, key) of every cell of the plan already stored and not to run now (``plan_state``)."""
+        return self.plan_state()[0]
 
-        A train cell whose record is stored without its bundle (a folder kept in git, ``experiment.store``) is
-        not counted when an attack still to run needs that bundle: it runs again to rebuild it."""
-        stored = {(cell.kind, cell.key) for cell in self.plan.runnable()
-                  if self.store.load(cell.kind, cell.key) is not None}
-        return stored - {("train", key) for key in self.bundles_to_rebuild(stored)}
+    def plan_state(self) -> tuple[set[tuple[str, str]], set[str]]:
+        """(cells stored and not to run now, keys of train cells to run again only to rebuild their bundle).
+
+        A train cell whose record is stored without its bundle (a folder kept in git, ``experiment.store``) runs
+        again when an attack still to run needs that bundle."""
+        records = {(cell.kind, cell.key) for cell in self.plan.runnable()
+                   if self.store.load(cell.kind, cell.key) is not None}
+        rebuild = self.bundles_to_rebuild(records)
+        return records - {("train", key) for key in rebuild}, rebuild
 
     def bundles_to_rebuild(self, stored: set[tuple[str, str]]) -> set[str]:
         """Keys of stored train cells whose bundle is gone while an attack on it is not in ``stored``."""
@@ -296,12 +301,10 @@ class GridRunner:
     def run(self) -> RunSummary:
         """Run every missing cell, ``jobs`` at a time, attacks as soon as their bundle exists."""
         order = self.plan.runnable()
-        done = self.stored()
-        rebuilding = sum(1 for cell in order if isinstance(cell, TrainCell) and (cell.kind, cell.key) not in done
-                         and self.store.load(cell.kind, cell.key) is not None)
-        if rebuilding:
+        done, rebuild = self.plan_state()
+        if rebuild:
             logger.info("retraining %d bundle(s) the output folder holds records of but not weights: attacks still "
-                        "to run need them", rebuilding)
+                        "to run need them", len(rebuild))
         summary = RunSummary(cached=len(done))
         pending = [cell for cell in order if (cell.kind, cell.key) not in done]
         failed_trains: set[str] = set()
