@@ -9,7 +9,6 @@ the client's start-up free of torch.
 from __future__ import annotations
 
 import enum
-from typing import Literal, get_args
 
 from cem.errors import UnknownNameError
 
@@ -36,12 +35,6 @@ ATTACKS: tuple[str, ...] = tuple(attack.value for attack in AttackName)  # for a
 # decoding network (they take its size); optimize is the one without.
 OPTIMIZING_ATTACKS: frozenset[AttackName] = frozenset({AttackName.OPTIMIZE, AttackName.HYBRID})
 NETWORK_ATTACKS: frozenset[AttackName] = frozenset(set(AttackName) - {AttackName.OPTIMIZE})
-
-
-# The decoder's learning-rate schedules (attacker.attacks.schedule says what each does), by the names the API,
-# the CLIs and the stored jobs use.
-Schedule = Literal["cosine", "wsd"]
-SCHEDULES: tuple[Schedule, ...] = get_args(Schedule)
 
 
 def check_attack_name(attack: str) -> AttackName:

@@ -14,10 +14,8 @@ network (None: ``DecoderAttackConfig``'s, the paper's S.3 network; the GAN's
 generator is pre-trained as that decoder); the result's ``details["network"]``
 records the size used. ``AuditSpec.min_steps`` raises that decoder's epochs until
 its run takes at least that many optimizer steps (None: ``DecoderAttackConfig``'s,
-no minimum; attacker.attacks.decoder), recorded in ``details["min_steps"]``;
-``AuditSpec.schedule`` picks that decoder's learning-rate schedule
-(attacker.attacks.schedule), recorded in ``details["schedule"]``; each column's
-``epochs`` detail is what it ran.
+no minimum; attacker.attacks.decoder), recorded in ``details["min_steps"]``; each
+column's ``epochs`` detail is what it ran.
 
 The bound is built by ``cem.bounds.privacy_bound`` from what the trainer recorded
 in ``manifest.metrics``: ξ with its ``kind`` (``estimate`` or ``relative``, never
@@ -46,7 +44,7 @@ from typing import Any
 
 import torch
 
-from attacker.attack_names import NETWORK_ATTACKS, OPTIMIZING_ATTACKS, SCHEDULES, AttackName, Schedule
+from attacker.attack_names import NETWORK_ATTACKS, OPTIMIZING_ATTACKS, AttackName
 from attacker.attacks import (
     MODES,
     AttackCancelled,
@@ -99,7 +97,6 @@ class AuditSpec:
     network_blocks: int | None = None  # its residual blocks; None: DecoderAttackConfig's (paper S.3)
     optimize_steps: int | None = None  # the optimisation attacks' steps per image; None: OptimizeAttackConfig's
     min_steps: int | None = None  # the decoder's least optimizer steps; None: DecoderAttackConfig's
-    schedule: Schedule | None = None  # the decoder's learning-rate schedule; None: DecoderAttackConfig's
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bundle_dir", Path(self.bundle_dir))
@@ -117,12 +114,6 @@ class AuditSpec:
         if self.attack not in NETWORK_ATTACKS and self.min_steps is not None:
             raise ConfigError(f"expected no min_steps for the optimize attack (it trains no decoding network), "
                               f"got {self.min_steps}")
-        if self.attack not in NETWORK_ATTACKS and self.schedule is not None:
-            raise ConfigError(f"expected no schedule for the optimize attack (it trains no decoding network), "
-                              f"got {self.schedule!r}")
-        if self.schedule is not None and self.schedule not in SCHEDULES:
-            raise ConfigError(f"expected a schedule in {SCHEDULES} or None (the attack's default), "
-                              f"got {self.schedule!r}")
         if self.optimize_steps is not None and self.attack not in OPTIMIZING_ATTACKS:
             raise ConfigError(f"expected optimize_steps only with the optimize or decoder+optimize attack, "
                               f"got it with {self.attack}")
@@ -150,7 +141,6 @@ class AuditSpec:
             channels=default.channels if self.network_channels is None else self.network_channels,
             num_blocks=default.num_blocks if self.network_blocks is None else self.network_blocks,
             min_steps=default.min_steps if self.min_steps is None else self.min_steps,
-            schedule=default.schedule if self.schedule is None else self.schedule,
         )
 
 
@@ -431,7 +421,6 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
         network=used,  # the size of the attacker's decoding network (the GAN's generator, the hybrid's start); None:
         # the optimize attack has none
         min_steps=decoder_config.min_steps if spec.attack in NETWORK_ATTACKS else None,  # its decoder's; None: none
-        schedule=decoder_config.schedule if spec.attack in NETWORK_ATTACKS else None,  # its decoder's learning rate
         captured_known=int(metrics.get("captured", {}).get("n", 0)),
         distributed=distributed.to_dict(),
     )

@@ -27,7 +27,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from attacker.attack_names import SCHEDULES
 from attacker.attacks import ATTACKS, DecoderAttackConfig, OptimizeAttackConfig
 from attacker.audit import AuditSpec, run_audit
 from cem.bundle import load_manifest
@@ -73,10 +72,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "attacker sets have few steps an epoch); also decoder+optimize's decoder and the gan's "
                              f"decoder pre-training; not for optimize (default: {PAPER_NETWORK.min_steps}, the epochs "
                              "as given)")
-    parser.add_argument("--schedule", choices=SCHEDULES, default=AuditSpec.schedule,
-                        help="the decoder's learning-rate schedule after its warm-up: one cosine decay, or wsd "
-                             "(constant, then a cosine decay over the last fifth), whose convergence check costs "
-                             f"1.1x a run instead of 1.5x (default: {PAPER_NETWORK.schedule}; docs/attacks.md)")
     parser.add_argument("--seed", type=int, default=AuditSpec.seed)
     parser.add_argument("--device", choices=DEVICE_CHOICES, default=AuditSpec.device)
     parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP + "; per process")
@@ -95,7 +90,7 @@ def build_spec(args: argparse.Namespace) -> AuditSpec:
         bundle_dir=args.bundle, attack=args.attack, dataset=args.dataset, data_dir=args.data_dir,
         epochs=args.epochs, seed=args.seed, device=args.device,
         network_channels=args.network_channels, network_blocks=args.network_blocks, optimize_steps=args.steps,
-        min_steps=args.min_steps, schedule=args.schedule,
+        min_steps=args.min_steps,
     )
 
 

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from attacker.client import NETWORK_ATTACKS, AttackName, AuditClient, AuditStatus, AuditView
 from cem.errors import CEMError
 from demo.profiles import DemoProfile
-
-T = TypeVar("T")
 
 
 class DemoError(CEMError):
@@ -34,16 +32,15 @@ def audit_models(client: AuditClient, models: list[dict[str, Any]], attacks: tup
     # the decoder's least steps go where decoder_epochs go; the GAN's pre-training is sized by gan_epochs alone
     min_steps = {AttackName.DECODER: profile.decoder_min_steps, AttackName.HYBRID: profile.decoder_min_steps}
 
-    def learned(attack: AttackName, setting: T) -> T | None:
-        return setting if attack in NETWORK_ATTACKS else None
+    def learned(attack: AttackName, size: int | None) -> int | None:
+        return size if attack in NETWORK_ATTACKS else None
 
     report_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(model, attack, client.submit(Path(model["bundle"]).name, attack=attack, epochs=epochs[attack],
                                           use_captures=True, seed=seed,
                                           network_channels=learned(attack, profile.network_channels),
                                           network_blocks=learned(attack, profile.network_blocks),
-                                          min_steps=min_steps.get(attack),
-                                          schedule=learned(attack, profile.decoder_schedule)))
+                                          min_steps=min_steps.get(attack)))
             for attack in map(AttackName, attacks) for model in models]
     reports: dict[str, str] = {}
     for model, attack, job in jobs:

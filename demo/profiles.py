@@ -53,13 +53,12 @@ class DemoProfile:
     network_channels: int | None = None  # the attacker's decoding network (None: the paper's)
     network_blocks: int | None = None
     decoder_min_steps: int | None = None  # the decoder's least optimizer steps (None: the attack's default)
-    decoder_schedule: str | None = None  # the decoder's learning-rate schedule (None: the attack's default)
 
 
 PROFILES: dict[str, DemoProfile] = {
     "fast": DemoProfile("fast", train_epochs=None, decoder_epochs=100, gan_epochs=12,
                         attacks=(AttackName.DECODER.value,), network_channels=16, network_blocks=4,
-                        decoder_min_steps=5600, decoder_schedule="wsd"),
+                        decoder_min_steps=5600),
     "paper": DemoProfile("paper", train_epochs=None, decoder_epochs=None, gan_epochs=None),
     "tiny": DemoProfile("tiny", train_epochs=2, decoder_epochs=1, gan_epochs=1, train_width=0.25, edge_limit=64,
                         network_channels=8, network_blocks=1),

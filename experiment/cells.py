@@ -221,8 +221,7 @@ def attack_args(attack: AttackSpec, seed: int) -> Argv:
     args = ["--attack", attack.name, "--seed", str(seed)]
     for flag, value in (("--epochs", attack.epochs), ("--steps", attack.steps),
                         ("--network-channels", attack.network_channels),
-                        ("--network-blocks", attack.network_blocks), ("--min-steps", attack.min_steps),
-                        ("--schedule", attack.schedule)):
+                        ("--network-blocks", attack.network_blocks), ("--min-steps", attack.min_steps)):
         if value is not None:
             args += [flag, str(value)]
     return (*args, *attack.extra_args)

@@ -107,13 +107,11 @@ def resolve_train(argv):
 
 
 def decoder_settings(spec):
-    # min_steps 0 (no minimum) and the cosine schedule train what a spec without those keys trained: they stay out
-    # of the key, so those cells keep their keys; any other value enters it
+    # min_steps 0 (no minimum) trains what a spec without the key trained: it stays out of the key, so those
+    # cells keep their keys; any other value enters it
     settings = dataclasses.asdict(spec.decoder_config)
     if settings["min_steps"] == 0:
         del settings["min_steps"]
-    if settings["schedule"] == "cosine":
-        del settings["schedule"], settings["decay_fraction"]
     return settings
 
 

@@ -26,7 +26,7 @@ from cem.errors import ConfigError
 EXPERIMENT_KEYS = ("name", "datasets", "seeds", "arch", "cut_layers", "data_dir")
 TRAIN_KEYS = ("epochs", "width", "bottleneck", "sigma", "cem_lambdas", "extra_args")
 ROW_KEYS = ("label", "defenses", "sigma", "cem_lambdas", "bottleneck")
-ATTACK_KEYS = ("epochs", "steps", "network_channels", "network_blocks", "min_steps", "schedule", "extra_args")
+ATTACK_KEYS = ("epochs", "steps", "network_channels", "network_blocks", "min_steps", "extra_args")
 TOP_KEYS = ("experiment", "train", "rows", "attacks")
 # cem-train flags the runner sets from the spec or per run; ``extra_args`` may not repeat them.
 MANAGED_TRAIN_FLAGS = (
@@ -36,7 +36,7 @@ MANAGED_TRAIN_FLAGS = (
 # cem-attack flags the runner sets from the spec or per run; an attack's ``extra_args`` may not repeat them.
 MANAGED_ATTACK_FLAGS = (
     "--bundle", "--attack", "--data-dir", "--epochs", "--steps", "--network-channels", "--network-blocks",
-    "--min-steps", "--schedule", "--seed", "--device", "--threads", "--out", "--json",
+    "--min-steps", "--seed", "--device", "--threads", "--out", "--json",
 )
 NO_BOTTLENECK = "none"
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\- ]*$")
@@ -71,7 +71,6 @@ class AttackSpec:
     network_channels: int | None = None
     network_blocks: int | None = None
     min_steps: int | None = None
-    schedule: str | None = None  # the decoder's learning-rate schedule, checked by cem-attack's own parser
     extra_args: tuple[str, ...] = ()
 
 
@@ -209,10 +208,7 @@ def _parse_attacks(data: Any) -> tuple[AttackSpec, ...]:
         settings = _table(raw, table)
         _check_keys(settings, ATTACK_KEYS, table)
         least = {"epochs": 1, "steps": 1, "network_channels": 1, "network_blocks": 0, "min_steps": 0}
-        values: dict[str, Any] = {key: _integer(settings[key], f"{table}.{key}", least[key]) for key in least
-                                  if key in settings}
-        if "schedule" in settings:
-            values["schedule"] = _strings([settings["schedule"]], f"{table}.schedule")[0]
+        values = {key: _integer(settings[key], f"{table}.{key}", least[key]) for key in least if key in settings}
         extra = _extra_args(settings.get("extra_args", []), f"{table}.extra_args", MANAGED_ATTACK_FLAGS)
         parsed.append(AttackSpec(name=name, **values, extra_args=extra))
     return tuple(parsed)

@@ -153,12 +153,6 @@ class CheckpointKeeper:
             self.best_mse = float("inf") if val_mse is None else val_mse
             self._state = copy.deepcopy(self.network.state_dict())
 
-    def copy_for(self, network: torch.nn.Module) -> CheckpointKeeper:
-        """This keeper's best so far, keeping on for ``network`` (a copy of this keeper's network)."""
-        twin = CheckpointKeeper(network)
-        twin.best_epoch, twin.best_mse, twin._state = self.best_epoch, self.best_mse, self._state
-        return twin
-
     def restore(self) -> None:
         if self._state is not None:
             self.network.load_state_dict(self._state)

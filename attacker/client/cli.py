@@ -26,14 +26,12 @@ from typing import Any
 from pydantic import BaseModel
 from tqdm import tqdm
 
-from attacker.attack_names import ATTACKS, SCHEDULES, AttackName
+from attacker.attack_names import ATTACKS, AttackName
 from attacker.client.client import TOKEN_ENV, URL_ENV, AuditClient, AuditClientError
 from attacker.service.api.schemas import (
     MIN_STEPS_DEFAULT,
     MIN_STEPS_HELP,
     OPTIMIZE_STEPS_DEFAULT,
-    SCHEDULE_DEFAULT,
-    SCHEDULE_HELP,
     AuditList,
     AuditView,
     BundleList,
@@ -75,8 +73,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help=f"residual blocks of the attacker's decoding network (default: {paper})")
     submit.add_argument("--min-steps", type=int, metavar="N",
                         help=f"{MIN_STEPS_HELP} (default: {MIN_STEPS_DEFAULT}, the epochs as given; not for optimize)")
-    submit.add_argument("--schedule", choices=SCHEDULES,
-                        help=f"{SCHEDULE_HELP} (default: {SCHEDULE_DEFAULT}; not for optimize)")
     submit.add_argument("--optimize-steps", type=int, metavar="N",
                         help=f"optimisation steps per image of optimize and decoder+optimize (default: "
                              f"{OPTIMIZE_STEPS_DEFAULT}; not for decoder or gan)")
@@ -163,7 +159,6 @@ def describe(audit: dict[str, Any]) -> str:
             + "".join(f" network {key} {audit[f'network_{key}']}" for key in ("channels", "blocks")
                       if audit.get(f"network_{key}") is not None)
             + (f" min steps {audit['min_steps']}" if audit.get("min_steps") is not None else "")
-            + (f" schedule {audit['schedule']}" if audit.get("schedule") is not None else "")
             + (f" optimize steps {audit['optimize_steps']}" if audit.get("optimize_steps") is not None else "")
         )
     ]
@@ -248,7 +243,6 @@ def run(args: argparse.Namespace, client: AuditClient) -> tuple[Any, int]:
             network_blocks=args.network_blocks,
             optimize_steps=args.optimize_steps,
             min_steps=args.min_steps,
-            schedule=args.schedule,
         )
         if not args.wait:
             return as_json(accepted), 0

@@ -143,19 +143,17 @@ class AuditClient:
         network_blocks: int | None = None,
         optimize_steps: int | None = None,
         min_steps: int | None = None,
-        schedule: str | None = None,
     ) -> AuditAccepted:
         """Queue an audit; returns its id and status (queued).
 
         ``network_channels``/``network_blocks`` size the attacker's decoding network (None: the paper's);
         ``optimize_steps``: the optimisation attacks' steps per image (None: their default); ``min_steps``: the
-        decoder's least optimizer steps, its epochs raised to reach them (None: its default); ``schedule``: the
-        decoder's learning-rate schedule, ``cosine`` or ``wsd`` (None: its default). The service refuses (422)
-        epochs for ``optimize``, a network size, ``min_steps`` or ``schedule`` for ``optimize`` and steps for
+        decoder's least optimizer steps, its epochs raised to reach them (None: its default). The service refuses
+        (422) epochs for ``optimize``, a network size or ``min_steps`` for ``optimize`` and steps for
         ``decoder``/``gan``."""
         body: dict[str, Any] = {"bundle": bundle, "attack": attack, "use_captures": use_captures, "seed": seed}
         optional = {"epochs": epochs, "network_channels": network_channels, "network_blocks": network_blocks,
-                    "optimize_steps": optimize_steps, "min_steps": min_steps, "schedule": schedule}
+                    "optimize_steps": optimize_steps, "min_steps": min_steps}
         body.update({name: value for name, value in optional.items() if value is not None})
         if dataset is not None:
             body["dataset"] = dataset

@@ -36,7 +36,6 @@ def submit_audit(store: JobStore, catalog: BundleCatalog, body: AuditCreate) -> 
             network_blocks=body.network_blocks,
             optimize_steps=body.optimize_steps,
             min_steps=body.min_steps,
-            schedule=body.schedule,
             dataset=body.dataset,
             use_captures=body.use_captures,
             seed=body.seed,

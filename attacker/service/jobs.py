@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attacker.attack_names import AttackName, Schedule
+from attacker.attack_names import AttackName
 
 
 class AuditStatus(str, enum.Enum):
@@ -66,7 +66,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     network_blocks INTEGER,
     optimize_steps INTEGER,
     min_steps INTEGER,
-    schedule TEXT,
     dataset TEXT,
     use_captures INTEGER NOT NULL,
     seed INTEGER NOT NULL,
@@ -87,7 +86,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status, created_at);
 """
 # Columns added to ``jobs`` after databases already existed: ``JobStore`` adds those a database lacks.
 ADDED_COLUMNS = (("network_channels", "INTEGER"), ("network_blocks", "INTEGER"), ("optimize_steps", "INTEGER"),
-                 ("min_steps", "INTEGER"), ("schedule", "TEXT"))
+                 ("min_steps", "INTEGER"))
 
 
 @dataclass(frozen=True)
@@ -106,7 +105,6 @@ class JobRequest:
     network_blocks: int | None = None
     optimize_steps: int | None = None  # the optimisation attacks' steps per image; None: the attack's default
     min_steps: int | None = None  # the decoder's least optimizer steps; None: the attack's default
-    schedule: Schedule | None = None  # the decoder's learning-rate schedule; None: the attack's default
 
 
 @dataclass(frozen=True)
@@ -149,7 +147,6 @@ class Job:
                 network_blocks=row["network_blocks"],
                 optimize_steps=row["optimize_steps"],
                 min_steps=row["min_steps"],
-                schedule=row["schedule"],
             ),
             progress=row["progress"],
             message=row["message"],
@@ -211,12 +208,12 @@ class JobStore:
         with self._transaction() as conn:
             conn.execute(
                 "INSERT INTO jobs(id, status, bundle, model_id, bundle_dir, attack, epochs, network_channels,"
-                " network_blocks, optimize_steps, min_steps, schedule, dataset, use_captures, seed, created_at)"
-                " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " network_blocks, optimize_steps, min_steps, dataset, use_captures, seed, created_at)"
+                " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id, request.bundle, request.model_id, request.bundle_dir, request.attack, request.epochs,
                     request.network_channels, request.network_blocks, request.optimize_steps, request.min_steps,
-                    request.schedule, request.dataset, int(request.use_captures), request.seed, time.time(),
+                    request.dataset, int(request.use_captures), request.seed, time.time(),
                 ),
             )
         return self._require(job_id)

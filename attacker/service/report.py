@@ -82,11 +82,11 @@ def _time(value: float | None) -> str:
     return datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="seconds") if value else "–"
 
 
-def _requested(value: int | str | None, used: Any = None) -> str:
+def _requested(value: int | None, used: Any = None) -> str:
     """A requested setting; None: "default", with the value the audit used when its result records one."""
     if value is not None:
         return str(value)
-    return f"default ({used})" if isinstance(used, int | str) and not isinstance(used, bool) else "default"
+    return f"default ({used})" if isinstance(used, int) and not isinstance(used, bool) else "default"
 
 
 def _rows(pairs: list[tuple[str, str]]) -> str:
@@ -230,13 +230,12 @@ def render_report(job: Job, png: bytes | None) -> str:
     network = network if isinstance(network, dict) else {}  # absent in results older than the field
     if attack == AttackName.OPTIMIZE.value:
         epochs = "none: the optimize attack optimises each image (steps below)"
-        channels = blocks = min_steps = schedule = NO_NETWORK
+        channels = blocks = min_steps = NO_NETWORK
     else:
         epochs = _requested(request.epochs) + (" (its decoder's)" if attack == AttackName.HYBRID.value else "")
         channels = _requested(request.network_channels, network.get("channels"))
         blocks = _requested(request.network_blocks, network.get("blocks"))
         min_steps = _requested(request.min_steps, details.get("min_steps"))
-        schedule = _requested(request.schedule, details.get("schedule"))
     steps = []
     if attack in OPTIMIZING:
         used = _optimize(_column(details, "train")).get("steps")
@@ -253,7 +252,6 @@ def render_report(job: Job, png: bytes | None) -> str:
             ("attack network channels", channels),
             ("attack network blocks", blocks),
             ("decoder's least optimizer steps", min_steps),
-            ("decoder's learning-rate schedule", schedule),
             ("dataset", request.dataset or "the bundle's"),
             ("captured samples reconstructed", str(result.get("captured_reconstructions", 0))),
             ("started", _time(job.started_at)),

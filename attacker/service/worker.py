@@ -78,9 +78,9 @@ class AuditWorker:
         request = job.request
         logger.info(
             "audit %s started: bundle %s, attack %s, epochs %s, network channels %s, blocks %s, min steps %s, "
-            "schedule %s, optimize steps %s",
+            "optimize steps %s",
             job.id, request.bundle, request.attack, request.epochs, request.network_channels, request.network_blocks,
-            request.min_steps, request.schedule, request.optimize_steps,
+            request.min_steps, request.optimize_steps,
         )
         try:
             spec, captured = self._prepare(job)
@@ -129,7 +129,6 @@ class AuditWorker:
             network_blocks=job.request.network_blocks,
             optimize_steps=job.request.optimize_steps,
             min_steps=job.request.min_steps,
-            schedule=job.request.schedule,
         )
         captured = None
         if job.request.use_captures and self.settings.max_captured_samples > 0:

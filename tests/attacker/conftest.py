@@ -13,7 +13,6 @@ from service_helpers import (
     CAPTURED_SAMPLES,
     SUCCEEDED_AUDIT_MIN_STEPS,
     SUCCEEDED_AUDIT_NETWORK,
-    SUCCEEDED_AUDIT_SCHEDULE,
     TOKEN,
     AuditService,
     start_service,
@@ -74,11 +73,10 @@ def service(bundles_dir: Path, captures_dir: Path, tmp_path_factory: pytest.Temp
 @pytest.fixture(scope="session")
 def succeeded_audit(service: AuditService) -> dict:
     """One real one-epoch decoder audit (with the captures) run to completion on the shared service,
-    submitted by ``AuditClient`` with a small attack network, a least-steps setting it already meets and the
-    ``wsd`` schedule."""
+    submitted by ``AuditClient`` with a small attack network and a least-steps setting it already meets."""
     with AuditClient(service.url, TOKEN) as client:
         audit_id = client.submit("digits-tiny", epochs=1, seed=3, network_channels=SUCCEEDED_AUDIT_NETWORK["channels"],
                                  network_blocks=SUCCEEDED_AUDIT_NETWORK["blocks"],
-                                 min_steps=SUCCEEDED_AUDIT_MIN_STEPS, schedule=SUCCEEDED_AUDIT_SCHEDULE).id
+                                 min_steps=SUCCEEDED_AUDIT_MIN_STEPS).id
     with service.client() as http:
         return wait_status(http, audit_id, {"succeeded", "failed", "cancelled", "interrupted"})

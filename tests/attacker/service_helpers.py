@@ -20,7 +20,6 @@ CAPTURED_SAMPLES = 12  # the conftest captures: digits test images 0..11, sample
 SUCCEEDED_AUDIT_NETWORK = {"channels": 8, "blocks": 1}  # the conftest's succeeded audit: a small attacker
 # ... and its decoder's least steps: one epoch already takes more (digits: 67 and 28 steps), so it trains as without
 SUCCEEDED_AUDIT_MIN_STEPS = 10
-SUCCEEDED_AUDIT_SCHEDULE = "wsd"  # ... and its decoder's schedule (one epoch: no convergence check to branch)
 
 
 @dataclass

@@ -39,11 +39,3 @@ def test_the_fast_profile_trains_its_decoder_at_least_5600_steps() -> None:
     fast = PROFILES["fast"]
     assert (fast.decoder_epochs, fast.decoder_min_steps) == (100, 5600)
     assert PROFILES["paper"].decoder_min_steps is None and PROFILES["tiny"].decoder_min_steps is None
-
-
-def test_the_fast_profile_checks_convergence_on_a_branch_of_its_run() -> None:
-    """``wsd``: the half-budget run shares the full run's epochs before its decay (attacker.attacks.schedule);
-    the paper profile keeps the reference's cosine decay (the attack's default)."""
-    from demo.profiles import PROFILES
-
-    assert PROFILES["fast"].decoder_schedule == "wsd" and PROFILES["paper"].decoder_schedule is None

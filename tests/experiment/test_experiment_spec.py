@@ -101,14 +101,6 @@ def test_an_attacks_min_steps_enter_its_key_unless_they_ask_for_no_minimum() -> 
     assert [c.key for c in none.attack] == [c.key for c in plan.attack]  # 0 trains what omitting it trained
 
 
-def test_an_attacks_schedule_is_passed_to_cem_attack() -> None:
-    spec = parse_spec(BASE.replace("epochs = 3", 'epochs = 3\nschedule = "wsd"'))
-    assert spec.attacks[0].schedule == "wsd"
-    assert attack_args(spec.attacks[0], 1)[-2:] == ("--schedule", "wsd")
-    with pytest.raises(ConfigError, match="attacks.decoder.schedule"):
-        parse_spec(BASE.replace("epochs = 3", "epochs = 3\nschedule = 3"))
-
-
 def test_rows_with_the_same_settings_share_their_cells() -> None:
     twin = BASE + '\n[[rows]]\nlabel = "Bottleneck again"\n'
     plan = expand_plan(parse_spec(twin), fake_prober)
@@ -200,13 +192,10 @@ def test_the_real_probe_keys_the_gan_config_and_nproc_and_sees_abbreviated_overr
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_the_real_probe_keys_min_steps_and_schedule_only_when_they_change_the_attack() -> None:
+def test_the_real_probe_keys_min_steps_only_when_they_ask_for_a_minimum() -> None:
     decoder = ("--attack", "decoder", "--seed", "0")
-    optimize = ("--attack", "optimize", "--seed", "0")
     probe = run_probe([], [decoder, (*decoder, "--min-steps", "0"), (*decoder, "--min-steps", "5600"),
-                           (*optimize, "--min-steps", "5"), (*decoder, "--schedule", "cosine"),
-                           (*decoder, "--schedule", "wsd"), (*decoder, "--schedule", "linear"),
-                           (*optimize, "--schedule", "wsd")])
+                           ("--attack", "optimize", "--seed", "0", "--min-steps", "5")])
     plain = probe.attack[decoder].resolved
     assert plain is not None and "min_steps" not in plain["network"]  # the keys of cells before the setting
     assert probe.attack[(*decoder, "--min-steps", "0")].resolved == plain
@@ -214,14 +203,6 @@ def test_the_real_probe_keys_min_steps_and_schedule_only_when_they_change_the_at
     assert raised is not None and raised["network"] == {**plain["network"], "min_steps": 5600}
     refused = probe.attack[("--attack", "optimize", "--seed", "0", "--min-steps", "5")].error
     assert refused is not None and "expected no min_steps for the optimize attack" in refused
-    # the cosine schedule is what every cell before the setting trained: out of the key, as min_steps 0
-    assert probe.attack[(*decoder, "--schedule", "cosine")].resolved == plain
-    branched = probe.attack[(*decoder, "--schedule", "wsd")].resolved
-    assert branched is not None and branched["network"] == {**plain["network"], "schedule": "wsd",
-                                                            "decay_fraction": 0.2}
-    assert "invalid choice: 'linear'" in (probe.attack[(*decoder, "--schedule", "linear")].error or "")
-    refused = probe.attack[(*optimize, "--schedule", "wsd")].error
-    assert refused is not None and "expected no schedule for the optimize attack" in refused
 
 
 @pytest.mark.slow

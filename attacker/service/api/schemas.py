@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from attacker.attack_names import ATTACKS, NETWORK_ATTACKS, OPTIMIZING_ATTACKS, AttackName, Schedule
+from attacker.attack_names import ATTACKS, NETWORK_ATTACKS, OPTIMIZING_ATTACKS, AttackName
 from attacker.service.jobs import AuditStatus
 
 BoundKind = Literal["floor", "estimate", "relative"]  # = cem.bounds.BOUND_KINDS (checked by a test)
@@ -26,11 +26,6 @@ NETWORK_DEFAULT = "default: the paper's decoding network"  # DecoderAttackConfig
 OPTIMIZE_STEPS_DEFAULT = 300  # = OptimizeAttackConfig.steps (not imported: it needs torch; checked by a test)
 MAX_MIN_STEPS = 100_000
 MIN_STEPS_DEFAULT = 0  # = DecoderAttackConfig.min_steps (not imported: it needs torch; checked by a test)
-SCHEDULE_DEFAULT: Schedule = "cosine"  # = DecoderAttackConfig.schedule (not imported: torch; checked by a test)
-SCHEDULE_HELP = (
-    "the decoder's learning-rate schedule after its warm-up: cosine (one decay over the run, the reference's) or wsd "
-    "(constant, then a cosine decay over the last fifth), whose convergence check costs 1.1x a run instead of 1.5x"
-)
 MIN_STEPS_HELP = (
     "least optimizer steps of the decoder's training: its epochs are raised until the run takes this many (small "
     "attacker sets have few steps an epoch); also decoder+optimize's decoder and the gan's decoder pre-training"
@@ -67,10 +62,6 @@ class AuditCreate(BaseModel):
         description=f"{MIN_STEPS_HELP} (default: {MIN_STEPS_DEFAULT}, the epochs as given); refused for optimize, "
                     f"which trains no decoding network",
     )
-    schedule: Schedule | None = Field(
-        None, description=f"{SCHEDULE_HELP} (default: {SCHEDULE_DEFAULT}); also the gan's decoder pre-training and "
-                          f"decoder+optimize's decoder; refused for optimize, which trains no decoding network",
-    )
     optimize_steps: int | None = Field(
         None, ge=1, le=MAX_OPTIMIZE_STEPS,
         description=f"optimisation steps per image (and restart) of optimize and decoder+optimize (default: "
@@ -89,9 +80,9 @@ class AuditCreate(BaseModel):
             raise ValueError("the optimize attack has no epochs: its budget is optimize_steps, per image")
         return value
 
-    @field_validator("network_channels", "network_blocks", "min_steps", "schedule")
+    @field_validator("network_channels", "network_blocks", "min_steps")
     @classmethod
-    def _network_fits_the_attack(cls, value: int | str | None, info: ValidationInfo) -> int | str | None:
+    def _network_fits_the_attack(cls, value: int | None, info: ValidationInfo) -> int | None:
         attack = info.data.get("attack")
         if value is not None and attack is not None and attack not in NETWORK_ATTACKS:
             raise ValueError(f"the {attack} attack has no decoding network to size or train")
@@ -288,9 +279,6 @@ class AuditView(BaseModel):
     network_blocks: int | None = Field(None, description="as requested; None: the paper's decoding network")
     min_steps: int | None = Field(
         None, description=f"as requested; None: the decoder's default ({MIN_STEPS_DEFAULT}, the epochs as given)"
-    )
-    schedule: Schedule | None = Field(
-        None, description=f"as requested; None: the decoder's default ({SCHEDULE_DEFAULT})"
     )
     optimize_steps: int | None = Field(
         None, description=f"as requested; None: the optimisation attacks' default ({OPTIMIZE_STEPS_DEFAULT})"

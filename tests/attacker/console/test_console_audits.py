@@ -34,7 +34,7 @@ TINY_FORM = {"bundle": "digits-tiny", "attack": "decoder", "epochs": "1",
              "network_blocks": str(SUCCEEDED_AUDIT_NETWORK["blocks"]), "min_steps": "", "optimize_steps": "",
              "seed": "7",
              "use_captures": "on"}
-LONG_FORM = {**TINY_FORM, "epochs": "500", "use_captures": "", "schedule": "wsd"}  # runs for minutes unless cancelled
+LONG_FORM = {**TINY_FORM, "epochs": "500", "use_captures": ""}  # runs for minutes unless cancelled
 LEAST_STEPS_ROW = '<tr><th scope="row">Least decoder steps</th><td class="text">'
 
 
@@ -77,8 +77,6 @@ def test_start_form_lists_bundles_attacks_and_defaults(console: httpx.Client) ->
     for name in ("epochs", "network_channels", "network_blocks", "min_steps", "optimize_steps"):
         assert re.search(rf'<input id="start-{name}" name="{name}" type="number"[^>]*placeholder="default">', html)
     assert re.search(r'name="seed" type="number"[^>]*value="0"', html)
-    assert re.findall(r'<option value="([^"]*)"(?: selected)?>', html.split('id="start-schedule"')[1]
-                      .split("</select>")[0]) == ["", "cosine", "wsd"]  # "": the decoder's default
     assert re.search(r'<input id="start-use-captures" name="use_captures" type="checkbox" value="on" checked>', html)
     assert '<form id="compare-form" method="get" action="/console/compare"' in html and "Compare selected" in html
     assert page.headers["content-security-policy"].startswith("default-src 'none'")
@@ -119,7 +117,6 @@ def test_start_an_audit_through_the_form_and_follow_it_to_its_verdict(service: A
     html = page.text
     assert "data-poll" not in html and f'action="/console/audits/{audit_id}/cancel"' not in html
     assert f'{LEAST_STEPS_ROW}default (0)</td></tr>' in html  # left empty: the decoder's own, as the audit used
-    assert '<tr><th scope="row">Decoder schedule</th><td class="text">default (cosine)</td></tr>' in html
     # the verdict leads the results, with its rule and the numbers it used
     match = re.search(r'<section id="verdict" class="verdict (leaks|partial|protected)"', html)
     assert match is not None
@@ -177,7 +174,6 @@ def test_cancel_through_the_form_after_forged_cancels_were_refused(service: Audi
     with service.client() as api:
         audit = api.get(f"/v1/audits/{audit_id}").json()
     assert audit["status"] in ("queued", "running") and audit["cancel_requested"] is False  # nothing changed
-    assert audit["schedule"] == "wsd"  # the form's choice, as the API stored it
 
     cancelled = console.post(f"/console/audits/{audit_id}/cancel", data={"csrf_token": token},
                              headers={"Origin": service.url})
@@ -217,7 +213,6 @@ def test_start_forms_without_the_right_token_or_origin_are_refused(service: Audi
     ({"seed": "1.5"}, "seed", "expected a whole number"),
     ({"network_blocks": "-1"}, "network_blocks", "greater than or equal to 0"),
     ({"min_steps": "-1"}, "min_steps", "greater than or equal to 0"),
-    ({"schedule": "linear"}, "schedule", "Input should be &#39;cosine&#39; or &#39;wsd&#39;"),
     ({"attack": "optimize", "epochs": "", "network_channels": "", "network_blocks": "", "min_steps": "100"},
      "min_steps", "the optimize attack has no decoding network"),
     ({"epochs": "100000"}, "epochs", "less than or equal to 1000"),

@@ -8,14 +8,9 @@ import pytest
 from openapi_spec_validator import validate
 from service_helpers import TOKEN, AuditService
 
-from attacker.attack_names import ATTACKS, SCHEDULES
+from attacker.attack_names import ATTACKS
 from attacker.attacks import DecoderAttackConfig, OptimizeAttackConfig
-from attacker.service.api.schemas import (
-    MIN_STEPS_DEFAULT,
-    OPTIMIZE_STEPS_DEFAULT,
-    SCHEDULE_DEFAULT,
-    AuditCreate,
-)
+from attacker.service.api.schemas import MIN_STEPS_DEFAULT, OPTIMIZE_STEPS_DEFAULT, AuditCreate
 from attacker.service.errors import (
     DETAIL_AUDIT_NOT_FOUND,
     DETAIL_BUNDLE_NOT_FOUND,
@@ -79,8 +74,6 @@ def test_openapi_schema_is_valid(service: AuditService) -> None:
     assert OptimizeAttackConfig().steps == OPTIMIZE_STEPS_DEFAULT  # the schema cannot import it (torch)
     assert f"default: {DecoderAttackConfig().min_steps}, the epochs" in create["properties"]["min_steps"]["description"]
     assert DecoderAttackConfig().min_steps == MIN_STEPS_DEFAULT  # nor this one
-    assert create["properties"]["schedule"]["anyOf"][0]["enum"] == list(SCHEDULES) == ["cosine", "wsd"]
-    assert DecoderAttackConfig().schedule == SCHEDULE_DEFAULT and "schedule" in components["AuditView"]["properties"]
     training = components["AttackTraining"]["properties"]
     assert "optimisation steps" in training["epochs"]["description"]
     assert {"attack_s", "eval_s", "optimize", "decoder_alone"} <= set(training)
@@ -150,9 +143,6 @@ def test_ready_bundles_and_captures(service: AuditService) -> None:
         ({"bundle": "digits-tiny", "min_steps": "5600"}, "min_steps", "Input should be a valid integer"),
         ({"bundle": "digits-tiny", "attack": "optimize", "min_steps": 0}, "min_steps",
          "the optimize attack has no decoding network to size or train"),
-        ({"bundle": "digits-tiny", "schedule": "linear"}, "schedule", "Input should be 'cosine' or 'wsd'"),
-        ({"bundle": "digits-tiny", "attack": "optimize", "schedule": "wsd"}, "schedule",
-         "the optimize attack has no decoding network to size or train"),
     ],
 )
 def test_bad_bodies_get_422_naming_the_field(service: AuditService, body: dict, field: str, message: str) -> None:
@@ -170,8 +160,7 @@ def test_bad_bodies_get_422_naming_the_field(service: AuditService, body: dict, 
         {"attack": "optimize"},
         {"attack": "decoder+optimize", "epochs": 1, "optimize_steps": 5, "network_channels": 8, "network_blocks": 0,
          "min_steps": 100},
-        {"attack": "gan", "epochs": 3, "network_channels": 8, "min_steps": 100, "schedule": "wsd"},
-        {"attack": "decoder+optimize", "schedule": "cosine"},
+        {"attack": "gan", "epochs": 3, "network_channels": 8, "min_steps": 100},
         {"min_steps": 0},  # the decoder (default attack), its minimum written out
     ],
 )

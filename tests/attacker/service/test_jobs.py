@@ -13,7 +13,6 @@ from service_helpers import (
     CAPTURED_SAMPLES,
     SUCCEEDED_AUDIT_MIN_STEPS,
     SUCCEEDED_AUDIT_NETWORK,
-    SUCCEEDED_AUDIT_SCHEDULE,
     TOKEN,
     AuditService,
     wait_status,
@@ -68,7 +67,6 @@ def test_lifecycle_to_succeeded_with_metrics_png_and_report(service: AuditServic
     assert stored["network"] == network and stored["worst_case"] == audit["worst_case"]
     # the decoder's least steps: echoed, stored, handed to the attack and recorded with its result
     assert audit["min_steps"] == row["min_steps"] == stored["min_steps"] == SUCCEEDED_AUDIT_MIN_STEPS
-    assert audit["schedule"] == row["schedule"] == stored["schedule"] == SUCCEEDED_AUDIT_SCHEDULE  # the same way
     with service.client() as http:
         png = http.get(f"/v1/audits/{audit_id}/reconstructions.png")
         assert png.status_code == 200 and png.headers["content-type"] == "image/png"

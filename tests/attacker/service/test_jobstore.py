@@ -140,13 +140,6 @@ def test_the_decoders_min_steps_round_trip(tmp_path: Path) -> None:
     assert claimed is not None and claimed.id == raised.id and claimed.request.min_steps == 5600
 
 
-def test_the_decoders_schedule_round_trips(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "jobs.db")
-    branched, default = store.create(request(schedule="wsd")), store.create(request())
-    assert store.get(branched.id).request == request(schedule="wsd")
-    assert default.request.schedule is None  # the attack's default
-
-
 def test_a_database_from_before_the_min_steps_column_still_works(tmp_path: Path) -> None:
     path = old_database(
         tmp_path / "steps.db", STEPS_SCHEMA,

@@ -64,17 +64,6 @@ def test_report_shows_the_decoders_least_steps() -> None:
     assert label.format(NO_NETWORK) in render_report(optimize, None)  # it trains no decoder
 
 
-def test_report_shows_the_decoders_schedule() -> None:
-    label = "<tr><th>decoder&#x27;s learning-rate schedule</th><td>{}</td></tr>"
-    assert label.format("default (cosine)") in render_report(job_with(None, details={"schedule": "cosine"}), None)
-    assert label.format("default") in render_report(job_with(None, details={}), None)  # a result older than it
-    asked = job_with(None, details={"schedule": "wsd"})
-    asked = dataclasses.replace(asked, request=dataclasses.replace(asked.request, schedule="wsd"))
-    assert label.format("wsd") in render_report(asked, None)
-    optimize = optimisation_job(AttackName.OPTIMIZE, steps=5, details={"network": None, "schedule": None})
-    assert label.format(NO_NETWORK) in render_report(optimize, None)
-
-
 def search_details(tv_weight: float, steps: int) -> dict:
     """What ``run_audit`` records per column for an optimisation attack (attacker.attacks.optimize)."""
     return {"tv_weight": tv_weight, "steps": steps, "restarts": 1, "lr": 0.1, "steps_per_image": steps, "sigma": 0.1,

@@ -54,7 +54,6 @@ def to_view(job: Job) -> AuditView:
         network_channels=request.network_channels,
         network_blocks=request.network_blocks,
         min_steps=request.min_steps,
-        schedule=request.schedule,
         optimize_steps=request.optimize_steps,
         dataset=request.dataset,
         use_captures=request.use_captures,

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Form, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from attacker.attack_names import ATTACKS, OPTIMIZING_ATTACKS, SCHEDULES, AttackName
+from attacker.attack_names import ATTACKS, OPTIMIZING_ATTACKS, AttackName
 from attacker.service.api.deps import get_catalog, get_settings, get_store
 from attacker.service.api.routes.audits import to_view
 from attacker.service.api.schemas import (
@@ -107,7 +107,6 @@ def audit_detail(job: Job) -> dict[str, Any]:
         "audit": view, "final": job.finished, "optimizing": view.attack in OPTIMIZING_ATTACKS,
         "hybrid": view.attack is AttackName.HYBRID, "splits": SPLITS, "network": _details(job).get("network"),
         "min_steps": _details(job).get("min_steps"),  # what the audit used (absent in older results)
-        "schedule": _details(job).get("schedule"),
     }
     if job.status is AuditStatus.SUCCEEDED:
         context.update(
@@ -131,13 +130,9 @@ def _optional_int(name: str, value: str) -> int | None:
         ) from None
 
 
-def audit_create(bundle: str, attack: str, numbers: dict[str, str], use_captures: bool,
-                 schedule: str = "") -> AuditCreate:
-    """The form as the API's strict request body: "" is the default, anything else must parse as a number (or be a
-    schedule the API knows)."""
+def audit_create(bundle: str, attack: str, numbers: dict[str, str], use_captures: bool) -> AuditCreate:
+    """The form as the API's strict request body: "" is the default, anything else must parse as a number."""
     values: dict[str, Any] = {name: _optional_int(name, text) for name, text in numbers.items()}
-    if schedule:
-        values["schedule"] = schedule
     if values.get("seed") is None:
         values.pop("seed", None)  # the schema's default seed (0)
     return AuditCreate.model_validate(
@@ -160,7 +155,7 @@ def list_audits(page: ConsolePage, status: str = "",
         "audits.html", title="Audits", rows=[audit_row(job) for job in jobs], status_filter=status,
         bundle_filter=bundle,
         statuses=[s.value for s in AuditStatus], bundles=get_catalog(get_settings(page.request)).list_bundles(),
-        attacks=ATTACKS, schedules=SCHEDULES, number_fields=NUMBER_FIELDS, limit=LIST_LIMIT,
+        attacks=ATTACKS, number_fields=NUMBER_FIELDS, limit=LIST_LIMIT,
     )
 
 
@@ -174,7 +169,6 @@ def start_audit(
     network_channels: NumberField = "",
     network_blocks: NumberField = "",
     min_steps: NumberField = "",
-    schedule: Annotated[str, Form(max_length=16)] = "",
     optimize_steps: NumberField = "",
     seed: NumberField = "",
     use_captures: Annotated[str, Form(max_length=8)] = "",
@@ -182,7 +176,7 @@ def start_audit(
     check_form(page, csrf_token)
     numbers = {"epochs": epochs, "network_channels": network_channels, "network_blocks": network_blocks,
                "min_steps": min_steps, "optimize_steps": optimize_steps, "seed": seed}
-    body = audit_create(bundle, attack, numbers, use_captures=bool(use_captures), schedule=schedule)
+    body = audit_create(bundle, attack, numbers, use_captures=bool(use_captures))
     job = submit_audit(get_store(page.request), get_catalog(get_settings(page.request)), body)
     return RedirectResponse(audit_url(job.id), status_code=303)
 
