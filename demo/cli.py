@@ -29,7 +29,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         prog="cem-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="fast",
-                        help="fast: about five minutes on 2 CPU cores; paper: every default (long)")
+                        help="fast: about seven minutes on 2 CPU cores (digits); paper: every default (long)")
     parser.add_argument(
         "--out", type=Path, default=Path("demo-out"), help="folder for bundles, captures, logs, reports"
     )

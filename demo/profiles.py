@@ -1,6 +1,7 @@
 """Demo profiles: how much training and attacking a demo run does.
 
-``fast`` is sized for about five minutes on two CPU cores after installation and
+``fast`` was sized for five minutes on two CPU cores after installation and takes
+about seven on digits (440 s: its converged attack costs more; README), and
 runs the decoder attack only: at a length that fits, the GAN attack (which
 starts from a short decoder attack) reconstructed ten times worse than the
 decoder, a number that says nothing about the defense. Its attacker is a
