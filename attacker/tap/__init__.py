@@ -3,7 +3,9 @@
 - ``proxy``: ``TapServer`` forwards every call as opaque bytes (grpc.aio); ``--mode proxy``, the default.
 - ``wire_relay``: ``WireRelay`` forwards the TCP bytes unchanged and reads a copy off the forwarding path;
   ``--mode relay``.
-- ``h2_reader``: ``H2Reader``, the gRPC calls of one connection rebuilt from that copy (HTTP/2, HPACK, gRPC framing).
+- ``h2_reader``: ``H2Reader``, one connection's copy read as HTTP/2 (frames, HPACK header blocks).
+- ``grpc_calls``: ``GrpcCalls``, the gRPC calls those frames carry, paired by the proxy's rules for the recorder.
+- ``reader_limits``: every bound and budget of that reading, and its counters.
 - ``relay``: carrying one call faithfully (metadata and deadline up, the upstream's status down).
 - ``health_watch``: a relayed health Watch ends when its replica of a replicated upstream stops serving.
 - ``recorder``: ``CaptureRecorder``, the bounded queue and writer thread off the forwarding path.

@@ -2,178 +2,74 @@
 
 The relay (``attacker.tap.wire_relay``) forwards a connection's bytes untouched
 and hands a copy of every chunk, in order, to one ``H2Reader`` per connection.
-The reader rebuilds the calls from them (RFC 9113 frames, RFC 7541 HPACK
-headers, gRPC's length-prefixed messages and ``grpc-encoding`` compression) and
-gives the captured methods' answered requests to a sink (the
-``CaptureRecorder``) with the proxy's pairing rules (``attacker.tap.proxy``):
-
-- a unary call (``Infer``) is offered once it ended with ``grpc-status`` 0, its
-  first request with its first answer;
-- on a stream (``InferStream``) each answer pairs with the oldest unanswered
-  request and is offered as it arrives;
-- requests still unanswered when a call ends otherwise (another status, a
-  RST_STREAM, a GOAWAY that did not cover it, the connection closing) are
-  counted as rejected upstream.
+This module reads what HTTP/2 carries (RFC 9113 frames, RFC 7541 HPACK header
+blocks) and tells ``attacker.tap.grpc_calls`` what each stream carried, which
+rebuilds the gRPC calls and pairs their requests with their answers.
 
 No sockets and no clock, so it is tested on frames built by hand. Every header
 block of both directions is decoded in order, those of calls it does not capture
-too, because HPACK's dynamic table is shared by the whole connection. Hostile
-bytes never raise out of it and cannot grow it without bound:
+too, because HPACK's dynamic table is shared by the whole connection. Each
+direction's decoder allows the table size the endpoint that decodes it announced
+in SETTINGS_HEADER_TABLE_SIZE (the last one acknowledged, or a larger one still
+waiting for its ACK, as an encoder may not have seen the new size yet), up to a
+cap, and follows the table size updates in the blocks. Hostile bytes never
+raise out of it and cannot grow it without bound:
 
-- any framing, HPACK or protocol error, and bytes that are not HTTP/2 at all,
-  make the connection *lost*: counted once, logged once, its further bytes
-  ignored (the relay still forwards them);
-- a message over ``max_message_bytes`` (before or after decompression), or
-  unanswered requests adding up past it, end the capture of that call only
-  (``oversized``);
-- a message in an encoding the reader cannot undo (not identity, gzip or
-  deflate, or corrupt) is skipped but keeps its place in the pairing
-  (``undecodable``);
+- any framing, HPACK or protocol error (server push included: gRPC never uses
+  it), and bytes that are not HTTP/2 at all, make the connection *lost*: counted
+  once, logged once, its further bytes ignored (the relay still forwards them);
+- the connection is lost too once its calls and buffered frames hold more than
+  its budget (``over_budget_connections``), or it causes more parse work
+  (inflating, decoding header blocks) than its bytes on the wire pay for
+  (``overworked_connections``; ``attacker.tap.reader_limits``);
 - captured calls beyond ``max_streams`` open at once on one connection are not
   followed (``streams_ignored``); header blocks are capped, encoded and decoded,
-  and the HPACK table follows SETTINGS_HEADER_TABLE_SIZE up to a cap.
+  and so is the HPACK table a peer may ask for.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
-import zlib
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
-from typing import Protocol
 
 from hpack import Decoder, HPACKError
 from hpack.table import HeaderTable
 
-from cem.captures.records import CAPTURED_METHODS
-from cem.errors import ConfigError
-from cem.wire import DEFAULT_MAX_MESSAGE_BYTES
-from protos import cem_split_pb2 as pb
+from attacker.tap.grpc_calls import CLIENT, SERVER, CallSink, GrpcCalls
+from attacker.tap.reader_limits import (
+    HEADER_BYTE_WORK,
+    HEADER_FIELD_WORK,
+    GiveUp,
+    OverBudget,
+    ReaderLimits,
+    ReaderStats,
+    WorkBudget,
+)
 
 logger = logging.getLogger(__name__)
 
-CLIENT, SERVER = 0, 1  # a connection's two byte streams: what the client sent, what the server sent
+__all__ = ["ACK", "CLIENT", "CONTINUATION", "DATA", "END_HEADERS", "END_STREAM", "GOAWAY", "HEADERS", "PADDED",
+           "PREFACE", "PRIORITY", "PUSH_PROMISE", "REFUSED_STREAM", "RST_STREAM", "SERVER", "SETTINGS",
+           "SETTINGS_HEADER_TABLE_SIZE", "H2Reader"]
+
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 DATA, HEADERS, RST_STREAM, SETTINGS, PUSH_PROMISE, GOAWAY, CONTINUATION = 0x0, 0x1, 0x3, 0x4, 0x5, 0x7, 0x9
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
 SETTINGS_HEADER_TABLE_SIZE = 0x1
+DEFAULT_HEADER_TABLE_SIZE = 4096  # what every HPACK decoder allows until its endpoint announces otherwise
+REFUSED_STREAM = 0x7  # RST_STREAM's code for a stream the server did not process (gRPC retries it)
 _FRAME_HEADER = struct.Struct(">HBBBI")  # a 24-bit length as 16 + 8 bits, type, flags, stream id
 _MAX_CONTROL_FRAME = 16 * 1024  # SETTINGS, RST_STREAM and GOAWAY frames are read whole; gRPC's are a few bytes
-_QUEUED_OVERHEAD = 64  # charged per held message, so empty messages cannot pile up for free
-CALL_BUDGET_MESSAGES = 4  # a followed call holds at most this many largest messages at once (ReaderLimits)
-_INFLATE_WBITS = {b"gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}  # what grpc-encoding names
+_MAX_UNACKED_SETTINGS = 32  # SETTINGS frames waiting for their ACK; gRPC has one or two at a time
 # Decoded header blocks kept per direction: gRPC repeats the same few byte-identical blocks call after call
 _CACHE_ENTRIES, _CACHE_BLOCK_BYTES, _CACHE_HEADER_BYTES = 16, 512, 4096
-
-_SERVICE = pb.DESCRIPTOR.services_by_name["SplitInference"]
-# ``:path`` of each captured method -> (its name, whether it is unary)
-_CAPTURED_PATHS = {
-    method.encode(): (method, not (m.client_streaming or m.server_streaming))
-    for method in CAPTURED_METHODS
-    for m in (_SERVICE.methods_by_name[method.rsplit("/", 1)[1]],)
-}
+_LOST_LIMITS = ReaderLimits(max_header_block_bytes=1, max_header_table_bytes=1)  # the sides of a lost connection
 
 
-class CallSink(Protocol):
-    """Where answered requests go (``CaptureRecorder`` is one)."""
-
-    def offer(self, method: str, payload: bytes, response: bytes | None = None) -> bool: ...
-
-    def count_rejected(self, requests: int = 1) -> None: ...
-
-
-@dataclass(frozen=True)
-class ReaderLimits:
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # one message, on the wire and inflated: gRPC's own rule
-    max_streams: int = 1000  # captured calls followed at once per connection
-    max_header_block_bytes: int = 64 * 1024  # a header block, encoded and decoded (gRPC's own hard limit: 16 KiB)
-    max_header_table_bytes: int = 64 * 1024  # the HPACK dynamic table a peer may ask for (gRPC's default: 4 KiB)
-    # What one followed call may hold at once (its unanswered requests, an answer, partial messages);
-    # None: CALL_BUDGET_MESSAGES messages' worth, so a stream may run a few requests ahead of its answers.
-    max_call_bytes: int | None = None
-
-    def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if value is not None and value < 1:
-                raise ConfigError(f"expected {name} >= 1, got {value}")
-
-    @property
-    def call_budget(self) -> int:
-        return self.max_call_bytes if self.max_call_bytes is not None else CALL_BUDGET_MESSAGES * self.max_message_bytes
-
-
-@dataclass
-class ReaderStats:
-    """Counters of every reader of one relay; each is written by the one parser thread only."""
-
-    lost_connections: int = 0  # connections no longer followed (not HTTP/2, a protocol error, chunks not handed over)
-    streams_ignored: int = 0  # captured calls not followed: too many open on their connection
-    oversized_calls: int = 0  # captured calls no longer followed: a message or their unanswered requests too large
-    undecodable_messages: int = 0  # captured-method messages in an encoding the reader cannot undo
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-
-class _Lost(Exception):
+class _Lost(GiveUp):
     """The connection can no longer be followed."""
-
-
-class _Oversized(Exception):
-    """One call's messages exceed the limit; the call is no longer followed."""
-
-
-class _Call:
-    """One captured call being followed: its messages in both directions and what is still unanswered."""
-
-    __slots__ = ("answer", "answered", "body", "encodings", "flags", "method", "need", "prefix", "queued",
-                 "requests_seen", "unanswered", "unary")
-
-    def __init__(self, method: str, unary: bool, request_encoding: bytes) -> None:
-        self.method = method
-        self.unary = unary
-        self.encodings = [request_encoding, b"identity"]  # per direction, from its headers
-        self.prefix = [bytearray(), bytearray()]  # gRPC's 5-byte message prefix being read, per direction
-        self.body = [bytearray(), bytearray()]  # the message being read, per direction
-        self.need = [-1, -1]  # its length once the prefix is read; -1 while reading the prefix
-        self.flags = [0, 0]  # its compressed flag
-        self.unanswered: deque[bytes | None] = deque()  # None: a request that could not be read
-        self.queued = 0  # bytes held in ``unanswered`` and ``answer``, overhead included
-        self.requests_seen = 0
-        self.answer: bytes | None = None  # a unary call's answer, held until its status arrives
-        self.answered = False
-
-    def held(self) -> int:
-        return self.queued + len(self.body[CLIENT]) + len(self.body[SERVER])
-
-    def messages(self, direction: int, data: bytes, limit: int) -> Iterator[tuple[int, bytes]]:
-        """(compressed flag, message) for every message ``data`` completes; a generator, so the caller
-        holds each before the next length is checked against ``limit``."""
-        prefix, body = self.prefix[direction], self.body[direction]
-        pos = 0
-        while pos < len(data):
-            if self.need[direction] < 0:
-                take = min(5 - len(prefix), len(data) - pos)
-                prefix += data[pos:pos + take]
-                pos += take
-                if len(prefix) < 5:
-                    return
-                length = int.from_bytes(prefix[1:5], "big")
-                if length > limit:
-                    raise _Oversized(f"a message of {length} bytes")
-                self.flags[direction], self.need[direction] = prefix[0], length
-                prefix.clear()
-            take = min(self.need[direction] - len(body), len(data) - pos)
-            body += data[pos:pos + take]
-            pos += take
-            if len(body) == self.need[direction]:
-                message = bytes(body)
-                body.clear()
-                self.need[direction] = -1
-                yield self.flags[direction], message
 
 
 class _CountingTable(HeaderTable):
@@ -192,13 +88,24 @@ class _CountingTable(HeaderTable):
         return self.insertions, len(self.dynamic_entries), self.maxsize
 
 
+class _Decoder(Decoder):
+    """hpack's decoder, minus its check that the encoder shrank its table once the allowed size dropped. A table
+    larger than the encoder's decodes the same (entries are named from the newest), and a reader that only
+    follows must not give up a connection its endpoints keep using; a size update above the allowed size is
+    still refused, as the endpoint refuses it."""
+
+    def _assert_valid_table_size(self) -> None:
+        return
+
+
 class _Side:
-    """The frame reader's state for one direction of the connection."""
+    """The frame reader's state for one direction of the connection, and the HPACK decoder of its blocks."""
 
     __slots__ = ("block", "block_end_stream", "block_stream", "buffer", "cache", "data_end_stream", "data_left",
-                 "data_stream", "decoder", "in_data", "pad", "preface_left", "skip", "table")
+                 "data_stream", "decoder", "in_data", "pad", "preface_left", "skip", "table", "table_acked",
+                 "table_cap", "table_pending")
 
-    def __init__(self, preface: bool, max_header_block_bytes: int) -> None:
+    def __init__(self, preface: bool, limits: ReaderLimits) -> None:
         self.buffer = bytearray()
         self.preface_left = len(PREFACE) if preface else 0
         self.skip = 0  # bytes still to pass over (padding, frames not read)
@@ -210,22 +117,54 @@ class _Side:
         self.block: bytearray | None = None  # a header block waiting for its CONTINUATION frames
         self.block_stream = 0
         self.block_end_stream = False
-        self.decoder = Decoder(max_header_list_size=max_header_block_bytes)
+        self.decoder = _Decoder(max_header_list_size=limits.max_header_block_bytes)
         self.table = self.decoder.header_table = _CountingTable()
-        self.cache: dict[tuple[bytes, int, int, int], dict[bytes, bytes]] = {}
+        # SETTINGS_HEADER_TABLE_SIZE of the endpoint decoding this direction: acknowledged, and announced since
+        # (in order, None for a SETTINGS frame without it), each acknowledged by the next ACK of this direction
+        self.table_acked = DEFAULT_HEADER_TABLE_SIZE
+        self.table_pending: deque[int | None] = deque()
+        self.table_cap = limits.max_header_table_bytes
+        self.cache: dict[tuple[bytes, int, int, int, int], dict[bytes, bytes]] = {}
 
-    def decode(self, block: bytes) -> dict[bytes, bytes]:
-        """The headers of the next header block of this direction.
+    def held(self) -> int:
+        return len(self.buffer) + (0 if self.block is None else len(self.block))
 
-        A block that left the table as it found it decodes the same whenever the table is in that state again,
-        so it is kept: pure-Python HPACK was most of the reader's time, and gRPC's blocks repeat once its
-        table is warm (three byte-identical blocks per unary call).
+    def announced(self, size: int | None) -> None:
+        """The endpoint decoding this direction sent SETTINGS (``size``: its header table size, if named)."""
+        if len(self.table_pending) >= _MAX_UNACKED_SETTINGS:
+            raise _Lost(f"over {_MAX_UNACKED_SETTINGS} SETTINGS frames unacknowledged")
+        self.table_pending.append(size)
+        self._allow()
+
+    def acknowledged(self) -> None:
+        """This direction's endpoint acknowledged the oldest SETTINGS of the other."""
+        if self.table_pending:
+            size = self.table_pending.popleft()
+            if size is not None:
+                self.table_acked = size
+            self._allow()
+
+    def _allow(self) -> None:
+        """The decoder allows the acknowledged size, or a larger one still waiting for its ACK (the encoder may
+        have seen it already), within the cap."""
+        sizes = [self.table_acked, *(size for size in self.table_pending if size is not None)]
+        self.decoder.max_allowed_table_size = min(max(sizes), self.table_cap)
+
+    def decode(self, block: bytes, work: WorkBudget) -> dict[bytes, bytes]:
+        """The headers of the next header block of this direction; decoding is paid from ``work``.
+
+        A block that left the table as it found it decodes the same whenever the table is in that state again
+        (and allows the same size), so it is kept: pure-Python HPACK was most of the reader's time, and gRPC's
+        blocks repeat once its table is warm (three byte-identical blocks per unary call).
         """
         state = self.table.state()
-        key = (block, *state)
+        key = (block, *state, self.decoder.max_allowed_table_size)
         headers = self.cache.get(key)
         if headers is None:
-            headers = dict(self.decoder.decode(block, raw=True))
+            work.spend(HEADER_BYTE_WORK * len(block), "decoding header blocks")
+            fields = list(self.decoder.decode(block, raw=True))
+            work.spend(HEADER_FIELD_WORK * len(fields), "decoding header fields")
+            headers = dict(fields)
             if (self.table.state() == state and len(block) <= _CACHE_BLOCK_BYTES
                     and sum(len(name) + len(value) for name, value in headers.items()) <= _CACHE_HEADER_BYTES):
                 if len(self.cache) >= _CACHE_ENTRIES:
@@ -243,15 +182,18 @@ class H2Reader:
         self.stats = stats if stats is not None else ReaderStats()
         self.name = name  # for log lines
         self.lost = False
-        self._sink = sink
-        self._sides = (_Side(True, self.limits.max_header_block_bytes),
-                       _Side(False, self.limits.max_header_block_bytes))
-        self._calls: dict[int, _Call] = {}
+        self._work = WorkBudget(self.limits)
+        self._sides = (_Side(True, self.limits), _Side(False, self.limits))
+        self._calls = GrpcCalls(sink, self.limits, self.stats, self._work, name)
         self._last_client_stream = 0
 
     @property
     def open_calls(self) -> int:
         return len(self._calls)
+
+    def held(self) -> int:
+        """Bytes this reader holds: its calls' messages and the partial frames it buffered."""
+        return self._calls.held + self._sides[CLIENT].held() + self._sides[SERVER].held()
 
     def feed(self, direction: int, data: bytes) -> None:
         """The next bytes ``direction`` sent; never raises on what they hold."""
@@ -261,32 +203,43 @@ class H2Reader:
         side.buffer += data
         try:
             consumed = self._read_frames(direction, side)
-        except _Lost as exc:
-            self.lose(str(exc))
-            return
+            del side.buffer[:consumed]
+            self._check_budget(self.held())
+        except GiveUp as exc:
+            self.lose(str(exc), exc.counter)
         except HPACKError as exc:  # its messages may quote the block: only the kind is logged
             self.lose(f"HPACK: {type(exc).__name__}")
-            return
-        del side.buffer[:consumed]
 
     def close(self) -> None:
         """The connection closed: every call still open ends unanswered."""
-        for stream in list(self._calls):
-            self._finish(stream, None)
+        self._calls.close()
 
-    def lose(self, reason: str) -> None:
-        """Stop following this connection (its bytes still flow); counted and logged once."""
+    def lose(self, reason: str, counter: str | None = None) -> None:
+        """Stop following this connection (its bytes still flow); counted (in ``lost_connections`` and in
+        ``counter``, a ``ReaderStats`` field, when given) and logged once."""
         if self.lost:
             return
         self.lost = True
         self.stats.lost_connections += 1
+        if counter is not None:
+            setattr(self.stats, counter, getattr(self.stats, counter) + 1)
         self._calls.clear()
-        self._sides = (_Side(False, 1), _Side(False, 1))  # drop the buffers and tables
+        self._sides = (_Side(False, _LOST_LIMITS), _Side(False, _LOST_LIMITS))  # drop the buffers and tables
         logger.warning("%s: no longer captured (%s); its bytes still flow", self.name, reason)
 
+    def _check_budget(self, held: int) -> None:
+        if held > self.limits.connection_budget:
+            raise OverBudget(f"its calls and buffers hold {held} bytes, over the connection's "
+                             f"{self.limits.connection_budget}-byte budget")
+
     def _read_frames(self, direction: int, side: _Side) -> int:
-        """Consume what ``side.buffer`` holds; returns how many bytes were read."""
+        """Consume what ``side.buffer`` holds; returns how many bytes were read.
+
+        The bytes read pay for parse work (``WorkBudget.earn``) up to each frame that causes some, so that work is
+        paid for by the frames before it, not by those that follow in the same chunk.
+        """
         buf, pos, end = side.buffer, 0, len(side.buffer)
+        earned = 0
         while pos < end or side.in_data:
             if side.preface_left:
                 done = len(PREFACE) - side.preface_left
@@ -303,14 +256,17 @@ class H2Reader:
                 take = min(side.data_left, end - pos)
                 if take:
                     if side.data_stream in self._calls:  # the data of other calls is not even copied
-                        self._on_data(direction, side.data_stream, bytes(buf[pos:pos + take]))
+                        self._work.earn(pos + take - earned)
+                        earned = pos + take
+                        self._calls.data(direction, side.data_stream, bytes(buf[pos:pos + take]))
+                        self._check_budget(self._calls.held)  # the chunk in the buffer is not held yet
                     side.data_left -= take
                     pos += take
                 if side.data_left:
                     break
                 side.in_data, side.skip = False, side.pad
-                if side.data_end_stream:
-                    self._on_end_stream(direction, side.data_stream)
+                if side.data_end_stream and direction == SERVER:  # DATA ending the answer: no trailers, no status
+                    self._calls.finish(side.data_stream, None)
             else:
                 if end - pos < 9:
                     break
@@ -329,11 +285,14 @@ class H2Reader:
                         raise _Lost(f"a frame of type {kind} of {length} bytes")
                     if end - pos < 9 + length:
                         break
+                    self._work.earn(pos + 9 + length - earned)
+                    earned = pos + 9 + length
                     self._on_frame(direction, side, kind, flags, stream, bytes(buf[pos + 9:pos + 9 + length]))
                     pos += 9 + length
                 else:  # PING, PRIORITY, WINDOW_UPDATE and unknown types: nothing a capture needs
                     side.skip = length
                     pos += 9
+        self._work.earn(pos - earned)
         return pos
 
     def _start_data(self, side: _Side, length: int, flags: int, stream: int, pad: int | None) -> None:
@@ -366,142 +325,46 @@ class H2Reader:
         elif kind == RST_STREAM:
             if len(payload) != 4:
                 raise _Lost("RST_STREAM of the wrong size")
-            self._finish(stream, None)
+            if direction == SERVER and int.from_bytes(payload, "big") == REFUSED_STREAM:
+                self._calls.refuse(stream)
+            else:
+                self._calls.finish(stream, None)
         elif kind == SETTINGS:
             self._on_settings(direction, flags, payload)
         elif kind == GOAWAY:
             if len(payload) < 8:
                 raise _Lost("GOAWAY too short")
             if direction == SERVER:  # calls above its last stream id were never processed
-                last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
-                for open_stream in [s for s in self._calls if s > last]:
-                    self._finish(open_stream, None)
+                self._calls.refuse_above(int.from_bytes(payload[:4], "big") & 0x7FFFFFFF)
         else:
             raise _Lost("server push, which gRPC never uses")
         if kind in (HEADERS, CONTINUATION) and flags & END_HEADERS:
             block, side.block = side.block, None
             assert block is not None
-            headers = side.decode(bytes(block))
+            headers = side.decode(bytes(block), self._work)
             self._on_headers(direction, side.block_stream, side.block_end_stream, headers)
 
     def _on_settings(self, direction: int, flags: int, payload: bytes) -> None:
+        """SETTINGS from ``direction`` announce the table its decoder allows for the other direction's blocks; its
+        ACK acknowledges the other direction's oldest SETTINGS, whose size then bounds this direction's blocks."""
         if flags & ACK:
+            if payload:
+                raise _Lost("a SETTINGS ACK with a payload")
+            self._sides[direction].acknowledged()
             return
         if len(payload) % 6:
             raise _Lost("SETTINGS of the wrong size")
-        # The sender's decoder may now take a larger table from the encoder of the other direction. The reader
-        # only follows, so it takes the largest size ever announced (within the cap) instead of racing the ACK.
-        decoder = self._sides[SERVER if direction == CLIENT else CLIENT].decoder
+        size = None
         for offset in range(0, len(payload), 6):
             if int.from_bytes(payload[offset:offset + 2], "big") == SETTINGS_HEADER_TABLE_SIZE:
-                size = int.from_bytes(payload[offset + 2:offset + 6], "big")
-                decoder.max_allowed_table_size = min(max(decoder.max_allowed_table_size, size),
-                                                     self.limits.max_header_table_bytes)
+                size = int.from_bytes(payload[offset + 2:offset + 6], "big")  # the last one counts
+        self._sides[SERVER if direction == CLIENT else CLIENT].announced(size)
 
     def _on_headers(self, direction: int, stream: int, end_stream: bool, headers: dict[bytes, bytes]) -> None:
-        if direction == CLIENT:
-            if stream <= self._last_client_stream or not stream % 2:
-                return  # trailers of a call (gRPC sends none), or a stream id the server will refuse
-            self._last_client_stream = stream
-            captured = _CAPTURED_PATHS.get(headers.get(b":path", b""))
-            if captured is None:
-                return
-            if len(self._calls) >= self.limits.max_streams:
-                self.stats.streams_ignored += 1
-                logger.info("%s: not capturing a call: %d captured calls already open", self.name, len(self._calls))
-                return
-            self._calls[stream] = _Call(*captured, headers.get(b"grpc-encoding", b"identity"))
+        if direction == SERVER:
+            self._calls.answer_headers(stream, headers, end_stream)
             return
-        call = self._calls.get(stream)
-        if call is None:
-            return
-        if end_stream:  # trailers, or a trailers-only answer
-            self._finish(stream, _status(headers.get(b"grpc-status")))
-        else:
-            call.encodings[SERVER] = headers.get(b"grpc-encoding", b"identity")
-
-    def _on_data(self, direction: int, stream: int, data: bytes) -> None:
-        call = self._calls.get(stream)
-        if call is None:
-            return
-        limit = self.limits.max_message_bytes
-        try:
-            for flag, raw in call.messages(direction, data, limit):
-                message = self._inflate(call, direction, flag, raw)
-                size = _QUEUED_OVERHEAD + (0 if message is None else len(message))
-                if size + call.held() > self.limits.call_budget:
-                    raise _Oversized(f"a message of {size} bytes with {call.held()} held, over the call's "
-                                     f"{self.limits.call_budget}-byte budget")
-                if direction == CLIENT:
-                    self._on_request(call, message, size)
-                else:
-                    self._on_answer(call, message, size)
-        except _Oversized as exc:
-            del self._calls[stream]
-            self.stats.oversized_calls += 1
-            logger.info("%s: no longer capturing a %s call: %s (messages up to %d bytes)", self.name, call.method,
-                        exc, limit)
-
-    def _inflate(self, call: _Call, direction: int, flag: int, raw: bytes) -> bytes | None:
-        """The message, decompressed; None when it cannot be (counted); _Oversized when it inflates too far."""
-        if flag == 0:
-            return raw
-        wbits = _INFLATE_WBITS.get(call.encodings[direction]) if flag == 1 else None
-        if wbits is not None:
-            inflater = zlib.decompressobj(wbits)
-            limit = self.limits.max_message_bytes
-            try:
-                message = inflater.decompress(raw, limit + 1)  # bounded: a bomb stops at the limit
-            except zlib.error:
-                message = None
-            if message is not None and len(message) > limit:
-                raise _Oversized("a message that inflates")
-            if message is not None and inflater.eof:
-                return message
-        self.stats.undecodable_messages += 1
-        logger.info("%s: a %s message in encoding %r could not be read", self.name, call.method,
-                    call.encodings[direction].decode("ascii", "replace")[:32])
-        return None
-
-    def _on_request(self, call: _Call, message: bytes | None, size: int) -> None:
-        call.requests_seen += 1
-        if call.unary and call.requests_seen > 1:
-            return  # the server reads only the first message of a unary call
-        call.unanswered.append(message)
-        call.queued += size
-
-    def _on_answer(self, call: _Call, message: bytes | None, size: int) -> None:
-        if call.unary:
-            if not call.answered:
-                call.answer, call.answered = message, True
-                call.queued += size
-            return
-        if not call.unanswered:
-            return
-        request = call.unanswered.popleft()
-        call.queued -= _QUEUED_OVERHEAD + (0 if request is None else len(request))
-        if request is not None:
-            self._sink.offer(call.method, request, message)
-
-    def _on_end_stream(self, direction: int, stream: int) -> None:
-        if direction == SERVER:  # DATA that ends the answer: no trailers, so no status
-            self._finish(stream, None)
-
-    def _finish(self, stream: int, status: int | None) -> None:
-        """The call on ``stream`` ended with ``status`` (None: none arrived): record or count its requests."""
-        call = self._calls.pop(stream, None)
-        if call is None:
-            return
-        if call.unary and status == 0 and call.answered and call.unanswered:
-            request = call.unanswered[0]
-            if request is not None:
-                self._sink.offer(call.method, request, call.answer)
-            return
-        unanswered = sum(request is not None for request in call.unanswered)
-        if unanswered:
-            self._sink.count_rejected(unanswered)
-
-
-def _status(value: bytes | None) -> int | None:
-    """``grpc-status`` as a number; None when absent or not one."""
-    return int(value) if value is not None and value.isdigit() and len(value) < 4 else None
+        if stream <= self._last_client_stream or not stream % 2:
+            return  # trailers of a call (gRPC sends none), or a stream id the server will refuse
+        self._last_client_stream = stream
+        self._calls.open(stream, headers)

@@ -34,11 +34,21 @@ COUNTER_HELP = {
 RELAY_COUNTER_HELP = {
     "relay_connections": "edge connections the relay accepted",
     "relay_upstream_failures": "edge connections closed because the upstream could not be reached",
-    "relay_dropped_chunks": "chunks the parser never saw because its queue was full (their connection not captured)",
-    "relay_lost_connections": "connections no longer captured: not HTTP/2, a protocol error, or chunks not queued",
+    "relay_dropped_chunks": "chunks not handed to the parser because the relay had given up their connection's capture",
+    "relay_evicted_connections": "connections whose capture the relay gave up, heaviest first, to stay within its "
+                                 "memory budget (their bytes still flow)",
+    "relay_lost_connections": "connections no longer captured, for any reason: not HTTP/2, a protocol error, a budget, "
+                              "the parser failing",
     "relay_streams_ignored": "feature calls not captured because their connection had too many open",
     "relay_oversized_calls": "feature calls no longer captured: a message or their unanswered requests too large",
     "relay_undecodable_messages": "feature-call messages in an encoding the relay cannot undo",
+    "relay_refused_calls": "feature calls the server refused unprocessed (REFUSED_STREAM, or above its GOAWAY's last "
+                           "stream id), which gRPC retries: neither recorded nor counted rejected",
+    "relay_over_budget_connections": "connections no longer captured: their calls and buffered frames held more than "
+                                     "the per-connection budget",
+    "relay_overworked_connections": "connections no longer captured: more parse work (inflating, decoding headers) "
+                                    "than their bytes on the wire pay for",
+    "relay_parser_failures": "times the relay's parser thread failed, giving up every capture (bytes still flow)",
 }
 
 

@@ -3,14 +3,25 @@
 Each accepted connection gets one TCP connection to the upstream (a *pair* of
 *legs*), and the bytes move both ways unchanged (Nagle off on both legs): each
 chunk a leg receives is written on the other leg at once and then put on a
-bounded queue. One parser thread drains the queue and feeds each connection's
+queue. One parser thread drains the queue and feeds each connection's
 ``H2Reader`` (``attacker.tap.h2_reader``), which hands answered feature
 requests to the ``CaptureRecorder``. So nothing is parsed on the forwarding
-path and the relay never waits for the parser: when the queue is full a chunk
-is not queued, and that connection's capture is lost from there on (counted;
-its bytes still flow). The parser reads in batches (``PARSE_BATCH_S``):
-captures are written in batches anyway, and one wake-up per batch instead of
-per chunk nearly halves what reading costs the box.
+path and the relay never waits for the parser. The parser reads in batches
+(``PARSE_BATCH_S``): captures are written in batches anyway, and one wake-up per
+batch instead of per chunk nearly halves what reading costs the box.
+
+What waits for the parser or is held by the readers is bounded
+(``attacker.tap.reader_limits``): two counters per side, compared on each chunk,
+keep the total of all connections within the global budget and the chunks
+queued within ``QUEUE_CHUNKS``. Past either, the relay gives up the capture of
+the heaviest connection (the most bytes, or chunks, waiting or held), which is
+most often the one that caused it, not whichever happened to send next: it
+queues nothing more (its bytes keep flowing), the parser reads what it had
+queued and then its reader lets go of all it held, connection open or not
+(``evicted_connections``, ``dropped_chunks``). What the readers come to hold
+beyond the bytes they read (a message inflates) uses the room up as the bytes
+queued do. Each reader keeps its own connection within its own byte and
+parse-work budgets.
 
 The legs are asyncio protocols rather than stream reader/writer copy loops: a
 chunk goes out from the callback that received it, with no task switch per
@@ -34,7 +45,8 @@ closes the edge's connection, which the edge sees as UNAVAILABLE, as with a
 dead cloud. Stopping: no new connections, open ones get ``grace`` seconds (an
 edge's idle channel keeps its connection open, so with an edge connected a stop
 takes the whole grace), then both legs are closed and the parser drains what is
-queued.
+queued, for at most ``parser_stop_s``. A parser that fails (an exception no
+reader caught) logs it and gives up every capture; the relay keeps forwarding.
 """
 
 from __future__ import annotations
@@ -49,16 +61,19 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
-from attacker.tap.h2_reader import CLIENT, SERVER, CallSink, H2Reader, ReaderLimits, ReaderStats
+from attacker.tap.grpc_calls import CallSink
+from attacker.tap.h2_reader import CLIENT, SERVER, H2Reader
+from attacker.tap.reader_limits import ReaderLimits, ReaderStats
 from cem.errors import ConfigError
 from cem.targets import parse_target
 from cem.wire import DEFAULT_MAX_MESSAGE_BYTES
 
 logger = logging.getLogger(__name__)
 
-# What may wait for the parser: past either bound a chunk is not queued, and its connection's capture is lost.
+# Chunks that may wait for the parser (a chunk is what one read returned: up to 256 KiB in asyncio); the bytes
+# waiting or held are bounded by ReaderLimits.total_budget. Past either, the heaviest connection is given up.
 QUEUE_CHUNKS = 4096
-QUEUE_BYTES = 64 * 1024 * 1024  # a chunk is what one read returned: up to 256 KiB in asyncio
+PARSER_STOP_S = 30.0  # how long stop() waits for the parser to read what is queued
 # The parser wakes at most this often and reads everything queued. Woken for every chunk it spent 0.37 ms of
 # CPU per unary call (plus 0.22 ms in the capture writer, woken per capture), mostly on caches gone cold since
 # the last chunk; every 50 ms, 0.20 and 0.14 ms, and the relay tap's added latency fell to the bare TCP relay's.
@@ -71,26 +86,33 @@ class RelayStats:
 
     connections: int = 0  # edge connections accepted
     upstream_failures: int = 0  # edge connections closed because the upstream could not be reached
-    dropped_chunks: int = 0  # chunks the parser never saw (its queue was full): their connection's capture is lost
+    dropped_chunks: int = 0  # chunks not handed to the parser: the relay had given up their connection's capture
+    evicted_connections: int = 0  # captures given up, heaviest first, to stay within the global budget
 
 
 class _Connection:
-    """One relayed connection, as the parser thread knows it."""
+    """One relayed connection, as the event loop and the parser thread share it. Each counter has one writer."""
 
-    __slots__ = ("capture_lost", "id", "parsed", "queued")
+    __slots__ = ("given_up", "held", "id", "parsed_bytes", "parsed_chunks", "queued_bytes", "queued_chunks", "skip")
 
-    def __init__(self, connection_id: int) -> None:
+    def __init__(self, connection_id: int, skip: bool = False) -> None:
         self.id = connection_id
-        self.queued = 0  # chunks queued (event loop); final once ``capture_lost`` is set
-        self.capture_lost = False  # set on the event loop when a chunk could not be queued
-        self.parsed = 0  # chunks parsed (parser thread)
+        self.skip = skip  # queue nothing more of it (set by either thread, never cleared)
+        self.given_up: str | None = None  # why the relay gave it up (event loop); ``queued_chunks`` is final then
+        self.queued_chunks = self.queued_bytes = 0  # queued (event loop)
+        self.parsed_chunks = self.parsed_bytes = 0  # taken off the queue (parser thread)
+        self.held = 0  # bytes its reader holds (parser thread)
 
-    def gap_reached(self) -> bool:
-        """Whether every chunk before the first one not queued has been parsed (parser thread)."""
-        return self.capture_lost and self.parsed == self.queued
+    def waiting(self) -> int:
+        """Bytes it has queued and not yet read, or held."""
+        return self.queued_bytes - self.parsed_bytes + self.held
+
+    def waiting_chunks(self) -> int:
+        return self.queued_chunks - self.parsed_chunks
 
 
-_Item = tuple[_Connection, int, "bytes | None"]  # (connection, CLIENT or SERVER, a chunk; None: it closed)
+_GIVEN_UP = b""  # queued after a connection's last chunk when the relay gives its capture up (no chunk is empty)
+_Item = tuple[_Connection, int, "bytes | None"]  # (connection, CLIENT or SERVER, a chunk or _GIVEN_UP; None: it closed)
 
 
 def parse_relay_upstream(upstream: str) -> tuple[str, int]:
@@ -111,7 +133,7 @@ class _Pair:
 
     def __init__(self, relay: WireRelay) -> None:
         self.relay = relay
-        self.connection = _Connection(next(relay._ids))
+        self.connection = _Connection(next(relay._ids), skip=not relay._capturing)
         self.client = _Leg(self, CLIENT)
         self.upstream = _Leg(self, SERVER)
         self.dial: asyncio.Task[None] | None = None
@@ -176,25 +198,37 @@ class WireRelay:
     start/stop inside an event loop."""
 
     def __init__(self, listen: str, upstream: str, sink: CallSink, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 queue_chunks: int = QUEUE_CHUNKS, queue_bytes: int = QUEUE_BYTES) -> None:
+                 queue_chunks: int = QUEUE_CHUNKS, limits: ReaderLimits | None = None,
+                 parser_stop_s: float = PARSER_STOP_S) -> None:
+        """``limits``: every reader bound and budget; by default all derived from ``max_message_bytes``."""
         self.listen = listen
         self.upstream = upstream
         self._upstream_host, self._upstream_port = parse_relay_upstream(upstream)
         self._sink = sink
-        self._limits = ReaderLimits(max_message_bytes=max_message_bytes)
+        self._limits = limits if limits is not None else ReaderLimits(max_message_bytes=max_message_bytes)
+        self._total_budget = self._limits.total_budget
+        self._queue_chunks = queue_chunks
+        self._parser_stop_s = parser_stop_s
         self.relay_stats = RelayStats()
         self.reader_stats = ReaderStats()  # written by the parser thread only
         self.port: int | None = None
-        self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=queue_chunks)  # None: stop
-        self._queue_bytes = queue_bytes
-        # Bytes queued and bytes parsed so far, each written by one thread only: their difference is what waits.
-        self._queued_bytes = 0
-        self._parsed_bytes = 0
+        # Unbounded as a queue: what enters it is bounded by the counters below (None: stop)
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        # Each counter is written by one thread only: queued by the event loop, parsed (taken off the queue) and
+        # held (by the readers) by the parser. What waits is queued - parsed.
+        self._queued_chunks = self._queued_bytes = 0
+        self._parsed_chunks = self._parsed_bytes = self._held_bytes = 0
+        # What the readers came to hold beyond the bytes they read (messages inflated, per-message overhead), never
+        # less for what they let go of (parser thread)
+        self._grown_bytes = 0
+        # ``_entered_bytes()`` and ``_queued_chunks`` up to which the connections followed fit, as the last pass found
+        self._room_bytes = self._room_chunks = 0
+        self._capturing = True  # False once the parser failed: nothing is queued any more
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._parser = threading.Thread(target=self._parse, name="relay-parser", daemon=True)
         self._server: asyncio.Server | None = None
         self._ids = itertools.count(1)
         self._pairs: set[_Pair] = set()
-        self._closing: set[asyncio.Future[None]] = set()  # close notices waiting for room on a full queue
 
     def stats(self) -> dict[str, int]:
         """Every relay counter (``RelayStats`` and ``ReaderStats``), as read now."""
@@ -203,8 +237,8 @@ class WireRelay:
     async def start(self) -> int:
         """Bind and start relaying; returns the bound port (useful with port 0)."""
         host, _, port = self.listen.rpartition(":")
+        loop = self._loop = asyncio.get_running_loop()
         self._parser.start()
-        loop = asyncio.get_running_loop()
         try:
             self._server = await loop.create_server(lambda: _Pair(self).client, host.strip("[]"), int(port))
         except OSError as exc:
@@ -228,17 +262,20 @@ class WireRelay:
                     leg.transport.abort()
         if self._pairs:
             await asyncio.wait({pair.done for pair in self._pairs})
-        if self._closing:
-            await asyncio.wait(self._closing)
         if self._server is not None:
             await self._server.wait_closed()
         await self._stop_parser()
         logger.info("tap stopped")
 
     async def _stop_parser(self) -> None:
+        """Let the parser read what is queued and stop; never waits longer than ``parser_stop_s``."""
+        if not self._parser.is_alive():
+            return
+        self._queue.put(None)  # never blocks
+        await asyncio.to_thread(self._parser.join, self._parser_stop_s)
         if self._parser.is_alive():
-            await asyncio.to_thread(self._queue.put, None)
-            await asyncio.to_thread(self._parser.join)
+            logger.error("the parser did not stop within %.0f s: what it had not read is not captured",
+                         self._parser_stop_s)
 
     def _leg_made(self, leg: _Leg) -> None:
         pair = leg.pair
@@ -299,52 +336,135 @@ class WireRelay:
         self._hand_off_close(pair.connection)
 
     def _hand_off(self, connection: _Connection, direction: int, data: bytes) -> None:
-        """Queue a copy of ``data`` for the parser; never waits."""
-        if connection.capture_lost:
+        """Queue a copy of ``data`` for the parser; never waits. O(1) unless a budget is exceeded."""
+        if connection.skip:
+            if connection.given_up is not None:
+                self.relay_stats.dropped_chunks += 1
+            return
+        size = len(data)
+        waiting = self._queued_bytes - self._parsed_bytes + self._held_bytes
+        if ((waiting + size > self._total_budget or self._queued_chunks - self._parsed_chunks >= self._queue_chunks)
+                and not self._admit(connection, size, waiting)):
             self.relay_stats.dropped_chunks += 1
             return
-        try:
-            if self._queued_bytes - self._parsed_bytes + len(data) > self._queue_bytes:
-                raise queue.Full
-            self._queue.put_nowait((connection, direction, data))
-        except queue.Full:
-            connection.capture_lost = True
-            self.relay_stats.dropped_chunks += 1
-            logger.warning("connection %d: the parser fell behind (%d chunks, %d bytes queued); this connection is no "
-                           "longer captured, its bytes still flow", connection.id, self._queue.qsize(),
-                           self._queued_bytes - self._parsed_bytes)
-            return
-        connection.queued += 1
-        self._queued_bytes += len(data)
+        self._queue.put((connection, direction, data))
+        connection.queued_chunks += 1
+        connection.queued_bytes += size
+        self._queued_chunks += 1
+        self._queued_bytes += size
+
+    def _admit(self, incoming: _Connection, size: int, waiting: int) -> bool:
+        """The counters say a bound is exceeded (``waiting``: the bytes queued and not yet read, or held, of every
+        connection), counting what connections given up still have queued (they queue nothing more; the parser
+        reads what they had queued, so calls answered before are still recorded, then forgets them). Whether
+        ``incoming`` may queue ``size`` more bytes, giving up the heaviest if need be.
+
+        Those bytes count against a hard bound of twice the budget, past which nothing more is queued. Within it,
+        the connections still followed are weighed (a pass over them, ``_make_room``) only once the room the last
+        pass found is used up, so a relay kept over its bound pays O(1) per chunk, not O(connections). The room is
+        used up by what entered the budget since (``_entered_bytes``), readers' growth included: unseen, a message
+        inflating in a reader went on until the hard bound gave up whichever connection sent next. What readers let
+        go of makes no room until the next pass (most of it is what the connections given up held, which the pass
+        counted gone already).
+        """
+        if (waiting + size > 2 * self._total_budget
+                or self._queued_chunks - self._parsed_chunks >= 2 * self._queue_chunks):
+            self._give_up(incoming, "what connections given up before had queued is still being read")
+            return False
+        if self._entered_bytes() + size <= self._room_bytes and self._queued_chunks < self._room_chunks:
+            return True
+        return self._make_room(incoming, size)
+
+    def _make_room(self, incoming: _Connection, size: int) -> bool:
+        """Give up the heaviest connections still followed until they and the chunk of ``size`` bytes that
+        ``incoming`` brings fit the budget and the chunk bound; False when ``incoming`` itself was given up."""
+        live = {pair.connection for pair in self._pairs if not pair.connection.skip} | {incoming}
+        weights = {connection: connection.waiting() for connection in live}
+        chunks = {connection: connection.waiting_chunks() for connection in live}
+        weights[incoming] += size
+        chunks[incoming] += 1
+        used, queued = sum(weights.values()), sum(chunks.values())
+        while used > self._total_budget or queued > self._queue_chunks:
+            measure = weights if used > self._total_budget else chunks
+            heaviest = max(live, key=measure.__getitem__)
+            live.discard(heaviest)
+            used -= weights[heaviest]
+            queued -= chunks[heaviest]
+            self._give_up(heaviest, f"it was the heaviest ({weights[heaviest]} bytes, {chunks[heaviest]} chunks "
+                                    f"waiting or held) when the relay's {self._total_budget}-byte, "
+                                    f"{self._queue_chunks}-chunk budget was exceeded")
+            if heaviest is incoming:
+                self._room_bytes = self._room_chunks = 0
+                return False
+        # the room left, as the totals (of every connection) it lasts until
+        self._room_bytes = self._entered_bytes() + size + self._total_budget - used
+        self._room_chunks = self._queued_chunks + 1 + self._queue_chunks - queued
+        return True
+
+    def _entered_bytes(self) -> int:
+        """Bytes that entered the budget so far, never less for what left it: queued, and grown in the readers."""
+        return self._queued_bytes + self._grown_bytes
+
+    def _give_up(self, connection: _Connection, reason: str) -> None:
+        """Queue nothing more of ``connection``, and tell the parser after what it had queued: its reader lets go of
+        what it holds then, not when the connection closes (an idle edge channel stays open for hours, and what it
+        held would count against the global budget all along)."""
+        connection.given_up = reason
+        connection.skip = True
+        self.relay_stats.evicted_connections += 1
+        logger.warning("connection %d: no longer captured, its bytes still flow: %s", connection.id, reason)
+        if self._capturing:
+            self._queue.put((connection, CLIENT, _GIVEN_UP))
 
     def _hand_off_close(self, connection: _Connection) -> None:
-        """Tell the parser the connection ended, after all its chunks (waiting off the loop if the queue is full)."""
-        item: _Item = (connection, CLIENT, None)
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            notice = asyncio.ensure_future(asyncio.to_thread(self._queue.put, item))
-            self._closing.add(notice)
-            notice.add_done_callback(self._closing.discard)
+        """Tell the parser the connection ended, after all its chunks (queued past every bound: it frees a reader)."""
+        if self._capturing:
+            self._queue.put((connection, CLIENT, None))
 
     def _parse(self) -> None:
         """The parser thread: every connection's reader, fed in the order the chunks were forwarded.
 
         It wakes at most every ``PARSE_BATCH_S`` and then reads all that is queued, handing the GIL back to the
-        forwarding loop between chunks.
+        forwarding loop between chunks. Whatever escapes it (each reader's errors are caught per connection) is
+        logged and ends every capture, never the relay: nothing is queued any more and stop() does not wait.
         """
         readers: dict[int, H2Reader] = {}
-        while True:
-            batch = [self._queue.get()]
-            time.sleep(PARSE_BATCH_S)
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    batch.append(self._queue.get_nowait())
-            for item in batch:
-                if item is None:
-                    return
-                self._parse_chunk(readers, *item)
-                time.sleep(0)  # lets the forwarding loop take the GIL if it waits for it
+        try:
+            while True:
+                batch = [self._queue.get()]
+                time.sleep(PARSE_BATCH_S)
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        batch.append(self._queue.get_nowait())
+                for item in batch:
+                    if item is None:
+                        return
+                    self._parse_chunk(readers, *item)
+                    time.sleep(0)  # lets the forwarding loop take the GIL if it waits for it
+        except BaseException:  # anything at all: the relay keeps forwarding, and stop() must not wait for it
+            logger.exception("the relay's parser failed: no connection is captured from here on; bytes still flow")
+            self._parser_failed(readers)
+
+    def _parser_failed(self, readers: dict[int, H2Reader]) -> None:
+        """The parser thread's last act: count, give up every reader, and have the loop stop queueing."""
+        self._capturing = False
+        self.reader_stats.parser_failures += 1
+        for reader in readers.values():
+            with contextlib.suppress(Exception):
+                reader.lose("the parser failed")
+        readers.clear()
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing is queued any more anyway
+                self._loop.call_soon_threadsafe(self._stop_queueing)
+
+    def _stop_queueing(self) -> None:
+        """On the event loop, once the parser failed: skip every connection and drop what waits for nobody."""
+        for pair in self._pairs:
+            pair.connection.skip = True
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
+        self._parsed_chunks, self._parsed_bytes, self._held_bytes = self._queued_chunks, self._queued_bytes, 0
 
     def _parse_chunk(self, readers: dict[int, H2Reader], connection: _Connection, direction: int,
                      data: bytes | None) -> None:
@@ -352,18 +472,26 @@ class WireRelay:
         if reader is None:
             reader = readers[connection.id] = H2Reader(self._sink, self._limits, self.reader_stats,
                                                        name=f"connection {connection.id}")
-        if data is None:
-            del readers[connection.id]
-        else:
-            connection.parsed += 1
+        if data:  # a chunk: not _GIVEN_UP, not a close, which were never counted queued
+            connection.parsed_chunks += 1
+            connection.parsed_bytes += len(data)
+            self._parsed_chunks += 1
             self._parsed_bytes += len(data)
         try:
-            if data is not None:
+            if data:
                 reader.feed(direction, data)
-            if connection.gap_reached():  # what follows was not queued: the reader cannot follow any more
-                reader.lose("the parser fell behind and chunks were not queued")
+            if connection.given_up is not None and connection.parsed_chunks >= connection.queued_chunks:
+                reader.lose(connection.given_up)  # what it queued before is read: nothing after it was queued
             if data is None:
                 reader.close()
         except Exception:  # a reader bug must not end the capture of every other connection
             logger.exception("connection %d: the reader failed", connection.id)
             reader.lose("the reader failed")
+        if reader.lost:
+            connection.skip = True  # the reader ignores what follows: not worth queueing
+        held = 0 if reader.lost or data is None else reader.held()
+        self._grown_bytes += max(0, held - connection.held - len(data or b""))
+        self._held_bytes += held - connection.held
+        connection.held = held
+        if data is None:
+            del readers[connection.id]

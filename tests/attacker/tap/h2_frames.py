@@ -1,4 +1,5 @@
-"""HTTP/2 conversations built by hand (struct and ``hpack.Encoder``), to feed ``attacker.tap.h2_reader``."""
+"""HTTP/2 conversations built by hand (struct and ``hpack.Encoder``), to feed ``attacker.tap.h2_reader``, and what
+the reader offered, read back (``Sink``, ``read``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from dataclasses import dataclass, field
 import hpack
 
 from attacker.tap.h2_reader import (
+    ACK,
+    CLIENT,
     CONTINUATION,
     DATA,
     END_HEADERS,
@@ -19,8 +22,11 @@ from attacker.tap.h2_reader import (
     PREFACE,
     PRIORITY,
     RST_STREAM,
+    SERVER,
     SETTINGS,
+    H2Reader,
 )
+from attacker.tap.reader_limits import ReaderLimits, ReaderStats
 
 INFER = "/cem.split.v1.SplitInference/Infer"
 INFER_STREAM = "/cem.split.v1.SplitInference/InferStream"
@@ -41,6 +47,9 @@ def message(body: bytes, encoding: str | None = None) -> bytes:
 
 def settings(*pairs: tuple[int, int]) -> bytes:
     return frame(SETTINGS, 0, 0, b"".join(key.to_bytes(2, "big") + value.to_bytes(4, "big") for key, value in pairs))
+
+
+SETTINGS_ACK = frame(SETTINGS, ACK, 0, b"")
 
 
 @dataclass
@@ -128,3 +137,40 @@ def unary(client: Peer, server: Peer, stream: int, request: bytes, answer: bytes
     if status == 0:
         server.data(stream, message(answer))
     server.headers(stream, trailers(status), end_stream=True)
+
+
+Offer = tuple[str, bytes, "bytes | None"]
+
+
+@dataclass
+class Sink:
+    """What the reader hands the recorder."""
+
+    offered: list[Offer] = field(default_factory=list)
+    rejected: int = 0
+
+    def offer(self, method: str, payload: bytes, response: bytes | None = None) -> bool:
+        self.offered.append((method, payload, response))
+        return True
+
+    def count_rejected(self, requests: int = 1) -> None:
+        self.rejected += requests
+
+
+def read(exchanges: list[tuple[int, bytes]], limits: ReaderLimits | None = None, step: int | None = None,
+         close: bool = True, stats: ReaderStats | None = None) -> tuple[Sink, H2Reader]:
+    """Feed (direction, bytes) in order, each in pieces of ``step`` bytes (whole when None)."""
+    sink = Sink()
+    reader = H2Reader(sink, limits, stats)
+    for direction, data in exchanges:
+        size = step or max(1, len(data))
+        for i in range(0, len(data), size):
+            reader.feed(direction, data[i:i + size])
+    if close:
+        reader.close()
+    return sink, reader
+
+
+def conversation(client: Peer, server: Peer) -> list[tuple[int, bytes]]:
+    """What both peers sent so far, the client's first (as ``read`` takes it)."""
+    return [(CLIENT, client.take()), (SERVER, server.take())]

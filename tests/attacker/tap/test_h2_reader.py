@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import gzip
 import random
-from dataclasses import dataclass, field
 
 import pytest
 from h2_frames import (
     INFER,
     INFER_STREAM,
     MODEL_INFO,
+    SETTINGS_ACK,
+    Sink,
     client_start,
+    conversation,
     frame,
     message,
+    read,
     request_headers,
     response_headers,
     server_start,
@@ -22,39 +25,10 @@ from h2_frames import (
     unary,
 )
 from hpack import Encoder
+from hpack.hpack import encode_integer
 
-from attacker.tap.h2_reader import CLIENT, END_HEADERS, HEADERS, PREFACE, SERVER, H2Reader, ReaderLimits, ReaderStats
-
-Offer = tuple[str, bytes, "bytes | None"]
-
-
-@dataclass
-class Sink:
-    """What the reader hands the recorder."""
-
-    offered: list[Offer] = field(default_factory=list)
-    rejected: int = 0
-
-    def offer(self, method: str, payload: bytes, response: bytes | None = None) -> bool:
-        self.offered.append((method, payload, response))
-        return True
-
-    def count_rejected(self, requests: int = 1) -> None:
-        self.rejected += requests
-
-
-def read(exchanges: list[tuple[int, bytes]], limits: ReaderLimits | None = None, step: int | None = None,
-         close: bool = True) -> tuple[Sink, H2Reader]:
-    """Feed (direction, bytes) in order, each in pieces of ``step`` bytes (whole when None)."""
-    sink = Sink()
-    reader = H2Reader(sink, limits)
-    for direction, data in exchanges:
-        size = step or max(1, len(data))
-        for i in range(0, len(data), size):
-            reader.feed(direction, data[i:i + size])
-    if close:
-        reader.close()
-    return sink, reader
+from attacker.tap.h2_reader import CLIENT, END_HEADERS, HEADERS, PREFACE, PUSH_PROMISE, SERVER, H2Reader
+from attacker.tap.reader_limits import ReaderLimits, ReaderStats
 
 
 def test_a_unary_call_answered_ok_is_offered_with_its_answer() -> None:
@@ -134,18 +108,19 @@ def test_a_refused_call_is_counted_not_offered_and_other_methods_are_not_recorde
     assert sink.rejected == 2
 
 
-def test_reset_goaway_and_close_count_the_unanswered_requests() -> None:
+def test_reset_and_close_count_the_unanswered_requests_and_goaway_refused_calls_are_not_rejected() -> None:
     client, server = client_start(), server_start()
-    for stream in (1, 3, 5, 7):
+    for stream in (1, 3, 5, 7, 9):
         client.headers(stream, request_headers(INFER_STREAM)).data(stream, message(b"a") + message(b"b"))
     server.headers(1, response_headers()).data(1, message(b"answer to a")).rst(1)  # b never answered
     client.rst(3)
-    server.goaway(5)  # 7 was never processed; 5 still may be
+    server.goaway(5)  # 7 and 9 were never processed, and gRPC retries them; 5 still may be answered
+    client.headers(11, request_headers(INFER)).data(11, message(b"late"), end_stream=True)  # above the GOAWAY
     sink, reader = read([(CLIENT, client.take()), (SERVER, server.take())], close=False)
     assert sink.offered == [(INFER_STREAM, b"a", b"answer to a")]
-    assert (sink.rejected, reader.open_calls) == (1 + 2 + 2, 1)
+    assert (sink.rejected, reader.open_calls, reader.stats.refused_calls) == (1 + 2, 1, 2 + 1)
     reader.close()
-    assert (sink.rejected, reader.open_calls) == (7, 0)
+    assert (sink.rejected, reader.open_calls) == (5, 0)
 
 
 def test_a_stream_pairs_each_answer_with_the_oldest_request_as_it_arrives() -> None:
@@ -179,6 +154,70 @@ def test_a_larger_header_table_announced_in_settings_is_followed() -> None:
     assert len(sink.offered) == 2 and not reader.lost
     sink, reader = read(exchanges[1])  # the server's table update exceeds what the client allowed
     assert sink.offered == [] and reader.lost and reader.stats.lost_connections == 1
+
+
+@pytest.mark.parametrize("announcer", ["server", "client"])
+@pytest.mark.parametrize("size", [0, 256, 16384])
+def test_the_header_table_size_either_side_announces_is_followed(announcer: str, size: int) -> None:
+    """SETTINGS_HEADER_TABLE_SIZE bounds the table of the announcer's decoder, so the *other* side's encoder: it
+    acknowledges the SETTINGS and starts its next block with a table size update, then indexes its metadata in a
+    table that small (everything evicted at once with 0) or that large."""
+    client, server = client_start(), server_start()
+    exchanges = conversation(client, server)  # the preface and both sides' first SETTINGS
+    announcing, encoding = (server, client) if announcer == "server" else (client, server)
+    exchanges.append((SERVER if announcer == "server" else CLIENT, announcing.raw(settings((0x1, size))).take()))
+    # the other side acknowledges both of the announcer's SETTINGS frames, and sizes its table at its next block
+    exchanges.append((CLIENT if announcer == "server" else SERVER, encoding.raw(SETTINGS_ACK * 2).take()))
+    encoding.encoder.header_table_size = size
+    metadata = [(f"x-meta-{i}", "m" * 60) for i in range(6)]  # ~550 bytes: more than 256, far less than 16 KiB
+    for stream in (1, 3, 5):
+        client.headers(stream, request_headers(INFER, extra=metadata)).data(stream, message(b"f%d" % stream),
+                                                                            end_stream=True)
+        server.headers(stream, response_headers() + metadata).data(stream, message(b"a"))
+        server.headers(stream, trailers(), end_stream=True)
+        exchanges += conversation(client, server)
+    sink, reader = read(exchanges)
+    assert sink.offered == [(INFER, b"f%d" % stream, b"a") for stream in (1, 3, 5)] and not reader.lost
+    assert reader._sides[SERVER if announcer == "client" else CLIENT].table.maxsize == size
+
+
+def size_update(size: int) -> bytes:
+    """An HPACK dynamic table size update, as the first thing of a header block."""
+    update = encode_integer(size, 5)
+    update[0] |= 0x20
+    return bytes(update)
+
+
+@pytest.mark.parametrize("acknowledged", [True, False])
+def test_a_table_larger_than_the_decoding_side_allows_is_a_compression_error(acknowledged: bool) -> None:
+    """The server announced a 256-byte table. Once the client has acknowledged it, a client block that sizes its
+    table back to 4096 is one the server fails the connection for, so the reader gives the connection up; before
+    the ACK the client may not have seen the new size yet, and the old one is still allowed."""
+    client, server = client_start(), server_start()
+    exchanges = conversation(client, server.raw(settings((0x1, 256))))
+    if acknowledged:
+        exchanges.append((CLIENT, SETTINGS_ACK * 2))  # of the server's first SETTINGS and of this one
+    block = size_update(4096) + Encoder().encode(request_headers(INFER))
+    client.raw(frame(HEADERS, END_HEADERS, 1, block)).data(1, message(b"features"), end_stream=True)
+    server.headers(1, response_headers()).data(1, message(b"a")).headers(1, trailers(), end_stream=True)
+    sink, reader = read(exchanges + conversation(client, server))
+    assert reader.lost is acknowledged and reader.stats.lost_connections == int(acknowledged)
+    assert sink.offered == ([] if acknowledged else [(INFER, b"features", b"a")])
+
+
+def test_a_server_push_gives_the_connection_up_counted_and_never_raises() -> None:
+    """gRPC never pushes; a PUSH_PROMISE's header block would change the HPACK table the reader cannot follow
+    without it, so the connection is given up (its bytes still flow), and what was recorded before stays."""
+    client, server = client_start(), server_start()
+    unary(client, server, 1, b"before", b"answer")
+    exchanges = conversation(client, server)
+    client.headers(3, request_headers(INFER)).data(3, message(b"after"), end_stream=True)
+    promise = (2).to_bytes(4, "big") + server.encoder.encode(request_headers("/pushed"))
+    server.raw(frame(PUSH_PROMISE, END_HEADERS, 3, promise))
+    server.headers(3, response_headers()).data(3, message(b"a")).headers(3, trailers(), end_stream=True)
+    sink, reader = read(exchanges + conversation(client, server))
+    assert sink.offered == [(INFER, b"before", b"answer")]
+    assert reader.lost and reader.stats.lost_connections == 1 and sink.rejected == 0
 
 
 def test_header_blocks_of_other_calls_keep_the_table_in_sync() -> None:

@@ -6,9 +6,7 @@ import asyncio
 import random
 import socket
 import sqlite3
-import threading
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -16,10 +14,12 @@ import httpx
 import pytest
 import torch
 from h2_frames import INFER, client_start, frame, server_start, unary
+from relay_helpers import Sink, Upstream, relayed
 from tap_helpers import make_request, start_tap
 
 from attacker.tap.cli import main as tap_main
 from attacker.tap.metrics import RELAY_COUNTER_HELP
+from attacker.tap.reader_limits import ReaderLimits
 from attacker.tap.wire_relay import WireRelay
 from cem.captures.reader import CaptureStore
 from cem.captures.store import INDEX_FILE
@@ -170,72 +170,10 @@ def test_relay_mode_refuses_what_it_cannot_honour(flags: tuple[str, ...], messag
     assert not (tmp_path / "c").exists()  # refused before anything started
 
 
-class Sink:
-    """The recorder's side of the relay, in process: what was offered; ``gate`` holds the parser in ``offer``."""
-
-    def __init__(self) -> None:
-        self.offered: list[tuple[str, bytes, bytes | None]] = []
-        self.rejected = 0
-        self.gate = threading.Event()
-        self.gate.set()
-
-    def offer(self, method: str, payload: bytes, response: bytes | None = None) -> bool:
-        self.gate.wait(30)
-        self.offered.append((method, payload, response))
-        return True
-
-    def count_rejected(self, requests: int = 1) -> None:
-        self.rejected += requests
-
-
 def test_relay_counters_are_the_metrics() -> None:
     """Every counter the relay keeps is a metric with a help text, and nothing else is."""
     names = {f"relay_{name}" for name in WireRelay("127.0.0.1:0", "127.0.0.1:1", Sink()).stats()}
     assert names == set(RELAY_COUNTER_HELP)
-
-
-class Upstream:
-    """A scripted TCP upstream: keeps what it receives and, once it has ``answer_after`` bytes, sends ``answer``."""
-
-    def __init__(self, answer_after: int, answer: bytes, close_after_answer: bool) -> None:
-        self.received = bytearray()
-        self.answer_after, self.answer, self.close_after_answer = answer_after, answer, close_after_answer
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        answered = False
-        while data := await reader.read(65536):
-            self.received += data
-            if not answered and len(self.received) >= self.answer_after:
-                answered = True
-                writer.write(self.answer)
-                if self.close_after_answer:
-                    break
-        if not answered:  # the client shut its half first: answer now, over the half still open
-            writer.write(self.answer)
-        writer.close()
-
-    async def until_received(self, size: int) -> None:
-        for _ in range(3000):
-            if len(self.received) >= size:
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError(f"the upstream got {len(self.received)} of {size} bytes")
-
-
-async def relayed(upstream: Upstream, sink: Sink, client: Callable[..., Awaitable[bytes]],
-                  **queue_bounds: int) -> tuple[bytes, dict[str, int]]:
-    """Run ``client(reader, writer)`` through a relay in front of ``upstream``; what it read, and the counters."""
-    server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0)
-    relay = WireRelay("127.0.0.1:0", f"127.0.0.1:{server.sockets[0].getsockname()[1]}", sink, **queue_bounds)
-    port = await relay.start()
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        answer = await client(reader, writer)
-        writer.close()
-    finally:
-        await relay.stop(5)
-        server.close()
-    return answer, relay.stats()
 
 
 def test_bytes_pass_unchanged_both_ways_and_a_half_close_is_relayed() -> None:
@@ -262,7 +200,7 @@ def test_a_parser_that_falls_behind_loses_the_capture_never_the_bytes(bound: str
     fillers = [frame(0xFA, 0, 0, bytes([i]) * 1000) for i in range(8)]  # a frame type readers skip
     # room for two fillers once the parser, waiting in offer(), has read the request
     bytes_bound = len(request) + len(answer) + 2 * len(fillers[0])
-    queue_bounds = {"queue_chunks": 2} if bound == "chunks" else {"queue_bytes": bytes_bound}
+    queue_bounds = {"queue_chunks": 2} if bound == "chunks" else {"limits": ReaderLimits(max_total_bytes=bytes_bound)}
     upstream = Upstream(answer_after=len(request), answer=answer, close_after_answer=False)
     sink = Sink()
     sink.gate.clear()  # the parser stops in offer() once it has read the call
