@@ -191,6 +191,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 def report_command(args: argparse.Namespace) -> int:
     # Imported here: matplotlib, Jinja2 and scipy take seconds to load, which `run` never needs.
+    from experiment.cost import cost_markdown, grid_cost
     from experiment.html import render_html, write_html
     from experiment.plots import plot_galleries, plot_mse_vs_entropy, plot_pareto
     from experiment.report import build_table1, collect, convergence_flags, unjudged_columns
@@ -206,7 +207,10 @@ def report_command(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {
         "name": plan.name, "convergence": flags, "unjudged": unjudged, "nonfinite": collected.nonfinite,
         "missing": collected.missing, "observations": len(collected.observations)}
+    costs = grid_cost(plan, store)
+    extra["cost"] = [cost.to_dict() for cost in costs]
     write_tables(table, directory, plan.name, extra)  # first: the tables stand even if a figure cannot be drawn
+    (directory / "cost.md").write_text(cost_markdown(costs), encoding="utf-8")
     plotted = [("Accuracy vs attack MSE (Fig. 4)", plot_pareto(collected.observations, plan.attacks, directory)),
                ("Attack MSE vs conditional entropy (Fig. 3)",
                 plot_mse_vs_entropy(collected.observations, plan.attacks, directory))]
@@ -221,7 +225,7 @@ def report_command(args: argparse.Namespace) -> int:
     stored = sum(store.load(c.kind, c.key) is not None for c in plan.runnable())
     page = render_html(name=plan.name, table=table, figures=figures, galleries=galleries, flags=flags,
                        missing=collected.missing, stored=stored, spec_text=plan.spec_text, unjudged=unjudged,
-                       nonfinite=collected.nonfinite)
+                       nonfinite=collected.nonfinite, costs=costs)
     index = write_html(directory / "index.html", page)
     print(paths["md"].read_text(encoding="utf-8"))
     for line in summary_line(table):
@@ -232,7 +236,9 @@ def report_command(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     if collected.missing:
         print(f"note: {len(collected.missing)} cells of the plan are not stored yet; the report covers the others")
-    print(f"wrote {directory}: table1.md, table1.csv, table1.json, pareto/mse_vs_entropy (.png, .svg), "
+    print()
+    print(cost_markdown(costs), end="")
+    print(f"wrote {directory}: table1.md, table1.csv, table1.json, cost.md, pareto/mse_vs_entropy (.png, .svg), "
           f"{len(galleries)} galleries, {index.name}")
     if args.json:
         print(json.dumps(json.loads(paths["json"].read_text(encoding="utf-8"))))

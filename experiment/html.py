@@ -16,6 +16,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from experiment.cost import CellCost
 from experiment.report import Table1
 from experiment.tables import flag_notes, rendered_groups
 
@@ -30,9 +31,10 @@ def data_uri(path: Path) -> str:
 def render_html(*, name: str, table: Table1, figures: Sequence[tuple[str, Path]],
                 galleries: Sequence[tuple[str, Path]], flags: Sequence[Mapping[str, Any]], missing: Sequence[str],
                 stored: int, spec_text: str, unjudged: Sequence[Mapping[str, Any]] = (),
-                nonfinite: Sequence[Mapping[str, Any]] = ()) -> str:
+                nonfinite: Sequence[Mapping[str, Any]] = (), costs: Sequence[CellCost] = ()) -> str:
     """The page; ``figures`` and ``galleries`` are (title, PNG path) pairs; ``flags``, ``unjudged`` and
-    ``nonfinite`` the report's not-converged columns, unjudged columns and values left out as not finite."""
+    ``nonfinite`` the report's not-converged columns, unjudged columns and values left out as not finite;
+    ``costs`` what each kind of stored cell took (experiment.cost)."""
     environment = Environment(loader=PackageLoader("experiment", "templates"), autoescape=select_autoescape(["html"]))
     return environment.get_template(TEMPLATE).render(
         name=name,
@@ -45,6 +47,7 @@ def render_html(*, name: str, table: Table1, figures: Sequence[tuple[str, Path]]
         unjudged=list(unjudged),
         nonfinite=flag_notes(nonfinite, ()),  # the same sentences as table1.md's notes
         missing=list(missing),
+        costs=list(costs),
         spec_text=spec_text,
     )
 

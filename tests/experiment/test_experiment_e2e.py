@@ -122,6 +122,15 @@ def test_the_report_is_table1_plots_and_one_self_contained_page(smoke: SmokeRun)
     page = (report / "index.html").read_text()
     assert page.count('src="data:image/png;base64,') == 4 and "http://" not in page and "https://" not in page
     assert "did not converge" in page and "Bottleneck+CEM" in page
+    # what the cells cost, from their records: 4 trainings and 4 decoder attacks, all stored
+    walls = {kind: sorted(r["wall_s"] for r in cells.values() if r["kind"] == kind) for kind in ("train", "attack")}
+    cost = {entry["kind"]: entry for entry in table["cost"]}
+    assert list(cost) == ["train", "decoder"]
+    for kind, name in (("train", "train"), ("attack", "decoder")):
+        assert (cost[name]["stored"], cost[name]["remaining"], cost[name]["remaining_s"]) == (4, 0, 0)
+        assert cost[name]["total_s"] == pytest.approx(sum(walls[kind]), abs=0.1)
+        assert cost[name]["median_s"] == pytest.approx((walls[kind][1] + walls[kind][2]) / 2, abs=0.1)
+    assert (report / "cost.md").read_text().startswith("cells | stored | median wall s") and "<h2>Cost</h2>" in page
 
 
 def test_changing_one_sigma_reruns_only_that_sigmas_cells(smoke: SmokeRun, tmp_path: Path) -> None:

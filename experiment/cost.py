@@ -1,0 +1,75 @@
+"""What a grid's stored cells cost, per kind of cell (the trainings, each attack), and what the rest will.
+
+A grid that takes days runs in slices over several sittings (docs/experiments.md),
+so its user needs to know, from the stored records alone, what each kind of
+cell took and how many are left. Every record keeps the wall seconds of its own
+cell (``wall_s``). Cells ran ``--jobs`` at a time, beside whatever else the
+machine ran, so the sum is cell-seconds of wall time, not the grid's elapsed
+time; the median is the number to plan the remaining cells by.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from experiment.cells import AttackCell, Plan
+from experiment.store import CellStore
+
+
+@dataclass(frozen=True)
+class CellCost:
+    """One kind of cell: ``kind`` is ``train`` or an attack's name."""
+
+    kind: str
+    stored: int
+    remaining: int
+    total_s: float
+    median_s: float | None
+
+    @property
+    def remaining_s(self) -> float | None:
+        """The remaining cells at the stored median: cell-seconds, divide by the jobs that will run them."""
+        return None if self.median_s is None else self.remaining * self.median_s
+
+    def to_dict(self) -> dict[str, object]:
+        def rounded(seconds: float | None) -> float | None:
+            return None if seconds is None else round(seconds, 1)
+
+        return {"kind": self.kind, "stored": self.stored, "remaining": self.remaining,
+                "total_s": rounded(self.total_s), "median_s": rounded(self.median_s),
+                "remaining_s": rounded(self.remaining_s)}
+
+
+def grid_cost(plan: Plan, store: CellStore) -> list[CellCost]:
+    """The cost of every kind of cell in ``plan``: trainings first, then the attacks in the plan's order."""
+    walls: dict[str, list[float]] = {"train": [], **{attack: [] for attack in plan.attacks}}
+    stored, remaining = dict.fromkeys(walls, 0), dict.fromkeys(walls, 0)
+    for cell in plan.runnable():
+        kind = cell.attack if isinstance(cell, AttackCell) else "train"
+        record = store.load(cell.kind, cell.key)
+        if record is None:
+            remaining[kind] += 1
+            continue
+        stored[kind] += 1
+        wall = record.get("wall_s")
+        if isinstance(wall, int | float) and not isinstance(wall, bool):  # records before the field have none
+            walls[kind].append(float(wall))
+    return [CellCost(kind, stored[kind], remaining[kind], sum(values), statistics.median(values) if values else None)
+            for kind, values in walls.items()]
+
+
+def _hours(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds / 3600:.1f}"
+
+
+def cost_markdown(costs: Sequence[CellCost]) -> str:
+    """The cost table, as Markdown."""
+    lines = ["cells | stored | median wall s | stored cell-hours | remaining | remaining cell-hours (at the median)",
+             "--- | --- | --- | --- | --- | ---"]
+    for cost in costs:
+        median = "—" if cost.median_s is None else f"{cost.median_s:.0f}"
+        lines.append(f"{cost.kind} | {cost.stored} | {median} | {_hours(cost.total_s)} | {cost.remaining} | "
+                     f"{_hours(cost.remaining_s)}")
+    return "\n".join(lines) + "\n"

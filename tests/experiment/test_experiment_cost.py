@@ -1,0 +1,32 @@
+"""What a grid's cells cost, read from the stored records: stored and remaining per kind, priced at the median."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from experiment_helpers import BASE, fake_prober
+
+from experiment.cells import expand_plan
+from experiment.cost import cost_markdown, grid_cost
+from experiment.spec import parse_spec
+from experiment.store import CellStore
+
+
+def test_remaining_cells_are_priced_at_the_median_of_the_stored_ones(tmp_path: Path) -> None:
+    plan = expand_plan(parse_spec(BASE), fake_prober)
+    store = CellStore(tmp_path)
+    store.create()
+    assert len(plan.train) == 8 and len(plan.attack) == 8  # 2 seeds x 2 rows x 2 lambdas, one attack each
+    for cell, wall in zip(plan.train[:3], (10.0, 30.0, 20.0), strict=True):
+        store.save({"key": cell.key, "kind": cell.kind, "wall_s": wall})
+    store.save({"key": plan.train[3].key, "kind": "train"})  # a record from before the field: stored, unpriced
+    train, decoder = grid_cost(plan, store)
+    assert (train.kind, train.stored, train.remaining, train.total_s, train.median_s) == ("train", 4, 4, 60.0, 20.0)
+    assert train.remaining_s == 80.0
+    assert (decoder.kind, decoder.stored, decoder.remaining, decoder.median_s, decoder.remaining_s) == \
+        ("decoder", 0, 8, None, None)  # nothing stored prices nothing
+    markdown = cost_markdown([train, decoder])
+    assert "\ntrain | 4 | 20 | 0.0 | 4 | 0.0\n" in markdown and "\ndecoder | 0 | — | 0.0 | 8 | —\n" in markdown
+    assert train.to_dict() == pytest.approx({"kind": "train", "stored": 4, "remaining": 4, "total_s": 60.0,
+                                             "median_s": 20.0, "remaining_s": 80.0})
