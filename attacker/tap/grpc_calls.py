@@ -26,7 +26,7 @@ requests to a sink (the ``CaptureRecorder``) with the proxy's rules
 Bounded: a message over ``max_message_bytes`` (on the wire or inflated), or a
 call holding more than its budget, ends the capture of that call only
 (``oversized_calls``); inflating is paid for from the connection's parse-work
-budget (``attacker.tap.reader_limits``).
+budget (``attacker.tap.parse_work``) and stops at what it can pay.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Protocol
 
-from attacker.tap.reader_limits import ReaderLimits, ReaderStats, WorkBudget
+from attacker.tap.parse_work import WorkBudget
+from attacker.tap.reader_limits import ReaderLimits, ReaderStats
 from cem.captures.records import CAPTURED_METHODS
 from protos import cem_split_pb2 as pb
 
@@ -244,13 +245,13 @@ class GrpcCalls:
             inflater = zlib.decompressobj(wbits)
             limit = self._limits.max_message_bytes
             # Bounded by the message limit and by what the connection can still pay: a bomb stops at either.
-            most = min(limit, max(self._work.credit, 0)) + 1
+            most = min(limit, self._work.available()) + 1
             try:
                 message = inflater.decompress(raw, most)
             except zlib.error:
                 message = None
             if message is not None:
-                self._work.spend(len(message), f"inflating a {call.method} message")
+                self._work.spend(len(message), f"inflating a {call.method} message", done=True)
                 if len(message) > limit:
                     raise Oversized("a message that inflates")
                 if inflater.eof:

@@ -18,10 +18,12 @@ raise out of it and cannot grow it without bound:
 - any framing, HPACK or protocol error (server push included: gRPC never uses
   it), and bytes that are not HTTP/2 at all, make the connection *lost*: counted
   once, logged once, its further bytes ignored (the relay still forwards them);
-- the connection is lost too once its calls and buffered frames hold more than
-  its budget (``over_budget_connections``), or it causes more parse work
-  (inflating, decoding header blocks) than its bytes on the wire pay for
-  (``overworked_connections``; ``attacker.tap.reader_limits``);
+- the connection is lost too once its calls, buffered frames and HPACK state
+  (both tables, the decoded-block cache) hold more than its budget
+  (``over_budget_connections``), or it causes more parse work (inflating,
+  decoding header blocks) than its bytes on the wire pay for
+  (``overworked_connections``; ``attacker.tap.parse_work``): decoding stops at
+  the first header field it cannot pay for;
 - captured calls beyond ``max_streams`` open at once on one connection are not
   followed (``streams_ignored``); header blocks are capped, encoded and decoded,
   and so is the HPACK table a peer may ask for.
@@ -34,24 +36,28 @@ import struct
 from collections import deque
 
 from hpack import Decoder, HPACKError
+from hpack.struct import HeaderTuple
 from hpack.table import HeaderTable
 
 from attacker.tap.grpc_calls import CLIENT, SERVER, CallSink, GrpcCalls
+from attacker.tap.log_limit import LimitedLog
+from attacker.tap.parse_work import WorkBudget, WorkPool
 from attacker.tap.reader_limits import (
+    DECODED_BLOCK_CACHE_BYTES,
     HEADER_BYTE_WORK,
     HEADER_FIELD_WORK,
     GiveUp,
     OverBudget,
+    Overworked,
     ReaderLimits,
     ReaderStats,
-    WorkBudget,
 )
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ACK", "CLIENT", "CONTINUATION", "DATA", "END_HEADERS", "END_STREAM", "GOAWAY", "HEADERS", "PADDED",
            "PREFACE", "PRIORITY", "PUSH_PROMISE", "REFUSED_STREAM", "RST_STREAM", "SERVER", "SETTINGS",
-           "SETTINGS_HEADER_TABLE_SIZE", "H2Reader"]
+           "SETTINGS_HEADER_TABLE_SIZE", "H2Reader", "lost_log"]
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -63,8 +69,10 @@ REFUSED_STREAM = 0x7  # RST_STREAM's code for a stream the server did not proces
 _FRAME_HEADER = struct.Struct(">HBBBI")  # a 24-bit length as 16 + 8 bits, type, flags, stream id
 _MAX_CONTROL_FRAME = 16 * 1024  # SETTINGS, RST_STREAM and GOAWAY frames are read whole; gRPC's are a few bytes
 _MAX_UNACKED_SETTINGS = 32  # SETTINGS frames waiting for their ACK; gRPC has one or two at a time
-# Decoded header blocks kept per direction: gRPC repeats the same few byte-identical blocks call after call
-_CACHE_ENTRIES, _CACHE_BLOCK_BYTES, _CACHE_HEADER_BYTES = 16, 512, 4096
+# Decoded header blocks kept per direction: gRPC repeats the same few byte-identical blocks call after call. A block
+# is kept when it and its headers are small; all kept, counted with a per-entry overhead (the dict, the key), stay
+# within DECODED_BLOCK_CACHE_BYTES (emptied when the next would not fit).
+_CACHE_BLOCK_BYTES, _CACHE_HEADER_BYTES, _CACHE_ENTRY_OVERHEAD = 512, 4096, 256
 _LOST_LIMITS = ReaderLimits(max_header_block_bytes=1, max_header_table_bytes=1)  # the sides of a lost connection
 
 
@@ -87,23 +95,53 @@ class _CountingTable(HeaderTable):
     def state(self) -> tuple[int, int, int]:
         return self.insertions, len(self.dynamic_entries), self.maxsize
 
+    def size(self) -> int:
+        """What its entries hold, as HPACK counts it (32 bytes of overhead each), kept by hpack as they change."""
+        return self._current_size
+
 
 class _Decoder(Decoder):
-    """hpack's decoder, minus its check that the encoder shrank its table once the allowed size dropped. A table
-    larger than the encoder's decodes the same (entries are named from the newest), and a reader that only
-    follows must not give up a connection its endpoints keep using; a size update above the allowed size is
-    still refused, as the endpoint refuses it."""
+    """hpack's decoder, with two changes through its private methods (hence ``hpack>=4,<5``, and a test that fails
+    once they are gone):
+
+    - no check that the encoder shrank its table once the allowed size dropped. A table larger than the encoder's
+      decodes the same (entries are named from the newest), and a reader that only follows must not give up a
+      connection its endpoints keep using; a size update above the allowed size is still refused, as the endpoint
+      refuses it;
+    - at most ``field_limit`` fields a block (``Overworked`` at the next): fields are what decoding costs, and how
+      many a block holds is known only once it is decoded, too late to refuse work the connection cannot pay for.
+    """
+
+    field_limit = 0
+    fields = 0
+
+    def decode(self, data: bytes, raw: bool = False) -> list[HeaderTuple]:
+        self.fields = 0
+        return list(super().decode(data, raw))
 
     def _assert_valid_table_size(self) -> None:
         return
+
+    def _decode_indexed(self, data: bytes | memoryview) -> tuple[HeaderTuple, int]:
+        self._count_field()
+        return super()._decode_indexed(data)
+
+    def _decode_literal(self, data: bytes | memoryview, should_index: bool) -> tuple[HeaderTuple, int]:
+        self._count_field()
+        return super()._decode_literal(data, should_index)
+
+    def _count_field(self) -> None:
+        self.fields += 1
+        if self.fields > self.field_limit:
+            raise Overworked(f"decoding header fields: its work pays for {self.field_limit} in this block")
 
 
 class _Side:
     """The frame reader's state for one direction of the connection, and the HPACK decoder of its blocks."""
 
-    __slots__ = ("block", "block_end_stream", "block_stream", "buffer", "cache", "data_end_stream", "data_left",
-                 "data_stream", "decoder", "in_data", "pad", "preface_left", "skip", "table", "table_acked",
-                 "table_cap", "table_pending")
+    __slots__ = ("block", "block_end_stream", "block_stream", "block_work", "buffer", "cache", "cache_bytes",
+                 "data_end_stream", "data_left", "data_stream", "decoder", "in_data", "pad", "preface_left", "skip",
+                 "table", "table_acked", "table_cap", "table_pending")
 
     def __init__(self, preface: bool, limits: ReaderLimits) -> None:
         self.buffer = bytearray()
@@ -117,6 +155,7 @@ class _Side:
         self.block: bytearray | None = None  # a header block waiting for its CONTINUATION frames
         self.block_stream = 0
         self.block_end_stream = False
+        self.block_work = 0  # what its frames pay towards decoding it (``WorkBudget.block_allowance``)
         self.decoder = _Decoder(max_header_list_size=limits.max_header_block_bytes)
         self.table = self.decoder.header_table = _CountingTable()
         # SETTINGS_HEADER_TABLE_SIZE of the endpoint decoding this direction: acknowledged, and announced since
@@ -125,9 +164,11 @@ class _Side:
         self.table_pending: deque[int | None] = deque()
         self.table_cap = limits.max_header_table_bytes
         self.cache: dict[tuple[bytes, int, int, int, int], dict[bytes, bytes]] = {}
+        self.cache_bytes = 0
 
     def held(self) -> int:
-        return len(self.buffer) + (0 if self.block is None else len(self.block))
+        """Its partial frames, its HPACK table and its decoded-block cache."""
+        return len(self.buffer) + (0 if self.block is None else len(self.block)) + self.table.size() + self.cache_bytes
 
     def announced(self, size: int | None) -> None:
         """The endpoint decoding this direction sent SETTINGS (``size``: its header table size, if named)."""
@@ -151,7 +192,8 @@ class _Side:
         self.decoder.max_allowed_table_size = min(max(sizes), self.table_cap)
 
     def decode(self, block: bytes, work: WorkBudget) -> dict[bytes, bytes]:
-        """The headers of the next header block of this direction; decoding is paid from ``work``.
+        """The headers of the next header block of this direction; decoding is paid for by the block's own frames
+        (``block_work``), then from ``work``, and stops at the first field that cannot be paid for.
 
         A block that left the table as it found it decodes the same whenever the table is in that state again
         (and allows the same size), so it is kept: pure-Python HPACK was most of the reader's time, and gRPC's
@@ -161,28 +203,46 @@ class _Side:
         key = (block, *state, self.decoder.max_allowed_table_size)
         headers = self.cache.get(key)
         if headers is None:
-            work.spend(HEADER_BYTE_WORK * len(block), "decoding header blocks")
-            fields = list(self.decoder.decode(block, raw=True))
-            work.spend(HEADER_FIELD_WORK * len(fields), "decoding header fields")
+            free = work.spend(HEADER_BYTE_WORK * len(block), "decoding header blocks", self.block_work)
+            self.decoder.field_limit = work.fields_payable(free)
+            fields = self.decoder.decode(block, raw=True)
+            work.spend(HEADER_FIELD_WORK * len(fields), "decoding header fields", free)
             headers = dict(fields)
-            if (self.table.state() == state and len(block) <= _CACHE_BLOCK_BYTES
-                    and sum(len(name) + len(value) for name, value in headers.items()) <= _CACHE_HEADER_BYTES):
-                if len(self.cache) >= _CACHE_ENTRIES:
-                    self.cache.clear()
-                self.cache[key] = headers
+            if self.table.state() == state and len(block) <= _CACHE_BLOCK_BYTES:
+                self._keep(key, headers)
         return headers
+
+    def _keep(self, key: tuple[bytes, int, int, int, int], headers: dict[bytes, bytes]) -> None:
+        """Cache a decoded block, within ``DECODED_BLOCK_CACHE_BYTES``: counted in ``held`` like any byte it keeps."""
+        header_bytes = sum(len(name) + len(value) for name, value in headers.items())
+        if header_bytes > _CACHE_HEADER_BYTES:
+            return
+        size = _CACHE_ENTRY_OVERHEAD + len(key[0]) + header_bytes
+        if self.cache_bytes + size > DECODED_BLOCK_CACHE_BYTES:
+            self.cache.clear()
+            self.cache_bytes = 0
+        self.cache[key] = headers
+        self.cache_bytes += size
+
+
+def lost_log() -> LimitedLog:
+    """The readers' one warning, that a connection is no longer captured, rate-limited: share one among readers."""
+    return LimitedLog(logger, "connections no longer captured by their reader")
 
 
 class H2Reader:
     """The gRPC calls of one connection, from the bytes of its two directions fed in order (``CLIENT``/``SERVER``)."""
 
     def __init__(self, sink: CallSink, limits: ReaderLimits | None = None, stats: ReaderStats | None = None,
-                 name: str = "connection") -> None:
+                 name: str = "connection", pool: WorkPool | None = None, log: LimitedLog | None = None) -> None:
+        """``stats``, ``pool`` and ``log`` are shared by every reader of one relay (its counters, the pool their
+        parse-work allowances are lent from, its warnings); a reader alone gets its own."""
         self.limits = limits or ReaderLimits()
         self.stats = stats if stats is not None else ReaderStats()
         self.name = name  # for log lines
         self.lost = False
-        self._work = WorkBudget(self.limits)
+        self._log = log if log is not None else lost_log()
+        self._work = WorkBudget(self.limits, pool if pool is not None else WorkPool(self.limits))
         self._sides = (_Side(True, self.limits), _Side(False, self.limits))
         self._calls = GrpcCalls(sink, self.limits, self.stats, self._work, name)
         self._last_client_stream = 0
@@ -192,7 +252,8 @@ class H2Reader:
         return len(self._calls)
 
     def held(self) -> int:
-        """Bytes this reader holds: its calls' messages and the partial frames it buffered."""
+        """Bytes this reader holds: its calls' messages, the partial frames it buffered, its HPACK tables and its
+        decoded-block caches."""
         return self._calls.held + self._sides[CLIENT].held() + self._sides[SERVER].held()
 
     def feed(self, direction: int, data: bytes) -> None:
@@ -212,6 +273,7 @@ class H2Reader:
 
     def close(self) -> None:
         """The connection closed: every call still open ends unanswered."""
+        self._work.retire()
         self._calls.close()
 
     def lose(self, reason: str, counter: str | None = None) -> None:
@@ -223,9 +285,10 @@ class H2Reader:
         self.stats.lost_connections += 1
         if counter is not None:
             setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+        self._work.retire()
         self._calls.clear()
         self._sides = (_Side(False, _LOST_LIMITS), _Side(False, _LOST_LIMITS))  # drop the buffers and tables
-        logger.warning("%s: no longer captured (%s); its bytes still flow", self.name, reason)
+        self._log.warning("%s: no longer captured (%s); its bytes still flow", self.name, reason)
 
     def _check_budget(self, held: int) -> None:
         if held > self.limits.connection_budget:
@@ -316,10 +379,12 @@ class H2Reader:
                 raise _Lost("HEADERS padding or priority longer than the frame")
             side.block, side.block_stream = bytearray(payload[start:stop]), stream
             side.block_end_stream = bool(flags & END_STREAM)
+            side.block_work = self._work.block_allowance(9 + len(payload))
         elif kind == CONTINUATION:
             if side.block is None:
                 raise _Lost("CONTINUATION without HEADERS")
             side.block += payload
+            side.block_work += self._work.block_allowance(9 + len(payload))
             if len(side.block) > self.limits.max_header_block_bytes:
                 raise _Lost(f"a header block over {self.limits.max_header_block_bytes} bytes")
         elif kind == RST_STREAM:

@@ -49,6 +49,8 @@ RELAY_COUNTER_HELP = {
     "relay_overworked_connections": "connections no longer captured: more parse work (inflating, decoding headers) "
                                     "than their bytes on the wire pay for",
     "relay_parser_failures": "times the relay's parser thread failed, giving up every capture (bytes still flow)",
+    "relay_dropped_after_stop": "answered feature requests the parser read after the stop stopped waiting for it, "
+                                "not recorded (the recorder was closing)",
 }
 
 

@@ -11,9 +11,11 @@ them (at the default 64 MiB: 256 MiB, 512 MiB and 1 GiB):
 - **a call** holds at most ``CALL_BUDGET_MESSAGES`` x M (its unanswered
   requests, a held answer, the messages being read): a stream may run a few
   requests ahead of its answers;
-- **a connection** holds at most ``CONNECTION_BUDGET_MESSAGES`` x M over all its
-  open calls plus the partial frames it has buffered (two full calls): without
-  it, 1,000 open calls each within its own budget could hold 1,000 budgets;
+- **a connection** holds at most ``CONNECTION_BUDGET_MESSAGES`` x M (two full
+  calls) over all its open calls plus the partial frames it has buffered and its
+  HPACK state (both tables, up to ``max_header_table_bytes`` each, and both
+  decoded-block caches, ``DECODED_BLOCK_CACHE_BYTES`` each): without it, 1,000
+  open calls each within its own budget could hold 1,000 budgets;
 - **all connections together** hold at most ``TOTAL_BUDGET_MESSAGES`` x M (and
   never less than ``MIN_TOTAL_BYTES``): the bytes queued for the parser thread
   plus what every reader holds. Past it the relay gives up the capture of the
@@ -24,18 +26,38 @@ them (at the default 64 MiB: 256 MiB, 512 MiB and 1 GiB):
 it far more than others: a message may inflate to M (a gzip bomb: 64 MiB from
 64 KB, 0.3 s of zlib), and a header block of one-byte references to table
 entries costs pure-Python HPACK ~5 µs a field. That work is counted in *work
-units* of about one inflated byte each (~4.5 ns) and paid for by the
-connection's bytes on the wire: each byte read earns ``work_per_wire_byte``
-units (512), up to ``work_burst`` units may be banked, and a connection that
-spends more is given up (``overworked_connections``) before it has held the
-parser for long. Honest gRPC stays well below the rate: features compress a few
-times at most, and the header blocks of the smallest calls (a health check,
-~110 bytes both ways, its blocks missing the decoded-block cache because
-``grpc-timeout`` changes the table) cost ~140 units a byte; a gzip bomb costs
-~1,000 and a flood of indexed fields over 1,100. What the rate cannot tell
-from a busy honest client is traffic that is expensive per byte without
-amplification (literal header fields cost ~130 units a byte): that is bounded
-like any heavy traffic, by the byte budgets above.
+units* of about one inflated byte each (~4.5 ns) and paid for by the bytes on
+the wire (``attacker.tap.parse_work`` keeps the accounts):
+
+- each byte a connection sends earns it ``work_per_wire_byte`` units (32),
+  banked up to ``work_burst`` (2 M): honest gzip of features inflates 1.1-4x
+  (sparse activations ~7x), uncompressed messages cost nothing, so a
+  connection that inflates more than 32x what it sends is given up once its
+  allowance (below) is spent (``overworked_connections``), and however many
+  connections send, all their inflating stays within the pool below plus 33
+  units (~0.15 µs) per byte relayed;
+- a header block pays for its own decoding with ``work_per_header_byte`` units
+  (512) per byte of its frames, not banked (a cached block costs nothing, and
+  would otherwise buy inflating): grpcio's blocks cost 150-410 units a byte of
+  their frames even when they miss the decoded-block cache (the costliest, a
+  health check's request, its ``grpc-timeout`` changing every call), a flood
+  of one-byte indexed fields ~1,150; what a block costs beyond its own frames
+  comes from the account, and decoding stops at the first field the account
+  can no longer pay for;
+- a new connection may spend a small ``work_allowance`` (1 MiB of units, ~5 ms)
+  before its bytes paid for anything (a first message that compresses better
+  than 32x). Allowances are lent from one pool shared by every connection,
+  ``total_work`` units (64 allowances), which the bytes of all connections
+  refill at ``POOL_WORK_PER_WIRE_BYTE`` (1) unit a byte: opening connection
+  after connection, each with a fresh allowance, gets no more than the pool.
+  While the pool is below half, a connection may draw from the other half only
+  while it owes less than its fair share of it (that half over the connections
+  being read), so that the connections that emptied it are given up before an
+  honest one that needs a little.
+
+Traffic that is expensive per byte without amplification (literal header
+fields, ~130 units a byte) is bounded like any heavy traffic, by the byte
+budgets above and the header rate.
 """
 
 from __future__ import annotations
@@ -49,7 +71,11 @@ CALL_BUDGET_MESSAGES = 4  # a followed call holds at most this many largest mess
 CONNECTION_BUDGET_MESSAGES = 8  # all the followed calls of one connection together: two full calls
 TOTAL_BUDGET_MESSAGES = 16  # every connection's queued and held bytes together: two full connections
 MIN_TOTAL_BYTES = 64 * 1024 * 1024  # the global budget never below this: the parser wakes every 50 ms, bytes pile up
-WORK_BURST_MESSAGES = 2  # parse work a connection may bank, in largest messages inflated
+WORK_BURST_MESSAGES = 2  # parse work a connection may bank, in largest messages inflated (two streams' at once)
+TOTAL_WORK_ALLOWANCES = 64  # the pool every connection's starting allowance is lent from, in allowances
+POOL_WORK_PER_WIRE_BYTE = 1  # what each byte on the wire, of any connection, puts back in that pool
+# Decoded header blocks a direction keeps (h2_reader's cache), entries' overhead counted: counted as held too
+DECODED_BLOCK_CACHE_BYTES = 16 * 1024
 # The estimated cost of decoding a header block that missed the decoded-block cache, in work units (~4.5 ns each,
 # zlib's cost per inflated byte; measured for hpack 4 on the 2-core box): ~5 µs per field, ~0.6 µs per encoded
 # byte (Huffman decoding of literals).
@@ -67,8 +93,11 @@ class ReaderLimits:
     max_call_bytes: int | None = None  # what one followed call may hold at once
     max_connection_bytes: int | None = None  # what one connection's calls and buffered frames may hold together
     max_total_bytes: int | None = None  # what every connection may have queued for the parser or held, together
-    work_per_wire_byte: int = 512  # parse work units one byte on the wire pays for
+    work_per_wire_byte: int = 32  # parse work units one byte on the wire earns its connection
+    work_per_header_byte: int = 512  # parse work units a header block's frame bytes pay towards decoding it
+    work_allowance: int = 1 << 20  # parse work units a new connection may spend before its bytes paid for any
     max_work_burst: int | None = None  # parse work units a connection may bank
+    max_total_work: int | None = None  # the pool every connection's allowance is lent from, in work units
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -77,28 +106,30 @@ class ReaderLimits:
 
     @property
     def call_budget(self) -> int:
-        return self.max_call_bytes if self.max_call_bytes is not None else CALL_BUDGET_MESSAGES * self.max_message_bytes
+        return _given_or(self.max_call_bytes, CALL_BUDGET_MESSAGES * self.max_message_bytes)
 
     @property
     def connection_budget(self) -> int:
-        if self.max_connection_bytes is not None:
-            return self.max_connection_bytes
-        return CONNECTION_BUDGET_MESSAGES * self.max_message_bytes
+        return _given_or(self.max_connection_bytes, CONNECTION_BUDGET_MESSAGES * self.max_message_bytes)
 
     @property
     def total_budget(self) -> int:
-        if self.max_total_bytes is not None:
-            return self.max_total_bytes
-        return max(TOTAL_BUDGET_MESSAGES * self.max_message_bytes, MIN_TOTAL_BYTES)
+        return _given_or(self.max_total_bytes, max(TOTAL_BUDGET_MESSAGES * self.max_message_bytes, MIN_TOTAL_BYTES))
 
     @property
     def work_burst(self) -> int:
-        """By default two largest messages inflated plus the costliest header block (a field counts at least 32
-        bytes against the block's decoded cap), so that no single honest message or block can overspend it."""
-        if self.max_work_burst is not None:
-            return self.max_work_burst
-        worst_block = (HEADER_BYTE_WORK + HEADER_FIELD_WORK // 32) * self.max_header_block_bytes
-        return WORK_BURST_MESSAGES * self.max_message_bytes + worst_block
+        """By default two largest messages inflated: what a connection banks is what its own bytes earned, and a
+        largest message compressed up to ``work_per_wire_byte`` times is paid for by its own bytes. Never below the
+        allowance, which a connection starts with."""
+        return max(_given_or(self.max_work_burst, WORK_BURST_MESSAGES * self.max_message_bytes), self.work_allowance)
+
+    @property
+    def total_work(self) -> int:
+        return _given_or(self.max_total_work, TOTAL_WORK_ALLOWANCES * self.work_allowance)
+
+
+def _given_or(value: int | None, derived: int) -> int:
+    return derived if value is None else value
 
 
 @dataclass
@@ -113,6 +144,7 @@ class ReaderStats:
     over_budget_connections: int = 0  # connections given up: their calls and buffers held over their budget
     overworked_connections: int = 0  # connections given up: more parse work than their bytes on the wire pay for
     parser_failures: int = 0  # the parser thread failed: every capture given up from then on
+    dropped_after_stop: int = 0  # answered requests read after stop() stopped waiting for the parser: not offered
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -125,29 +157,14 @@ class GiveUp(Exception):
 
 
 class OverBudget(GiveUp):
+    """The connection's calls and buffers hold more than its budget. Giving it up (not the call that happened to
+    grow last) is what keeps one client's open calls from holding many calls' budgets."""
+
     counter = "over_budget_connections"
 
 
 class Overworked(GiveUp):
+    """The connection caused more parse work than its bytes on the wire (and what it may borrow) pay for. Giving it
+    up before the work is done is what keeps one client from holding the parser every connection shares."""
+
     counter = "overworked_connections"
-
-
-class WorkBudget:
-    """The parse work one connection may still cause, in work units: earned by its bytes on the wire, spent on
-    inflating messages and decoding header blocks. Overspending raises ``Overworked``."""
-
-    __slots__ = ("_cap", "_rate", "credit")
-
-    def __init__(self, limits: ReaderLimits) -> None:
-        self._cap = limits.work_burst
-        self._rate = limits.work_per_wire_byte
-        self.credit = self._cap
-
-    def earn(self, wire_bytes: int) -> None:
-        """``wire_bytes`` more arrived: what was banked is capped, then they pay for their own work."""
-        self.credit = min(self.credit, self._cap) + wire_bytes * self._rate
-
-    def spend(self, work: int, what: str) -> None:
-        self.credit -= work
-        if self.credit < 0:
-            raise Overworked(f"{what}: more parse work than its {self._rate} units per byte on the wire pay for")

@@ -11,17 +11,16 @@ path and the relay never waits for the parser. The parser reads in batches
 batch instead of per chunk nearly halves what reading costs the box.
 
 What waits for the parser or is held by the readers is bounded
-(``attacker.tap.reader_limits``): two counters per side, compared on each chunk,
-keep the total of all connections within the global budget and the chunks
-queued within ``QUEUE_CHUNKS``. Past either, the relay gives up the capture of
-the heaviest connection (the most bytes, or chunks, waiting or held), which is
-most often the one that caused it, not whichever happened to send next: it
-queues nothing more (its bytes keep flowing), the parser reads what it had
-queued and then its reader lets go of all it held, connection open or not
-(``evicted_connections``, ``dropped_chunks``). What the readers come to hold
-beyond the bytes they read (a message inflates) uses the room up as the bytes
-queued do. Each reader keeps its own connection within its own byte and
-parse-work budgets.
+(``attacker.tap.relay_budget``, with the limits of ``attacker.tap.reader_limits``):
+counters compared on each chunk keep the total of all connections within the
+global budget and the chunks queued within ``QUEUE_CHUNKS``. Past either, the
+relay gives up the capture of the heaviest connection, not whichever happened
+to send next (``evicted_connections``, ``dropped_chunks``); its bytes keep
+flowing. Each reader keeps its own connection within its own byte budget and
+its parse work within what its bytes pay for, the allowances of new connections
+lent from one pool shared by all (``attacker.tap.parse_work``). Giving-up
+warnings are rate-limited (``attacker.tap.log_limit``): a hostile client opening
+connection after connection must not flood the log.
 
 The legs are asyncio protocols rather than stream reader/writer copy loops: a
 chunk goes out from the callback that received it, with no task switch per
@@ -45,8 +44,10 @@ closes the edge's connection, which the edge sees as UNAVAILABLE, as with a
 dead cloud. Stopping: no new connections, open ones get ``grace`` seconds (an
 edge's idle channel keeps its connection open, so with an edge connected a stop
 takes the whole grace), then both legs are closed and the parser drains what is
-queued, for at most ``parser_stop_s``. A parser that fails (an exception no
-reader caught) logs it and gives up every capture; the relay keeps forwarding.
+queued, for at most ``parser_stop_s``; past it the recorder is closed, so what
+the parser still reads is counted (``dropped_after_stop``), never offered. A
+parser that fails (an exception no reader caught) logs it and gives up every
+capture; the relay keeps forwarding.
 """
 
 from __future__ import annotations
@@ -62,17 +63,16 @@ import time
 from dataclasses import asdict, dataclass
 
 from attacker.tap.grpc_calls import CallSink
-from attacker.tap.h2_reader import CLIENT, SERVER, H2Reader
+from attacker.tap.h2_reader import CLIENT, SERVER, H2Reader, lost_log
+from attacker.tap.log_limit import LimitedLog
+from attacker.tap.parse_work import WorkPool
 from attacker.tap.reader_limits import ReaderLimits, ReaderStats
+from attacker.tap.relay_budget import QUEUE_CHUNKS, Connection, RelayBudget
 from cem.errors import ConfigError
 from cem.targets import parse_target
-from cem.wire import DEFAULT_MAX_MESSAGE_BYTES
 
 logger = logging.getLogger(__name__)
 
-# Chunks that may wait for the parser (a chunk is what one read returned: up to 256 KiB in asyncio); the bytes
-# waiting or held are bounded by ReaderLimits.total_budget. Past either, the heaviest connection is given up.
-QUEUE_CHUNKS = 4096
 PARSER_STOP_S = 30.0  # how long stop() waits for the parser to read what is queued
 # The parser wakes at most this often and reads everything queued. Woken for every chunk it spent 0.37 ms of
 # CPU per unary call (plus 0.22 ms in the capture writer, woken per capture), mostly on caches gone cold since
@@ -90,29 +90,24 @@ class RelayStats:
     evicted_connections: int = 0  # captures given up, heaviest first, to stay within the global budget
 
 
-class _Connection:
-    """One relayed connection, as the event loop and the parser thread share it. Each counter has one writer."""
+class _UntilAbandoned:
+    """The sink, until ``stop()`` stopped waiting for the parser: the recorder is closed then, so what the parser
+    still reads is counted (``dropped_after_stop``) instead of offered to it."""
 
-    __slots__ = ("given_up", "held", "id", "parsed_bytes", "parsed_chunks", "queued_bytes", "queued_chunks", "skip")
+    def __init__(self, sink: CallSink, stats: ReaderStats) -> None:
+        self._sink = sink
+        self._stats = stats
+        self.abandoned = False  # set by the event loop, read by the parser before each offer
 
-    def __init__(self, connection_id: int, skip: bool = False) -> None:
-        self.id = connection_id
-        self.skip = skip  # queue nothing more of it (set by either thread, never cleared)
-        self.given_up: str | None = None  # why the relay gave it up (event loop); ``queued_chunks`` is final then
-        self.queued_chunks = self.queued_bytes = 0  # queued (event loop)
-        self.parsed_chunks = self.parsed_bytes = 0  # taken off the queue (parser thread)
-        self.held = 0  # bytes its reader holds (parser thread)
+    def offer(self, method: str, payload: bytes, response: bytes | None = None) -> bool:
+        if self.abandoned:
+            self._stats.dropped_after_stop += 1
+            return False
+        return self._sink.offer(method, payload, response)
 
-    def waiting(self) -> int:
-        """Bytes it has queued and not yet read, or held."""
-        return self.queued_bytes - self.parsed_bytes + self.held
-
-    def waiting_chunks(self) -> int:
-        return self.queued_chunks - self.parsed_chunks
-
-
-_GIVEN_UP = b""  # queued after a connection's last chunk when the relay gives its capture up (no chunk is empty)
-_Item = tuple[_Connection, int, "bytes | None"]  # (connection, CLIENT or SERVER, a chunk or _GIVEN_UP; None: it closed)
+    def count_rejected(self, requests: int = 1) -> None:
+        if not self.abandoned:
+            self._sink.count_rejected(requests)
 
 
 def parse_relay_upstream(upstream: str) -> tuple[str, int]:
@@ -133,7 +128,7 @@ class _Pair:
 
     def __init__(self, relay: WireRelay) -> None:
         self.relay = relay
-        self.connection = _Connection(next(relay._ids), skip=not relay._capturing)
+        self.connection = Connection(next(relay._ids), skip=not relay._budget.capturing)
         self.client = _Leg(self, CLIENT)
         self.upstream = _Leg(self, SERVER)
         self.dial: asyncio.Task[None] | None = None
@@ -197,33 +192,30 @@ class WireRelay:
     """The relay bound to ``listen`` (HOST:PORT, port 0: any free port) forwarding to ``upstream`` (HOST:PORT);
     start/stop inside an event loop."""
 
-    def __init__(self, listen: str, upstream: str, sink: CallSink, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    def __init__(self, listen: str, upstream: str, sink: CallSink, max_message_bytes: int | None = None,
                  queue_chunks: int = QUEUE_CHUNKS, limits: ReaderLimits | None = None,
                  parser_stop_s: float = PARSER_STOP_S) -> None:
-        """``limits``: every reader bound and budget; by default all derived from ``max_message_bytes``."""
+        """``limits``: every reader bound and budget, its ``max_message_bytes`` included; or ``max_message_bytes``
+        alone, every bound derived from it (both at once is a ConfigError: one would be ignored)."""
+        if limits is not None and max_message_bytes is not None:
+            raise ConfigError("expected max_message_bytes or limits, not both: limits has its own max_message_bytes")
         self.listen = listen
         self.upstream = upstream
         self._upstream_host, self._upstream_port = parse_relay_upstream(upstream)
-        self._sink = sink
-        self._limits = limits if limits is not None else ReaderLimits(max_message_bytes=max_message_bytes)
-        self._total_budget = self._limits.total_budget
-        self._queue_chunks = queue_chunks
+        if limits is None:
+            limits = ReaderLimits() if max_message_bytes is None else ReaderLimits(max_message_bytes=max_message_bytes)
+        self._limits = limits
         self._parser_stop_s = parser_stop_s
         self.relay_stats = RelayStats()
         self.reader_stats = ReaderStats()  # written by the parser thread only
+        self._sink = _UntilAbandoned(sink, self.reader_stats)
         self.port: int | None = None
-        # Unbounded as a queue: what enters it is bounded by the counters below (None: stop)
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        # Each counter is written by one thread only: queued by the event loop, parsed (taken off the queue) and
-        # held (by the readers) by the parser. What waits is queued - parsed.
-        self._queued_chunks = self._queued_bytes = 0
-        self._parsed_chunks = self._parsed_bytes = self._held_bytes = 0
-        # What the readers came to hold beyond the bytes they read (messages inflated, per-message overhead), never
-        # less for what they let go of (parser thread)
-        self._grown_bytes = 0
-        # ``_entered_bytes()`` and ``_queued_chunks`` up to which the connections followed fit, as the last pass found
-        self._room_bytes = self._room_chunks = 0
-        self._capturing = True  # False once the parser failed: nothing is queued any more
+        self._budget = RelayBudget(limits.total_budget, queue_chunks, self._live, self._given_up)
+        self._give_up_log = LimitedLog(logger, "connections given up by the relay's budget")  # event loop only
+        # What every reader shares, on the parser thread only: the pool their parse-work allowances are lent from,
+        # and their warnings (a reader warns once, when it gives its connection up)
+        self._work_pool = WorkPool(limits)
+        self._reader_log = lost_log()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._parser = threading.Thread(target=self._parse, name="relay-parser", daemon=True)
         self._server: asyncio.Server | None = None
@@ -265,15 +257,18 @@ class WireRelay:
         if self._server is not None:
             await self._server.wait_closed()
         await self._stop_parser()
+        self._give_up_log.flush()
         logger.info("tap stopped")
 
     async def _stop_parser(self) -> None:
-        """Let the parser read what is queued and stop; never waits longer than ``parser_stop_s``."""
+        """Let the parser read what is queued and stop; never waits longer than ``parser_stop_s``, after which the
+        parser offers nothing more (the caller closes the recorder next)."""
         if not self._parser.is_alive():
             return
-        self._queue.put(None)  # never blocks
+        self._budget.stop()  # never blocks
         await asyncio.to_thread(self._parser.join, self._parser_stop_s)
         if self._parser.is_alive():
+            self._sink.abandoned = True
             logger.error("the parser did not stop within %.0f s: what it had not read is not captured",
                          self._parser_stop_s)
 
@@ -335,91 +330,26 @@ class WireRelay:
         pair.done.set_result(None)
         self._hand_off_close(pair.connection)
 
-    def _hand_off(self, connection: _Connection, direction: int, data: bytes) -> None:
-        """Queue a copy of ``data`` for the parser; never waits. O(1) unless a budget is exceeded."""
+    def _hand_off(self, connection: Connection, direction: int, data: bytes) -> None:
+        """Queue a copy of ``data`` for the parser; never waits. O(1) unless the budget is exceeded."""
         if connection.skip:
             if connection.given_up is not None:
                 self.relay_stats.dropped_chunks += 1
             return
-        size = len(data)
-        waiting = self._queued_bytes - self._parsed_bytes + self._held_bytes
-        if ((waiting + size > self._total_budget or self._queued_chunks - self._parsed_chunks >= self._queue_chunks)
-                and not self._admit(connection, size, waiting)):
+        if not self._budget.put(connection, direction, data):
             self.relay_stats.dropped_chunks += 1
-            return
-        self._queue.put((connection, direction, data))
-        connection.queued_chunks += 1
-        connection.queued_bytes += size
-        self._queued_chunks += 1
-        self._queued_bytes += size
 
-    def _admit(self, incoming: _Connection, size: int, waiting: int) -> bool:
-        """The counters say a bound is exceeded (``waiting``: the bytes queued and not yet read, or held, of every
-        connection), counting what connections given up still have queued (they queue nothing more; the parser
-        reads what they had queued, so calls answered before are still recorded, then forgets them). Whether
-        ``incoming`` may queue ``size`` more bytes, giving up the heaviest if need be.
+    def _hand_off_close(self, connection: Connection) -> None:
+        self._budget.closed(connection)
 
-        Those bytes count against a hard bound of twice the budget, past which nothing more is queued. Within it,
-        the connections still followed are weighed (a pass over them, ``_make_room``) only once the room the last
-        pass found is used up, so a relay kept over its bound pays O(1) per chunk, not O(connections). The room is
-        used up by what entered the budget since (``_entered_bytes``), readers' growth included: unseen, a message
-        inflating in a reader went on until the hard bound gave up whichever connection sent next. What readers let
-        go of makes no room until the next pass (most of it is what the connections given up held, which the pass
-        counted gone already).
-        """
-        if (waiting + size > 2 * self._total_budget
-                or self._queued_chunks - self._parsed_chunks >= 2 * self._queue_chunks):
-            self._give_up(incoming, "what connections given up before had queued is still being read")
-            return False
-        if self._entered_bytes() + size <= self._room_bytes and self._queued_chunks < self._room_chunks:
-            return True
-        return self._make_room(incoming, size)
+    def _live(self) -> list[Connection]:
+        """The connections open now (for a weighing)."""
+        return [pair.connection for pair in self._pairs]
 
-    def _make_room(self, incoming: _Connection, size: int) -> bool:
-        """Give up the heaviest connections still followed until they and the chunk of ``size`` bytes that
-        ``incoming`` brings fit the budget and the chunk bound; False when ``incoming`` itself was given up."""
-        live = {pair.connection for pair in self._pairs if not pair.connection.skip} | {incoming}
-        weights = {connection: connection.waiting() for connection in live}
-        chunks = {connection: connection.waiting_chunks() for connection in live}
-        weights[incoming] += size
-        chunks[incoming] += 1
-        used, queued = sum(weights.values()), sum(chunks.values())
-        while used > self._total_budget or queued > self._queue_chunks:
-            measure = weights if used > self._total_budget else chunks
-            heaviest = max(live, key=measure.__getitem__)
-            live.discard(heaviest)
-            used -= weights[heaviest]
-            queued -= chunks[heaviest]
-            self._give_up(heaviest, f"it was the heaviest ({weights[heaviest]} bytes, {chunks[heaviest]} chunks "
-                                    f"waiting or held) when the relay's {self._total_budget}-byte, "
-                                    f"{self._queue_chunks}-chunk budget was exceeded")
-            if heaviest is incoming:
-                self._room_bytes = self._room_chunks = 0
-                return False
-        # the room left, as the totals (of every connection) it lasts until
-        self._room_bytes = self._entered_bytes() + size + self._total_budget - used
-        self._room_chunks = self._queued_chunks + 1 + self._queue_chunks - queued
-        return True
-
-    def _entered_bytes(self) -> int:
-        """Bytes that entered the budget so far, never less for what left it: queued, and grown in the readers."""
-        return self._queued_bytes + self._grown_bytes
-
-    def _give_up(self, connection: _Connection, reason: str) -> None:
-        """Queue nothing more of ``connection``, and tell the parser after what it had queued: its reader lets go of
-        what it holds then, not when the connection closes (an idle edge channel stays open for hours, and what it
-        held would count against the global budget all along)."""
-        connection.given_up = reason
-        connection.skip = True
+    def _given_up(self, connection: Connection, reason: str) -> None:
+        """The budget gave ``connection``'s capture up: count it, and say so (rate-limited)."""
         self.relay_stats.evicted_connections += 1
-        logger.warning("connection %d: no longer captured, its bytes still flow: %s", connection.id, reason)
-        if self._capturing:
-            self._queue.put((connection, CLIENT, _GIVEN_UP))
-
-    def _hand_off_close(self, connection: _Connection) -> None:
-        """Tell the parser the connection ended, after all its chunks (queued past every bound: it frees a reader)."""
-        if self._capturing:
-            self._queue.put((connection, CLIENT, None))
+        self._give_up_log.warning("connection %d: no longer captured, its bytes still flow: %s", connection.id, reason)
 
     def _parse(self) -> None:
         """The parser thread: every connection's reader, fed in the order the chunks were forwarded.
@@ -431,11 +361,11 @@ class WireRelay:
         readers: dict[int, H2Reader] = {}
         try:
             while True:
-                batch = [self._queue.get()]
+                batch = [self._budget.queue.get()]
                 time.sleep(PARSE_BATCH_S)
                 with contextlib.suppress(queue.Empty):
                     while True:
-                        batch.append(self._queue.get_nowait())
+                        batch.append(self._budget.queue.get_nowait())
                 for item in batch:
                     if item is None:
                         return
@@ -447,7 +377,7 @@ class WireRelay:
 
     def _parser_failed(self, readers: dict[int, H2Reader]) -> None:
         """The parser thread's last act: count, give up every reader, and have the loop stop queueing."""
-        self._capturing = False
+        self._budget.capturing = False
         self.reader_stats.parser_failures += 1
         for reader in readers.values():
             with contextlib.suppress(Exception):
@@ -459,24 +389,16 @@ class WireRelay:
 
     def _stop_queueing(self) -> None:
         """On the event loop, once the parser failed: skip every connection and drop what waits for nobody."""
-        for pair in self._pairs:
-            pair.connection.skip = True
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self._queue.get_nowait()
-        self._parsed_chunks, self._parsed_bytes, self._held_bytes = self._queued_chunks, self._queued_bytes, 0
+        self._budget.stop_queueing(self._live())
 
-    def _parse_chunk(self, readers: dict[int, H2Reader], connection: _Connection, direction: int,
+    def _parse_chunk(self, readers: dict[int, H2Reader], connection: Connection, direction: int,
                      data: bytes | None) -> None:
         reader = readers.get(connection.id)
         if reader is None:
             reader = readers[connection.id] = H2Reader(self._sink, self._limits, self.reader_stats,
-                                                       name=f"connection {connection.id}")
-        if data:  # a chunk: not _GIVEN_UP, not a close, which were never counted queued
-            connection.parsed_chunks += 1
-            connection.parsed_bytes += len(data)
-            self._parsed_chunks += 1
-            self._parsed_bytes += len(data)
+                                                       f"connection {connection.id}", self._work_pool,
+                                                       self._reader_log)
+        self._budget.taken(connection, data)
         try:
             if data:
                 reader.feed(direction, data)
@@ -489,9 +411,6 @@ class WireRelay:
             reader.lose("the reader failed")
         if reader.lost:
             connection.skip = True  # the reader ignores what follows: not worth queueing
-        held = 0 if reader.lost or data is None else reader.held()
-        self._grown_bytes += max(0, held - connection.held - len(data or b""))
-        self._held_bytes += held - connection.held
-        connection.held = held
+        self._budget.settled(connection, 0 if reader.lost or data is None else reader.held(), len(data or b""))
         if data is None:
             del readers[connection.id]

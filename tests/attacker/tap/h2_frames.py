@@ -32,6 +32,7 @@ INFER = "/cem.split.v1.SplitInference/Infer"
 INFER_STREAM = "/cem.split.v1.SplitInference/InferStream"
 MODEL_INFO = "/cem.split.v1.SplitInference/GetModelInfo"
 COMPRESSORS = {"gzip": gzip.compress, "deflate": zlib.compress}
+Header = tuple[str, str] | tuple[str, str, bool]  # (name, value, True): sensitive, never indexed
 
 
 def frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
@@ -59,7 +60,7 @@ class Peer:
     encoder: hpack.Encoder = field(default_factory=hpack.Encoder)
     sent: bytearray = field(default_factory=bytearray)
 
-    def headers(self, stream: int, headers: list[tuple[str, str]], *, end_stream: bool = False, pad: int = 0,
+    def headers(self, stream: int, headers: list[Header], *, end_stream: bool = False, pad: int = 0,
                 priority: bool = False, pieces: int = 1) -> Peer:
         """A header block as HEADERS (padded/with priority on request) and ``pieces - 1`` CONTINUATION frames."""
         block = self.encoder.encode(headers)
@@ -87,6 +88,17 @@ class Peer:
         self.sent += frame(DATA, flags, stream, payload)
         return self
 
+    def request(self, stream: int, method: str, data: bytes, encoding: str | None = None, *,
+                end_stream: bool = False, extra: list[Header] | None = None) -> Peer:
+        """A call opened on ``stream``: its request headers, then ``data`` (framed messages) in one DATA frame."""
+        return self.headers(stream, request_headers(method, encoding, extra)).data(stream, data, end_stream=end_stream)
+
+    def answer(self, stream: int, data: bytes, encoding: str | None = None, *, status: int | None = 0) -> Peer:
+        """The answer on ``stream``: its headers and ``data`` (framed messages), ended by trailers with ``status``
+        (None: by the DATA frame, no status at all)."""
+        self.headers(stream, response_headers(encoding)).data(stream, data, end_stream=status is None)
+        return self if status is None else self.headers(stream, trailers(status), end_stream=True)
+
     def raw(self, data: bytes) -> Peer:
         self.sent += data
         return self
@@ -104,21 +116,21 @@ class Peer:
 
 
 def request_headers(method: str, encoding: str | None = None,
-                    extra: list[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
-    headers = [(":method", "POST"), (":scheme", "http"), (":path", method), (":authority", "127.0.0.1"),
-               ("content-type", "application/grpc"), ("te", "trailers")]
+                    extra: list[Header] | None = None) -> list[Header]:
+    headers: list[Header] = [(":method", "POST"), (":scheme", "http"), (":path", method), (":authority", "127.0.0.1"),
+                             ("content-type", "application/grpc"), ("te", "trailers")]
     if encoding is not None:
         headers.append(("grpc-encoding", encoding))
     return headers + (extra or [])
 
 
-def response_headers(encoding: str | None = None) -> list[tuple[str, str]]:
-    headers = [(":status", "200"), ("content-type", "application/grpc")]
+def response_headers(encoding: str | None = None) -> list[Header]:
+    headers: list[Header] = [(":status", "200"), ("content-type", "application/grpc")]
     return headers + ([("grpc-encoding", encoding)] if encoding is not None else [])
 
 
-def trailers(status: int = 0) -> list[tuple[str, str]]:
-    return [("grpc-status", str(status))] + ([("grpc-message", "refused")] if status else [])
+def trailers(status: int = 0) -> list[Header]:
+    return [("grpc-status", str(status)), *([("grpc-message", "refused")] if status else [])]
 
 
 def client_start() -> Peer:
@@ -132,11 +144,11 @@ def server_start() -> Peer:
 def unary(client: Peer, server: Peer, stream: int, request: bytes, answer: bytes, status: int = 0,
           method: str = INFER) -> None:
     """One whole unary call: request headers and message, answer headers, message and trailers."""
-    client.headers(stream, request_headers(method)).data(stream, message(request), end_stream=True)
-    server.headers(stream, response_headers())
+    client.request(stream, method, message(request), end_stream=True)
     if status == 0:
-        server.data(stream, message(answer))
-    server.headers(stream, trailers(status), end_stream=True)
+        server.answer(stream, message(answer))
+    else:
+        server.headers(stream, response_headers()).headers(stream, trailers(status), end_stream=True)
 
 
 Offer = tuple[str, bytes, "bytes | None"]
@@ -169,6 +181,11 @@ def read(exchanges: list[tuple[int, bytes]], limits: ReaderLimits | None = None,
     if close:
         reader.close()
     return sink, reader
+
+
+def decoding_state(reader: H2Reader) -> int:
+    """What the reader's HPACK state holds (both tables, both decoded-block caches): part of ``held()``."""
+    return sum(side.table.size() + side.cache_bytes for side in reader._sides)
 
 
 def conversation(client: Peer, server: Peer) -> list[tuple[int, bytes]]:

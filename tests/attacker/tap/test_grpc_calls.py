@@ -10,10 +10,7 @@ from h2_frames import (
     conversation,
     message,
     read,
-    request_headers,
-    response_headers,
     server_start,
-    trailers,
 )
 
 from attacker.tap.reader_limits import ReaderLimits
@@ -26,12 +23,12 @@ def test_a_stream_the_server_refused_is_retried_by_grpc_so_not_counted_rejected(
     either side, ends the call with its requests unanswered."""
     client, server = client_start(), server_start()
     for stream in (1, 3, 5):
-        client.headers(stream, request_headers(INFER)).data(stream, message(b"f%d" % stream), end_stream=True)
+        client.request(stream, INFER, message(b"f%d" % stream), end_stream=True)
     server.rst(1, code=0x7)  # REFUSED_STREAM
     server.rst(3, code=0x2)  # INTERNAL_ERROR: the server may have processed it
     client.rst(5, code=0x7)  # only a server refuses a stream: from the client it is a cancellation
-    client.headers(7, request_headers(INFER)).data(7, message(b"f1"), end_stream=True)  # the retry
-    server.headers(7, response_headers()).data(7, message(b"answer")).headers(7, trailers(), end_stream=True)
+    client.request(7, INFER, message(b"f1"), end_stream=True)  # the retry
+    server.answer(7, message(b"answer"))
     sink, reader = read(conversation(client, server))
     assert sink.offered == [(INFER, b"f1", b"answer")]
     assert (sink.rejected, reader.stats.refused_calls) == (2, 1)
@@ -41,8 +38,8 @@ def test_an_unreadable_unary_answer_counts_its_request_rejected_as_the_proxy_doe
     """The proxy's own gRPC client fails a call whose answer it cannot decompress, and counts its request
     rejected; the relay must not store that request as if it had been answered with nothing."""
     client, server = client_start(), server_start()
-    client.headers(1, request_headers(INFER)).data(1, message(b"features"), end_stream=True)
-    server.headers(1, response_headers("gzip")).data(1, CORRUPT_GZIP).headers(1, trailers(), end_stream=True)
+    client.request(1, INFER, message(b"features"), end_stream=True)
+    server.answer(1, CORRUPT_GZIP, "gzip")
     sink, reader = read(conversation(client, server))
     assert sink.offered == []
     assert (sink.rejected, reader.stats.undecodable_messages) == (1, 1)
@@ -50,9 +47,8 @@ def test_an_unreadable_unary_answer_counts_its_request_rejected_as_the_proxy_doe
 
 def test_an_unreadable_stream_answer_counts_its_request_rejected_and_keeps_the_pairing() -> None:
     client, server = client_start(), server_start()
-    client.headers(1, request_headers(INFER_STREAM)).data(1, message(b"q0") + message(b"q1") + message(b"q2"))
-    server.headers(1, response_headers("gzip")).data(1, message(b"a0", "gzip") + CORRUPT_GZIP + message(b"a2", "gzip"))
-    server.headers(1, trailers(), end_stream=True)
+    client.request(1, INFER_STREAM, message(b"q0") + message(b"q1") + message(b"q2"))
+    server.answer(1, message(b"a0", "gzip") + CORRUPT_GZIP + message(b"a2", "gzip"), "gzip")
     sink, reader = read(conversation(client, server))
     assert sink.offered == [(INFER_STREAM, b"q0", b"a0"), (INFER_STREAM, b"q2", b"a2")]
     assert (sink.rejected, reader.stats.undecodable_messages) == (1, 1)
@@ -62,10 +58,10 @@ def test_an_answer_that_ends_with_data_and_no_trailers_is_not_a_success() -> Non
     """END_STREAM on the answer's DATA: no ``grpc-status`` at all, which gRPC reports as an error. A unary call is
     not recorded; a stream's answers that did arrive were paired as they arrived, its other requests rejected."""
     client, server = client_start(), server_start()
-    client.headers(1, request_headers(INFER)).data(1, message(b"unary"), end_stream=True)
-    server.headers(1, response_headers()).data(1, message(b"answer"), end_stream=True)
-    client.headers(3, request_headers(INFER_STREAM)).data(3, message(b"q0") + message(b"q1"), end_stream=True)
-    server.headers(3, response_headers()).data(3, message(b"a0"), end_stream=True)
+    client.request(1, INFER, message(b"unary"), end_stream=True)
+    server.answer(1, message(b"answer"), status=None)
+    client.request(3, INFER_STREAM, message(b"q0") + message(b"q1"), end_stream=True)
+    server.answer(3, message(b"a0"), status=None)
     sink, reader = read(conversation(client, server), close=False)
     assert sink.offered == [(INFER_STREAM, b"q0", b"a0")]
     assert (sink.rejected, reader.open_calls) == (2, 0)
@@ -77,9 +73,8 @@ def test_a_stream_answer_is_not_counted_against_the_call_budget_it_is_never_held
     gave the call up as oversized on its first answer."""
     client, server = client_start(), server_start()
     requests = [bytes([i]) * 1000 for i in range(3)]
-    client.headers(1, request_headers(INFER_STREAM)).data(1, b"".join(map(message, requests)))
-    server.headers(1, response_headers()).data(1, b"".join(message(b"a" * 1000) for _ in requests))
-    server.headers(1, trailers(), end_stream=True)
+    client.request(1, INFER_STREAM, b"".join(map(message, requests)))
+    server.answer(1, b"".join(message(b"a" * 1000) for _ in requests))
     sink, reader = read(conversation(client, server), ReaderLimits(max_message_bytes=1024))
     assert sink.offered == [(INFER_STREAM, request, b"a" * 1000) for request in requests]
     assert reader.stats.oversized_calls == 0

@@ -24,11 +24,21 @@ from h2_frames import (
     trailers,
     unary,
 )
-from hpack import Encoder
+from hpack import Decoder, Encoder
 from hpack.hpack import encode_integer
 
-from attacker.tap.h2_reader import CLIENT, END_HEADERS, HEADERS, PREFACE, PUSH_PROMISE, SERVER, H2Reader
-from attacker.tap.reader_limits import ReaderLimits, ReaderStats
+from attacker.tap.h2_reader import (
+    CLIENT,
+    END_HEADERS,
+    HEADERS,
+    PREFACE,
+    PUSH_PROMISE,
+    SERVER,
+    H2Reader,
+    _CountingTable,
+    _Decoder,
+)
+from attacker.tap.reader_limits import Overworked, ReaderLimits, ReaderStats
 
 
 def test_a_unary_call_answered_ok_is_offered_with_its_answer() -> None:
@@ -353,3 +363,21 @@ def test_too_many_open_streams_are_counted_not_followed() -> None:
     assert (reader.open_calls, reader.stats.streams_ignored) == (10, 40)
     reader.close()
     assert sink.rejected == 10
+
+
+def test_the_private_hpack_api_the_reader_relies_on_is_still_there() -> None:
+    """``_Decoder`` overrides three private methods of hpack's ``Decoder`` and the table's size is read from a private
+    attribute (pyproject pins ``hpack>=4,<5`` for it). An hpack that renamed any of them would silently undo what they
+    do: connections given up when a table shrinks late, header fields decoded unpaid, tables the budget does not see.
+    This fails loudly instead."""
+    for name in ("_assert_valid_table_size", "_decode_indexed", "_decode_literal"):
+        assert callable(getattr(Decoder, name, None)), f"hpack's Decoder has no {name} any more"
+    decoder = _Decoder()
+    decoder.header_table = table = _CountingTable()
+    decoder.field_limit = 2
+    block = Encoder().encode([(":method", "POST"), ("x-literal", "value")])  # one indexed field, one literal
+    assert decoder.decode(block, raw=True) == [(b":method", b"POST"), (b"x-literal", b"value")]
+    assert decoder.fields == 2 and table.size() == 32 + len("x-literal") + len("value")
+    decoder.field_limit = 1
+    with pytest.raises(Overworked):
+        decoder.decode(block, raw=True)

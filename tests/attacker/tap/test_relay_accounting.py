@@ -5,78 +5,30 @@ hostile client gives up are its own, never the honest one that happens to send n
 
 from __future__ import annotations
 
-import queue
+import logging
+import zlib
+from typing import Any
 
+import pytest
 from h2_frames import (
     INFER,
     INFER_STREAM,
-    Sink,
     client_start,
     conversation,
     frame,
     message,
     request_headers,
-    response_headers,
     server_start,
-    trailers,
     unary,
 )
+from relay_helpers import FILLER_TYPE, SteppedRelay
 
-from attacker.tap.h2_reader import CLIENT, H2Reader
+from attacker.tap.h2_reader import SERVER
 from attacker.tap.reader_limits import ReaderLimits
-from attacker.tap.wire_relay import WireRelay, _Connection
+from attacker.tap.relay_budget import Connection, RelayBudget
 
-FILLER_TYPE = 0xFA  # a frame type readers skip
-
-
-class _Pair:
-    """What the relay's budget reads of a relayed connection, without its sockets."""
-
-    def __init__(self, connection: _Connection) -> None:
-        self.connection = connection
-
-
-class SteppedRelay:
-    """A relay never started: ``send`` is a leg's ``data_received`` past the write, ``parse`` the parser thread
-    reading all that is queued."""
-
-    def __init__(self, limits: ReaderLimits) -> None:
-        self.relay = WireRelay("127.0.0.1:0", "127.0.0.1:1", Sink(), limits=limits)
-        self.readers: dict[int, H2Reader] = {}
-        self._pairs: dict[int, _Pair] = {}
-
-    def connect(self) -> _Connection:
-        connection = _Connection(len(self._pairs) + 1)
-        self._pairs[connection.id] = _Pair(connection)
-        self.relay._pairs.add(self._pairs[connection.id])
-        return connection
-
-    def close(self, connection: _Connection) -> None:
-        self.relay._pairs.discard(self._pairs[connection.id])
-        self.relay._hand_off_close(connection)
-
-    def send(self, connection: _Connection, data: bytes, piece: int | None = None, direction: int = CLIENT) -> None:
-        """``data`` from ``direction``, in chunks of ``piece`` bytes (one chunk when None)."""
-        piece = piece or len(data)
-        for start in range(0, len(data), piece):
-            self.relay._hand_off(connection, direction, data[start:start + piece])
-
-    def parse(self) -> None:
-        while True:
-            try:
-                item = self.relay._queue.get_nowait()
-            except queue.Empty:
-                return
-            assert item is not None
-            self.relay._parse_chunk(self.readers, *item)
-
-    def held(self) -> int:
-        return self.relay._held_bytes
-
-    def waiting(self) -> tuple[int, int]:
-        """Bytes and chunks queued and not yet read, as the relay counts them."""
-        relay = self.relay
-        return relay._queued_bytes - relay._parsed_bytes, relay._queued_chunks - relay._parsed_chunks
+KIB = 1024
+MIB = 1024 * KIB
 
 
 def unanswered_stream(*messages: bytes, encoding: str | None = None) -> bytes:
@@ -89,15 +41,16 @@ def test_a_connection_given_up_lets_go_of_what_it_held_at_once_not_when_it_close
     """Hostile clients, one after another, each hold 40 KB of requests their server never answers (a client that
     stops reading its answers holds them up), and keep their connection open. Each is given up, the heaviest, when
     the next takes the relay past its 50 KB budget: what it held must leave the budget then. Held until the
-    connection closed instead, it piled up to the hard bound (twice the budget), where the honest connection
-    sending next was given up."""
+    connection closed instead, what the connections given up held piled up past the budget, where the honest
+    connection sending next was given up."""
     stepped = SteppedRelay(ReaderLimits(max_message_bytes=100_000, max_total_bytes=50_000))
     honest = stepped.connect()
     stepped.send(honest, client_start().take())
     for _ in range(4):
         stepped.send(stepped.connect(), unanswered_stream(b"x" * 40_000), piece=4000)
         stepped.parse()
-    assert stepped.held() == 40_064  # the last one's request: the others were given up, and let go of theirs
+    # the last one's request and HPACK state: the others were given up, and let go of theirs
+    assert stepped.held() == 40_064 + stepped.decoding_state()
     stepped.send(honest, frame(FILLER_TYPE, 0, 0, b"h" * 8000))
     assert honest.given_up is None
     stats = stepped.relay.stats()
@@ -107,8 +60,8 @@ def test_a_connection_given_up_lets_go_of_what_it_held_at_once_not_when_it_close
 def test_what_readers_come_to_hold_as_they_read_brings_a_new_weighing() -> None:
     """After a weighing found room, three hostile clients each send 300 bytes of gzip requests that inflate to
     90 KB held, within that room as counted in bytes queued. The growth must use the room up, so that the next
-    chunk weighs the connections again and gives up the hostile ones, the heaviest: unseen, it took the relay past
-    its hard bound (twice its 100 KB budget), where the honest connection sending next was given up."""
+    chunk weighs the connections again and gives up the hostile ones, the heaviest: unseen, it went on until what
+    the relay held was twice its 100 KB budget, where the honest connection sending next was given up."""
     stepped = SteppedRelay(ReaderLimits(max_message_bytes=100_000, max_total_bytes=100_000))
     honest, first = stepped.connect(), stepped.connect()
     stepped.send(honest, client_start().take())
@@ -127,7 +80,7 @@ def test_what_readers_come_to_hold_as_they_read_brings_a_new_weighing() -> None:
         assert honest.given_up is None
     assert sum(connection.given_up is not None for connection in hostile) == 2  # the heaviest, whichever on a tie
     stepped.parse()
-    assert stepped.held() == 90_192  # one hostile client's requests: the others were let go of
+    assert stepped.held() == 90_192 + stepped.decoding_state()  # one hostile client's: the others were let go of
 
 
 def test_after_many_connections_and_calls_nothing_is_left_held_or_waiting() -> None:
@@ -136,7 +89,7 @@ def test_after_many_connections_and_calls_nothing_is_left_held_or_waiting() -> N
     they have all closed and the parser has read everything, the budget is back to nothing: a byte charged and never
     let go of would, over weeks, leave the relay giving up every connection."""
     stepped = SteppedRelay(ReaderLimits(max_message_bytes=20_000, max_total_bytes=60_000))
-    open_connections: list[_Connection] = []
+    open_connections: list[Connection] = []
     for i in range(300):
         connection = stepped.connect()
         client, server = client_start(), server_start()
@@ -147,16 +100,15 @@ def test_after_many_connections_and_calls_nothing_is_left_held_or_waiting() -> N
             if kind == 0:
                 unary(client, server, stream, b"f" * (1000 * (i % 15)), b"a" * 100)
             elif kind == 1:  # unanswered: held until the connection closes
-                client.headers(stream, request_headers(INFER_STREAM)).data(stream, message(b"q" * 9000) * 2)
+                client.request(stream, INFER_STREAM, message(b"q" * 9000) * 2)
             elif kind == 2:  # refused: gRPC retries it elsewhere
-                client.headers(stream, request_headers(INFER)).data(stream, message(b"r"), end_stream=True)
+                client.request(stream, INFER, message(b"r"), end_stream=True)
                 server.rst(stream, code=0x7)
             elif kind == 3:  # over the message limit
-                client.headers(stream, request_headers(INFER)).data(stream, message(b"z" * 25_000), end_stream=True)
+                client.request(stream, INFER, message(b"z" * 25_000), end_stream=True)
             else:  # compressed, answered
-                client.headers(stream, request_headers(INFER, "gzip")).data(stream, message(b"\0" * 19_000, "gzip"))
-                server.headers(stream, response_headers()).data(stream, message(b"a"))
-                server.headers(stream, trailers(), end_stream=True)
+                client.request(stream, INFER, message(b"\0" * 19_000, "gzip"), "gzip")
+                server.answer(stream, message(b"a"))
         for direction, data in conversation(client, server):
             stepped.send(connection, data, piece=1000 + 700 * (i % 9), direction=direction)
             if i % 3:
@@ -170,3 +122,134 @@ def test_after_many_connections_and_calls_nothing_is_left_held_or_waiting() -> N
     stats = stepped.relay.stats()
     assert stats["evicted_connections"] > 0 and stats["oversized_calls"] > 0 and stats["refused_calls"] > 0
     assert (stepped.held(), stepped.waiting(), stepped.readers) == (0, (0, 0), {})
+
+
+def test_connections_that_inflate_past_the_hard_bound_in_one_batch_are_weighed_not_the_next_sender() -> None:
+    """Three hostile clients each queue gzip requests that inflate to 90 KB held, all read in one parser batch: what
+    the relay holds jumps from nothing to 270 KB, past twice its 100 KB budget, before the event loop sees it. The
+    honest connection sending next must not pay for it (it used to, past that twice, while the hostile ones, now
+    silent, kept their capture): the connections are weighed, the heaviest hostile ones given up, and the honest
+    call is recorded."""
+    stepped = SteppedRelay(ReaderLimits(max_message_bytes=100_000, max_total_bytes=100_000))
+    honest = stepped.connect()
+    client, server = client_start(), server_start()
+    stepped.send(honest, client.take())
+    hostile = [stepped.connect() for _ in range(3)]
+    for connection in hostile:
+        stepped.send(connection, unanswered_stream(*[b"\x00" * 30_000] * 3, encoding="gzip"))
+    stepped.parse()
+    assert stepped.held() > 2 * 100_000
+    unary(client, server, 1, b"features", b"logits")
+    stepped.send(honest, client.take())
+    stepped.send(honest, server.take(), direction=SERVER)
+    assert honest.given_up is None
+    assert sum(connection.given_up is not None for connection in hostile) == 2  # the heaviest, whichever on a tie
+    stepped.parse()
+    assert stepped.sink.offered == [(INFER, b"features", b"logits")]
+
+
+class InflatedBytes:
+    """``zlib.decompressobj`` counting what every inflater it made returned: the work units of inflating."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._make = zlib.decompressobj
+
+    def __call__(self, wbits: int) -> Any:
+        counter, inflater = self, self._make(wbits)
+
+        class Counted:
+            def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+                out = inflater.decompress(data, max_length)
+                counter.total += len(out)
+                return out
+
+            @property
+            def eof(self) -> bool:
+                return inflater.eof
+
+        return Counted()
+
+
+def test_many_connections_each_within_its_own_allowance_cannot_add_their_allowances_up(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forty hostile connections each send one gzip bomb inflating to just under its own parse-work allowance (250 KB
+    from 300 bytes); an honest connection makes gzip-compressed calls among them. Each allowance is lent from one
+    pool (1 MiB here): together the bombs inflate no more than that pool and what every byte on the wire earned (a
+    fresh allowance per connection let them inflate 40 allowances, 10 MB). The honest features compress 65x, more
+    than their bytes pay for: the honest connection borrows from the pool too, within its fair share, which the
+    hostile connections, owing their whole allowance, are refused; its calls are all recorded."""
+    inflated = InflatedBytes()
+    monkeypatch.setattr(zlib, "decompressobj", inflated)
+    limits = ReaderLimits(max_message_bytes=MIB, work_allowance=256 * KIB, max_total_work=MIB)
+    stepped = SteppedRelay(limits)
+    honest, cloud = stepped.connect(), server_start()
+    client = client_start()
+    features = [bytes(i % 7 if i % 5 == 0 else 0 for i in range(4096 + n)) for n in range(10)]
+    wire = 0
+    for n in range(40):
+        data = client_start().request(1, INFER, message(b"\x00" * 250_000, "gzip"), "gzip", end_stream=True).take()
+        stepped.send(stepped.connect(), data)
+        wire += len(data)
+        if n % 4 == 0:
+            stream = 2 * (n // 4) + 1
+            client.request(stream, INFER, message(features[n // 4], "gzip"), "gzip", end_stream=True)
+            cloud.answer(stream, message(b"logits"))
+            for direction, sent in conversation(client, cloud):
+                stepped.send(honest, sent, direction=direction)
+                wire += len(sent)
+        stepped.parse()
+    assert stepped.sink.offered == [(INFER, request, b"logits") for request in features]
+    assert honest.given_up is None and not stepped.readers[honest.id].lost
+    assert stepped.relay.stats()["overworked_connections"] >= 30
+    # a bomb given up inflated one byte past what it could pay
+    assert inflated.total <= limits.total_work + (limits.work_per_wire_byte + 1) * wire + 40
+
+
+def test_a_flood_of_connections_given_up_logs_a_few_warnings_and_a_count(caplog: pytest.LogCaptureFixture) -> None:
+    """Sixty connections given up one after the other by the global budget: a hostile client can cause one warning
+    per connection, so only the first few are logged one by one; the rest are summed up when the relay stops (or
+    the minute is over)."""
+    stepped = SteppedRelay(ReaderLimits(max_message_bytes=100_000, max_total_bytes=50_000))
+    with caplog.at_level(logging.WARNING, logger="attacker.tap.wire_relay"):
+        for _ in range(60):
+            stepped.send(stepped.connect(), client_start().raw(frame(FILLER_TYPE, 0, 0, b"f" * 60_000)).take())
+        stepped.relay._give_up_log.flush()
+    lines = [record.getMessage() for record in caplog.records if record.name == "attacker.tap.wire_relay"]
+    assert stepped.relay.stats()["evicted_connections"] == 60
+    assert len(lines) == 11 and lines[-1].startswith("50 more connections given up")
+
+
+def test_a_backlog_over_the_budget_gives_up_each_sender_unweighed_until_the_parser_has_read_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the weighing that gave up two of three hostile clients (270 KB held, a 100 KB budget), what those two
+    still hold (180 KB) is more than the budget until the parser reads their release. A sender past the room that
+    weighing found is given up once a weighing has measured that backlog, and each sender after it without another
+    weighing (O(1) per chunk), until the parser has read as far; then weighing resumes."""
+    weighings = []
+    make_room = RelayBudget._make_room
+
+    def counted(budget: RelayBudget, incoming: Connection, size: int) -> bool:
+        weighings.append(incoming.id)
+        return make_room(budget, incoming, size)
+
+    monkeypatch.setattr(RelayBudget, "_make_room", counted)
+    stepped = SteppedRelay(ReaderLimits(max_message_bytes=100_000, max_total_bytes=100_000))
+    senders = [stepped.connect() for _ in range(4)]
+    for connection in senders:
+        stepped.send(connection, client_start().take())
+    hostile = [stepped.connect() for _ in range(3)]
+    for connection in hostile:
+        stepped.send(connection, unanswered_stream(*[b"\x00" * 30_000] * 3, encoding="gzip"))
+    stepped.parse()
+    stepped.send(senders[0], frame(FILLER_TYPE, 0, 0, b"f" * 1000))  # weighed: two hostile clients given up
+    assert senders[0].given_up is None and sum(c.given_up is not None for c in hostile) == 2
+    stepped.send(senders[0], frame(FILLER_TYPE, 0, 0, b"f" * 20_000))  # past the room: the backlog is measured
+    stepped.send(senders[1], frame(FILLER_TYPE, 0, 0, b"f" * 1000))
+    stepped.send(senders[2], frame(FILLER_TYPE, 0, 0, b"f" * 1000))
+    assert [connection.given_up is not None for connection in senders] == [True, True, True, False]
+    assert len(weighings) == 2
+    stepped.parse()
+    stepped.send(senders[3], frame(FILLER_TYPE, 0, 0, b"f" * 20_000))  # weighed again: the last hostile one goes
+    assert senders[3].given_up is None and all(connection.given_up is not None for connection in hostile)
+    assert len(weighings) == 3

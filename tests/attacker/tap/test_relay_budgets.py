@@ -8,46 +8,34 @@ import asyncio
 import gzip
 import random
 import threading
-from collections.abc import Coroutine
 from typing import Any
 
 import pytest
 from h2_frames import INFER, client_start, frame, request_headers, server_start, unary
-from relay_helpers import Sink, Upstream, relayed, serve_upstreams
+from relay_helpers import FILLER_TYPE, Sink, Upstream, relayed, run_bounded, run_relay, unary_call
 
 from attacker.tap import wire_relay
 from attacker.tap.reader_limits import ReaderLimits
+from attacker.tap.relay_budget import RelayBudget
 from attacker.tap.wire_relay import WireRelay
 
 MIB = 1024 * 1024
-FILLER_TYPE = 0xFA  # a frame type readers skip
 
 
-def unary_call(stream: int, request: bytes, answer: bytes) -> tuple[bytes, bytes]:
-    """A whole connection's bytes, each way, for one unary Infer call."""
-    client, server = client_start(), server_start()
-    unary(client, server, stream, request, answer)
-    return client.take(), server.take()
+async def answered(port: int, request: bytes, answer: bytes) -> asyncio.StreamWriter:
+    """A connection through the relay that sends ``request`` and reads ``answer``; its writer, left open."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    assert await reader.readexactly(len(answer)) == answer
+    return writer
 
 
-def run_bounded(coroutine: Coroutine[Any, Any, Any], timeout_s: float = 60.0) -> Any:
-    """``asyncio.run`` on a thread of its own, so that a relay that hangs fails the test instead of hanging it."""
-    result: list[Any] = []
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            result.append(asyncio.run(coroutine))
-        except BaseException as exc:  # noqa: BLE001 - raised again on the test's thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    assert not thread.is_alive(), f"the relay did not finish within {timeout_s:.0f} s"
-    if errors:
-        raise errors[0]
-    return result[0]
+async def send_one_by_one(writer: asyncio.StreamWriter, upstream: Upstream, sent: int, chunks: list[bytes]) -> None:
+    """Write ``chunks``, each once the upstream has all before it (``sent`` bytes so far): one read, one chunk."""
+    for chunk in chunks:
+        writer.write(chunk)
+        sent += len(chunk)
+        await upstream.until_received(sent)
 
 
 def test_over_the_global_budget_the_heaviest_connection_is_given_up_not_the_next_one() -> None:
@@ -61,32 +49,20 @@ def test_over_the_global_budget_the_heaviest_connection_is_given_up_not_the_next
     sink = Sink()
     sink.gate.clear()
 
-    async def scenario() -> dict[str, int]:
-        server, address = await serve_upstreams(upstream_a, upstream_b)
-        relay = WireRelay("127.0.0.1:0", address, sink, limits=ReaderLimits(max_total_bytes=50_000))
-        port = await relay.start()
-        try:
-            reader_a, writer_a = await asyncio.open_connection("127.0.0.1", port)
-            writer_a.write(a_request)
-            assert await reader_a.readexactly(len(a_answer)) == a_answer
-            await asyncio.to_thread(sink.entered.wait, 30)  # the parser now waits in offer() with A's call
-            for filler in fillers:
-                writer_a.write(filler)
-            await upstream_a.until_received(len(a_request) + sum(map(len, fillers)))
-            reader_b, writer_b = await asyncio.open_connection("127.0.0.1", port)
-            writer_b.write(b_request)
-            assert await reader_b.readexactly(len(b_answer)) == b_answer
-            writer_a.write(fillers[0])  # A given up: its bytes still flow, no longer queued
-            await upstream_a.until_received(len(a_request) + sum(map(len, fillers)) + len(fillers[0]))
-            sink.gate.set()
-            writer_a.close()
-            writer_b.close()
-        finally:
-            await relay.stop(5)
-            server.close()
-        return relay.stats()
+    async def clients(_: WireRelay, port: int) -> None:
+        writer_a = await answered(port, a_request, a_answer)
+        await asyncio.to_thread(sink.entered.wait, 30)  # the parser now waits in offer() with A's call
+        for filler in fillers:
+            writer_a.write(filler)
+        await upstream_a.until_received(len(a_request) + sum(map(len, fillers)))
+        writer_b = await answered(port, b_request, b_answer)
+        writer_a.write(fillers[0])  # A given up: its bytes still flow, no longer queued
+        await upstream_a.until_received(len(a_request) + sum(map(len, fillers)) + len(fillers[0]))
+        sink.gate.set()
+        writer_a.close()
+        writer_b.close()
 
-    stats = run_bounded(scenario())
+    stats = run_bounded(run_relay([upstream_a, upstream_b], sink, clients, limits=ReaderLimits(max_total_bytes=50_000)))
     assert sink.offered == [(INFER, b"a-features", b"a-logits"), (INFER, b"b" * 20_000, b"b-logits")]
     assert bytes(upstream_b.received) == b_request
     assert (stats["evicted_connections"], stats["lost_connections"]) == (1, 1) and stats["dropped_chunks"] >= 1
@@ -106,44 +82,26 @@ def test_a_relay_kept_over_its_budget_weighs_its_connections_once_not_per_chunk(
     sink = Sink()
     sink.gate.clear()
     passes: list[int] = []
-    make_room = WireRelay._make_room
+    make_room = RelayBudget._make_room
 
-    def counted(relay: WireRelay, incoming: Any, size: int) -> bool:
+    def counted(budget: RelayBudget, incoming: Any, size: int) -> bool:
         passes.append(incoming.id)
-        return make_room(relay, incoming, size)
+        return make_room(budget, incoming, size)
 
-    monkeypatch.setattr(WireRelay, "_make_room", counted)
+    monkeypatch.setattr(RelayBudget, "_make_room", counted)
 
-    async def scenario() -> dict[str, int]:
-        server, address = await serve_upstreams(upstream_a, upstream_b)
-        relay = WireRelay("127.0.0.1:0", address, sink, limits=ReaderLimits(max_total_bytes=50_000))
-        port = await relay.start()
-        try:
-            reader_a, writer_a = await asyncio.open_connection("127.0.0.1", port)
-            writer_a.write(a_request)
-            assert await reader_a.readexactly(len(a_answer)) == a_answer
-            await asyncio.to_thread(sink.entered.wait, 30)
-            sent = len(a_request)
-            for filler in fillers:  # the fifth takes A past the budget
-                writer_a.write(filler)
-                sent += len(filler)
-                await upstream_a.until_received(sent)
-            _, writer_b = await asyncio.open_connection("127.0.0.1", port)
-            writer_b.write(b_start)
-            sent = len(b_start)
-            for chunk in small:
-                writer_b.write(chunk)
-                sent += len(chunk)
-                await upstream_b.until_received(sent)
-            sink.gate.set()
-            writer_a.close()
-            writer_b.close()
-        finally:
-            await relay.stop(5)
-            server.close()
-        return relay.stats()
+    async def clients(_: WireRelay, port: int) -> None:
+        writer_a = await answered(port, a_request, a_answer)
+        await asyncio.to_thread(sink.entered.wait, 30)
+        await send_one_by_one(writer_a, upstream_a, len(a_request), fillers)  # the fifth takes A past the budget
+        _, writer_b = await asyncio.open_connection("127.0.0.1", port)
+        writer_b.write(b_start)
+        await send_one_by_one(writer_b, upstream_b, len(b_start), small)
+        sink.gate.set()
+        writer_a.close()
+        writer_b.close()
 
-    stats = run_bounded(scenario())
+    stats = run_bounded(run_relay([upstream_a, upstream_b], sink, clients, limits=ReaderLimits(max_total_bytes=50_000)))
     assert passes.count(1) == 1 and passes.count(2) == 1  # A gave itself up; B was weighed once
     assert sink.offered == [(INFER, b"a-features", b"a-logits")]
     assert (stats["evicted_connections"], stats["lost_connections"]) == (1, 1)
@@ -168,26 +126,16 @@ def test_an_abusive_connection_is_given_up_and_an_honest_one_keeps_capturing() -
     upstream_b = Upstream(answer_after=len(honest_request), answer=honest_answer)
     sink = Sink()
 
-    async def scenario() -> dict[str, int]:
-        server, address = await serve_upstreams(upstream_a, upstream_b)
-        limits = ReaderLimits(max_message_bytes=MIB, max_work_burst=2 * MIB)
-        relay = WireRelay("127.0.0.1:0", address, sink, limits=limits)
-        port = await relay.start()
-        try:
-            _, writer_a = await asyncio.open_connection("127.0.0.1", port)
-            writer_a.write(bombs)
-            await upstream_a.until_received(len(bombs))
-            reader_b, writer_b = await asyncio.open_connection("127.0.0.1", port)
-            writer_b.write(honest_request)
-            assert await reader_b.readexactly(len(honest_answer)) == honest_answer
-            writer_a.close()
-            writer_b.close()
-        finally:
-            await relay.stop(5)
-            server.close()
-        return relay.stats()
+    async def clients(_: WireRelay, port: int) -> None:
+        _, writer_a = await asyncio.open_connection("127.0.0.1", port)
+        writer_a.write(bombs)
+        await upstream_a.until_received(len(bombs))
+        writer_b = await answered(port, honest_request, honest_answer)
+        writer_a.close()
+        writer_b.close()
 
-    stats = run_bounded(scenario())
+    limits = ReaderLimits(max_message_bytes=MIB, max_work_burst=2 * MIB)
+    stats = run_bounded(run_relay([upstream_a, upstream_b], sink, clients, limits=limits))
     assert sink.offered == [(INFER, request, b"logits-%d" % i) for i, request in enumerate(requests)]
     assert (stats["overworked_connections"], stats["lost_connections"]) == (1, 1)
     assert stats["oversized_calls"] < 60  # given up well before its last bomb
@@ -210,31 +158,15 @@ def test_a_failing_sink_never_stops_the_bytes_and_stop_returns(failure: BaseExce
     upstream_b = Upstream(answer_after=len(b_request), answer=b_answer)
     sink = Sink(fail_with=failure)
 
-    async def scenario() -> dict[str, int]:
-        server, address = await serve_upstreams(upstream_a, upstream_b)
-        relay = WireRelay("127.0.0.1:0", address, sink, queue_chunks=4)
-        port = await relay.start()
-        try:
-            reader_a, writer_a = await asyncio.open_connection("127.0.0.1", port)
-            writer_a.write(a_request)
-            assert await reader_a.readexactly(len(a_answer)) == a_answer
-            await asyncio.to_thread(sink.entered.wait, 30)
-            sent = len(a_request)
-            for filler in fillers:  # one chunk each, more than the queue takes
-                writer_a.write(filler)
-                sent += len(filler)
-                await upstream_a.until_received(sent)
-            reader_b, writer_b = await asyncio.open_connection("127.0.0.1", port)
-            writer_b.write(b_request)
-            assert await reader_b.readexactly(len(b_answer)) == b_answer
-            writer_a.close()
-            writer_b.close()
-        finally:
-            await relay.stop(5)
-            server.close()
-        return relay.stats()
+    async def clients(_: WireRelay, port: int) -> None:
+        writer_a = await answered(port, a_request, a_answer)
+        await asyncio.to_thread(sink.entered.wait, 30)
+        await send_one_by_one(writer_a, upstream_a, len(a_request), fillers)  # more than the queue takes
+        writer_b = await answered(port, b_request, b_answer)
+        writer_a.close()
+        writer_b.close()
 
-    stats = run_bounded(scenario())
+    stats = run_bounded(run_relay([upstream_a, upstream_b], sink, clients, queue_chunks=4))
     assert bytes(upstream_a.received) == a_request + b"".join(fillers) and bytes(upstream_b.received) == b_request
     if isinstance(failure, Exception):
         assert sink.offered == [(INFER, b"b-features", b"b-logits")]
@@ -276,3 +208,29 @@ def test_a_slow_client_pauses_the_upstream_and_nothing_is_lost(monkeypatch: pyte
     assert events[0][0] == "pause" and ("resume", 0) in events
     assert max(size for kind, size in events if kind == "pause") < 4 * MIB  # paused, not buffered whole
     assert stats["connections"] == 1
+
+
+def test_a_parser_past_its_stop_deadline_offers_nothing_more_to_the_closing_recorder() -> None:
+    """The parser waits in ``offer`` (a recorder that stalls) with a second answered call read behind it when the stop,
+    past ``parser_stop_s``, stops waiting for it: the caller closes the recorder next, so what the parser still reads
+    from then on is counted, never offered to a closed recorder."""
+    client, server = client_start(), server_start()
+    unary(client, server, 1, b"first", b"a")
+    unary(client, server, 3, b"second", b"b")
+    request, answer = client.take(), server.take()
+    sink = Sink()
+    sink.gate.clear()
+    relays: list[WireRelay] = []
+
+    async def clients(relay: WireRelay, port: int) -> None:
+        relays.append(relay)
+        writer = await answered(port, request, answer)
+        await asyncio.to_thread(sink.entered.wait, 30)  # the parser now waits in offer() with the first call
+        writer.close()
+
+    run_bounded(run_relay([Upstream(answer_after=len(request), answer=answer)], sink, clients, parser_stop_s=0.1))
+    sink.gate.set()
+    relays[0]._parser.join(30)
+    assert not relays[0]._parser.is_alive()
+    assert sink.offered == [(INFER, b"first", b"a")]
+    assert relays[0].stats()["dropped_after_stop"] == 1

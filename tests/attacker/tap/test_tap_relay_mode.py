@@ -23,6 +23,7 @@ from attacker.tap.reader_limits import ReaderLimits
 from attacker.tap.wire_relay import WireRelay
 from cem.captures.reader import CaptureStore
 from cem.captures.store import INDEX_FILE
+from cem.errors import ConfigError
 from edge_client import ClientSettings, EdgeClient
 from protos import cem_split_pb2_grpc as pb_grpc
 
@@ -174,6 +175,13 @@ def test_relay_counters_are_the_metrics() -> None:
     """Every counter the relay keeps is a metric with a help text, and nothing else is."""
     names = {f"relay_{name}" for name in WireRelay("127.0.0.1:0", "127.0.0.1:1", Sink()).stats()}
     assert names == set(RELAY_COUNTER_HELP)
+
+
+def test_a_relay_refuses_a_message_size_and_limits_at_once() -> None:
+    """``limits`` carries its own ``max_message_bytes``: given both, one would be ignored without a word."""
+    with pytest.raises(ConfigError, match="not both"):
+        WireRelay("127.0.0.1:0", "127.0.0.1:1", Sink(), max_message_bytes=1024, limits=ReaderLimits())
+    assert WireRelay("127.0.0.1:0", "127.0.0.1:1", Sink(), max_message_bytes=1024)._limits.max_message_bytes == 1024
 
 
 def test_bytes_pass_unchanged_both_ways_and_a_half_close_is_relayed() -> None:
