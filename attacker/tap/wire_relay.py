@@ -374,6 +374,9 @@ class WireRelay:
         except BaseException:  # anything at all: the relay keeps forwarding, and stop() must not wait for it
             logger.exception("the relay's parser failed: no connection is captured from here on; bytes still flow")
             self._parser_failed(readers)
+        finally:  # the readers' warnings left out are summed up here, on the one thread that uses their log
+            with contextlib.suppress(Exception):
+                self._reader_log.flush()
 
     def _parser_failed(self, readers: dict[int, H2Reader]) -> None:
         """The parser thread's last act: count, give up every reader, and have the loop stop queueing."""
