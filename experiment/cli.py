@@ -207,7 +207,8 @@ def report_command(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {
         "name": plan.name, "convergence": flags, "unjudged": unjudged, "nonfinite": collected.nonfinite,
         "missing": collected.missing, "observations": len(collected.observations)}
-    costs = grid_cost(plan, store)
+    records = {(cell.kind, cell.key): store.load(cell.kind, cell.key) for cell in plan.runnable()}  # read once
+    costs = grid_cost(plan, records)
     extra["cost"] = [cost.to_dict() for cost in costs]
     write_tables(table, directory, plan.name, extra)  # first: the tables stand even if a figure cannot be drawn
     (directory / "cost.md").write_text(cost_markdown(costs), encoding="utf-8")
@@ -222,7 +223,7 @@ def report_command(args: argparse.Namespace) -> int:
                         for kind, entries in (("plot", plotted), ("gallery", plotted_galleries))
                         for title, written in entries]
     paths = write_tables(table, directory, plan.name, extra)
-    stored = sum(store.load(c.kind, c.key) is not None for c in plan.runnable())
+    stored = sum(record is not None for record in records.values())
     page = render_html(name=plan.name, table=table, figures=figures, galleries=galleries, flags=flags,
                        missing=collected.missing, stored=stored, spec_text=plan.spec_text, unjudged=unjudged,
                        nonfinite=collected.nonfinite, costs=costs)

@@ -11,11 +11,11 @@ time; the median is the number to plan the remaining cells by.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from experiment.cells import AttackCell, Plan
-from experiment.store import CellStore
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,14 @@ class CellCost:
                 "remaining_s": rounded(self.remaining_s)}
 
 
-def grid_cost(plan: Plan, store: CellStore) -> list[CellCost]:
-    """The cost of every kind of cell in ``plan``: trainings first, then the attacks in the plan's order."""
+def grid_cost(plan: Plan, records: Mapping[tuple[str, str], Mapping[str, Any] | None]) -> list[CellCost]:
+    """The cost of every kind of cell in ``plan``: trainings first, then the attacks in the plan's order.
+    ``records``: each cell's stored record by (kind, key), None (or absent) when it is not stored."""
     walls: dict[str, list[float]] = {"train": [], **{attack: [] for attack in plan.attacks}}
     stored, remaining = dict.fromkeys(walls, 0), dict.fromkeys(walls, 0)
     for cell in plan.runnable():
         kind = cell.attack if isinstance(cell, AttackCell) else "train"
-        record = store.load(cell.kind, cell.key)
+        record = records.get((cell.kind, cell.key))
         if record is None:
             remaining[kind] += 1
             continue

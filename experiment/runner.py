@@ -231,10 +231,6 @@ class GridRunner:
         self.options = options
         self.children = _Children(inherit_fds)
 
-    def stored(self) -> set[tuple[str, str]]:
-        """(kind, key) of every cell of the plan already stored and not to run now (``plan_state``)."""
-        return self.plan_state()[0]
-
     def plan_state(self) -> tuple[set[tuple[str, str]], set[str]]:
         """(cells stored and not to run now, keys of train cells to run again only to rebuild their bundle).
 

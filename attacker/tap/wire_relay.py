@@ -328,7 +328,7 @@ class WireRelay:
             return
         self._pairs.discard(pair)
         pair.done.set_result(None)
-        self._hand_off_close(pair.connection)
+        self._budget.closed(pair.connection)
 
     def _hand_off(self, connection: Connection, direction: int, data: bytes) -> None:
         """Queue a copy of ``data`` for the parser; never waits. O(1) unless the budget is exceeded."""
@@ -338,9 +338,6 @@ class WireRelay:
             return
         if not self._budget.put(connection, direction, data):
             self.relay_stats.dropped_chunks += 1
-
-    def _hand_off_close(self, connection: Connection) -> None:
-        self._budget.closed(connection)
 
     def _live(self) -> list[Connection]:
         """The connections open now (for a weighing)."""

@@ -21,7 +21,8 @@ def test_remaining_cells_are_priced_at_the_median_of_the_stored_ones(tmp_path: P
     for cell, wall in zip(plan.train[:3], (10.0, 30.0, 20.0), strict=True):
         store.save({"key": cell.key, "kind": cell.kind, "wall_s": wall})
     store.save({"key": plan.train[3].key, "kind": "train"})  # a record from before the field: stored, unpriced
-    train, decoder = grid_cost(plan, store)
+    records = {(cell.kind, cell.key): store.load(cell.kind, cell.key) for cell in plan.runnable()}
+    train, decoder = grid_cost(plan, records)
     assert (train.kind, train.stored, train.remaining, train.total_s, train.median_s) == ("train", 4, 4, 60.0, 20.0)
     assert train.remaining_s == 80.0
     assert (decoder.kind, decoder.stored, decoder.remaining, decoder.median_s, decoder.remaining_s) == \

@@ -164,7 +164,7 @@ class SteppedRelay:
 
     def close(self, connection: Connection) -> None:
         self.relay._pairs.discard(self._pairs[connection.id])
-        self.relay._hand_off_close(connection)
+        self.relay._budget.closed(connection)
 
     def send(self, connection: Connection, data: bytes, piece: int | None = None, direction: int = CLIENT) -> None:
         """``data`` from ``direction``, in chunks of ``piece`` bytes (one chunk when None)."""
