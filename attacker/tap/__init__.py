@@ -8,7 +8,6 @@
 - ``reader_limits``: every bound and budget of that reading, and its counters.
 - ``relay_budget``: the queue to the relay's parser thread and the global budget bounding what enters it.
 - ``parse_work``: who pays for the parser's work: each connection's account, the pool their allowances come from.
-- ``log_limit``: rate-limited warnings, for those a client can cause one per connection.
 - ``relay``: carrying one call faithfully (metadata and deadline up, the upstream's status down).
 - ``health_watch``: a relayed health Watch ends when its replica of a replicated upstream stops serving.
 - ``recorder``: ``CaptureRecorder``, the bounded queue and writer thread off the forwarding path.

@@ -40,7 +40,6 @@ from hpack.struct import HeaderTuple
 from hpack.table import HeaderTable
 
 from attacker.tap.grpc_calls import CLIENT, SERVER, CallSink, GrpcCalls
-from attacker.tap.log_limit import LimitedLog
 from attacker.tap.parse_work import WorkBudget, WorkPool
 from attacker.tap.reader_limits import (
     DECODED_BLOCK_CACHE_BYTES,
@@ -52,6 +51,7 @@ from attacker.tap.reader_limits import (
     ReaderLimits,
     ReaderStats,
 )
+from cem.logs import LimitedWarnings
 
 logger = logging.getLogger(__name__)
 
@@ -225,16 +225,16 @@ class _Side:
         self.cache_bytes += size
 
 
-def lost_log() -> LimitedLog:
+def lost_log() -> LimitedWarnings:
     """The readers' one warning, that a connection is no longer captured, rate-limited: share one among readers."""
-    return LimitedLog(logger, "connections no longer captured by their reader")
+    return LimitedWarnings(logger, "connections no longer captured by their reader")
 
 
 class H2Reader:
     """The gRPC calls of one connection, from the bytes of its two directions fed in order (``CLIENT``/``SERVER``)."""
 
     def __init__(self, sink: CallSink, limits: ReaderLimits | None = None, stats: ReaderStats | None = None,
-                 name: str = "connection", pool: WorkPool | None = None, log: LimitedLog | None = None) -> None:
+                 name: str = "connection", pool: WorkPool | None = None, log: LimitedWarnings | None = None) -> None:
         """``stats``, ``pool`` and ``log`` are shared by every reader of one relay (its counters, the pool their
         parse-work allowances are lent from, its warnings); a reader alone gets its own."""
         self.limits = limits or ReaderLimits()

@@ -19,7 +19,7 @@ to send next (``evicted_connections``, ``dropped_chunks``); its bytes keep
 flowing. Each reader keeps its own connection within its own byte budget and
 its parse work within what its bytes pay for, the allowances of new connections
 lent from one pool shared by all (``attacker.tap.parse_work``). Giving-up
-warnings are rate-limited (``attacker.tap.log_limit``): a hostile client opening
+warnings are rate-limited (``cem.logs.LimitedWarnings``): a hostile client opening
 connection after connection must not flood the log.
 
 The legs are asyncio protocols rather than stream reader/writer copy loops: a
@@ -64,11 +64,11 @@ from dataclasses import asdict, dataclass
 
 from attacker.tap.grpc_calls import CallSink
 from attacker.tap.h2_reader import CLIENT, SERVER, H2Reader, lost_log
-from attacker.tap.log_limit import LimitedLog
 from attacker.tap.parse_work import WorkPool
 from attacker.tap.reader_limits import ReaderLimits, ReaderStats
 from attacker.tap.relay_budget import QUEUE_CHUNKS, Connection, RelayBudget
 from cem.errors import ConfigError
+from cem.logs import LimitedWarnings
 from cem.targets import parse_target
 
 logger = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ class WireRelay:
         self._sink = _UntilAbandoned(sink, self.reader_stats)
         self.port: int | None = None
         self._budget = RelayBudget(limits.total_budget, queue_chunks, self._live, self._given_up)
-        self._give_up_log = LimitedLog(logger, "connections given up by the relay's budget")  # event loop only
+        self._give_up_log = LimitedWarnings(logger, "connections given up by the relay's budget")  # event loop only
         # What every reader shares, on the parser thread only: the pool their parse-work allowances are lent from,
         # and their warnings (a reader warns once, when it gives its connection up)
         self._work_pool = WorkPool(limits)
