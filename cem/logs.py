@@ -100,7 +100,7 @@ class LimitedWarnings:
         passed, earlier = self._window.admit(self._clock())
         self._summarise(earlier)
         if passed:
-            self._logger.warning(message, *args)
+            self._logger.warning(message, *args, stacklevel=2)  # where the caller warned, not here
 
     def flush(self) -> None:
         """Log how many warnings were left out since the last summary, if any."""

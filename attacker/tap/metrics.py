@@ -37,6 +37,8 @@ RELAY_COUNTER_HELP = {
     "relay_dropped_chunks": "chunks not handed to the parser because the relay had given up their connection's capture",
     "relay_evicted_connections": "connections whose capture the relay gave up, heaviest first, to stay within its "
                                  "memory budget (their bytes still flow)",
+    "relay_discarded_connections": "connections given up whose queued chunks the parser skipped unread, once what "
+                                   "such connections still held passed half the memory budget",
     "relay_lost_connections": "connections no longer captured, for any reason: not HTTP/2, a protocol error, a budget, "
                               "the parser failing",
     "relay_streams_ignored": "feature calls not captured because their connection had too many open",

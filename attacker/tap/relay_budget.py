@@ -15,11 +15,17 @@ inflates) uses the room a weighing found as bytes queued do, so growth brings
 the next weighing.
 
 What connections given up still have queued or held (the *backlog*) is not
-weighed: it leaves as the parser reads it. Only when a weighing finds that
-backlog over the budget itself (a parser batch in which several connections
-inflated far past it at once) is each sender given up without weighing, until
-the parser has read past that weighing: otherwise the honest connection sending
-next would pay for connections already given up.
+weighed: it leaves as the parser reads it, so that calls they had answered
+before are still recorded. Once a weighing finds that backlog over half the
+budget, the parser stops reading it: the connections it belongs to are marked
+``discard``, and the parser counts their chunks read without parsing them
+(O(1) a chunk) and lets go of what their readers held at their next chunk. A
+backlog is most often a hostile client's, heavy to parse by design (messages
+that inflate, floods of small chunks); reading it would keep the parser, and so
+the budget, busy with it. Only when a weighing finds the backlog over the whole
+budget (the parser fell behind even so) is each sender given up without
+weighing, until the parser has read past that weighing: otherwise the honest
+connection sending next would pay for connections already given up.
 """
 
 from __future__ import annotations
@@ -41,12 +47,14 @@ _GIVEN_UP = b""  # queued after a connection's last chunk when its capture is gi
 class Connection:
     """One relayed connection, as the event loop and the parser thread share it. Each counter has one writer."""
 
-    __slots__ = ("given_up", "held", "id", "parsed_bytes", "parsed_chunks", "queued_bytes", "queued_chunks", "skip")
+    __slots__ = ("discard", "given_up", "held", "id", "parsed_bytes", "parsed_chunks", "queued_bytes", "queued_chunks",
+                 "skip")
 
     def __init__(self, connection_id: int, skip: bool = False) -> None:
         self.id = connection_id
         self.skip = skip  # queue nothing more of it (set by either thread, never cleared)
         self.given_up: str | None = None  # why the relay gave it up (event loop); ``queued_chunks`` is final then
+        self.discard = False  # given up, and what it queued is skipped unread (event loop, never cleared)
         self.queued_chunks = self.queued_bytes = 0  # queued (event loop)
         self.parsed_chunks = self.parsed_bytes = 0  # taken off the queue (parser thread)
         self.held = 0  # bytes its reader holds (parser thread)
@@ -65,16 +73,20 @@ Item = tuple[Connection, int, "bytes | None"]
 
 class RelayBudget:
     """The parser's queue and the counters that bound it. ``live``: the connections open now; ``on_give_up``: told
-    of each connection given up (to count and log it)."""
+    of each connection given up, ``on_discard``: of those whose backlog is skipped, with that backlog's bytes and
+    chunks (to count and log them)."""
 
     def __init__(self, total_bytes: int, queue_chunks: int, live: Callable[[], Iterable[Connection]],
-                 on_give_up: Callable[[Connection, str], None]) -> None:
+                 on_give_up: Callable[[Connection, str], None],
+                 on_discard: Callable[[list[Connection], int, int], None]) -> None:
         self.queue: queue.SimpleQueue[Item | None] = queue.SimpleQueue()  # bounded by the counters below
         self.capturing = True  # False once the parser failed: nothing is queued any more
         self._total = total_bytes
         self._chunks = queue_chunks
         self._live = live
         self._on_give_up = on_give_up
+        self._on_discard = on_discard
+        self._backlog: list[Connection] = []  # connections given up and not yet discarded (event loop)
         # Each counter is written by one thread only: queued by the event loop; parsed (taken off the queue) and
         # held (by the readers) by the parser. What waits is queued - parsed. Items count everything queued.
         self._queued_chunks = self._queued_bytes = self._queued_items = 0
@@ -110,6 +122,7 @@ class RelayBudget:
         held would count against the budget all along)."""
         connection.given_up = reason
         connection.skip = True
+        self._backlog.append(connection)
         self._on_give_up(connection, reason)
         self._mark((connection, CLIENT, _GIVEN_UP))
 
@@ -170,6 +183,9 @@ class RelayBudget:
         used, queued = sum(weights.values()), sum(chunks.values())
         backlog = self._queued_bytes - self._parsed_bytes + self._held_bytes - used
         backlog_chunks = self._queued_chunks - self._parsed_chunks - queued
+        self._backlog = [connection for connection in self._backlog if connection.waiting_chunks() or connection.held]
+        if 2 * backlog > self._total or 2 * backlog_chunks > self._chunks:
+            self._discard_backlog(backlog, backlog_chunks)
         if backlog > self._total or backlog_chunks > self._chunks:
             self._backlog_until = self._queued_items
             self._room_bytes = self._room_chunks = 0
@@ -196,6 +212,14 @@ class RelayBudget:
         self._room_bytes = self._entered_bytes() + size + self._total - used
         self._room_chunks = self._queued_chunks + 1 + self._chunks - queued
         return True
+
+    def _discard_backlog(self, backlog: int, backlog_chunks: int) -> None:
+        """Have the parser skip what the connections given up still have queued, and let go of what they hold."""
+        discarded, self._backlog = self._backlog, []
+        for connection in discarded:
+            connection.discard = True
+        if discarded:
+            self._on_discard(discarded, backlog, backlog_chunks)
 
     # The parser thread's side
 

@@ -88,6 +88,7 @@ class RelayStats:
     upstream_failures: int = 0  # edge connections closed because the upstream could not be reached
     dropped_chunks: int = 0  # chunks not handed to the parser: the relay had given up their connection's capture
     evicted_connections: int = 0  # captures given up, heaviest first, to stay within the global budget
+    discarded_connections: int = 0  # of those, connections whose queued chunks the parser skipped unread
 
 
 class _UntilAbandoned:
@@ -210,7 +211,7 @@ class WireRelay:
         self.reader_stats = ReaderStats()  # written by the parser thread only
         self._sink = _UntilAbandoned(sink, self.reader_stats)
         self.port: int | None = None
-        self._budget = RelayBudget(limits.total_budget, queue_chunks, self._live, self._given_up)
+        self._budget = RelayBudget(limits.total_budget, queue_chunks, self._live, self._given_up, self._discarded)
         self._give_up_log = LimitedWarnings(logger, "connections given up by the relay's budget")  # event loop only
         # What every reader shares, on the parser thread only: the pool their parse-work allowances are lent from,
         # and their warnings (a reader warns once, when it gives its connection up)
@@ -348,6 +349,14 @@ class WireRelay:
         self.relay_stats.evicted_connections += 1
         self._give_up_log.warning("connection %d: no longer captured, its bytes still flow: %s", connection.id, reason)
 
+    def _discarded(self, connections: list[Connection], backlog: int, backlog_chunks: int) -> None:
+        """The budget had the parser skip what ``connections`` (given up) still had queued: count it, and say so."""
+        self.relay_stats.discarded_connections += len(connections)
+        self._give_up_log.warning(
+            "%d connection(s) given up earlier still had %d bytes, %d chunks queued or held, over half the relay's "
+            "budget: skipped unread (calls they had answered before are not recorded)", len(connections), backlog,
+            backlog_chunks)
+
     def _parse(self) -> None:
         """The parser thread: every connection's reader, fed in the order the chunks were forwarded.
 
@@ -400,6 +409,8 @@ class WireRelay:
                                                        self._reader_log)
         self._budget.taken(connection, data)
         try:
+            if connection.discard:  # its backlog is skipped: a lost reader reads nothing and lets go of all it held
+                reader.lose(connection.given_up or "given up")
             if data:
                 reader.feed(direction, data)
             if connection.given_up is not None and connection.parsed_chunks >= connection.queued_chunks:
@@ -414,3 +425,4 @@ class WireRelay:
         self._budget.settled(connection, 0 if reader.lost or data is None else reader.held(), len(data or b""))
         if data is None:
             del readers[connection.id]
+

@@ -21,7 +21,7 @@ from h2_frames import (
     server_start,
     unary,
 )
-from relay_helpers import FILLER_TYPE, SteppedRelay
+from relay_helpers import FILLER_TYPE, SteppedRelay, unary_call
 
 from attacker.tap.h2_reader import SERVER
 from attacker.tap.reader_limits import ReaderLimits
@@ -253,3 +253,27 @@ def test_a_backlog_over_the_budget_gives_up_each_sender_unweighed_until_the_pars
     stepped.send(senders[3], frame(FILLER_TYPE, 0, 0, b"f" * 20_000))  # weighed again: the last hostile one goes
     assert senders[3].given_up is None and all(connection.given_up is not None for connection in hostile)
     assert len(weighings) == 3
+
+
+def test_past_half_the_budget_the_backlog_of_connections_given_up_is_skipped_unread() -> None:
+    """What connections given up still have queued is read, so that calls they had answered before are recorded,
+    until that backlog passes half the budget: from the weighing that finds it there, the parser counts it read
+    without parsing it. A backlog that size is most often a hostile client's, heavy to parse by design; read, it kept
+    the parser busy, the backlog over the budget and every honest sender in the meantime given up."""
+    stepped = SteppedRelay(ReaderLimits(max_message_bytes=100_000, max_total_bytes=100_000))
+    honest, first, second = stepped.connect(), stepped.connect(), stepped.connect()
+    stepped.send(honest, client_start().take())
+    for connection, size in ((first, 60_000), (second, 40_000)):  # the second's request weighs: ``first`` goes
+        request, answer = unary_call(1, b"q" * size, b"a")
+        stepped.send(connection, request)
+        stepped.send(connection, answer, direction=SERVER)
+    assert first.given_up is not None and not first.discard and second.given_up is None
+    stepped.send(second, frame(FILLER_TYPE, 0, 0, b"f" * 65_000))  # weighs: a 60 KB backlog, and ``second`` goes
+    assert first.discard and second.given_up is not None and not second.discard and honest.given_up is None
+    stepped.parse()
+    assert [len(payload) for _, payload, _ in stepped.sink.offered] == [40_000]  # the second's call only
+    assert stepped.held() == stepped.decoding_state() and stepped.readers[first.id].lost
+    stats = stepped.relay.stats()
+    assert (stats["evicted_connections"], stats["discarded_connections"], stats["lost_connections"]) == (2, 1, 2)
+    stepped.send(honest, frame(FILLER_TYPE, 0, 0, b"h" * 90_000))
+    assert honest.given_up is None
