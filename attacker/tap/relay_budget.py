@@ -16,8 +16,9 @@ the next weighing.
 
 What connections given up still have queued or held (the *backlog*) is not
 weighed: it leaves as the parser reads it, so that calls they had answered
-before are still recorded. Once a weighing finds that backlog over half the
-budget, the parser stops reading it: the connections it belongs to are marked
+before are still recorded. Once a weighing finds what the connections given up
+(and not discarded before) still have queued or held over half the budget or
+half the chunk bound, the parser stops reading it: those connections are marked
 ``discard``, and the parser counts their chunks read without parsing them
 (O(1) a chunk) and lets go of what their readers held at their next chunk. A
 backlog is most often a hostile client's, heavy to parse by design (messages
@@ -86,7 +87,9 @@ class RelayBudget:
         self._live = live
         self._on_give_up = on_give_up
         self._on_discard = on_discard
-        self._backlog: list[Connection] = []  # connections given up and not yet discarded (event loop)
+        # connections given up and not discarded, pruned to those with chunks still queued (event loop)
+        self._backlog: list[Connection] = []
+        self._prune_at = 64
         # Each counter is written by one thread only: queued by the event loop; parsed (taken off the queue) and
         # held (by the readers) by the parser. What waits is queued - parsed. Items count everything queued.
         self._queued_chunks = self._queued_bytes = self._queued_items = 0
@@ -123,6 +126,8 @@ class RelayBudget:
         connection.given_up = reason
         connection.skip = True
         self._backlog.append(connection)
+        if len(self._backlog) > self._prune_at:
+            self._prune_backlog()
         self._on_give_up(connection, reason)
         self._mark((connection, CLIENT, _GIVEN_UP))
 
@@ -156,7 +161,7 @@ class RelayBudget:
     def _admit(self, incoming: Connection, size: int) -> bool:
         """The counters say a bound is exceeded, counting the backlog (what connections given up still have queued or
         held: they queue nothing more, and the parser reads what they had queued, so calls answered before are still
-        recorded, then forgets them). Whether ``incoming`` may queue ``size`` more bytes.
+        recorded, unless it was discarded, then forgets them). Whether ``incoming`` may queue ``size`` more bytes.
 
         The connections still followed are weighed (``_make_room``) only once the room the last weighing found is
         used up, so a relay kept over its bound pays O(1) per chunk, not O(connections). The room is used up by what
@@ -175,17 +180,16 @@ class RelayBudget:
     def _make_room(self, incoming: Connection, size: int) -> bool:
         """Weigh the connections still followed: give up the heaviest until they and the chunk of ``size`` bytes
         that ``incoming`` brings fit the budget and the chunk bound; False when ``incoming`` itself was given up.
-        A backlog over the budget gives up ``incoming`` at once, and every sender after it until the parser has read
-        as far as this weighing."""
+        What the connections given up still hold is discarded past half the budget (``_discard_heavy_backlog``); a
+        backlog over the whole budget even so gives up ``incoming`` at once, and every sender after it until the
+        parser has read as far as this weighing."""
         live = {connection for connection in self._live() if not connection.skip} | {incoming}
         weights = {connection: connection.waiting() for connection in live}
         chunks = {connection: connection.waiting_chunks() for connection in live}
         used, queued = sum(weights.values()), sum(chunks.values())
         backlog = self._queued_bytes - self._parsed_bytes + self._held_bytes - used
         backlog_chunks = self._queued_chunks - self._parsed_chunks - queued
-        self._backlog = [connection for connection in self._backlog if connection.waiting_chunks() or connection.held]
-        if 2 * backlog > self._total or 2 * backlog_chunks > self._chunks:
-            self._discard_backlog(backlog, backlog_chunks)
+        self._discard_heavy_backlog()
         if backlog > self._total or backlog_chunks > self._chunks:
             self._backlog_until = self._queued_items
             self._room_bytes = self._room_chunks = 0
@@ -213,13 +217,24 @@ class RelayBudget:
         self._room_chunks = self._queued_chunks + 1 + self._chunks - queued
         return True
 
-    def _discard_backlog(self, backlog: int, backlog_chunks: int) -> None:
-        """Have the parser skip what the connections given up still have queued, and let go of what they hold."""
+    def _prune_backlog(self) -> None:
+        """Keep the connections given up that still have chunks for the parser to read (O(their number), at most
+        once per doubling of the list)."""
+        self._backlog = [connection for connection in self._backlog if connection.waiting_chunks()]
+        self._prune_at = 2 * len(self._backlog) + 64
+
+    def _discard_heavy_backlog(self) -> None:
+        """Once what the connections given up, and not discarded before, still have queued or held passes half the
+        budget or half the chunk bound, have the parser skip it unread and let go of it."""
+        self._prune_backlog()
+        pending = sum(connection.waiting() for connection in self._backlog)
+        pending_chunks = sum(connection.waiting_chunks() for connection in self._backlog)
+        if 2 * pending <= self._total and 2 * pending_chunks <= self._chunks:
+            return
         discarded, self._backlog = self._backlog, []
         for connection in discarded:
             connection.discard = True
-        if discarded:
-            self._on_discard(discarded, backlog, backlog_chunks)
+        self._on_discard(discarded, pending, pending_chunks)
 
     # The parser thread's side
 

@@ -213,6 +213,7 @@ class WireRelay:
         self.port: int | None = None
         self._budget = RelayBudget(limits.total_budget, queue_chunks, self._live, self._given_up, self._discarded)
         self._give_up_log = LimitedWarnings(logger, "connections given up by the relay's budget")  # event loop only
+        self._discard_log = LimitedWarnings(logger, "backlogs discarded")  # event loop only
         # What every reader shares, on the parser thread only: the pool their parse-work allowances are lent from,
         # and their warnings (a reader warns once, when it gives its connection up)
         self._work_pool = WorkPool(limits)
@@ -259,6 +260,7 @@ class WireRelay:
             await self._server.wait_closed()
         await self._stop_parser()
         self._give_up_log.flush()
+        self._discard_log.flush()
         logger.info("tap stopped")
 
     async def _stop_parser(self) -> None:
@@ -352,10 +354,10 @@ class WireRelay:
     def _discarded(self, connections: list[Connection], backlog: int, backlog_chunks: int) -> None:
         """The budget had the parser skip what ``connections`` (given up) still had queued: count it, and say so."""
         self.relay_stats.discarded_connections += len(connections)
-        self._give_up_log.warning(
+        self._discard_log.warning(
             "%d connection(s) given up earlier still had %d bytes, %d chunks queued or held, over half the relay's "
-            "budget: skipped unread (calls they had answered before are not recorded)", len(connections), backlog,
-            backlog_chunks)
+            "budget: skipped unread (calls they had answered before and not yet read are not recorded)",
+            len(connections), backlog, backlog_chunks)
 
     def _parse(self) -> None:
         """The parser thread: every connection's reader, fed in the order the chunks were forwarded.

@@ -277,3 +277,46 @@ def test_past_half_the_budget_the_backlog_of_connections_given_up_is_skipped_unr
     assert (stats["evicted_connections"], stats["discarded_connections"], stats["lost_connections"]) == (2, 1, 2)
     stepped.send(honest, frame(FILLER_TYPE, 0, 0, b"h" * 90_000))
     assert honest.given_up is None
+
+
+def test_only_what_connections_given_up_still_hold_decides_a_discard_not_closed_or_discarded_ones() -> None:
+    """A review's two cases. Closed honest connections' unread chunks, and a backlog already discarded but not yet
+    read, are not the backlog of the connection given up next: counted as if they were, a small honest connection
+    given up (its answered call still queued) was discarded for other connections' bytes, and lost that call."""
+    stepped = SteppedRelay(ReaderLimits(max_message_bytes=100_000, max_total_bytes=100_000))
+    small = stepped.connect()
+    request, answer = unary_call(1, b"s" * 20_000, b"a")
+    stepped.send(small, request)
+    stepped.send(small, answer, direction=SERVER)
+    fillers = [stepped.connect() for _ in range(4)]
+    for connection in fillers:
+        stepped.send(connection, frame(FILLER_TYPE, 0, 0, b"f" * 19_000))
+    stepped.send(stepped.connect(), frame(FILLER_TYPE, 0, 0, b"x" * 19_000))  # weighs: ``small``, the heaviest, goes
+    assert small.given_up is not None
+    for connection in fillers[:2]:
+        stepped.close(connection)  # 38 KB of theirs not read yet
+    honest = stepped.connect()
+    request, answer = unary_call(1, b"h" * 30_000, b"a")
+    stepped.send(honest, request)  # weighs: 58 KB not read, only 20 KB of it ``small``'s
+    stepped.send(honest, answer, direction=SERVER)
+    assert not small.discard
+    stepped.parse()
+    assert sorted(len(payload) for _, payload, _ in stepped.sink.offered) == [20_000, 30_000]
+
+    stepped = SteppedRelay(ReaderLimits(max_message_bytes=100_000, max_total_bytes=100_000))
+    hostile, honest, c, d, e = (stepped.connect() for _ in range(5))
+    for connection in (honest, c, d, e):
+        stepped.send(connection, client_start().take())
+    stepped.send(hostile, client_start().take() + frame(FILLER_TYPE, 0, 0, b"h" * 55_000))
+    stepped.send(c, frame(FILLER_TYPE, 0, 0, b"c" * 20_000))
+    stepped.send(d, frame(FILLER_TYPE, 0, 0, b"d" * 30_000))  # weighs: ``hostile`` goes
+    request, answer = unary_call(1, b"b" * 40_000, b"a")
+    stepped.send(honest, request[len(client_start().take()):])
+    stepped.send(honest, answer, direction=SERVER)
+    stepped.send(c, frame(FILLER_TYPE, 0, 0, b"c" * 15_000))  # weighs: ``hostile`` discarded, ``honest`` goes
+    assert hostile.discard and honest.given_up is not None
+    for _ in range(4):  # weighs again before the parser has read the discarded 55 KB
+        stepped.send(e, frame(FILLER_TYPE, 0, 0, b"e" * 10_000))
+    assert not honest.discard
+    stepped.parse()
+    assert [len(payload) for _, payload, _ in stepped.sink.offered] == [40_000]
