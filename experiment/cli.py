@@ -192,6 +192,7 @@ def run_command(args: argparse.Namespace) -> int:
 def report_command(args: argparse.Namespace) -> int:
     # Imported here: matplotlib, Jinja2 and scipy take seconds to load, which `run` never needs.
     from experiment.cost import cost_markdown, grid_cost
+    from experiment.detail import build_detail, detail_json, render_detail_markdown
     from experiment.html import render_html, write_html
     from experiment.plots import plot_galleries, plot_mse_vs_entropy, plot_pareto
     from experiment.report import build_table1, collect, convergence_flags, unjudged_columns
@@ -201,6 +202,7 @@ def report_command(args: argparse.Namespace) -> int:
     plan = store.read_plan()
     collected = collect(plan, store)
     table = build_table1(collected.observations, plan.rows, plan.attacks)
+    detail = build_detail(collected.observations, plan.rows, plan.attacks)
     flags = convergence_flags(collected.observations)
     unjudged = unjudged_columns(collected.observations)
     directory = store.report_dir
@@ -210,8 +212,10 @@ def report_command(args: argparse.Namespace) -> int:
     records = {(cell.kind, cell.key): store.load(cell.kind, cell.key) for cell in plan.runnable()}  # read once
     costs = grid_cost(plan, records)
     extra["cost"] = [cost.to_dict() for cost in costs]
+    extra["detail"] = detail_json(detail)
     write_tables(table, directory, plan.name, extra)  # first: the tables stand even if a figure cannot be drawn
     (directory / "cost.md").write_text(cost_markdown(costs), encoding="utf-8")
+    (directory / "detail.md").write_text(render_detail_markdown(detail, plan.name), encoding="utf-8")
     plotted = [("Accuracy vs attack MSE (Fig. 4)", plot_pareto(collected.observations, plan.attacks, directory)),
                ("Attack MSE vs conditional entropy (Fig. 3)",
                 plot_mse_vs_entropy(collected.observations, plan.attacks, directory))]
@@ -226,7 +230,7 @@ def report_command(args: argparse.Namespace) -> int:
     stored = sum(record is not None for record in records.values())
     page = render_html(name=plan.name, table=table, figures=figures, galleries=galleries, flags=flags,
                        missing=collected.missing, stored=stored, spec_text=plan.spec_text, unjudged=unjudged,
-                       nonfinite=collected.nonfinite, costs=costs)
+                       nonfinite=collected.nonfinite, costs=costs, detail=extra["detail"])
     index = write_html(directory / "index.html", page)
     print(paths["md"].read_text(encoding="utf-8"))
     for line in summary_line(table):
@@ -239,8 +243,8 @@ def report_command(args: argparse.Namespace) -> int:
         print(f"note: {len(collected.missing)} cells of the plan are not stored yet; the report covers the others")
     print()
     print(cost_markdown(costs), end="")
-    print(f"wrote {directory}: table1.md, table1.csv, table1.json, cost.md, pareto/mse_vs_entropy (.png, .svg), "
-          f"{len(galleries)} galleries, {index.name}")
+    print(f"wrote {directory}: table1.md, table1.csv, table1.json, detail.md, cost.md, "
+          f"pareto/mse_vs_entropy (.png, .svg), {len(galleries)} galleries, {index.name}")
     if args.json:
         print(json.dumps(json.loads(paths["json"].read_text(encoding="utf-8"))))
     return 0

@@ -31,10 +31,12 @@ def data_uri(path: Path) -> str:
 def render_html(*, name: str, table: Table1, figures: Sequence[tuple[str, Path]],
                 galleries: Sequence[tuple[str, Path]], flags: Sequence[Mapping[str, Any]], missing: Sequence[str],
                 stored: int, spec_text: str, unjudged: Sequence[Mapping[str, Any]] = (),
-                nonfinite: Sequence[Mapping[str, Any]] = (), costs: Sequence[CellCost] = ()) -> str:
+                nonfinite: Sequence[Mapping[str, Any]] = (), costs: Sequence[CellCost] = (),
+                detail: Mapping[str, Any] | None = None) -> str:
     """The page; ``figures`` and ``galleries`` are (title, PNG path) pairs; ``flags``, ``unjudged`` and
     ``nonfinite`` the report's not-converged columns, unjudged columns and values left out as not finite;
-    ``costs`` what each kind of stored cell took (experiment.cost)."""
+    ``costs`` what each kind of stored cell took (experiment.cost); ``detail`` the tables beside Table 1
+    (``experiment.detail.detail_json``)."""
     environment = Environment(loader=PackageLoader("experiment", "templates"), autoescape=select_autoescape(["html"]))
     return environment.get_template(TEMPLATE).render(
         name=name,
@@ -48,6 +50,7 @@ def render_html(*, name: str, table: Table1, figures: Sequence[tuple[str, Path]]
         nonfinite=flag_notes(nonfinite, ()),  # the same sentences as table1.md's notes
         missing=list(missing),
         costs=list(costs),
+        detail=detail,
         spec_text=spec_text,
     )
 

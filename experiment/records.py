@@ -36,6 +36,7 @@ same train key is not taken as this bundle's (``experiment.store``).
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -131,3 +132,53 @@ def attack_record(cell: AttackCell, result: Mapping[str, Any], *, wall_s: float,
         "network": details.get("network"),
         "columns": columns,
     }
+
+
+# What the report shows beside Table 1's MSE (experiment.detail): per attack and column, from metrics.json
+DETAIL_STATS = ("psnr", "ssim", "attack_accuracy")
+# ... and per model, from the train record's metrics: its two ξ (cem.bounds), by kind
+XI_METRICS = {"estimate": "mse_bound_xi_estimate", "relative": "mse_bound_xi"}
+
+
+def detail_metric(attack: str, stat: str, column: str) -> str:
+    return f"{attack}_{stat}_{column}"
+
+
+def xi_metric(kind: str) -> str:
+    return f"xi_{kind}"
+
+
+def finite_number(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number, else None (records hold what the CLIs wrote)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def model_details(train: Mapping[str, Any]) -> dict[str, float]:
+    """A train record's ξ of each kind, where finite."""
+    metrics = train.get("metrics") or {}
+    found = {xi_metric(kind): finite_number(metrics.get(name)) for kind, name in XI_METRICS.items()}
+    return {name: value for name, value in found.items() if value is not None}
+
+
+def attack_details(attack: str, record: Mapping[str, Any]) -> dict[str, float]:
+    """An attack record's PSNR, SSIM and attack accuracy per column, where finite."""
+    found = {}
+    for column in COLUMNS:
+        metrics = (record.get("metrics") or {}).get(column) or {}
+        for stat in DETAIL_STATS:
+            if (value := finite_number(metrics.get(stat))) is not None:
+                found[detail_metric(attack, stat, column)] = value
+    return found
+
+
+def bound_exceeded(record: Mapping[str, Any]) -> dict[str, bool]:
+    """Per ξ kind, whether the attack of ``record`` reconstructed below that ξ (cem-attack compares them at the
+    model's native resolution and stores the verdict)."""
+    bound = record.get("bound") or {}
+    found = {}
+    for entry in (bound, bound.get("relative") or {}):
+        if entry.get("kind") in XI_METRICS and isinstance(entry.get("exceeds_attack"), bool):
+            found[entry["kind"]] = entry["exceeds_attack"]
+    return found

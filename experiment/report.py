@@ -28,7 +28,6 @@ diverged to NaN or inf) is left out of every mean and listed
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from typing import Any
 
 from cem.stats import Estimate, mean_interval
 from experiment.cells import Plan
-from experiment.records import COLUMNS
+from experiment.records import COLUMNS, attack_details, bound_exceeded, finite_number, model_details
 from experiment.store import CellStore
 
 ACCURACY = "accuracy"
@@ -68,6 +67,10 @@ class Observation:
     flags: Mapping[str, str] = field(default_factory=dict)
     attack_keys: Mapping[str, str] = field(default_factory=dict)
     unjudged: Mapping[str, str] = field(default_factory=dict)
+    # beside Table 1 (experiment.detail): per attack and column PSNR, SSIM and attack accuracy, and the model's ξ
+    details: Mapping[str, float] = field(default_factory=dict)
+    # per ξ kind (estimate, relative): whether one of the model's attacks reconstructed below it
+    xi_exceeded: Mapping[str, bool] = field(default_factory=dict)
 
     @property
     def variant(self) -> tuple[str, str, float, float]:
@@ -82,13 +85,6 @@ class Collected:
     observations: list[Observation]
     missing: list[str]
     nonfinite: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _finite(value: Any) -> float | None:
-    """``value`` as a float when it is a finite number, else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
 
 
 def collect(plan: Plan, store: CellStore) -> Collected:
@@ -106,13 +102,15 @@ def collect(plan: Plan, store: CellStore) -> Collected:
                  "seed": point.seed, "train_key": point.key}
         values: dict[str, float] = {}
         accuracy = record.get("accuracy")
-        if (finite := _finite(accuracy)) is not None:
+        if (finite := finite_number(accuracy)) is not None:
             values[ACCURACY] = finite
         elif accuracy is not None:
             nonfinite.append({**where, "metric": ACCURACY, "attack": None, "column": None, "value": str(accuracy)})
         flags: dict[str, str] = {}
         unjudged: dict[str, str] = {}
         keys: dict[str, str] = {}
+        details = model_details(record)
+        exceeded: dict[str, bool] = {}
         for attack in plan.attacks:
             cell = attacks.get((point.key, attack))
             stored = store.load("attack", cell.key) if cell is not None else None
@@ -120,10 +118,13 @@ def collect(plan: Plan, store: CellStore) -> Collected:
                 missing.append(f"attack {cell.key if cell else '?'}: {attack} on {point.describe()}")
                 continue
             keys[attack] = cell.key
+            details.update(attack_details(attack, stored))
+            for kind, over in bound_exceeded(stored).items():
+                exceeded[kind] = exceeded.get(kind, False) or over
             for column in COLUMNS:
                 metric = mse_metric(attack, column)
                 mse = stored["metrics"][column]["mse"]
-                if (value := _finite(mse)) is None:  # a diverged attack: listed, never averaged (mean_interval refuses)
+                if (value := finite_number(mse)) is None:  # diverged: listed, never averaged (mean_interval refuses)
                     nonfinite.append({**where, "metric": metric, "attack": attack, "column": column,
                                       "value": str(mse), "attack_key": cell.key})
                     continue
@@ -133,11 +134,11 @@ def collect(plan: Plan, store: CellStore) -> Collected:
                     flags[metric] = detail["not_converged"]
                 if detail.get("unjudged"):
                     unjudged[metric] = detail["unjudged"]
-        bound = _finite((record.get("metrics") or {}).get("entropy_bound"))
+        bound = finite_number((record.get("metrics") or {}).get("entropy_bound"))
         observations.append(Observation(
             group=point.group, row=point.row, sigma=point.sigma, cem_lambda=point.cem_lambda, seed=point.seed,
             train_key=point.key, values=values, entropy_bound=bound, flags=flags, attack_keys=keys,
-            unjudged=unjudged))
+            unjudged=unjudged, details=details, xi_exceeded=exceeded))
     return Collected(observations, list(dict.fromkeys(missing)), nonfinite)
 
 
@@ -212,6 +213,13 @@ def _per_seed(observations: Iterable[Observation], metric: str) -> dict[int, flo
     return {o.seed: o.values[metric] for o in observations if metric in o.values}
 
 
+def seed_estimate(observations: Iterable[Observation], metric: str, *, details: bool = False) -> Estimate | None:
+    """``metric`` over the observations (one per seed) that have it, from their Table 1 ``values`` or, with
+    ``details``, their ``details``; None when none has it."""
+    return _estimate(values[metric] for o in observations
+                     if metric in (values := o.details if details else o.values))
+
+
 def paired_change(metric: str, without: float, with_cem: float) -> float | None:
     """CEM's gain on one metric: accuracy in points, anything else (MSE) as relative change in %."""
     if metric == ACCURACY:
@@ -219,7 +227,7 @@ def paired_change(metric: str, without: float, with_cem: float) -> float | None:
     return 100.0 * (with_cem - without) / without if without else None
 
 
-def _ordered_variants(observations: Sequence[Observation], rows: Sequence[str]) -> list[tuple[str, str, float, float]]:
+def ordered_variants(observations: Sequence[Observation], rows: Sequence[str]) -> list[tuple[str, str, float, float]]:
     groups = list(dict.fromkeys(o.group for o in observations))
     rank = {row: i for i, row in enumerate(rows)}
     return sorted({o.variant for o in observations},
@@ -232,12 +240,12 @@ def build_table1(observations: Sequence[Observation], rows: Sequence[str], attac
     by_variant: dict[tuple[str, str, float, float], list[Observation]] = {}
     for o in observations:
         by_variant.setdefault(o.variant, []).append(o)
-    order = _ordered_variants(observations, rows)
+    order = ordered_variants(observations, rows)
     variants, gains = [], []
     for variant in order:
         seen = sorted(by_variant[variant], key=lambda o: o.seed)
         variants.append(VariantLine(*variant, seeds=tuple(o.seed for o in seen),
-                                    estimates={m: _estimate(_per_seed(seen, m).values()) for m in metrics},
+                                    estimates={m: seed_estimate(seen, m) for m in metrics},
                                     not_converged={m: sum(m in o.flags for o in seen) for m in metrics}))
         group, row, sigma, lam = variant
         base = by_variant.get((group, row, sigma, 0.0))

@@ -131,6 +131,16 @@ def test_the_report_is_table1_plots_and_one_self_contained_page(smoke: SmokeRun)
         assert cost[name]["total_s"] == pytest.approx(sum(walls[kind]), abs=0.1)
         assert cost[name]["median_s"] == pytest.approx((walls[kind][1] + walls[kind][2]) / 2, abs=0.1)
     assert (report / "cost.md").read_text().startswith("cells | stored | median wall s") and "<h2>Cost</h2>" in page
+    # beyond MSE: the Bottleneck row's PSNR over its one seed is the stored one, and its ξ counts the model
+    (detail,) = table["detail"]["groups"]
+    bottleneck = next(v for v in detail["variants"] if v["method"] == "Bottleneck")
+    (attack,) = [r for r in cells.values() if r["kind"] == "attack"
+                 and trains[r["train_key"]]["cem_lambda"] == 0.0 and trains[r["train_key"]]["defenses"][-1]["name"]
+                 == "bottleneck"]
+    assert bottleneck["metrics"]["decoder_psnr_train"]["mean"] == pytest.approx(attack["metrics"]["train"]["psnr"])
+    xi = next(x for x in detail["xi"] if x["method"] == "Bottleneck")
+    assert xi["judged"] == {"estimate": 1, "relative": 1}
+    assert (report / "detail.md").read_text().count("### ") == 2 and "<h2>Beyond MSE</h2>" in page
 
 
 def test_changing_one_sigma_reruns_only_that_sigmas_cells(smoke: SmokeRun, tmp_path: Path) -> None:

@@ -1,0 +1,79 @@
+"""The tables beside Table 1 (``experiment.detail``): PSNR, SSIM and attack accuracy per attack and column, and each
+model's two ξ against what its attacks achieved, from stored cells built by hand."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from experiment.cells import AttackCell, Plan, TrainCell
+from experiment.detail import build_detail, detail_json, render_detail_markdown
+from experiment.report import collect
+from experiment.store import CellStore
+
+T_975_1 = 12.706204736174698  # Student t quantile, 1 degree of freedom (two seeds)
+# (λ, seed) -> (PSNR train, PSNR infer, attack accuracy train, ξ estimate, whether the attack went below it)
+MODELS = {(0.0, 0): (31.0, 30.0, 0.98, 4e-6, False), (0.0, 1): (33.0, float("nan"), 0.96, 6e-6, False),
+          (2.0, 0): (28.0, 27.0, 0.97, 3e-4, True), (2.0, 1): (27.0, 26.0, 0.95, 5e-4, False)}
+
+
+def make_store(root: Path) -> tuple[Plan, CellStore]:
+    store = CellStore(root)
+    store.create()
+    trains, attacks = [], []
+    for (lam, seed), (psnr_train, psnr_infer, accuracy, xi, below) in MODELS.items():
+        train = TrainCell(f"b{int(lam)}s{seed}", "digits", "vgg11_bn_sgm", 4, "Bottleneck", 0.1, lam, seed, (), {})
+        attack = AttackCell(f"a{train.key}", train.key, "decoder", seed, (), {})
+        trains.append(train)
+        attacks.append(attack)
+        store.output_dir("train", train.key).mkdir(parents=True)
+        (store.output_dir("train", train.key) / "manifest.json").write_text("{}")
+        store.save({"kind": "train", "key": train.key, "accuracy": 0.98, "model_id": f"model-{train.key}",
+                    "metrics": {"mse_bound_xi_estimate": xi, "mse_bound_xi": 0.04}})
+        outputs = store.output_dir("attack", attack.key)
+        outputs.mkdir(parents=True)
+        (outputs / "metrics.json").write_text("{}")
+        column = {"mse": 0.001, "ssim": 0.9, "attack_accuracy": accuracy}
+        store.save({"kind": "attack", "key": attack.key, "train_key": train.key, "model_id": f"model-{train.key}",
+                    "metrics": {"train": {**column, "psnr": psnr_train}, "infer": {**column, "psnr": psnr_infer}},
+                    "bound": {"kind": "estimate", "exceeds_attack": below,
+                              "relative": {"kind": "relative", "exceeds_attack": True}},
+                    "columns": {"train": {"not_converged": "still improving" if (lam, seed) == (2.0, 1) else None},
+                                "infer": {"not_converged": None}}})
+    plan = Plan("hand-made", ("Bottleneck",), ("decoder",), tuple(trains), tuple(attacks), {})
+    store.write_plan(plan)
+    return plan, store
+
+
+def test_each_value_is_the_mean_over_seeds_with_its_interval_and_the_flags_of_its_column(tmp_path: Path) -> None:
+    plan, store = make_store(tmp_path)
+    table = build_detail(collect(plan, store).observations, plan.rows, plan.attacks)
+    without, with_cem = table.lines
+    psnr = without.estimates["decoder_psnr_train"]
+    assert psnr is not None and (psnr.mean, psnr.n) == (32.0, 2)
+    assert psnr.half_width == pytest.approx(T_975_1 * math.sqrt(2.0) / math.sqrt(2))  # values 31, 33: sd √2
+    infer = without.estimates["decoder_psnr_infer"]  # a NaN PSNR is left out: one model left
+    assert infer is not None and (infer.mean, infer.n) == (30.0, 1)
+    accuracy = with_cem.estimates["decoder_attack_accuracy_train"]
+    assert accuracy is not None and accuracy.mean == pytest.approx(0.96)
+    assert with_cem.not_converged["decoder_ssim_train"] == 1 and with_cem.not_converged["decoder_ssim_infer"] == 0
+    markdown = render_detail_markdown(table, "hand-made")
+    assert "| 32.00 ± 12.71 |" in markdown and "| 30.00 (n=1) |" in markdown
+    assert "| 96.0 ± 12.7 † |" in markdown  # in %, marked: the train column of one model did not converge
+
+
+def test_the_xi_table_counts_the_models_an_attack_reconstructed_below(tmp_path: Path) -> None:
+    plan, store = make_store(tmp_path)
+    table = build_detail(collect(plan, store).observations, plan.rows, plan.attacks)
+    without, with_cem = table.xi
+    assert (without.below, without.judged) == ({"estimate": 0, "relative": 2}, {"estimate": 2, "relative": 2})
+    assert with_cem.below == {"estimate": 1, "relative": 2}
+    estimate = with_cem.estimates["estimate"]
+    assert estimate is not None and estimate.mean == pytest.approx(4e-4)
+    data = detail_json(table)
+    (group,) = data["groups"]
+    assert group["xi"][1]["attacks_below"] == {"estimate": 1, "relative": 2}
+    assert [part["title"] for part in data["rendered"][0]["tables"]] == ["Dec. attack", "ξ"]
+    assert data["rendered"][0]["tables"][1]["rows"][1][5] == "1/2"
