@@ -64,7 +64,8 @@ def write_stored_cells(root: Path) -> None:
             train_mse = math.nan if model == DIVERGED else mse_train * scale
             note = "best epoch is its last (5 of 5)" if model == NOT_CONVERGED else None
             store.save({"kind": "attack", "key": cell.key, "train_key": train.key, "model_id": f"model-{train.key}",
-                        "metrics": {"train": {"mse": train_mse}, "infer": {"mse": mse_infer * scale}},
+                        "metrics": {"train": {"mse": train_mse, "psnr": 30.0 + seed},
+                                    "infer": {"mse": mse_infer * scale}},
                         "columns": {"train": {"not_converged": note}, "infer": {"not_converged": None}}})
     store.write_plan(Plan("console-demo", ("Bottleneck", "DistCorr"), ATTACKS, tuple(trains), tuple(attacks), {},
                           spec_text=SPEC_TEXT))
@@ -197,6 +198,11 @@ def test_table1_is_rendered_row_for_row_as_table1_md_with_its_notes_and_figures(
     assert "gan-distcorr2s1" in text  # the missing cell, by key
     assert "non-finite MSE (nan), left out: digits · vgg11_bn_sgm cut 4 | DistCorr σ=0.1 λ=0 seed 0" in text
     assert SPEC_TEXT in text and 'name = &#34;console-demo&#34;' in page  # the spec, escaped
+    # beyond MSE, as detail.md has it: the Bottleneck row's decoder PSNR over its two seeds (30 and 31 dB)
+    beyond = page.split('id="beyond-mse"', 1)[1]
+    assert beyond.count('<table class="detail">') == 3  # per attack, and the ξ table
+    assert '<th scope="row" class="text">Bottleneck</th><td>0.1</td><td>0</td><td>2</td><td>30.50 ± 6.35</td>' in beyond
+    assert "| 30.50 ± 6.35 |" in (experiments_root / "hand" / "report" / "detail.md").read_text(encoding="utf-8")
     assert 'style="' not in page and "<script>" not in page  # the CSP forbids both
 
     sources = dict(parsed.images)

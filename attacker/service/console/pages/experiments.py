@@ -65,6 +65,25 @@ class Rendered(_Record):
     notes: list[str] = []
 
 
+class DetailTable(_Record):
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+
+
+class DetailGroup(_Record):
+    group: str
+    tables: list[DetailTable]
+
+
+class DetailRecord(_Record):
+    """The tables beside Table 1 (PSNR, SSIM, attack accuracy, ξ) as ``detail.md`` shows them
+    (``experiment.detail.detail_json``)."""
+
+    legend: str
+    rendered: list[DetailGroup]
+
+
 class FigureRecord(_Record):
     kind: str  # "plot" or "gallery"
     title: str
@@ -76,6 +95,7 @@ class TableRecord(_Record):
 
     name: str | None = None
     rendered: Rendered
+    detail: DetailRecord | None = None  # reports written before it lack it
     figures: list[FigureRecord] = []
     convergence: list[dict[str, Any]] = []
     unjudged: list[dict[str, Any]] = []
