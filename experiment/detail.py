@@ -35,15 +35,10 @@ LEGEND = ("Mean ± 95 % interval (Student t) over seeds, per attack and column (
 
 @dataclass(frozen=True)
 class XiLine:
-    """One variant's ξ of each kind over its seeds, and on how many of its models (of ``judged``) an attack went
-    below it."""
+    """One variant's ξ of each kind over its seeds (``line.estimates``, by kind), and on how many of its models
+    (of ``judged``) an attack went below it."""
 
-    group: str
-    label: str
-    sigma: float
-    cem_lambda: float
-    seeds: tuple[int, ...]
-    estimates: Mapping[str, Estimate | None]
+    line: VariantLine
     below: Mapping[str, int]
     judged: Mapping[str, int]
 
@@ -70,10 +65,11 @@ def build_detail(observations: Sequence[Observation], rows: Sequence[str], attac
         lines.append(VariantLine(*variant, seeds=seeds,
                                  estimates={m: seed_estimate(seen, m, details=True) for m in metrics},
                                  not_converged={m: sum(mse in o.flags for o in seen) for m, mse in metrics.items()}))
-        xi.append(XiLine(variant[0], lines[-1].label, variant[2], variant[3], seeds,
-                         estimates={kind: seed_estimate(seen, xi_metric(kind), details=True) for kind in XI_METRICS},
-                         below={kind: sum(o.xi_exceeded.get(kind, False) for o in seen) for kind in XI_METRICS},
-                         judged={kind: sum(kind in o.xi_exceeded for o in seen) for kind in XI_METRICS}))
+        xi.append(XiLine(
+            VariantLine(*variant, seeds=seeds, not_converged={},
+                        estimates={kind: seed_estimate(seen, xi_metric(kind), details=True) for kind in XI_METRICS}),
+            below={kind: sum(o.xi_exceeded.get(kind, False) for o in seen) for kind in XI_METRICS},
+            judged={kind: sum(kind in o.xi_exceeded for o in seen) for kind in XI_METRICS}))
     groups = tuple(dict.fromkeys(v[0] for v in order))
     return DetailTable(tuple(attacks), groups, tuple(lines), tuple(xi))
 
@@ -109,13 +105,13 @@ XI_HEADER = ["method", "σ", "λ", "seeds", "ξ estimate", "attacks below it", "
 
 def xi_lines(table: DetailTable, group: str) -> list[list[str]]:
     lines = []
-    for line in (x for x in table.xi if x.group == group):
+    for x in (x for x in table.xi if x.line.group == group):
         cells = []
         for kind in XI_METRICS:
-            estimate = line.estimates.get(kind)
+            estimate = x.line.estimates.get(kind)
             cells.append("n/a" if estimate is None else estimate.format(".3g"))
-            cells.append(f"{line.below[kind]}/{line.judged[kind]}" if line.judged[kind] else "n/a")
-        lines.append([line.label, f"{line.sigma:g}", f"{line.cem_lambda:g}", str(len(line.seeds)), *cells])
+            cells.append(f"{x.below[kind]}/{x.judged[kind]}" if x.judged[kind] else "n/a")
+        lines.append([x.line.label, f"{x.line.sigma:g}", f"{x.line.cem_lambda:g}", str(len(x.line.seeds)), *cells])
     return lines
 
 
@@ -151,8 +147,9 @@ def detail_json(table: DetailTable) -> dict[str, Any]:
                                   "seeds": list(v.seeds), "metrics": numbers(v.estimates),
                                   "not_converged": dict(v.not_converged)}
                                  for v in table.lines if v.group == group],
-                    "xi": [{"method": x.label, "sigma": x.sigma, "cem_lambda": x.cem_lambda, "seeds": list(x.seeds),
-                            "xi": numbers(x.estimates), "attacks_below": dict(x.below), "judged": dict(x.judged)}
-                           for x in table.xi if x.group == group]}
+                    "xi": [{"method": x.line.label, "sigma": x.line.sigma, "cem_lambda": x.line.cem_lambda,
+                            "seeds": list(x.line.seeds), "xi": numbers(x.line.estimates),
+                            "attacks_below": dict(x.below), "judged": dict(x.judged)}
+                           for x in table.xi if x.line.group == group]}
                    for group in table.groups],
     }

@@ -70,7 +70,7 @@ def test_the_xi_table_counts_the_models_an_attack_reconstructed_below(tmp_path: 
     without, with_cem = table.xi
     assert (without.below, without.judged) == ({"estimate": 0, "relative": 2}, {"estimate": 2, "relative": 2})
     assert with_cem.below == {"estimate": 1, "relative": 2}
-    estimate = with_cem.estimates["estimate"]
+    estimate = with_cem.line.estimates["estimate"]
     assert estimate is not None and estimate.mean == pytest.approx(4e-4)
     data = detail_json(table)
     (group,) = data["groups"]
