@@ -10,8 +10,10 @@ attack behind it did not converge.
 The ξ table holds each model's two ξ (``cem.bounds``: the estimate, with H(x)
 from a Gaussian fit, and the relative one, with H(x) := 0) and, for each, on how
 many of the line's models an attack reconstructed below it (the verdict
-``cem-attack`` stored, at the model's native resolution). Neither ξ is a proven
-floor; a count above zero says so for those models in numbers.
+``cem-attack`` stored: the estimate against the MSE at the images' native
+resolution, the relative ξ at the model's). Neither ξ is a proven floor; a count
+above zero says so for those models in numbers, and a † on a count says that an
+attack behind it did not converge, so a stronger one might have gone below.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 from cem.stats import Estimate
 from experiment.records import COLUMNS, DETAIL_STATS, XI_METRICS, detail_metric, xi_metric
 from experiment.report import Observation, VariantLine, mse_metric, ordered_variants, seed_estimate
-from experiment.tables import ATTACK_TITLES, NOT_CONVERGED_MARK
+from experiment.tables import ATTACK_TITLES, NOT_CONVERGED_MARK, count_suffix, estimates_json
 
 STAT_TITLES = {"psnr": "PSNR (dB)", "ssim": "SSIM", "attack_accuracy": "attack acc. %"}
 LEGEND = ("Mean ± 95 % interval (Student t) over seeds, per attack and column (`train`, `infer`); attack acc.: the "
@@ -35,16 +37,19 @@ LEGEND = ("Mean ± 95 % interval (Student t) over seeds, per attack and column (
 
 @dataclass(frozen=True)
 class XiLine:
-    """One variant's ξ of each kind over its seeds (``line.estimates``, by kind), and on how many of its models
-    (of ``judged``) an attack went below it."""
+    """One variant's ξ of each kind over its seeds (``line.estimates``, by kind), on how many of its models (of
+    ``judged``) an attack went below it, and how many of those judged had an attack that did not converge."""
 
     line: VariantLine
     below: Mapping[str, int]
     judged: Mapping[str, int]
+    flagged: Mapping[str, int]
 
 
 @dataclass(frozen=True)
 class DetailTable:
+    """The lines of every group, in Table 1's order: per attack metrics (``lines``) and the ξ lines."""
+
     attacks: tuple[str, ...]
     groups: tuple[str, ...]
     lines: tuple[VariantLine, ...]  # estimates keyed by ``detail_metric``
@@ -64,12 +69,14 @@ def build_detail(observations: Sequence[Observation], rows: Sequence[str], attac
         seeds = tuple(o.seed for o in seen)
         lines.append(VariantLine(*variant, seeds=seeds,
                                  estimates={m: seed_estimate(seen, m, details=True) for m in metrics},
-                                 not_converged={m: sum(mse in o.flags for o in seen) for m, mse in metrics.items()}))
+                                 not_converged={m: sum(mse in o.flags and m in o.details for o in seen)
+                                                for m, mse in metrics.items()}))
         xi.append(XiLine(
             VariantLine(*variant, seeds=seeds, not_converged={},
                         estimates={kind: seed_estimate(seen, xi_metric(kind), details=True) for kind in XI_METRICS}),
             below={kind: sum(o.xi_exceeded.get(kind, False) for o in seen) for kind in XI_METRICS},
-            judged={kind: sum(kind in o.xi_exceeded for o in seen) for kind in XI_METRICS}))
+            judged={kind: sum(kind in o.xi_exceeded for o in seen) for kind in XI_METRICS},
+            flagged={kind: sum(kind in o.xi_exceeded and bool(o.flags) for o in seen) for kind in XI_METRICS}))
     groups = tuple(dict.fromkeys(v[0] for v in order))
     return DetailTable(tuple(attacks), groups, tuple(lines), tuple(xi))
 
@@ -79,7 +86,7 @@ def _value(stat: str, estimate: Estimate | None, seeds: int) -> str:
         return "n/a"
     text = {"psnr": estimate.format(".2f"), "ssim": estimate.format(".3f"),
             "attack_accuracy": estimate.format(".1f", 100.0)}[stat]
-    return text + (f" (n={estimate.n})" if estimate.n != seeds else "")
+    return text + count_suffix(estimate, seeds)
 
 
 def attack_header(attack: str) -> list[str]:
@@ -109,8 +116,10 @@ def xi_lines(table: DetailTable, group: str) -> list[list[str]]:
         cells = []
         for kind in XI_METRICS:
             estimate = x.line.estimates.get(kind)
-            cells.append("n/a" if estimate is None else estimate.format(".3g"))
-            cells.append(f"{x.below[kind]}/{x.judged[kind]}" if x.judged[kind] else "n/a")
+            seeds = len(x.line.seeds)
+            cells.append("n/a" if estimate is None else estimate.format(".3g") + count_suffix(estimate, seeds))
+            cells.append(f"{x.below[kind]}/{x.judged[kind]}" + (NOT_CONVERGED_MARK if x.flagged[kind] else "")
+                         if x.judged[kind] else "n/a")
         lines.append([x.line.label, f"{x.line.sigma:g}", f"{x.line.cem_lambda:g}", str(len(x.line.seeds)), *cells])
     return lines
 
@@ -136,20 +145,19 @@ def render_detail_markdown(table: DetailTable, title: str) -> str:
 
 
 def detail_json(table: DetailTable) -> dict[str, Any]:
-    def numbers(values: Mapping[str, Estimate | None]) -> dict[str, Any]:
-        return {m: e.to_dict() if e is not None else None for m, e in values.items()}
-
     return {
         "legend": LEGEND,
         "rendered": rendered_detail(table),
         "groups": [{"group": group,
                     "variants": [{"method": v.label, "row": v.row, "sigma": v.sigma, "cem_lambda": v.cem_lambda,
-                                  "seeds": list(v.seeds), "metrics": numbers(v.estimates),
+                                  "seeds": list(v.seeds), "metrics": estimates_json(v.estimates),
                                   "not_converged": dict(v.not_converged)}
                                  for v in table.lines if v.group == group],
-                    "xi": [{"method": x.line.label, "sigma": x.line.sigma, "cem_lambda": x.line.cem_lambda,
-                            "seeds": list(x.line.seeds), "xi": numbers(x.line.estimates),
-                            "attacks_below": dict(x.below), "judged": dict(x.judged)}
+                    "xi": [{"method": x.line.label, "row": x.line.row, "sigma": x.line.sigma,
+                            "cem_lambda": x.line.cem_lambda, "seeds": list(x.line.seeds),
+                            "xi": estimates_json(x.line.estimates),
+                            "attacks_below": dict(x.below), "judged": dict(x.judged),
+                            "judged_not_converged": dict(x.flagged)}
                            for x in table.xi if x.line.group == group]}
                    for group in table.groups],
     }

@@ -174,11 +174,14 @@ def attack_details(attack: str, record: Mapping[str, Any]) -> dict[str, float]:
 
 
 def bound_exceeded(record: Mapping[str, Any]) -> dict[str, bool]:
-    """Per ξ kind, whether the attack of ``record`` reconstructed below that ξ (cem-attack compares them at the
-    model's native resolution and stores the verdict)."""
+    """Per ξ kind, whether the attack of ``record`` reconstructed below that ξ, as cem-attack judged and stored it
+    (the estimate against the MSE at the images' native resolution, the relative ξ against the model-resolution
+    MSE). A kind whose attack MSE is missing or not finite (a diverged attack) has no verdict: cem-attack stores
+    False there, which would read as "not below"."""
     bound = record.get("bound") or {}
     found = {}
     for entry in (bound, bound.get("relative") or {}):
-        if entry.get("kind") in XI_METRICS and isinstance(entry.get("exceeds_attack"), bool):
+        if (entry.get("kind") in XI_METRICS and isinstance(entry.get("exceeds_attack"), bool)
+                and finite_number(entry.get("attack_mse")) is not None):
             found[entry["kind"]] = entry["exceeds_attack"]
     return found

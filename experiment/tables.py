@@ -48,7 +48,7 @@ def _mark(count: int | None) -> str:
     return NOT_CONVERGED_MARK if count else ""
 
 
-def _count(estimate: Estimate | None, seeds: int) -> str:
+def count_suffix(estimate: Estimate | None, seeds: int) -> str:
     """The " (n=k)" suffix of a value that stands on another number of models than its line's "seeds" column
     says (a missing attack cell, a value left out as not finite): a mean over fewer models is less sure."""
     return f" (n={estimate.n})" if estimate is not None and estimate.n != seeds else ""
@@ -58,7 +58,7 @@ def _value(metric: str, estimate: Estimate | None, seeds: int | None = None) -> 
     if estimate is None:
         return "n/a"
     text = estimate.format(".2f", 100.0) if metric == ACCURACY else estimate.format(".5f")
-    return text + (_count(estimate, seeds) if seeds is not None else "")
+    return text + (count_suffix(estimate, seeds) if seeds is not None else "")
 
 
 def _gain(metric: str, value: float | None, half_width: float | None = None) -> str:
@@ -74,7 +74,7 @@ def _gain_estimate(metric: str, estimate: Estimate | None, seeds: int | None = N
         return "n/a"
     half = estimate.to_dict()["ci95"]
     return _gain(metric, estimate.mean, float(half) if half is not None else None) + (
-        _count(estimate, seeds) if seeds is not None else "")
+        count_suffix(estimate, seeds) if seeds is not None else "")
 
 
 def _variant_cells(table: Table1, line: VariantLine) -> list[str]:
@@ -240,24 +240,24 @@ def render_csv(table: Table1) -> str:
     return out.getvalue()
 
 
-def _estimates(values: Mapping[str, Estimate | None]) -> dict[str, Any]:
+def estimates_json(values: Mapping[str, Estimate | None]) -> dict[str, Any]:
     return {m: e.to_dict() if e is not None else None for m, e in values.items()}
 
 
 def table_json(table: Table1, extra: Mapping[str, Any]) -> dict[str, Any]:
     def variant(v: VariantLine) -> dict[str, Any]:
         return {"row": v.row, "method": v.label, "sigma": v.sigma, "cem_lambda": v.cem_lambda, "seeds": list(v.seeds),
-                "metrics": _estimates(v.estimates), "not_converged": dict(v.not_converged)}
+                "metrics": estimates_json(v.estimates), "not_converged": dict(v.not_converged)}
 
     def gain(g: GainLine) -> dict[str, Any]:
         return {"row": g.row, "sigma": g.sigma, "cem_lambda": g.cem_lambda, "seeds": list(g.seeds),
-                "metrics": _estimates(g.estimates), "units": {m: "points" if m == ACCURACY else "percent"
+                "metrics": estimates_json(g.estimates), "units": {m: "points" if m == ACCURACY else "percent"
                                                                for m in g.estimates},
                 "not_converged": dict(g.not_converged), "zero_baseline": dict(g.zero_baseline)}
 
     def average(b: AverageBlock) -> dict[str, Any]:
         return {"cem_lambda": b.cem_lambda, "pairs": [{"row": r, "sigma": s} for r, s in b.pairs],
-                "without_cem": _estimates(b.without_cem), "with_cem": _estimates(b.with_cem),
+                "without_cem": estimates_json(b.without_cem), "with_cem": estimates_json(b.with_cem),
                 "gain": dict(b.gain), "gain_units": {m: "points" if m == ACCURACY else "percent" for m in b.gain},
                 "not_converged": dict(b.not_converged),
                 "attack_mean_gain": dict(b.attack_mean_gain),  # percent, per column: the paper's headline

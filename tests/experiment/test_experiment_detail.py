@@ -38,8 +38,8 @@ def make_store(root: Path) -> tuple[Plan, CellStore]:
         column = {"mse": 0.001, "ssim": 0.9, "attack_accuracy": accuracy}
         store.save({"kind": "attack", "key": attack.key, "train_key": train.key, "model_id": f"model-{train.key}",
                     "metrics": {"train": {**column, "psnr": psnr_train}, "infer": {**column, "psnr": psnr_infer}},
-                    "bound": {"kind": "estimate", "exceeds_attack": below,
-                              "relative": {"kind": "relative", "exceeds_attack": True}},
+                    "bound": {"kind": "estimate", "exceeds_attack": below, "attack_mse": 0.0009,
+                              "relative": {"kind": "relative", "exceeds_attack": True, "attack_mse": 0.001}},
                     "columns": {"train": {"not_converged": "still improving" if (lam, seed) == (2.0, 1) else None},
                                 "infer": {"not_converged": None}}})
     plan = Plan("hand-made", ("Bottleneck",), ("decoder",), tuple(trains), tuple(attacks), {})
@@ -76,4 +76,22 @@ def test_the_xi_table_counts_the_models_an_attack_reconstructed_below(tmp_path: 
     (group,) = data["groups"]
     assert group["xi"][1]["attacks_below"] == {"estimate": 1, "relative": 2}
     assert [part["title"] for part in data["rendered"][0]["tables"]] == ["Dec. attack", "ξ"]
-    assert data["rendered"][0]["tables"][1]["rows"][1][5] == "1/2"
+    assert data["rendered"][0]["tables"][1]["rows"][1][5] == "1/2 †"  # one of the two models' attack was flagged
+    assert data["rendered"][0]["tables"][1]["rows"][0][5] == "0/2"
+
+
+def test_a_diverged_attack_gives_no_verdict_and_a_flag_marks_only_values_its_model_is_behind(tmp_path: Path) -> None:
+    """cem-attack stores ``exceeds_attack`` False when the attack's MSE is NaN: that is no verdict, not "not
+    below". And a † marks a value only where the flagged model has that value."""
+    plan, store = make_store(tmp_path)
+    record = store.load("attack", "ab2s1")
+    assert record is not None
+    record["bound"]["attack_mse"] = None
+    record["bound"]["exceeds_attack"] = False
+    del record["metrics"]["train"]["ssim"]  # its train column is the flagged one
+    store.save(record)
+    table = build_detail(collect(plan, store).observations, plan.rows, plan.attacks)
+    _, with_cem = table.xi
+    assert with_cem.judged == {"estimate": 1, "relative": 2} and with_cem.below == {"estimate": 1, "relative": 2}
+    line = table.lines[1]
+    assert line.not_converged["decoder_ssim_train"] == 0 and line.not_converged["decoder_psnr_train"] == 1

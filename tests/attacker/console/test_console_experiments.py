@@ -4,6 +4,7 @@ Table 1 rendered row for row as ``table1.md`` has it, its figures served by exac
 from __future__ import annotations
 
 import html
+import json
 import math
 import os
 import subprocess
@@ -19,6 +20,7 @@ from PIL import Image
 from service_helpers import AuditService, start_service
 
 from attacker.service.config import ServiceSettings
+from attacker.service.console.pages.experiments import TableRecord
 from cem.errors import ConfigError
 from experiment.cells import AttackCell, Plan, TrainCell
 from experiment.store import CellStore
@@ -220,6 +222,13 @@ def test_table1_is_rendered_row_for_row_as_table1_md_with_its_notes_and_figures(
     svg = browser.get(svgs[0])
     assert svg.status_code == 200 and svg.headers["content-type"] == "image/svg+xml"
     assert b"<svg" in svg.content
+
+
+def test_a_report_written_before_the_tables_beyond_mse_still_reads(experiments_root: Path) -> None:
+    data = json.loads((experiments_root / "hand" / "report" / "table1.json").read_text(encoding="utf-8"))
+    assert TableRecord.model_validate(data).detail is not None
+    del data["detail"]
+    assert TableRecord.model_validate(data).detail is None
 
 
 @pytest.mark.parametrize("path", [
