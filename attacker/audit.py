@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -182,8 +183,14 @@ def native_size_of(manifest: Manifest) -> int:
 
 
 def audited_bound(manifest: Manifest, metrics: dict[str, dict[str, float]]) -> dict[str, Any] | None:
-    """``privacy_bound`` checked against the strongest (lowest-MSE) column this audit measured."""
-    lowest = lambda key: min((m[key] for m in metrics.values() if m.get(key) is not None), default=None)  # noqa: E731
+    """``privacy_bound`` checked against the strongest (lowest-MSE) column this audit measured. A column whose MSE
+    is not finite (a diverged attack) is left out: ``min`` with a NaN is NaN whatever the other columns hold, and
+    the bound would then be checked against nothing."""
+
+    def lowest(key: str) -> float | None:
+        return min((m[key] for m in metrics.values() if m.get(key) is not None and math.isfinite(m[key])),
+                   default=None)
+
     return privacy_bound(manifest.metrics, attack_mse=lowest("mse"), attack_mse_native=lowest("mse_native"))
 
 

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from attacker.attacks import DecoderAttackConfig, compute_feature_set, load_images
-from attacker.audit import AuditCancelled, AuditResult, AuditSpec, run_audit
+from attacker.audit import AuditCancelled, AuditResult, AuditSpec, audited_bound, run_audit
 from attacker.cli import build_spec, get_args_parser
 from attacker.cli import main as attack_main
-from cem.bundle import load_encoder
+from cem.bundle import load_encoder, load_manifest
 from cem.captures.reader import CapturedFeatures
 from cem.data.sample_ids import format_sample_id
 from cem.errors import ConfigError, UnknownNameError
@@ -74,6 +74,15 @@ def test_run_audit_scores_captured_features_with_known_ids(
     grid = Image.open(io.BytesIO(result.reconstructions_png))
     assert grid.format == "PNG" and grid.height > grid.width / 20
     json.dumps(result.to_dict())
+
+
+def test_a_diverged_column_is_left_out_of_the_check_of_the_bound(untrained_bundle: Path) -> None:
+    """``min`` with a NaN is NaN whichever column holds it: a diverged `train` column hid the `infer` column's
+    MSE from the bound's check, which then said nothing."""
+    manifest = load_manifest(untrained_bundle)
+    bound = audited_bound(manifest, {"train": {"mse": float("nan"), "mse_native": float("nan")},
+                                     "infer": {"mse": 0.003, "mse_native": 0.002}})
+    assert bound is not None and bound["attack_mse"] == 0.003 and bound["exceeds_attack"] is (bound["xi"] > 0.003)
 
 
 @pytest.mark.slow
