@@ -23,10 +23,12 @@ half the chunk bound, the parser stops reading it: those connections are marked
 (O(1) a chunk) and lets go of what their readers held at their next chunk. A
 backlog is most often a hostile client's, heavy to parse by design (messages
 that inflate, floods of small chunks); reading it would keep the parser, and so
-the budget, busy with it. Only when a weighing finds the backlog over the whole
-budget (the parser fell behind even so) is each sender given up without
-weighing, until the parser has read past that weighing: otherwise the honest
-connection sending next would pay for connections already given up.
+the budget, busy with it. When a weighing finds the backlog over the whole
+budget (discarded or not: it is memory until the parser has dequeued it), each
+sender is given up without weighing, until the parser has read past that
+weighing: otherwise the honest connection sending next would pay for
+connections already given up. Skipping a discarded backlog shortens that
+window; it does not remove it.
 """
 
 from __future__ import annotations
