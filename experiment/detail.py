@@ -67,13 +67,14 @@ def build_detail(observations: Sequence[Observation], rows: Sequence[str], attac
     for variant in order:
         seen = sorted(by_variant[variant], key=lambda o: o.seed)
         seeds = tuple(o.seed for o in seen)
+        details = [o.details for o in seen]
         lines.append(VariantLine(*variant, seeds=seeds,
-                                 estimates={m: seed_estimate(seen, m, details=True) for m in metrics},
+                                 estimates={m: seed_estimate(details, m) for m in metrics},
                                  not_converged={m: sum(mse in o.flags and m in o.details for o in seen)
                                                 for m, mse in metrics.items()}))
         xi.append(XiLine(
             VariantLine(*variant, seeds=seeds, not_converged={},
-                        estimates={kind: seed_estimate(seen, xi_metric(kind), details=True) for kind in XI_METRICS}),
+                        estimates={kind: seed_estimate(details, xi_metric(kind)) for kind in XI_METRICS}),
             below={kind: sum(o.xi_exceeded.get(kind, False) for o in seen) for kind in XI_METRICS},
             judged={kind: sum(kind in o.xi_exceeded for o in seen) for kind in XI_METRICS},
             flagged={kind: sum(kind in o.xi_exceeded and bool(o.flags) for o in seen) for kind in XI_METRICS}))

@@ -213,11 +213,10 @@ def _per_seed(observations: Iterable[Observation], metric: str) -> dict[int, flo
     return {o.seed: o.values[metric] for o in observations if metric in o.values}
 
 
-def seed_estimate(observations: Iterable[Observation], metric: str, *, details: bool = False) -> Estimate | None:
-    """``metric`` over the observations (one per seed) that have it, from their Table 1 ``values`` or, with
-    ``details``, their ``details``; None when none has it."""
-    return _estimate(values[metric] for o in observations
-                     if metric in (values := o.details if details else o.values))
+def seed_estimate(per_model: Iterable[Mapping[str, float]], metric: str) -> Estimate | None:
+    """``metric`` over the models (one per seed) whose numbers (``per_model``: their Table 1 ``values`` or their
+    ``details``) have it; None when none has it."""
+    return _estimate(numbers[metric] for numbers in per_model if metric in numbers)
 
 
 def paired_change(metric: str, without: float, with_cem: float) -> float | None:
@@ -245,7 +244,7 @@ def build_table1(observations: Sequence[Observation], rows: Sequence[str], attac
     for variant in order:
         seen = sorted(by_variant[variant], key=lambda o: o.seed)
         variants.append(VariantLine(*variant, seeds=tuple(o.seed for o in seen),
-                                    estimates={m: seed_estimate(seen, m) for m in metrics},
+                                    estimates={m: seed_estimate((o.values for o in seen), m) for m in metrics},
                                     not_converged={m: sum(m in o.flags for o in seen) for m in metrics}))
         group, row, sigma, lam = variant
         base = by_variant.get((group, row, sigma, 0.0))
