@@ -11,71 +11,43 @@ code is a miss rather than a stale answer. A hit is the classifier these inputs
 trained before, bit for bit; a retraining on another thread count or CPU may
 differ from it in the last bits, as two trainings there would.
 
-Files are safetensors (no pickle) under ``CACHE_ENV`` (``CEM_CACHE_DIR``; an
-empty value turns the cache off), else ``$XDG_CACHE_HOME/cem``, else
-``~/.cache/cem``, in ``evaluation-classifiers/``; each is about 100 kB and the
-folder can be deleted at any time. Writes are atomic with a per-writer temporary
-name (``cem.durable``), so concurrent audits may race to store the same entry
-and the last whole file wins; a writer killed mid-write leaves a ``.tmp-`` file
-that the next store sweeps once it is an hour old. A cache that cannot be read
-or written is logged and skipped: it never fails an audit.
+Files are safetensors (no pickle) in the attacker's disk cache
+(``attacker.attacks.disk_cache``: ``CEM_CACHE_DIR``, an empty value turning it
+off), in ``evaluation-classifiers/``; each is about 100 kB and the folder can be
+deleted at any time. A cache that cannot be read or written is logged and
+skipped: it never fails an audit.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import inspect
 import json
 import logging
-import os
-import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as safetensors_bytes
+from safetensors import SafetensorError
 
 from attacker.attacks import identity, loop
 from attacker.attacks.data import FeatureSet
+from attacker.attacks.disk_cache import CACHE_ENV, code_digest, default_cache_dir, hash_tensor, read_entry, write_entry
 from attacker.attacks.identity import IdentityClassifier, build_classifier_network, train_evaluation_classifier
 from attacker.attacks.monitor import ProgressMonitor
-from cem.durable import TMP_PREFIX, write_durably
 
 logger = logging.getLogger(__name__)
 
-CACHE_ENV = "CEM_CACHE_DIR"
 CACHE_FORMAT = "1"  # bump when this file layout changes; the training code is keyed by its source
-STALE_TMP_S = 3600.0  # a temporary file this old belongs to a writer that died
 CLASSIFIER_FOLDER = "evaluation-classifiers"
-
-
-def default_cache_dir() -> Path | None:
-    """The cache root: ``$CEM_CACHE_DIR`` (empty: no cache), else ``$XDG_CACHE_HOME/cem``, else ``~/.cache/cem``;
-    None (no cache, logged) when there is no home folder to put it in."""
-    configured = os.environ.get(CACHE_ENV)
-    if configured is not None:
-        return Path(configured).expanduser() if configured.strip() else None
-    base = os.environ.get("XDG_CACHE_HOME")
-    if not base:
-        try:
-            base = str(Path.home() / ".cache")
-        except RuntimeError:  # no HOME and no passwd entry (an arbitrary container uid)
-            logger.warning("no home folder for the evaluation-classifier cache; set %s to use one", CACHE_ENV)
-            return None
-    return Path(base) / "cem"
 
 
 @lru_cache(maxsize=1)
 def _training_code_digest() -> str:
     """SHA-256 of the modules whose code decides the classifier's weights (its network, training loop and the
     batching and checkpoint helpers it shares with the attacks): editing them invalidates every entry."""
-    digest = hashlib.sha256()
-    for module in (identity, loop):
-        digest.update(Path(inspect.getfile(module)).read_bytes())
-    return digest.hexdigest()
+    return code_digest(identity, loop)
 
 
 def classifier_key(fit: FeatureSet, val: FeatureSet, num_classes: int, settings: dict[str, Any]) -> str:
@@ -87,21 +59,14 @@ def classifier_key(fit: FeatureSet, val: FeatureSet, num_classes: int, settings:
     digest.update(json.dumps(header, sort_keys=True, default=str).encode())
     for part in (fit, val):
         for tensor in (part.images, part.labels):
-            if tensor is None:
-                digest.update(b"none")
-                continue
-            data = tensor.detach().to("cpu").contiguous()
-            digest.update(f"{tuple(data.shape)}{data.dtype}".encode())
-            digest.update(data.view(torch.uint8).numpy().data)  # the bytes, without another copy
+            hash_tensor(digest, tensor)
     return digest.hexdigest()
 
 
 def _load(path: Path) -> IdentityClassifier:
     """The classifier stored at ``path``, on the CPU; ValueError, KeyError, TypeError or a safetensors or
     load_state_dict error when the file is not a whole entry of this format."""
-    with safe_open(str(path), framework="pt") as file:
-        metadata = file.metadata() or {}
-        state = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    state, metadata = read_entry(path)
     if metadata.get("format") != CACHE_FORMAT:
         raise ValueError(f"cache format {metadata.get('format')!r}, expected {CACHE_FORMAT!r}")
     c, h, w = (int(d) for d in json.loads(metadata["image_shape"]))
@@ -113,17 +78,10 @@ def _load(path: Path) -> IdentityClassifier:
 
 
 def _store(path: Path, classifier: IdentityClassifier, width: int) -> None:
-    state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in classifier.network.state_dict().items()}
     metadata = {"format": CACHE_FORMAT, "num_classes": str(classifier.num_classes), "width": str(width),
                 "image_shape": json.dumps(list(classifier.image_shape)), "best_epoch": str(classifier.best_epoch),
                 "val_curve": json.dumps(classifier.val_curve)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    now = time.time()
-    for leftover in path.parent.glob(f"{TMP_PREFIX}*"):
-        with contextlib.suppress(OSError):  # another writer may finish or sweep it first
-            if now - leftover.stat().st_mtime > STALE_TMP_S:
-                leftover.unlink()
-    write_durably(path, safetensors_bytes(state, metadata=metadata))
+    write_entry(path, classifier.network.state_dict(), metadata)
 
 
 def evaluation_classifier(

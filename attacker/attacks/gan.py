@@ -21,6 +21,10 @@ generator is the epoch (0 = the initial network) with the lowest MSE on the
 attacker's validation images, so the GAN attack can never score worse on
 validation than the decoder attack it starts from.
 
+With a ``RunEntry`` (``attacker.attacks.resume``, which ``run_attack`` passes when the disk cache is on) the
+whole training state is saved every few minutes and after the last epoch, and a run that finds a saved state
+continues from its epoch: an interrupted GAN attack loses minutes, not the run.
+
 Data-parallel (``distributed``): the batch is the global batch; each rank runs the
 critic and the generator on its slice and the gradients of both are averaged over the
 ranks after each backward (``attacker.attacks.parallel`` says why by hand rather than
@@ -32,6 +36,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +55,14 @@ from attacker.attacks.loop import (
 )
 from attacker.attacks.monitor import ProgressMonitor
 from attacker.attacks.parallel import shard_rows, shard_weight
+from attacker.attacks.resume import (
+    RunEntry,
+    Tensors,
+    load_optimizer,
+    module_tensors,
+    optimizer_tensors,
+    tensors_under,
+)
 from cem.distributed import (
     SINGLE_PROCESS,
     DistributedContext,
@@ -160,9 +173,11 @@ def train_gan_attack(
     seed: int = 0,
     monitor: ProgressMonitor | None = None,
     distributed: DistributedContext = SINGLE_PROCESS,
+    entry: RunEntry | None = None,
 ) -> TrainedAttack:
     """Fine-tune ``init`` (a copy; or a fresh network) adversarially on ``split.fit``; ``distributed``:
-    data-parallel over its ranks (module docstring), every rank returning the same generator."""
+    data-parallel over its ranks (module docstring), every rank returning the same generator; ``entry``: where
+    the run's state is saved and resumed from (module docstring; single process only)."""
     monitor = monitor or ProgressMonitor()
     device = split.fit.features.device
     fresh = inversion_config_for(split, num_blocks=config.num_blocks, channels=config.channels)
@@ -192,7 +207,14 @@ def train_gan_attack(
     batch_size = effective_batch_size(len(split.fit), config.batch_size, config.min_steps_per_epoch)
     n_batches = count_batches(len(split.fit), batch_size)
     step = 0
-    for epoch in range(1, config.epochs + 1):
+    state = _GanState(generator, critic, opt_g, opt_d, noise, shuffle, keeper, result)
+    first_epoch = 1
+    if entry is not None and (saved := entry.load()) is not None:
+        first_epoch, step = state.restore(*saved)
+        result.resumed_epochs = first_epoch - 1
+        monitor.report(result.resumed_epochs / config.epochs,
+                       f"GAN attack: resumed after epoch {result.resumed_epochs}/{config.epochs}")
+    for epoch in range(first_epoch, config.epochs + 1):
         started = time.perf_counter()
         sums = torch.zeros(3, device=device)  # critic loss, generator loss, generator steps
         for b, rows in enumerate(iterate_batches(len(split.fit), batch_size, shuffle, device)):  # global batches
@@ -233,6 +255,50 @@ def train_gan_attack(
             "val_mse": val_mse,
             "epoch_s": time.perf_counter() - started,
         })
+        if entry is not None and (epoch == config.epochs or entry.due()):
+            entry.save(*state.snapshot(epoch, step))
     keeper.restore()
     result.best_epoch = keeper.best_epoch
     return result
+
+
+@dataclass
+class _GanState:
+    """Everything a GAN run carries from one epoch to the next, to save and restore it (a ``RunEntry``)."""
+
+    generator: InversionNetwork
+    critic: WassersteinCritic
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    noise: torch.Generator
+    shuffle: torch.Generator
+    keeper: CheckpointKeeper
+    result: TrainedAttack
+
+    def snapshot(self, epoch: int, step: int) -> tuple[Tensors, dict[str, Any]]:
+        """(tensors, JSON state) after ``epoch`` with ``step`` global batches done."""
+        best_epoch, best_mse, best_state = self.keeper.snapshot()
+        g_tensors, g_rest = optimizer_tensors("opt_g", self.opt_g)
+        d_tensors, d_rest = optimizer_tensors("opt_d", self.opt_d)
+        tensors = {**module_tensors("generator", self.generator), **module_tensors("critic", self.critic),
+                   **g_tensors, **d_tensors, "rng.noise": self.noise.get_state(),
+                   "rng.shuffle": self.shuffle.get_state(),
+                   **({f"best.{k}": v for k, v in best_state.items()} if best_state is not None else {})}
+        state = {"epoch": epoch, "step": step, "opt_g": g_rest, "opt_d": d_rest, "best_epoch": best_epoch,
+                 "best_mse": best_mse, "has_best": best_state is not None, "history": self.result.history}
+        return tensors, state
+
+    def restore(self, tensors: Tensors, state: dict[str, Any]) -> tuple[int, int]:
+        """Load a ``snapshot``; returns (the next epoch to train, the global step)."""
+        self.generator.load_state_dict(tensors_under("generator", tensors))
+        self.critic.load_state_dict(tensors_under("critic", tensors))
+        load_optimizer(self.opt_g, "opt_g", tensors, state["opt_g"])
+        load_optimizer(self.opt_d, "opt_d", tensors, state["opt_d"])
+        self.noise.set_state(tensors["rng.noise"])
+        self.shuffle.set_state(tensors["rng.shuffle"])
+        best = tensors_under("best", tensors) if state["has_best"] else None
+        device = next(self.generator.parameters()).device
+        self.keeper.resume(int(state["best_epoch"]), float(state["best_mse"]),
+                           None if best is None else {k: v.to(device) for k, v in best.items()})
+        self.result.history = list(state["history"])
+        return int(state["epoch"]) + 1, int(state["step"])

@@ -48,7 +48,8 @@ class TrainedAttack:
     ``FeatureMatchingInverter`` for the optimisation attacks (whose "epochs" are optimisation steps).
     ``extra`` holds attack-specific facts for the record (the optimisation's τ, steps, timings).
     ``started_from`` is the attack this one refined (the hybrid's decoder attack): if that one had not
-    converged, neither has this one.
+    converged, neither has this one. ``resumed_epochs`` are the epochs of ``history`` a previous, interrupted
+    run trained (``attacker.attacks.resume``); this run trained the rest.
     """
 
     network: torch.nn.Module
@@ -57,6 +58,7 @@ class TrainedAttack:
     half_budget: HalfBudgetCheck | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     started_from: TrainedAttack | None = None
+    resumed_epochs: int = 0
 
     def val_curve(self) -> list[float]:
         """The validation MSE of every epoch that had validation data."""
@@ -152,6 +154,14 @@ class CheckpointKeeper:
             self.best_epoch = epoch
             self.best_mse = float("inf") if val_mse is None else val_mse
             self._state = copy.deepcopy(self.network.state_dict())
+
+    def snapshot(self) -> tuple[int, float, dict[str, torch.Tensor] | None]:
+        """(best epoch, its validation MSE, its weights or None before any offer): what ``resume`` takes back."""
+        return self.best_epoch, self.best_mse, self._state
+
+    def resume(self, best_epoch: int, best_mse: float, state: dict[str, torch.Tensor] | None) -> None:
+        """Continue from a ``snapshot`` (a run restored from disk)."""
+        self.best_epoch, self.best_mse, self._state = best_epoch, best_mse, state
 
     def restore(self) -> None:
         if self._state is not None:

@@ -18,6 +18,9 @@ not); ``train_decoder_attack`` raises the epochs once, the configs here only car
 ``distributed`` runs any of them data-parallel over the ranks of a process group
 (attacker.attacks.parallel); every rank must call ``run_attack`` alike, and all return
 the same network.
+
+The GAN attack is resumable: with the disk cache on, its pre-training and its adversarial state are kept there
+and an interrupted run continues where it stopped (``attacker.attacks.resume``).
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ from attacker.attack_names import OPTIMIZING_ATTACKS, AttackName, check_attack_n
 from attacker.attacks.data import AttackSplit
 from attacker.attacks.decoder import DecoderAttackConfig, resolved_epochs, train_decoder_attack
 from attacker.attacks.gan import GanAttackConfig, train_gan_attack
-from attacker.attacks.loop import TrainedAttack
+from attacker.attacks.loop import TrainedAttack, create_seeded_network, inversion_config_for
 from attacker.attacks.monitor import ProgressMonitor
 from attacker.attacks.optimize import OptimizeAttackConfig, train_optimize_attack
+from attacker.attacks.resume import load_trained, run_entry, save_trained
 from cem.distributed import SINGLE_PROCESS, DistributedContext
 from cem.errors import ConfigError
 from cem.models import InversionNetwork
@@ -89,18 +93,36 @@ def run_attack(
                                     distributed=distributed)
     gan = gan_config if epochs is None else dataclasses.replace(gan_config, epochs=epochs)
     if init is not None:
+        entry = run_entry("gan", split, obfuscation, gan, seed, init=init, distributed=distributed)
         return train_gan_attack(split, obfuscation, gan, init=init, seed=seed, monitor=monitor,
-                                distributed=distributed)
+                                distributed=distributed, entry=entry)
     # The GAN run is judged on its own curve; checking the pre-training's convergence would cost half of it again.
     pretrain = dataclasses.replace(
         decoder_config, epochs=math.ceil(gan.epochs / GAN_PRETRAIN_RATIO), convergence_check=False
     )
     pretrain_epochs = resolved_epochs(len(split.fit), pretrain)  # what it will run: the progress share
     share = pretrain_epochs / (pretrain_epochs + gan.epochs)
-    pretrained = train_decoder_attack(split, obfuscation, pretrain, seed=seed, monitor=monitor.child(0.0, share),
-                                      distributed=distributed)
+    pretrained = _pretrained_generator(split, obfuscation, pretrain, seed, monitor.child(0.0, share), distributed)
     assert isinstance(pretrained.network, InversionNetwork)
+    entry = run_entry("gan", split, obfuscation, gan, seed, init=pretrained.network, distributed=distributed)
     return train_gan_attack(
         split, obfuscation, gan, init=pretrained.network, seed=seed, monitor=monitor.child(share, 1.0 - share),
-        distributed=distributed,
+        distributed=distributed, entry=entry,
     )
+
+
+def _pretrained_generator(split: AttackSplit, obfuscation: ObfuscationConfig, config: DecoderAttackConfig, seed: int,
+                          monitor: ProgressMonitor, distributed: DistributedContext) -> TrainedAttack:
+    """The GAN generator's decoder pre-training, or the one these inputs trained before (``attacker.attacks.resume``;
+    trained and stored there when missing)."""
+    entry = run_entry("decoder-pretrain", split, obfuscation, config, seed, distributed=distributed)
+    if entry is not None:
+        shape = inversion_config_for(split, num_blocks=config.num_blocks, channels=config.channels)
+        cached = load_trained(entry, create_seeded_network(shape, seed, split.fit.features.device))
+        if cached is not None:
+            monitor.report(1.0, "decoder attack: pre-training loaded from the cache")
+            return cached
+    trained = train_decoder_attack(split, obfuscation, config, seed=seed, monitor=monitor, distributed=distributed)
+    if entry is not None:
+        save_trained(entry, trained)
+    return trained

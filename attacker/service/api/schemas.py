@@ -231,6 +231,10 @@ class AttackTraining(BaseModel):
         None, description="the convergence check: how much lower (relative) the best validation MSE was with all "
                           "the epochs than with half of them; null where the check did not run"
     )
+    resumed_epochs: int = Field(
+        0, ge=0, description="epochs an earlier, interrupted run of the same attack on the same inputs had trained "
+                             "and this one continued from (the GAN attack is resumable); attack_s excludes them"
+    )
     attack_s: float | None = Field(None, description="wall time of training the attack (or choosing τ), seconds")
     eval_s: float | None = Field(None, description="wall time of reconstructing and scoring the held-out images")
     optimize: OptimizeRun | None = Field(None, description="optimize and decoder+optimize: the optimisation")

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from attacker.attacks import FeatureSet, IdentityClassifier, ProgressMonitor, classifier_cache, evaluation_classifier
-from attacker.attacks.classifier_cache import CACHE_ENV, CLASSIFIER_FOLDER, STALE_TMP_S, default_cache_dir
+from attacker.attacks.classifier_cache import CLASSIFIER_FOLDER
+from attacker.attacks.disk_cache import CACHE_ENV, STALE_TMP_S, default_cache_dir
 from cem.durable import TMP_PREFIX
 
 QUICK = {"epochs": 2, "min_steps": 0, "width": 4}

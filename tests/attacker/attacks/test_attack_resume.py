@@ -1,0 +1,141 @@
+"""Resumable GAN attacks (``attacker.attacks.resume``): an interrupted run continues from its last saved epoch and
+returns, bit for bit, what the uninterrupted run returns; the pre-training is trained once; a changed input is a
+new run; an unreadable entry starts afresh; a data-parallel run keeps nothing. A synthetic split of 24 fit images
+(3 steps an epoch) keeps each run to about a second."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from attacker.attacks import (
+    AttackCancelled,
+    AttackSplit,
+    DecoderAttackConfig,
+    FeatureSet,
+    GanAttackConfig,
+    ProgressMonitor,
+    TrainedAttack,
+    resume,
+    run_attack,
+)
+from attacker.attacks.disk_cache import CACHE_ENV
+from cem.distributed import DistributedContext
+from cem.obfuscation import ObfuscationConfig
+
+PRETRAIN = DecoderAttackConfig(batch_size=8, min_steps_per_epoch=0, num_blocks=1, channels=4)
+GAN = GanAttackConfig(epochs=4, batch_size=8, min_steps_per_epoch=0, n_critic=2, critic_dim=4)
+NOISE = ObfuscationConfig(noise_std=0.1)
+
+
+def _split() -> AttackSplit:
+    generator = torch.Generator().manual_seed(0)
+
+    def features(n: int) -> FeatureSet:
+        return FeatureSet(torch.rand(n, 1, 32, 32, generator=generator), torch.rand(n, 4, 8, 8, generator=generator))
+
+    return AttackSplit("train", features(24), features(8), features(4))
+
+
+def _gan(split: AttackSplit, messages: list[str] | None = None, stop_at: str | None = None,
+         noise: ObfuscationConfig = NOISE) -> TrainedAttack:
+    """The GAN attack (pre-training included); with ``stop_at``, cancelled at the first message starting so."""
+    seen = messages if messages is not None else []
+    monitor = ProgressMonitor(progress=lambda _, message: seen.append(message),
+                              should_stop=lambda: stop_at is not None and any(m.startswith(stop_at) for m in seen))
+    return run_attack("gan", split, noise, seed=0, decoder_config=PRETRAIN, gan_config=GAN, monitor=monitor)
+
+
+def _same_run(a: TrainedAttack, b: TrainedAttack) -> None:
+    assert a.best_epoch == b.best_epoch
+    drop = [{k: v for k, v in row.items() if k != "epoch_s"} for row in a.history]
+    assert drop == [{k: v for k, v in row.items() if k != "epoch_s"} for row in b.history]
+    left, right = a.network.state_dict(), b.network.state_dict()
+    assert left.keys() == right.keys()
+    for name in left:
+        assert torch.equal(left[name], right[name]), name
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cache of this test's own, saving after every epoch."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(resume, "SAVE_INTERVAL_S", 0.0)
+    return tmp_path / "cache" / resume.RUN_FOLDER
+
+
+@pytest.fixture
+def uninterrupted(monkeypatch: pytest.MonkeyPatch) -> TrainedAttack:
+    with monkeypatch.context() as patch:
+        patch.setenv(CACHE_ENV, "")  # no cache: the run as it always was
+        return _gan(_split())
+
+
+def test_an_interrupted_gan_attack_resumes_to_the_uninterrupted_result(
+    cache: Path, uninterrupted: TrainedAttack
+) -> None:
+    with pytest.raises(AttackCancelled):
+        _gan(_split(), stop_at="GAN attack: epoch 3/")
+    assert sorted(p.name.split("-")[0] for p in cache.iterdir()) == ["decoder", "gan"]  # pre-training, GAN state
+    messages: list[str] = []
+    resumed = _gan(_split(), messages)
+    assert "decoder attack: pre-training loaded from the cache" in messages
+    assert not any(m.startswith("decoder attack: epoch") for m in messages)
+    assert "GAN attack: resumed after epoch 2/4" in messages
+    assert not any(m.startswith(("GAN attack: epoch 1/", "GAN attack: epoch 2/")) for m in messages)
+    assert resumed.resumed_epochs == 2
+    _same_run(resumed, uninterrupted)
+
+    again = _gan(_split())  # a finished run: nothing left to train
+    assert again.resumed_epochs == GAN.epochs
+    _same_run(again, uninterrupted)
+
+
+def test_other_inputs_are_another_run(cache: Path) -> None:
+    first = _gan(_split())
+    other = _gan(_split(), noise=ObfuscationConfig(noise_std=0.2))
+    assert first.resumed_epochs == other.resumed_epochs == 0
+    assert len(list(cache.glob("gan-*"))) == 2
+
+
+def test_an_unreadable_entry_starts_afresh(cache: Path, uninterrupted: TrainedAttack,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    _gan(_split())
+    for entry in cache.iterdir():
+        entry.write_bytes(entry.read_bytes()[:100])
+    with caplog.at_level(logging.WARNING, logger="attacker.attacks.resume"):
+        fresh = _gan(_split())
+    assert fresh.resumed_epochs == 0
+    assert sum("is unreadable" in r.getMessage() for r in caplog.records) == 2  # pre-training and GAN
+    _same_run(fresh, uninterrupted)
+
+
+def test_a_data_parallel_run_or_an_empty_cache_setting_keeps_nothing(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    split = _split()
+    two_ranks = DistributedContext(rank=0, world_size=2, backend="gloo")
+    assert resume.run_entry("gan", split, NOISE, GAN, 0, distributed=two_ranks) is None
+    monkeypatch.setenv(CACHE_ENV, "")
+    assert resume.run_entry("gan", split, NOISE, GAN, 0, distributed=DistributedContext()) is None
+    _gan(split)
+    assert not cache.exists()
+
+
+def test_optimizer_state_round_trips_through_tensors_and_json() -> None:
+    layer = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=1e-2, betas=(0.5, 0.999))
+    layer(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    tensors, rest = resume.optimizer_tensors("opt", optimizer)
+    copy = torch.optim.Adam(torch.nn.Linear(3, 2).parameters(), lr=1.0)
+    resume.load_optimizer(copy, "opt", tensors, json.loads(json.dumps(rest)))
+    original, restored = optimizer.state_dict(), copy.state_dict()
+    assert original["param_groups"] == restored["param_groups"]
+    for index, values in original["state"].items():
+        for name, value in values.items():
+            assert torch.equal(value, restored["state"][index][name])
