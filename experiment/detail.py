@@ -24,7 +24,7 @@ from typing import Any
 
 from cem.stats import Estimate
 from experiment.records import COLUMNS, DETAIL_STATS, XI_METRICS, detail_metric, xi_metric
-from experiment.report import Observation, VariantLine, mse_metric, ordered_variants, seed_estimate
+from experiment.report import Observation, VariantLine, grouped_by_variant, mse_metric, seed_estimate
 from experiment.tables import ATTACK_TITLES, NOT_CONVERGED_MARK, count_suffix, estimates_json
 
 STAT_TITLES = {"psnr": "PSNR (dB)", "ssim": "SSIM", "attack_accuracy": "attack acc. %"}
@@ -58,14 +58,10 @@ class DetailTable:
 
 def build_detail(observations: Sequence[Observation], rows: Sequence[str], attacks: Sequence[str]) -> DetailTable:
     """The detail tables of ``observations``, in Table 1's line order."""
-    by_variant: dict[tuple[str, str, float, float], list[Observation]] = {}
-    for o in observations:
-        by_variant.setdefault(o.variant, []).append(o)
-    order = ordered_variants(observations, rows)
+    by_variant = grouped_by_variant(observations, rows)
     metrics = {detail_metric(a, stat, c): mse_metric(a, c) for a in attacks for stat in DETAIL_STATS for c in COLUMNS}
     lines, xi = [], []
-    for variant in order:
-        seen = sorted(by_variant[variant], key=lambda o: o.seed)
+    for variant, seen in by_variant.items():
         seeds = tuple(o.seed for o in seen)
         details = [o.details for o in seen]
         lines.append(VariantLine(*variant, seeds=seeds,
@@ -78,7 +74,7 @@ def build_detail(observations: Sequence[Observation], rows: Sequence[str], attac
             below={kind: sum(o.xi_exceeded.get(kind, False) for o in seen) for kind in XI_METRICS},
             judged={kind: sum(kind in o.xi_exceeded for o in seen) for kind in XI_METRICS},
             flagged={kind: sum(kind in o.xi_exceeded and bool(o.flags) for o in seen) for kind in XI_METRICS}))
-    groups = tuple(dict.fromkeys(v[0] for v in order))
+    groups = tuple(dict.fromkeys(v[0] for v in by_variant))
     return DetailTable(tuple(attacks), groups, tuple(lines), tuple(xi))
 
 

@@ -18,7 +18,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from experiment.cost import CellCost
 from experiment.report import Table1
-from experiment.tables import flag_notes, rendered_groups
+from experiment.tables import LEGEND, flag_notes, rendered_groups
 
 TEMPLATE = "report.html"
 
@@ -43,6 +43,7 @@ def render_html(*, name: str, table: Table1, figures: Sequence[tuple[str, Path]]
         generated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         stored=stored,
         tables=rendered_groups(table),
+        legend=LEGEND,  # table1.md's legend, one text for both
         figures=[{"title": title, "uri": data_uri(path)} for title, path in figures],
         galleries=[{"title": title, "uri": data_uri(path)} for title, path in galleries],
         flags=list(flags),

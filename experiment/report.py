@@ -226,23 +226,26 @@ def paired_change(metric: str, without: float, with_cem: float) -> float | None:
     return 100.0 * (with_cem - without) / without if without else None
 
 
-def ordered_variants(observations: Sequence[Observation], rows: Sequence[str]) -> list[tuple[str, str, float, float]]:
+def grouped_by_variant(observations: Sequence[Observation],
+                       rows: Sequence[str]) -> dict[tuple[str, str, float, float], list[Observation]]:
+    """The observations of each variant (group, row, σ, λ), each variant's by seed, the variants in Table 1's line
+    order: groups as first seen, rows in ``rows``' order (unknown rows after, by name), then σ and λ ascending."""
+    grouped: dict[tuple[str, str, float, float], list[Observation]] = {}
+    for o in observations:
+        grouped.setdefault(o.variant, []).append(o)
     groups = list(dict.fromkeys(o.group for o in observations))
     rank = {row: i for i, row in enumerate(rows)}
-    return sorted({o.variant for o in observations},
-                  key=lambda v: (groups.index(v[0]), rank.get(v[1], len(rank)), v[1], v[2], v[3]))
+    order = sorted(grouped, key=lambda v: (groups.index(v[0]), rank.get(v[1], len(rank)), v[1], v[2], v[3]))
+    return {v: sorted(grouped[v], key=lambda o: o.seed) for v in order}
 
 
 def build_table1(observations: Sequence[Observation], rows: Sequence[str], attacks: Sequence[str]) -> Table1:
     """Table 1 of ``observations`` (rows in ``rows``' order, then σ and λ ascending)."""
     metrics = metric_names(attacks)
-    by_variant: dict[tuple[str, str, float, float], list[Observation]] = {}
-    for o in observations:
-        by_variant.setdefault(o.variant, []).append(o)
-    order = ordered_variants(observations, rows)
+    by_variant = grouped_by_variant(observations, rows)
+    order = list(by_variant)
     variants, gains = [], []
-    for variant in order:
-        seen = sorted(by_variant[variant], key=lambda o: o.seed)
+    for variant, seen in by_variant.items():
         variants.append(VariantLine(*variant, seeds=tuple(o.seed for o in seen),
                                     estimates={m: seed_estimate((o.values for o in seen), m) for m in metrics},
                                     not_converged={m: sum(m in o.flags for o in seen) for m in metrics}))
