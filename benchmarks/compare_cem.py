@@ -235,7 +235,8 @@ def attack_bundle(args: argparse.Namespace, bundle: Path, seed: int, bar: tqdm,
             if attack == "gan":
                 trained[attack] = run_attack("gan", split, obfuscation, epochs=args.gan_epochs, seed=seed,
                                              monitor=monitor, init=trained["decoder"].network,
-                                             gan_config=GanAttackConfig(critic_dim=args.gan_critic_dim))
+                                             gan_config=GanAttackConfig(critic_dim=args.gan_critic_dim),
+                                             resumable=False)  # its time is part of the table
             elif attack == "optimize":
                 trained[attack] = run_attack("optimize", split, obfuscation, seed=seed, monitor=monitor,
                                              encoder=encoder, optimize_config=optimize)

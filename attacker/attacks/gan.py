@@ -22,8 +22,9 @@ attacker's validation images, so the GAN attack can never score worse on
 validation than the decoder attack it starts from.
 
 With a ``RunEntry`` (``attacker.attacks.resume``, which ``run_attack`` passes when the disk cache is on) the
-whole training state is saved every few minutes and after the last epoch, and a run that finds a saved state
-continues from its epoch: an interrupted GAN attack loses minutes, not the run.
+whole training state is saved every few minutes, and the selected generator with its history once finished; a
+run that finds a saved state continues from its epoch (or returns the finished run): an interrupted GAN attack
+loses minutes, not the run.
 
 Data-parallel (``distributed``): the batch is the global batch; each rank runs the
 critic and the generator on its slice and the gradients of both are averaged over the
@@ -56,12 +57,18 @@ from attacker.attacks.loop import (
 from attacker.attacks.monitor import ProgressMonitor
 from attacker.attacks.parallel import shard_rows, shard_weight
 from attacker.attacks.resume import (
+    EntryMismatch,
     RunEntry,
     Tensors,
-    load_optimizer,
+    adam_state,
+    check_history,
+    check_int,
+    check_like,
     module_tensors,
     optimizer_tensors,
+    save_trained,
     tensors_under,
+    trained_from,
 )
 from cem.distributed import (
     SINGLE_PROCESS,
@@ -184,6 +191,17 @@ def train_gan_attack(
     generator = create_seeded_network(init.config if init is not None else fresh, seed, device)
     if init is not None:
         generator.load_state_dict(init.state_dict())
+    saved = entry.load() if entry is not None else None
+    if entry is not None and saved is not None and saved[1].get("finished"):
+        try:
+            finished = trained_from(*saved, generator, epochs=config.epochs)
+        except EntryMismatch as exc:
+            entry.ignore(str(exc))
+            saved = None
+        else:
+            finished.resumed_epochs = config.epochs
+            monitor.report(1.0, "GAN attack: the finished run loaded from the cache")
+            return finished
     images = split.fit.images
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 4)
@@ -209,11 +227,15 @@ def train_gan_attack(
     step = 0
     state = _GanState(generator, critic, opt_g, opt_d, noise, shuffle, keeper, result)
     first_epoch = 1
-    if entry is not None and (saved := entry.load()) is not None:
-        first_epoch, step = state.restore(*saved)
-        result.resumed_epochs = first_epoch - 1
-        monitor.report(result.resumed_epochs / config.epochs,
-                       f"GAN attack: resumed after epoch {result.resumed_epochs}/{config.epochs}")
+    if entry is not None and saved is not None:
+        try:
+            first_epoch, step = state.restore(*saved, epochs=config.epochs)
+        except EntryMismatch as exc:
+            entry.ignore(str(exc))
+        else:
+            result.resumed_epochs = first_epoch - 1
+            monitor.report(result.resumed_epochs / config.epochs,
+                           f"GAN attack: resumed after epoch {result.resumed_epochs}/{config.epochs}")
     for epoch in range(first_epoch, config.epochs + 1):
         started = time.perf_counter()
         sums = torch.zeros(3, device=device)  # critic loss, generator loss, generator steps
@@ -255,10 +277,12 @@ def train_gan_attack(
             "val_mse": val_mse,
             "epoch_s": time.perf_counter() - started,
         })
-        if entry is not None and (epoch == config.epochs or entry.due()):
-            entry.save(*state.snapshot(epoch, step))
+        if entry is not None and epoch < config.epochs and entry.due():
+            entry.save(*state.snapshot(epoch, step), progress=epoch)
     keeper.restore()
     result.best_epoch = keeper.best_epoch
+    if entry is not None:
+        save_trained(entry, result)  # the selected generator and the history: all a rerun needs
     return result
 
 
@@ -282,23 +306,38 @@ class _GanState:
         d_tensors, d_rest = optimizer_tensors("opt_d", self.opt_d)
         tensors = {**module_tensors("generator", self.generator), **module_tensors("critic", self.critic),
                    **g_tensors, **d_tensors, "rng.noise": self.noise.get_state(),
-                   "rng.shuffle": self.shuffle.get_state(),
-                   **({f"best.{k}": v for k, v in best_state.items()} if best_state is not None else {})}
+                   "rng.shuffle": self.shuffle.get_state(), **{f"best.{k}": v for k, v in (best_state or {}).items()}}
         state = {"epoch": epoch, "step": step, "opt_g": g_rest, "opt_d": d_rest, "best_epoch": best_epoch,
-                 "best_mse": best_mse, "has_best": best_state is not None, "history": self.result.history}
+                 "best_mse": best_mse, "history": self.result.history}
         return tensors, state
 
-    def restore(self, tensors: Tensors, state: dict[str, Any]) -> tuple[int, int]:
-        """Load a ``snapshot``; returns (the next epoch to train, the global step)."""
+    def restore(self, tensors: Tensors, state: dict[str, Any], *, epochs: int) -> tuple[int, int]:
+        """Load a ``snapshot`` of a run of ``epochs`` epochs; returns (the next epoch to train, the global step).
+        Everything is checked first: on ``EntryMismatch`` nothing was loaded."""
+        check_like("generator", tensors_under("generator", tensors), self.generator.state_dict())
+        check_like("critic", tensors_under("critic", tensors), self.critic.state_dict())
+        best = tensors_under("best", tensors)
+        check_like("best", best, self.generator.state_dict())
+        opt_g = adam_state(self.opt_g, "opt_g", tensors, state.get("opt_g"))
+        opt_d = adam_state(self.opt_d, "opt_d", tensors, state.get("opt_d"))
+        for name, generator in (("noise", self.noise), ("shuffle", self.shuffle)):
+            rng = tensors.get(f"rng.{name}")
+            if rng is None or rng.dtype != torch.uint8 or rng.shape != generator.get_state().shape:
+                raise EntryMismatch(f"rng.{name}: not a state of this random generator")
+        epoch = check_int("epoch", state.get("epoch"), 1, epochs)
+        step = check_int("step", state.get("step"), 0, 1 << 62)
+        history = check_history(state.get("history"), epoch)
+        best_epoch = check_int("best_epoch", state.get("best_epoch"), 0, epoch)
+        best_mse = state.get("best_mse")
+        if isinstance(best_mse, bool) or not isinstance(best_mse, (int, float)):
+            raise EntryMismatch(f"best_mse: expected a number, got {best_mse!r}")
         self.generator.load_state_dict(tensors_under("generator", tensors))
         self.critic.load_state_dict(tensors_under("critic", tensors))
-        load_optimizer(self.opt_g, "opt_g", tensors, state["opt_g"])
-        load_optimizer(self.opt_d, "opt_d", tensors, state["opt_d"])
+        self.opt_g.load_state_dict(opt_g)
+        self.opt_d.load_state_dict(opt_d)
         self.noise.set_state(tensors["rng.noise"])
         self.shuffle.set_state(tensors["rng.shuffle"])
-        best = tensors_under("best", tensors) if state["has_best"] else None
         device = next(self.generator.parameters()).device
-        self.keeper.resume(int(state["best_epoch"]), float(state["best_mse"]),
-                           None if best is None else {k: v.to(device) for k, v in best.items()})
-        self.result.history = list(state["history"])
-        return int(state["epoch"]) + 1, int(state["step"])
+        self.keeper.resume(best_epoch, float(best_mse), {k: v.to(device) for k, v in best.items()})
+        self.result.history = list(history)
+        return epoch + 1, step

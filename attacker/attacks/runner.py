@@ -37,7 +37,7 @@ from attacker.attacks.gan import GanAttackConfig, train_gan_attack
 from attacker.attacks.loop import TrainedAttack, create_seeded_network, inversion_config_for
 from attacker.attacks.monitor import ProgressMonitor
 from attacker.attacks.optimize import OptimizeAttackConfig, train_optimize_attack
-from attacker.attacks.resume import load_trained, run_entry, save_trained
+from attacker.attacks.resume import GAN_KIND, PRETRAIN_KIND, RunEntry, load_trained, run_entry, save_trained
 from cem.distributed import SINGLE_PROCESS, DistributedContext
 from cem.errors import ConfigError
 from cem.models import InversionNetwork
@@ -62,11 +62,14 @@ def run_attack(
     optimize_config: OptimizeAttackConfig = OptimizeAttackConfig(),
     decoder: TrainedAttack | None = None,
     distributed: DistributedContext = SINGLE_PROCESS,
+    resumable: bool = True,
 ) -> TrainedAttack:
     """Train attack ``attack`` on ``split`` and return its selected network (eval mode).
 
     ``decoder``: for ``decoder+optimize``, a decoder attack already trained on this split to start from
-    (a benchmark that also runs the decoder attack then trains it once); else it is trained here."""
+    (a benchmark that also runs the decoder attack then trains it once); else it is trained here.
+    ``resumable``: the GAN attack keeps and resumes its run in the disk cache (module docstring); False (a
+    benchmark that times it) trains it all here."""
     name = check_attack_name(attack)
     monitor = monitor or ProgressMonitor()
     learned_config = decoder_config if epochs is None else dataclasses.replace(decoder_config, epochs=epochs)
@@ -92,8 +95,9 @@ def run_attack(
         return train_decoder_attack(split, obfuscation, learned_config, seed=seed, monitor=monitor,
                                     distributed=distributed)
     gan = gan_config if epochs is None else dataclasses.replace(gan_config, epochs=epochs)
+    kept = distributed if resumable else None
     if init is not None:
-        entry = run_entry("gan", split, obfuscation, gan, seed, init=init, distributed=distributed)
+        entry = _entry(GAN_KIND, split, obfuscation, gan, seed, init, kept)
         return train_gan_attack(split, obfuscation, gan, init=init, seed=seed, monitor=monitor,
                                 distributed=distributed, entry=entry)
     # The GAN run is judged on its own curve; checking the pre-training's convergence would cost half of it again.
@@ -102,20 +106,29 @@ def run_attack(
     )
     pretrain_epochs = resolved_epochs(len(split.fit), pretrain)  # what it will run: the progress share
     share = pretrain_epochs / (pretrain_epochs + gan.epochs)
-    pretrained = _pretrained_generator(split, obfuscation, pretrain, seed, monitor.child(0.0, share), distributed)
+    pretrained = _pretrained_generator(split, obfuscation, pretrain, seed, monitor.child(0.0, share), distributed,
+                                       _entry(PRETRAIN_KIND, split, obfuscation, pretrain, seed, None, kept))
     assert isinstance(pretrained.network, InversionNetwork)
-    entry = run_entry("gan", split, obfuscation, gan, seed, init=pretrained.network, distributed=distributed)
+    entry = _entry(GAN_KIND, split, obfuscation, gan, seed, pretrained.network, kept)
     return train_gan_attack(
         split, obfuscation, gan, init=pretrained.network, seed=seed, monitor=monitor.child(share, 1.0 - share),
         distributed=distributed, entry=entry,
     )
 
 
+def _entry(kind: str, split: AttackSplit, obfuscation: ObfuscationConfig, settings: object, seed: int,
+           init: InversionNetwork | None, distributed: DistributedContext | None) -> RunEntry | None:
+    """The run's cache entry; None when not ``resumable`` (``distributed`` None) or not kept there."""
+    if distributed is None:
+        return None
+    return run_entry(kind, split, obfuscation, settings, seed, init=init, distributed=distributed)
+
+
 def _pretrained_generator(split: AttackSplit, obfuscation: ObfuscationConfig, config: DecoderAttackConfig, seed: int,
-                          monitor: ProgressMonitor, distributed: DistributedContext) -> TrainedAttack:
-    """The GAN generator's decoder pre-training, or the one these inputs trained before (``attacker.attacks.resume``;
-    trained and stored there when missing)."""
-    entry = run_entry("decoder-pretrain", split, obfuscation, config, seed, distributed=distributed)
+                          monitor: ProgressMonitor, distributed: DistributedContext,
+                          entry: RunEntry | None) -> TrainedAttack:
+    """The GAN generator's decoder pre-training, or the one these inputs trained before (``entry``, trained and
+    stored there when missing; ``attacker.attacks.resume``)."""
     if entry is not None:
         shape = inversion_config_for(split, num_blocks=config.num_blocks, channels=config.channels)
         cached = load_trained(entry, create_seeded_network(shape, seed, split.fit.features.device))

@@ -1,7 +1,9 @@
 """Resumable GAN attacks (``attacker.attacks.resume``): an interrupted run continues from its last saved epoch and
-returns, bit for bit, what the uninterrupted run returns; the pre-training is trained once; a changed input is a
-new run; an unreadable entry starts afresh; a data-parallel run keeps nothing. A synthetic split of 24 fit images
-(3 steps an epoch) keeps each run to about a second."""
+returns, bit for bit, what the uninterrupted run returns; the pre-training is trained once; a finished run is
+kept small and returned as is; a changed input is a new run; an unreadable or ill-fitting entry starts afresh
+from the true initial state; a save never replaces an entry that holds more; a data-parallel or non-resumable run
+keeps nothing. A synthetic split of 24 fit images (3 steps an epoch, against n_critic 2: a resume at an odd step
+count) keeps each run to about a second."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from attacker.attacks import (
     resume,
     run_attack,
 )
-from attacker.attacks.disk_cache import CACHE_ENV
+from attacker.attacks.disk_cache import CACHE_ENV, read_entry, write_entry
 from cem.distributed import DistributedContext
 from cem.obfuscation import ObfuscationConfig
 
@@ -42,12 +44,13 @@ def _split() -> AttackSplit:
 
 
 def _gan(split: AttackSplit, messages: list[str] | None = None, stop_at: str | None = None,
-         noise: ObfuscationConfig = NOISE) -> TrainedAttack:
+         noise: ObfuscationConfig = NOISE, resumable: bool = True) -> TrainedAttack:
     """The GAN attack (pre-training included); with ``stop_at``, cancelled at the first message starting so."""
     seen = messages if messages is not None else []
     monitor = ProgressMonitor(progress=lambda _, message: seen.append(message),
                               should_stop=lambda: stop_at is not None and any(m.startswith(stop_at) for m in seen))
-    return run_attack("gan", split, noise, seed=0, decoder_config=PRETRAIN, gan_config=GAN, monitor=monitor)
+    return run_attack("gan", split, noise, seed=0, decoder_config=PRETRAIN, gan_config=GAN, monitor=monitor,
+                      resumable=resumable)
 
 
 def _same_run(a: TrainedAttack, b: TrainedAttack) -> None:
@@ -79,20 +82,76 @@ def test_an_interrupted_gan_attack_resumes_to_the_uninterrupted_result(
     cache: Path, uninterrupted: TrainedAttack
 ) -> None:
     with pytest.raises(AttackCancelled):
-        _gan(_split(), stop_at="GAN attack: epoch 3/")
+        _gan(_split(), stop_at="GAN attack: epoch 2/")  # after one epoch: 3 global steps, odd against n_critic 2
     assert sorted(p.name.split("-")[0] for p in cache.iterdir()) == ["decoder", "gan"]  # pre-training, GAN state
     messages: list[str] = []
     resumed = _gan(_split(), messages)
     assert "decoder attack: pre-training loaded from the cache" in messages
     assert not any(m.startswith("decoder attack: epoch") for m in messages)
-    assert "GAN attack: resumed after epoch 2/4" in messages
-    assert not any(m.startswith(("GAN attack: epoch 1/", "GAN attack: epoch 2/")) for m in messages)
-    assert resumed.resumed_epochs == 2
+    assert "GAN attack: resumed after epoch 1/4" in messages
+    assert not any(m.startswith("GAN attack: epoch 1/") for m in messages)
+    assert resumed.resumed_epochs == 1
     _same_run(resumed, uninterrupted)
 
-    again = _gan(_split())  # a finished run: nothing left to train
+    (entry,) = cache.glob("gan-*")
+    tensors, _ = read_entry(entry)
+    assert {name.split(".")[0] for name in tensors} == {"network"}  # finished: the generator only
+    messages.clear()
+    again = _gan(_split(), messages)  # nothing left to train
+    assert "GAN attack: the finished run loaded from the cache" in messages
+    assert not any(m.startswith("GAN attack: epoch") for m in messages)
     assert again.resumed_epochs == GAN.epochs
     _same_run(again, uninterrupted)
+
+
+def _edit_entry(path: Path, edit: object) -> None:
+    tensors, metadata = read_entry(path)
+    state = json.loads(metadata["state"])
+    state = edit(tensors, state)  # type: ignore[operator]
+    write_entry(path, tensors, {**metadata, "state": json.dumps(state)})
+
+
+def _set(key: str, value: object) -> object:
+    def edit(_: dict[str, torch.Tensor], state: dict[str, object]) -> dict[str, object]:
+        return {**state, key: value}
+    return edit
+
+
+def _tensor(name: str, value: torch.Tensor | None) -> object:
+    def edit(tensors: dict[str, torch.Tensor], state: dict[str, object]) -> dict[str, object]:
+        if value is None:
+            del tensors[name]
+        else:
+            tensors[name] = value
+        return state
+    return edit
+
+
+@pytest.mark.parametrize("edit", [
+    _set("epoch", "two"), _set("epoch", -1), _set("epoch", 99), _set("step", None), _set("best_mse", None),
+    _set("history", 5), _set("history", [{"epoch": 1}] * 3), _set("opt_d", {"param_groups": []}),
+    _set("best_epoch", 7), lambda tensors, state: [state],
+    _tensor("rng.noise", None), _tensor("rng.shuffle", torch.zeros(5)),
+    _tensor("generator.layers.0.body.2.weight", None),
+    _tensor("critic.layers.0.weight", torch.zeros(1)), _tensor("opt_d.0.exp_avg", torch.zeros(3)),
+    _tensor("opt_g.0.step", torch.zeros(2)), _tensor("best.layers.0.body.0.bias", torch.zeros(7)),
+], ids=["epoch-text", "epoch-negative", "epoch-beyond", "step-null", "best-mse-null", "history-number",
+        "history-short", "optimizer-groups", "best-after-epoch", "state-list", "rng-missing", "rng-float",
+        "weight-missing", "weight-shape", "moment-shape", "step-vector", "best-shape"])
+def test_an_entry_that_does_not_fit_starts_afresh(cache: Path, uninterrupted: TrainedAttack, edit: object,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(AttackCancelled):
+        _gan(_split(), stop_at="GAN attack: epoch 3/")
+    (entry,) = cache.glob("gan-*")
+    names = set(read_entry(entry)[0])
+    assert {"generator.layers.0.body.2.weight", "best.layers.0.body.0.bias", "critic.layers.0.weight",
+            "opt_d.0.exp_avg", "opt_g.0.step", "rng.noise", "rng.shuffle"} <= names  # the edits below bite
+    _edit_entry(entry, edit)
+    with caplog.at_level(logging.WARNING, logger="attacker.attacks.resume"):
+        fresh = _gan(_split())
+    assert fresh.resumed_epochs == 0
+    assert any("is not used" in r.getMessage() for r in caplog.records)
+    _same_run(fresh, uninterrupted)  # from the true initial state: nothing of the entry was half-loaded
 
 
 def test_other_inputs_are_another_run(cache: Path) -> None:
@@ -114,12 +173,33 @@ def test_an_unreadable_entry_starts_afresh(cache: Path, uninterrupted: TrainedAt
     _same_run(fresh, uninterrupted)
 
 
+def test_a_finished_entry_that_does_not_fit_is_trained_again(cache: Path, uninterrupted: TrainedAttack) -> None:
+    _gan(_split())
+    (entry,) = cache.glob("gan-*")
+    _edit_entry(entry, _tensor("network.layers.0.body.2.weight", torch.zeros(1)))
+    again = _gan(_split())
+    assert again.resumed_epochs == 0
+    _same_run(again, uninterrupted)
+
+
+def test_a_save_never_replaces_an_entry_that_holds_more(tmp_path: Path) -> None:
+    entry = resume.RunEntry(tmp_path / "run.safetensors")
+    entry.save({"x": torch.ones(1)}, {"epoch": 3}, progress=3)
+    resume.RunEntry(entry.path).save({"x": torch.zeros(1)}, {"epoch": 2}, progress=2)  # a slower twin
+    tensors, metadata = read_entry(entry.path)
+    assert json.loads(metadata["state"]) == {"epoch": 3} and torch.equal(tensors["x"], torch.ones(1))
+    resume.RunEntry(entry.path).save({"x": torch.zeros(1)}, {"finished": True}, progress=resume.FINISHED)
+    assert json.loads(read_entry(entry.path)[1]["state"]) == {"finished": True}
+
+
 def test_a_data_parallel_run_or_an_empty_cache_setting_keeps_nothing(
     cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     split = _split()
     two_ranks = DistributedContext(rank=0, world_size=2, backend="gloo")
     assert resume.run_entry("gan", split, NOISE, GAN, 0, distributed=two_ranks) is None
+    _gan(split, resumable=False)
+    assert not cache.exists()
     monkeypatch.setenv(CACHE_ENV, "")
     assert resume.run_entry("gan", split, NOISE, GAN, 0, distributed=DistributedContext()) is None
     _gan(split)
@@ -133,7 +213,7 @@ def test_optimizer_state_round_trips_through_tensors_and_json() -> None:
     optimizer.step()
     tensors, rest = resume.optimizer_tensors("opt", optimizer)
     copy = torch.optim.Adam(torch.nn.Linear(3, 2).parameters(), lr=1.0)
-    resume.load_optimizer(copy, "opt", tensors, json.loads(json.dumps(rest)))
+    copy.load_state_dict(resume.adam_state(copy, "opt", tensors, json.loads(json.dumps(rest))))
     original, restored = optimizer.state_dict(), copy.state_dict()
     assert original["param_groups"] == restored["param_groups"]
     for index, values in original["state"].items():
