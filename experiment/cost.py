@@ -5,7 +5,9 @@ so its user needs to know, from the stored records alone, what each kind of
 cell took and how many are left. Every record keeps the wall seconds of its own
 cell (``wall_s``). Cells ran ``--jobs`` at a time, beside whatever else the
 machine ran, so the sum is cell-seconds of wall time, not the grid's elapsed
-time; the median is the number to plan the remaining cells by.
+time; the median is the number to plan the remaining cells by. A GAN cell that
+continued an interrupted run (``resumed_epochs`` in a column, attacker.attacks.resume)
+timed only its last part: it counts as stored, its wall time is left out.
 """
 
 from __future__ import annotations
@@ -55,10 +57,20 @@ def grid_cost(plan: Plan, records: Mapping[tuple[str, str], Mapping[str, Any] | 
             continue
         stored[kind] += 1
         wall = record.get("wall_s")
+        if _resumed(record):
+            continue
         if isinstance(wall, int | float) and not isinstance(wall, bool):  # records before the field have none
             walls[kind].append(float(wall))
     return [CellCost(kind, stored[kind], remaining[kind], sum(values), statistics.median(values) if values else None)
             for kind, values in walls.items()]
+
+
+def _resumed(record: Mapping[str, Any]) -> bool:
+    """Whether any column of an attack record continued an interrupted run (its wall time is a part's)."""
+    columns = record.get("columns")
+    return isinstance(columns, Mapping) and any(
+        isinstance(c, Mapping) and isinstance(c.get("resumed_epochs"), int) and c["resumed_epochs"] > 0
+        for c in columns.values())
 
 
 def _hours(seconds: float | None) -> str:

@@ -31,3 +31,13 @@ def test_remaining_cells_are_priced_at_the_median_of_the_stored_ones(tmp_path: P
     assert "\ntrain | 4 | 20 | 0.0 | 4 | 0.0\n" in markdown and "\ndecoder | 0 | — | 0.0 | 8 | —\n" in markdown
     assert train.to_dict() == pytest.approx({"kind": "train", "stored": 4, "remaining": 4, "total_s": 60.0,
                                              "median_s": 20.0, "remaining_s": 80.0})
+
+
+def test_a_cell_that_resumed_an_interrupted_run_is_stored_but_not_priced() -> None:
+    plan = expand_plan(parse_spec(BASE), fake_prober)
+    runs = ((100.0, 0), (200.0, 0), (5.0, 140))  # (wall s, epochs the infer column resumed)
+    records = {("attack", cell.key): {"wall_s": wall, "columns": {"train": {"resumed_epochs": 0},
+                                                                   "infer": {"resumed_epochs": resumed}}}
+               for cell, (wall, resumed) in zip(plan.attack[:3], runs, strict=True)}
+    _, decoder = grid_cost(plan, records)
+    assert (decoder.stored, decoder.remaining, decoder.total_s, decoder.median_s) == (3, 5, 300.0, 150.0)
