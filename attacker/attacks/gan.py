@@ -56,19 +56,17 @@ from attacker.attacks.loop import (
 )
 from attacker.attacks.monitor import ProgressMonitor
 from attacker.attacks.parallel import shard_rows, shard_weight
-from attacker.attacks.resume import (
+from attacker.attacks.resume import RunEntry, module_tensors, optimizer_tensors, save_trained, trained_from
+from attacker.attacks.saved_state import (
     EntryMismatch,
-    RunEntry,
     Tensors,
     adam_state,
+    check_best,
     check_history,
     check_int,
     check_like,
-    module_tensors,
-    optimizer_tensors,
-    save_trained,
+    check_random_state,
     tensors_under,
-    trained_from,
 )
 from cem.distributed import (
     SINGLE_PROCESS,
@@ -191,10 +189,14 @@ def train_gan_attack(
     generator = create_seeded_network(init.config if init is not None else fresh, seed, device)
     if init is not None:
         generator.load_state_dict(init.state_dict())
+    val_seed = seed + 3
+    has_val = len(split.val) > 0
+    initial = (measure_mse(generator, split.val, obfuscation, seed=val_seed, distributed=distributed)
+               if init is not None and has_val else None)  # epoch 0: the generator it starts from
     saved = entry.load() if entry is not None else None
     if entry is not None and saved is not None and saved[1].get("finished"):
         try:
-            finished = trained_from(*saved, generator, epochs=config.epochs)
+            finished = trained_from(*saved, generator, epochs=config.epochs, has_val=has_val, initial=initial)
         except EntryMismatch as exc:
             entry.ignore(str(exc))
             saved = None
@@ -215,12 +217,9 @@ def train_gan_attack(
     period = max(1, round(config.lr_period_factor * config.epochs))
     noise = torch.Generator(device=device).manual_seed(distributed.seed(seed + 1))  # rank 0: seed + 1
     shuffle = torch.Generator().manual_seed(seed + 2)
-    val_seed = seed + 3
     keeper = CheckpointKeeper(generator)
-    has_val = len(split.val) > 0
     if init is not None:
-        keeper.offer(0, measure_mse(generator, split.val, obfuscation, seed=val_seed, distributed=distributed)
-                     if has_val else None)
+        keeper.offer(0, initial)
     result = TrainedAttack(generator)
     batch_size = effective_batch_size(len(split.fit), config.batch_size, config.min_steps_per_epoch)
     n_batches = count_batches(len(split.fit), batch_size)
@@ -229,11 +228,13 @@ def train_gan_attack(
     first_epoch = 1
     if entry is not None and saved is not None:
         try:
-            first_epoch, step = state.restore(*saved, epochs=config.epochs)
+            first_epoch, step = state.restore(*saved, epochs=config.epochs, steps_per_epoch=n_batches,
+                                          n_critic=config.n_critic, has_val=has_val, initial=initial)
         except EntryMismatch as exc:
             entry.ignore(str(exc))
         else:
             result.resumed_epochs = first_epoch - 1
+            _decay_learning_rates(opt_g, opt_d, config, result.resumed_epochs, period)  # the schedule's, not saved
             monitor.report(result.resumed_epochs / config.epochs,
                            f"GAN attack: resumed after epoch {result.resumed_epochs}/{config.epochs}")
     for epoch in range(first_epoch, config.epochs + 1):
@@ -257,12 +258,7 @@ def train_gan_attack(
             monitor.report(
                 (epoch - 1 + (b + 1) / n_batches) / config.epochs, f"GAN attack: epoch {epoch}/{config.epochs}"
             )
-        # Cosine decay per epoch, set directly: with few batches an epoch may have no generator
-        # step, which torch's schedulers warn about.
-        decay = 0.5 * (1 + math.cos(math.pi * epoch / period))
-        for optimizer, lr in ((opt_g, config.generator_lr), (opt_d, config.critic_lr)):
-            for group in optimizer.param_groups:
-                group["lr"] = lr * decay
+        _decay_learning_rates(opt_g, opt_d, config, epoch, period)
         val_mse = (measure_mse(generator, split.val, obfuscation, seed=val_seed, distributed=distributed)
                    if has_val else None)
         keeper.offer(epoch, val_mse)
@@ -281,9 +277,19 @@ def train_gan_attack(
             entry.save(*state.snapshot(epoch, step), progress=epoch)
     keeper.restore()
     result.best_epoch = keeper.best_epoch
-    if entry is not None:
-        save_trained(entry, result)  # the selected generator and the history: all a rerun needs
+    if entry is not None:  # the selected generator and the history: all a rerun needs
+        save_trained(entry, result, None if math.isinf(keeper.best_mse) else keeper.best_mse)
     return result
+
+
+def _decay_learning_rates(opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, config: GanAttackConfig,
+                          epoch: int, period: int) -> None:
+    """The learning rates after ``epoch`` epochs: cosine decay per epoch, set directly (with few batches an epoch
+    may have no generator step, which torch's schedulers warn about)."""
+    decay = 0.5 * (1 + math.cos(math.pi * epoch / period))
+    for optimizer, lr in ((opt_g, config.generator_lr), (opt_d, config.critic_lr)):
+        for group in optimizer.param_groups:
+            group["lr"] = lr * decay
 
 
 @dataclass
@@ -311,33 +317,33 @@ class _GanState:
                  "best_mse": best_mse, "history": self.result.history}
         return tensors, state
 
-    def restore(self, tensors: Tensors, state: dict[str, Any], *, epochs: int) -> tuple[int, int]:
-        """Load a ``snapshot`` of a run of ``epochs`` epochs; returns (the next epoch to train, the global step).
-        Everything is checked first: on ``EntryMismatch`` nothing was loaded."""
+    def restore(self, tensors: Tensors, state: dict[str, Any], *, epochs: int, steps_per_epoch: int, n_critic: int,
+                has_val: bool, initial: float | None) -> tuple[int, int]:
+        """Load a ``snapshot`` taken after an epoch of a run of ``epochs`` epochs of ``steps_per_epoch`` global
+        steps; returns (the next epoch to train, the global step). Everything is checked first
+        (``attacker.attacks.saved_state``): on ``EntryMismatch`` nothing was loaded. The learning rates are the
+        schedule's, for the caller to set."""
+        epoch = check_int("epoch", state.get("epoch"), 1, epochs)
+        step = epoch * steps_per_epoch
+        if state.get("step") != step:
+            raise EntryMismatch(f"step: saved {str(state.get('step'))[:40]}, {epoch} epochs take {step}")
         check_like("generator", tensors_under("generator", tensors), self.generator.state_dict())
         check_like("critic", tensors_under("critic", tensors), self.critic.state_dict())
         best = tensors_under("best", tensors)
         check_like("best", best, self.generator.state_dict())
-        opt_g = adam_state(self.opt_g, "opt_g", tensors, state.get("opt_g"))
-        opt_d = adam_state(self.opt_d, "opt_d", tensors, state.get("opt_d"))
-        for name, generator in (("noise", self.noise), ("shuffle", self.shuffle)):
-            rng = tensors.get(f"rng.{name}")
-            if rng is None or rng.dtype != torch.uint8 or rng.shape != generator.get_state().shape:
-                raise EntryMismatch(f"rng.{name}: not a state of this random generator")
-        epoch = check_int("epoch", state.get("epoch"), 1, epochs)
-        step = check_int("step", state.get("step"), 0, 1 << 62)
-        history = check_history(state.get("history"), epoch)
-        best_epoch = check_int("best_epoch", state.get("best_epoch"), 0, epoch)
-        best_mse = state.get("best_mse")
-        if isinstance(best_mse, bool) or not isinstance(best_mse, (int, float)):
-            raise EntryMismatch(f"best_mse: expected a number, got {best_mse!r}")
+        opt_g = adam_state(self.opt_g, "opt_g", tensors, state.get("opt_g"), step // n_critic)
+        opt_d = adam_state(self.opt_d, "opt_d", tensors, state.get("opt_d"), step)
+        noise = check_random_state("rng.noise", tensors.get("rng.noise"), self.noise)
+        shuffle = check_random_state("rng.shuffle", tensors.get("rng.shuffle"), self.shuffle)
+        history = check_history(state.get("history"), epoch, has_val=has_val)
+        best_epoch, best_mse = check_best(history, state.get("best_epoch"), state.get("best_mse"), initial)
         self.generator.load_state_dict(tensors_under("generator", tensors))
         self.critic.load_state_dict(tensors_under("critic", tensors))
         self.opt_g.load_state_dict(opt_g)
         self.opt_d.load_state_dict(opt_d)
-        self.noise.set_state(tensors["rng.noise"])
-        self.shuffle.set_state(tensors["rng.shuffle"])
+        self.noise.set_state(noise)
+        self.shuffle.set_state(shuffle)
         device = next(self.generator.parameters()).device
-        self.keeper.resume(best_epoch, float(best_mse), {k: v.to(device) for k, v in best.items()})
+        self.keeper.resume(best_epoch, best_mse, {k: v.to(device) for k, v in best.items()})
         self.result.history = list(history)
         return epoch + 1, step

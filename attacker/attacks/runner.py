@@ -131,11 +131,13 @@ def _pretrained_generator(split: AttackSplit, obfuscation: ObfuscationConfig, co
     stored there when missing; ``attacker.attacks.resume``)."""
     if entry is not None:
         shape = inversion_config_for(split, num_blocks=config.num_blocks, channels=config.channels)
-        cached = load_trained(entry, create_seeded_network(shape, seed, split.fit.features.device))
+        cached = load_trained(entry, create_seeded_network(shape, seed, split.fit.features.device),
+                              epochs=resolved_epochs(len(split.fit), config), has_val=len(split.val) > 0)
         if cached is not None:
             monitor.report(1.0, "decoder attack: pre-training loaded from the cache")
             return cached
     trained = train_decoder_attack(split, obfuscation, config, seed=seed, monitor=monitor, distributed=distributed)
     if entry is not None:
-        save_trained(entry, trained)
+        best = trained.history[trained.best_epoch - 1]["val_mse"] if trained.best_epoch else None
+        save_trained(entry, trained, best)
     return trained

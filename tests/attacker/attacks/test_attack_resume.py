@@ -7,9 +7,12 @@ count) keeps each run to about a second."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -26,6 +29,7 @@ from attacker.attacks import (
     run_attack,
 )
 from attacker.attacks.disk_cache import CACHE_ENV, read_entry, write_entry
+from attacker.attacks.saved_state import adam_state
 from cem.distributed import DistributedContext
 from cem.obfuscation import ObfuscationConfig
 
@@ -44,12 +48,12 @@ def _split() -> AttackSplit:
 
 
 def _gan(split: AttackSplit, messages: list[str] | None = None, stop_at: str | None = None,
-         noise: ObfuscationConfig = NOISE, resumable: bool = True) -> TrainedAttack:
+         noise: ObfuscationConfig = NOISE, resumable: bool = True, config: GanAttackConfig = GAN) -> TrainedAttack:
     """The GAN attack (pre-training included); with ``stop_at``, cancelled at the first message starting so."""
     seen = messages if messages is not None else []
     monitor = ProgressMonitor(progress=lambda _, message: seen.append(message),
                               should_stop=lambda: stop_at is not None and any(m.startswith(stop_at) for m in seen))
-    return run_attack("gan", split, noise, seed=0, decoder_config=PRETRAIN, gan_config=GAN, monitor=monitor,
+    return run_attack("gan", split, noise, seed=0, decoder_config=PRETRAIN, gan_config=config, monitor=monitor,
                       resumable=resumable)
 
 
@@ -104,6 +108,19 @@ def test_an_interrupted_gan_attack_resumes_to_the_uninterrupted_result(
     _same_run(again, uninterrupted)
 
 
+def test_a_best_checkpoint_before_the_interruption_is_kept(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hot = dataclasses.replace(GAN, generator_lr=0.05)  # its validation MSE is lowest at epoch 3, not at the end
+    with monkeypatch.context() as patch:
+        patch.setenv(CACHE_ENV, "")
+        uninterrupted = _gan(_split(), config=hot)
+    assert uninterrupted.best_epoch == 3
+    with pytest.raises(AttackCancelled):
+        _gan(_split(), stop_at="GAN attack: epoch 4/", config=hot)
+    resumed = _gan(_split(), config=hot)
+    assert resumed.resumed_epochs == 3
+    _same_run(resumed, uninterrupted)
+
+
 def _edit_entry(path: Path, edit: object) -> None:
     tensors, metadata = read_entry(path)
     state = json.loads(metadata["state"])
@@ -127,19 +144,56 @@ def _tensor(name: str, value: torch.Tensor | None) -> object:
     return edit
 
 
-@pytest.mark.parametrize("edit", [
-    _set("epoch", "two"), _set("epoch", -1), _set("epoch", 99), _set("step", None), _set("best_mse", None),
-    _set("history", 5), _set("history", [{"epoch": 1}] * 3), _set("opt_d", {"param_groups": []}),
-    _set("best_epoch", 7), lambda tensors, state: [state],
-    _tensor("rng.noise", None), _tensor("rng.shuffle", torch.zeros(5)),
-    _tensor("generator.layers.0.body.2.weight", None),
-    _tensor("critic.layers.0.weight", torch.zeros(1)), _tensor("opt_d.0.exp_avg", torch.zeros(3)),
-    _tensor("opt_g.0.step", torch.zeros(2)), _tensor("best.layers.0.body.0.bias", torch.zeros(7)),
-], ids=["epoch-text", "epoch-negative", "epoch-beyond", "step-null", "best-mse-null", "history-number",
-        "history-short", "optimizer-groups", "best-after-epoch", "state-list", "rng-missing", "rng-float",
-        "weight-missing", "weight-shape", "moment-shape", "step-vector", "best-shape"])
-def test_an_entry_that_does_not_fit_starts_afresh(cache: Path, uninterrupted: TrainedAttack, edit: object,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
+def _group(optimizer: str, key: str, value: object) -> object:
+    def edit(_: dict[str, torch.Tensor], state: dict[str, Any]) -> dict[str, Any]:
+        state[optimizer]["param_groups"][0][key] = value
+        return state
+    return edit
+
+
+def _history(key: str, value: object) -> object:
+    def edit(_: dict[str, torch.Tensor], state: dict[str, Any]) -> dict[str, Any]:
+        state["history"][0][key] = value
+        return state
+    return edit
+
+
+def _rewrite(name: str, make: Callable[[torch.Tensor], torch.Tensor]) -> object:
+    def edit(tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> dict[str, Any]:
+        tensors[name] = make(tensors[name])
+        return state
+    return edit
+
+
+ILL_FITTING = {
+    "epoch-text": _set("epoch", "two"), "epoch-negative": _set("epoch", -1), "epoch-beyond": _set("epoch", 99),
+    "step-null": _set("step", None), "step-other": _set("step", 1), "best-mse-null": _set("best_mse", None),
+    "best-mse-nan": _set("best_mse", float("nan")), "best-mse-lower": _set("best_mse", -1.0),
+    "best-after-epoch": _set("best_epoch", 7), "best-not-lowest": _set("best_epoch", 1),
+    "history-number": _set("history", 5), "history-short": _set("history", [{"epoch": 1, "val_mse": 0.1}]),
+    "history-text": _history("val_mse", "x"), "history-no-val": _history("val_mse", None),
+    "history-inf": _history("critic_loss", float("inf")), "state-list": lambda tensors, state: [state],
+    "groups-empty": _set("opt_d", {"param_groups": [], "scalars": {}}), "betas-short": _group("opt_d", "betas", [0.5]),
+    "amsgrad": _group("opt_d", "amsgrad", True), "weight-decay": _group("opt_g", "weight_decay", 10.0),
+    "fused": _group("opt_d", "fused", True), "rng-missing": _tensor("rng.noise", None),
+    "rng-float": _tensor("rng.shuffle", torch.zeros(5)), "rng-invalid": _rewrite("rng.noise", torch.zeros_like),
+    "weight-missing": _tensor("generator.layers.0.body.2.weight", None),
+    "weight-shape": _tensor("critic.layers.0.weight", torch.zeros(1)),
+    "moment-shape": _tensor("opt_d.0.exp_avg", torch.zeros(3)),
+    "moment-negative": _rewrite("opt_d.0.exp_avg_sq", lambda t: -torch.ones_like(t)),
+    "step-vector": _tensor("opt_g.0.step", torch.zeros(2)),
+    "step-negative": _tensor("opt_d.0.step", torch.tensor(-1.0)),
+    "step-nan": _tensor("opt_d.0.step", torch.tensor(float("nan"))),
+    "step-behind": _tensor("opt_d.0.step", torch.tensor(5.0)),
+    "best-shape": _tensor("best.layers.0.body.0.bias", torch.zeros(7)),
+    "best-nan": _rewrite("best.layers.0.body.0.bias", lambda t: torch.full_like(t, float("nan"))),
+}
+
+
+@pytest.mark.parametrize("edit", ILL_FITTING.values(), ids=ILL_FITTING.keys())
+def test_an_entry_that_does_not_fit_starts_afresh_and_is_replaced(cache: Path, uninterrupted: TrainedAttack,
+                                                                  edit: object,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(AttackCancelled):
         _gan(_split(), stop_at="GAN attack: epoch 3/")
     (entry,) = cache.glob("gan-*")
@@ -152,6 +206,30 @@ def test_an_entry_that_does_not_fit_starts_afresh(cache: Path, uninterrupted: Tr
     assert fresh.resumed_epochs == 0
     assert any("is not used" in r.getMessage() for r in caplog.records)
     _same_run(fresh, uninterrupted)  # from the true initial state: nothing of the entry was half-loaded
+    messages: list[str] = []
+    _gan(_split(), messages)
+    assert "GAN attack: the finished run loaded from the cache" in messages  # the rejected entry was replaced
+
+
+def test_the_learning_rate_is_the_schedules_not_the_entrys(cache: Path, uninterrupted: TrainedAttack) -> None:
+    with pytest.raises(AttackCancelled):
+        _gan(_split(), stop_at="GAN attack: epoch 3/")
+    (entry,) = cache.glob("gan-*")
+    _edit_entry(entry, _group("opt_d", "lr", "x"))
+    resumed = _gan(_split())
+    assert resumed.resumed_epochs == 2
+    _same_run(resumed, uninterrupted)
+
+
+def test_a_state_nested_too_deep_to_parse_is_unreadable(cache: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(AttackCancelled):
+        _gan(_split(), stop_at="GAN attack: epoch 2/")
+    (entry,) = cache.glob("gan-*")
+    tensors, metadata = read_entry(entry)
+    write_entry(entry, tensors, {**metadata, "state": "[" * 200_000 + "]" * 200_000})
+    with caplog.at_level(logging.WARNING, logger="attacker.attacks.resume"):
+        assert _gan(_split()).resumed_epochs == 0
+    assert any("is unreadable" in r.getMessage() for r in caplog.records)
 
 
 def test_other_inputs_are_another_run(cache: Path) -> None:
@@ -173,13 +251,25 @@ def test_an_unreadable_entry_starts_afresh(cache: Path, uninterrupted: TrainedAt
     _same_run(fresh, uninterrupted)
 
 
-def test_a_finished_entry_that_does_not_fit_is_trained_again(cache: Path, uninterrupted: TrainedAttack) -> None:
+@pytest.mark.parametrize("edit", [
+    _tensor("network.layers.0.body.2.weight", torch.zeros(1)),
+    _rewrite("network.layers.0.body.2.weight", lambda t: torch.full_like(t, float("nan"))),
+    _history("val_mse", 1e-9), _set("best_epoch", 0), _set("history", []),
+], ids=["weight-shape", "weight-nan", "history-not-selecting-best", "best-epoch-zero", "history-empty"])
+def test_a_finished_entry_that_does_not_fit_is_trained_again_and_replaced(
+    cache: Path, uninterrupted: TrainedAttack, edit: object
+) -> None:
     _gan(_split())
-    (entry,) = cache.glob("gan-*")
-    _edit_entry(entry, _tensor("network.layers.0.body.2.weight", torch.zeros(1)))
-    again = _gan(_split())
+    for path in cache.iterdir():  # the GAN's and the pre-training's
+        _edit_entry(path, edit)
+    messages: list[str] = []
+    again = _gan(_split(), messages)
     assert again.resumed_epochs == 0
+    assert any(m.startswith("decoder attack: epoch") for m in messages)  # the pre-training too
     _same_run(again, uninterrupted)
+    messages.clear()
+    assert _gan(_split(), messages).resumed_epochs == GAN.epochs
+    assert "decoder attack: pre-training loaded from the cache" in messages
 
 
 def test_a_save_never_replaces_an_entry_that_holds_more(tmp_path: Path) -> None:
@@ -212,8 +302,8 @@ def test_optimizer_state_round_trips_through_tensors_and_json() -> None:
     layer(torch.ones(1, 3)).sum().backward()
     optimizer.step()
     tensors, rest = resume.optimizer_tensors("opt", optimizer)
-    copy = torch.optim.Adam(torch.nn.Linear(3, 2).parameters(), lr=1.0)
-    copy.load_state_dict(resume.adam_state(copy, "opt", tensors, json.loads(json.dumps(rest))))
+    copy = torch.optim.Adam(torch.nn.Linear(3, 2).parameters(), lr=1.0, betas=(0.5, 0.999))
+    copy.load_state_dict(adam_state(copy, "opt", tensors, json.loads(json.dumps(rest)), step=1))
     original, restored = optimizer.state_dict(), copy.state_dict()
     assert original["param_groups"] == restored["param_groups"]
     for index, values in original["state"].items():
