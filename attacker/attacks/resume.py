@@ -36,7 +36,6 @@ import hashlib
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from functools import cache
@@ -65,14 +64,16 @@ SAVE_INTERVAL_S = 120.0  # at most this much training is lost to an interruption
 
 @cache
 def _training_code_digest(kind: str) -> str:
-    """SHA-256 of the modules whose code decides an entry of ``kind`` (this module's layout included): a GAN's
-    does not hash the decoder's training loop, whose product the GAN key holds as its initial weights."""
+    """SHA-256 of the modules whose code decides an entry of ``kind``'s weights. A GAN's does not hash the decoder's
+    training loop, whose product its key holds as the initial weights; neither hashes this module (a change of
+    an entry's layout bumps ``RUN_FORMAT``, and ``saved_state`` refuses an entry that does not fit), so editing
+    it does not throw away hours of saved runs."""
     from attacker.attacks import decoder, evaluate, gan, loop, parallel, schedule  # gan imports this module
     from cem import obfuscation
     from cem.models import inversion
 
     trainer = (gan,) if kind == GAN_KIND else (decoder, schedule)
-    return code_digest(sys.modules[__name__], *trainer, loop, evaluate, parallel, inversion, obfuscation)
+    return code_digest(*trainer, loop, evaluate, parallel, inversion, obfuscation)
 
 
 def run_key(kind: str, split: AttackSplit, obfuscation: ObfuscationConfig, settings: Any, seed: int,
