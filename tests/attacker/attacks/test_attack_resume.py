@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 import torch
+from synthetic_split import synthetic_split
 
 from attacker.attacks import (
     AttackCancelled,
     AttackSplit,
     DecoderAttackConfig,
-    FeatureSet,
     GanAttackConfig,
     ProgressMonitor,
     TrainedAttack,
@@ -38,13 +38,7 @@ GAN = GanAttackConfig(epochs=4, batch_size=8, min_steps_per_epoch=0, n_critic=2,
 NOISE = ObfuscationConfig(noise_std=0.1)
 
 
-def _split() -> AttackSplit:
-    generator = torch.Generator().manual_seed(0)
-
-    def features(n: int) -> FeatureSet:
-        return FeatureSet(torch.rand(n, 1, 32, 32, generator=generator), torch.rand(n, 4, 8, 8, generator=generator))
-
-    return AttackSplit("train", features(24), features(8), features(4))
+_split = synthetic_split
 
 
 def _gan(split: AttackSplit, messages: list[str] | None = None, stop_at: str | None = None,

@@ -8,11 +8,10 @@ import dataclasses
 
 import pytest
 import torch
+from synthetic_split import synthetic_split
 
 from attacker.attacks import (
-    AttackSplit,
     DecoderAttackConfig,
-    FeatureSet,
     GanAttackConfig,
     ProgressMonitor,
     run_attack,
@@ -28,13 +27,7 @@ TINY = DecoderAttackConfig(epochs=2, batch_size=8, min_steps_per_epoch=0, num_bl
 NOISE = ObfuscationConfig(noise_std=0.1)
 
 
-def _split() -> AttackSplit:
-    generator = torch.Generator().manual_seed(0)
-
-    def features(n: int) -> FeatureSet:
-        return FeatureSet(torch.rand(n, 1, 32, 32, generator=generator), torch.rand(n, 4, 8, 8, generator=generator))
-
-    return AttackSplit("train", features(24), features(8), features(4))
+_split = synthetic_split
 
 
 def _train(config: DecoderAttackConfig) -> tuple[dict[str, torch.Tensor], list[float | None], list[str]]:
