@@ -370,6 +370,7 @@ def _run_audit(spec: AuditSpec, captured: CapturedFeatures | None, monitor: Prog
             "still_improving": trained.still_improving(),
             "doubling_gain": None if trained.half_budget is None else trained.half_budget.gain,
             "resumed_epochs": trained.resumed_epochs,  # trained by an earlier, interrupted run: attack_s excludes them
+            "pretraining_cached": trained.pretraining_cached,  # likewise the GAN's decoder pre-training
             "val_mse": [row.get("val_mse") for row in trained.history],  # per epoch: judge convergence yourself
             "classifier_val_accuracy": classifier.val_accuracy,
             "attack_s": round(attack_s, 3),

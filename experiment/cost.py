@@ -6,8 +6,10 @@ cell took and how many are left. Every record keeps the wall seconds of its own
 cell (``wall_s``). Cells ran ``--jobs`` at a time, beside whatever else the
 machine ran, so the sum is cell-seconds of wall time, not the grid's elapsed
 time; the median is the number to plan the remaining cells by. A GAN cell that
-continued an interrupted run (``resumed_epochs`` in a column, attacker.attacks.resume)
-timed only its last part: it counts as stored, its wall time is left out.
+continued an interrupted run (``resumed_epochs`` in a column, or its decoder
+pre-training loaded from the cache: ``pretraining_cached``; attacker.attacks.resume)
+timed only its last part: it counts as stored and *untimed*, its wall time is left
+out (so are the records from before the wall-time field).
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ class CellCost:
     remaining: int
     total_s: float
     median_s: float | None
+    untimed: int = 0  # stored cells whose wall time is not a whole cell's: outside the sum and the median
+
+    @property
+    def stored_label(self) -> str:
+        """The stored count as the tables show it, naming the untimed ones."""
+        return f"{self.stored} ({self.untimed} untimed)" if self.untimed else str(self.stored)
 
     @property
     def remaining_s(self) -> float | None:
@@ -39,7 +47,7 @@ class CellCost:
         def rounded(seconds: float | None) -> float | None:
             return None if seconds is None else round(seconds, 1)
 
-        return {"kind": self.kind, "stored": self.stored, "remaining": self.remaining,
+        return {"kind": self.kind, "stored": self.stored, "untimed": self.untimed, "remaining": self.remaining,
                 "total_s": rounded(self.total_s), "median_s": rounded(self.median_s),
                 "remaining_s": rounded(self.remaining_s)}
 
@@ -57,20 +65,22 @@ def grid_cost(plan: Plan, records: Mapping[tuple[str, str], Mapping[str, Any] | 
             continue
         stored[kind] += 1
         wall = record.get("wall_s")
-        if _resumed(record):
-            continue
-        if isinstance(wall, int | float) and not isinstance(wall, bool):  # records before the field have none
+        if isinstance(wall, int | float) and not isinstance(wall, bool) and not _resumed(record):
             walls[kind].append(float(wall))
-    return [CellCost(kind, stored[kind], remaining[kind], sum(values), statistics.median(values) if values else None)
+    return [CellCost(kind, stored[kind], remaining[kind], sum(values), statistics.median(values) if values else None,
+                     untimed=stored[kind] - len(values))
             for kind, values in walls.items()]
 
 
 def _resumed(record: Mapping[str, Any]) -> bool:
-    """Whether any column of an attack record continued an interrupted run (its wall time is a part's)."""
+    """Whether any column of an attack record continued work an earlier run had done (its wall time is a part's)."""
     columns = record.get("columns")
-    return isinstance(columns, Mapping) and any(
-        isinstance(c, Mapping) and isinstance(c.get("resumed_epochs"), int) and c["resumed_epochs"] > 0
-        for c in columns.values())
+    return isinstance(columns, Mapping) and any(isinstance(c, Mapping) and _continued(c) for c in columns.values())
+
+
+def _continued(column: Mapping[str, Any]) -> bool:
+    resumed = column.get("resumed_epochs")
+    return (isinstance(resumed, int) and resumed > 0) or column.get("pretraining_cached") is True
 
 
 def _hours(seconds: float | None) -> str:
@@ -83,6 +93,6 @@ def cost_markdown(costs: Sequence[CellCost]) -> str:
              "--- | --- | --- | --- | --- | ---"]
     for cost in costs:
         median = "—" if cost.median_s is None else f"{cost.median_s:.0f}"
-        lines.append(f"{cost.kind} | {cost.stored} | {median} | {_hours(cost.total_s)} | {cost.remaining} | "
+        lines.append(f"{cost.kind} | {cost.stored_label} | {median} | {_hours(cost.total_s)} | {cost.remaining} | "
                      f"{_hours(cost.remaining_s)}")
     return "\n".join(lines) + "\n"

@@ -48,8 +48,8 @@ if TYPE_CHECKING:  # cem.manifest loads torch; the report reads records without 
 
 COLUMNS = ("train", "infer")  # cem-attack's two protocols: the attacker's data is the train split, or inference data
 RECORD_FORMAT = 1
-DETAIL_KEYS = ("epochs", "best_epoch", "still_improving", "doubling_gain", "val_mse", "resumed_epochs", "attack_s",
-               "eval_s", "fit", "val", "eval")
+DETAIL_KEYS = ("epochs", "best_epoch", "still_improving", "doubling_gain", "val_mse", "resumed_epochs",
+               "pretraining_cached", "attack_s", "eval_s", "fit", "val", "eval")
 
 
 def _now() -> str:

@@ -49,7 +49,9 @@ class TrainedAttack:
     ``extra`` holds attack-specific facts for the record (the optimisation's τ, steps, timings).
     ``started_from`` is the attack this one refined (the hybrid's decoder attack): if that one had not
     converged, neither has this one. ``resumed_epochs`` are the epochs of ``history`` a previous, interrupted
-    run trained (``attacker.attacks.resume``); this run trained the rest.
+    run trained (``attacker.attacks.resume``); this run trained the rest. ``pretraining_cached``: the
+    network this one started from (the GAN's decoder pre-training) was an earlier run's, loaded from the cache,
+    so this run's wall time leaves that training out.
     """
 
     network: torch.nn.Module
@@ -59,6 +61,7 @@ class TrainedAttack:
     extra: dict[str, Any] = field(default_factory=dict)
     started_from: TrainedAttack | None = None
     resumed_epochs: int = 0
+    pretraining_cached: bool = False
 
     def val_curve(self) -> list[float]:
         """The validation MSE of every epoch that had validation data."""

@@ -110,10 +110,12 @@ def run_attack(
                                        _entry(PRETRAIN_KIND, split, obfuscation, pretrain, seed, None, kept))
     assert isinstance(pretrained.network, InversionNetwork)
     entry = _entry(GAN_KIND, split, obfuscation, gan, seed, pretrained.network, kept)
-    return train_gan_attack(
+    trained = train_gan_attack(
         split, obfuscation, gan, init=pretrained.network, seed=seed, monitor=monitor.child(share, 1.0 - share),
         distributed=distributed, entry=entry,
     )
+    trained.pretraining_cached = pretrained.resumed_epochs > 0
+    return trained
 
 
 def _entry(kind: str, split: AttackSplit, obfuscation: ObfuscationConfig, settings: object, seed: int,
@@ -128,13 +130,14 @@ def _pretrained_generator(split: AttackSplit, obfuscation: ObfuscationConfig, co
                           monitor: ProgressMonitor, distributed: DistributedContext,
                           entry: RunEntry | None) -> TrainedAttack:
     """The GAN generator's decoder pre-training, or the one these inputs trained before (``entry``, trained and
-    stored there when missing; ``attacker.attacks.resume``)."""
+    stored there when missing; ``attacker.attacks.resume``): then all its epochs count as resumed."""
     if entry is not None:
         shape = inversion_config_for(split, num_blocks=config.num_blocks, channels=config.channels)
         cached = load_trained(entry, create_seeded_network(shape, seed, split.fit.features.device),
                               epochs=resolved_epochs(len(split.fit), config), has_val=len(split.val) > 0)
         if cached is not None:
             monitor.report(1.0, "decoder attack: pre-training loaded from the cache")
+            cached.resumed_epochs = len(cached.history)
             return cached
     trained = train_decoder_attack(split, obfuscation, config, seed=seed, monitor=monitor, distributed=distributed)
     if entry is not None:

@@ -28,16 +28,21 @@ def test_remaining_cells_are_priced_at_the_median_of_the_stored_ones(tmp_path: P
     assert (decoder.kind, decoder.stored, decoder.remaining, decoder.median_s, decoder.remaining_s) == \
         ("decoder", 0, 8, None, None)  # nothing stored prices nothing
     markdown = cost_markdown([train, decoder])
-    assert "\ntrain | 4 | 20 | 0.0 | 4 | 0.0\n" in markdown and "\ndecoder | 0 | — | 0.0 | 8 | —\n" in markdown
-    assert train.to_dict() == pytest.approx({"kind": "train", "stored": 4, "remaining": 4, "total_s": 60.0,
-                                             "median_s": 20.0, "remaining_s": 80.0})
+    assert "\ntrain | 4 (1 untimed) | 20 | 0.0 | 4 | 0.0\n" in markdown
+    assert "\ndecoder | 0 | — | 0.0 | 8 | —\n" in markdown
+    assert train.to_dict() == pytest.approx({"kind": "train", "stored": 4, "untimed": 1, "remaining": 4,
+                                             "total_s": 60.0, "median_s": 20.0, "remaining_s": 80.0})
 
 
 def test_a_cell_that_resumed_an_interrupted_run_is_stored_but_not_priced() -> None:
     plan = expand_plan(parse_spec(BASE), fake_prober)
-    runs = ((100.0, 0), (200.0, 0), (5.0, 140))  # (wall s, epochs the infer column resumed)
-    records = {("attack", cell.key): {"wall_s": wall, "columns": {"train": {"resumed_epochs": 0},
-                                                                   "infer": {"resumed_epochs": resumed}}}
-               for cell, (wall, resumed) in zip(plan.attack[:3], runs, strict=True)}
+    # (wall s, epochs the infer column resumed, whether its pre-training came from the cache)
+    runs = ((100.0, 0, False), (200.0, 0, False), (5.0, 140, False), (9.0, 0, True))
+    records = {("attack", cell.key): {"wall_s": wall, "columns": {
+        "train": {"resumed_epochs": 0, "pretraining_cached": False},
+        "infer": {"resumed_epochs": resumed, "pretraining_cached": cached}}}
+               for cell, (wall, resumed, cached) in zip(plan.attack[:4], runs, strict=True)}
     _, decoder = grid_cost(plan, records)
-    assert (decoder.stored, decoder.remaining, decoder.total_s, decoder.median_s) == (3, 5, 300.0, 150.0)
+    assert (decoder.stored, decoder.untimed, decoder.remaining, decoder.total_s, decoder.median_s) == \
+        (4, 2, 4, 300.0, 150.0)
+    assert "\ndecoder | 4 (2 untimed) | 150 | 0.1 | 4 | 0.2\n" in cost_markdown([decoder])

@@ -235,6 +235,10 @@ class AttackTraining(BaseModel):
         0, ge=0, description="epochs an earlier, interrupted run of the same attack on the same inputs had trained "
                              "and this one continued from (the GAN attack is resumable); attack_s excludes them"
     )
+    pretraining_cached: bool = Field(
+        False, description="the GAN attack's decoder pre-training was an earlier run's on the same inputs, loaded "
+                           "from the cache; attack_s excludes it"
+    )
     attack_s: float | None = Field(None, description="wall time of training the attack (or choosing τ), seconds")
     eval_s: float | None = Field(None, description="wall time of reconstructing and scoring the held-out images")
     optimize: OptimizeRun | None = Field(None, description="optimize and decoder+optimize: the optimisation")

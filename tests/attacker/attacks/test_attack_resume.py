@@ -88,7 +88,7 @@ def test_an_interrupted_gan_attack_resumes_to_the_uninterrupted_result(
     assert not any(m.startswith("decoder attack: epoch") for m in messages)
     assert "GAN attack: resumed after epoch 1/4" in messages
     assert not any(m.startswith("GAN attack: epoch 1/") for m in messages)
-    assert resumed.resumed_epochs == 1
+    assert resumed.resumed_epochs == 1 and resumed.pretraining_cached and not uninterrupted.pretraining_cached
     _same_run(resumed, uninterrupted)
 
     (entry,) = cache.glob("gan-*")

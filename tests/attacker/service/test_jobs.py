@@ -56,7 +56,7 @@ def test_lifecycle_to_succeeded_with_metrics_png_and_report(service: AuditServic
             "epochs": 1, "best_epoch": 1, "still_improving": False,
             "doubling_gain": None,  # one epoch: no half budget to run
             "optimize": None, "decoder_alone": None,  # the optimisation attacks' records
-            "resumed_epochs": 0,  # nothing was carried over from an interrupted run
+            "resumed_epochs": 0, "pretraining_cached": False,  # nothing was carried over from an earlier run
         }
     audit_id = audit["id"]
     # the attack network asked for by AuditClient.submit: echoed, stored with the job, and the one that was trained

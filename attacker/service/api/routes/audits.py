@@ -74,8 +74,8 @@ def to_view(job: Job) -> AuditView:
 
 
 # what ``run_audit`` records per column that the view shows (not the curves)
-TRAINING_KEYS = ("epochs", "best_epoch", "still_improving", "doubling_gain", "resumed_epochs", "attack_s", "eval_s",
-                 "optimize", "decoder_alone", "classifier_val_accuracy")
+TRAINING_KEYS = ("epochs", "best_epoch", "still_improving", "doubling_gain", "resumed_epochs", "pretraining_cached",
+                 "attack_s", "eval_s", "optimize", "decoder_alone", "classifier_val_accuracy")
 
 
 def _training(details: Any) -> AttackTrainingByColumn | None:
