@@ -17,6 +17,16 @@ column; the paper's headline numbers ("an average increase in reconstruction MSE
 of 24.0 % for training data and 12.9 % for inference data") are the mean of those
 per-attack gains over the attacks, per column (``AverageBlock.attack_mean_gain``).
 
+With several attacks Table 1 also scores the *strongest* of them (``STRONGEST``):
+per model and column the lowest MSE any attack reached, where every attack of the
+grid has a number for it. A defense is as private as its strongest attacker
+allows, and the paper's mean over the attacks hides a weak attack beside a strong
+one; the strongest column is the one an auditor should read. It is flagged where
+any attack behind it did not converge (a stronger run of a weaker attack might
+have won), and ``Table1.strongest`` counts, per group and column, which attack
+won on how many models (a tie, such as a GAN that never beat the decoder it
+started from, counts for the tied attacks together: ``"decoder=gan"``).
+
 Every gain carries how many of the models behind it had an attack that did not
 converge (both variants counted): a non-converged attack over-states one side's
 MSE and so can make or break a gain. A value that is not finite (an attack that
@@ -28,6 +38,7 @@ diverged to NaN or inf) is left out of every mean and listed
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,15 +50,21 @@ from experiment.records import COLUMNS, attack_details, bound_exceeded, finite_n
 from experiment.store import CellStore
 
 ACCURACY = "accuracy"
+STRONGEST = "strongest"  # not an attack: per model and column, the lowest MSE of the attacks run (module docstring)
 
 
 def mse_metric(attack: str, column: str) -> str:
     return f"{attack}_mse_{column}"
 
 
+def scored_attacks(attacks: Sequence[str]) -> list[str]:
+    """What Table 1 has MSE columns for: each attack, and with several of them also the strongest."""
+    return [*attacks, STRONGEST] if len(attacks) > 1 else list(attacks)
+
+
 def metric_names(attacks: Sequence[str]) -> list[str]:
-    """Accuracy, then each attack's MSE in the ``train`` and ``infer`` columns: Table 1's columns."""
-    return [ACCURACY, *(mse_metric(attack, column) for attack in attacks for column in COLUMNS)]
+    """Accuracy, then each scored attack's MSE in the ``train`` and ``infer`` columns: Table 1's columns."""
+    return [ACCURACY, *(mse_metric(attack, column) for attack in scored_attacks(attacks) for column in COLUMNS)]
 
 
 @dataclass(frozen=True)
@@ -196,12 +213,16 @@ class AverageBlock:
 
 @dataclass(frozen=True)
 class Table1:
+    """``attacks``: the grid's attacks (not ``STRONGEST``); ``metrics``: the table's columns (``metric_names``);
+    ``strongest``: per group and column, on how many models each attack was the strongest (several attacks)."""
+
     attacks: tuple[str, ...]
     metrics: tuple[str, ...]
     groups: tuple[str, ...]
     variants: tuple[VariantLine, ...]
     gains: tuple[GainLine, ...]
     averages: tuple[AverageBlock, ...]
+    strongest: Mapping[str, Mapping[str, Mapping[str, int]]] = field(default_factory=dict)
 
 
 def _estimate(values: Iterable[float]) -> Estimate | None:
@@ -239,9 +260,37 @@ def grouped_by_variant(observations: Sequence[Observation],
     return {v: sorted(grouped[v], key=lambda o: o.seed) for v in order}
 
 
+def with_strongest(observations: Sequence[Observation], attacks: Sequence[str]
+                   ) -> tuple[list[Observation], dict[str, dict[str, dict[str, int]]]]:
+    """``observations`` with the ``STRONGEST`` MSE of each column that every attack scored, flagged where any
+    attack behind it was; and per group and column how many models each attack (or tie of attacks) won."""
+    scored: list[Observation] = []
+    wins: dict[str, dict[str, dict[str, int]]] = {}
+    for o in observations:
+        values, flags = dict(o.values), dict(o.flags)
+        for column in COLUMNS:
+            metrics = {attack: mse_metric(attack, column) for attack in attacks}
+            if not all(m in o.values for m in metrics.values()):
+                continue
+            lowest = min(o.values[m] for m in metrics.values())
+            winner = "=".join(attack for attack, m in metrics.items() if o.values[m] == lowest)
+            strongest = mse_metric(STRONGEST, column)
+            values[strongest] = lowest
+            behind = [f"{attack}: {o.flags[m]}" for attack, m in metrics.items() if m in o.flags]
+            if behind:
+                flags[strongest] = "; ".join(behind)
+            counts = wins.setdefault(o.group, {}).setdefault(column, {})
+            counts[winner] = counts.get(winner, 0) + 1
+        scored.append(dataclasses.replace(o, values=values, flags=flags))
+    return scored, wins
+
+
 def build_table1(observations: Sequence[Observation], rows: Sequence[str], attacks: Sequence[str]) -> Table1:
     """Table 1 of ``observations`` (rows in ``rows``' order, then σ and λ ascending)."""
     metrics = metric_names(attacks)
+    strongest: dict[str, dict[str, dict[str, int]]] = {}
+    if len(attacks) > 1:
+        observations, strongest = with_strongest(observations, attacks)
     by_variant = grouped_by_variant(observations, rows)
     order = list(by_variant)
     variants, gains = [], []
@@ -267,7 +316,8 @@ def build_table1(observations: Sequence[Observation], rows: Sequence[str], attac
             gains.append(GainLine(group, row, sigma, lam, tuple(sorted(paired_seeds)), estimates, flagged, zero))
     groups = tuple(dict.fromkeys(v[0] for v in order))
     averages = [block for group in groups for block in _averages(group, order, by_variant, metrics, attacks)]
-    return Table1(tuple(attacks), tuple(metrics), groups, tuple(variants), tuple(gains), tuple(averages))
+    return Table1(tuple(attacks), tuple(metrics), groups, tuple(variants), tuple(gains), tuple(averages),
+                  strongest)
 
 
 def _averages(group: str, order: Sequence[tuple[str, str, float, float]],

@@ -9,10 +9,12 @@ otherwise (a missing attack cell, a value left out as not finite). "†" marks a
 value for which at least one model's attack did not converge: on a variant line
 its seeds, on a gain line or in an average block any model behind it, of either
 variant, because a non-converged attack on either side can make or break a gain.
-The CSV and JSON give the count (``<metric>_not_converged``). Under each table:
-the paper's headline (the gain of the averages, meaned over the attacks) and the
-seeds a paired gain left out; at the end, values left out as not finite and
-columns whose convergence was not judged.
+The CSV and JSON give the count (``<metric>_not_converged``). With several
+attacks the "Strongest" columns follow the attacks' (``experiment.report``,
+``STRONGEST``). Under each table: the paper's headline (the gain of the
+averages, meaned over the attacks), which attack was the strongest how often,
+and the seeds a paired gain left out; at the end, values left out as not finite
+and columns whose convergence was not judged.
 """
 
 from __future__ import annotations
@@ -27,21 +29,37 @@ from typing import Any
 
 from cem.stats import Estimate
 from experiment.records import COLUMNS
-from experiment.report import ACCURACY, AverageBlock, GainLine, Table1, VariantLine, mse_metric
+from experiment.report import (
+    ACCURACY,
+    STRONGEST,
+    AverageBlock,
+    GainLine,
+    Table1,
+    VariantLine,
+    mse_metric,
+    scored_attacks,
+)
 
-ATTACK_TITLES = {"decoder": "Dec.", "gan": "GAN", "optimize": "Opt.", "decoder+optimize": "Dec.+Opt."}
+ATTACK_TITLES = {"decoder": "Dec.", "gan": "GAN", "optimize": "Opt.", "decoder+optimize": "Dec.+Opt.",
+                 STRONGEST: "Strongest"}
 NOT_CONVERGED_MARK = " †"
 LEGEND = ("Mean ± 95 % interval (Student t) over seeds; MSE of each attack on the `train` and `infer` columns; "
           "(n=k): the value stands on k models. "
           "CEM gain (paired): per seed against λ = 0 at the same σ, MSE in %, accuracy in points. "
           "Averages: over the rows with both variants (the paper's summary rows); their gain is the relative "
-          f"change of the averages, per attack.{NOT_CONVERGED_MARK}: at least one model's attack behind the "
+          f"change of the averages, per attack. Strongest (with several attacks): per model and column the lowest "
+          f"MSE of the attacks run.{NOT_CONVERGED_MARK}: at least one model's attack behind the "
           "value did not converge (on a gain: of either variant).")
+
+
+def attack_title(attack: str) -> str:
+    """An attack's short title; a tie of attacks (``"decoder=gan"``, ``Table1.strongest``) as "Dec. = GAN"."""
+    return " = ".join(ATTACK_TITLES.get(a, a) for a in attack.split("="))
 
 
 def header(table: Table1) -> list[str]:
     return ["method", "σ", "λ", "seeds", "acc. %",
-            *(f"{ATTACK_TITLES.get(a, a)} {c} MSE" for a in table.attacks for c in COLUMNS)]
+            *(f"{ATTACK_TITLES.get(a, a)} {c} MSE" for a in scored_attacks(table.attacks) for c in COLUMNS)]
 
 
 def _mark(count: int | None) -> str:
@@ -142,6 +160,11 @@ def table_notes(table: Table1, group: str) -> list[str]:
     if len(table.attacks) > 1:
         notes += [f"CEM gain of the averages, mean over the attacks (the paper's headline), {_headline(table, b)}"
                   for b in table.averages if b.group == group]
+        wins = table.strongest.get(group, {})
+        if wins:
+            notes.append("Strongest attack, on how many models: " + "; ".join(
+                f"{column} " + ", ".join(f"{attack_title(a)} {n}" for a, n in sorted(wins[column].items()))
+                for column in COLUMNS if column in wins))
     for gain in (g for g in table.gains if g.group == group):
         for metric, dropped in gain.zero_baseline.items():
             if dropped:
@@ -270,7 +293,9 @@ def table_json(table: Table1, extra: Mapping[str, Any]) -> dict[str, Any]:
         "attacks": list(table.attacks),
         "columns": list(COLUMNS),
         "metrics": list(table.metrics),
-        "mse_metrics": {a: {c: mse_metric(a, c) for c in COLUMNS} for a in table.attacks},
+        "mse_metrics": {a: {c: mse_metric(a, c) for c in COLUMNS} for a in scored_attacks(table.attacks)},
+        "strongest_wins": {group: {column: dict(counts) for column, counts in wins.items()}
+                           for group, wins in table.strongest.items()},
         "groups": [{"group": group,
                     "variants": [variant(v) for v in table.variants if v.group == group],
                     "paired_gains": [gain(g) for g in table.gains if g.group == group],

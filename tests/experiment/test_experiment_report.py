@@ -232,6 +232,44 @@ def test_the_paper_headline_is_the_gain_of_the_averages_meaned_over_the_attacks(
     assert "; mean over the attacks: train +35.0 % (1 not converged †), infer +25.0 %" in summary_line(table)[0]
 
 
+def test_the_strongest_attack_is_each_models_lowest_mse_flagged_by_any_attack_behind_it(tmp_path: Path) -> None:
+    # two seeds of one row: the GAN wins infer on both models; train it ties with the decoder (it never beat its
+    # start) on seed 0 and loses on seed 1; seed 1 with CEM has no GAN infer number, so no strongest there
+    def numbers(decoder: tuple[float, float], gan: tuple[float, float | None]) -> dict[str, float]:
+        values = {"accuracy": 0.9, "decoder_mse_train": decoder[0], "decoder_mse_infer": decoder[1],
+                  "gan_mse_train": gan[0]}
+        return values if gan[1] is None else {**values, "gan_mse_infer": gan[1]}
+
+    observations = [
+        observation("Bottleneck", 0.0, 0, numbers((0.010, 0.020), (0.010, 0.018))),
+        observation("Bottleneck", 0.0, 1, numbers((0.012, 0.022), (0.013, 0.021)), {"gan_mse_train": "still"}),
+        observation("Bottleneck", 2.0, 0, numbers((0.020, 0.030), (0.020, 0.027))),
+        observation("Bottleneck", 2.0, 1, numbers((0.018, 0.026), (0.019, None))),
+    ]
+    table = build_table1(observations, ("Bottleneck",), ("decoder", "gan"))
+    assert table.metrics[-2:] == ("strongest_mse_train", "strongest_mse_infer")
+    without, with_cem = table.variants
+    train, infer = without.estimates["strongest_mse_train"], with_cem.estimates["strongest_mse_infer"]
+    assert train is not None and train.mean == pytest.approx((0.010 + 0.012) / 2) and train.n == 2
+    assert infer is not None and infer.n == 1 and infer.mean == pytest.approx(0.027)  # seed 1: no GAN infer
+    assert without.not_converged["strongest_mse_train"] == 1  # the GAN behind seed 1 was flagged, though it lost
+    assert without.not_converged["strongest_mse_infer"] == 0
+    (gain,) = table.gains  # paired on the seeds both variants have: train 0, 1; infer 0 only
+    train_gain, infer_gain = gain.estimates["strongest_mse_train"], gain.estimates["strongest_mse_infer"]
+    assert train_gain is not None and train_gain.mean == pytest.approx((100.0 + 50.0) / 2)
+    assert infer_gain is not None and infer_gain.n == 1 and infer_gain.mean == pytest.approx(100 * (0.027 / 0.018 - 1))
+    assert table.strongest == {"g": {"train": {"decoder=gan": 2, "decoder": 2}, "infer": {"gan": 3}}}
+    markdown = render_markdown(table, "two attacks")
+    assert "| Strongest train MSE | Strongest infer MSE" in markdown
+    assert "Strongest attack, on how many models: train Dec. 2, Dec. = GAN 2; infer GAN 3" in markdown
+    data = json.loads(write_tables(table, tmp_path, "two attacks", {})["json"].read_text())
+    assert data["strongest_wins"] == {"g": {"train": {"decoder=gan": 2, "decoder": 2}, "infer": {"gan": 3}}}
+    assert data["mse_metrics"]["strongest"] == {"train": "strongest_mse_train", "infer": "strongest_mse_infer"}
+    one = build_table1([observation("Bottleneck", 0.0, 0, {"accuracy": 0.9, "decoder_mse_train": 0.01})],
+                       ("Bottleneck",), ("decoder",))
+    assert "strongest_mse_train" not in one.metrics and one.strongest == {}  # one attack: nothing to compare
+
+
 def test_tables_plots_and_page_are_written_from_the_store(tmp_path: Path) -> None:
     plan, store = make_store(tmp_path)
     collected = collect(plan, store)
