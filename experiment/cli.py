@@ -195,7 +195,14 @@ def report_command(args: argparse.Namespace) -> int:
     from experiment.detail import build_detail, detail_json, render_detail_markdown
     from experiment.html import render_html, write_html
     from experiment.plots import plot_galleries, plot_mse_vs_entropy, plot_pareto
-    from experiment.report import build_table1, collect, convergence_flags, unjudged_columns
+    from experiment.report import (
+        build_table1,
+        collect,
+        convergence_flags,
+        scored_attacks,
+        unjudged_columns,
+        with_strongest,
+    )
     from experiment.tables import flag_notes, summary_line, write_tables
 
     store = CellStore(args.dir)
@@ -216,9 +223,10 @@ def report_command(args: argparse.Namespace) -> int:
     write_tables(table, directory, plan.name, extra)  # first: the tables stand even if a figure cannot be drawn
     (directory / "cost.md").write_text(cost_markdown(costs), encoding="utf-8")
     (directory / "detail.md").write_text(render_detail_markdown(detail, plan.name), encoding="utf-8")
-    plotted = [("Accuracy vs attack MSE (Fig. 4)", plot_pareto(collected.observations, plan.attacks, directory)),
+    scored, _ = with_strongest(collected.observations, plan.attacks)  # the plots draw the strongest attack too
+    plotted = [("Accuracy vs attack MSE (Fig. 4)", plot_pareto(scored, scored_attacks(plan.attacks), directory)),
                ("Attack MSE vs conditional entropy (Fig. 3)",
-                plot_mse_vs_entropy(collected.observations, plan.attacks, directory))]
+                plot_mse_vs_entropy(scored, scored_attacks(plan.attacks), directory))]
     plotted_galleries = plot_galleries(collected.observations, plan.attacks, store, directory)
     figures = [(title, written[0]) for title, written in plotted]
     galleries = [(title, written[0]) for title, written in plotted_galleries]

@@ -263,7 +263,10 @@ def grouped_by_variant(observations: Sequence[Observation],
 def with_strongest(observations: Sequence[Observation], attacks: Sequence[str]
                    ) -> tuple[list[Observation], dict[str, dict[str, dict[str, int]]]]:
     """``observations`` with the ``STRONGEST`` MSE of each column that every attack scored, flagged where any
-    attack behind it was; and per group and column how many models each attack (or tie of attacks) won."""
+    attack behind it was; and per group and column how many models each attack (or tie of attacks) won. With one
+    attack: ``observations`` as they are (there is nothing to compare)."""
+    if len(attacks) < 2:
+        return list(observations), {}
     scored: list[Observation] = []
     wins: dict[str, dict[str, dict[str, int]]] = {}
     for o in observations:
@@ -288,9 +291,7 @@ def with_strongest(observations: Sequence[Observation], attacks: Sequence[str]
 def build_table1(observations: Sequence[Observation], rows: Sequence[str], attacks: Sequence[str]) -> Table1:
     """Table 1 of ``observations`` (rows in ``rows``' order, then σ and λ ascending)."""
     metrics = metric_names(attacks)
-    strongest: dict[str, dict[str, dict[str, int]]] = {}
-    if len(attacks) > 1:
-        observations, strongest = with_strongest(observations, attacks)
+    observations, strongest = with_strongest(observations, attacks)
     by_variant = grouped_by_variant(observations, rows)
     order = list(by_variant)
     variants, gains = [], []

@@ -13,7 +13,15 @@ from PIL import Image
 from experiment.cells import AttackCell, Plan, TrainCell
 from experiment.html import render_html
 from experiment.plots import plot_galleries, plot_mse_vs_entropy, plot_panels, plot_pareto
-from experiment.report import Observation, build_table1, collect, convergence_flags, unjudged_columns
+from experiment.report import (
+    Observation,
+    build_table1,
+    collect,
+    convergence_flags,
+    scored_attacks,
+    unjudged_columns,
+    with_strongest,
+)
 from experiment.store import CellStore
 from experiment.tables import render_markdown, summary_line, write_tables
 
@@ -265,6 +273,10 @@ def test_the_strongest_attack_is_each_models_lowest_mse_flagged_by_any_attack_be
     data = json.loads(write_tables(table, tmp_path, "two attacks", {})["json"].read_text())
     assert data["strongest_wins"] == {"g": {"train": {"decoder=gan": 2, "decoder": 2}, "infer": {"gan": 3}}}
     assert data["mse_metrics"]["strongest"] == {"train": "strongest_mse_train", "infer": "strongest_mse_infer"}
+    scored, _ = with_strongest(observations, ("decoder", "gan"))  # the figures draw it as a third attack
+    assert plot_panels(scored, scored_attacks(("decoder", "gan")))[-2:] == [("g", "strongest", "train"),
+                                                                          ("g", "strongest", "infer")]
+    assert plot_pareto(scored, scored_attacks(("decoder", "gan")), tmp_path)[0].stat().st_size > 0
     one = build_table1([observation("Bottleneck", 0.0, 0, {"accuracy": 0.9, "decoder_mse_train": 0.01})],
                        ("Bottleneck",), ("decoder",))
     assert "strongest_mse_train" not in one.metrics and one.strongest == {}  # one attack: nothing to compare
