@@ -9,9 +9,13 @@ Helpers are imported by name. Test folders have no ``__init__.py``, so pytest
 (default ``prepend`` import mode) puts the folder of each conftest and test
 module on ``sys.path``: the helpers in this folder (``bundle_fixtures``,
 ``server_fixtures``, ``grpc_helpers``, ``polling``, ``error_types``,
-``cifar_format``, ``image_folder_format``) import from every test,
-``service_helpers`` from ``tests/attacker/**``, ``tap_helpers`` from
-``tests/attacker/tap``. Test file names must therefore be unique across the
+``cifar_format``, ``image_folder_format``, ``tinyimagenet_format``,
+``gloo_ranks``, ``nproc_cli``, ``replica_helpers``) import from every test,
+``service_helpers`` from ``tests/attacker/**``, ``tap_helpers``,
+``relay_helpers`` and ``h2_frames`` from ``tests/attacker/tap``,
+``browser`` and ``console_helpers`` from ``tests/attacker/console``,
+``synthetic_split`` from ``tests/attacker/attacks``, ``experiment_helpers``
+from ``tests/experiment``. Test file names must therefore be unique across the
 suite. ``pythonpath = ["."]`` (pyproject) puts the repository root on the path
 whatever the working directory, so ``import cem`` finds the package, not the
 folder ``tests/cem`` (a namespace portion, which a package always beats).
