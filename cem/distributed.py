@@ -127,27 +127,8 @@ def process_group(device: torch.device) -> Iterator[tuple[DistributedContext, to
         raise ConfigError(f"expected torchrun's environment with WORLD_SIZE={world_size}, got {missing} unset")
     device = rank_device(device, _env_int("LOCAL_RANK", 0))
     dist.init_process_group(backend_for(device), init_method="env://")
-    with owned_group():
+    try:
         yield current_context(), device
-
-
-@contextmanager
-def owned_group() -> Iterator[None]:
-    """Destroy the default process group (initialised by the caller) when the block ends: once every rank got
-    there (a barrier) when the block succeeded, at once when it raised (the others may never arrive).
-
-    Ranks finish at different times (rank 0 alone scores and writes). A rank that tore its group down and exited
-    while its peer was still finishing has been seen to take that peer down with a gloo abort ("terminate called
-    without an active exception") after all the work was done: twice in about 60 two-rank test runs on a loaded
-    2-core box. Leaving together removes the window in which one end is gone and the other still working.
-    """
-    try:
-        yield
-    except BaseException:
-        dist.destroy_process_group()
-        raise
-    try:
-        dist.barrier()
     finally:
         dist.destroy_process_group()
 

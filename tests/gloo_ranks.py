@@ -11,16 +11,18 @@ import torch
 import torch.distributed as dist
 from torch.multiprocessing.spawn import spawn
 
-from cem.distributed import DistributedContext, current_context, owned_group
+from cem.distributed import DistributedContext, current_context
 
 RankBody = Callable[[int, DistributedContext], dict[str, Any]]
 
 
 def _rank_main(rank: int, body: RankBody, root: str, world: int) -> None:
     dist.init_process_group("gloo", init_method=f"file://{root}/store", rank=rank, world_size=world)
-    with owned_group():
+    try:
         torch.set_num_threads(1)
         torch.save(body(rank, current_context()), Path(root) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
 
 
 def run_on_gloo_ranks(body: RankBody, root: Path, world: int) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from torch.multiprocessing.spawn import spawn
 from attacker.audit import AuditSpec, run_audit
 from attacker.cli import main as attack_main
 from cem.captures.reader import CapturedFeatures
-from cem.distributed import DistributedContext, owned_group
+from cem.distributed import DistributedContext
 from cem.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,9 +71,11 @@ def test_two_processes_write_once_and_reach_the_single_process_band(
 def _cli_worker(rank: int, store: str, root: str, bundle: str) -> None:
     """cem-attack's own ``main`` on each rank of a group made here: ``process_group`` joins it as torchrun's."""
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
-    with owned_group():  # as cem.distributed.process_group leaves a group it made
+    try:
         code = attack_main(["--bundle", bundle, *OPTIMIZE_ARGS, "--out", str(Path(root) / f"out{rank}")])
         (Path(root) / f"code{rank}").write_text(str(code))
+    finally:
+        dist.destroy_process_group()
 
 
 @pytest.mark.e2e

@@ -18,7 +18,7 @@ from torch import nn
 from torch.multiprocessing.spawn import spawn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from cem.distributed import SINGLE_PROCESS, DistributedContext, current_context, owned_group
+from cem.distributed import SINGLE_PROCESS, DistributedContext, current_context
 from training.cem_plugin import CEMConfig, CEMRegularizer
 from training.data_parallel import refit_shared, shard_sampler, wrap_step
 from training.defenses import DefenseStack, create_defense
@@ -105,13 +105,15 @@ def _step(cem: CEMRegularizer, model: nn.Module, batches: list, distributed: Dis
 
 def _worker(rank: int, store: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
-    with owned_group():
+    try:
         torch.set_num_threads(1)
         distributed = current_context()
         cem, fitted, batches = _fitted_on_shards(distributed)
         torch.manual_seed(0)
         model = wrap_step(_TinySplit(), distributed)
         torch.save({"fit": fitted, "step": _step(cem, model, batches, distributed)}, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
 
 
 def _epoch_order() -> torch.Tensor:
