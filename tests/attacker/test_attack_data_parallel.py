@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from gloo_ranks import exit_finished_rank
 from nproc_cli import LAUNCH_VARS, rank0_summary, run_with_two_ranks
 from torch.multiprocessing.spawn import spawn
 
@@ -76,6 +77,7 @@ def _cli_worker(rank: int, store: str, root: str, bundle: str) -> None:
         (Path(root) / f"code{rank}").write_text(str(code))
     finally:
         dist.destroy_process_group()
+    exit_finished_rank()
 
 
 @pytest.mark.e2e

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from gloo_ranks import exit_finished_rank
 from torch import nn
 from torch.multiprocessing.spawn import spawn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
@@ -114,6 +115,7 @@ def _worker(rank: int, store: str, out: str) -> None:
         torch.save({"fit": fitted, "step": _step(cem, model, batches, distributed)}, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+    exit_finished_rank()
 
 
 def _epoch_order() -> torch.Tensor:
