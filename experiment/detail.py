@@ -25,7 +25,7 @@ from typing import Any
 from cem.stats import Estimate
 from experiment.records import COLUMNS, DETAIL_STATS, XI_METRICS, detail_metric, xi_metric
 from experiment.report import Observation, VariantLine, grouped_by_variant, mse_metric, seed_estimate
-from experiment.tables import ATTACK_TITLES, NOT_CONVERGED_MARK, count_suffix, estimates_json
+from experiment.tables import NOT_CONVERGED_MARK, attack_title, count_suffix, estimates_json
 
 STAT_TITLES = {"psnr": "PSNR (dB)", "ssim": "SSIM", "attack_accuracy": "attack acc. %"}
 LEGEND = ("Mean ± 95 % interval (Student t) over seeds, per attack and column (`train`, `infer`); attack acc.: the "
@@ -88,7 +88,7 @@ def _value(stat: str, estimate: Estimate | None, seeds: int) -> str:
 
 def attack_header(attack: str) -> list[str]:
     return ["method", "σ", "λ", "seeds",
-            *(f"{ATTACK_TITLES.get(attack, attack)} {c} {STAT_TITLES[stat]}" for stat in DETAIL_STATS for c in COLUMNS)]
+            *(f"{attack_title(attack)} {c} {STAT_TITLES[stat]}" for stat in DETAIL_STATS for c in COLUMNS)]
 
 
 def attack_lines(table: DetailTable, group: str, attack: str) -> list[list[str]]:
@@ -125,7 +125,7 @@ def rendered_detail(table: DetailTable) -> list[dict[str, Any]]:
     """Per group: one table per attack and the ξ table, as text cells (``detail.md``, the HTML page and
     ``table1.json`` share them)."""
     return [{"group": group,
-             "tables": [*({"title": f"{ATTACK_TITLES.get(a, a)} attack", "header": attack_header(a),
+             "tables": [*({"title": f"{attack_title(a)} attack", "header": attack_header(a),
                            "rows": attack_lines(table, group, a)} for a in table.attacks),
                         {"title": "ξ", "header": XI_HEADER, "rows": xi_lines(table, group)}]}
             for group in table.groups]

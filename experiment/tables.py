@@ -59,7 +59,7 @@ def attack_title(attack: str) -> str:
 
 def header(table: Table1) -> list[str]:
     return ["method", "σ", "λ", "seeds", "acc. %",
-            *(f"{ATTACK_TITLES.get(a, a)} {c} MSE" for a in scored_attacks(table.attacks) for c in COLUMNS)]
+            *(f"{attack_title(a)} {c} MSE" for a in scored_attacks(table.attacks) for c in COLUMNS)]
 
 
 def _mark(count: int | None) -> str:
