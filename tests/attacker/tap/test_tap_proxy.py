@@ -212,8 +212,9 @@ def test_cancellation_and_deadline_reach_the_upstream(tmp_path: Path, channels) 
         responses = channel.stream_stream("/cem.split.v1.SplitInference/InferStream")(iter([b""]), timeout=30)
         for name, call in (("Infer", pending), ("InferStream", responses)):
             assert started[name].wait(30), f"{name} never reached the upstream"
-            # the edge's 30 s deadline (grpc-timeout rounds up slightly), not an open-ended call (None)
-            assert remaining[name] is not None and 0 < remaining[name] <= 30.1
+            # the edge's 30 s deadline, not an open-ended call (None, or grpc's 1e8 "none"): grpc-timeout rounds up
+            # slightly and the server's clock reading can lag under load (30.19 s seen on a loaded 2-core box)
+            assert remaining[name] is not None and 0 < remaining[name] <= 31
             call.cancel()
             assert ended[name].wait(30), f"cancelling {name} at the edge did not cancel it upstream"
         ended["Infer"].clear()
