@@ -14,6 +14,13 @@ many of the line's models an attack reconstructed below it (the verdict
 resolution, the relative ξ at the model's). Neither ξ is a proven floor; a count
 above zero says so for those models in numbers, and a † on a count says that an
 attack behind it did not converge, so a stronger one might have gone below.
+
+With several attacks a head-to-head table sets each later attack against the
+grid's first on the same models: its MSE relative to the first's, paired per
+seed, and the epoch each model's attack returned. Table 1's Strongest column
+says which attack won; this says by how much, and whether a win is a tie in
+disguise: a GAN whose best epoch is 0 returned the decoder attack it starts
+from.
 """
 
 from __future__ import annotations
@@ -22,17 +29,27 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cem.stats import Estimate
-from experiment.records import COLUMNS, DETAIL_STATS, XI_METRICS, detail_metric, xi_metric
-from experiment.report import Observation, VariantLine, grouped_by_variant, mse_metric, seed_estimate
-from experiment.tables import NOT_CONVERGED_MARK, attack_title, count_suffix, estimates_json
+from cem.stats import Estimate, mean_interval
+from experiment.records import BEST_EPOCH, COLUMNS, DETAIL_STATS, XI_METRICS, detail_metric, xi_metric
+from experiment.report import (
+    Observation,
+    VariantLine,
+    grouped_by_variant,
+    mse_metric,
+    paired_change,
+    seed_estimate,
+)
+from experiment.tables import NOT_CONVERGED_MARK, attack_title, count_suffix, estimates_json, gain_text
 
 STAT_TITLES = {"psnr": "PSNR (dB)", "ssim": "SSIM", "attack_accuracy": "attack acc. %"}
 LEGEND = ("Mean ± 95 % interval (Student t) over seeds, per attack and column (`train`, `infer`); attack acc.: the "
           "share of reconstructions the attacker's classifier labels correctly (identity leakage). "
           f"{NOT_CONVERGED_MARK.strip()}: at least one model's attack behind the value did not converge. ξ: per model, "
           "the estimate (H(x) from a Gaussian fit) and the relative ξ (H(x) := 0); neither is a proven floor, and "
-          "'attacks below' counts the models on which an attack reconstructed below it.")
+          "'attacks below' counts the models on which an attack reconstructed below it. Head to head (several "
+          "attacks): each later attack's MSE relative to the first attack's on the same model, paired per seed, "
+          "and per seed the epoch whose network each attack returned (0: its initial one; a GAN's is the decoder "
+          "attack it starts from).")
 
 
 @dataclass(frozen=True)
@@ -47,13 +64,27 @@ class XiLine:
 
 
 @dataclass(frozen=True)
+class DuelLine:
+    """One variant's later attacks against its first. ``line.estimates``: per later attack and column (keyed by
+    ``mse_metric``) its MSE change relative to the first attack's on the same model, in %, over the seeds with
+    both; ``line.not_converged``: of those models, how many had either attack flagged. ``best_epochs``: per
+    attack and column (``mse_metric``), in seed order, the epoch each model's attack returned (None: not stored)
+    and whether that attack was flagged."""
+
+    line: VariantLine
+    best_epochs: Mapping[str, tuple[tuple[int | None, bool], ...]]
+
+
+@dataclass(frozen=True)
 class DetailTable:
-    """The lines of every group, in Table 1's order: per attack metrics (``lines``) and the ξ lines."""
+    """The lines of every group, in Table 1's order: per attack metrics (``lines``), the ξ lines and, with several
+    attacks, the head-to-head lines (``duels``)."""
 
     attacks: tuple[str, ...]
     groups: tuple[str, ...]
     lines: tuple[VariantLine, ...]  # estimates keyed by ``detail_metric``
     xi: tuple[XiLine, ...]
+    duels: tuple[DuelLine, ...] = ()
 
 
 def build_detail(observations: Sequence[Observation], rows: Sequence[str], attacks: Sequence[str]) -> DetailTable:
@@ -75,7 +106,35 @@ def build_detail(observations: Sequence[Observation], rows: Sequence[str], attac
             judged={kind: sum(kind in o.xi_exceeded for o in seen) for kind in XI_METRICS},
             flagged={kind: sum(kind in o.xi_exceeded and bool(o.flags) for o in seen) for kind in XI_METRICS}))
     groups = tuple(dict.fromkeys(v[0] for v in by_variant))
-    return DetailTable(tuple(attacks), groups, tuple(lines), tuple(xi))
+    return DetailTable(tuple(attacks), groups, tuple(lines), tuple(xi), _duels(by_variant, attacks))
+
+
+def _duels(by_variant: Mapping[tuple[str, str, float, float], list[Observation]],
+           attacks: Sequence[str]) -> tuple[DuelLine, ...]:
+    if len(attacks) < 2:
+        return ()
+    first, *later = attacks
+    duels = []
+    for variant, seen in by_variant.items():
+        estimates: dict[str, Estimate | None] = {}
+        flagged: dict[str, int] = {}
+        for attack in later:
+            for column in COLUMNS:
+                metric, base = mse_metric(attack, column), mse_metric(first, column)
+                paired = [o for o in seen if metric in o.values and base in o.values]
+                changes = [change for o in paired
+                           if (change := paired_change(metric, o.values[base], o.values[metric])) is not None]
+                estimates[metric] = mean_interval(changes) if changes else None
+                flagged[metric] = sum(metric in o.flags or base in o.flags for o in paired)
+        best_epochs = {}
+        for attack in attacks:
+            for column in COLUMNS:
+                metric, epoch = mse_metric(attack, column), detail_metric(attack, BEST_EPOCH, column)
+                best_epochs[metric] = tuple((int(o.details[epoch]) if epoch in o.details else None, metric in o.flags)
+                                            for o in seen)
+        duels.append(DuelLine(VariantLine(*variant, seeds=tuple(o.seed for o in seen), estimates=estimates,
+                                          not_converged=flagged), best_epochs))
+    return tuple(duels)
 
 
 def _value(stat: str, estimate: Estimate | None, seeds: int) -> str:
@@ -121,14 +180,48 @@ def xi_lines(table: DetailTable, group: str) -> list[list[str]]:
     return lines
 
 
+def duel_header(attacks: Sequence[str]) -> list[str]:
+    first, *later = attacks
+    return ["method", "σ", "λ", "seeds",
+            *(title for c in COLUMNS for title in (
+                *(f"{attack_title(a)} best epoch {c}" for a in attacks),
+                *(f"{attack_title(a)} vs {attack_title(first)} {c}" for a in later)))]
+
+
+def _epochs(best: Sequence[tuple[int | None, bool]]) -> str:
+    return ", ".join("–" if epoch is None else f"{epoch}{NOT_CONVERGED_MARK if flagged else ''}"
+                     for epoch, flagged in best)
+
+
+def duel_lines(table: DetailTable, group: str) -> list[list[str]]:
+    first, *later = table.attacks
+    lines = []
+    for duel in (d for d in table.duels if d.line.group == group):
+        line = duel.line
+        cells = []
+        for column in COLUMNS:
+            cells += [_epochs(duel.best_epochs[mse_metric(a, column)]) for a in table.attacks]
+            for attack in later:
+                metric = mse_metric(attack, column)
+                cells.append(gain_text(metric, line.estimates.get(metric), len(line.seeds))
+                             + (NOT_CONVERGED_MARK if line.not_converged.get(metric) else ""))
+        lines.append([line.label, f"{line.sigma:g}", f"{line.cem_lambda:g}", str(len(line.seeds)), *cells])
+    return lines
+
+
 def rendered_detail(table: DetailTable) -> list[dict[str, Any]]:
-    """Per group: one table per attack and the ξ table, as text cells (``detail.md``, the HTML page and
-    ``table1.json`` share them)."""
-    return [{"group": group,
-             "tables": [*({"title": f"{attack_title(a)} attack", "header": attack_header(a),
-                           "rows": attack_lines(table, group, a)} for a in table.attacks),
-                        {"title": "ξ", "header": XI_HEADER, "rows": xi_lines(table, group)}]}
-            for group in table.groups]
+    """Per group: one table per attack, the ξ table and, with several attacks, the head-to-head table, as text
+    cells (``detail.md``, the HTML page and ``table1.json`` share them)."""
+    rendered = []
+    for group in table.groups:
+        tables = [*({"title": f"{attack_title(a)} attack", "header": attack_header(a),
+                     "rows": attack_lines(table, group, a)} for a in table.attacks),
+                  {"title": "ξ", "header": XI_HEADER, "rows": xi_lines(table, group)}]
+        if table.duels:
+            tables.append({"title": "Head to head", "header": duel_header(table.attacks),
+                           "rows": duel_lines(table, group)})
+        rendered.append({"group": group, "tables": tables})
+    return rendered
 
 
 def render_detail_markdown(table: DetailTable, title: str) -> str:
@@ -155,6 +248,14 @@ def detail_json(table: DetailTable) -> dict[str, Any]:
                             "xi": estimates_json(x.line.estimates),
                             "attacks_below": dict(x.below), "judged": dict(x.judged),
                             "judged_not_converged": dict(x.flagged)}
-                           for x in table.xi if x.line.group == group]}
+                           for x in table.xi if x.line.group == group],
+                    "head_to_head": [{"method": d.line.label, "row": d.line.row, "sigma": d.line.sigma,
+                                      "cem_lambda": d.line.cem_lambda, "seeds": list(d.line.seeds),
+                                      "mse_change_percent": estimates_json(d.line.estimates),
+                                      "not_converged": dict(d.line.not_converged),
+                                      "best_epochs": {metric: [{"epoch": epoch, "not_converged": flagged}
+                                                               for epoch, flagged in best]
+                                                      for metric, best in d.best_epochs.items()}}
+                                     for d in table.duels if d.line.group == group]}
                    for group in table.groups],
     }

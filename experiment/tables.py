@@ -87,7 +87,9 @@ def _gain(metric: str, value: float | None, half_width: float | None = None) -> 
     return f"{value:{spec}}{interval}{unit}"
 
 
-def _gain_estimate(metric: str, estimate: Estimate | None, seeds: int | None = None) -> str:
+def gain_text(metric: str, estimate: Estimate | None, seeds: int | None = None) -> str:
+    """A paired change as Table 1 prints it ("+12.3 ± 4.5 %", accuracy in points), " (n=k)" where it stands on
+    another number of models than ``seeds``."""
     if estimate is None:
         return "n/a"
     half = estimate.to_dict()["ci95"]
@@ -116,7 +118,7 @@ def table_lines(table: Table1, group: str) -> list[list[str]]:
         if gain is not None:
             lines.append([f"CEM gain, {line.row} (paired)", f"{gain.sigma:g}", f"{gain.cem_lambda:g}",
                           str(len(gain.seeds)),
-                          *(_gain_estimate(m, gain.estimates.get(m), len(gain.seeds)) + _mark(gain.not_converged.get(m))
+                          *(gain_text(m, gain.estimates.get(m), len(gain.seeds)) + _mark(gain.not_converged.get(m))
                             for m in table.metrics)])
     for block in (b for b in table.averages if b.group == group):
         seeds = _block_seeds(block.without_cem)

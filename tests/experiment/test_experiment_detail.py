@@ -95,3 +95,65 @@ def test_a_diverged_attack_gives_no_verdict_and_a_flag_marks_only_values_its_mod
     assert with_cem.judged == {"estimate": 1, "relative": 2} and with_cem.below == {"estimate": 1, "relative": 2}
     line = table.lines[1]
     assert line.not_converged["decoder_ssim_train"] == 0 and line.not_converged["decoder_psnr_train"] == 1
+
+
+def make_duel_store(root: Path) -> tuple[Plan, CellStore]:
+    """Two seeds of one model attacked by the decoder and by the GAN; the GAN cell of seed 2 is not stored."""
+    store = CellStore(root)
+    store.create()
+    # seed -> attack -> (MSE train, MSE infer, best epoch train, best epoch infer, train column flagged)
+    scores = {1: {"decoder": (0.004, 0.010, 49, 50, True), "gan": (0.004, 0.008, 0, 146, False)},
+              2: {"decoder": (0.005, 0.012, 48, 47, False), "gan": (0.006, 0.009, 130, 120, False)}}
+    trains, attacks = [], []
+    for seed, by_attack in scores.items():
+        train = TrainCell(f"b{seed}", "digits", "vgg11_bn_sgm", 4, "Bottleneck", 0.1, 0.0, seed, (), {})
+        trains.append(train)
+        store.output_dir("train", train.key).mkdir(parents=True)
+        (store.output_dir("train", train.key) / "manifest.json").write_text("{}")
+        store.save({"kind": "train", "key": train.key, "accuracy": 0.98, "model_id": f"model-{train.key}",
+                    "metrics": {}})
+        for attack, (mse_train, mse_infer, best_train, best_infer, flagged) in by_attack.items():
+            cell = AttackCell(f"{attack}{seed}", train.key, attack, seed, (), {})
+            attacks.append(cell)
+            if (seed, attack) == (2, "gan"):
+                continue
+            outputs = store.output_dir("attack", cell.key)
+            outputs.mkdir(parents=True)
+            (outputs / "metrics.json").write_text("{}")
+            store.save({"kind": "attack", "key": cell.key, "train_key": train.key,
+                        "model_id": f"model-{train.key}",
+                        "metrics": {"train": {"mse": mse_train}, "infer": {"mse": mse_infer}},
+                        "columns": {"train": {"best_epoch": best_train,
+                                              "not_converged": "best epoch is the last" if flagged else None},
+                                    "infer": {"best_epoch": best_infer, "not_converged": None}}})
+    plan = Plan("duel", ("Bottleneck",), ("decoder", "gan"), tuple(trains), tuple(attacks), {})
+    store.write_plan(plan)
+    return plan, store
+
+
+def test_head_to_head_pairs_each_later_attack_with_the_first_on_the_same_model(tmp_path: Path) -> None:
+    """The GAN against the decoder it starts from: the MSE change only on the seeds both attacks scored, a † when
+    either attack behind it was flagged, and per seed the best epoch each attack returned ('–' where missing)."""
+    plan, store = make_duel_store(tmp_path)
+    table = build_detail(collect(plan, store).observations, plan.rows, plan.attacks)
+    (duel,) = table.duels
+    infer = duel.line.estimates["gan_mse_infer"]
+    assert infer is not None and infer.n == 1 and infer.mean == pytest.approx(-20.0)  # seed 1: 0.008 vs 0.010
+    train = duel.line.estimates["gan_mse_train"]
+    assert train is not None and train.mean == pytest.approx(0.0)  # best epoch 0: the decoder it started from
+    assert duel.line.not_converged == {"gan_mse_train": 1, "gan_mse_infer": 0}  # the decoder's flag counts
+    assert duel.best_epochs["gan_mse_infer"] == ((146, False), (None, False))
+    assert duel.best_epochs["decoder_mse_train"] == ((49, True), (48, False))
+    rendered = detail_json(table)["rendered"][0]["tables"]
+    assert [part["title"] for part in rendered] == ["Dec. attack", "GAN attack", "ξ", "Head to head"]
+    head = rendered[3]
+    assert head["header"][4:] == ["Dec. best epoch train", "GAN best epoch train", "GAN vs Dec. train",
+                                  "Dec. best epoch infer", "GAN best epoch infer", "GAN vs Dec. infer"]
+    assert head["rows"] == [["Bottleneck", "0.1", "0", "2", "49 †, 48", "0, –", "+0.0 % (n=1) †",
+                             "50, 47", "146, –", "-20.0 % (n=1)"]]
+    (group,) = detail_json(table)["groups"]
+    (entry,) = group["head_to_head"]
+    assert entry["mse_change_percent"]["gan_mse_infer"]["mean"] == pytest.approx(-20.0)
+    assert entry["best_epochs"]["gan_mse_train"] == [{"epoch": 0, "not_converged": False},
+                                                     {"epoch": None, "not_converged": False}]
+    assert "### Head to head" in render_detail_markdown(table, "duel")

@@ -203,7 +203,7 @@ def test_table1_is_rendered_row_for_row_as_table1_md_with_its_notes_and_figures(
     assert SPEC_TEXT in text and 'name = &#34;console-demo&#34;' in page  # the spec, escaped
     # beyond MSE, as detail.md has it: the Bottleneck row's decoder PSNR over its two seeds (30 and 31 dB)
     beyond = page.split('id="beyond-mse"', 1)[1]
-    assert beyond.count('<table class="detail">') == 3  # per attack, and the ξ table
+    assert beyond.count('<table class="detail">') == 4  # per attack, the ξ table, the two attacks head to head
     assert '<th scope="row" class="text">Bottleneck</th><td>0.1</td><td>0</td><td>2</td><td>30.50 ± 6.35</td>' in beyond
     assert "| 30.50 ± 6.35 |" in (experiments_root / "hand" / "report" / "detail.md").read_text(encoding="utf-8")
     assert 'style="' not in page and "<script>" not in page  # the CSP forbids both
