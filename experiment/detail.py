@@ -1,4 +1,5 @@
-"""Beside Table 1: the attacks' PSNR, SSIM and attack accuracy, and each model's two ξ against what was achieved.
+"""Beside Table 1: the attacks' PSNR, SSIM and attack accuracy, each model's two ξ against what was achieved, and
+the attacks head to head.
 
 Table 1 carries MSE only, as the paper's does; a reader comparing with other
 work also asks for PSNR and SSIM, and an auditor for how much identity the
@@ -48,8 +49,9 @@ LEGEND = ("Mean ± 95 % interval (Student t) over seeds, per attack and column (
           "the estimate (H(x) from a Gaussian fit) and the relative ξ (H(x) := 0); neither is a proven floor, and "
           "'attacks below' counts the models on which an attack reconstructed below it. Head to head (several "
           "attacks): each later attack's MSE relative to the first attack's on the same model, paired per seed, "
-          "and per seed the epoch whose network each attack returned (0: its initial one; a GAN's is the decoder "
-          "attack it starts from).")
+          "on the seeds both scored (a seed whose first attack scored MSE 0 has no relative change and is left out), "
+          "and per seed the epoch whose network each learned attack returned (0: its initial one; a GAN's is the "
+          "decoder attack it starts from; –: none stored).")
 
 
 @dataclass(frozen=True)
@@ -67,11 +69,13 @@ class XiLine:
 class DuelLine:
     """One variant's later attacks against its first. ``line.estimates``: per later attack and column (keyed by
     ``mse_metric``) its MSE change relative to the first attack's on the same model, in %, over the seeds with
-    both; ``line.not_converged``: of those models, how many had either attack flagged. ``best_epochs``: per
-    attack and column (``mse_metric``), in seed order, the epoch each model's attack returned (None: not stored)
-    and whether that attack was flagged."""
+    both; ``line.not_converged``: of those models, how many had either attack flagged; ``zero_baseline``: the
+    seeds left out because the first attack's MSE is 0 (no relative change). ``best_epochs``: per attack and column
+    (keyed by ``detail_metric(attack, BEST_EPOCH, column)``), in seed order, the epoch each model's attack returned
+    (None: none stored) and whether that attack was flagged."""
 
     line: VariantLine
+    zero_baseline: Mapping[str, int]
     best_epochs: Mapping[str, tuple[tuple[int | None, bool], ...]]
 
 
@@ -84,7 +88,7 @@ class DetailTable:
     groups: tuple[str, ...]
     lines: tuple[VariantLine, ...]  # estimates keyed by ``detail_metric``
     xi: tuple[XiLine, ...]
-    duels: tuple[DuelLine, ...] = ()
+    duels: tuple[DuelLine, ...]
 
 
 def build_detail(observations: Sequence[Observation], rows: Sequence[str], attacks: Sequence[str]) -> DetailTable:
@@ -111,6 +115,8 @@ def build_detail(observations: Sequence[Observation], rows: Sequence[str], attac
 
 def _duels(by_variant: Mapping[tuple[str, str, float, float], list[Observation]],
            attacks: Sequence[str]) -> tuple[DuelLine, ...]:
+    """Each later attack against the grid's first, model by model: a GAN starts from the decoder attack, so the
+    pair says what the extra training bought; one attack has nothing to be set against."""
     if len(attacks) < 2:
         return ()
     first, *later = attacks
@@ -118,22 +124,23 @@ def _duels(by_variant: Mapping[tuple[str, str, float, float], list[Observation]]
     for variant, seen in by_variant.items():
         estimates: dict[str, Estimate | None] = {}
         flagged: dict[str, int] = {}
+        zero: dict[str, int] = {}
         for attack in later:
             for column in COLUMNS:
                 metric, base = mse_metric(attack, column), mse_metric(first, column)
                 paired = [o for o in seen if metric in o.values and base in o.values]
-                changes = [change for o in paired
-                           if (change := paired_change(metric, o.values[base], o.values[metric])) is not None]
-                estimates[metric] = mean_interval(changes) if changes else None
+                changes = [paired_change(metric, o.values[base], o.values[metric]) for o in paired]
+                estimates[metric] = mean_interval(kept) if (kept := [c for c in changes if c is not None]) else None
                 flagged[metric] = sum(metric in o.flags or base in o.flags for o in paired)
+                zero[metric] = sum(c is None for c in changes)
         best_epochs = {}
         for attack in attacks:
             for column in COLUMNS:
                 metric, epoch = mse_metric(attack, column), detail_metric(attack, BEST_EPOCH, column)
-                best_epochs[metric] = tuple((int(o.details[epoch]) if epoch in o.details else None, metric in o.flags)
-                                            for o in seen)
+                best_epochs[epoch] = tuple((int(o.details[epoch]) if epoch in o.details else None, metric in o.flags)
+                                           for o in seen)
         duels.append(DuelLine(VariantLine(*variant, seeds=tuple(o.seed for o in seen), estimates=estimates,
-                                          not_converged=flagged), best_epochs))
+                                          not_converged=flagged), zero, best_epochs))
     return tuple(duels)
 
 
@@ -200,7 +207,7 @@ def duel_lines(table: DetailTable, group: str) -> list[list[str]]:
         line = duel.line
         cells = []
         for column in COLUMNS:
-            cells += [_epochs(duel.best_epochs[mse_metric(a, column)]) for a in table.attacks]
+            cells += [_epochs(duel.best_epochs[detail_metric(a, BEST_EPOCH, column)]) for a in table.attacks]
             for attack in later:
                 metric = mse_metric(attack, column)
                 cells.append(gain_text(metric, line.estimates.get(metric), len(line.seeds))
@@ -253,6 +260,7 @@ def detail_json(table: DetailTable) -> dict[str, Any]:
                                       "cem_lambda": d.line.cem_lambda, "seeds": list(d.line.seeds),
                                       "mse_change_percent": estimates_json(d.line.estimates),
                                       "not_converged": dict(d.line.not_converged),
+                                      "zero_baseline": dict(d.zero_baseline),
                                       "best_epochs": {metric: [{"epoch": epoch, "not_converged": flagged}
                                                                for epoch, flagged in best]
                                                       for metric, best in d.best_epochs.items()}}

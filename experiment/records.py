@@ -136,7 +136,8 @@ def attack_record(cell: AttackCell, result: Mapping[str, Any], *, wall_s: float,
 
 # What the report shows beside Table 1's MSE (experiment.detail): per attack and column, from metrics.json
 DETAIL_STATS = ("psnr", "ssim", "attack_accuracy")
-# ... and per column the epoch whose network the attack returned (0: its initial one), from the record's columns
+# ... and per column the epoch whose network a learned attack returned (0: its initial one), from the record's
+# columns; an optimisation attack has steps, not epochs, and no such number
 BEST_EPOCH = "best_epoch"
 # ... and per model, from the train record's metrics: its two ξ (cem.bounds), by kind
 XI_METRICS = {"estimate": "mse_bound_xi_estimate", "relative": "mse_bound_xi"}
@@ -165,15 +166,16 @@ def model_details(train: Mapping[str, Any]) -> dict[str, float]:
 
 
 def attack_details(attack: str, record: Mapping[str, Any]) -> dict[str, float]:
-    """An attack record's PSNR, SSIM, attack accuracy and best epoch per column, where finite."""
+    """An attack record's PSNR, SSIM and attack accuracy per column, where finite, and a learned attack's best
+    epoch."""
     found = {}
     for column in COLUMNS:
         metrics = (record.get("metrics") or {}).get(column) or {}
         for stat in DETAIL_STATS:
             if (value := finite_number(metrics.get(stat))) is not None:
                 found[detail_metric(attack, stat, column)] = value
-        best = ((record.get("columns") or {}).get(column) or {}).get(BEST_EPOCH)
-        if (epoch := finite_number(best)) is not None:
+        detail = (record.get("columns") or {}).get(column) or {}
+        if "optimize" not in detail and (epoch := finite_number(detail.get(BEST_EPOCH))) is not None:
             found[detail_metric(attack, BEST_EPOCH, column)] = epoch
     return found
 

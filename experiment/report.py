@@ -84,7 +84,8 @@ class Observation:
     flags: Mapping[str, str] = field(default_factory=dict)
     attack_keys: Mapping[str, str] = field(default_factory=dict)
     unjudged: Mapping[str, str] = field(default_factory=dict)
-    # beside Table 1 (experiment.detail): per attack and column PSNR, SSIM and attack accuracy, and the model's ξ
+    # beside Table 1 (experiment.detail): per attack and column PSNR, SSIM, attack accuracy and best epoch, and the
+    # model's ξ
     details: Mapping[str, float] = field(default_factory=dict)
     # per ξ kind (estimate, relative): whether one of the model's attacks reconstructed below it
     xi_exceeded: Mapping[str, bool] = field(default_factory=dict)
@@ -240,11 +241,12 @@ def seed_estimate(per_model: Iterable[Mapping[str, float]], metric: str) -> Esti
     return _estimate(numbers[metric] for numbers in per_model if metric in numbers)
 
 
-def paired_change(metric: str, without: float, with_cem: float) -> float | None:
-    """CEM's gain on one metric: accuracy in points, anything else (MSE) as relative change in %."""
+def paired_change(metric: str, base: float, other: float) -> float | None:
+    """``other`` against ``base`` on one metric (CEM's gain, or one attack against another): accuracy in points,
+    anything else (MSE) as relative change in %; None for a relative change from 0."""
     if metric == ACCURACY:
-        return 100.0 * (with_cem - without)
-    return 100.0 * (with_cem - without) / without if without else None
+        return 100.0 * (other - base)
+    return 100.0 * (other - base) / base if base else None
 
 
 def grouped_by_variant(observations: Sequence[Observation],

@@ -98,62 +98,85 @@ def test_a_diverged_attack_gives_no_verdict_and_a_flag_marks_only_values_its_mod
 
 
 def make_duel_store(root: Path) -> tuple[Plan, CellStore]:
-    """Two seeds of one model attacked by the decoder and by the GAN; the GAN cell of seed 2 is not stored."""
+    """Three attacks on the Bottleneck models of two table groups (cut 4: seeds 1 and 2; cut 3: seed 1); the GAN
+    cell of cut 4 seed 2 is not stored, and on cut 3 the decoder's train MSE is 0."""
     store = CellStore(root)
     store.create()
-    # seed -> attack -> (MSE train, MSE infer, best epoch train, best epoch infer, train column flagged)
-    scores = {1: {"decoder": (0.004, 0.010, 49, 50, True), "gan": (0.004, 0.008, 0, 146, False)},
-              2: {"decoder": (0.005, 0.012, 48, 47, False), "gan": (0.006, 0.009, 130, 120, False)}}
+    # (cut, seed) -> attack -> (MSE train, MSE infer, best epoch train, best epoch infer, flagged columns)
+    scores = {(4, 1): {"decoder": (0.004, 0.010, 49, 50, {"train"}), "gan": (0.004, 0.008, 0, 146, {"infer"}),
+                       "optimize": (0.02, 0.05, 300, 300, set())},
+              (4, 2): {"decoder": (0.005, 0.012, 48, 47, set()), "optimize": (0.01, 0.024, 300, 300, set())},
+              (3, 1): {"decoder": (0.0, 0.002, 10, 12, set()), "gan": (0.001, 0.001, 3, 4, set()),
+                       "optimize": (0.002, 0.004, 300, 300, set())}}
     trains, attacks = [], []
-    for seed, by_attack in scores.items():
-        train = TrainCell(f"b{seed}", "digits", "vgg11_bn_sgm", 4, "Bottleneck", 0.1, 0.0, seed, (), {})
+    for (cut, seed), by_attack in scores.items():
+        train = TrainCell(f"c{cut}s{seed}", "digits", "vgg11_bn_sgm", cut, "Bottleneck", 0.1, 0.0, seed, (), {})
         trains.append(train)
         store.output_dir("train", train.key).mkdir(parents=True)
         (store.output_dir("train", train.key) / "manifest.json").write_text("{}")
         store.save({"kind": "train", "key": train.key, "accuracy": 0.98, "model_id": f"model-{train.key}",
                     "metrics": {}})
-        for attack, (mse_train, mse_infer, best_train, best_infer, flagged) in by_attack.items():
-            cell = AttackCell(f"{attack}{seed}", train.key, attack, seed, (), {})
+        for attack in ("decoder", "gan", "optimize"):
+            cell = AttackCell(f"{attack}-{train.key}", train.key, attack, seed, (), {})
             attacks.append(cell)
-            if (seed, attack) == (2, "gan"):
+            if attack not in by_attack:
                 continue
+            mse_train, mse_infer, best_train, best_infer, flagged = by_attack[attack]
             outputs = store.output_dir("attack", cell.key)
             outputs.mkdir(parents=True)
             (outputs / "metrics.json").write_text("{}")
+            columns = {column: {"best_epoch": best, "not_converged": "best epoch is its last" if column in flagged
+                                else None, **({"optimize": {"steps": 300}} if attack == "optimize" else {})}
+                       for column, best in (("train", best_train), ("infer", best_infer))}
             store.save({"kind": "attack", "key": cell.key, "train_key": train.key,
-                        "model_id": f"model-{train.key}",
-                        "metrics": {"train": {"mse": mse_train}, "infer": {"mse": mse_infer}},
-                        "columns": {"train": {"best_epoch": best_train,
-                                              "not_converged": "best epoch is the last" if flagged else None},
-                                    "infer": {"best_epoch": best_infer, "not_converged": None}}})
-    plan = Plan("duel", ("Bottleneck",), ("decoder", "gan"), tuple(trains), tuple(attacks), {})
+                        "model_id": f"model-{train.key}", "columns": columns,
+                        "metrics": {"train": {"mse": mse_train}, "infer": {"mse": mse_infer}}})
+    plan = Plan("duel", ("Bottleneck",), ("decoder", "gan", "optimize"), tuple(trains), tuple(attacks), {})
     store.write_plan(plan)
     return plan, store
 
 
 def test_head_to_head_pairs_each_later_attack_with_the_first_on_the_same_model(tmp_path: Path) -> None:
-    """The GAN against the decoder it starts from: the MSE change only on the seeds both attacks scored, a † when
-    either attack behind it was flagged, and per seed the best epoch each attack returned ('–' where missing)."""
+    """Each later attack against the decoder, per table group: the MSE change only on the seeds both attacks
+    scored (none from a zero decoder MSE, counted), a † when either attack behind it was flagged, and per seed the
+    best epoch each learned attack returned ('–' where none: a missing cell, an optimisation attack)."""
     plan, store = make_duel_store(tmp_path)
     table = build_detail(collect(plan, store).observations, plan.rows, plan.attacks)
-    (duel,) = table.duels
-    infer = duel.line.estimates["gan_mse_infer"]
+    cut4, cut3 = table.duels
+    assert (cut4.line.group, cut3.line.group) == ("digits · vgg11_bn_sgm cut 4", "digits · vgg11_bn_sgm cut 3")
+    infer = cut4.line.estimates["gan_mse_infer"]
     assert infer is not None and infer.n == 1 and infer.mean == pytest.approx(-20.0)  # seed 1: 0.008 vs 0.010
-    train = duel.line.estimates["gan_mse_train"]
+    train = cut4.line.estimates["gan_mse_train"]
     assert train is not None and train.mean == pytest.approx(0.0)  # best epoch 0: the decoder it started from
-    assert duel.line.not_converged == {"gan_mse_train": 1, "gan_mse_infer": 0}  # the decoder's flag counts
-    assert duel.best_epochs["gan_mse_infer"] == ((146, False), (None, False))
-    assert duel.best_epochs["decoder_mse_train"] == ((49, True), (48, False))
-    rendered = detail_json(table)["rendered"][0]["tables"]
-    assert [part["title"] for part in rendered] == ["Dec. attack", "GAN attack", "ξ", "Head to head"]
-    head = rendered[3]
-    assert head["header"][4:] == ["Dec. best epoch train", "GAN best epoch train", "GAN vs Dec. train",
-                                  "Dec. best epoch infer", "GAN best epoch infer", "GAN vs Dec. infer"]
-    assert head["rows"] == [["Bottleneck", "0.1", "0", "2", "49 †, 48", "0, –", "+0.0 % (n=1) †",
-                             "50, 47", "146, –", "-20.0 % (n=1)"]]
-    (group,) = detail_json(table)["groups"]
-    (entry,) = group["head_to_head"]
-    assert entry["mse_change_percent"]["gan_mse_infer"]["mean"] == pytest.approx(-20.0)
-    assert entry["best_epochs"]["gan_mse_train"] == [{"epoch": 0, "not_converged": False},
-                                                     {"epoch": None, "not_converged": False}]
+    optimize = cut4.line.estimates["optimize_mse_train"]  # seeds 1 and 2: +400 % and +100 %
+    assert optimize is not None and (optimize.n, optimize.mean) == (2, pytest.approx(250.0))
+    # the decoder's train flag and the GAN's infer flag each count once, on the pairs they are behind
+    assert cut4.line.not_converged == {"gan_mse_train": 1, "gan_mse_infer": 1, "optimize_mse_train": 1,
+                                       "optimize_mse_infer": 0}
+    assert cut4.best_epochs["gan_best_epoch_infer"] == ((146, True), (None, False))
+    assert cut4.best_epochs["decoder_best_epoch_train"] == ((49, True), (48, False))
+    assert cut4.best_epochs["optimize_best_epoch_train"] == ((None, False), (None, False))  # steps, not epochs
+    assert cut3.line.estimates["gan_mse_train"] is None and cut3.zero_baseline["gan_mse_train"] == 1
+    assert cut3.line.estimates["gan_mse_infer"] is not None and cut3.zero_baseline["gan_mse_infer"] == 0
+
+    data = detail_json(table)
+    cut4_tables, cut3_tables = (group["tables"] for group in data["rendered"])
+    assert [part["title"] for part in cut4_tables] == ["Dec. attack", "GAN attack", "Opt. attack", "ξ",
+                                                       "Head to head"]
+    head = cut4_tables[4]
+    assert head["header"][4:] == [
+        "Dec. best epoch train", "GAN best epoch train", "Opt. best epoch train", "GAN vs Dec. train",
+        "Opt. vs Dec. train", "Dec. best epoch infer", "GAN best epoch infer", "Opt. best epoch infer",
+        "GAN vs Dec. infer", "Opt. vs Dec. infer"]
+    assert head["rows"] == [["Bottleneck", "0.1", "0", "2", "49 †, 48", "0, –", "–, –", "+0.0 % (n=1) †",
+                             "+250.0 ± 1905.9 % †", "50, 47", "146 †, –", "–, –", "-20.0 % (n=1) †",
+                             "+250.0 ± 1905.9 %"]]
+    assert cut3_tables[4]["rows"] == [["Bottleneck", "0.1", "0", "1", "10", "3", "–", "n/a", "n/a",
+                                       "12", "4", "–", "-50.0 %", "+100.0 %"]]
+    cut4_json, cut3_json = (group["head_to_head"] for group in data["groups"])
+    assert [entry["seeds"] for entry in (*cut4_json, *cut3_json)] == [[1, 2], [1]]
+    assert cut4_json[0]["mse_change_percent"]["gan_mse_infer"]["mean"] == pytest.approx(-20.0)
+    assert cut4_json[0]["best_epochs"]["gan_best_epoch_train"] == [{"epoch": 0, "not_converged": False},
+                                                                   {"epoch": None, "not_converged": False}]
+    assert cut3_json[0]["zero_baseline"]["gan_mse_train"] == 1
     assert "### Head to head" in render_detail_markdown(table, "duel")

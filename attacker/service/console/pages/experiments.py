@@ -77,7 +77,7 @@ class DetailGroup(_Record):
 
 
 class DetailRecord(_Record):
-    """The tables beside Table 1 (PSNR, SSIM, attack accuracy, ξ) as ``detail.md`` shows them
+    """The tables beside Table 1 (PSNR, SSIM, attack accuracy, ξ, attacks head to head) as ``detail.md`` shows them
     (``experiment.detail.detail_json``)."""
 
     legend: str
