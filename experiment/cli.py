@@ -30,6 +30,7 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -101,25 +102,49 @@ def adopt_cells(plan: Plan, store: CellStore, sources: list[CellStore]) -> int:
     return adopted
 
 
+def reusable_cells(plan: Plan, store: CellStore, sources: list[CellStore]) -> set[tuple[str, str]]:
+    """The (kind, key) of every cell ``adopt_cells`` would copy, found without copying (``--dry-run``)."""
+    would: dict[str, Mapping[str, Any]] = {}  # train records it would adopt: their attacks follow them
+
+    def our_train(key: str) -> Mapping[str, Any] | None:
+        return would.get(key) or store.load("train", key)
+
+    found = set()
+    for cell in plan.runnable():
+        if store.load(cell.kind, cell.key) is not None:
+            continue
+        record = next((r for source in sources
+                       if (r := store.adoptable(source, cell.kind, cell.key, our_train)) is not None), None)
+        if record is not None:
+            found.add((cell.kind, cell.key))
+            if cell.kind == "train":
+                would[cell.key] = record
+    return found
+
+
 def _trains_by_key(plan: Plan) -> dict[str, TrainCell]:
     return {cell.key: cell for cell in plan.train}
 
 
-def print_dry_run(plan: Plan, store: CellStore) -> None:
-    """One line per distinct cell: kind, key, ``cached``, ``to-run`` or ``rebuild`` (its record is stored, its
-    bundle is not and an attack to run needs it), and what it is."""
+def print_dry_run(plan: Plan, store: CellStore, sources: list[CellStore]) -> None:
+    """One line per distinct cell: kind, key, ``cached``, ``reuse`` (``--reuse-from`` would copy it), ``to-run``
+    or ``rebuild`` (its record is stored, its bundle is not and an attack to run needs it), and what it is."""
     trains = _trains_by_key(plan)
     done, rebuild = GridRunner(plan, store, RunOptions(progress=False)).plan_state()
-    cached = 0
+    reusable = reusable_cells(plan, store, sources)
     cells = plan.runnable()
+    states = []
     for cell in cells:
-        stored = (cell.kind, cell.key) in done
-        cached += stored
-        state = "cached" if stored else "rebuild" if cell.kind == "train" and cell.key in rebuild else "to-run"
+        state = ("cached" if (cell.kind, cell.key) in done else "reuse" if (cell.kind, cell.key) in reusable
+                 else "rebuild" if cell.kind == "train" and cell.key in rebuild else "to-run")
+        states.append(state)
         what = (f"{cell.attack} on {trains[cell.train_key].describe()}" if isinstance(cell, AttackCell)
                 else cell.describe())
         print(f"{cell.kind:<6} {cell.key}  {state:<7} {what}")
-    print(f"{len(cells)} cells: {cached} cached, {len(cells) - cached} to run ({plan.name}; nothing was run)")
+    cached, reused = states.count("cached"), states.count("reuse")
+    copied = f"{reused} to copy from --reuse-from, " if sources else ""
+    print(f"{len(cells)} cells: {cached} cached, {copied}{len(cells) - cached - reused} to run "
+          f"({plan.name}; nothing was run)")
 
 
 class Terminated(KeyboardInterrupt):
@@ -164,7 +189,7 @@ def run_command(args: argparse.Namespace) -> int:
     now = plan.selected(rows=args.rows, attacks=args.attacks, seeds=args.seeds)
     store = CellStore(args.out)
     if args.dry_run:
-        print_dry_run(now, store)
+        print_dry_run(now, store, [CellStore(folder) for folder in args.reuse_from])
         if now != plan:
             print(f"(a slice: {len(now.runnable())} of the plan's {len(plan.runnable())} cells)")
         return 0

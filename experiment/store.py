@@ -36,7 +36,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -133,19 +133,30 @@ class CellStore:
         write_durably(path, (json.dumps(record, indent=2, sort_keys=True, default=str) + "\n").encode())
         return path
 
+    def adoptable(self, source: CellStore, kind: str, key: str,
+                  our_train: Callable[[str], Mapping[str, Any] | None] | None = None) -> dict[str, Any] | None:
+        """The record of the cell ``adopt`` would copy from ``source``, or None: ``source`` does not hold it
+        (``load``'s checks), or it is an attack whose bundle this folder does not hold as ``source`` does.
+        ``our_train`` looks up this folder's train records (default: what it holds; a dry run adds the ones it
+        would adopt first)."""
+        record = source.load(kind, key)
+        if record is None:
+            return None
+        if kind == "attack":
+            train_key = str(record.get("train_key"))
+            ours = (our_train or (lambda k: self.load("train", k)))(train_key)
+            theirs = source.load("train", train_key)
+            if ours is None or theirs is None or ours.get("model_id") != theirs.get("model_id"):
+                return None
+        return record
+
     def adopt(self, source: CellStore, kind: str, key: str) -> bool:
         """Copy a finished cell from another output folder: its outputs, its log, then its record (last, as a
         cell's own run writes it). Keys are the resolved configuration's, so the same key there is the same
-        cell. False when ``source`` does not hold it (``load``'s checks), or for an attack whose bundle this
-        folder does not hold as ``source`` does: a train cell is adopted before its attacks."""
-        record = source.load(kind, key)
+        cell. False where ``adoptable`` finds nothing to copy: a train cell is adopted before its attacks."""
+        record = self.adoptable(source, kind, key)
         if record is None:
             return False
-        if kind == "attack":
-            train_key = str(record.get("train_key"))
-            ours, theirs = self.load("train", train_key), source.load("train", train_key)
-            if ours is None or theirs is None or ours.get("model_id") != theirs.get("model_id"):
-                return False
         if source.has_outputs(kind, key):  # a train cell's bundle may have been left out (the module docstring)
             tmp = self.new_tmp_dir(kind, key)
             shutil.copytree(source.output_dir(kind, key), tmp, symlinks=True)

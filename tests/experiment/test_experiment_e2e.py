@@ -172,6 +172,11 @@ def test_two_seeds_give_intervals_from_the_stored_numbers(smoke: SmokeRun, tmp_p
     spec.write_text(text.replace(dropout, "").replace("seeds = [0]\n", "seeds = [0, 1]\n")
                     .replace("cem_lambdas = [0, 2]\n", "cem_lambdas = [0]\n"))
     out = tmp_path / "out"
+    dry = run("run", str(spec), "--out", str(out), "--dry-run", "--reuse-from", str(smoke.out), timeout_s=180)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "4 cells: 0 cached, 2 to copy from --reuse-from, 2 to run" in dry.stdout  # the attack after its bundle
+    assert [line.split()[2] for line in dry.stdout.splitlines() if " seed 0" in line] == ["reuse", "reuse"]
+    assert not out.exists()  # a dry run copies nothing
     done = run("run", str(spec), "--out", str(out), "--jobs", "2", "--threads", "1", "--device", "cpu",
                "--no-progress", "--reuse-from", str(smoke.out))
     assert done.returncode == 0, done.stderr[-3000:]
