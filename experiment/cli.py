@@ -102,23 +102,21 @@ def adopt_cells(plan: Plan, store: CellStore, sources: list[CellStore]) -> int:
     return adopted
 
 
-def reusable_cells(plan: Plan, store: CellStore, sources: list[CellStore]) -> set[tuple[str, str]]:
-    """The (kind, key) of every cell ``adopt_cells`` would copy, found without copying (``--dry-run``)."""
-    would: dict[str, Mapping[str, Any]] = {}  # train records it would adopt: their attacks follow them
-
-    def our_train(key: str) -> Mapping[str, Any] | None:
-        return would.get(key) or store.load("train", key)
-
-    found = set()
+def reusable_cells(plan: Plan, store: CellStore, sources: list[CellStore]) -> dict[tuple[str, str], CellStore]:
+    """The (kind, key) of every cell ``adopt_cells`` would copy, with the folder it would come from, found without
+    copying (``--dry-run``)."""
+    planned: dict[str, Mapping[str, Any]] = {}  # train records it would adopt: their attacks follow them
+    found: dict[tuple[str, str], CellStore] = {}
     for cell in plan.runnable():
         if store.load(cell.kind, cell.key) is not None:
             continue
-        record = next((r for source in sources
-                       if (r := store.adoptable(source, cell.kind, cell.key, our_train)) is not None), None)
-        if record is not None:
-            found.add((cell.kind, cell.key))
-            if cell.kind == "train":
-                would[cell.key] = record
+        for source in sources:
+            record = store.adoptable(source, cell.kind, cell.key, planned)
+            if record is not None:
+                found[(cell.kind, cell.key)] = source
+                if cell.kind == "train":
+                    planned[cell.key] = record
+                break
     return found
 
 
@@ -128,15 +126,20 @@ def _trains_by_key(plan: Plan) -> dict[str, TrainCell]:
 
 def print_dry_run(plan: Plan, store: CellStore, sources: list[CellStore]) -> None:
     """One line per distinct cell: kind, key, ``cached``, ``reuse`` (``--reuse-from`` would copy it), ``to-run``
-    or ``rebuild`` (its record is stored, its bundle is not and an attack to run needs it), and what it is."""
+    or ``rebuild`` (its record is stored or would be copied, its bundle would not be there, and an attack to run
+    needs it: it trains again), and what it is; the folder is judged as it will be after the copy."""
     trains = _trains_by_key(plan)
-    done, rebuild = GridRunner(plan, store, RunOptions(progress=False)).plan_state()
-    reusable = reusable_cells(plan, store, sources)
+    copies = reusable_cells(plan, store, sources)
+    done, rebuild = GridRunner(plan, store, RunOptions(progress=False)).plan_state(copies)
     cells = plan.runnable()
     states = []
     for cell in cells:
-        state = ("cached" if (cell.kind, cell.key) in done else "reuse" if (cell.kind, cell.key) in reusable
-                 else "rebuild" if cell.kind == "train" and cell.key in rebuild else "to-run")
+        if cell.kind == "train" and cell.key in rebuild:
+            state = "rebuild"
+        elif (cell.kind, cell.key) in done:
+            state = "reuse" if (cell.kind, cell.key) in copies else "cached"
+        else:
+            state = "to-run"
         states.append(state)
         what = (f"{cell.attack} on {trains[cell.train_key].describe()}" if isinstance(cell, AttackCell)
                 else cell.describe())

@@ -41,7 +41,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -231,21 +231,20 @@ class GridRunner:
         self.options = options
         self.children = _Children(inherit_fds)
 
-    def plan_state(self) -> tuple[set[tuple[str, str]], set[str]]:
+    def plan_state(self, copies: Mapping[tuple[str, str], CellStore] | None = None
+                   ) -> tuple[set[tuple[str, str]], set[str]]:
         """(cells stored and not to run now, keys of train cells to run again only to rebuild their bundle).
 
         A train cell whose record is stored without its bundle (a folder kept in git, ``experiment.store``) runs
-        again when an attack still to run needs that bundle."""
+        again when an attack still to run needs that bundle. ``copies``: the cells ``--reuse-from`` would copy,
+        by the folder each would come from, so a dry run sees the folder as it will be after the copy."""
+        copies = copies or {}
         records = {(cell.kind, cell.key) for cell in self.plan.runnable()
-                   if self.store.load(cell.kind, cell.key) is not None}
-        rebuild = self.bundles_to_rebuild(records)
+                   if (cell.kind, cell.key) in copies or self.store.load(cell.kind, cell.key) is not None}
+        needed = {cell.train_key for cell in self.plan.attack if ("attack", cell.key) not in records}
+        rebuild = {key for key in needed if ("train", key) in records
+                   and not copies.get(("train", key), self.store).has_outputs("train", key)}
         return records - {("train", key) for key in rebuild}, rebuild
-
-    def bundles_to_rebuild(self, stored: set[tuple[str, str]]) -> set[str]:
-        """Keys of stored train cells whose bundle is gone while an attack on it is not in ``stored``."""
-        needed = {cell.train_key for cell in self.plan.attack if ("attack", cell.key) not in stored}
-        return {key for key in needed
-                if ("train", key) in stored and not self.store.has_outputs("train", key)}
 
     def _stale_attacks(self, train_key: str, done: set[tuple[str, str]]) -> list[AttackCell]:
         """The stored attacks a (re)trained bundle invalidated: they attacked another model than it holds now."""

@@ -36,7 +36,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -134,17 +134,16 @@ class CellStore:
         return path
 
     def adoptable(self, source: CellStore, kind: str, key: str,
-                  our_train: Callable[[str], Mapping[str, Any] | None] | None = None) -> dict[str, Any] | None:
+                  planned: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any] | None:
         """The record of the cell ``adopt`` would copy from ``source``, or None: ``source`` does not hold it
         (``load``'s checks), or it is an attack whose bundle this folder does not hold as ``source`` does.
-        ``our_train`` looks up this folder's train records (default: what it holds; a dry run adds the ones it
-        would adopt first)."""
+        ``planned``: train records by key that a dry run would adopt first, taken as held here."""
         record = source.load(kind, key)
         if record is None:
             return None
         if kind == "attack":
             train_key = str(record.get("train_key"))
-            ours = (our_train or (lambda k: self.load("train", k)))(train_key)
+            ours = planned[train_key] if planned and train_key in planned else self.load("train", train_key)
             theirs = source.load("train", train_key)
             if ours is None or theirs is None or ours.get("model_id") != theirs.get("model_id"):
                 return None

@@ -1,0 +1,78 @@
+"""``run --dry-run --reuse-from`` says what the real run will do: which cells it copies, which copied or stored
+trainings it must run again for a missing bundle (a folder kept in git holds none), and what it runs; checked
+against ``adopt_cells`` followed by the runner's own view, on records written by hand (nothing trains)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experiment.cells import AttackCell, Plan, TrainCell
+from experiment.cli import adopt_cells, print_dry_run
+from experiment.runner import GridRunner, RunOptions
+from experiment.store import CellStore
+
+
+def store_at(root: Path) -> CellStore:
+    store = CellStore(root)
+    store.create()
+    return store
+
+
+def save_train(store: CellStore, key: str, model: str, *, bundle: bool) -> None:
+    if bundle:
+        store.output_dir("train", key).mkdir(parents=True)
+        (store.output_dir("train", key) / "manifest.json").write_text("{}")
+    store.save({"kind": "train", "key": key, "model_id": model})
+
+
+def save_attack(store: CellStore, key: str, train_key: str, model: str) -> None:
+    store.output_dir("attack", key).mkdir(parents=True)
+    (store.output_dir("attack", key) / "metrics.json").write_text(json.dumps({}))
+    store.save({"kind": "attack", "key": key, "train_key": train_key, "model_id": model})
+
+
+def folders(root: Path) -> tuple[Plan, CellStore, list[CellStore]]:
+    """Five models t1-t5, each with one attack a1-a5, and what each folder holds of them:
+
+    * t1, a1: in source A, bundle included: both copied;
+    * t2: in A without its bundle (kept in git), a2 nowhere: t2 copied, then trained again for a2;
+    * t3: here without its bundle, a3 in A on the same model: a3 copied, so t3 need not train again;
+    * t4: here with its bundle, a4 in A on another model: a4 runs;
+    * t5, a5: only in source B, after A in the order given."""
+    here, first, second = store_at(root / "here"), store_at(root / "a"), store_at(root / "b")
+    save_train(first, "t1", "m1", bundle=True)
+    save_attack(first, "a1", "t1", "m1")
+    save_train(first, "t2", "m2", bundle=False)
+    save_train(here, "t3", "m3", bundle=False)
+    save_train(first, "t3", "m3", bundle=True)
+    save_attack(first, "a3", "t3", "m3")
+    save_train(here, "t4", "m4", bundle=True)
+    save_train(first, "t4", "m4-other", bundle=True)
+    save_attack(first, "a4", "t4", "m4-other")
+    save_train(second, "t5", "m5", bundle=True)
+    save_attack(second, "a5", "t5", "m5")
+    trains = [TrainCell(f"t{i}", "digits", "vgg11_bn_sgm", 4, "Bottleneck", 0.1, 0.0, i, (), {}) for i in range(1, 6)]
+    attacks = [AttackCell(f"a{i}", f"t{i}", "decoder", i, (), {}) for i in range(1, 6)]
+    return Plan("reuse", ("Bottleneck",), ("decoder",), tuple(trains), tuple(attacks), {}), here, [first, second]
+
+
+def test_the_dry_run_shows_the_folder_as_the_real_copy_leaves_it(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    plan, here, sources = folders(tmp_path)
+    print_dry_run(plan, here, sources)
+    printed = capsys.readouterr().out.splitlines()
+    dry = {line.split()[1]: line.split()[2] for line in printed[:-1]}
+    assert dry == {"t1": "reuse", "a1": "reuse", "t2": "rebuild", "a2": "to-run", "t3": "cached", "a3": "reuse",
+                   "t4": "cached", "a4": "to-run", "t5": "reuse", "a5": "reuse"}
+    assert printed[-1] == "10 cells: 2 cached, 5 to copy from --reuse-from, 3 to run (reuse; nothing was run)"
+    assert not here.has_outputs("attack", "a1") and here.load("train", "t2") is None  # nothing was copied
+
+    # the real copy (t2's record too: the dry run counts it as a training to run), then the runner's own view
+    assert adopt_cells(plan, here, sources) == 6
+    done, rebuild = GridRunner(plan, here, RunOptions(progress=False)).plan_state()
+    real = {cell.key: "rebuild" if cell.key in rebuild else "copied or cached" if (cell.kind, cell.key) in done
+            else "to-run" for cell in plan.runnable()}
+    assert real == {key: "copied or cached" if state in ("reuse", "cached") else state for key, state in dry.items()}
