@@ -149,9 +149,22 @@ def rendered_groups(table: Table1) -> list[dict[str, Any]]:
             for group in table.groups]
 
 
+def _seed_counts(table: Table1, block: AverageBlock, column: str) -> str:
+    """" (seeds: Dec. 3, GAN 1)" where the attacks' averages of ``column`` stand on different numbers of seeds, as
+    in a grid whose slower attack is partly stored: their mean, the headline, then mixes models; else ""."""
+    counts = {}
+    for attack in table.attacks:
+        estimate = block.without_cem.get(mse_metric(attack, column))
+        counts[attack] = estimate.n if estimate is not None else 0
+    if len(set(counts.values())) < 2:
+        return ""
+    return " (seeds: " + ", ".join(f"{attack_title(a)} {n}" for a, n in counts.items()) + ")"
+
+
 def _headline(table: Table1, block: AverageBlock) -> str:
     parts = [f"{column} {_gain('mse', block.attack_mean_gain.get(column))}"
-             f"{_mark(block.attack_mean_not_converged.get(column))}" for column in COLUMNS]
+             f"{_mark(block.attack_mean_not_converged.get(column))}{_seed_counts(table, block, column)}"
+             for column in COLUMNS]
     return f"λ={block.cem_lambda:g}: " + ", ".join(parts)
 
 
@@ -338,6 +351,7 @@ def summary_line(table: Table1) -> Sequence[str]:
         if len(table.attacks) > 1:
             line += "; mean over the attacks: " + ", ".join(
                 f"{column} {_gain('mse', b.attack_mean_gain.get(column))}"
-                f"{flagged(b.attack_mean_not_converged.get(column))}" for column in COLUMNS)
+                f"{flagged(b.attack_mean_not_converged.get(column))}{_seed_counts(table, b, column)}"
+                for column in COLUMNS)
         lines.append(line)
     return lines

@@ -238,6 +238,18 @@ def test_the_paper_headline_is_the_gain_of_the_averages_meaned_over_the_attacks(
         (headline,) = [r for r in csv.DictReader(handle) if r["line"] == "average_gain_mean_over_attacks"]
     assert float(headline["mse_train_mean"]) == pytest.approx(35.0) and headline["mse_train_not_converged"] == "1"
     assert "; mean over the attacks: train +35.0 % (1 not converged †), infer +25.0 %" in summary_line(table)[0]
+    assert "seeds:" not in render_markdown(table, "two attacks")  # both attacks' averages stand on the same seed
+
+    # a second seed with only its decoder cells stored (the GAN half under way): the headline says it mixes models
+    decoder_only = {"accuracy": 0.9, "decoder_mse_train": 0.010, "decoder_mse_infer": 0.02}
+    partial = build_table1([*observations, observation("Bottleneck", 0.0, 1, decoder_only),
+                            observation("Bottleneck", 2.0, 1, {**decoder_only, "decoder_mse_train": 0.014})],
+                           ("Bottleneck",), ("decoder", "gan"))
+    (block,) = partial.averages
+    assert block.attack_mean_gain["train"] == pytest.approx((30.0 + 50.0) / 2)  # decoder on 2 seeds, GAN on 1
+    assert ("(the paper's headline), λ=2: train +40.0 % † (seeds: Dec. 2, GAN 1), infer +25.0 % (seeds: Dec. 2, "
+            "GAN 1)") in render_markdown(partial, "two attacks")
+    assert "train +40.0 % (1 not converged †) (seeds: Dec. 2, GAN 1)" in summary_line(partial)[0]
 
 
 def test_the_strongest_attack_is_each_models_lowest_mse_flagged_by_any_attack_behind_it(tmp_path: Path) -> None:
