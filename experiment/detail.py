@@ -201,7 +201,7 @@ def _epochs(best: Sequence[tuple[int | None, bool]]) -> str:
 
 
 def duel_lines(table: DetailTable, group: str) -> list[list[str]]:
-    first, *later = table.attacks
+    later = table.attacks[1:]
     lines = []
     for duel in (d for d in table.duels if d.line.group == group):
         line = duel.line
