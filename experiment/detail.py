@@ -30,14 +30,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cem.stats import Estimate, mean_interval
+from cem.stats import Estimate
 from experiment.records import BEST_EPOCH, COLUMNS, DETAIL_STATS, XI_METRICS, detail_metric, xi_metric
 from experiment.report import (
     Observation,
     VariantLine,
     grouped_by_variant,
     mse_metric,
-    paired_change,
+    paired_estimate,
     seed_estimate,
 )
 from experiment.tables import NOT_CONVERGED_MARK, attack_title, count_suffix, estimates_json, gain_text
@@ -129,10 +129,9 @@ def _duels(by_variant: Mapping[tuple[str, str, float, float], list[Observation]]
             for column in COLUMNS:
                 metric, base = mse_metric(attack, column), mse_metric(first, column)
                 paired = [o for o in seen if metric in o.values and base in o.values]
-                changes = [paired_change(metric, o.values[base], o.values[metric]) for o in paired]
-                estimates[metric] = mean_interval(kept) if (kept := [c for c in changes if c is not None]) else None
+                estimates[metric], zero[metric] = paired_estimate(
+                    metric, ((o.values[base], o.values[metric]) for o in paired))
                 flagged[metric] = sum(metric in o.flags or base in o.flags for o in paired)
-                zero[metric] = sum(c is None for c in changes)
         best_epochs = {}
         for attack in attacks:
             for column in COLUMNS:

@@ -249,6 +249,13 @@ def paired_change(metric: str, base: float, other: float) -> float | None:
     return 100.0 * (other - base) / base if base else None
 
 
+def paired_estimate(metric: str, pairs: Iterable[tuple[float, float]]) -> tuple[Estimate | None, int]:
+    """The mean ± interval of ``paired_change`` over (base, other) pairs, one per model, and how many pairs were
+    left out for a base of 0 (no relative change)."""
+    changes = [paired_change(metric, base, other) for base, other in pairs]
+    return _estimate(c for c in changes if c is not None), sum(c is None for c in changes)
+
+
 def grouped_by_variant(observations: Sequence[Observation],
                        rows: Sequence[str]) -> dict[tuple[str, str, float, float], list[Observation]]:
     """The observations of each variant (group, row, σ, λ), each variant's by seed, the variants in Table 1's line
@@ -311,10 +318,8 @@ def build_table1(observations: Sequence[Observation], rows: Sequence[str], attac
             for m in metrics:
                 before, after = _per_seed(base, m), _per_seed(seen, m)
                 common = set(before) & set(after)
-                changes = [paired_change(m, before[s], after[s]) for s in sorted(common)]
-                estimates[m] = _estimate(c for c in changes if c is not None)
+                estimates[m], zero[m] = paired_estimate(m, ((before[s], after[s]) for s in sorted(common)))
                 flagged[m] = sum(m in o.flags for o in (*base, *seen) if o.seed in common)
-                zero[m] = sum(c is None for c in changes)
                 paired_seeds |= common
             gains.append(GainLine(group, row, sigma, lam, tuple(sorted(paired_seeds)), estimates, flagged, zero))
     groups = tuple(dict.fromkeys(v[0] for v in order))
