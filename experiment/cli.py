@@ -231,6 +231,7 @@ def report_command(args: argparse.Namespace) -> int:
         unjudged_columns,
         with_strongest,
     )
+    from experiment.revision import revision_counts, revision_markdown
     from experiment.tables import flag_notes, summary_line, write_tables
 
     store = CellStore(args.dir)
@@ -246,10 +247,12 @@ def report_command(args: argparse.Namespace) -> int:
         "missing": collected.missing, "observations": len(collected.observations)}
     records = {(cell.kind, cell.key): store.load(cell.kind, cell.key) for cell in plan.runnable()}  # read once
     costs = grid_cost(plan, records)
+    revisions = revision_counts(records.values())
     extra["cost"] = [cost.to_dict() for cost in costs]
+    extra["code_revisions"] = revisions
     extra["detail"] = detail_json(detail)
     write_tables(table, directory, plan.name, extra)  # first: the tables stand even if a figure cannot be drawn
-    (directory / "cost.md").write_text(cost_markdown(costs), encoding="utf-8")
+    (directory / "cost.md").write_text(cost_markdown(costs) + revision_markdown(revisions), encoding="utf-8")
     (directory / "detail.md").write_text(render_detail_markdown(detail, plan.name), encoding="utf-8")
     scored, _ = with_strongest(collected.observations, plan.attacks)  # the plots draw the strongest attack too
     plotted = [("Accuracy vs attack MSE (Fig. 4)", plot_pareto(scored, scored_attacks(plan.attacks), directory)),
@@ -266,19 +269,19 @@ def report_command(args: argparse.Namespace) -> int:
     stored = sum(record is not None for record in records.values())
     page = render_html(name=plan.name, table=table, figures=figures, galleries=galleries, flags=flags,
                        missing=collected.missing, stored=stored, spec_text=plan.spec_text, unjudged=unjudged,
-                       nonfinite=collected.nonfinite, costs=costs, detail=extra["detail"])
+                       nonfinite=collected.nonfinite, costs=costs, detail=extra["detail"], revisions=revisions)
     index = write_html(directory / "index.html", page)
     print(paths["md"].read_text(encoding="utf-8"))
     for line in summary_line(table):
         print(f"CEM gain of the averages, {line}")
     if flags:
         print(f"note: {len(flags)} attack columns did not converge (table1.json 'convergence', index.html)")
-    for note in flag_notes(collected.nonfinite, unjudged):
+    for note in flag_notes(collected.nonfinite, unjudged, revisions):
         print(f"note: {note}")
     if collected.missing:
         print(f"note: {len(collected.missing)} cells of the plan are not stored yet; the report covers the others")
     print()
-    print(cost_markdown(costs), end="")
+    print(cost_markdown(costs) + revision_markdown(revisions), end="")
     print(f"wrote {directory}: table1.md, table1.csv, table1.json, detail.md, cost.md, "
           f"pareto/mse_vs_entropy (.png, .svg), {len(galleries)} galleries, {index.name}")
     if args.json:

@@ -18,6 +18,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from experiment.cost import CellCost
 from experiment.report import Table1
+from experiment.revision import mixed_note, short
 from experiment.tables import LEGEND, flag_notes, rendered_groups
 
 TEMPLATE = "report.html"
@@ -32,11 +33,11 @@ def render_html(*, name: str, table: Table1, figures: Sequence[tuple[str, Path]]
                 galleries: Sequence[tuple[str, Path]], flags: Sequence[Mapping[str, Any]], missing: Sequence[str],
                 stored: int, spec_text: str, unjudged: Sequence[Mapping[str, Any]] = (),
                 nonfinite: Sequence[Mapping[str, Any]] = (), costs: Sequence[CellCost] = (),
-                detail: Mapping[str, Any] | None = None) -> str:
+                detail: Mapping[str, Any] | None = None, revisions: Mapping[str, int] | None = None) -> str:
     """The page; ``figures`` and ``galleries`` are (title, PNG path) pairs; ``flags``, ``unjudged`` and
     ``nonfinite`` the report's not-converged columns, unjudged columns and values left out as not finite;
     ``costs`` what each kind of stored cell took (experiment.cost); ``detail`` the tables beside Table 1
-    (``experiment.detail.detail_json``)."""
+    (``experiment.detail.detail_json``); ``revisions`` the stored cells per code revision (``experiment.revision``)."""
     environment = Environment(loader=PackageLoader("experiment", "templates"), autoescape=select_autoescape(["html"]))
     return environment.get_template(TEMPLATE).render(
         name=name,
@@ -51,6 +52,8 @@ def render_html(*, name: str, table: Table1, figures: Sequence[tuple[str, Path]]
         nonfinite=flag_notes(nonfinite, ()),  # the same sentences as table1.md's notes
         missing=list(missing),
         costs=list(costs),
+        revisions=[(short(revision), cells) for revision, cells in (revisions or {}).items()],
+        mixed_revisions=mixed_note(revisions or {}),
         detail=detail,
         spec_text=spec_text,
     )

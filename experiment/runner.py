@@ -51,6 +51,7 @@ from tqdm import tqdm
 from cem.errors import CEMError, ConfigError
 from experiment.cells import AttackCell, Cell, Plan, TrainCell
 from experiment.records import attack_record, train_record
+from experiment.revision import code_revision, code_root
 from experiment.store import CellStore
 
 logger = logging.getLogger(__name__)
@@ -270,10 +271,12 @@ class GridRunner:
 
         tmp = self.store.new_tmp_dir(cell.kind, cell.key)
         command = self._command(cell, tmp)
+        env = self.options.slot_env(slot)
+        revision = code_revision(code_root(self.options.python, env))  # per cell: the tree may change in a long run
         log = self.store.log_path(cell.kind, cell.key)
         started = time.perf_counter()
         try:
-            code, stdout = self.children.run(command, self.options.slot_env(slot), log)
+            code, stdout = self.children.run(command, env, log)
             if code != 0:
                 raise CellFailed(f"{'cem-train' if cell.kind == 'train' else 'cem-attack'} exited with status {code}; "
                                  f"see {log}")
@@ -285,10 +288,11 @@ class GridRunner:
         shown = shlex.join(command[1:])
         try:
             if isinstance(cell, TrainCell):
-                record = train_record(cell, load_manifest(final), _last_json(stdout), wall_s=wall_s, command=shown)
+                record = train_record(cell, load_manifest(final), _last_json(stdout), wall_s=wall_s, command=shown,
+                                      code=revision)
             else:
                 result = json.loads((final / "metrics.json").read_text(encoding="utf-8"))
-                record = attack_record(cell, result, wall_s=wall_s, command=shown)
+                record = attack_record(cell, result, wall_s=wall_s, command=shown, code=revision)
         except (CEMError, OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
             raise CellFailed(f"cannot read the outputs of {cell.kind} cell {cell.key} in {final}: {exc}") from exc
         self.store.save(record)

@@ -39,6 +39,7 @@ from experiment.report import (
     mse_metric,
     scored_attacks,
 )
+from experiment.revision import mixed_note
 
 ATTACK_TITLES = {"decoder": "Dec.", "gan": "GAN", "optimize": "Opt.", "decoder+optimize": "Dec.+Opt.",
                  STRONGEST: "Strongest"}
@@ -188,19 +189,24 @@ def table_notes(table: Table1, group: str) -> list[str]:
     return notes
 
 
-def flag_notes(nonfinite: Sequence[Mapping[str, Any]], unjudged: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The report-wide notes: each value left out as not finite, and the count of unjudged attack columns."""
+def flag_notes(nonfinite: Sequence[Mapping[str, Any]], unjudged: Sequence[Mapping[str, Any]],
+               revisions: Mapping[str, int] | None = None) -> list[str]:
+    """The report-wide notes: each value left out as not finite, the count of unjudged attack columns, and the code
+    revisions behind the cells when they are not one clean recorded revision (``experiment.revision``)."""
     notes = [f"non-finite {'MSE' if n.get('attack') else n['metric']} ({n['value']}), left out: "
              f"{n['group']} | {n['row']} σ={n['sigma']:g} λ={n['cem_lambda']:g} seed {n['seed']}"
              + (f" / {n['attack']} / {n['column']}" if n.get("attack") else "") for n in nonfinite]
     if unjudged:
         notes.append(f"{len(unjudged)} attack column(s) had no validation images, so their convergence was not "
                      "judged (table1.json 'unjudged')")
+    mixed = mixed_note(revisions or {})
+    if mixed:
+        notes.append(mixed)
     return notes
 
 
 def render_markdown(table: Table1, title: str, nonfinite: Sequence[Mapping[str, Any]] = (),
-                    unjudged: Sequence[Mapping[str, Any]] = ()) -> str:
+                    unjudged: Sequence[Mapping[str, Any]] = (), revisions: Mapping[str, int] | None = None) -> str:
     parts = [f"# {title}: Table 1", "", LEGEND]
     for group in table.groups:
         head = header(table)
@@ -211,7 +217,7 @@ def render_markdown(table: Table1, title: str, nonfinite: Sequence[Mapping[str, 
         notes = table_notes(table, group)
         if notes:
             parts += ["", *(f"* {note}" for note in notes)]
-    flags = flag_notes(nonfinite, unjudged)
+    flags = flag_notes(nonfinite, unjudged, revisions)
     if flags:
         parts += ["", "## Notes", "", *(f"* {note}" for note in flags)]
     return "\n".join(parts) + "\n"
@@ -323,7 +329,8 @@ def write_tables(table: Table1, directory: Path, title: str, extra: Mapping[str,
     """``table1.md``, ``table1.csv`` and ``table1.json`` in ``directory``; their paths by format."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = {"md": directory / "table1.md", "csv": directory / "table1.csv", "json": directory / "table1.json"}
-    texts = {"md": render_markdown(table, title, extra.get("nonfinite", ()), extra.get("unjudged", ())),
+    texts = {"md": render_markdown(table, title, extra.get("nonfinite", ()), extra.get("unjudged", ()),
+                                   extra.get("code_revisions")),
              "csv": render_csv(table), "json": json.dumps(table_json(table, extra), indent=2) + "\n"}
     for kind, path in paths.items():
         _write_atomically(path, texts[kind])

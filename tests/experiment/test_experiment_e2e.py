@@ -21,6 +21,7 @@ import pytest
 from polling import wait_for
 
 from cem.stats import mean_interval
+from experiment.revision import NOT_RECORDED, code_revision, code_root
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "experiments" / "smoke.toml"
@@ -35,6 +36,11 @@ def command(*args: str) -> list[str]:
 
 def run(*args: str, timeout_s: float = 480) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command(*args), cwd=REPO, capture_output=True, text=True, timeout=timeout_s, check=False)
+
+
+def cells_revision() -> str | None:
+    """The revision of the code the runner's cells import (it runs them from ``REPO``)."""
+    return code_revision(code_root(sys.executable, os.environ, cwd=REPO))
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, str]]:
@@ -80,10 +86,11 @@ def test_an_interrupted_run_resumes_without_redoing_finished_cells(smoke: SmokeR
     assert f"8 cells, {len(smoke.at_kill)} were stored, {8 - len(smoke.at_kill)} ran now, 0 failed" in \
         smoke.resumed.stdout
     assert not list(smoke.out.glob("*/.tmp-*")), "the killed cells' temporary folders were not swept"
+    revision = cells_revision()
     for cell in (smoke.out / "cells").glob("*.json"):
         record = json.loads(cell.read_text())
         kind, key = cell.stem.split("-", 1)
-        assert (record["kind"], record["key"]) == (kind, key)
+        assert (record["kind"], record["key"], record["code"]) == (kind, key, revision)
         assert (smoke.out / "logs" / f"{kind}-{key}.log").stat().st_size > 0
         outputs = smoke.out / ("bundles" if kind == "train" else "attacks") / key
         assert (outputs / ("manifest.json" if kind == "train" else "metrics.json")).is_file()
@@ -131,6 +138,7 @@ def test_the_report_is_table1_plots_and_one_self_contained_page(smoke: SmokeRun)
         assert cost[name]["total_s"] == pytest.approx(sum(walls[kind]), abs=0.1)
         assert cost[name]["median_s"] == pytest.approx((walls[kind][1] + walls[kind][2]) / 2, abs=0.1)
     assert (report / "cost.md").read_text().startswith("cells | stored | median wall s") and "<h2>Cost</h2>" in page
+    assert table["code_revisions"] == {cells_revision() or NOT_RECORDED: 8}
     # beyond MSE: the Bottleneck row's PSNR over its one seed is the stored one, and its ξ counts the model
     (detail,) = table["detail"]["groups"]
     bottleneck = next(v for v in detail["variants"] if v["method"] == "Bottleneck")
