@@ -57,14 +57,14 @@ def _now() -> str:
 
 
 def train_record(cell: TrainCell, manifest: Manifest, summary: Mapping[str, Any] | None, *, wall_s: float,
-                 command: str, code: str | None) -> dict[str, Any]:
-    """The stored record of a train cell whose bundle has the manifest ``manifest``; ``code``: the revision that
-    made it (``experiment.revision``)."""
+                 command: str, code_revision: str | None) -> dict[str, Any]:
+    """The stored record of a train cell whose bundle has the manifest ``manifest``; ``code_revision``: the
+    revision that made it (``experiment.revision``)."""
     return {
         "kind": "train", "key": cell.key, "format": RECORD_FORMAT, "finished_at": _now(),
         "dataset": cell.dataset, "arch": cell.arch, "cut_layer": cell.cut_layer, "seed": cell.seed,
         "config": dict(cell.config), "args": list(cell.args), "command": command, "wall_s": round(wall_s, 3),
-        "code": code, "bundle": f"bundles/{cell.key}",
+        "code_revision": code_revision, "bundle": f"bundles/{cell.key}",
         "model_id": manifest.model_id,
         "accuracy": manifest.metrics.accuracy,
         "noise_std": manifest.noise_std,
@@ -110,9 +110,9 @@ def column_unjudged(detail: Mapping[str, Any]) -> str | None:
 
 
 def attack_record(cell: AttackCell, result: Mapping[str, Any], *, wall_s: float, command: str,
-                  code: str | None) -> dict[str, Any]:
+                  code_revision: str | None) -> dict[str, Any]:
     """The stored record of an attack cell from ``cem-attack``'s ``metrics.json`` (``AuditResult.to_dict``);
-    ``code``: the revision that made it (``experiment.revision``)."""
+    ``code_revision``: the revision that made it (``experiment.revision``)."""
     details = result.get("details") or {}
     columns = {}
     for column in COLUMNS:
@@ -127,7 +127,7 @@ def attack_record(cell: AttackCell, result: Mapping[str, Any], *, wall_s: float,
         "kind": "attack", "key": cell.key, "format": RECORD_FORMAT, "finished_at": _now(),
         "train_key": cell.train_key, "model_id": details.get("model_id"), "attack": cell.attack, "seed": cell.seed,
         "config": dict(cell.config),
-        "args": list(cell.args), "command": command, "wall_s": round(wall_s, 3), "code": code,
+        "args": list(cell.args), "command": command, "wall_s": round(wall_s, 3), "code_revision": code_revision,
         "outputs": f"attacks/{cell.key}",
         "metrics": {column: result["metrics"][column] for column in COLUMNS},
         "bound": result.get("bound"),

@@ -231,6 +231,7 @@ class GridRunner:
         self.store = store
         self.options = options
         self.children = _Children(inherit_fds)
+        self._revision_unknown = threading.Event()  # warned once: cells run in several threads
 
     def plan_state(self, copies: Mapping[tuple[str, str], CellStore] | None = None
                    ) -> tuple[set[tuple[str, str]], set[str]]:
@@ -246,6 +247,16 @@ class GridRunner:
         rebuild = {key for key in needed if ("train", key) in records
                    and not copies.get(("train", key), self.store).has_outputs("train", key)}
         return records - {("train", key) for key in rebuild}, rebuild
+
+    def _revision(self, env: Mapping[str, str]) -> str | None:
+        """The code revision of the cell about to start, looked up per cell (the tree may change during a long
+        run); the first time it cannot be told, a warning says so and why that matters."""
+        revision = code_revision(code_root(self.options.python, env))
+        if revision is None and not self._revision_unknown.is_set():
+            self._revision_unknown.set()
+            logger.warning("cannot tell which code revision the cells run (their code is not the top of a git tree, "
+                           "or git is missing or refuses it): their records say none (docs/experiments.md)")
+        return revision
 
     def _stale_attacks(self, train_key: str, done: set[tuple[str, str]]) -> list[AttackCell]:
         """The stored attacks a (re)trained bundle invalidated: they attacked another model than it holds now."""
@@ -269,10 +280,10 @@ class GridRunner:
         """Run one cell in a child process and store its record; ``CellFailed`` when it did not finish."""
         from cem.bundle import load_manifest  # loads torch; the report never needs it
 
+        env = self.options.slot_env(slot)
+        revision = self._revision(env)
         tmp = self.store.new_tmp_dir(cell.kind, cell.key)
         command = self._command(cell, tmp)
-        env = self.options.slot_env(slot)
-        revision = code_revision(code_root(self.options.python, env))  # per cell: the tree may change in a long run
         log = self.store.log_path(cell.kind, cell.key)
         started = time.perf_counter()
         try:
@@ -289,10 +300,10 @@ class GridRunner:
         try:
             if isinstance(cell, TrainCell):
                 record = train_record(cell, load_manifest(final), _last_json(stdout), wall_s=wall_s, command=shown,
-                                      code=revision)
+                                      code_revision=revision)
             else:
                 result = json.loads((final / "metrics.json").read_text(encoding="utf-8"))
-                record = attack_record(cell, result, wall_s=wall_s, command=shown, code=revision)
+                record = attack_record(cell, result, wall_s=wall_s, command=shown, code_revision=revision)
         except (CEMError, OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
             raise CellFailed(f"cannot read the outputs of {cell.kind} cell {cell.key} in {final}: {exc}") from exc
         self.store.save(record)

@@ -310,7 +310,8 @@ def table_json(table: Table1, extra: Mapping[str, Any]) -> dict[str, Any]:
     return {
         **extra,
         "rendered": {"legend": LEGEND, "groups": rendered_groups(table),
-                     "notes": flag_notes(extra.get("nonfinite", ()), extra.get("unjudged", ()))},
+                     "notes": flag_notes(extra.get("nonfinite", ()), extra.get("unjudged", ()),
+                                            extra.get("code_revisions"))},
         "attacks": list(table.attacks),
         "columns": list(COLUMNS),
         "metrics": list(table.metrics),

@@ -90,7 +90,7 @@ def test_an_interrupted_run_resumes_without_redoing_finished_cells(smoke: SmokeR
     for cell in (smoke.out / "cells").glob("*.json"):
         record = json.loads(cell.read_text())
         kind, key = cell.stem.split("-", 1)
-        assert (record["kind"], record["key"], record["code"]) == (kind, key, revision)
+        assert (record["kind"], record["key"], record["code_revision"]) == (kind, key, revision)
         assert (smoke.out / "logs" / f"{kind}-{key}.log").stat().st_size > 0
         outputs = smoke.out / ("bundles" if kind == "train" else "attacks") / key
         assert (outputs / ("manifest.json" if kind == "train" else "metrics.json")).is_file()

@@ -46,7 +46,8 @@ def test_a_column_without_validation_data_is_unjudged_not_converged() -> None:
     assert column_unjudged({**blind, "still_improving": True}) is None  # flagged: that says more
     result = {"metrics": {"train": {"mse": 0.01}, "infer": {"mse": 0.02}},
               "details": {"train": DECODER, "infer": blind, "model_id": "m-7"}}
-    record = attack_record(AttackCell("a1", "t1", "decoder", 0, (), {}), result, wall_s=1.0, command="x", code=None)
+    record = attack_record(AttackCell("a1", "t1", "decoder", 0, (), {}), result, wall_s=1.0, command="x",
+                           code_revision=None)
     assert record["model_id"] == "m-7"
     assert record["columns"]["train"]["not_converged"] is None and record["columns"]["train"]["unjudged"] is None
     assert record["columns"]["infer"]["not_converged"] is None and record["columns"]["infer"]["unjudged"]
