@@ -154,6 +154,21 @@ class Plan:
         """The part of the grid a ``run --rows/--attacks/--seeds`` does now (an empty filter keeps everything).
         Keys do not change, so the cells it stores are the full grid's: a long grid can be run a slice at a
         time, and a slice that names no cell of the plan is refused by name rather than running nothing."""
+        self._refuse_unknown(rows, attacks, seeds)
+        train = tuple(t for t in self.train if (not rows or t.row in rows) and (not seeds or t.seed in seeds))
+        kept = {t.key for t in train}
+        attack = tuple(a for a in self.attack if a.train_key in kept and (not attacks or a.attack in attacks))
+        return replace(self, train=train, attack=attack)
+
+    def with_attacks(self, attacks: Sequence[str]) -> Plan:
+        """The grid as if its spec named only ``attacks`` (in the spec's order): what ``report --attacks`` lays
+        out, for a grid whose other attacks will not be run here. Unlike ``selected``, the other attacks leave the
+        layout too (no empty columns, and the paper's headline is the mean over the attacks reported)."""
+        self._refuse_unknown((), attacks, ())
+        kept = tuple(a for a in self.attacks if a in attacks)
+        return replace(self, attacks=kept, attack=tuple(a for a in self.attack if a.attack in kept))
+
+    def _refuse_unknown(self, rows: Sequence[str], attacks: Sequence[str], seeds: Sequence[int]) -> None:
         unknown = ([f"row {r!r}" for r in rows if r not in self.rows]
                    + [f"attack {a!r}" for a in attacks if a not in self.attacks]
                    + [f"seed {s}" for s in seeds if s not in {t.seed for t in self.train}])
@@ -161,10 +176,6 @@ class Plan:
             raise ConfigError(f"the plan has no {', '.join(unknown)}; it has rows {', '.join(self.rows)}, attacks "
                               f"{', '.join(self.attacks) or 'none'} and seeds "
                               f"{', '.join(str(s) for s in sorted({t.seed for t in self.train}))}")
-        train = tuple(t for t in self.train if (not rows or t.row in rows) and (not seeds or t.seed in seeds))
-        kept = {t.key for t in train}
-        attack = tuple(a for a in self.attack if a.train_key in kept and (not attacks or a.attack in attacks))
-        return replace(self, train=train, attack=attack)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": KEY_FORMAT, "name": self.name, "rows": list(self.rows), "attacks": list(self.attacks),

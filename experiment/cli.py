@@ -3,7 +3,7 @@
     cem-experiment run experiments/smoke.toml --out runs/smoke [--jobs 2] [--threads 1] [--device cpu]
     cem-experiment run experiments/digits-table1.toml --out runs/t1 --dry-run
     cem-experiment run experiments/digits-table1.toml --out runs/t1 --rows Bottleneck --attacks decoder
-    cem-experiment report runs/smoke [--json]
+    cem-experiment report runs/smoke [--json] [--attacks decoder]
 
 ``run`` checks the whole spec first (data sets, archs, and, in a probe process,
 every defense and attack setting as cem-train and cem-attack parse them) and
@@ -15,8 +15,8 @@ nothing. ``--rows``, ``--attacks`` and ``--seeds`` run a slice of the grid now (
 keys are the full grid's, so the slices add up to it); ``--reuse-from DIR`` copies
 the cells another run already stored under the same keys. ``report`` writes
 DIR/report/ (table1.md/.csv/.json, the plots as PNG and SVG, index.html) from
-the stored cells only. docs/experiments.md has the spec's keys and the cell key
-rule.
+the stored cells only (``--attacks``: only the attacks named). docs/experiments.md
+has the spec's keys and the cell key rule.
 
 Exit statuses are ``cem.cli``'s (0, 1, 2; 130 after Ctrl-C), and 143 (128 +
 SIGTERM, as shells report a terminated process) after a SIGTERM, so a scheduler
@@ -74,6 +74,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true", help="log what the runner does")
     report = commands.add_parser("report", help="Table 1, plots and an HTML page from the stored cells")
     report.add_argument("dir", type=Path, help="the output folder of `cem-experiment run`")
+    report.add_argument("--attacks", type=_names, default=(), metavar="NAME,...",
+                        help="report only these attacks, as if the spec named no other (a grid whose other attacks "
+                             "are not run: no empty columns, the headline over these); into the same DIR/report")
     report.add_argument("--json", action="store_true", help="print table1.json as one JSON line at the end")
     report.add_argument("-v", "--verbose", action="store_true", help="log what the report does")
     return parser
@@ -235,7 +238,11 @@ def report_command(args: argparse.Namespace) -> int:
     from experiment.tables import flag_notes, summary_line, write_tables
 
     store = CellStore(args.dir)
-    plan = store.read_plan()
+    spec_plan = store.read_plan()
+    plan = spec_plan.with_attacks(args.attacks) if args.attacks else spec_plan
+    left_out = [attack for attack in spec_plan.attacks if attack not in plan.attacks]
+    title = (f"{plan.name}, {', '.join(plan.attacks)} only (not reported: {', '.join(left_out)})" if left_out
+             else plan.name)
     collected = collect(plan, store)
     table = build_table1(collected.observations, plan.rows, plan.attacks)
     detail = build_detail(collected.observations, plan.rows, plan.attacks)
@@ -243,17 +250,17 @@ def report_command(args: argparse.Namespace) -> int:
     unjudged = unjudged_columns(collected.observations)
     directory = store.report_dir
     extra: dict[str, Any] = {
-        "name": plan.name, "convergence": flags, "unjudged": unjudged, "nonfinite": collected.nonfinite,
-        "missing": collected.missing, "observations": len(collected.observations)}
+        "name": plan.name, "attacks_left_out": left_out, "convergence": flags, "unjudged": unjudged,
+        "nonfinite": collected.nonfinite, "missing": collected.missing, "observations": len(collected.observations)}
     records = {(cell.kind, cell.key): store.load(cell.kind, cell.key) for cell in plan.runnable()}  # read once
     costs = grid_cost(plan, records)
     revisions = revision_counts(records.values())
     extra["cost"] = [cost.to_dict() for cost in costs]
     extra["code_revisions"] = revisions
     extra["detail"] = detail_json(detail)
-    write_tables(table, directory, plan.name, extra)  # first: the tables stand even if a figure cannot be drawn
+    write_tables(table, directory, title, extra)  # first: the tables stand even if a figure cannot be drawn
     (directory / "cost.md").write_text(cost_markdown(costs) + revision_markdown(revisions), encoding="utf-8")
-    (directory / "detail.md").write_text(render_detail_markdown(detail, plan.name), encoding="utf-8")
+    (directory / "detail.md").write_text(render_detail_markdown(detail, title), encoding="utf-8")
     scored, _ = with_strongest(collected.observations, plan.attacks)  # the plots draw the strongest attack too
     plotted = [("Accuracy vs attack MSE (Fig. 4)", plot_pareto(scored, scored_attacks(plan.attacks), directory)),
                ("Attack MSE vs conditional entropy (Fig. 3)",
@@ -265,9 +272,9 @@ def report_command(args: argparse.Namespace) -> int:
     extra["figures"] = [{"kind": kind, "title": title, "files": [path.name for path in written]}
                         for kind, entries in (("plot", plotted), ("gallery", plotted_galleries))
                         for title, written in entries]
-    paths = write_tables(table, directory, plan.name, extra)
+    paths = write_tables(table, directory, title, extra)
     stored = sum(record is not None for record in records.values())
-    page = render_html(name=plan.name, table=table, figures=figures, galleries=galleries, flags=flags,
+    page = render_html(name=title, table=table, figures=figures, galleries=galleries, flags=flags,
                        missing=collected.missing, stored=stored, spec_text=plan.spec_text, unjudged=unjudged,
                        nonfinite=collected.nonfinite, costs=costs, detail=extra["detail"], revisions=revisions)
     index = write_html(directory / "index.html", page)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from experiment import cli as experiment_cli
 from experiment.cells import AttackCell, Plan, TrainCell
 from experiment.html import render_html
 from experiment.plots import plot_galleries, plot_mse_vs_entropy, plot_panels, plot_pareto
@@ -324,3 +325,31 @@ def test_tables_plots_and_page_are_written_from_the_store(tmp_path: Path) -> Non
     assert page.count("data:image/png;base64,") == 4
     assert "<script>" not in page and "&lt;script&gt;" in page  # autoescaped
     assert "best epoch is its last (5 of 5)" in page
+
+
+def test_report_attacks_lays_out_only_the_attacks_named(tmp_path: Path) -> None:
+    """A grid whose GAN half is not run: the full report leaves the headline n/a and lists the GAN cells as
+    missing; ``report --attacks decoder`` lays out the decoder alone, its headline the decoder's gain."""
+    plan, store = make_store(tmp_path)
+    gan = tuple(AttackCell(f"g{t.key}", t.key, "gan", t.seed, (), {}) for t in plan.train)
+    store.write_plan(Plan(plan.name, plan.rows, ("decoder", "gan"), plan.train, (*plan.attack, *gan), {}))
+    table_path = store.report_dir / "table1.json"
+
+    assert experiment_cli.main(["report", str(tmp_path)]) == 0
+    full = json.loads(table_path.read_text())
+    (average,) = full["groups"][0]["averages"]
+    assert full["attacks"] == ["decoder", "gan"] and full["attacks_left_out"] == []
+    assert average["attack_mean_gain"]["train"] is None and len(full["missing"]) == 10  # the GAN cells
+
+    assert experiment_cli.main(["report", str(tmp_path), "--attacks", "decoder"]) == 0
+    sliced = json.loads(table_path.read_text())
+    (average,) = sliced["groups"][0]["averages"]
+    assert sliced["attacks"] == ["decoder"] and sliced["attacks_left_out"] == ["gan"] and not sliced["missing"]
+    assert average["attack_mean_gain"]["train"] == pytest.approx(average["gain"]["decoder_mse_train"])
+    markdown = (store.report_dir / "table1.md").read_text()
+    assert markdown.startswith("# hand-made, decoder only (not reported: gan): Table 1")
+    assert "GAN" not in markdown.split("## Notes")[0]
+
+    before = table_path.read_bytes()
+    assert experiment_cli.main(["report", str(tmp_path), "--attacks", "optimize"]) == 2  # named, nothing rewritten
+    assert table_path.read_bytes() == before
