@@ -250,7 +250,7 @@ def report_command(args: argparse.Namespace) -> int:
     unjudged = unjudged_columns(collected.observations)
     directory = store.report_dir
     extra: dict[str, Any] = {
-        "name": plan.name, "attacks_left_out": left_out, "convergence": flags, "unjudged": unjudged,
+        "name": title, "attacks_left_out": left_out, "convergence": flags, "unjudged": unjudged,
         "nonfinite": collected.nonfinite, "missing": collected.missing, "observations": len(collected.observations)}
     records = {(cell.kind, cell.key): store.load(cell.kind, cell.key) for cell in plan.runnable()}  # read once
     costs = grid_cost(plan, records)

@@ -348,6 +348,7 @@ def test_report_attacks_lays_out_only_the_attacks_named(tmp_path: Path) -> None:
     assert average["attack_mean_gain"]["train"] == pytest.approx(average["gain"]["decoder_mse_train"])
     markdown = (store.report_dir / "table1.md").read_text()
     assert markdown.startswith("# hand-made, decoder only (not reported: gan): Table 1")
+    assert sliced["name"] == "hand-made, decoder only (not reported: gan)"  # the audit console's title
     assert "GAN" not in markdown.split("## Notes")[0]
 
     before = table_path.read_bytes()
