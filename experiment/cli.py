@@ -30,6 +30,7 @@ import json
 import logging
 import signal
 import sys
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
@@ -38,6 +39,7 @@ from typing import Any
 from cem.cli import run_cli
 from cem.errors import CEMError, ConfigError
 from experiment.cells import AttackCell, Plan, TrainCell, expand_plan
+from experiment.cost import cost_kind, grid_cost, run_estimate
 from experiment.probe import run_probe
 from experiment.runner import DEVICE_CHOICES, GridRunner, RunOptions, RunSummary, resolve_options
 from experiment.spec import load_spec
@@ -151,6 +153,10 @@ def print_dry_run(plan: Plan, store: CellStore, sources: list[CellStore]) -> Non
     copied = f"{reused} to copy from --reuse-from, " if sources else ""
     print(f"{len(cells)} cells: {cached} cached, {copied}{len(cells) - cached - reused} to run "
           f"({plan.name}; nothing was run)")
+    to_run = Counter(cost_kind(cell) for cell, state in zip(cells, states, strict=True)
+                     if state in ("to-run", "rebuild"))
+    records = {(cell.kind, cell.key): store.load(cell.kind, cell.key) for cell in cells}
+    print(run_estimate(to_run, grid_cost(plan, records)))
 
 
 class Terminated(KeyboardInterrupt):
@@ -222,7 +228,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 def report_command(args: argparse.Namespace) -> int:
     # Imported here: matplotlib, Jinja2 and scipy take seconds to load, which `run` never needs.
-    from experiment.cost import cost_markdown, grid_cost
+    from experiment.cost import cost_markdown
     from experiment.detail import build_detail, detail_json, render_detail_markdown
     from experiment.html import render_html, write_html
     from experiment.plots import plot_galleries, plot_mse_vs_entropy, plot_pareto

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from experiment.cells import AttackCell, Plan
+from experiment.cells import AttackCell, Cell, Plan
 
 
 @dataclass(frozen=True)
@@ -52,13 +52,18 @@ class CellCost:
                 "remaining_s": rounded(self.remaining_s)}
 
 
+def cost_kind(cell: Cell) -> str:
+    """The kind a cell is priced as: ``train``, or its attack's name."""
+    return cell.attack if isinstance(cell, AttackCell) else "train"
+
+
 def grid_cost(plan: Plan, records: Mapping[tuple[str, str], Mapping[str, Any] | None]) -> list[CellCost]:
     """The cost of every kind of cell in ``plan``: trainings first, then the attacks in the plan's order.
     ``records``: each cell's stored record by (kind, key), None (or absent) when it is not stored."""
     walls: dict[str, list[float]] = {"train": [], **{attack: [] for attack in plan.attacks}}
     stored, remaining = dict.fromkeys(walls, 0), dict.fromkeys(walls, 0)
     for cell in plan.runnable():
-        kind = cell.attack if isinstance(cell, AttackCell) else "train"
+        kind = cost_kind(cell)
         record = records.get((cell.kind, cell.key))
         if record is None:
             remaining[kind] += 1
@@ -96,3 +101,22 @@ def cost_markdown(costs: Sequence[CellCost]) -> str:
         lines.append(f"{cost.kind} | {cost.stored_label} | {median} | {_hours(cost.total_s)} | {cost.remaining} | "
                      f"{_hours(cost.remaining_s)}")
     return "\n".join(lines) + "\n"
+
+
+def run_estimate(to_run: Mapping[str, int], costs: Sequence[CellCost]) -> str:
+    """One line for a dry run: the cells it would run by kind, priced at the stored medians in cell-hours (divide
+    by the jobs that will run them), naming any kind with no stored cell to price it by."""
+    if not to_run:
+        return "nothing to run"
+    medians = {cost.kind: cost.median_s for cost in costs if cost.median_s is not None}
+    order = [cost.kind for cost in costs if cost.kind in to_run]  # the cost table's: trainings, then the attacks
+    kinds = order + [kind for kind in to_run if kind not in order]
+    priced = {kind: to_run[kind] * medians[kind] for kind in kinds if kind in medians}
+    counts = ", ".join(f"{to_run[kind]} {kind}" for kind in kinds)
+    unpriced = [kind for kind in kinds if kind not in priced]
+    if not priced:
+        return f"to run: {counts}; no stored cell of these kinds to price them by"
+    at = ", ".join(f"{kind} {medians[kind]:.0f} s" for kind in priced)
+    tail = f"; {', '.join(unpriced)} not priced (none stored)" if unpriced else ""
+    return (f"to run: {counts}: about {_hours(sum(priced.values()))} cell-hours at the stored medians ({at}){tail}; "
+            "divide by --jobs")

@@ -8,7 +8,7 @@ import pytest
 from experiment_helpers import BASE, fake_prober
 
 from experiment.cells import expand_plan
-from experiment.cost import cost_markdown, grid_cost
+from experiment.cost import CellCost, cost_markdown, grid_cost, run_estimate
 from experiment.spec import parse_spec
 from experiment.store import CellStore
 
@@ -46,3 +46,15 @@ def test_a_cell_that_resumed_an_interrupted_run_is_stored_but_not_priced() -> No
     assert (decoder.stored, decoder.untimed, decoder.remaining, decoder.total_s, decoder.median_s) == \
         (4, 2, 4, 300.0, 150.0)
     assert "\ndecoder | 4 (2 untimed) | 150 | 0.1 | 4 | 0.2\n" in cost_markdown([decoder])
+
+
+def test_a_dry_run_prices_the_cells_to_run_at_the_stored_medians() -> None:
+    costs = [CellCost("train", 4, 2, 60.0, 200.0), CellCost("decoder", 3, 5, 900.0, 400.0),
+             CellCost("gan", 0, 9, 0.0, None)]
+    assert run_estimate({"decoder": 5, "train": 2}, costs) == (  # in the cost table's order
+        "to run: 2 train, 5 decoder: about 0.7 cell-hours at the stored medians (train 200 s, decoder 400 s); "
+        "divide by --jobs")  # 2 x 200 + 5 x 400 = 2,400 s
+    assert run_estimate({"decoder": 1, "gan": 9}, costs).endswith(
+        "(decoder 400 s); gan not priced (none stored); divide by --jobs")
+    assert run_estimate({"gan": 9}, costs) == "to run: 9 gan; no stored cell of these kinds to price them by"
+    assert run_estimate({}, costs) == "nothing to run"

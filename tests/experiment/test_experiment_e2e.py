@@ -168,6 +168,7 @@ def test_changing_one_sigma_reruns_only_that_sigmas_cells(smoke: SmokeRun, tmp_p
         assert (name in stored) == (state == "cached")
     assert sum(state == "to-run" for state, _ in status.values()) == 4  # Dropout's two trainings and their attacks
     assert "4 cached, 4 to run" in done.stdout
+    assert "to run: 2 train, 2 decoder: about " in done.stdout  # priced at the stored cells' medians
     assert {Path(name).stem for name in snapshot(smoke.out)} == stored  # a dry run runs and writes nothing
 
 

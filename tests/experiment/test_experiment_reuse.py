@@ -64,10 +64,11 @@ def test_the_dry_run_shows_the_folder_as_the_real_copy_leaves_it(tmp_path: Path,
     plan, here, sources = folders(tmp_path)
     print_dry_run(plan, here, sources)
     printed = capsys.readouterr().out.splitlines()
-    dry = {line.split()[1]: line.split()[2] for line in printed[:-1]}
+    dry = {line.split()[1]: line.split()[2] for line in printed[:-2]}
     assert dry == {"t1": "reuse", "a1": "reuse", "t2": "rebuild", "a2": "to-run", "t3": "cached", "a3": "reuse",
                    "t4": "cached", "a4": "to-run", "t5": "reuse", "a5": "reuse"}
-    assert printed[-1] == "10 cells: 2 cached, 5 to copy from --reuse-from, 3 to run (reuse; nothing was run)"
+    assert printed[-2] == "10 cells: 2 cached, 5 to copy from --reuse-from, 3 to run (reuse; nothing was run)"
+    assert printed[-1] == "to run: 1 train, 2 decoder; no stored cell of these kinds to price them by"  # no wall_s
     assert not here.has_outputs("attack", "a1") and here.load("train", "t2") is None  # nothing was copied
 
     # the real copy (t2's record too: the dry run counts it as a training to run), then the runner's own view
