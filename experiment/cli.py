@@ -129,10 +129,11 @@ def _trains_by_key(plan: Plan) -> dict[str, TrainCell]:
     return {cell.key: cell for cell in plan.train}
 
 
-def print_dry_run(plan: Plan, store: CellStore, sources: list[CellStore]) -> None:
+def print_dry_run(plan: Plan, store: CellStore, sources: list[CellStore], spec_plan: Plan) -> None:
     """One line per distinct cell: kind, key, ``cached``, ``reuse`` (``--reuse-from`` would copy it), ``to-run``
     or ``rebuild`` (its record is stored or would be copied, its bundle would not be there, and an attack to run
-    needs it: it trains again), and what it is; the folder is judged as it will be after the copy."""
+    needs it: it trains again), and what it is; the folder is judged as it will be after the copy. Then the counts,
+    and the cells to run priced at the medians of ``spec_plan``'s cells as the folder will hold them."""
     trains = _trains_by_key(plan)
     copies = reusable_cells(plan, store, sources)
     done, rebuild = GridRunner(plan, store, RunOptions(progress=False)).plan_state(copies)
@@ -149,14 +150,15 @@ def print_dry_run(plan: Plan, store: CellStore, sources: list[CellStore]) -> Non
         what = (f"{cell.attack} on {trains[cell.train_key].describe()}" if isinstance(cell, AttackCell)
                 else cell.describe())
         print(f"{cell.kind:<6} {cell.key}  {state:<7} {what}")
-    cached, reused = states.count("cached"), states.count("reuse")
-    copied = f"{reused} to copy from --reuse-from, " if sources else ""
-    print(f"{len(cells)} cells: {cached} cached, {copied}{len(cells) - cached - reused} to run "
-          f"({plan.name}; nothing was run)")
     to_run = Counter(cost_kind(cell) for cell, state in zip(cells, states, strict=True)
                      if state in ("to-run", "rebuild"))
-    records = {(cell.kind, cell.key): store.load(cell.kind, cell.key) for cell in cells}
-    print(run_estimate(to_run, grid_cost(plan, records)))
+    copied = f"{states.count('reuse')} to copy from --reuse-from, " if sources else ""
+    print(f"{len(cells)} cells: {states.count('cached')} cached, {copied}{sum(to_run.values())} to run "
+          f"({plan.name}; nothing was run)")
+    records = store.records(spec_plan.runnable())
+    for (kind, key), source in copies.items():  # priced as the folder will be: with the copied records
+        records[(kind, key)] = source.load(kind, key)
+    print(run_estimate(to_run, grid_cost(spec_plan, records)))
 
 
 class Terminated(KeyboardInterrupt):
@@ -201,7 +203,7 @@ def run_command(args: argparse.Namespace) -> int:
     now = plan.selected(rows=args.rows, attacks=args.attacks, seeds=args.seeds)
     store = CellStore(args.out)
     if args.dry_run:
-        print_dry_run(now, store, [CellStore(folder) for folder in args.reuse_from])
+        print_dry_run(now, store, [CellStore(folder) for folder in args.reuse_from], plan)
         if now != plan:
             print(f"(a slice: {len(now.runnable())} of the plan's {len(plan.runnable())} cells)")
         return 0
@@ -247,8 +249,8 @@ def report_command(args: argparse.Namespace) -> int:
     spec_plan = store.read_plan()
     plan = spec_plan.with_attacks(args.attacks) if args.attacks else spec_plan
     left_out = [attack for attack in spec_plan.attacks if attack not in plan.attacks]
-    title = (f"{plan.name}, {', '.join(plan.attacks)} only (not reported: {', '.join(left_out)})" if left_out
-             else plan.name)
+    heading = (f"{plan.name}, {', '.join(plan.attacks)} only (not reported: {', '.join(left_out)})" if left_out
+               else plan.name)
     collected = collect(plan, store)
     table = build_table1(collected.observations, plan.rows, plan.attacks)
     detail = build_detail(collected.observations, plan.rows, plan.attacks)
@@ -256,17 +258,18 @@ def report_command(args: argparse.Namespace) -> int:
     unjudged = unjudged_columns(collected.observations)
     directory = store.report_dir
     extra: dict[str, Any] = {
-        "name": title, "attacks_left_out": left_out, "convergence": flags, "unjudged": unjudged,
-        "nonfinite": collected.nonfinite, "missing": collected.missing, "observations": len(collected.observations)}
-    records = {(cell.kind, cell.key): store.load(cell.kind, cell.key) for cell in plan.runnable()}  # read once
+        "name": heading, "attacks_left_out": left_out, "planned": len(plan.runnable()), "convergence": flags,
+        "unjudged": unjudged, "nonfinite": collected.nonfinite, "missing": collected.missing,
+        "observations": len(collected.observations)}
+    records = store.records(plan.runnable())  # read once
     costs = grid_cost(plan, records)
     revisions = revision_counts(records.values())
     extra["cost"] = [cost.to_dict() for cost in costs]
     extra["code_revisions"] = revisions
     extra["detail"] = detail_json(detail)
-    write_tables(table, directory, title, extra)  # first: the tables stand even if a figure cannot be drawn
+    write_tables(table, directory, heading, extra)  # first: the tables stand even if a figure cannot be drawn
     (directory / "cost.md").write_text(cost_markdown(costs) + revision_markdown(revisions), encoding="utf-8")
-    (directory / "detail.md").write_text(render_detail_markdown(detail, title), encoding="utf-8")
+    (directory / "detail.md").write_text(render_detail_markdown(detail, heading), encoding="utf-8")
     scored, _ = with_strongest(collected.observations, plan.attacks)  # the plots draw the strongest attack too
     plotted = [("Accuracy vs attack MSE (Fig. 4)", plot_pareto(scored, scored_attacks(plan.attacks), directory)),
                ("Attack MSE vs conditional entropy (Fig. 3)",
@@ -278,9 +281,9 @@ def report_command(args: argparse.Namespace) -> int:
     extra["figures"] = [{"kind": kind, "title": title, "files": [path.name for path in written]}
                         for kind, entries in (("plot", plotted), ("gallery", plotted_galleries))
                         for title, written in entries]
-    paths = write_tables(table, directory, title, extra)
+    paths = write_tables(table, directory, heading, extra)
     stored = sum(record is not None for record in records.values())
-    page = render_html(name=title, table=table, figures=figures, galleries=galleries, flags=flags,
+    page = render_html(name=heading, table=table, figures=figures, galleries=galleries, flags=flags,
                        missing=collected.missing, stored=stored, spec_text=plan.spec_text, unjudged=unjudged,
                        nonfinite=collected.nonfinite, costs=costs, detail=extra["detail"], revisions=revisions)
     index = write_html(directory / "index.html", page)

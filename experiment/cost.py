@@ -105,7 +105,9 @@ def cost_markdown(costs: Sequence[CellCost]) -> str:
 
 def run_estimate(to_run: Mapping[str, int], costs: Sequence[CellCost]) -> str:
     """One line for a dry run: the cells it would run by kind, priced at the stored medians in cell-hours (divide
-    by the jobs that will run them), naming any kind with no stored cell to price it by."""
+    by the jobs that will run them), naming any kind with no timed stored cell to price it by (only resumed or
+    pre-``wall_s`` ones, ``grid_cost``). An estimate: a GAN attack that resumes costs less, and an attack rerun on
+    a retrained bundle that holds another model is not foreseen."""
     if not to_run:
         return "nothing to run"
     medians = {cost.kind: cost.median_s for cost in costs if cost.median_s is not None}
@@ -115,8 +117,8 @@ def run_estimate(to_run: Mapping[str, int], costs: Sequence[CellCost]) -> str:
     counts = ", ".join(f"{to_run[kind]} {kind}" for kind in kinds)
     unpriced = [kind for kind in kinds if kind not in priced]
     if not priced:
-        return f"to run: {counts}; no stored cell of these kinds to price them by"
+        return f"to run: {counts}; no timed stored cell of these kinds to price them by"
     at = ", ".join(f"{kind} {medians[kind]:.0f} s" for kind in priced)
-    tail = f"; {', '.join(unpriced)} not priced (none stored)" if unpriced else ""
+    tail = f"; {', '.join(unpriced)} not priced (no timed cell stored)" if unpriced else ""
     return (f"to run: {counts}: about {_hours(sum(priced.values()))} cell-hours at the stored medians ({at}){tail}; "
             "divide by --jobs")

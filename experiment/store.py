@@ -36,13 +36,13 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from cem.durable import TMP_PREFIX, write_durably
 from cem.errors import CEMError, ConfigError
-from experiment.cells import Plan
+from experiment.cells import Cell, Plan
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,10 @@ class CellStore:
     def has_outputs(self, kind: str, key: str) -> bool:
         """Whether the cell's output folder is complete: a usable bundle, or an attack's results."""
         return (self.output_dir(kind, key) / OUTPUT_MARKERS[kind]).is_file()
+
+    def records(self, cells: Iterable[Cell]) -> dict[tuple[str, str], dict[str, Any] | None]:
+        """Each cell's stored record (``load``) by (kind, key), None where it is not stored."""
+        return {(cell.kind, cell.key): self.load(cell.kind, cell.key) for cell in cells}
 
     def load(self, kind: str, key: str) -> dict[str, Any] | None:
         """The stored record of a finished cell, or None: absent, unreadable, another cell's, an attack whose

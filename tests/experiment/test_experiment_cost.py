@@ -55,6 +55,6 @@ def test_a_dry_run_prices_the_cells_to_run_at_the_stored_medians() -> None:
         "to run: 2 train, 5 decoder: about 0.7 cell-hours at the stored medians (train 200 s, decoder 400 s); "
         "divide by --jobs")  # 2 x 200 + 5 x 400 = 2,400 s
     assert run_estimate({"decoder": 1, "gan": 9}, costs).endswith(
-        "(decoder 400 s); gan not priced (none stored); divide by --jobs")
-    assert run_estimate({"gan": 9}, costs) == "to run: 9 gan; no stored cell of these kinds to price them by"
+        "(decoder 400 s); gan not priced (no timed cell stored); divide by --jobs")
+    assert run_estimate({"gan": 9}, costs) == "to run: 9 gan; no timed stored cell of these kinds to price them by"
     assert run_estimate({}, costs) == "nothing to run"

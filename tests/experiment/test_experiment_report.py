@@ -346,8 +346,15 @@ def test_report_attacks_lays_out_only_the_attacks_named(tmp_path: Path) -> None:
     (average,) = sliced["groups"][0]["averages"]
     assert sliced["attacks"] == ["decoder"] and sliced["attacks_left_out"] == ["gan"] and not sliced["missing"]
     assert average["attack_mean_gain"]["train"] == pytest.approx(average["gain"]["decoder_mse_train"])
+    assert sliced["planned"] == 20  # 10 trainings and their 10 decoder attacks
     markdown = (store.report_dir / "table1.md").read_text()
     assert markdown.startswith("# hand-made, decoder only (not reported: gan): Table 1")
+    assert "\ngan |" not in (store.report_dir / "cost.md").read_text()  # nothing else lays the GAN out either
+    for name in ("detail.md", "index.html"):
+        text = (store.report_dir / name).read_text()
+        assert "| GAN " not in text and "<th>GAN " not in text and "gan_" not in text, name
+    assert experiment_cli.main(["report", str(tmp_path), "--attacks", "decoder,decoder"]) == 0  # named twice: once
+    assert json.loads(table_path.read_text())["attacks"] == ["decoder"]
     assert sliced["name"] == "hand-made, decoder only (not reported: gan)"  # the audit console's title
     assert "GAN" not in markdown.split("## Notes")[0]
 

@@ -62,13 +62,13 @@ def folders(root: Path) -> tuple[Plan, CellStore, list[CellStore]]:
 def test_the_dry_run_shows_the_folder_as_the_real_copy_leaves_it(tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     plan, here, sources = folders(tmp_path)
-    print_dry_run(plan, here, sources)
+    print_dry_run(plan, here, sources, plan)
     printed = capsys.readouterr().out.splitlines()
     dry = {line.split()[1]: line.split()[2] for line in printed[:-2]}
     assert dry == {"t1": "reuse", "a1": "reuse", "t2": "rebuild", "a2": "to-run", "t3": "cached", "a3": "reuse",
                    "t4": "cached", "a4": "to-run", "t5": "reuse", "a5": "reuse"}
     assert printed[-2] == "10 cells: 2 cached, 5 to copy from --reuse-from, 3 to run (reuse; nothing was run)"
-    assert printed[-1] == "to run: 1 train, 2 decoder; no stored cell of these kinds to price them by"  # no wall_s
+    assert printed[-1] == "to run: 1 train, 2 decoder; no timed stored cell of these kinds to price them by"
     assert not here.has_outputs("attack", "a1") and here.load("train", "t2") is None  # nothing was copied
 
     # the real copy (t2's record too: the dry run counts it as a training to run), then the runner's own view
@@ -77,3 +77,26 @@ def test_the_dry_run_shows_the_folder_as_the_real_copy_leaves_it(tmp_path: Path,
     real = {cell.key: "rebuild" if cell.key in rebuild else "copied or cached" if (cell.kind, cell.key) in done
             else "to-run" for cell in plan.runnable()}
     assert real == {key: "copied or cached" if state in ("reuse", "cached") else state for key, state in dry.items()}
+
+
+def test_the_dry_run_prices_a_slice_at_the_whole_grids_medians_with_the_copied_cells(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The seeds 1-2 slice: seed 0's training (100 s) and attack (300 s) are stored here, outside the slice; seed
+    1's training (200 s) is in the ``--reuse-from`` folder. What the slice runs is priced at the medians of the
+    whole grid as the copy leaves the folder: train 150 s, decoder 300 s."""
+    here, source = store_at(tmp_path / "here"), store_at(tmp_path / "source")
+    for store, key, wall in ((here, "t0", 100.0), (source, "t1", 200.0)):
+        store.output_dir("train", key).mkdir(parents=True)
+        (store.output_dir("train", key) / "manifest.json").write_text("{}")
+        store.save({"kind": "train", "key": key, "model_id": f"m{key}", "wall_s": wall})
+    here.output_dir("attack", "a0").mkdir(parents=True)
+    (here.output_dir("attack", "a0") / "metrics.json").write_text("{}")
+    here.save({"kind": "attack", "key": "a0", "train_key": "t0", "model_id": "mt0", "wall_s": 300.0})
+    trains = [TrainCell(f"t{i}", "digits", "vgg11_bn_sgm", 4, "Bottleneck", 0.1, 0.0, i, (), {}) for i in range(3)]
+    attacks = [AttackCell(f"a{i}", f"t{i}", "decoder", i, (), {}) for i in range(3)]
+    plan = Plan("slice", ("Bottleneck",), ("decoder",), tuple(trains), tuple(attacks), {})
+    print_dry_run(plan.selected(seeds=(1, 2)), here, [source], plan)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-2] == "4 cells: 0 cached, 1 to copy from --reuse-from, 3 to run (slice; nothing was run)"
+    assert printed[-1] == ("to run: 1 train, 2 decoder: about 0.2 cell-hours at the stored medians (train 150 s, "
+                           "decoder 300 s); divide by --jobs")  # 150 + 2 x 300 = 750 s

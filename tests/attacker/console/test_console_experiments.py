@@ -80,6 +80,9 @@ def experiments_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_stored_cells(root / "hand")
     subprocess.run([sys.executable, "-m", "experiment.cli", "report", str(root / "hand")], check=True,
                    capture_output=True, timeout=300, env={**os.environ, "MPLBACKEND": "Agg"})
+    write_stored_cells(root / "decoder-only")  # the same cells reported without the GAN (report --attacks)
+    subprocess.run([sys.executable, "-m", "experiment.cli", "report", str(root / "decoder-only"), "--attacks",
+                    "decoder"], check=True, capture_output=True, timeout=300, env={**os.environ, "MPLBACKEND": "Agg"})
     write_stored_cells(root / "no-report")  # a run not reported yet: not listed
     (root / "broken" / "report").mkdir(parents=True)
     (root / "broken" / "report" / "table1.json").write_text('{"groups": "not a list"}')
@@ -179,6 +182,10 @@ def test_the_list_shows_each_reported_experiment_with_its_counts(browser: httpx.
     assert '<td data-field="missing">1</td>' in row  # the one attack cell not stored
     assert "<td>24</td>" in row  # cells planned: 8 train + 16 attack
     assert "<td>8</td>" in row and "<td>4</td>" in row  # models in Table 1; figures: 2 plots, 2 galleries
+    sliced = page.split('data-experiment="decoder-only"', 1)[1].split("</tr>", 1)[0]
+    assert "console-demo, decoder only (not reported: gan)" in sliced
+    assert '<td data-field="missing">0</td>' in sliced  # the missing cell was a GAN cell
+    assert "<td>16</td>" in sliced  # cells planned as reported: 8 train + 8 decoder
     broken = page.split('data-experiment="broken"', 1)[1].split("</tr>", 1)[0]
     assert "experiment report unreadable" in broken  # listed, with why, instead of failing the page
 

@@ -102,6 +102,7 @@ class TableRecord(_Record):
     nonfinite: list[dict[str, Any]] = []
     missing: list[str] = []
     observations: int | None = None
+    planned: int | None = None  # the cells the report laid out (``report --attacks``: fewer than the plan's)
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,8 @@ def summarize(experiment: Experiment, table: TableRecord | None = None,
     plots, galleries = figures(table, list_figures(experiment.report_dir))
     return Summary(experiment, title=table.name or experiment.name, observations=table.observations,
                    missing=len(table.missing), not_converged=len(table.convergence), nonfinite=len(table.nonfinite),
-                   planned=planned_cells(read_plan(experiment) if plan is None else plan), written_at=written_at,
+                   planned=table.planned if table.planned is not None
+                   else planned_cells(read_plan(experiment) if plan is None else plan), written_at=written_at,
                    figures=len(plots) + len(galleries))
 
 
