@@ -1,11 +1,11 @@
-"""Which code produced a cell: the git commit of the tree the runner's children import, marked when that tree
-had uncommitted changes to the code.
+"""Which code made a cell: the git commit of the tree the runner's children import, marked when that tree had
+uncommitted changes to the code.
 
 A cell's key is its configuration, not the code (``experiment.cells``), so a grid run a slice per sitting can mix
 cells made by several revisions of the code, and a retrained cell can change with it (docs/training.md records
-one whose weights did). Each record keeps the revision that made it (``code_revision``); the report counts them and says
-so when a table stands on more than one. The revision is that of the code the children import,
-which is not always the code the runner itself imports (``code_root``).
+one whose weights did). Each record keeps the revision that made it (``code_revision``); the report counts them
+and says so when a table stands on more than one. The revision is that of the code the children import, which is
+not always the code the runner itself imports (``code_root``).
 """
 
 from __future__ import annotations
