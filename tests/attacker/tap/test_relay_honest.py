@@ -210,10 +210,12 @@ def _recording_relay(upstream_port: int, record: list[tuple[int, int, bytes]]) -
     lock = threading.Lock()
 
     def pump(source: socket.socket, sink: socket.socket, direction: int, connection: int) -> None:
-        while data := source.recv(65536):
-            with lock:
-                record.append((connection, direction, data))
-                sink.sendall(data)
+        # a peer that closes first (the end of a conversation) ends the pump: a broken pipe or a reset is no error
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                with lock:
+                    record.append((connection, direction, data))
+                    sink.sendall(data)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
 
