@@ -268,7 +268,8 @@ def report_command(args: argparse.Namespace) -> int:
     extra["code_revisions"] = revisions
     extra["detail"] = detail_json(detail)
     write_tables(table, directory, heading, extra)  # first: the tables stand even if a figure cannot be drawn
-    (directory / "cost.md").write_text(cost_markdown(costs) + revision_markdown(revisions), encoding="utf-8")
+    cost_text = cost_markdown(costs) + revision_markdown(revisions)
+    (directory / "cost.md").write_text(cost_text, encoding="utf-8")
     (directory / "detail.md").write_text(render_detail_markdown(detail, heading), encoding="utf-8")
     scored, _ = with_strongest(collected.observations, plan.attacks)  # the plots draw the strongest attack too
     plotted = [("Accuracy vs attack MSE (Fig. 4)", plot_pareto(scored, scored_attacks(plan.attacks), directory)),
@@ -297,7 +298,7 @@ def report_command(args: argparse.Namespace) -> int:
     if collected.missing:
         print(f"note: {len(collected.missing)} cells of the plan are not stored yet; the report covers the others")
     print()
-    print(cost_markdown(costs) + revision_markdown(revisions), end="")
+    print(cost_text, end="")
     print(f"wrote {directory}: table1.md, table1.csv, table1.json, detail.md, cost.md, "
           f"pareto/mse_vs_entropy (.png, .svg), {len(galleries)} galleries, {index.name}")
     if args.json:
