@@ -5,7 +5,9 @@ Figures are drawn with matplotlib's object API (``Figure``, no pyplot state, the
 Agg canvas), each saved as PNG and SVG. One panel per (table group, attack,
 column). Without CEM (λ = 0) is a grey circle, with CEM a coloured triangle per
 λ; points of one row at one λ are joined in σ order, so a σ sweep reads as the
-paper's trade-off curve.
+paper's trade-off curve, and an arrow leads from each row's point without CEM to
+its point with CEM at the same σ, so what CEM did to each defense reads without
+the labels (one per row and σ, which overlap where rows crowd).
 
 * ``pareto``: per variant, mean accuracy (%) against mean attack MSE over seeds,
   with the 95 % intervals as error bars where there are several seeds.
@@ -21,7 +23,7 @@ paper's trade-off curve.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from matplotlib.axes import Axes
@@ -39,6 +41,8 @@ PALETTE = ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:
 PANEL_SIZE = (4.2, 3.2)
 GRID_FILE = "reconstructions.png"  # what cem-attack draws into its --out folder
 GALLERY_WIDTH = 5.5  # inches per attack column
+
+Point = tuple[float, float]  # (mean attack MSE, mean accuracy %) of one variant
 
 
 def _lambda_style(lam: float, lambdas: Sequence[float]) -> tuple[str, str]:
@@ -81,6 +85,13 @@ def _legend(axes: Axes, lambdas: Sequence[float]) -> None:
     axes.legend(fontsize=7, loc="best")
 
 
+def cem_steps(points: Mapping[tuple[str, float, float], Point]) -> list[tuple[Point, Point, float]]:
+    """(point without CEM, point with CEM, its λ) for every (row, λ > 0, σ) whose row has a λ = 0 point at that σ:
+    the arrows of Fig. 4. ``points`` is keyed by (row, λ, σ)."""
+    return [(points[(row, 0.0, sigma)], point, lam) for (row, lam, sigma), point in sorted(points.items())
+            if lam > 0 and (row, 0.0, sigma) in points]
+
+
 def plot_pareto(observations: Sequence[Observation], attacks: Sequence[str], directory: Path) -> list[Path]:
     """Fig. 4: accuracy against attack MSE, one marker per (row, σ, λ)."""
     panels = plot_panels(observations, attacks)
@@ -92,19 +103,29 @@ def plot_pareto(observations: Sequence[Observation], attacks: Sequence[str], dir
         for o in observations:
             if o.group == group and metric in o.values and ACCURACY in o.values:
                 variants.setdefault((o.row, o.cem_lambda, o.sigma), []).append(o)
-        curves: dict[tuple[str, float], list[tuple[float, float]]] = {}
-        for (row, lam, sigma), seen in sorted(variants.items()):
+        curves: dict[tuple[str, float], list[Point]] = {}
+        points: dict[tuple[str, float, float], Point] = {}
+        labelled: set[tuple[str, float]] = set()
+        for (row, lam, sigma), seen in sorted(variants.items()):  # each (row, σ) meets its lowest λ first
             x, y = mean_interval(o.values[metric] for o in seen), mean_interval(100 * o.values[ACCURACY] for o in seen)
             color, marker = _lambda_style(lam, lambdas)
             ax.errorbar(x.mean, y.mean, xerr=None if math.isnan(x.half_width) else x.half_width,
                         yerr=None if math.isnan(y.half_width) else y.half_width, linestyle="none",
                         markersize=6, elinewidth=0.8, capsize=2, color=color, marker=marker)
-            ax.annotate(f"{row} σ={sigma:g}", (x.mean, y.mean), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            if (row, sigma) not in labelled:  # one label per (row, σ), on its lowest λ's point
+                labelled.add((row, sigma))
+                ax.annotate(f"{row} σ={sigma:g}", (x.mean, y.mean), fontsize=6, xytext=(3, 3),
+                            textcoords="offset points")
+            points[(row, lam, sigma)] = (x.mean, y.mean)
             curves.setdefault((row, lam), []).append((x.mean, y.mean))
-        for (_, lam), points in curves.items():
-            if len(points) > 1:
-                xs, ys = zip(*points, strict=True)
+        for (_, lam), curve in curves.items():
+            if len(curve) > 1:
+                xs, ys = zip(*curve, strict=True)
                 ax.plot(xs, ys, linewidth=0.7, alpha=0.6, color=_lambda_style(lam, lambdas)[0])
+        for start, end, lam in cem_steps(points):
+            ax.annotate("", xy=end, xytext=start, arrowprops={"arrowstyle": "->", "linewidth": 0.7, "alpha": 0.7,
+                                                              "color": _lambda_style(lam, lambdas)[0],
+                                                              "shrinkA": 4, "shrinkB": 4})
         ax.set_title(f"{group}\n{attack}, {column} column", fontsize=8)
         ax.set_xlabel(f"{attack} attack MSE ({column}) ↑ more private")
         ax.set_ylabel("test accuracy % ↑")

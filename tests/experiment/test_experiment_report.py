@@ -13,7 +13,7 @@ from PIL import Image
 from experiment import cli as experiment_cli
 from experiment.cells import AttackCell, Plan, TrainCell
 from experiment.html import render_html
-from experiment.plots import plot_galleries, plot_mse_vs_entropy, plot_panels, plot_pareto
+from experiment.plots import cem_steps, plot_galleries, plot_mse_vs_entropy, plot_panels, plot_pareto
 from experiment.report import (
     Observation,
     build_table1,
@@ -361,3 +361,13 @@ def test_report_attacks_lays_out_only_the_attacks_named(tmp_path: Path) -> None:
     before = table_path.read_bytes()
     assert experiment_cli.main(["report", str(tmp_path), "--attacks", "optimize"]) == 2  # named, nothing rewritten
     assert table_path.read_bytes() == before
+
+
+def test_fig4_arrows_lead_from_each_row_without_cem_to_its_cem_variants_at_the_same_sigma() -> None:
+    points = {("Bottleneck", 0.0, 0.1): (0.005, 97.8), ("Bottleneck", 2.0, 0.1): (0.006, 97.7),
+              ("Bottleneck", 8.0, 0.1): (0.008, 96.0), ("Bottleneck", 2.0, 0.2): (0.009, 97.0),  # no λ = 0 at 0.2
+              ("DistCorr", 0.0, 0.1): (0.006, 97.6), ("DistCorr", 2.0, 0.1): (0.007, 97.5),
+              ("No_defense", 0.0, 0.0): (0.002, 98.3)}
+    assert cem_steps(points) == [((0.005, 97.8), (0.006, 97.7), 2.0), ((0.005, 97.8), (0.008, 96.0), 8.0),
+                                 ((0.006, 97.6), (0.007, 97.5), 2.0)]
+    assert cem_steps({("Bottleneck", 0.0, 0.1): (0.005, 97.8)}) == []
