@@ -6,8 +6,9 @@ Agg canvas), each saved as PNG and SVG. One panel per (table group, attack,
 column). Without CEM (λ = 0) is a grey circle, with CEM a coloured triangle per
 λ; points of one row at one λ are joined in σ order, so a σ sweep reads as the
 paper's trade-off curve, and an arrow leads from each row's point without CEM to
-its point with CEM at the same σ, so what CEM did to each defense reads without
-the labels (one per row and σ, which overlap where rows crowd).
+each of its points with CEM (one per λ) at the same σ, so what CEM did to each
+defense reads without the labels (one per row and σ, which overlap where rows
+crowd). The two ends are means over the seeds each variant has stored.
 
 * ``pareto``: per variant, mean accuracy (%) against mean attack MSE over seeds,
   with the 95 % intervals as error bars where there are several seeds.
@@ -30,7 +31,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
-from cem.stats import mean_interval
+from cem.stats import Estimate, mean_interval
 from experiment.records import COLUMNS
 from experiment.report import ACCURACY, Observation, mse_metric
 from experiment.spec import slugify
@@ -85,6 +86,19 @@ def _legend(axes: Axes, lambdas: Sequence[float]) -> None:
     axes.legend(fontsize=7, loc="best")
 
 
+def pareto_means(observations: Sequence[Observation], group: str, metric: str
+                 ) -> dict[tuple[str, float, float], tuple[Estimate, Estimate]]:
+    """(attack MSE, accuracy %) over seeds per variant of one table group, keyed (row, λ, σ) and sorted so that
+    each (row, λ) meets its σ values in order and each (row, σ) its lowest λ first."""
+    variants: dict[tuple[str, float, float], list[Observation]] = {}
+    for o in observations:
+        if o.group == group and metric in o.values and ACCURACY in o.values:
+            variants.setdefault((o.row, o.cem_lambda, o.sigma), []).append(o)
+    return {variant: (mean_interval(o.values[metric] for o in seen),
+                      mean_interval(100 * o.values[ACCURACY] for o in seen))
+            for variant, seen in sorted(variants.items())}
+
+
 def cem_steps(points: Mapping[tuple[str, float, float], Point]) -> list[tuple[Point, Point, float]]:
     """(point without CEM, point with CEM, its λ) for every (row, λ > 0, σ) whose row has a λ = 0 point at that σ:
     the arrows of Fig. 4. ``points`` is keyed by (row, λ, σ)."""
@@ -93,21 +107,16 @@ def cem_steps(points: Mapping[tuple[str, float, float], Point]) -> list[tuple[Po
 
 
 def plot_pareto(observations: Sequence[Observation], attacks: Sequence[str], directory: Path) -> list[Path]:
-    """Fig. 4: accuracy against attack MSE, one marker per (row, σ, λ)."""
+    """Fig. 4: accuracy against attack MSE, one marker per (row, σ, λ), and an arrow from each row's λ = 0 point to
+    its λ > 0 points at the same σ (``cem_steps``)."""
     panels = plot_panels(observations, attacks)
     figure, axes = _figure(len(panels), PANEL_SIZE)
     lambdas = sorted({o.cem_lambda for o in observations})
     for ax, (group, attack, column) in zip(axes, panels, strict=False):
-        metric = mse_metric(attack, column)
-        variants: dict[tuple[str, float, float], list[Observation]] = {}
-        for o in observations:
-            if o.group == group and metric in o.values and ACCURACY in o.values:
-                variants.setdefault((o.row, o.cem_lambda, o.sigma), []).append(o)
         curves: dict[tuple[str, float], list[Point]] = {}
         points: dict[tuple[str, float, float], Point] = {}
         labelled: set[tuple[str, float]] = set()
-        for (row, lam, sigma), seen in sorted(variants.items()):  # each (row, σ) meets its lowest λ first
-            x, y = mean_interval(o.values[metric] for o in seen), mean_interval(100 * o.values[ACCURACY] for o in seen)
+        for (row, lam, sigma), (x, y) in pareto_means(observations, group, mse_metric(attack, column)).items():
             color, marker = _lambda_style(lam, lambdas)
             ax.errorbar(x.mean, y.mean, xerr=None if math.isnan(x.half_width) else x.half_width,
                         yerr=None if math.isnan(y.half_width) else y.half_width, linestyle="none",

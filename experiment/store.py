@@ -13,8 +13,10 @@ key. Its bundle is not part of that: the record holds everything a report needs
 (accuracy, model id, bounds), and the weights (megabytes per model) are what a
 folder kept in git leaves out (``results/``, see docs/experiments.md). The
 runner rebuilds a missing bundle only when an attack still to run needs it;
-training is deterministic on one machine's torch build at fixed threads, so the
-rebuilt model is the same model (the same ``model_id``, the weights' hash).
+training is deterministic on one machine's torch build at fixed threads, so there
+the rebuilt model is the same model (the same ``model_id``, the weights' hash). On
+another host it can be another model (seen 2026-12-03); the attacks on it then run
+again, as below (docs/experiments.md, "Results kept in git").
 
 An attack cell is done exactly when its record exists, parses, names its own
 key, its ``metrics.json`` is still there, its train cell is done, and the model it

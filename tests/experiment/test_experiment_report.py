@@ -13,7 +13,7 @@ from PIL import Image
 from experiment import cli as experiment_cli
 from experiment.cells import AttackCell, Plan, TrainCell
 from experiment.html import render_html
-from experiment.plots import cem_steps, plot_galleries, plot_mse_vs_entropy, plot_panels, plot_pareto
+from experiment.plots import cem_steps, pareto_means, plot_galleries, plot_mse_vs_entropy, plot_panels, plot_pareto
 from experiment.report import (
     Observation,
     build_table1,
@@ -371,3 +371,13 @@ def test_fig4_arrows_lead_from_each_row_without_cem_to_its_cem_variants_at_the_s
     assert cem_steps(points) == [((0.005, 97.8), (0.006, 97.7), 2.0), ((0.005, 97.8), (0.008, 96.0), 8.0),
                                  ((0.006, 97.6), (0.007, 97.5), 2.0)]
     assert cem_steps({("Bottleneck", 0.0, 0.1): (0.005, 97.8)}) == []
+    # the figure's points: per variant, means over seeds keyed (row, λ, σ), here two seeds without CEM, one with
+    seen = [observation("Bottleneck", 0.0, 0, {"accuracy": 0.98, "decoder_mse_train": 0.004}),
+            observation("Bottleneck", 0.0, 1, {"accuracy": 0.96, "decoder_mse_train": 0.006}),
+            observation("Bottleneck", 2.0, 0, {"accuracy": 0.97, "decoder_mse_train": 0.008}),
+            observation("Dropout", 0.0, 0, {"accuracy": 0.95})]  # no MSE: not drawn
+    means = pareto_means(seen, "g", "decoder_mse_train")
+    assert list(means) == [("Bottleneck", 0.0, 0.1), ("Bottleneck", 2.0, 0.1)]
+    drawn = {variant: (x.mean, y.mean) for variant, (x, y) in means.items()}
+    [(start, end, lam)] = cem_steps(drawn)
+    assert start == pytest.approx((0.005, 97.0)) and end == pytest.approx((0.008, 97.0)) and lam == 2.0
