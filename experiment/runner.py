@@ -359,13 +359,16 @@ class GridRunner:
                     summary.ran.append(cell)
                     bar.update(1)
                     if isinstance(cell, TrainCell):
-                        for stale in self._stale_attacks(cell.key, done):
+                        stale_attacks = self._stale_attacks(cell.key, done)
+                        for stale in stale_attacks:
                             logger.warning("train cell %s now holds another model than attack %s attacked: "
                                            "attacking it again", cell.key, stale.key)
                             done.discard(("attack", stale.key))
-                            pending.append(stale)
                             summary.cached -= 1
                             bar.update(-1)
+                        # First in line, before later trainings: a model's attacks then end together, which a
+                        # slice needs when its bundles go with the machine (docs/experiments.md).
+                        pending[:0] = stale_attacks
         except BaseException:
             self.children.stop()
             pool.shutdown(wait=True, cancel_futures=True)

@@ -128,6 +128,25 @@ def test_a_rebuilt_bundle_that_is_another_model_is_attacked_again(tmp_path: Path
     assert all(store.load("attack", key)["model_id"] == "model-b" for key in siblings)  # type: ignore[index]
 
 
+def test_a_retrained_models_stale_attacks_run_before_the_next_training(tmp_path: Path) -> None:
+    """A slice on a new machine retrains each model it needs: that model's attacks all end before the next
+    training starts, so a sitting that stops early leaves whole models, not bundles lost with half their attacks."""
+    plan = expand_plan(parse_spec(BASE + "\n[attacks.gan]\nepochs = 2\n"), fake_prober)
+    store = CellStore(tmp_path)
+    store.create()
+    FakeCells(plan, store, RunOptions(jobs=2, progress=False)).run()
+    retrained = [train.key for train in plan.train[:2]]
+    for key in retrained:  # the stored decoder attack stays; the GAN is what the slice came for
+        shutil.rmtree(store.output_dir("train", key))
+        gan = next(c for c in plan.attack if c.train_key == key and c.attack == "gan")
+        store.cell_path("attack", gan.key).unlink()
+    runner = FakeCells(plan, store, RunOptions(jobs=1, progress=False), model="model-b")
+    runner.run()
+    expected = [[key, *sorted(c.key for c in plan.attack if c.train_key == key)] for key in retrained]
+    started = runner.started
+    assert [started[0], *sorted(started[1:3])] == expected[0] and [started[3], *sorted(started[4:])] == expected[1]
+
+
 def test_device_jobs_and_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runner_module, "visible_gpus", lambda: ())
     cpu = resolve_options("auto", None, 3)
