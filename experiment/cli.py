@@ -39,7 +39,7 @@ from typing import Any
 from cem.cli import run_cli
 from cem.errors import CEMError, ConfigError
 from experiment.cells import AttackCell, Plan, TrainCell, expand_plan
-from experiment.cost import cost_kind, grid_cost, run_estimate
+from experiment.cost import cost_kind, grid_cost, rerun_estimate, run_estimate
 from experiment.probe import run_probe
 from experiment.runner import DEVICE_CHOICES, GridRunner, RunOptions, RunSummary, resolve_options
 from experiment.spec import load_spec
@@ -133,7 +133,8 @@ def print_dry_run(plan: Plan, store: CellStore, sources: list[CellStore], spec_p
     """One line per distinct cell: kind, key, ``cached``, ``reuse`` (``--reuse-from`` would copy it), ``to-run``
     or ``rebuild`` (its record is stored or would be copied, its bundle would not be there, and an attack to run
     needs it: it trains again), and what it is; the folder is judged as it will be after the copy. Then the counts,
-    and the cells to run priced at the medians of ``spec_plan``'s cells as the folder will hold them."""
+    the cells to run priced at the medians of ``spec_plan``'s cells as the folder will hold them, and the stored
+    attacks on the bundles it retrains, which run again if a retrain is another model."""
     trains = _trains_by_key(plan)
     copies = reusable_cells(plan, store, sources)
     done, rebuild = GridRunner(plan, store, RunOptions(progress=False)).plan_state(copies)
@@ -158,7 +159,12 @@ def print_dry_run(plan: Plan, store: CellStore, sources: list[CellStore], spec_p
     records = store.records(spec_plan.runnable())
     for (kind, key), source in copies.items():  # priced as the folder will be: with the copied records
         records[(kind, key)] = source.load(kind, key)
-    print(run_estimate(to_run, grid_cost(spec_plan, records)))
+    costs = grid_cost(spec_plan, records)
+    print(run_estimate(to_run, costs))
+    at_risk = Counter(cost_kind(cell) for cell in cells if isinstance(cell, AttackCell)
+                      and cell.train_key in rebuild and (cell.kind, cell.key) in done)
+    if (rerun := rerun_estimate(at_risk, costs)) is not None:
+        print(rerun)
 
 
 class Terminated(KeyboardInterrupt):

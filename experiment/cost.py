@@ -103,22 +103,40 @@ def cost_markdown(costs: Sequence[CellCost]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _priced(counts: Mapping[str, int], costs: Sequence[CellCost]) -> tuple[str, float, str, list[str]]:
+    """``counts`` in the cost table's order (trainings, then the attacks) as text, their price in seconds at the
+    stored medians, those medians as text, and the kinds no timed stored cell prices."""
+    medians = {cost.kind: cost.median_s for cost in costs if cost.median_s is not None}
+    order = [cost.kind for cost in costs if cost.kind in counts]
+    kinds = order + [kind for kind in counts if kind not in order]
+    priced = {kind: counts[kind] * medians[kind] for kind in kinds if kind in medians}
+    text = ", ".join(f"{counts[kind]} {kind}" for kind in kinds)
+    at = ", ".join(f"{kind} {medians[kind]:.0f} s" for kind in priced)
+    return text, sum(priced.values()), at, [kind for kind in kinds if kind not in priced]
+
+
 def run_estimate(to_run: Mapping[str, int], costs: Sequence[CellCost]) -> str:
     """One line for a dry run: the cells it would run by kind, priced at the stored medians in cell-hours (divide
     by the jobs that will run them), naming any kind with no timed stored cell to price it by (only resumed or
-    pre-``wall_s`` ones, ``grid_cost``). An estimate: a GAN attack that resumes costs less, and an attack rerun on
-    a retrained bundle that holds another model is not foreseen."""
+    pre-``wall_s`` ones, ``grid_cost``). An estimate: a GAN attack that resumes costs less, and the attacks a
+    retrained bundle may need again are ``rerun_estimate``'s."""
     if not to_run:
         return "nothing to run"
-    medians = {cost.kind: cost.median_s for cost in costs if cost.median_s is not None}
-    order = [cost.kind for cost in costs if cost.kind in to_run]  # the cost table's: trainings, then the attacks
-    kinds = order + [kind for kind in to_run if kind not in order]
-    priced = {kind: to_run[kind] * medians[kind] for kind in kinds if kind in medians}
-    counts = ", ".join(f"{to_run[kind]} {kind}" for kind in kinds)
-    unpriced = [kind for kind in kinds if kind not in priced]
-    if not priced:
+    counts, seconds, at, unpriced = _priced(to_run, costs)
+    if not at:
         return f"to run: {counts}; no timed stored cell of these kinds to price them by"
-    at = ", ".join(f"{kind} {medians[kind]:.0f} s" for kind in priced)
     tail = f"; {', '.join(unpriced)} not priced (no timed cell stored)" if unpriced else ""
-    return (f"to run: {counts}: about {_hours(sum(priced.values()))} cell-hours at the stored medians ({at}){tail}; "
+    return (f"to run: {counts}: about {_hours(seconds)} cell-hours at the stored medians ({at}){tail}; "
             "divide by --jobs")
+
+
+def rerun_estimate(at_risk: Mapping[str, int], costs: Sequence[CellCost]) -> str | None:
+    """The dry run's line for the stored attacks on bundles it retrains: they run again if the retrain is another
+    model, which a dry run cannot know (another machine or torch: docs/experiments.md). None when there are none."""
+    if not at_risk:
+        return None
+    counts, seconds, at, unpriced = _priced(at_risk, costs)
+    price = f": up to {_hours(seconds)} cell-hours more" if at else ""
+    tail = f"; {', '.join(unpriced)} not priced" if unpriced else ""
+    return (f"and if a retrained bundle is another model (another machine or torch), its stored attacks run "
+            f"again: {counts}{price}{tail}")

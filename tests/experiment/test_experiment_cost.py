@@ -8,7 +8,7 @@ import pytest
 from experiment_helpers import BASE, fake_prober
 
 from experiment.cells import expand_plan
-from experiment.cost import CellCost, cost_markdown, grid_cost, run_estimate
+from experiment.cost import CellCost, cost_markdown, grid_cost, rerun_estimate, run_estimate
 from experiment.spec import parse_spec
 from experiment.store import CellStore
 
@@ -58,3 +58,15 @@ def test_a_dry_run_prices_the_cells_to_run_at_the_stored_medians() -> None:
         "(decoder 400 s); gan not priced (no timed cell stored); divide by --jobs")
     assert run_estimate({"gan": 9}, costs) == "to run: 9 gan; no timed stored cell of these kinds to price them by"
     assert run_estimate({}, costs) == "nothing to run"
+
+
+def test_a_dry_run_prices_the_stored_attacks_a_retrained_bundle_may_need_again() -> None:
+    costs = [CellCost("train", 4, 2, 60.0, 200.0), CellCost("decoder", 3, 5, 900.0, 400.0),
+             CellCost("gan", 0, 9, 0.0, None)]
+    assert rerun_estimate({"decoder": 9}, costs) == (
+        "and if a retrained bundle is another model (another machine or torch), its stored attacks run again: "
+        "9 decoder: up to 1.0 cell-hours more")  # 9 x 400 = 3,600 s
+    assert rerun_estimate({"gan": 1, "decoder": 2}, costs).endswith("2 decoder, 1 gan: up to 0.2 cell-hours more; "
+                                                                    "gan not priced")  # type: ignore[union-attr]
+    assert rerun_estimate({"gan": 1}, costs).endswith("again: 1 gan; gan not priced")  # type: ignore[union-attr]
+    assert rerun_estimate({}, costs) is None

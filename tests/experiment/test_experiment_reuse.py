@@ -100,3 +100,24 @@ def test_the_dry_run_prices_a_slice_at_the_whole_grids_medians_with_the_copied_c
     assert printed[-2] == "4 cells: 0 cached, 1 to copy from --reuse-from, 3 to run (slice; nothing was run)"
     assert printed[-1] == ("to run: 1 train, 2 decoder: about 0.2 cell-hours at the stored medians (train 150 s, "
                            "decoder 300 s); divide by --jobs")  # 150 + 2 x 300 = 750 s
+
+
+def test_the_dry_run_names_the_stored_attacks_on_a_bundle_it_retrains(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A folder from git: t0's record and its decoder attack a0 (600 s) stored, no weights, its GAN g0 missing.
+    The slice retrains t0 for g0; if that is another model, a0 runs again too, and the dry run says so."""
+    here = store_at(tmp_path / "here")
+    here.save({"kind": "train", "key": "t0", "model_id": "m0", "wall_s": 100.0})
+    here.output_dir("attack", "a0").mkdir(parents=True)
+    (here.output_dir("attack", "a0") / "metrics.json").write_text("{}")
+    here.save({"kind": "attack", "key": "a0", "train_key": "t0", "model_id": "m0", "wall_s": 600.0})
+    train = TrainCell("t0", "digits", "vgg11_bn_sgm", 4, "Bottleneck", 0.1, 0.0, 0, (), {})
+    attacks = (AttackCell("a0", "t0", "decoder", 0, (), {}), AttackCell("g0", "t0", "gan", 0, (), {}))
+    plan = Plan("retrain", ("Bottleneck",), ("decoder", "gan"), (train,), attacks, {})
+    print_dry_run(plan, here, [], plan)
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[2] for line in printed[:3]] == ["rebuild", "cached", "to-run"]
+    assert printed[-2] == ("to run: 1 train, 1 gan: about 0.0 cell-hours at the stored medians (train 100 s); gan "
+                           "not priced (no timed cell stored); divide by --jobs")
+    assert printed[-1] == ("and if a retrained bundle is another model (another machine or torch), its stored "
+                           "attacks run again: 1 decoder: up to 0.2 cell-hours more")  # 600 s
