@@ -3,15 +3,18 @@ conditional-entropy measure) and a reconstruction gallery per row.
 
 Figures are drawn with matplotlib's object API (``Figure``, no pyplot state, the
 Agg canvas), each saved as PNG and SVG. One panel per (table group, attack,
-column). Without CEM (λ = 0) is a grey circle, with CEM a coloured triangle per
-λ; points of one row at one λ are joined in σ order, so a σ sweep reads as the
-paper's trade-off curve, and an arrow leads from each row's point without CEM to
-each of its points with CEM (one per λ) at the same σ, so what CEM did to each
-defense reads without the labels (one per row and σ, which overlap where rows
-crowd). The two ends are means over the seeds each variant has stored.
+column). Without CEM (λ = 0) is a circle, with CEM another marker per λ (a
+triangle for the first).
 
 * ``pareto``: per variant, mean accuracy (%) against mean attack MSE over seeds,
-  with the 95 % intervals as error bars where there are several seeds.
+  with the 95 % intervals as error bars where there are several seeds. A colour
+  per row, named in one legend beside the panels rather than in labels on the
+  points, which overlapped wherever rows crowd; points of one row at one λ are
+  joined in σ order (solid without CEM, dashed with), so a σ sweep reads as the
+  paper's trade-off curve, labelled with its σ values; and an arrow leads from
+  each row's point without CEM to each of its points with CEM at the same σ, so
+  what CEM did to each defense reads at a glance. The two ends are means over
+  the seeds each variant has stored.
 * ``mse_vs_entropy``: every trained model, its attack MSE (log scale) against the
   ``entropy_bound`` its bundle's manifest records (the relative H(x|z) lower bound
   of Eq. 3 in nats, H(x) := 0); models trained without noise record none and are
@@ -30,6 +33,7 @@ from pathlib import Path
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.image import imread
+from matplotlib.lines import Line2D
 
 from cem.stats import Estimate, mean_interval
 from experiment.records import COLUMNS
@@ -39,6 +43,9 @@ from experiment.store import CellStore
 
 WITHOUT_CEM = ("0.45", "o")  # (colour, marker)
 PALETTE = ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:cyan")
+CEM_MARKERS = ("^", "s", "D", "v", "P", "X")  # one per λ > 0, in order
+ROW_PALETTE = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
+               "tab:cyan")  # Fig. 4's colour per row: tab10 without its grey, which reads as "without CEM" in Fig. 3
 PANEL_SIZE = (4.2, 3.2)
 GRID_FILE = "reconstructions.png"  # what cem-attack draws into its --out folder
 GALLERY_WIDTH = 5.5  # inches per attack column
@@ -47,11 +54,11 @@ Point = tuple[float, float]  # (mean attack MSE, mean accuracy %) of one variant
 
 
 def _lambda_style(lam: float, lambdas: Sequence[float]) -> tuple[str, str]:
-    """(colour, marker): grey circles without CEM, a coloured triangle per λ > 0."""
+    """(colour, marker): grey circles without CEM, a colour and a marker per λ > 0."""
     if lam == 0:
         return WITHOUT_CEM
-    positive = [v for v in lambdas if v > 0]
-    return PALETTE[positive.index(lam) % len(PALETTE)], "^"
+    index = [v for v in lambdas if v > 0].index(lam)
+    return PALETTE[index % len(PALETTE)], CEM_MARKERS[index % len(CEM_MARKERS)]
 
 
 def plot_panels(observations: Sequence[Observation], attacks: Sequence[str]) -> list[tuple[str, str, str]]:
@@ -99,48 +106,71 @@ def pareto_means(observations: Sequence[Observation], group: str, metric: str
             for variant, seen in sorted(variants.items())}
 
 
-def cem_steps(points: Mapping[tuple[str, float, float], Point]) -> list[tuple[Point, Point, float]]:
-    """(point without CEM, point with CEM, its λ) for every (row, λ > 0, σ) whose row has a λ = 0 point at that σ:
-    the arrows of Fig. 4. ``points`` is keyed by (row, λ, σ)."""
-    return [(points[(row, 0.0, sigma)], point, lam) for (row, lam, sigma), point in sorted(points.items())
+def cem_steps(points: Mapping[tuple[str, float, float], Point]) -> list[tuple[str, Point, Point, float]]:
+    """(row, point without CEM, point with CEM, its λ) for every (row, λ > 0, σ) whose row has a λ = 0 point at
+    that σ: the arrows of Fig. 4. ``points`` is keyed by (row, λ, σ)."""
+    return [(row, points[(row, 0.0, sigma)], point, lam) for (row, lam, sigma), point in sorted(points.items())
             if lam > 0 and (row, 0.0, sigma) in points]
 
 
+def sigma_labels(variants: Sequence[tuple[str, float, float]]) -> list[tuple[str, float]]:
+    """The (row, σ) points Fig. 4 labels with their σ, given its variants keyed (row, λ, σ): those of the rows drawn
+    at several σ (a sweep's curve), where colour alone does not say which point is which."""
+    sigmas: dict[str, list[float]] = {}
+    for row, _, sigma in variants:
+        if sigma not in sigmas.setdefault(row, []):
+            sigmas[row].append(sigma)
+    return [(row, sigma) for row, seen in sigmas.items() if len(seen) > 1 for sigma in seen]
+
+
+def _fig4_legend(figure: Figure, colours: Mapping[str, str], lambdas: Sequence[float]) -> None:
+    """One legend beside the panels: the rows' colours, then the markers of the λ values."""
+    handles = [Line2D([], [], color=colour, linewidth=3, label=row) for row, colour in colours.items()]
+    for lam in lambdas:
+        marker = _lambda_style(lam, lambdas)[1]
+        handles.append(Line2D([], [], color="0.2", marker=marker, linestyle="none",
+                              label="w/o CEM (λ=0)" if lam == 0 else f"w/ CEM, λ={lam:g}"))
+    figure.legend(handles=handles, loc="outside right upper", fontsize=7)
+
+
 def plot_pareto(observations: Sequence[Observation], attacks: Sequence[str], directory: Path) -> list[Path]:
-    """Fig. 4: accuracy against attack MSE, one marker per (row, σ, λ), and an arrow from each row's λ = 0 point to
-    its λ > 0 points at the same σ (``cem_steps``)."""
+    """Fig. 4: accuracy against attack MSE, one marker per (row, σ, λ) in the row's colour, and an arrow from each
+    row's λ = 0 point to its λ > 0 points at the same σ (``cem_steps``)."""
     panels = plot_panels(observations, attacks)
     figure, axes = _figure(len(panels), PANEL_SIZE)
     lambdas = sorted({o.cem_lambda for o in observations})
+    rows = list(dict.fromkeys(o.row for o in observations))  # the table's order
+    colours = {row: ROW_PALETTE[index % len(ROW_PALETTE)] for index, row in enumerate(rows)}
     for ax, (group, attack, column) in zip(axes, panels, strict=False):
         curves: dict[tuple[str, float], list[Point]] = {}
         points: dict[tuple[str, float, float], Point] = {}
-        labelled: set[tuple[str, float]] = set()
-        for (row, lam, sigma), (x, y) in pareto_means(observations, group, mse_metric(attack, column)).items():
-            color, marker = _lambda_style(lam, lambdas)
+        means = pareto_means(observations, group, mse_metric(attack, column))
+        labelled = set(sigma_labels(list(means)))
+        for (row, lam, sigma), (x, y) in means.items():
             ax.errorbar(x.mean, y.mean, xerr=None if math.isnan(x.half_width) else x.half_width,
                         yerr=None if math.isnan(y.half_width) else y.half_width, linestyle="none",
-                        markersize=6, elinewidth=0.8, capsize=2, color=color, marker=marker)
-            if (row, sigma) not in labelled:  # one label per (row, σ), on its lowest λ's point
-                labelled.add((row, sigma))
-                ax.annotate(f"{row} σ={sigma:g}", (x.mean, y.mean), fontsize=6, xytext=(3, 3),
-                            textcoords="offset points")
+                        markersize=6, elinewidth=0.8, capsize=2, color=colours[row],
+                        marker=_lambda_style(lam, lambdas)[1])
+            if (row, sigma) in labelled:  # once per (row, σ), on its lowest λ's point
+                labelled.discard((row, sigma))
+                ax.annotate(f"σ={sigma:g}", (x.mean, y.mean), fontsize=6, xytext=(3, 3), textcoords="offset points",
+                            color=colours[row])
             points[(row, lam, sigma)] = (x.mean, y.mean)
             curves.setdefault((row, lam), []).append((x.mean, y.mean))
-        for (_, lam), curve in curves.items():
+        for (row, lam), curve in curves.items():
             if len(curve) > 1:
                 xs, ys = zip(*curve, strict=True)
-                ax.plot(xs, ys, linewidth=0.7, alpha=0.6, color=_lambda_style(lam, lambdas)[0])
-        for start, end, lam in cem_steps(points):
+                ax.plot(xs, ys, linewidth=0.7, alpha=0.6, color=colours[row], linestyle="-" if lam == 0 else "--")
+        for row, start, end, _ in cem_steps(points):
             ax.annotate("", xy=end, xytext=start, arrowprops={"arrowstyle": "->", "linewidth": 0.7, "alpha": 0.7,
-                                                              "color": _lambda_style(lam, lambdas)[0],
-                                                              "shrinkA": 4, "shrinkB": 4})
+                                                              "color": colours[row], "shrinkA": 4, "shrinkB": 4})
         ax.set_title(f"{group}\n{attack}, {column} column", fontsize=8)
         ax.set_xlabel(f"{attack} attack MSE ({column}) ↑ more private")
         ax.set_ylabel("test accuracy % ↑")
         ax.grid(alpha=0.3)
-        _legend(ax, lambdas)
-    if not panels:
+    if panels:
+        _fig4_legend(figure, colours, lambdas)
+    else:
         axes[0].text(0.5, 0.5, "no stored cells yet", ha="center", va="center")
     figure.suptitle("Accuracy vs attack MSE (paper Fig. 4)")
     return _save(figure, directory, "pareto")

@@ -13,7 +13,15 @@ from PIL import Image
 from experiment import cli as experiment_cli
 from experiment.cells import AttackCell, Plan, TrainCell
 from experiment.html import render_html
-from experiment.plots import cem_steps, pareto_means, plot_galleries, plot_mse_vs_entropy, plot_panels, plot_pareto
+from experiment.plots import (
+    cem_steps,
+    pareto_means,
+    plot_galleries,
+    plot_mse_vs_entropy,
+    plot_panels,
+    plot_pareto,
+    sigma_labels,
+)
 from experiment.report import (
     Observation,
     build_table1,
@@ -368,8 +376,12 @@ def test_fig4_arrows_lead_from_each_row_without_cem_to_its_cem_variants_at_the_s
               ("Bottleneck", 8.0, 0.1): (0.008, 96.0), ("Bottleneck", 2.0, 0.2): (0.009, 97.0),  # no λ = 0 at 0.2
               ("DistCorr", 0.0, 0.1): (0.006, 97.6), ("DistCorr", 2.0, 0.1): (0.007, 97.5),
               ("No_defense", 0.0, 0.0): (0.002, 98.3)}
-    assert cem_steps(points) == [((0.005, 97.8), (0.006, 97.7), 2.0), ((0.005, 97.8), (0.008, 96.0), 8.0),
-                                 ((0.006, 97.6), (0.007, 97.5), 2.0)]
+    assert cem_steps(points) == [("Bottleneck", (0.005, 97.8), (0.006, 97.7), 2.0),
+                                 ("Bottleneck", (0.005, 97.8), (0.008, 96.0), 8.0),
+                                 ("DistCorr", (0.006, 97.6), (0.007, 97.5), 2.0)]
+    # σ labels only where a row is drawn at several σ (a sweep); a row's colour in the legend names the rest
+    assert sigma_labels(list(points)) == [("Bottleneck", 0.1), ("Bottleneck", 0.2)]
+    assert sigma_labels([("DistCorr", 0.0, 0.1), ("DistCorr", 2.0, 0.1)]) == []
     assert cem_steps({("Bottleneck", 0.0, 0.1): (0.005, 97.8)}) == []
     # the figure's points: per variant, means over seeds keyed (row, λ, σ), here two seeds without CEM, one with
     seen = [observation("Bottleneck", 0.0, 0, {"accuracy": 0.98, "decoder_mse_train": 0.004}),
@@ -379,5 +391,6 @@ def test_fig4_arrows_lead_from_each_row_without_cem_to_its_cem_variants_at_the_s
     means = pareto_means(seen, "g", "decoder_mse_train")
     assert list(means) == [("Bottleneck", 0.0, 0.1), ("Bottleneck", 2.0, 0.1)]
     drawn = {variant: (x.mean, y.mean) for variant, (x, y) in means.items()}
-    [(start, end, lam)] = cem_steps(drawn)
-    assert start == pytest.approx((0.005, 97.0)) and end == pytest.approx((0.008, 97.0)) and lam == 2.0
+    [(row, start, end, lam)] = cem_steps(drawn)
+    assert row == "Bottleneck" and lam == 2.0
+    assert start == pytest.approx((0.005, 97.0)) and end == pytest.approx((0.008, 97.0))
