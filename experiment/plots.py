@@ -37,7 +37,7 @@ from matplotlib.lines import Line2D
 
 from cem.stats import Estimate, mean_interval
 from experiment.records import COLUMNS
-from experiment.report import ACCURACY, Observation, mse_metric
+from experiment.report import ACCURACY, Observation, grouped_by_variant, mse_metric
 from experiment.spec import slugify
 from experiment.store import CellStore
 
@@ -95,15 +95,13 @@ def _legend(axes: Axes, lambdas: Sequence[float]) -> None:
 
 def pareto_means(observations: Sequence[Observation], group: str, metric: str
                  ) -> dict[tuple[str, float, float], tuple[Estimate, Estimate]]:
-    """(attack MSE, accuracy %) over seeds per variant of one table group, keyed (row, λ, σ) and sorted so that
-    each (row, λ) meets its σ values in order and each (row, σ) its lowest λ first."""
-    variants: dict[tuple[str, float, float], list[Observation]] = {}
-    for o in observations:
-        if o.group == group and metric in o.values and ACCURACY in o.values:
-            variants.setdefault((o.row, o.cem_lambda, o.sigma), []).append(o)
-    return {variant: (mean_interval(o.values[metric] for o in seen),
-                      mean_interval(100 * o.values[ACCURACY] for o in seen))
-            for variant, seen in sorted(variants.items())}
+    """(attack MSE, accuracy %) over seeds per variant of one table group, keyed (row, λ, σ), in the table's
+    variant order (``grouped_by_variant``): each (row, λ) meets its σ values in order, each (row, σ) its lowest
+    λ first."""
+    seen = [o for o in observations if o.group == group and metric in o.values and ACCURACY in o.values]
+    return {(row, lam, sigma): (mean_interval(o.values[metric] for o in variant),
+                                mean_interval(100 * o.values[ACCURACY] for o in variant))
+            for (_, row, sigma, lam), variant in grouped_by_variant(seen, ()).items()}
 
 
 def cem_steps(points: Mapping[tuple[str, float, float], Point]) -> list[tuple[str, Point, Point, float]]:
