@@ -63,7 +63,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--rows", type=_names, default=(), metavar="LABEL,...",
                      help="run only these rows' cells now (the report still lays out the whole spec)")
     run.add_argument("--attacks", type=_names, default=(), metavar="NAME,...",
-                     help="run only these attacks (and the trainings they need) now")
+                     help="run only these attacks (and the trainings they need) now; a retraining that turns "
+                          "out another model is attacked again by every attack stored on it")
     run.add_argument("--seeds", type=_seeds, default=(), metavar="N,...", help="run only these seeds' cells now")
     run.add_argument("--reuse-from", type=Path, action="append", default=[], metavar="DIR",
                      help="copy cells this run needs from another run's folder instead of running them (same key: "
@@ -134,10 +135,12 @@ def print_dry_run(plan: Plan, store: CellStore, sources: list[CellStore], spec_p
     or ``rebuild`` (its record is stored or would be copied, its bundle would not be there, and an attack to run
     needs it: it trains again), and what it is; the folder is judged as it will be after the copy. Then the counts,
     the cells to run priced at the medians of ``spec_plan``'s cells as the folder will hold them, and the stored
-    attacks on the bundles it retrains, which run again if a retrain is another model."""
+    attacks on the bundles it retrains (those ``--attacks`` leaves out too), which run again if a retrain is
+    another model."""
     trains = _trains_by_key(plan)
     copies = reusable_cells(plan, store, sources)
-    done, rebuild = GridRunner(plan, store, RunOptions(progress=False)).plan_state(copies)
+    runner = GridRunner(plan, store, RunOptions(progress=False), whole=spec_plan)
+    done, rebuild = runner.plan_state(copies)
     cells = plan.runnable()
     states = []
     for cell in cells:
@@ -161,8 +164,8 @@ def print_dry_run(plan: Plan, store: CellStore, sources: list[CellStore], spec_p
         records[(kind, key)] = source.load(kind, key)
     costs = grid_cost(spec_plan, records)
     print(run_estimate(to_run, costs))
-    at_risk = Counter(cost_kind(cell) for cell in cells if isinstance(cell, AttackCell)
-                      and cell.train_key in rebuild and (cell.kind, cell.key) in done)
+    stored = [cell for cell in plan.attack if (cell.kind, cell.key) in done] + runner.left_out_attacks()
+    at_risk = Counter(cost_kind(cell) for cell in stored if cell.train_key in rebuild)
     if (rerun := rerun_estimate(at_risk, costs)) is not None:
         print(rerun)
 
@@ -225,7 +228,7 @@ def run_command(args: argparse.Namespace) -> int:
         adopted = adopt_cells(now, store, [CellStore(folder) for folder in args.reuse_from])
         if adopted:
             print(f"copied {adopted} stored cells from {', '.join(map(str, args.reuse_from))}")
-        summary = GridRunner(now, store, options, inherit_fds=(lock_fd,)).run()
+        summary = GridRunner(now, store, options, inherit_fds=(lock_fd,), whole=plan).run()
     total = len(now.runnable())
     selection = f" (of the plan's {len(plan.runnable())})" if now != plan else ""
     print(f"{plan.name}: {total} cells{selection}, {summary.cached} were stored, {len(summary.ran)} ran now, "

@@ -225,9 +225,12 @@ class RunSummary:
 class GridRunner:
     """Runs a plan's missing cells into a ``CellStore``."""
 
-    def __init__(self, plan: Plan, store: CellStore, options: RunOptions, inherit_fds: Sequence[int] = ()) -> None:
-        """``inherit_fds``: descriptors every child keeps open, the run lock's (``CellStore.lock``)."""
+    def __init__(self, plan: Plan, store: CellStore, options: RunOptions, inherit_fds: Sequence[int] = (),
+                 whole: Plan | None = None) -> None:
+        """``inherit_fds``: descriptors every child keeps open, the run lock's (``CellStore.lock``). ``whole``: the
+        grid ``plan`` is a slice of, when it is one (``left_out_attacks``)."""
         self.plan = plan
+        self.whole = whole or plan
         self.store = store
         self.options = options
         self.children = _Children(inherit_fds)
@@ -262,6 +265,15 @@ class GridRunner:
         """The stored attacks a (re)trained bundle invalidated: they attacked another model than it holds now."""
         return [cell for cell in self.plan.runnable() if isinstance(cell, AttackCell) and cell.train_key == train_key
                 and ("attack", cell.key) in done and self.store.load("attack", cell.key) is None]
+
+    def left_out_attacks(self) -> list[AttackCell]:
+        """The whole grid's stored attacks on this slice's trainings that ``--attacks`` left out. If a rebuilt
+        bundle is another model they stop counting, so the run attacks it with them again as well: a slice on a
+        new machine never silently loses a model's other attacks."""
+        trains = {cell.key for cell in self.plan.train}
+        chosen = {cell.key for cell in self.plan.attack}
+        return [cell for cell in self.whole.attack if cell.train_key in trains and cell.key not in chosen
+                and self.store.load("attack", cell.key) is not None]
 
     def _command(self, cell: Cell, out: os.PathLike[str]) -> list[str]:
         o = self.options
@@ -317,6 +329,7 @@ class GridRunner:
                         "to run need them", len(rebuild))
         summary = RunSummary(cached=len(done))
         pending = [cell for cell in order if (cell.kind, cell.key) not in done]
+        left_out = self.left_out_attacks() if rebuild else []
         failed_trains: set[str] = set()
         free = list(range(self.options.jobs))
         running: dict[Future[None], tuple[Cell, int]] = {}
@@ -366,9 +379,16 @@ class GridRunner:
                             done.discard(("attack", stale.key))
                             summary.cached -= 1
                             bar.update(-1)
+                        stale_left_out = [attack for attack in left_out if attack.train_key == cell.key
+                                          and self.store.load("attack", attack.key) is None]
+                        for stale in stale_left_out:
+                            logger.warning("train cell %s now holds another model than attack %s (%s, left out by "
+                                           "--attacks) attacked: attacking it again too, or it would stop counting",
+                                           cell.key, stale.key, stale.attack)
+                            bar.total += 1
                         # First in line, before later trainings: a model's attacks then end together, which a
                         # slice needs when its bundles go with the machine (docs/experiments.md).
-                        pending[:0] = stale_attacks
+                        pending[:0] = stale_attacks + stale_left_out
         except BaseException:
             self.children.stop()
             pool.shutdown(wait=True, cancel_futures=True)

@@ -105,7 +105,8 @@ def test_the_dry_run_prices_a_slice_at_the_whole_grids_medians_with_the_copied_c
 def test_the_dry_run_names_the_stored_attacks_on_a_bundle_it_retrains(tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     """A folder from git: t0's record and its decoder attack a0 (600 s) stored, no weights, its GAN g0 missing.
-    The slice retrains t0 for g0; if that is another model, a0 runs again too, and the dry run says so."""
+    The run retrains t0 for g0; if that is another model, a0 runs again too, also when ``--attacks gan`` leaves
+    it out, and the dry run says so."""
     here = store_at(tmp_path / "here")
     here.save({"kind": "train", "key": "t0", "model_id": "m0", "wall_s": 100.0})
     here.output_dir("attack", "a0").mkdir(parents=True)
@@ -121,3 +122,7 @@ def test_the_dry_run_names_the_stored_attacks_on_a_bundle_it_retrains(tmp_path: 
                            "not priced (no timed cell stored); divide by --jobs")
     assert printed[-1] == ("and if a retrained bundle is another model (another machine or torch), its stored "
                            "attacks run again: 1 decoder: up to 0.2 cell-hours more")  # 600 s
+    print_dry_run(plan.selected(attacks=("gan",)), here, [], plan)  # a GAN slice: a0 is left out, not spared
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[2] for line in printed[:2]] == ["rebuild", "to-run"]
+    assert printed[-1].endswith("its stored attacks run again: 1 decoder: up to 0.2 cell-hours more")

@@ -31,9 +31,9 @@ class FakeCells(GridRunner):
     """Runs no child: a cell 'succeeds' by storing an empty record, or fails when its key is in ``failing``."""
 
     def __init__(self, plan: Plan, store: CellStore, options: RunOptions,
-                 failing: frozenset[str] = frozenset(), model: str = "model-a") -> None:
+                 failing: frozenset[str] = frozenset(), model: str = "model-a", whole: Plan | None = None) -> None:
         """``model``: the model id every training of this runner produces (another one: a non-deterministic rebuild)."""
-        super().__init__(plan, store, options)
+        super().__init__(plan, store, options, whole=whole)
         self.failing = failing
         self.model = model
         self.lock = threading.Lock()
@@ -145,6 +145,29 @@ def test_a_retrained_models_stale_attacks_run_before_the_next_training(tmp_path:
     expected = [[key, *sorted(c.key for c in plan.attack if c.train_key == key)] for key in retrained]
     started = runner.started
     assert [started[0], *sorted(started[1:3])] == expected[0] and [started[3], *sorted(started[4:])] == expected[1]
+
+
+@pytest.mark.parametrize("rebuilt_model", ["model-a", "model-b"])
+def test_a_gan_slice_attacks_a_retrained_other_model_with_the_decoder_it_left_out(tmp_path: Path,
+                                                                                 rebuilt_model: str) -> None:
+    """``--attacks gan`` on a folder from git: the bundle is retrained for the GAN. The same model keeps its stored
+    decoder attack; another model (a new machine) gets it again too, or the table would lose it without a word."""
+    plan = expand_plan(parse_spec(BASE + "\n[attacks.gan]\nepochs = 2\n"), fake_prober)
+    store = CellStore(tmp_path)
+    store.create()
+    FakeCells(plan, store, RunOptions(jobs=2, progress=False)).run()
+    train = plan.train[0]
+    decoder, gan = (next(c for c in plan.attack if c.train_key == train.key and c.attack == name)
+                    for name in ("decoder", "gan"))
+    shutil.rmtree(store.output_dir("train", train.key))
+    store.cell_path("attack", gan.key).unlink()
+    gan_slice = plan.selected(attacks=("gan",))
+    runner = FakeCells(gan_slice, store, RunOptions(jobs=1, progress=False), model=rebuilt_model, whole=plan)
+    summary = runner.run()
+    again = [gan.key] if rebuilt_model == "model-a" else sorted([decoder.key, gan.key])
+    assert runner.started[0] == train.key and sorted(runner.started[1:]) == again
+    assert {c.key for c in summary.ran} == {train.key, *again}
+    assert store.load("attack", decoder.key)["model_id"] == rebuilt_model  # type: ignore[index]
 
 
 def test_device_jobs_and_threads(monkeypatch: pytest.MonkeyPatch) -> None:
