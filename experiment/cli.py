@@ -64,7 +64,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                      help="run only these rows' cells now (the report still lays out the whole spec)")
     run.add_argument("--attacks", type=_names, default=(), metavar="NAME,...",
                      help="run only these attacks (and the trainings they need) now; a retraining that turns "
-                          "out another model is attacked again by every attack stored on it")
+                          "out to be another model is attacked again by every attack stored on it")
     run.add_argument("--seeds", type=_seeds, default=(), metavar="N,...", help="run only these seeds' cells now")
     run.add_argument("--reuse-from", type=Path, action="append", default=[], metavar="DIR",
                      help="copy cells this run needs from another run's folder instead of running them (same key: "
@@ -141,7 +141,7 @@ def print_dry_run(plan: Plan, store: CellStore, sources: list[CellStore], spec_p
     copies = reusable_cells(plan, store, sources)
     runner = GridRunner(plan, store, RunOptions(progress=False), whole=spec_plan)
     done, rebuild = runner.plan_state(copies)
-    cells = plan.runnable()
+    cells = runner.plan.runnable()
     states = []
     for cell in cells:
         if cell.kind == "train" and cell.key in rebuild:
@@ -164,7 +164,7 @@ def print_dry_run(plan: Plan, store: CellStore, sources: list[CellStore], spec_p
         records[(kind, key)] = source.load(kind, key)
     costs = grid_cost(spec_plan, records)
     print(run_estimate(to_run, costs))
-    stored = [cell for cell in plan.attack if (cell.kind, cell.key) in done] + runner.left_out_attacks()
+    stored = [cell for cell in runner.plan.attack if (cell.kind, cell.key) in done] + runner.watched
     at_risk = Counter(cost_kind(cell) for cell in stored if cell.train_key in rebuild)
     if (rerun := rerun_estimate(at_risk, costs)) is not None:
         print(rerun)
@@ -206,6 +206,18 @@ def _report_failures(summary: RunSummary) -> None:
         raise CEMError(f"{len(summary.failed)} cells failed, rerun to retry them: {listed}{skipped}")
 
 
+def run_line(plan: Plan, ran: Plan, summary: RunSummary, out: Path) -> str:
+    """What a run did, in one line: ``ran`` is the part of ``plan`` it took on (``GridRunner.plan``); the
+    attacks ``--attacks`` left out that a retraining queued again add to it."""
+    left_out = len(summary.left_out)
+    total = len(ran.runnable()) + left_out
+    selection = f" (of the plan's {len(plan.runnable())})" if total != len(plan.runnable()) else ""
+    again = f" ({left_out} of them attacks --attacks left out, queued as their model changed)" if left_out else ""
+    return (f"{plan.name}: {total} cells{selection}, {summary.cached} were stored, {len(summary.ran)} ran now, "
+            f"{len(summary.failed)} failed, {len(summary.skipped)} skipped{again}; report: cem-experiment report "
+            f"{out}")
+
+
 def run_command(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     plan = expand_plan(spec, run_probe)
@@ -217,7 +229,8 @@ def run_command(args: argparse.Namespace) -> int:
             print(f"(a slice: {len(now.runnable())} of the plan's {len(plan.runnable())} cells)")
         return 0
     options = resolve_options(args.device, args.jobs, args.threads, progress=not args.no_progress)
-    check_device_for_plan(now, options.device)  # only the cells this run starts
+    # the cells this run may start: a retraining that is another model gets every attack stored on it again
+    check_device_for_plan(plan.selected(rows=args.rows, seeds=args.seeds) if args.attacks else now, options.device)
     _stop_on_sigterm()
     with store.lock() as lock_fd:
         store.create()
@@ -228,11 +241,9 @@ def run_command(args: argparse.Namespace) -> int:
         adopted = adopt_cells(now, store, [CellStore(folder) for folder in args.reuse_from])
         if adopted:
             print(f"copied {adopted} stored cells from {', '.join(map(str, args.reuse_from))}")
-        summary = GridRunner(now, store, options, inherit_fds=(lock_fd,), whole=plan).run()
-    total = len(now.runnable())
-    selection = f" (of the plan's {len(plan.runnable())})" if now != plan else ""
-    print(f"{plan.name}: {total} cells{selection}, {summary.cached} were stored, {len(summary.ran)} ran now, "
-          f"{len(summary.failed)} failed, {len(summary.skipped)} skipped; report: cem-experiment report {args.out}")
+        runner = GridRunner(now, store, options, inherit_fds=(lock_fd,), whole=plan)
+        summary = runner.run()
+    print(run_line(plan, runner.plan, summary, args.out))
     _report_failures(summary)
     return 0
 

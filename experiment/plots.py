@@ -95,9 +95,9 @@ def _legend(axes: Axes, lambdas: Sequence[float]) -> None:
 
 def pareto_means(observations: Sequence[Observation], group: str, metric: str
                  ) -> dict[tuple[str, float, float], tuple[Estimate, Estimate]]:
-    """(attack MSE, accuracy %) over seeds per variant of one table group, keyed (row, λ, σ), in the table's
-    variant order (``grouped_by_variant``): each (row, λ) meets its σ values in order, each (row, σ) its lowest
-    λ first."""
+    """(attack MSE, accuracy %) over seeds per variant of one table group, keyed (row, λ, σ), ordered by
+    ``grouped_by_variant`` (rows by name, then σ and λ ascending): each (row, λ) meets its σ values in order, each
+    (row, σ) its lowest λ first."""
     seen = [o for o in observations if o.group == group and metric in o.values and ACCURACY in o.values]
     return {(row, lam, sigma): (mean_interval(o.values[metric] for o in variant),
                                 mean_interval(100 * o.values[ACCURACY] for o in variant))

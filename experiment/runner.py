@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tqdm import tqdm
@@ -212,26 +212,46 @@ def _last_json(stdout: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def left_out_attacks(plan: Plan, whole: Plan, store: CellStore) -> list[AttackCell]:
+    """The attacks of ``whole`` on ``plan``'s trainings that ``plan`` (a ``--attacks`` slice of it) left out and
+    that have a record on file, counting or not (``GridRunner``)."""
+    trains = {cell.key for cell in plan.train}
+    chosen = {cell.key for cell in plan.attack}
+    return [cell for cell in whole.attack if cell.train_key in trains and cell.key not in chosen
+            and store.cell_path("attack", cell.key).is_file()]
+
+
 @dataclass
 class RunSummary:
-    """What one ``run`` did: cells run now, found stored, failed (with why) and skipped (their bundle failed)."""
+    """What one ``run`` did: cells run now, found stored, failed (with why) and skipped (their bundle failed);
+    ``left_out``: attacks ``--attacks`` left out that were queued as well, as their model changed under them."""
 
     ran: list[Cell] = field(default_factory=list)
     cached: int = 0
     failed: list[tuple[Cell, str]] = field(default_factory=list)
     skipped: list[Cell] = field(default_factory=list)
+    left_out: list[Cell] = field(default_factory=list)
 
 
 class GridRunner:
-    """Runs a plan's missing cells into a ``CellStore``."""
+    """Runs a plan's missing cells into a ``CellStore``.
+
+    A slice (``--attacks``) must not leave a model with fewer stored attacks than it found. So the whole grid's
+    attacks on the slice's trainings that ``--attacks`` left out are looked at too: one whose record is on file
+    but no longer counts (its model changed in an earlier run, which stopped before attacking it again) joins
+    the slice's cells (``self.plan``), and one that counts is ``watched``: queued as soon as a retraining turns
+    out to be another model."""
 
     def __init__(self, plan: Plan, store: CellStore, options: RunOptions, inherit_fds: Sequence[int] = (),
                  whole: Plan | None = None) -> None:
         """``inherit_fds``: descriptors every child keeps open, the run lock's (``CellStore.lock``). ``whole``: the
-        grid ``plan`` is a slice of, when it is one (``left_out_attacks``)."""
-        self.plan = plan
-        self.whole = whole or plan
+        grid ``plan`` is a slice of, if it is one. The store is read here: build the runner when the folder is as
+        the run will find it (after a ``--reuse-from`` copy)."""
         self.store = store
+        left_out = left_out_attacks(plan, whole, store) if whole is not None else []
+        broken = tuple(cell for cell in left_out if store.load("attack", cell.key) is None)
+        self.plan = replace(plan, attack=plan.attack + broken)
+        self.watched = [cell for cell in left_out if cell not in broken]
         self.options = options
         self.children = _Children(inherit_fds)
         self._revision_unknown = threading.Event()  # warned once: cells run in several threads
@@ -266,14 +286,24 @@ class GridRunner:
         return [cell for cell in self.plan.runnable() if isinstance(cell, AttackCell) and cell.train_key == train_key
                 and ("attack", cell.key) in done and self.store.load("attack", cell.key) is None]
 
-    def left_out_attacks(self) -> list[AttackCell]:
-        """The whole grid's stored attacks on this slice's trainings that ``--attacks`` left out. If a rebuilt
-        bundle is another model they stop counting, so the run attacks it with them again as well: a slice on a
-        new machine never silently loses a model's other attacks."""
-        trains = {cell.key for cell in self.plan.train}
-        chosen = {cell.key for cell in self.plan.attack}
-        return [cell for cell in self.whole.attack if cell.train_key in trains and cell.key not in chosen
-                and self.store.load("attack", cell.key) is not None]
+    def _requeue(self, train_key: str, done: set[tuple[str, str]], summary: RunSummary
+                 ) -> tuple[list[AttackCell], list[AttackCell]]:
+        """The attacks to run again now that ``train_key`` trained, the slice's and the ``watched`` ones: those
+        stored on it that no longer count, as it is another model than they attacked."""
+        stale = self._stale_attacks(train_key, done)
+        for cell in stale:
+            logger.warning("train cell %s now holds another model than attack %s attacked: attacking it again",
+                           train_key, cell.key)
+            done.discard(("attack", cell.key))
+            summary.cached -= 1
+        left_out = [cell for cell in self.watched
+                    if cell.train_key == train_key and self.store.load("attack", cell.key) is None]
+        for cell in left_out:
+            logger.warning("train cell %s now holds another model than attack %s (%s, left out by --attacks) "
+                           "attacked: attacking it again too, or the model would lose it", train_key, cell.key,
+                           cell.attack)
+        summary.left_out += left_out
+        return stale, left_out
 
     def _command(self, cell: Cell, out: os.PathLike[str]) -> list[str]:
         o = self.options
@@ -329,7 +359,6 @@ class GridRunner:
                         "to run need them", len(rebuild))
         summary = RunSummary(cached=len(done))
         pending = [cell for cell in order if (cell.kind, cell.key) not in done]
-        left_out = self.left_out_attacks() if rebuild else []
         failed_trains: set[str] = set()
         free = list(range(self.options.jobs))
         running: dict[Future[None], tuple[Cell, int]] = {}
@@ -372,23 +401,12 @@ class GridRunner:
                     summary.ran.append(cell)
                     bar.update(1)
                     if isinstance(cell, TrainCell):
-                        stale_attacks = self._stale_attacks(cell.key, done)
-                        for stale in stale_attacks:
-                            logger.warning("train cell %s now holds another model than attack %s attacked: "
-                                           "attacking it again", cell.key, stale.key)
-                            done.discard(("attack", stale.key))
-                            summary.cached -= 1
-                            bar.update(-1)
-                        stale_left_out = [attack for attack in left_out if attack.train_key == cell.key
-                                          and self.store.load("attack", attack.key) is None]
-                        for stale in stale_left_out:
-                            logger.warning("train cell %s now holds another model than attack %s (%s, left out by "
-                                           "--attacks) attacked: attacking it again too, or it would stop counting",
-                                           cell.key, stale.key, stale.attack)
-                            bar.total += 1
-                        # First in line, before later trainings: a model's attacks then end together, which a
-                        # slice needs when its bundles go with the machine (docs/experiments.md).
-                        pending[:0] = stale_attacks + stale_left_out
+                        stale, left_out = self._requeue(cell.key, done, summary)
+                        bar.update(-len(stale))
+                        bar.total += len(left_out)
+                        # First in line, ahead of the trainings still waiting: a model's attacks then end
+                        # together, which a slice needs when its bundles go with the machine.
+                        pending[:0] = stale + left_out
         except BaseException:
             self.children.stop()
             pool.shutdown(wait=True, cancel_futures=True)

@@ -371,6 +371,14 @@ def test_report_attacks_lays_out_only_the_attacks_named(tmp_path: Path) -> None:
     assert table_path.read_bytes() == before
 
 
+def test_fig4_labels_sigma_only_on_rows_drawn_at_several_sigma() -> None:
+    """A sweep's curve needs its σ values named; a row at one σ is named by its colour in the legend."""
+    variants = [("Bottleneck", 0.0, 0.1), ("Bottleneck", 2.0, 0.1), ("Bottleneck", 2.0, 0.2),
+                ("DistCorr", 0.0, 0.1), ("DistCorr", 2.0, 0.1)]
+    assert sigma_labels(variants) == [("Bottleneck", 0.1), ("Bottleneck", 0.2)]
+    assert sigma_labels(variants[3:]) == []
+
+
 def test_fig4_arrows_lead_from_each_row_without_cem_to_its_cem_variants_at_the_same_sigma() -> None:
     points = {("Bottleneck", 0.0, 0.1): (0.005, 97.8), ("Bottleneck", 2.0, 0.1): (0.006, 97.7),
               ("Bottleneck", 8.0, 0.1): (0.008, 96.0), ("Bottleneck", 2.0, 0.2): (0.009, 97.0),  # no λ = 0 at 0.2
@@ -379,9 +387,6 @@ def test_fig4_arrows_lead_from_each_row_without_cem_to_its_cem_variants_at_the_s
     assert cem_steps(points) == [("Bottleneck", (0.005, 97.8), (0.006, 97.7), 2.0),
                                  ("Bottleneck", (0.005, 97.8), (0.008, 96.0), 8.0),
                                  ("DistCorr", (0.006, 97.6), (0.007, 97.5), 2.0)]
-    # σ labels only where a row is drawn at several σ (a sweep); a row's colour in the legend names the rest
-    assert sigma_labels(list(points)) == [("Bottleneck", 0.1), ("Bottleneck", 0.2)]
-    assert sigma_labels([("DistCorr", 0.0, 0.1), ("DistCorr", 2.0, 0.1)]) == []
     assert cem_steps({("Bottleneck", 0.0, 0.1): (0.005, 97.8)}) == []
     # the figure's points: per variant, means over seeds keyed (row, λ, σ), here two seeds without CEM, one with
     seen = [observation("Bottleneck", 0.0, 0, {"accuracy": 0.98, "decoder_mse_train": 0.004}),

@@ -20,6 +20,7 @@ from cem.errors import CEMError, ConfigError
 from experiment import cli as cli_module
 from experiment import runner as runner_module
 from experiment.cells import AttackCell, Cell, Plan, expand_plan
+from experiment.cli import run_line
 from experiment.runner import CellFailed, GridRunner, RunOptions, _Children, resolve_options
 from experiment.spec import parse_spec
 from experiment.store import OUTPUT_MARKERS, CellStore
@@ -168,6 +169,34 @@ def test_a_gan_slice_attacks_a_retrained_other_model_with_the_decoder_it_left_ou
     assert runner.started[0] == train.key and sorted(runner.started[1:]) == again
     assert {c.key for c in summary.ran} == {train.key, *again}
     assert store.load("attack", decoder.key)["model_id"] == rebuilt_model  # type: ignore[index]
+    line = run_line(plan, runner.plan, summary, tmp_path)  # 8 trainings and their 8 GAN attacks, of 24 cells
+    assert line == (f"unit: 16 cells (of the plan's 24), 14 were stored, 2 ran now, 0 failed, 0 skipped; report: "
+                    f"cem-experiment report {tmp_path}" if rebuilt_model == "model-a" else
+                    f"unit: 17 cells (of the plan's 24), 14 were stored, 3 ran now, 0 failed, 0 skipped (1 of them "
+                    f"attacks --attacks left out, queued as their model changed); report: cem-experiment report "
+                    f"{tmp_path}")
+
+
+def test_a_left_out_attack_a_stopped_run_did_not_redo_is_redone_by_the_next(tmp_path: Path) -> None:
+    """The GAN slice retrained the model into another one and failed (or was stopped) before attacking it with
+    the decoder again: the decoder's record is on file but counts no more, and the same slice run again redoes
+    it, though the bundle is there now and the GAN stored."""
+    plan = expand_plan(parse_spec(BASE + "\n[attacks.gan]\nepochs = 2\n"), fake_prober)
+    store = CellStore(tmp_path)
+    store.create()
+    FakeCells(plan, store, RunOptions(jobs=2, progress=False)).run()
+    train = plan.train[0]
+    decoder, gan = (next(c for c in plan.attack if c.train_key == train.key and c.attack == name)
+                    for name in ("decoder", "gan"))
+    shutil.rmtree(store.output_dir("train", train.key))
+    store.cell_path("attack", gan.key).unlink()
+    gan_slice = plan.selected(attacks=("gan",))
+    first = FakeCells(gan_slice, store, RunOptions(jobs=1, progress=False), frozenset({decoder.key}), "model-b",
+                      whole=plan).run()
+    assert [cell.key for cell, _ in first.failed] == [decoder.key] and store.load("attack", decoder.key) is None
+    again = FakeCells(gan_slice, store, RunOptions(jobs=1, progress=False), model="model-b", whole=plan)
+    assert again.run().cached == 16 and again.started == [decoder.key]
+    assert store.load("attack", decoder.key)["model_id"] == "model-b"  # type: ignore[index]
 
 
 def test_device_jobs_and_threads(monkeypatch: pytest.MonkeyPatch) -> None:
