@@ -32,6 +32,7 @@ import signal
 import sys
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -41,7 +42,7 @@ from cem.errors import CEMError, ConfigError
 from experiment.cells import AttackCell, Plan, TrainCell, expand_plan
 from experiment.cost import cost_kind, grid_cost, rerun_estimate, run_estimate
 from experiment.probe import run_probe
-from experiment.runner import DEVICE_CHOICES, GridRunner, RunOptions, RunSummary, resolve_options
+from experiment.runner import DEVICE_CHOICES, GridRunner, RunOptions, RunSummary, left_out_attacks, resolve_options
 from experiment.spec import load_spec
 from experiment.store import CellStore
 
@@ -63,8 +64,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--rows", type=_names, default=(), metavar="LABEL,...",
                      help="run only these rows' cells now (the report still lays out the whole spec)")
     run.add_argument("--attacks", type=_names, default=(), metavar="NAME,...",
-                     help="run only these attacks (and the trainings they need) now; a retraining that turns "
-                          "out to be another model is attacked again by every attack stored on it")
+                     help="run only these attacks (and the trainings they need) now; the other attacks stored "
+                          "on a training retrained into another model (in this run or an earlier one) run again too")
     run.add_argument("--seeds", type=_seeds, default=(), metavar="N,...", help="run only these seeds' cells now")
     run.add_argument("--reuse-from", type=Path, action="append", default=[], metavar="DIR",
                      help="copy cells this run needs from another run's folder instead of running them (same key: "
@@ -130,13 +131,14 @@ def _trains_by_key(plan: Plan) -> dict[str, TrainCell]:
     return {cell.key: cell for cell in plan.train}
 
 
-def print_dry_run(plan: Plan, store: CellStore, sources: list[CellStore], spec_plan: Plan) -> None:
+def print_dry_run(plan: Plan, store: CellStore, sources: list[CellStore], spec_plan: Plan) -> int:
     """One line per distinct cell: kind, key, ``cached``, ``reuse`` (``--reuse-from`` would copy it), ``to-run``
     or ``rebuild`` (its record is stored or would be copied, its bundle would not be there, and an attack to run
     needs it: it trains again), and what it is; the folder is judged as it will be after the copy. Then the counts,
     the cells to run priced at the medians of ``spec_plan``'s cells as the folder will hold them, and the stored
     attacks on the bundles it retrains (those ``--attacks`` leaves out too), which run again if a retrain is
-    another model."""
+    another model. The cells listed include the attacks ``--attacks`` left out that the run takes on
+    (``GridRunner``), judged on the folder before the copy. Returns how many cells it listed."""
     trains = _trains_by_key(plan)
     copies = reusable_cells(plan, store, sources)
     runner = GridRunner(plan, store, RunOptions(progress=False), whole=spec_plan)
@@ -168,6 +170,7 @@ def print_dry_run(plan: Plan, store: CellStore, sources: list[CellStore], spec_p
     at_risk = Counter(cost_kind(cell) for cell in stored if cell.train_key in rebuild)
     if (rerun := rerun_estimate(at_risk, costs)) is not None:
         print(rerun)
+    return len(cells)
 
 
 class Terminated(KeyboardInterrupt):
@@ -209,10 +212,11 @@ def _report_failures(summary: RunSummary) -> None:
 def run_line(plan: Plan, ran: Plan, summary: RunSummary, out: Path) -> str:
     """What a run did, in one line: ``ran`` is the part of ``plan`` it took on (``GridRunner.plan``); the
     attacks ``--attacks`` left out that a retraining queued again add to it."""
-    left_out = len(summary.left_out)
-    total = len(ran.runnable()) + left_out
+    queued = [cell for cell in summary.left_out if cell not in ran.attack]  # the ones a retraining in the run made
+    total = len(ran.runnable()) + len(queued)
     selection = f" (of the plan's {len(plan.runnable())})" if total != len(plan.runnable()) else ""
-    again = f" ({left_out} of them attacks --attacks left out, queued as their model changed)" if left_out else ""
+    again = (f" ({len(summary.left_out)} of them attacks --attacks left out, taken on as their model changed)"
+             if summary.left_out else "")
     return (f"{plan.name}: {total} cells{selection}, {summary.cached} were stored, {len(summary.ran)} ran now, "
             f"{len(summary.failed)} failed, {len(summary.skipped)} skipped{again}; report: cem-experiment report "
             f"{out}")
@@ -224,13 +228,14 @@ def run_command(args: argparse.Namespace) -> int:
     now = plan.selected(rows=args.rows, attacks=args.attacks, seeds=args.seeds)
     store = CellStore(args.out)
     if args.dry_run:
-        print_dry_run(now, store, [CellStore(folder) for folder in args.reuse_from], plan)
+        listed = print_dry_run(now, store, [CellStore(folder) for folder in args.reuse_from], plan)
         if now != plan:
-            print(f"(a slice: {len(now.runnable())} of the plan's {len(plan.runnable())} cells)")
+            print(f"(a slice: {listed} of the plan's {len(plan.runnable())} cells)")
         return 0
     options = resolve_options(args.device, args.jobs, args.threads, progress=not args.no_progress)
     # the cells this run may start: a retraining that is another model gets every attack stored on it again
-    check_device_for_plan(plan.selected(rows=args.rows, seeds=args.seeds) if args.attacks else now, options.device)
+    check_device_for_plan(replace(now, attack=now.attack + tuple(left_out_attacks(now, plan, store))),
+                          options.device)
     _stop_on_sigterm()
     with store.lock() as lock_fd:
         store.create()

@@ -214,7 +214,7 @@ def _last_json(stdout: str) -> dict[str, Any] | None:
 
 def left_out_attacks(plan: Plan, whole: Plan, store: CellStore) -> list[AttackCell]:
     """The attacks of ``whole`` on ``plan``'s trainings that ``plan`` (a ``--attacks`` slice of it) left out and
-    that have a record on file, counting or not (``GridRunner``)."""
+    that have a record on file, counting or not: those this run may take on (``GridRunner``)."""
     trains = {cell.key for cell in plan.train}
     chosen = {cell.key for cell in plan.attack}
     return [cell for cell in whole.attack if cell.train_key in trains and cell.key not in chosen
@@ -224,7 +224,8 @@ def left_out_attacks(plan: Plan, whole: Plan, store: CellStore) -> list[AttackCe
 @dataclass
 class RunSummary:
     """What one ``run`` did: cells run now, found stored, failed (with why) and skipped (their bundle failed);
-    ``left_out``: attacks ``--attacks`` left out that were queued as well, as their model changed under them."""
+    ``left_out``: the attacks ``--attacks`` left out that it took on as their model had changed, before the run
+    (``GridRunner.plan``) or in it (queued when a retraining turned out to be another model)."""
 
     ran: list[Cell] = field(default_factory=list)
     cached: int = 0
@@ -237,10 +238,10 @@ class GridRunner:
     """Runs a plan's missing cells into a ``CellStore``.
 
     A slice (``--attacks``) must not leave a model with fewer stored attacks than it found. So the whole grid's
-    attacks on the slice's trainings that ``--attacks`` left out are looked at too: one whose record is on file
-    but no longer counts (its model changed in an earlier run, which stopped before attacking it again) joins
-    the slice's cells (``self.plan``), and one that counts is ``watched``: queued as soon as a retraining turns
-    out to be another model."""
+    attacks on the slice's trainings that ``--attacks`` left out are looked at too: one that attacked another
+    model than its training's record holds (an earlier run retrained it and stopped before attacking it again)
+    joins the slice's cells (``self.plan``; ``added``), and one that counts is ``watched``: queued as soon as a
+    retraining in this run turns out to be another model. Left-out records broken otherwise are left alone."""
 
     def __init__(self, plan: Plan, store: CellStore, options: RunOptions, inherit_fds: Sequence[int] = (),
                  whole: Plan | None = None) -> None:
@@ -248,10 +249,15 @@ class GridRunner:
         grid ``plan`` is a slice of, if it is one. The store is read here: build the runner when the folder is as
         the run will find it (after a ``--reuse-from`` copy)."""
         self.store = store
-        left_out = left_out_attacks(plan, whole, store) if whole is not None else []
-        broken = tuple(cell for cell in left_out if store.load("attack", cell.key) is None)
-        self.plan = replace(plan, attack=plan.attack + broken)
-        self.watched = [cell for cell in left_out if cell not in broken]
+        on_file = left_out_attacks(plan, whole, store) if whole is not None else []
+        self.added = [cell for cell in on_file if store.attacked_another_model(cell.key)]
+        for cell in self.added:
+            logger.warning("attack %s (%s, left out by --attacks) attacked another model than train cell %s holds "
+                           "now: attacking it again", cell.key, cell.attack, cell.train_key)
+        taken = {cell.key for cell in [*plan.attack, *self.added]}  # in the grid's order, as a full run has them
+        self.plan = replace(plan, attack=tuple(cell for cell in (plan if whole is None else whole).attack
+                                                  if cell.key in taken))
+        self.watched = [cell for cell in on_file if store.load("attack", cell.key) is not None]
         self.options = options
         self.children = _Children(inherit_fds)
         self._revision_unknown = threading.Event()  # warned once: cells run in several threads
@@ -289,21 +295,22 @@ class GridRunner:
     def _requeue(self, train_key: str, done: set[tuple[str, str]], summary: RunSummary
                  ) -> tuple[list[AttackCell], list[AttackCell]]:
         """The attacks to run again now that ``train_key`` trained, the slice's and the ``watched`` ones: those
-        stored on it that no longer count, as it is another model than they attacked."""
+        stored on it that no longer count, as it is another model than they attacked. The slice's leave ``done``
+        and ``summary.cached``; the watched ones join ``summary.left_out``."""
         stale = self._stale_attacks(train_key, done)
         for cell in stale:
             logger.warning("train cell %s now holds another model than attack %s attacked: attacking it again",
                            train_key, cell.key)
             done.discard(("attack", cell.key))
             summary.cached -= 1
-        left_out = [cell for cell in self.watched
-                    if cell.train_key == train_key and self.store.load("attack", cell.key) is None]
-        for cell in left_out:
+        watched_stale = [cell for cell in self.watched
+                         if cell.train_key == train_key and self.store.load("attack", cell.key) is None]
+        for cell in watched_stale:
             logger.warning("train cell %s now holds another model than attack %s (%s, left out by --attacks) "
                            "attacked: attacking it again too, or the model would lose it", train_key, cell.key,
                            cell.attack)
-        summary.left_out += left_out
-        return stale, left_out
+        summary.left_out += watched_stale
+        return stale, watched_stale
 
     def _command(self, cell: Cell, out: os.PathLike[str]) -> list[str]:
         o = self.options
@@ -357,7 +364,7 @@ class GridRunner:
         if rebuild:
             logger.info("retraining %d bundle(s) the output folder holds records of but not weights: attacks still "
                         "to run need them", len(rebuild))
-        summary = RunSummary(cached=len(done))
+        summary = RunSummary(cached=len(done), left_out=list(self.added))
         pending = [cell for cell in order if (cell.kind, cell.key) not in done]
         failed_trains: set[str] = set()
         free = list(range(self.options.jobs))

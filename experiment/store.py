@@ -90,6 +90,19 @@ class CellStore:
     def load(self, kind: str, key: str) -> dict[str, Any] | None:
         """The stored record of a finished cell, or None: absent, unreadable, another cell's, an attack whose
         results are gone or whose model is no longer its train cell's (the module docstring)."""
+        record = self._sound_record(kind, key)
+        if record is None:
+            return None
+        if kind == "attack" and not self.has_outputs(kind, key):
+            logger.warning("ignoring %s: its outputs in %s are gone (it will be rerun)", self.cell_path(kind, key),
+                           self.output_dir(kind, key))
+            return None
+        if kind == "attack" and not self._attacks_current_bundle(record, key):
+            return None
+        return record
+
+    def _sound_record(self, kind: str, key: str) -> dict[str, Any] | None:
+        """The cell's record if its file is there, parses and names this cell; else None (warned if it is there)."""
         path = self.cell_path(kind, key)
         if not path.is_file():
             return None
@@ -101,13 +114,17 @@ class CellStore:
         if not isinstance(record, dict) or record.get("kind") != kind or record.get("key") != key:
             logger.warning("ignoring %s: it does not record cell %s-%s (it will be rerun)", path, kind, key)
             return None
-        if kind == "attack" and not self.has_outputs(kind, key):
-            logger.warning("ignoring %s: its outputs in %s are gone (it will be rerun)", path,
-                           self.output_dir(kind, key))
-            return None
-        if kind == "attack" and not self._attacks_current_bundle(record, key):
-            return None
         return record
+
+    def attacked_another_model(self, key: str) -> bool:
+        """Whether attack ``key``'s record is sound but attacked another model than its train cell's stored record
+        holds now: how a retraining on another machine makes a stored attack stop counting (``GridRunner`` runs
+        such an attack again even where ``--attacks`` leaves it out; no other broken record is its business)."""
+        record = self._sound_record("attack", key)
+        train = None if record is None else self._sound_record("train", str(record.get("train_key")))
+        if record is None or train is None:
+            return False
+        return (record.get("model_id") or self._attacked_model(key)) != train.get("model_id")
 
     def _attacks_current_bundle(self, record: dict[str, Any], key: str) -> bool:
         """Whether an attack record attacked the model its train cell holds now (see the module docstring)."""

@@ -122,7 +122,13 @@ def test_the_dry_run_names_the_stored_attacks_on_a_bundle_it_retrains(tmp_path: 
                            "not priced (no timed cell stored); divide by --jobs")
     assert printed[-1] == ("and if a retrained bundle is another model (another machine or torch), its stored "
                            "attacks run again: 1 decoder: up to 0.2 cell-hours more")  # 600 s
-    print_dry_run(plan.selected(attacks=("gan",)), here, [], plan)  # a GAN slice: a0 is left out, not spared
+    assert print_dry_run(plan.selected(attacks=("gan",)), here, [], plan) == 2  # a0 is left out, not spared
     printed = capsys.readouterr().out.splitlines()
-    assert [line.split()[2] for line in printed[:2]] == ["rebuild", "to-run"]
+    assert [line.split()[2] for line in printed[:2]] == ["rebuild", "to-run"] and printed[2].startswith("2 cells")
     assert printed[-1].endswith("its stored attacks run again: 1 decoder: up to 0.2 cell-hours more")
+    # t0 retrained into another model by a run that stopped before redoing a0: the GAN slice takes a0 on
+    here.save({"kind": "train", "key": "t0", "model_id": "m1", "wall_s": 100.0})
+    assert print_dry_run(plan.selected(attacks=("gan",)), here, [], plan) == 3
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[1:3] for line in printed[:3]] == [["t0", "rebuild"], ["a0", "to-run"], ["g0", "to-run"]]
+    assert printed[3] == "3 cells: 0 cached, 3 to run (retrain; nothing was run)"

@@ -173,7 +173,7 @@ def test_a_gan_slice_attacks_a_retrained_other_model_with_the_decoder_it_left_ou
     assert line == (f"unit: 16 cells (of the plan's 24), 14 were stored, 2 ran now, 0 failed, 0 skipped; report: "
                     f"cem-experiment report {tmp_path}" if rebuilt_model == "model-a" else
                     f"unit: 17 cells (of the plan's 24), 14 were stored, 3 ran now, 0 failed, 0 skipped (1 of them "
-                    f"attacks --attacks left out, queued as their model changed); report: cem-experiment report "
+                    f"attacks --attacks left out, taken on as their model changed); report: cem-experiment report "
                     f"{tmp_path}")
 
 
@@ -195,8 +195,27 @@ def test_a_left_out_attack_a_stopped_run_did_not_redo_is_redone_by_the_next(tmp_
                       whole=plan).run()
     assert [cell.key for cell, _ in first.failed] == [decoder.key] and store.load("attack", decoder.key) is None
     again = FakeCells(gan_slice, store, RunOptions(jobs=1, progress=False), model="model-b", whole=plan)
-    assert again.run().cached == 16 and again.started == [decoder.key]
+    summary = again.run()
+    assert summary.cached == 16 and again.started == [decoder.key]
     assert store.load("attack", decoder.key)["model_id"] == "model-b"  # type: ignore[index]
+    assert run_line(plan, again.plan, summary, tmp_path) == (
+        f"unit: 17 cells (of the plan's 24), 16 were stored, 1 ran now, 0 failed, 0 skipped (1 of them attacks "
+        f"--attacks left out, taken on as their model changed); report: cem-experiment report {tmp_path}")
+
+
+def test_a_left_out_attack_broken_otherwise_is_left_alone(tmp_path: Path) -> None:
+    """Only a changed model makes a slice take on an attack ``--attacks`` left out: a GAN slice on a folder
+    whose decoder record is unreadable (a merge gone wrong) neither runs that decoder nor retrains its bundle."""
+    plan = expand_plan(parse_spec(BASE + "\n[attacks.gan]\nepochs = 2\n"), fake_prober)
+    store = CellStore(tmp_path)
+    store.create()
+    FakeCells(plan, store, RunOptions(jobs=2, progress=False)).run()
+    train = plan.train[0]
+    decoder = next(c for c in plan.attack if c.train_key == train.key and c.attack == "decoder")
+    shutil.rmtree(store.output_dir("train", train.key))
+    store.cell_path("attack", decoder.key).write_text("<<<<<<< HEAD")
+    runner = FakeCells(plan.selected(attacks=("gan",)), store, RunOptions(jobs=1, progress=False), whole=plan)
+    assert runner.run().cached == 16 and not runner.started and not runner.added
 
 
 def test_device_jobs_and_threads(monkeypatch: pytest.MonkeyPatch) -> None:
