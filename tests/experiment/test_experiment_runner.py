@@ -148,11 +148,10 @@ def test_a_retrained_models_stale_attacks_run_before_the_next_training(tmp_path:
     assert [started[0], *sorted(started[1:3])] == expected[0] and [started[3], *sorted(started[4:])] == expected[1]
 
 
-@pytest.mark.parametrize("rebuilt_model", ["model-a", "model-b"])
-def test_a_gan_slice_attacks_a_retrained_other_model_with_the_decoder_it_left_out(tmp_path: Path,
-                                                                                 rebuilt_model: str) -> None:
-    """``--attacks gan`` on a folder from git: the bundle is retrained for the GAN. The same model keeps its stored
-    decoder attack; another model (a new machine) gets it again too, or the table would lose it without a word."""
+def folder_from_git_missing_a_gan(tmp_path: Path) -> tuple[Plan, CellStore, Plan, tuple[Cell, AttackCell, AttackCell]]:
+    """A grid with the decoder and GAN attacks run in full, then kept in git: the first training's weights gone
+    and its GAN attack not stored yet. (plan, store, the ``--attacks gan`` slice, (that training, its decoder
+    attack, its GAN attack))."""
     plan = expand_plan(parse_spec(BASE + "\n[attacks.gan]\nepochs = 2\n"), fake_prober)
     store = CellStore(tmp_path)
     store.create()
@@ -163,6 +162,15 @@ def test_a_gan_slice_attacks_a_retrained_other_model_with_the_decoder_it_left_ou
     shutil.rmtree(store.output_dir("train", train.key))
     store.cell_path("attack", gan.key).unlink()
     gan_slice = plan.selected(attacks=("gan",))
+    return plan, store, gan_slice, (train, decoder, gan)
+
+
+@pytest.mark.parametrize("rebuilt_model", ["model-a", "model-b"])
+def test_a_gan_slice_attacks_a_retrained_other_model_with_the_decoder_it_left_out(tmp_path: Path,
+                                                                                 rebuilt_model: str) -> None:
+    """``--attacks gan`` on a folder from git: the bundle is retrained for the GAN. The same model keeps its stored
+    decoder attack; another model (a new machine) gets it again too, or the table would lose it without a word."""
+    plan, store, gan_slice, (train, decoder, gan) = folder_from_git_missing_a_gan(tmp_path)
     runner = FakeCells(gan_slice, store, RunOptions(jobs=1, progress=False), model=rebuilt_model, whole=plan)
     summary = runner.run()
     again = [gan.key] if rebuilt_model == "model-a" else sorted([decoder.key, gan.key])
@@ -181,16 +189,7 @@ def test_a_left_out_attack_a_stopped_run_did_not_redo_is_redone_by_the_next(tmp_
     """The GAN slice retrained the model into another one and failed (or was stopped) before attacking it with
     the decoder again: the decoder's record is on file but counts no more, and the same slice run again redoes
     it, though the bundle is there now and the GAN stored."""
-    plan = expand_plan(parse_spec(BASE + "\n[attacks.gan]\nepochs = 2\n"), fake_prober)
-    store = CellStore(tmp_path)
-    store.create()
-    FakeCells(plan, store, RunOptions(jobs=2, progress=False)).run()
-    train = plan.train[0]
-    decoder, gan = (next(c for c in plan.attack if c.train_key == train.key and c.attack == name)
-                    for name in ("decoder", "gan"))
-    shutil.rmtree(store.output_dir("train", train.key))
-    store.cell_path("attack", gan.key).unlink()
-    gan_slice = plan.selected(attacks=("gan",))
+    plan, store, gan_slice, (train, decoder, gan) = folder_from_git_missing_a_gan(tmp_path)
     first = FakeCells(gan_slice, store, RunOptions(jobs=1, progress=False), frozenset({decoder.key}), "model-b",
                       whole=plan).run()
     assert [cell.key for cell, _ in first.failed] == [decoder.key] and store.load("attack", decoder.key) is None
