@@ -124,7 +124,7 @@ class CellStore:
         train = None if record is None else self._sound_record("train", str(record.get("train_key")))
         if record is None or train is None:
             return False
-        return (record.get("model_id") or self._attacked_model(key)) != train.get("model_id")
+        return self._attacked_model(record, key) != train.get("model_id")
 
     def _attacks_current_bundle(self, record: dict[str, Any], key: str) -> bool:
         """Whether an attack record attacked the model its train cell holds now (see the module docstring)."""
@@ -133,15 +133,18 @@ class CellStore:
             logger.info("ignoring attack %s: its train cell %s is not stored (both will be rerun)", key,
                         record.get("train_key"))
             return False
-        attacked = record.get("model_id") or self._attacked_model(key)
+        attacked = self._attacked_model(record, key)
         if attacked != train.get("model_id"):
             logger.warning("ignoring attack %s: it attacked model %s, but train cell %s now holds model %s (it will "
                            "be rerun)", key, attacked, record.get("train_key"), train.get("model_id"))
             return False
         return True
 
-    def _attacked_model(self, key: str) -> str | None:
-        """The model id cem-attack recorded in the cell's ``metrics.json`` (records before ``model_id`` lack it)."""
+    def _attacked_model(self, record: dict[str, Any], key: str) -> str | None:
+        """The model id an attack record holds, else the one cem-attack recorded in the cell's ``metrics.json``
+        (records before ``model_id`` lack it)."""
+        if record.get("model_id"):
+            return str(record["model_id"])
         try:
             result = json.loads((self.output_dir("attack", key) / OUTPUT_MARKERS["attack"]).read_text("utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
