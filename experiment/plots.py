@@ -30,10 +30,12 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import matplotlib
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 from matplotlib.lines import Line2D
+from matplotlib.typing import ColorType
 
 from cem.stats import Estimate, mean_interval
 from experiment.records import COLUMNS
@@ -46,6 +48,7 @@ PALETTE = ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:
 CEM_MARKERS = ("^", "s", "D", "v", "P", "X")  # one per λ > 0, in order
 ROW_PALETTE = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
                "tab:cyan")  # Fig. 4's colour per row: tab10 without its grey, which reads as "without CEM" in Fig. 3
+ROW_COLOURMAP = "turbo"  # Fig. 4's row colours where ROW_PALETTE has too few: evenly spaced along it
 PANEL_SIZE = (4.2, 3.2)
 GRID_FILE = "reconstructions.png"  # what cem-attack draws into its --out folder
 GALLERY_WIDTH = 5.5  # inches per attack column
@@ -121,7 +124,16 @@ def sigma_labels(variants: Sequence[tuple[str, float, float]]) -> list[tuple[str
     return [(row, sigma) for row, seen in sigmas.items() if len(seen) > 1 for sigma in seen]
 
 
-def _fig4_legend(figure: Figure, colours: Mapping[str, str], lambdas: Sequence[float]) -> None:
+def row_colours(rows: Sequence[str]) -> dict[str, ColorType]:
+    """A colour per row of Fig. 4, none repeated: ROW_PALETTE's distinct colours while they last, else colours evenly
+    spaced along a continuous map (less easy to tell apart, but a repeated colour would name two rows)."""
+    if len(rows) <= len(ROW_PALETTE):
+        return dict(zip(rows, ROW_PALETTE, strict=False))
+    cmap = matplotlib.colormaps[ROW_COLOURMAP]
+    return {row: cmap(0.05 + 0.9 * index / (len(rows) - 1)) for index, row in enumerate(rows)}
+
+
+def _fig4_legend(figure: Figure, colours: Mapping[str, ColorType], lambdas: Sequence[float]) -> None:
     """One legend beside the panels: the rows' colours, then the markers of the λ values."""
     handles = [Line2D([], [], color=colour, linewidth=3, label=row) for row, colour in colours.items()]
     for lam in lambdas:
@@ -138,7 +150,7 @@ def plot_pareto(observations: Sequence[Observation], attacks: Sequence[str], dir
     figure, axes = _figure(len(panels), PANEL_SIZE)
     lambdas = sorted({o.cem_lambda for o in observations})
     rows = list(dict.fromkeys(o.row for o in observations))  # the table's order
-    colours = {row: ROW_PALETTE[index % len(ROW_PALETTE)] for index, row in enumerate(rows)}
+    colours = row_colours(rows)
     for ax, (group, attack, column) in zip(axes, panels, strict=False):
         curves: dict[tuple[str, float], list[Point]] = {}
         points: dict[tuple[str, float, float], Point] = {}

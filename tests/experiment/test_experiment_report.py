@@ -7,6 +7,7 @@ import csv
 import json
 from pathlib import Path
 
+import matplotlib.colors
 import pytest
 from PIL import Image
 
@@ -20,6 +21,7 @@ from experiment.plots import (
     plot_mse_vs_entropy,
     plot_panels,
     plot_pareto,
+    row_colours,
     sigma_labels,
 )
 from experiment.report import (
@@ -377,6 +379,15 @@ def test_fig4_labels_sigma_only_on_rows_drawn_at_several_sigma() -> None:
                 ("DistCorr", 0.0, 0.1), ("DistCorr", 2.0, 0.1)]
     assert sigma_labels(variants) == [("Bottleneck", 0.1), ("Bottleneck", 0.2)]
     assert sigma_labels(variants[3:]) == []
+
+
+@pytest.mark.parametrize("count", [3, 9, 10, 25])
+def test_fig4_gives_each_row_its_own_colour_however_many_rows(count: int) -> None:
+    """The legend names a row by its colour: two rows sharing one would be read as one."""
+    rows = [f"row{index}" for index in range(count)]
+    colours = row_colours(rows)
+    assert list(colours) == rows
+    assert len({matplotlib.colors.to_hex(colour) for colour in colours.values()}) == count
 
 
 def test_fig4_arrows_lead_from_each_row_without_cem_to_its_cem_variants_at_the_same_sigma() -> None:
