@@ -24,6 +24,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from tqdm import tqdm
 
@@ -34,7 +35,7 @@ from cem.cli import run_cli
 from cem.data import available_datasets
 from cem.devices import DEVICE_CHOICES, resolve_device
 from cem.distributed import launch_env_rank, process_group
-from cem.launch import check_devices, relaunch, run_or_relaunch
+from cem.launch import check_devices, exit_command, relaunch, run_or_relaunch
 from cem.threads import THREADS_HELP, apply_threads
 
 logger = logging.getLogger("attacker.cli")
@@ -157,5 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(parser.prog, body)
 
 
+def entry() -> NoReturn:
+    """``cem-attack`` and ``python -m attacker.cli`` (torchrun's workers): ``main``, then ``exit_command``."""
+    exit_command(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -46,7 +46,8 @@ def run_cli(prog: str, body: Callable[[], int]) -> int:
     """Run a command's ``body`` (arguments already parsed) and turn its errors into exit statuses.
 
     ``main`` functions end with ``return run_cli(parser.prog, lambda: run(args))``; the
-    console script passes the result to ``sys.exit``.
+    console script passes the result to ``sys.exit`` (``cem.launch.exit_command`` for the data-parallel
+    ``cem-train`` and ``cem-attack``, whose torchrun workers skip the interpreter's teardown).
     """
     try:
         return body()

@@ -3,8 +3,6 @@ the data-parallel tests (imported by name)."""
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,19 +12,9 @@ import torch.distributed as dist
 from torch.multiprocessing.spawn import spawn
 
 from cem.distributed import DistributedContext, current_context
+from cem.launch import exit_without_teardown
 
 RankBody = Callable[[int, DistributedContext], dict[str, Any]]
-
-
-def exit_finished_rank() -> None:
-    """End a spawned rank that has written its results and destroyed its group, skipping the interpreter's
-    teardown. That teardown has aborted a finished rank ("terminate called without an active exception", C++
-    std::terminate in torch's exit path) twice in about 80 two-rank runs on the shared 2-core box, after both
-    ranks had written everything, failing a test whose results were complete. spawn still checks the exit code;
-    a rank that raised never gets here."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 def _rank_main(rank: int, body: RankBody, root: str, world: int) -> None:
@@ -36,7 +24,7 @@ def _rank_main(rank: int, body: RankBody, root: str, world: int) -> None:
         torch.save(body(rank, current_context()), Path(root) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
-    exit_finished_rank()
+    exit_without_teardown(0)  # spawn still checks the exit code; a rank that raised never gets here
 
 
 def run_on_gloo_ranks(body: RankBody, root: Path, world: int) -> list[dict[str, Any]]:

@@ -21,12 +21,13 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from cem.cli import run_cli
 from cem.data import available_datasets
 from cem.devices import DEVICE_CHOICES, resolve_device
 from cem.distributed import launch_env_rank
-from cem.launch import check_devices, relaunch, run_or_relaunch
+from cem.launch import check_devices, exit_command, relaunch, run_or_relaunch
 from cem.models import available_archs
 from cem.threads import THREADS_HELP, apply_threads
 from training.cem_plugin import FEATURE_SOURCES, LOSS_FORMS, LR_COUPLINGS, CEMConfig
@@ -188,5 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(parser.prog, body)
 
 
+def entry() -> NoReturn:
+    """``cem-train`` and ``python -m training.cli`` (torchrun's workers): ``main``, then ``exit_command``."""
+    exit_command(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

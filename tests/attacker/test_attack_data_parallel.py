@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from gloo_ranks import exit_finished_rank
 from nproc_cli import LAUNCH_VARS, rank0_summary, run_with_two_ranks
 from torch.multiprocessing.spawn import spawn
 
@@ -29,6 +28,7 @@ from attacker.cli import main as attack_main
 from cem.captures.reader import CapturedFeatures
 from cem.distributed import DistributedContext
 from cem.errors import ConfigError
+from cem.launch import exit_without_teardown
 
 REPO = Path(__file__).resolve().parents[2]
 DECODER_ARGS = ["--attack", "decoder", "--epochs", "2", "--network-channels", "8", "--network-blocks", "1",
@@ -77,7 +77,7 @@ def _cli_worker(rank: int, store: str, root: str, bundle: str) -> None:
         (Path(root) / f"code{rank}").write_text(str(code))
     finally:
         dist.destroy_process_group()
-    exit_finished_rank()
+    exit_without_teardown(0)
 
 
 @pytest.mark.e2e

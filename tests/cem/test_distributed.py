@@ -3,12 +3,16 @@ attacks use, the last in two spawned gloo ranks (FileStore) against what one pro
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 from gloo_ranks import run_on_gloo_ranks
+from nproc_cli import LAUNCH_VARS, REPO
 from torch import nn
 
 from cem.distributed import (
@@ -26,7 +30,6 @@ from cem.errors import ConfigError
 from cem.launch import check_devices, check_nproc, needs_relaunch, torchrun_args
 
 TWO_RANKS = DistributedContext(rank=1, world_size=2, local_rank=1, backend="gloo")
-LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 WORLD = 2
 ROWS = (5, 1)  # global batches: 5 rows split 3/2, and 1 row that leaves rank 1 without any
 
@@ -72,6 +75,25 @@ def test_nproc_relaunches_outside_torchrun_and_must_match_it_inside(monkeypatch:
     check_nproc(1)  # left at its default under torchrun: the launcher's WORLD_SIZE decides
     with pytest.raises(ConfigError, match="expected --nproc equal to the launcher's WORLD_SIZE=2.*got 4"):
         check_nproc(4)
+
+
+
+# A worker's last words: one log record and one line printed, both block-buffered into pipes, then its status.
+EXITING_WORKER = ("import logging, sys; from cem.launch import exit_command; "
+                  "logging.basicConfig(stream=sys.stderr, level=logging.INFO); "
+                  "logging.getLogger('w').info('logged before exit'); print('printed before exit'); exit_command(3)")
+
+
+@pytest.mark.parametrize("under_torchrun", [True, False])
+def test_a_command_leaves_with_its_status_and_everything_it_printed(under_torchrun: bool) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in (*LAUNCH_VARS, "PYTHONUNBUFFERED")}  # buffered, as usual
+    if under_torchrun:  # exit_command skips the interpreter's teardown there, so it must flush first
+        env |= {"LOCAL_RANK": "0", "WORLD_SIZE": "2"}
+    proc = subprocess.run([sys.executable, "-c", EXITING_WORKER], capture_output=True, text=True, env=env,
+                          timeout=60, cwd=REPO)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == "printed before exit\n"
+    assert "INFO:w:logged before exit" in proc.stderr
 
 
 def test_more_cuda_processes_than_gpus_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:

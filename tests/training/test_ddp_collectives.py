@@ -14,12 +14,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from gloo_ranks import exit_finished_rank
 from torch import nn
 from torch.multiprocessing.spawn import spawn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from cem.distributed import SINGLE_PROCESS, DistributedContext, current_context
+from cem.launch import exit_without_teardown
 from training.cem_plugin import CEMConfig, CEMRegularizer
 from training.data_parallel import refit_shared, shard_sampler, wrap_step
 from training.defenses import DefenseStack, create_defense
@@ -115,7 +115,7 @@ def _worker(rank: int, store: str, out: str) -> None:
         torch.save({"fit": fitted, "step": _step(cem, model, batches, distributed)}, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
-    exit_finished_rank()
+    exit_without_teardown(0)
 
 
 def _epoch_order() -> torch.Tensor:
