@@ -211,9 +211,8 @@ def _report_failures(summary: RunSummary) -> None:
 
 def run_line(plan: Plan, ran: Plan, summary: RunSummary, out: Path) -> str:
     """What a run did, in one line: ``ran`` is the part of ``plan`` it took on (``GridRunner.plan``); the
-    attacks ``--attacks`` left out that a retraining queued again add to it."""
-    queued = [cell for cell in summary.left_out if cell not in ran.attack]  # the ones a retraining in the run made
-    total = len(ran.runnable()) + len(queued)
+    attacks ``--attacks`` left out that a retraining queued again (``summary.queued``) add to it."""
+    total = len(ran.runnable()) + len(summary.queued)
     selection = f" (of the plan's {len(plan.runnable())})" if total != len(plan.runnable()) else ""
     again = (f" ({len(summary.left_out)} of them attacks --attacks left out, taken on as their model changed)"
              if summary.left_out else "")

@@ -223,15 +223,21 @@ def left_out_attacks(plan: Plan, whole: Plan, store: CellStore) -> list[AttackCe
 
 @dataclass
 class RunSummary:
-    """What one ``run`` did: cells run now, found stored, failed (with why) and skipped (their bundle failed);
-    ``left_out``: the attacks ``--attacks`` left out that it took on as their model had changed, before the run
-    (``GridRunner.plan``) or in it (queued when a retraining turned out to be another model)."""
+    """What one ``run`` did: cells run now, found stored, failed (with why) and skipped (their bundle failed).
+    The attacks ``--attacks`` left out that it took on as their model had changed: ``added`` before the run (in
+    ``GridRunner.plan``), ``queued`` in it (when a retraining turned out to be another model)."""
 
     ran: list[Cell] = field(default_factory=list)
     cached: int = 0
     failed: list[tuple[Cell, str]] = field(default_factory=list)
     skipped: list[Cell] = field(default_factory=list)
-    left_out: list[Cell] = field(default_factory=list)
+    added: list[Cell] = field(default_factory=list)
+    queued: list[Cell] = field(default_factory=list)
+
+    @property
+    def left_out(self) -> list[Cell]:
+        """Every attack ``--attacks`` left out that the run took on, before it or in it."""
+        return self.added + self.queued
 
 
 class GridRunner:
@@ -296,7 +302,7 @@ class GridRunner:
                  ) -> tuple[list[AttackCell], list[AttackCell]]:
         """The attacks to run again now that ``train_key`` trained, the slice's and the ``watched`` ones: those
         stored on it that no longer count, as it is another model than they attacked. The slice's leave ``done``
-        and ``summary.cached``; the watched ones join ``summary.left_out``."""
+        and ``summary.cached``; the watched ones join ``summary.queued``."""
         stale = self._stale_attacks(train_key, done)
         for cell in stale:
             logger.warning("train cell %s now holds another model than attack %s attacked: attacking it again",
@@ -309,7 +315,7 @@ class GridRunner:
             logger.warning("train cell %s now holds another model than attack %s (%s, left out by --attacks) "
                            "attacked: attacking it again too, or the model would lose it", train_key, cell.key,
                            cell.attack)
-        summary.left_out += watched_stale
+        summary.queued += watched_stale
         return stale, watched_stale
 
     def _command(self, cell: Cell, out: os.PathLike[str]) -> list[str]:
@@ -364,7 +370,7 @@ class GridRunner:
         if rebuild:
             logger.info("retraining %d bundle(s) the output folder holds records of but not weights: attacks still "
                         "to run need them", len(rebuild))
-        summary = RunSummary(cached=len(done), left_out=list(self.added))
+        summary = RunSummary(cached=len(done), added=list(self.added))
         pending = [cell for cell in order if (cell.kind, cell.key) not in done]
         failed_trains: set[str] = set()
         free = list(range(self.options.jobs))
