@@ -77,7 +77,6 @@ def test_nproc_relaunches_outside_torchrun_and_must_match_it_inside(monkeypatch:
         check_nproc(4)
 
 
-
 # A worker's last words: one log record and one line printed, both block-buffered into pipes, then its status.
 EXITING_WORKER = ("import logging, sys; from cem.launch import exit_command; "
                   "logging.basicConfig(stream=sys.stderr, level=logging.INFO); "
